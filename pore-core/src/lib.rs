@@ -1,0 +1,68 @@
+//! # pore-core
+//!
+//! The **pore** of the LING project: a set of pages shared between two Xen domains plus one
+//! event channel. This crate holds what every other `pore` crate stands on:
+//!
+//! * ids and page constants ([`DomId`], [`Port`], [`GrantRef`], [`PAGE_SIZE`]);
+//! * an error contract that lets a backend bring its own error type ([`Error`], [`ErrorKind`]);
+//! * the backend capability traits, split by capability: event channels ([`Events`],
+//!   [`EventChannel`]), granting pages ([`Grants`]), mapping a peer's pages ([`Maps`]) and the
+//!   domain's own xenstore page ([`StoreAccess`]), bundled as [`Backend`];
+//! * [`Pore`]: pages + one event channel, opened active, passive or pre-existing;
+//! * [`SharedRing`]: the trait the rings of `pore-ring` implement;
+//! * [`shared`]: the one audited way to touch memory a peer can write.
+//!
+//! With the `test-utils` feature, [`loopback`] provides a tiny in-memory backend for doc
+//! examples and first tests.
+//!
+//! ```
+//! # #[cfg(feature = "test-utils")] {
+//! use core::time::Duration;
+//! use pore_core::{loopback::Loopback, DomId, EventChannel, Pore, SharedAccess, WaitOutcome};
+//!
+//! let xen = Loopback::new();
+//! let (a, b) = (xen.domain(DomId(1)), xen.domain(DomId(2)));
+//!
+//! // Domain 1 grants two pages to domain 2 and allocates an unbound port for it ...
+//! let active = Pore::open_active(&a, DomId(2), 2)?;
+//! let info = active.info();
+//! // ... which domain 2 maps and binds, as the strawman handshake would tell it to.
+//! let passive = Pore::open_passive(&b, DomId(1), &info.refs, info.port)?;
+//!
+//! active.store_u32(0, 0xfeed, core::sync::atomic::Ordering::Release);
+//! active.poke()?;
+//! assert_eq!(passive.channel().wait(Duration::from_secs(1))?, WaitOutcome::Event);
+//! assert_eq!(passive.load_u32(0, core::sync::atomic::Ordering::Acquire), 0xfeed);
+//!
+//! passive.close()?;
+//! active.close()?;
+//! # }
+//! # Ok::<(), pore_core::CoreError>(())
+//! ```
+#![cfg_attr(not(feature = "std"), no_std)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+extern crate alloc;
+
+mod backend;
+mod error;
+mod event;
+mod ids;
+mod memory;
+mod pore;
+mod ring;
+pub mod shared;
+mod store;
+
+#[cfg(feature = "test-utils")]
+pub mod loopback;
+
+pub use backend::Backend;
+pub use error::{CoreError, Error, ErrorKind};
+pub use event::{EventChannel, Events, WaitOutcome};
+pub use ids::{DomId, GrantRef, Port, PAGE_SHIFT, PAGE_SIZE};
+pub use memory::{GrantedPages, Grants, MappedPages, Maps, UnmapNotify};
+pub use pore::{Pore, PoreInfo, PoreRole};
+pub use ring::{Interest, SharedRing};
+pub use shared::{SharedAccess, SharedMemory, SharedView};
+pub use store::{NoStore, StoreAccess};

@@ -1,0 +1,72 @@
+//! Granting pages to a peer and mapping a peer's pages.
+
+use crate::{DomId, Error, GrantRef, Port, SharedMemory};
+
+/// What the hypervisor does for the peer when our side of the memory goes away
+/// (gntalloc/gntdev `SET_UNMAP_NOTIFY`, D8): the way a peer learns of our death when
+/// xenstore does not change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnmapNotify {
+    /// Byte offset in the shared region to set to zero (a "live" byte).
+    pub clear_byte: Option<usize>,
+    /// Event channel (ours) to signal.
+    pub send_event: Option<Port>,
+}
+
+/// Pages we granted to one peer (the active side of a pore). They are zeroed when granted and
+/// contiguous in our address space.
+///
+/// Dropping them ends the peer's access; if the peer still maps them the backend must not
+/// panic nor free the memory, but defer the revocation to a revoke-later list (D7, XSA-396).
+pub trait GrantedPages: SharedMemory {
+    /// The backend's error type.
+    type Error: Error;
+
+    /// One grant reference per page, in page order.
+    fn refs(&self) -> &[GrantRef];
+
+    /// Arms an unmap notification for when these pages are released.
+    fn set_unmap_notify(&mut self, notify: UnmapNotify) -> Result<(), Self::Error>;
+
+    /// Ends the peer's access. Fails with [`crate::ErrorKind::Busy`] while the peer still maps
+    /// the pages; the pages are then deferred to the backend's revoke-later list.
+    fn end_access(self) -> Result<(), Self::Error>
+    where
+        Self: Sized;
+}
+
+/// A peer's pages mapped into our address space (the passive side of a pore), contiguous.
+pub trait MappedPages: SharedMemory {
+    /// The backend's error type.
+    type Error: Error;
+
+    /// Arms an unmap notification for when this mapping goes away.
+    fn set_unmap_notify(&mut self, notify: UnmapNotify) -> Result<(), Self::Error>;
+
+    /// Unmaps the pages, reporting any failure (dropping them ignores it).
+    fn unmap(self) -> Result<(), Self::Error>
+    where
+        Self: Sized;
+}
+
+/// The capability to grant fresh zeroed pages to a peer.
+pub trait Grants {
+    /// The backend's error type.
+    type Error: Error;
+    /// Handle of granted pages.
+    type Granted: GrantedPages<Error = Self::Error>;
+
+    /// Allocates `pages` zeroed, contiguous pages and grants each to `remote` (read-write).
+    fn grant(&self, remote: DomId, pages: usize) -> Result<Self::Granted, Self::Error>;
+}
+
+/// The capability to map pages a peer granted to us.
+pub trait Maps {
+    /// The backend's error type.
+    type Error: Error;
+    /// Handle of a mapping.
+    type Mapped: MappedPages<Error = Self::Error>;
+
+    /// Maps `refs` granted to us by `remote`, contiguously and in order.
+    fn map(&self, remote: DomId, refs: &[GrantRef]) -> Result<Self::Mapped, Self::Error>;
+}

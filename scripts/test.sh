@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The project's test command (README): installs what a fresh machine lacks, then runs every
+# phase in scripts/phases/ in name order, fast phases first (DESIGN.md D22), printing the
+# duration of each. Exits non-zero on the first failing phase.
+#
+#   bash scripts/test.sh            # everything
+#   bash scripts/test.sh 10 20      # only phases whose file name starts with 10 or 20
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export PORE_ROOT="$root"
+export PORE_SHARED="${PORE_SHARED:-$(cd "$root/.." && pwd)/shared}"
+export CARGO_TERM_COLOR=never
+# Keep the build cache outside the clone so CI's fresh clone reuses it (D22).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pore-target}"
+
+bash scripts/install-deps.sh
+
+total_start=$(date +%s)
+failed=0
+for phase in scripts/phases/*.sh; do
+  name=$(basename "$phase" .sh)
+  if [ "$#" -gt 0 ]; then
+    keep=0
+    for want in "$@"; do case "$name" in "$want"*) keep=1 ;; esac; done
+    [ "$keep" = 1 ] || continue
+  fi
+  start=$(date +%s)
+  echo "=== phase $name: start"
+  if bash "$phase"; then
+    echo "=== phase $name: ok in $(( $(date +%s) - start )) s"
+  else
+    echo "=== phase $name: FAILED in $(( $(date +%s) - start )) s"
+    failed=1
+    break
+  fi
+done
+echo "=== all phases: $(( $(date +%s) - total_start )) s"
+exit "$failed"
