@@ -22,3 +22,6 @@ impl<B> Backend for B where
         + StoreAccess
 {
 }
+
+/// The error type of a [`Backend`] (its four capabilities share it).
+pub type BackendError<B> = <B as Events>::Error;

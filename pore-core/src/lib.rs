@@ -57,7 +57,7 @@ mod store;
 #[cfg(feature = "test-utils")]
 pub mod loopback;
 
-pub use backend::Backend;
+pub use backend::{Backend, BackendError};
 pub use error::{CoreError, Error, ErrorKind};
 pub use event::{EventChannel, Events, WaitOutcome};
 pub use ids::{DomId, GrantRef, Port, PAGE_SHIFT, PAGE_SIZE};

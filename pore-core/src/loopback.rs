@@ -13,9 +13,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::{
-    CoreError, DomId, ErrorKind, EventChannel, Events, GrantRef, GrantedPages, Grants,
-    MappedPages, Maps, NoStore, Port, SharedMemory, StoreAccess, UnmapNotify, WaitOutcome,
-    PAGE_SIZE,
+    CoreError, DomId, ErrorKind, EventChannel, Events, GrantRef, GrantedPages, Grants, MappedPages,
+    Maps, NoStore, Port, SharedMemory, StoreAccess, UnmapNotify, WaitOutcome, PAGE_SIZE,
 };
 
 type Result<T> = core::result::Result<T, CoreError>;
@@ -72,7 +71,10 @@ impl PageBlock {
         let layout = pages
             .checked_mul(PAGE_SIZE)
             .and_then(|len| Layout::from_size_align(len, PAGE_SIZE).ok())
-            .ok_or(CoreError::new(ErrorKind::InvalidInput, "page count too large"))?;
+            .ok_or(CoreError::new(
+                ErrorKind::InvalidInput,
+                "page count too large",
+            ))?;
         // SAFETY: `layout` has a non-zero size (pages >= 1 is checked by callers).
         let raw = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).ok_or(CoreError::new(
@@ -177,15 +179,23 @@ impl LoopbackGrant {
             return Ok(());
         }
         let mut st = self.world.lock();
-        let mapped = self
-            .refs
-            .iter()
-            .any(|r| st.grants.get(&(self.owner, *r)).is_some_and(|g| g.mappings > 0));
+        let mapped = self.refs.iter().any(|r| {
+            st.grants
+                .get(&(self.owner, *r))
+                .is_some_and(|g| g.mappings > 0)
+        });
         if mapped {
-            return Err(CoreError::new(ErrorKind::Busy, "ending access to pages the peer still maps"));
+            return Err(CoreError::new(
+                ErrorKind::Busy,
+                "ending access to pages the peer still maps",
+            ));
         }
         for r in &self.refs {
-            if st.grants.remove(&(self.owner, *r)).is_some_and(|g| g.deferred) {
+            if st
+                .grants
+                .remove(&(self.owner, *r))
+                .is_some_and(|g| g.deferred)
+            {
                 st.revoke_later -= 1;
             }
         }
@@ -291,16 +301,19 @@ pub struct LoopbackChannel {
 
 impl LoopbackChannel {
     fn take_pending(&self, st: &mut State) -> Result<Option<bool>> {
-        let e = st
-            .ports
-            .get_mut(&self.key)
-            .ok_or(CoreError::new(ErrorKind::Closed, "waiting on a closed port"))?;
+        let e = st.ports.get_mut(&self.key).ok_or(CoreError::new(
+            ErrorKind::Closed,
+            "waiting on a closed port",
+        ))?;
         if e.pending {
             e.pending = false;
             return Ok(Some(true));
         }
         if e.peer_closed {
-            return Err(CoreError::new(ErrorKind::PeerGone, "the peer closed its port"));
+            return Err(CoreError::new(
+                ErrorKind::PeerGone,
+                "the peer closed its port",
+            ));
         }
         Ok(None)
     }
@@ -337,11 +350,15 @@ impl EventChannel for LoopbackChannel {
             .get(&self.key)
             .ok_or(CoreError::new(ErrorKind::Closed, "notify on a closed port"))?;
         if e.peer_closed {
-            return Err(CoreError::new(ErrorKind::PeerGone, "the peer closed its port"));
+            return Err(CoreError::new(
+                ErrorKind::PeerGone,
+                "the peer closed its port",
+            ));
         }
-        let remote = e
-            .remote
-            .ok_or(CoreError::new(ErrorKind::NotFound, "notify on an unbound port"))?;
+        let remote = e.remote.ok_or(CoreError::new(
+            ErrorKind::NotFound,
+            "notify on an unbound port",
+        ))?;
         if let Some(r) = st.ports.get_mut(&remote) {
             r.pending = true;
         }
@@ -433,7 +450,12 @@ impl Events for LoopbackDomain {
                     "binding a port not offered to this domain",
                 ))
             }
-            None => return Err(CoreError::new(ErrorKind::NotFound, "binding a port that does not exist")),
+            None => {
+                return Err(CoreError::new(
+                    ErrorKind::NotFound,
+                    "binding a port that does not exist",
+                ))
+            }
         }
         let port = self.new_port(
             &mut st,
@@ -485,7 +507,10 @@ impl Grants for LoopbackDomain {
 
     fn grant(&self, remote: DomId, pages: usize) -> Result<LoopbackGrant> {
         if pages == 0 {
-            return Err(CoreError::new(ErrorKind::InvalidInput, "granting zero pages"));
+            return Err(CoreError::new(
+                ErrorKind::InvalidInput,
+                "granting zero pages",
+            ));
         }
         let block = Arc::new(PageBlock::new(pages)?);
         let mut st = self.world.lock();
@@ -527,7 +552,10 @@ impl Maps for LoopbackDomain {
                 .grants
                 .get(&(remote, *r))
                 .filter(|g| !g.deferred)
-                .ok_or(CoreError::new(ErrorKind::NotFound, "mapping a grant that does not exist"))?;
+                .ok_or(CoreError::new(
+                    ErrorKind::NotFound,
+                    "mapping a grant that does not exist",
+                ))?;
             if g.grantee != self.id {
                 return Err(CoreError::new(
                     ErrorKind::PermissionDenied,
@@ -542,7 +570,10 @@ impl Maps for LoopbackDomain {
                 ));
             }
         }
-        let block = block.ok_or(CoreError::new(ErrorKind::InvalidInput, "mapping zero pages"))?;
+        let block = block.ok_or(CoreError::new(
+            ErrorKind::InvalidInput,
+            "mapping zero pages",
+        ))?;
         if block.layout.size() != refs.len() * PAGE_SIZE {
             return Err(CoreError::new(
                 ErrorKind::Unsupported,
@@ -568,7 +599,45 @@ impl StoreAccess for LoopbackDomain {
     type StorePage = NoStore;
 
     fn open_store(&self) -> Result<(NoStore, LoopbackChannel)> {
-        Err(CoreError::new(ErrorKind::Unsupported, "the loopback backend has no xenstore"))
+        Err(CoreError::new(
+            ErrorKind::Unsupported,
+            "the loopback backend has no xenstore",
+        ))
+    }
+}
+
+impl core::fmt::Debug for LoopbackChannel {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LoopbackChannel")
+            .field("domain", &self.key.0)
+            .field("port", &self.key.1)
+            .finish()
+    }
+}
+
+impl core::fmt::Debug for LoopbackMapping {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LoopbackMapping")
+            .field("granter", &self.granter)
+            .field("refs", &self.refs)
+            .finish()
+    }
+}
+
+impl core::fmt::Debug for LoopbackGrant {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LoopbackGrant")
+            .field("owner", &self.owner)
+            .field("refs", &self.refs)
+            .finish()
+    }
+}
+
+impl core::fmt::Debug for LoopbackDomain {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LoopbackDomain")
+            .field("id", &self.id)
+            .finish()
     }
 }
 
@@ -594,7 +663,10 @@ mod tests {
         assert_eq!(passive.len(), 3 * PAGE_SIZE);
         passive.write_bytes(PAGE_SIZE * 2 + 5, b"hello");
         passive.poke().unwrap();
-        assert_eq!(active.channel().wait(Duration::from_secs(1)).unwrap(), WaitOutcome::Event);
+        assert_eq!(
+            active.channel().wait(Duration::from_secs(1)).unwrap(),
+            WaitOutcome::Event
+        );
         let mut got = [0u8; 5];
         active.read_bytes(PAGE_SIZE * 2 + 5, &mut got);
         assert_eq!(&got, b"hello");
@@ -611,17 +683,33 @@ mod tests {
     #[test]
     fn xen_rules_are_enforced() {
         let xen = Loopback::new();
-        let (a, b, c) = (xen.domain(DomId(1)), xen.domain(DomId(2)), xen.domain(DomId(3)));
+        let (a, b, c) = (
+            xen.domain(DomId(1)),
+            xen.domain(DomId(2)),
+            xen.domain(DomId(3)),
+        );
         let active = Pore::open_active(&a, DomId(2), 1).unwrap();
         let info = active.info();
         // A third domain may neither map nor bind what was offered to domain 2.
         let err = Pore::open_passive(&c, DomId(1), &info.refs, info.port).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::PermissionDenied);
-        assert_eq!(c.bind_interdomain(DomId(1), info.port).unwrap_err().kind(), ErrorKind::PermissionDenied);
+        assert_eq!(
+            c.bind_interdomain(DomId(1), info.port).unwrap_err().kind(),
+            ErrorKind::PermissionDenied
+        );
         // Nonexistent refs and ports.
-        assert_eq!(b.map(DomId(1), &[GrantRef(999)]).unwrap_err().kind(), ErrorKind::NotFound);
-        assert_eq!(b.bind_interdomain(DomId(1), Port(999)).unwrap_err().kind(), ErrorKind::NotFound);
-        assert_eq!(Pore::open_active(&a, DomId(2), 0).unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            b.map(DomId(1), &[GrantRef(999)]).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            b.bind_interdomain(DomId(1), Port(999)).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            Pore::open_active(&a, DomId(2), 0).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
         drop(active);
         assert_eq!(xen.outstanding(), Outstanding::default());
     }
@@ -651,14 +739,29 @@ mod tests {
         let q1 = Pore::open_passive(&b, DomId(1), &p1.info().refs, p1.info().port).unwrap();
         let q2 = Pore::open_passive(&b, DomId(1), &p2.info().refs, p2.info().port).unwrap();
         let mut fired = Vec::new();
-        a.select(&[p1.channel(), p2.channel()], Duration::from_millis(10), &mut fired).unwrap();
+        a.select(
+            &[p1.channel(), p2.channel()],
+            Duration::from_millis(10),
+            &mut fired,
+        )
+        .unwrap();
         assert!(fired.is_empty());
         q2.poke().unwrap();
-        a.select(&[p1.channel(), p2.channel()], Duration::from_secs(1), &mut fired).unwrap();
+        a.select(
+            &[p1.channel(), p2.channel()],
+            Duration::from_secs(1),
+            &mut fired,
+        )
+        .unwrap();
         assert_eq!(fired, vec![1]);
         let waiter = std::thread::spawn(move || {
             let mut fired = Vec::new();
-            a.select(&[p1.channel(), p2.channel()], Duration::from_secs(5), &mut fired).unwrap();
+            a.select(
+                &[p1.channel(), p2.channel()],
+                Duration::from_secs(5),
+                &mut fired,
+            )
+            .unwrap();
             fired
         });
         std::thread::sleep(Duration::from_millis(20));

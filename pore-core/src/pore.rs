@@ -5,8 +5,8 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
 use crate::{
-    Backend, CoreError, DomId, ErrorKind, EventChannel, Events, GrantRef, GrantedPages,
-    MappedPages, Port, SharedAccess, SharedMemory, SharedView, StoreAccess, UnmapNotify,
+    Backend, BackendError, CoreError, DomId, ErrorKind, EventChannel, GrantRef, GrantedPages,
+    MappedPages, Port, SharedAccess, SharedMemory, SharedView, UnmapNotify,
 };
 
 /// How a pore came to be (D7).
@@ -90,9 +90,11 @@ impl<B: Backend> Pore<B> {
 
     /// Opens the **active** end: grants `pages` fresh zeroed pages to `peer` and allocates an
     /// unbound port for it. Send [`Pore::info`] to the peer (e.g. through xenstore).
-    pub fn open_active(backend: &B, peer: DomId, pages: usize) -> Result<Self, B::Error> {
+    pub fn open_active(backend: &B, peer: DomId, pages: usize) -> Result<Self, BackendError<B>> {
         if pages == 0 {
-            return Err(CoreError::new(ErrorKind::InvalidInput, "a pore needs at least one page").into());
+            return Err(
+                CoreError::new(ErrorKind::InvalidInput, "a pore needs at least one page").into(),
+            );
         }
         let granted = backend.grant(peer, pages)?;
         let channel = backend.alloc_unbound(peer)?;
@@ -105,9 +107,11 @@ impl<B: Backend> Pore<B> {
         peer: DomId,
         refs: &[GrantRef],
         port: Port,
-    ) -> Result<Self, B::Error> {
+    ) -> Result<Self, BackendError<B>> {
         if refs.is_empty() {
-            return Err(CoreError::new(ErrorKind::InvalidInput, "a pore needs at least one page").into());
+            return Err(
+                CoreError::new(ErrorKind::InvalidInput, "a pore needs at least one page").into(),
+            );
         }
         let mapped = backend.map(peer, refs)?;
         let channel = backend.bind_interdomain(peer, port)?;
@@ -116,7 +120,7 @@ impl<B: Backend> Pore<B> {
 
     /// Opens the **pre-existing** pore of this domain's xenstore page and port (D7). Its peer is
     /// dom0 (where xenstored lives); closing it unmaps nothing.
-    pub fn open_store(backend: &B) -> Result<Self, B::Error> {
+    pub fn open_store(backend: &B) -> Result<Self, BackendError<B>> {
         let (page, channel) = backend.open_store()?;
         Ok(Self::assemble(channel, Memory::Store(page), DomId::DOM0))
     }
@@ -149,7 +153,7 @@ impl<B: Backend> Pore<B> {
     }
 
     /// Notifies the peer (the seed's `pore:poke/1`).
-    pub fn poke(&self) -> Result<(), B::Error> {
+    pub fn poke(&self) -> Result<(), BackendError<B>> {
         self.channel.notify()
     }
 
@@ -168,9 +172,13 @@ impl<B: Backend> Pore<B> {
 
     /// Arms an unmap notification (D8) on an active or passive pore. On a pre-existing pore this
     /// fails with [`ErrorKind::Unsupported`].
-    pub fn set_unmap_notify(&mut self, notify: UnmapNotify) -> Result<(), B::Error> {
+    pub fn set_unmap_notify(&mut self, notify: UnmapNotify) -> Result<(), BackendError<B>> {
         if notify.clear_byte.is_some_and(|b| b >= self.len) {
-            return Err(CoreError::new(ErrorKind::InvalidInput, "unmap-notify byte outside the pore").into());
+            return Err(CoreError::new(
+                ErrorKind::InvalidInput,
+                "unmap-notify byte outside the pore",
+            )
+            .into());
         }
         match &mut self.memory {
             Memory::Granted(g) => g.set_unmap_notify(notify),
@@ -186,7 +194,7 @@ impl<B: Backend> Pore<B> {
     /// Closes the pore: the port first, then the pages (end grant access / unmap). Every step is
     /// attempted; the first failure is returned. A grant the peer still maps fails with
     /// [`ErrorKind::Busy`] and is left on the backend's revoke-later list.
-    pub fn close(self) -> Result<(), B::Error> {
+    pub fn close(self) -> Result<(), BackendError<B>> {
         let Pore {
             channel, memory, ..
         } = self;

@@ -265,16 +265,36 @@ impl SharedAccess for SharedView<'_> {
 
 macro_rules! forward_shared_access {
     () => {
-        fn len(&self) -> usize { (**self).len() }
-        fn load_u32(&self, o: usize, ord: Ordering) -> u32 { (**self).load_u32(o, ord) }
-        fn store_u32(&self, o: usize, v: u32, ord: Ordering) { (**self).store_u32(o, v, ord) }
-        fn load_u8(&self, o: usize, ord: Ordering) -> u8 { (**self).load_u8(o, ord) }
-        fn store_u8(&self, o: usize, v: u8, ord: Ordering) { (**self).store_u8(o, v, ord) }
-        fn swap_u8(&self, o: usize, v: u8, ord: Ordering) -> u8 { (**self).swap_u8(o, v, ord) }
-        fn fetch_or_u8(&self, o: usize, v: u8, ord: Ordering) -> u8 { (**self).fetch_or_u8(o, v, ord) }
-        fn read_bytes(&self, o: usize, dst: &mut [u8]) { (**self).read_bytes(o, dst) }
-        fn write_bytes(&self, o: usize, src: &[u8]) { (**self).write_bytes(o, src) }
-        fn fence(&self, ord: Ordering) { (**self).fence(ord) }
+        fn len(&self) -> usize {
+            (**self).len()
+        }
+        fn load_u32(&self, o: usize, ord: Ordering) -> u32 {
+            (**self).load_u32(o, ord)
+        }
+        fn store_u32(&self, o: usize, v: u32, ord: Ordering) {
+            (**self).store_u32(o, v, ord)
+        }
+        fn load_u8(&self, o: usize, ord: Ordering) -> u8 {
+            (**self).load_u8(o, ord)
+        }
+        fn store_u8(&self, o: usize, v: u8, ord: Ordering) {
+            (**self).store_u8(o, v, ord)
+        }
+        fn swap_u8(&self, o: usize, v: u8, ord: Ordering) -> u8 {
+            (**self).swap_u8(o, v, ord)
+        }
+        fn fetch_or_u8(&self, o: usize, v: u8, ord: Ordering) -> u8 {
+            (**self).fetch_or_u8(o, v, ord)
+        }
+        fn read_bytes(&self, o: usize, dst: &mut [u8]) {
+            (**self).read_bytes(o, dst)
+        }
+        fn write_bytes(&self, o: usize, src: &[u8]) {
+            (**self).write_bytes(o, src)
+        }
+        fn fence(&self, ord: Ordering) {
+            (**self).fence(ord)
+        }
     };
 }
 
@@ -365,7 +385,8 @@ mod tests {
         let page = TestPage::new(16);
         let view = page.view();
         let arc = alloc::sync::Arc::new(view);
-        (&*arc).store_u8(1, 9, Ordering::Relaxed);
+        let by_ref: &SharedView<'_> = &arc;
+        SharedAccess::store_u8(&by_ref, 1, 9, Ordering::Relaxed);
         assert_eq!(arc.load_u8(1, Ordering::Relaxed), 9);
         assert_eq!(SharedAccess::len(&arc), 16);
     }

@@ -1,0 +1,2 @@
+//! Ring layouts in shared memory (filled in by the foundation issue).
+#![no_std]
