@@ -139,6 +139,11 @@ impl<B: Backend> Pore<B> {
         self.peer
     }
 
+    /// Number of shared pages.
+    pub fn pages(&self) -> usize {
+        self.len / crate::PAGE_SIZE
+    }
+
     /// Refs and port for the handshake (the seed's `pore_straw:info/1`).
     pub fn info(&self) -> PoreInfo {
         let refs = match &self.memory {
