@@ -85,7 +85,10 @@ impl ErrorName {
     /// True for the replies that mean "over a quota" in either daemon
     /// (C: ENOSPC, E2BIG for watches; O: EQUOTA).
     pub fn is_quota(&self) -> bool {
-        matches!(self, ErrorName::ENOSPC | ErrorName::EQUOTA | ErrorName::E2BIG)
+        matches!(
+            self,
+            ErrorName::ENOSPC | ErrorName::EQUOTA | ErrorName::E2BIG
+        )
     }
 }
 
@@ -208,8 +211,22 @@ mod tests {
     #[test]
     fn names_round_trip_and_unknown_kept() {
         for n in [
-            "EINVAL", "EACCES", "EEXIST", "EISDIR", "ENOENT", "ENOMEM", "ENOSPC", "EIO",
-            "ENOTEMPTY", "ENOSYS", "EROFS", "EBUSY", "EAGAIN", "EISCONN", "E2BIG", "EPERM",
+            "EINVAL",
+            "EACCES",
+            "EEXIST",
+            "EISDIR",
+            "ENOENT",
+            "ENOMEM",
+            "ENOSPC",
+            "EIO",
+            "ENOTEMPTY",
+            "ENOSYS",
+            "EROFS",
+            "EBUSY",
+            "EAGAIN",
+            "EISCONN",
+            "E2BIG",
+            "EPERM",
             "EQUOTA",
         ] {
             let e = ErrorName::from_name(n);

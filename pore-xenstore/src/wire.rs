@@ -26,7 +26,9 @@ pub const ABS_PATH_MAX: usize = 3072;
 pub const REL_PATH_MAX: usize = 2048;
 
 /// The 16-byte message header (`struct xsd_sockmsg`), little-endian on the wire.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct WireHeader {
     /// Message type ([`MsgType`] as a number).

@@ -1,0 +1,57 @@
+//! # pore-xenstore
+//!
+//! The xenstore wire protocol and a client, for talking to a xenstored (Debian's C
+//! `xenstored`, `oxenstored`, or pore's own).
+//!
+//! * [`codec`]: sans-IO, `no_std` + `alloc`. The 16-byte [`WireHeader`], every message
+//!   type, typed [`Request`](codec::Request)s and [`Reply`](codec::Reply)s, and an
+//!   incremental [`Parser`](codec::Parser) that checks payload lengths (D11) before it
+//!   allocates. Error replies are kept by name ([`ErrorName`]), unknown names included.
+//! * [`core`]: the sans-IO client state machine (D10): request ids, out-of-order
+//!   replies, watch events, the cap on open transactions (D12).
+//! * [`ring`]: the guest side of the xenstore shared ring, over an accessor trait.
+//! * With the `std` feature (default): a multiplexed, thread-safe [`Client`] (every
+//!   request has a timeout, 5 s by default, D9), and its transports: unix socket,
+//!   the Linux `/dev/xen/xenbus` device, and the shared ring.
+//!
+//! ```no_run
+//! # #[cfg(feature = "std")] {
+//! use std::time::Duration;
+//! use pore_xenstore::Client;
+//!
+//! let xs = Client::open_default().unwrap();
+//! xs.write("/vm/state", b"running").unwrap();
+//! assert_eq!(xs.read("/vm/state").unwrap(), b"running");
+//! xs.transaction(|tx| {
+//!     let n: u32 = String::from_utf8_lossy(&tx.read("/vm/count")?).parse().unwrap_or(0);
+//!     tx.write("/vm/count", (n + 1).to_string().as_bytes())
+//! })
+//! .unwrap();
+//! let v = xs
+//!     .wait_for("/vm/ready", |v| v == Some(&b"1"[..]), Duration::from_secs(10))
+//!     .unwrap();
+//! # }
+//! ```
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(missing_docs)]
+
+extern crate alloc;
+
+pub mod codec;
+pub mod core;
+pub mod error;
+pub mod perms;
+pub mod ring;
+pub mod wire;
+
+#[cfg(feature = "std")]
+mod client;
+#[cfg(feature = "std")]
+pub mod transport;
+
+#[cfg(feature = "std")]
+pub use client::{Client, Config, Transaction, Watch};
+pub use codec::{Message, Reply, Request, WatchEvent};
+pub use error::{CodecError, Error, ErrorName};
+pub use perms::{Access, Perm};
+pub use wire::{Limits, MsgType, WireHeader};
