@@ -1,0 +1,816 @@
+//! The std client: many threads share one connection.
+//!
+//! There is no background thread. Every thread waiting for something (a reply, a watch
+//! event) may become the connection's reader for a while (leader/follower): it reads
+//! whatever arrives, routes replies by request id and watch events by token, wakes the
+//! others and, once its own answer is there, hands the reader role on. A single caller
+//! thus pays one write and one read per request, like libxenstore's unthreaded path.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::codec::{Parser, Progress, Reply, Request, WatchEvent};
+use crate::core::{ClientCore, Incoming, DEFAULT_MAX_OPEN_TRANSACTIONS};
+use crate::error::{CodecError, Error, ErrorName};
+use crate::perms::Perm;
+use crate::transport::{StoreLocation, Transport, TransportReader, TransportWriter};
+use crate::wire::{Limits, HEADER_LEN};
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Timeout of each request (D9: 5 s).
+    pub timeout: Duration,
+    /// Open transactions allowed on the connection (D12: 8).
+    pub max_open_transactions: usize,
+    /// Attempts of a closure transaction that keeps conflicting (EAGAIN).
+    pub transaction_attempts: u32,
+    /// Events queued per watch before new ones are dropped (and counted).
+    pub watch_queue: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            max_open_transactions: DEFAULT_MAX_OPEN_TRANSACTIONS,
+            transaction_attempts: 16,
+            watch_queue: 1024,
+        }
+    }
+}
+
+struct ReaderHalf {
+    rd: Box<dyn TransportReader>,
+    parser: Parser,
+    buf: Vec<u8>,
+}
+
+#[derive(Default)]
+struct WatchQueue {
+    events: VecDeque<WatchEvent>,
+    dropped: u64,
+}
+
+struct State {
+    core: ClientCore,
+    results: HashMap<u32, Result<Reply, Error>>,
+    discard: HashSet<u32>,
+    watches: HashMap<String, WatchQueue>,
+    reader_busy: bool,
+    closed: bool,
+    orphans: Vec<u32>,
+}
+
+/// A xenstore client. `Sync`: share it between threads by reference or in an `Arc`.
+pub struct Client {
+    config: Config,
+    state: Mutex<State>,
+    cv: Condvar,
+    reader: Mutex<ReaderHalf>,
+    writer: Mutex<Box<dyn TransportWriter>>,
+    next_token: AtomicU64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Client {
+    /// A client over `transport`.
+    pub fn with_transport(transport: Box<dyn Transport>, config: Config) -> Result<Self, Error> {
+        let limits: Limits = transport.limits();
+        let (rd, wr) = transport.split()?;
+        Ok(Self {
+            state: Mutex::new(State {
+                core: ClientCore::new(limits, config.max_open_transactions),
+                results: HashMap::new(),
+                discard: HashSet::new(),
+                watches: HashMap::new(),
+                reader_busy: false,
+                closed: false,
+                orphans: Vec::new(),
+            }),
+            cv: Condvar::new(),
+            reader: Mutex::new(ReaderHalf {
+                rd,
+                parser: Parser::new(limits.reply_payload_max),
+                buf: vec![0; 16 * 1024],
+            }),
+            writer: Mutex::new(wr),
+            next_token: AtomicU64::new(1),
+            config,
+        })
+    }
+
+    /// Connects to a xenstored's unix socket.
+    pub fn connect_unix(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
+        Self::with_transport(
+            Box::new(crate::transport::UnixTransport::connect(path)?),
+            Config::default(),
+        )
+    }
+
+    /// Opens the Linux xenbus device at `path`.
+    pub fn open_xenbus(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
+        Self::with_transport(
+            Box::new(crate::transport::XenbusTransport::open(path)?),
+            Config::default(),
+        )
+    }
+
+    /// Finds the store as xenstore-utils do (see [`StoreLocation::candidates`]).
+    pub fn open_default() -> Result<Self, Error> {
+        let (_, t) = StoreLocation::open_default()?;
+        Self::with_transport(t, Config::default())
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Reads once (as the current reader) and dispatches what arrived.
+    fn read_some(&self, timeout: Duration) -> Result<Vec<crate::codec::Message>, Error> {
+        let mut guard = lock(&self.reader);
+        let r = &mut *guard;
+        let n = match r.rd.read(&mut r.buf, timeout)? {
+            None => return Ok(Vec::new()),
+            Some(0) => return Err(Error::Closed),
+            Some(n) => n,
+        };
+        let mut msgs = Vec::new();
+        let mut rest = &r.buf[..n];
+        while !rest.is_empty() {
+            let (used, p) = r.parser.feed(rest);
+            rest = &rest[used..];
+            match p? {
+                Progress::Message(m) => msgs.push(m),
+                Progress::NeedMore(_) => break,
+            }
+        }
+        Ok(msgs)
+    }
+
+    fn dispatch(&self, st: &mut State, msg: crate::codec::Message) {
+        match st.core.handle(msg) {
+            Incoming::Reply { req_id, result } => {
+                if !st.discard.remove(&req_id) {
+                    st.results.insert(req_id, result);
+                }
+            }
+            Incoming::Watch(ev) => match st.watches.get_mut(&ev.token) {
+                Some(q) if q.events.len() < self.config.watch_queue => q.events.push_back(ev),
+                Some(q) => {
+                    q.dropped += 1;
+                    tracing::warn!(token = %ev.token, "watch queue full, event dropped");
+                }
+                None => tracing::debug!(?ev, "event for an unknown watch"),
+            },
+            Incoming::OrphanTransaction(id) => st.orphans.push(id),
+            Incoming::Stray(m) => tracing::debug!(req_id = m.req_id, ty = m.ty, "stray reply"),
+            Incoming::BadEvent(e) => tracing::warn!(error = %e, "malformed watch event"),
+        }
+    }
+
+    /// Waits until `check` yields, taking the reader role when nobody has it.
+    fn wait<T>(
+        &self,
+        deadline: Instant,
+        mut check: impl FnMut(&mut State) -> Option<T>,
+    ) -> Result<T, Error> {
+        let mut st = lock(&self.state);
+        loop {
+            if let Some(v) = check(&mut st) {
+                return Ok(v);
+            }
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout);
+            }
+            if st.reader_busy {
+                st = self
+                    .cv
+                    .wait_timeout(st, deadline - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
+            }
+            st.reader_busy = true;
+            drop(st);
+            let got = self.read_some(deadline - now);
+            st = lock(&self.state);
+            st.reader_busy = false;
+            match got {
+                Ok(msgs) => {
+                    for m in msgs {
+                        self.dispatch(&mut st, m);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "xenstore connection lost");
+                    st.closed = true;
+                }
+            }
+            self.cv.notify_all();
+            if !st.orphans.is_empty() {
+                let orphans = std::mem::take(&mut st.orphans);
+                drop(st);
+                for id in orphans {
+                    self.fire_and_forget(&Request::TransactionEnd { commit: false }, id);
+                }
+                st = lock(&self.state);
+            }
+        }
+    }
+
+    fn fire_and_forget(&self, req: &Request<'_>, tx: u32) {
+        let mut buf = Vec::new();
+        let id = {
+            let mut st = lock(&self.state);
+            match st.core.begin(req, tx, &mut buf) {
+                Ok(id) => {
+                    st.discard.insert(id);
+                    id
+                }
+                Err(_) => return,
+            }
+        };
+        let deadline = Instant::now() + self.config.timeout;
+        if lock(&self.writer).write_message(&buf, deadline).is_err() {
+            let mut st = lock(&self.state);
+            st.core.cancel(id);
+            st.discard.remove(&id);
+        }
+    }
+
+    /// Sends `req` in transaction `tx` (0: none) and waits for its reply.
+    pub(crate) fn call(&self, req: &Request<'_>, tx: u32) -> Result<Reply, Error> {
+        let deadline = Instant::now() + self.config.timeout;
+        let mut buf = Vec::with_capacity(HEADER_LEN + 64);
+        let req_id = {
+            let mut st = lock(&self.state);
+            loop {
+                if st.closed {
+                    return Err(Error::Closed);
+                }
+                match st.core.begin(req, tx, &mut buf) {
+                    Err(Error::TooManyTransactions(n)) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            return Err(Error::TooManyTransactions(n));
+                        }
+                        st = self
+                            .cv
+                            .wait_timeout(st, deadline - now)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                    r => break r?,
+                }
+            }
+        };
+        if let Err(e) = lock(&self.writer).write_message(&buf, deadline) {
+            let mut st = lock(&self.state);
+            st.core.cancel(req_id);
+            if e.kind() != std::io::ErrorKind::TimedOut {
+                st.closed = true;
+            }
+            self.cv.notify_all();
+            return Err(Error::Io(e));
+        }
+        match self.wait(deadline, |st| st.results.remove(&req_id)) {
+            Ok(r) => r,
+            Err(e) => {
+                let mut st = lock(&self.state);
+                st.core.cancel(req_id);
+                st.results.remove(&req_id);
+                self.cv.notify_all();
+                Err(e)
+            }
+        }
+    }
+
+    fn expect_ok(r: Reply) -> Result<(), Error> {
+        match r {
+            Reply::Ok => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    // ---- operations, with a transaction id (0 = none) ----
+
+    fn read_in(&self, tx: u32, path: &str) -> Result<Vec<u8>, Error> {
+        match self.call(&Request::Read(path), tx)? {
+            Reply::Value(v) => Ok(v),
+            _ => Err(unexpected()),
+        }
+    }
+
+    fn write_in(&self, tx: u32, path: &str, value: &[u8]) -> Result<(), Error> {
+        Self::expect_ok(self.call(&Request::Write { path, value }, tx)?)
+    }
+
+    fn mkdir_in(&self, tx: u32, path: &str) -> Result<(), Error> {
+        Self::expect_ok(self.call(&Request::Mkdir(path), tx)?)
+    }
+
+    fn rm_in(&self, tx: u32, path: &str) -> Result<(), Error> {
+        Self::expect_ok(self.call(&Request::Rm(path), tx)?)
+    }
+
+    fn get_perms_in(&self, tx: u32, path: &str) -> Result<Vec<Perm>, Error> {
+        match self.call(&Request::GetPerms(path), tx)? {
+            Reply::Perms(p) => Ok(p),
+            _ => Err(unexpected()),
+        }
+    }
+
+    fn set_perms_in(&self, tx: u32, path: &str, perms: &[Perm]) -> Result<(), Error> {
+        Self::expect_ok(self.call(
+            &Request::SetPerms {
+                path,
+                perms: perms.into(),
+            },
+            tx,
+        )?)
+    }
+
+    fn directory_in(&self, tx: u32, path: &str) -> Result<Vec<String>, Error> {
+        match self.call(&Request::Directory(path), tx) {
+            Ok(Reply::Children(c)) => Ok(c),
+            Ok(_) => Err(unexpected()),
+            // C xenstored refuses replies over 4096 bytes: fetch in parts.
+            Err(Error::Xs(ErrorName::E2BIG)) => self.directory_parts(tx, path),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn directory_parts(&self, tx: u32, path: &str) -> Result<Vec<String>, Error> {
+        const MAX_RESTARTS: usize = 8;
+        const MAX_CHUNKS: usize = 4096;
+        'restart: for _ in 0..MAX_RESTARTS {
+            let mut names = Vec::new();
+            let mut offset: u32 = 0;
+            let mut gen0: Option<String> = None;
+            for _ in 0..MAX_CHUNKS {
+                let r = self.call(&Request::DirectoryPart { path, offset }, tx)?;
+                let Reply::ChildrenPart {
+                    generation,
+                    children,
+                    done,
+                    consumed,
+                } = r
+                else {
+                    return Err(unexpected());
+                };
+                match &gen0 {
+                    None => gen0 = Some(generation),
+                    Some(g) if *g != generation => continue 'restart,
+                    Some(_) => {}
+                }
+                names.extend(children);
+                if done {
+                    return Ok(names);
+                }
+                if consumed == 0 {
+                    return Err(Error::Codec(CodecError::malformed(
+                        "DIRECTORY_PART made no progress",
+                    )));
+                }
+                offset = u32::try_from(consumed)
+                    .ok()
+                    .and_then(|c| offset.checked_add(c))
+                    .ok_or(Error::Codec(CodecError::malformed("DIRECTORY_PART offset")))?;
+            }
+            return Err(Error::Codec(CodecError::malformed(
+                "DIRECTORY_PART never ended",
+            )));
+        }
+        Err(Error::Conflict(MAX_RESTARTS as u32))
+    }
+
+    fn exists_in(&self, tx: u32, path: &str) -> Result<bool, Error> {
+        match self.read_in(tx, path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    // ---- public API ----
+
+    /// Reads a node's value.
+    pub fn read(&self, path: &str) -> Result<Vec<u8>, Error> {
+        self.read_in(0, path)
+    }
+
+    /// Reads a node's value, `None` if it does not exist.
+    pub fn try_read(&self, path: &str) -> Result<Option<Vec<u8>>, Error> {
+        match self.read_in(0, path) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True if the node exists (ENOENT means no; other errors are errors).
+    pub fn exists(&self, path: &str) -> Result<bool, Error> {
+        self.exists_in(0, path)
+    }
+
+    /// Writes a node (creating missing ancestors).
+    pub fn write(&self, path: &str, value: &[u8]) -> Result<(), Error> {
+        self.write_in(0, path, value)
+    }
+
+    /// Creates a node (and ancestors); an existing node is left as it is.
+    pub fn mkdir(&self, path: &str) -> Result<(), Error> {
+        self.mkdir_in(0, path)
+    }
+
+    /// Removes a node and its subtree.
+    pub fn rm(&self, path: &str) -> Result<(), Error> {
+        self.rm_in(0, path)
+    }
+
+    /// Lists a node's children; large directories are fetched with DIRECTORY_PART when
+    /// the daemon refuses the whole list (C xenstored, E2BIG).
+    pub fn directory(&self, path: &str) -> Result<Vec<String>, Error> {
+        self.directory_in(0, path)
+    }
+
+    /// A node's permissions (owner first).
+    pub fn get_perms(&self, path: &str) -> Result<Vec<Perm>, Error> {
+        self.get_perms_in(0, path)
+    }
+
+    /// Sets a node's permissions (owner first).
+    pub fn set_perms(&self, path: &str, perms: &[Perm]) -> Result<(), Error> {
+        self.set_perms_in(0, path, perms)
+    }
+
+    /// The home path of a domain (`/local/domain/<domid>`).
+    pub fn get_domain_path(&self, domid: u32) -> Result<String, Error> {
+        match self.call(&Request::GetDomainPath(domid), 0)? {
+            Reply::Path(p) => Ok(p),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Introduces a domain whose store page is `gfn` and event channel `port` (dom0).
+    pub fn introduce(&self, domid: u32, gfn: u64, port: u32) -> Result<(), Error> {
+        Self::expect_ok(self.call(&Request::Introduce { domid, gfn, port }, 0)?)
+    }
+
+    /// Releases a domain (dom0).
+    pub fn release(&self, domid: u32) -> Result<(), Error> {
+        Self::expect_ok(self.call(&Request::Release(domid), 0)?)
+    }
+
+    /// Clears a domain's shutdown flag (dom0).
+    pub fn resume(&self, domid: u32) -> Result<(), Error> {
+        Self::expect_ok(self.call(&Request::Resume(domid), 0)?)
+    }
+
+    /// True if the domain is introduced.
+    pub fn is_domain_introduced(&self, domid: u32) -> Result<bool, Error> {
+        match self.call(&Request::IsDomainIntroduced(domid), 0)? {
+            Reply::Bool(b) => Ok(b),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Registers a watch on `path` (and its descendants). The daemon fires one event at
+    /// once; more follow on changes. Dropping the [`Watch`] unregisters it.
+    pub fn watch(&self, path: &str) -> Result<Watch<'_>, Error> {
+        let token = format!("pore-{}", self.next_token.fetch_add(1, Ordering::Relaxed));
+        // Register the queue first: C xenstored sends the first event before the reply.
+        lock(&self.state)
+            .watches
+            .insert(token.clone(), WatchQueue::default());
+        match self.call(
+            &Request::Watch {
+                path,
+                token: &token,
+            },
+            0,
+        ) {
+            Ok(Reply::Ok) => Ok(Watch {
+                client: self,
+                path: path.to_owned(),
+                token,
+                active: true,
+            }),
+            other => {
+                lock(&self.state).watches.remove(&token);
+                match other {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(unexpected()),
+                }
+            }
+        }
+    }
+
+    /// Waits until `predicate` holds for the value of `path` (`None`: absent), re-reading
+    /// it on every watch event; returns the value that satisfied it.
+    ///
+    /// Returns [`Error::Timeout`] if it does not hold within `timeout`.
+    pub fn wait_for(
+        &self,
+        path: &str,
+        mut predicate: impl FnMut(Option<&[u8]>) -> bool,
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let deadline = Instant::now() + timeout;
+        let w = self.watch(path)?;
+        loop {
+            let v = self.try_read(path)?;
+            if predicate(v.as_deref()) {
+                return Ok(v);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout);
+            }
+            w.next_event(deadline - now)?;
+            // Coalesce a burst of events into one re-read.
+            while w.try_next().is_some() {}
+        }
+    }
+
+    /// Starts a transaction. ENOSPC/EQUOTA (the daemon's transaction quota) is retried
+    /// with backoff, a bounded number of times (D12).
+    pub fn start_transaction(&self) -> Result<Transaction<'_>, Error> {
+        let mut backoff = Duration::from_millis(5);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.call(&Request::TransactionStart, 0) {
+                Ok(Reply::TransactionId(id)) => {
+                    return Ok(Transaction {
+                        client: self,
+                        id,
+                        ended: false,
+                    })
+                }
+                Ok(_) => return Err(unexpected()),
+                Err(Error::Xs(ErrorName::ENOSPC | ErrorName::EQUOTA))
+                    if attempt < self.config.transaction_attempts =>
+                {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs `f` in a transaction and commits it; on a conflict (EAGAIN) the whole
+    /// closure is run again, at most [`Config::transaction_attempts`] times. An error
+    /// from `f` aborts the transaction and is returned.
+    pub fn transaction<T>(
+        &self,
+        mut f: impl FnMut(&Transaction<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let attempts = self.config.transaction_attempts.max(1);
+        let mut backoff = Duration::from_micros(500);
+        for _ in 0..attempts {
+            let tx = self.start_transaction()?;
+            match f(&tx) {
+                Ok(v) => match tx.commit() {
+                    Ok(()) => return Ok(v),
+                    Err(e) if e.is_again() => {}
+                    Err(e) => return Err(e),
+                },
+                Err(e) => {
+                    let again = e.is_again();
+                    let _ = tx.abort();
+                    if !again {
+                        return Err(e);
+                    }
+                }
+            }
+            tracing::debug!("transaction conflict, retrying");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
+        Err(Error::Conflict(attempts))
+    }
+
+    fn end_transaction(&self, id: u32, commit: bool) -> Result<(), Error> {
+        Self::expect_ok(self.call(&Request::TransactionEnd { commit }, id)?)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        lock(&self.writer).shutdown();
+    }
+}
+
+fn unexpected() -> Error {
+    Error::Codec(CodecError::malformed("reply of another kind"))
+}
+
+/// A registered watch. Events arrive in order; the first one is the registration event.
+pub struct Watch<'c> {
+    client: &'c Client,
+    path: String,
+    token: String,
+    active: bool,
+}
+
+impl std::fmt::Debug for Watch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("path", &self.path)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+impl Watch<'_> {
+    /// The watched path, as given.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The token routing this watch's events.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The next event, waiting at most `timeout` ([`Error::Timeout`] if none came).
+    pub fn next_event(&self, timeout: Duration) -> Result<WatchEvent, Error> {
+        let deadline = Instant::now() + timeout;
+        self.client.wait(deadline, |st| {
+            st.watches
+                .get_mut(&self.token)
+                .and_then(|q| q.events.pop_front())
+        })
+    }
+
+    /// The next event if one is already queued.
+    pub fn try_next(&self) -> Option<WatchEvent> {
+        lock(&self.client.state)
+            .watches
+            .get_mut(&self.token)
+            .and_then(|q| q.events.pop_front())
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        lock(&self.client.state)
+            .watches
+            .get(&self.token)
+            .map_or(0, |q| q.dropped)
+    }
+
+    /// Unregisters the watch.
+    pub fn unwatch(mut self) -> Result<(), Error> {
+        self.do_unwatch()
+    }
+
+    fn do_unwatch(&mut self) -> Result<(), Error> {
+        if !self.active {
+            return Ok(());
+        }
+        self.active = false;
+        let r = self.client.call(
+            &Request::Unwatch {
+                path: &self.path,
+                token: &self.token,
+            },
+            0,
+        );
+        lock(&self.client.state).watches.remove(&self.token);
+        Client::expect_ok(r?)
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.do_unwatch() {
+            tracing::debug!(error = %e, token = %self.token, "unwatch on drop failed");
+        }
+    }
+}
+
+/// An open transaction. Reads see its own writes; nothing is visible to others until
+/// [`commit`](Transaction::commit). Dropping it without committing aborts it.
+pub struct Transaction<'c> {
+    client: &'c Client,
+    id: u32,
+    ended: bool,
+}
+
+impl std::fmt::Debug for Transaction<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction").field("id", &self.id).finish()
+    }
+}
+
+impl Transaction<'_> {
+    /// The daemon's transaction id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Reads a node's value.
+    pub fn read(&self, path: &str) -> Result<Vec<u8>, Error> {
+        self.client.read_in(self.id, path)
+    }
+
+    /// Reads a node's value, `None` if it does not exist.
+    pub fn try_read(&self, path: &str) -> Result<Option<Vec<u8>>, Error> {
+        match self.client.read_in(self.id, path) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True if the node exists.
+    pub fn exists(&self, path: &str) -> Result<bool, Error> {
+        self.client.exists_in(self.id, path)
+    }
+
+    /// Writes a node.
+    pub fn write(&self, path: &str, value: &[u8]) -> Result<(), Error> {
+        self.client.write_in(self.id, path, value)
+    }
+
+    /// Creates a node.
+    pub fn mkdir(&self, path: &str) -> Result<(), Error> {
+        self.client.mkdir_in(self.id, path)
+    }
+
+    /// Removes a node and its subtree.
+    pub fn rm(&self, path: &str) -> Result<(), Error> {
+        self.client.rm_in(self.id, path)
+    }
+
+    /// Lists a node's children.
+    pub fn directory(&self, path: &str) -> Result<Vec<String>, Error> {
+        self.client.directory_in(self.id, path)
+    }
+
+    /// A node's permissions.
+    pub fn get_perms(&self, path: &str) -> Result<Vec<Perm>, Error> {
+        self.client.get_perms_in(self.id, path)
+    }
+
+    /// Sets a node's permissions.
+    pub fn set_perms(&self, path: &str, perms: &[Perm]) -> Result<(), Error> {
+        self.client.set_perms_in(self.id, path, perms)
+    }
+
+    /// Commits. A conflict is `Err` with [`Error::is_again`] true.
+    pub fn commit(mut self) -> Result<(), Error> {
+        self.ended = true;
+        self.client.end_transaction(self.id, true)
+    }
+
+    /// Aborts.
+    pub fn abort(mut self) -> Result<(), Error> {
+        self.ended = true;
+        self.client.end_transaction(self.id, false)
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            if let Err(e) = self.client.end_transaction(self.id, false) {
+                tracing::debug!(error = %e, id = self.id, "abort on drop failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_is_send_and_sync() {
+        fn is_sync<T: Sync + Send>() {}
+        is_sync::<Client>();
+        assert_eq!(Config::default().timeout, Duration::from_secs(5));
+        assert_eq!(Config::default().max_open_transactions, 8);
+    }
+}

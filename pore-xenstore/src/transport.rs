@@ -1,0 +1,428 @@
+//! Transports for the std [`Client`](crate::Client): a unix socket, the Linux
+//! `/dev/xen/xenbus` device file, and the xenstore shared ring.
+//!
+//! A transport splits into a reader and a writer half so that one thread can wait for
+//! replies while others send requests. Every wait is bounded: readers take a timeout,
+//! writers a deadline.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::ring::{RequestWriter, ResponseReader, RingAccess, RingError};
+use crate::wire::Limits;
+
+/// The receiving half of a transport.
+pub trait TransportReader: Send {
+    /// Reads available bytes into `buf`, waiting at most `timeout`.
+    ///
+    /// `Ok(None)`: nothing arrived in time; `Ok(Some(0))`: the peer closed the
+    /// connection; `Ok(Some(n))`: `n` bytes were read.
+    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>>;
+}
+
+/// The sending half of a transport.
+pub trait TransportWriter: Send {
+    /// Sends one whole message (header + payload), giving up at `deadline`.
+    fn write_message(&mut self, msg: &[u8], deadline: Instant) -> io::Result<()>;
+    /// Shuts the connection down (best effort); called when the client is dropped.
+    fn shutdown(&mut self) {}
+}
+
+/// A connection to a xenstored.
+pub trait Transport: Send {
+    /// The payload limits of this transport (D11).
+    fn limits(&self) -> Limits;
+    /// Splits into a reader and a writer.
+    fn split(self: Box<Self>) -> io::Result<(Box<dyn TransportReader>, Box<dyn TransportWriter>)>;
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "xenstore transport timed out")
+}
+
+/// How long one blocking socket read may sleep before the client re-checks its state.
+const SOCKET_READ_SLICE: Duration = Duration::from_millis(20);
+
+/// A unix-socket connection (how dom0 tools reach xenstored; always privileged).
+#[derive(Debug)]
+pub struct UnixTransport {
+    stream: UnixStream,
+}
+
+impl UnixTransport {
+    /// Connects to the socket at `path`.
+    pub fn connect(path: impl AsRef<Path>) -> io::Result<Self> {
+        let stream = UnixStream::connect(path)?;
+        Ok(Self { stream })
+    }
+}
+
+struct UnixReader {
+    stream: UnixStream,
+}
+
+impl TransportReader for UnixReader {
+    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.stream.read(buf) {
+                Ok(n) => return Ok(Some(n)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+struct UnixWriter {
+    stream: UnixStream,
+}
+
+impl TransportWriter for UnixWriter {
+    fn write_message(&mut self, msg: &[u8], deadline: Instant) -> io::Result<()> {
+        let mut rest = msg;
+        while !rest.is_empty() {
+            match self.stream.write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if Instant::now() >= deadline {
+                        return Err(timed_out());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Transport for UnixTransport {
+    fn limits(&self) -> Limits {
+        Limits::SOCKET
+    }
+
+    fn split(self: Box<Self>) -> io::Result<(Box<dyn TransportReader>, Box<dyn TransportWriter>)> {
+        let reader = self.stream.try_clone()?;
+        reader.set_read_timeout(Some(SOCKET_READ_SLICE))?;
+        self.stream.set_write_timeout(Some(SOCKET_READ_SLICE))?;
+        Ok((
+            Box::new(UnixReader { stream: reader }),
+            Box::new(UnixWriter {
+                stream: self.stream,
+            }),
+        ))
+    }
+}
+
+/// The Linux `/dev/xen/xenbus` device (a guest's or dom0's kernel relays to xenstored).
+///
+/// Requests are written as whole packets of at most 4080 payload bytes (D11).
+#[derive(Debug)]
+pub struct XenbusTransport {
+    file: File,
+}
+
+/// The default path of the xenbus device.
+pub const XENBUS_DEVICE: &str = "/dev/xen/xenbus";
+
+impl XenbusTransport {
+    /// Opens the device at `path` (normally [`XENBUS_DEVICE`]).
+    pub fn open(path: impl AsRef<Path>) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Self { file })
+    }
+}
+
+fn poll_in(fd: &impl AsFd, timeout: Duration) -> io::Result<bool> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let ts = Timespec {
+        tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    };
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    loop {
+        match poll(&mut fds, Some(&ts)) {
+            Ok(n) => return Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+struct XenbusReader {
+    file: File,
+}
+
+impl TransportReader for XenbusReader {
+    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+        if !poll_in(&self.file, timeout)? {
+            return Ok(None);
+        }
+        match self.file.read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+struct XenbusWriter {
+    file: File,
+}
+
+impl TransportWriter for XenbusWriter {
+    fn write_message(&mut self, msg: &[u8], _deadline: Instant) -> io::Result<()> {
+        // The device takes a whole packet per write.
+        let n = self.file.write(msg)?;
+        if n != msg.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "xenbus device took a partial packet",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Transport for XenbusTransport {
+    fn limits(&self) -> Limits {
+        Limits::XENBUS_DEV
+    }
+
+    fn split(self: Box<Self>) -> io::Result<(Box<dyn TransportReader>, Box<dyn TransportWriter>)> {
+        let reader = self.file.try_clone()?;
+        Ok((
+            Box::new(XenbusReader { file: reader }),
+            Box::new(XenbusWriter { file: self.file }),
+        ))
+    }
+}
+
+/// Notification and waiting for the ring transport (an event channel, a fake one, or
+/// nothing at all).
+pub trait RingNotify: Send + Sync {
+    /// Signals the server that the ring changed.
+    fn notify(&self) -> io::Result<()>;
+    /// Waits for an event from the server for at most `timeout`. Spurious and missing
+    /// wake-ups are allowed: the transport re-checks the ring after every return. The
+    /// default sleeps, i.e. polls.
+    fn wait(&self, timeout: Duration) -> io::Result<()> {
+        std::thread::sleep(timeout);
+        Ok(())
+    }
+}
+
+/// A guest's xenstore ring page, over any [`RingAccess`] and [`RingNotify`].
+///
+/// When events never come the transport still makes progress: it re-checks the ring
+/// at least every `poll_interval` (1 ms by default, starting at 20 µs after activity).
+pub struct RingTransport<A, N> {
+    mem: Arc<A>,
+    notify: Arc<N>,
+    poll_interval: Duration,
+}
+
+impl<A, N> RingTransport<A, N>
+where
+    A: RingAccess + Send + Sync + 'static,
+    N: RingNotify + 'static,
+{
+    /// A transport over `mem` signalling with `notify`.
+    pub fn new(mem: A, notify: N) -> Self {
+        Self {
+            mem: Arc::new(mem),
+            notify: Arc::new(notify),
+            poll_interval: Duration::from_millis(1),
+        }
+    }
+
+    /// Sets the longest sleep between two looks at the ring.
+    pub fn with_poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d.max(Duration::from_micros(1));
+        self
+    }
+}
+
+fn ring_err(e: RingError) -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, e)
+}
+
+struct RingReader<A: RingAccess, N> {
+    rsp: ResponseReader<Arc<A>>,
+    notify: Arc<N>,
+    poll_interval: Duration,
+}
+
+impl<A, N> TransportReader for RingReader<A, N>
+where
+    A: RingAccess + Send + Sync,
+    N: RingNotify,
+{
+    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+        let deadline = Instant::now() + timeout;
+        let mut nap = Duration::from_micros(20);
+        loop {
+            let n = self.rsp.read(buf).map_err(ring_err)?;
+            if n > 0 {
+                // Room was made: let the server push more output.
+                self.notify.notify()?;
+                return Ok(Some(n));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            self.notify.wait(nap.min(deadline - now))?;
+            nap = (nap * 2).min(self.poll_interval);
+        }
+    }
+}
+
+struct RingWriter<A: RingAccess, N> {
+    req: RequestWriter<Arc<A>>,
+    notify: Arc<N>,
+    poll_interval: Duration,
+}
+
+impl<A, N> TransportWriter for RingWriter<A, N>
+where
+    A: RingAccess + Send + Sync,
+    N: RingNotify,
+{
+    fn write_message(&mut self, msg: &[u8], deadline: Instant) -> io::Result<()> {
+        // A 4096-byte payload does not fit the 1024-byte ring: stream it in chunks.
+        let mut rest = msg;
+        let mut nap = Duration::from_micros(20);
+        while !rest.is_empty() {
+            let n = self.req.write(rest).map_err(ring_err)?;
+            if n > 0 {
+                rest = &rest[n..];
+                self.notify.notify()?;
+                nap = Duration::from_micros(20);
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(timed_out());
+            }
+            std::thread::sleep(nap.min(deadline - now));
+            nap = (nap * 2).min(self.poll_interval);
+        }
+        Ok(())
+    }
+}
+
+impl<A, N> Transport for RingTransport<A, N>
+where
+    A: RingAccess + Send + Sync + 'static,
+    N: RingNotify + 'static,
+{
+    fn limits(&self) -> Limits {
+        Limits::SOCKET
+    }
+
+    fn split(self: Box<Self>) -> io::Result<(Box<dyn TransportReader>, Box<dyn TransportWriter>)> {
+        Ok((
+            Box::new(RingReader {
+                rsp: ResponseReader::new(self.mem.clone()),
+                notify: self.notify.clone(),
+                poll_interval: self.poll_interval,
+            }),
+            Box::new(RingWriter {
+                req: RequestWriter::new(self.mem),
+                notify: self.notify,
+                poll_interval: self.poll_interval,
+            }),
+        ))
+    }
+}
+
+/// Where a xenstore is, as libxenstore (and so xenstore-utils) finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A unix socket.
+    Socket(PathBuf),
+    /// A xenbus device file.
+    Device(PathBuf),
+}
+
+impl StoreLocation {
+    /// The candidates in libxenstore's order: `$XENSTORED_PATH`, else
+    /// `$XENSTORED_RUNDIR/socket` (default `/var/run/xenstored/socket`); then
+    /// `$XENSTORED_PATH` or `/dev/xen/xenbus` as a device.
+    pub fn candidates() -> Vec<PathBuf> {
+        let env_path = std::env::var_os("XENSTORED_PATH").map(PathBuf::from);
+        let socket = env_path.clone().unwrap_or_else(|| {
+            let rundir = std::env::var_os("XENSTORED_RUNDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/run/xenstored"));
+            rundir.join("socket")
+        });
+        let dev = env_path.unwrap_or_else(|| PathBuf::from(XENBUS_DEVICE));
+        if socket == dev {
+            vec![socket]
+        } else {
+            vec![socket, dev]
+        }
+    }
+
+    /// Classifies `path`: a socket if it is one, else a device.
+    pub fn of_path(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        match std::fs::metadata(&path) {
+            Ok(m) if m.file_type().is_socket() => StoreLocation::Socket(path),
+            _ => StoreLocation::Device(path),
+        }
+    }
+
+    /// Opens a transport to this location.
+    pub fn open(&self) -> io::Result<Box<dyn Transport>> {
+        Ok(match self {
+            StoreLocation::Socket(p) => Box::new(UnixTransport::connect(p)?),
+            StoreLocation::Device(p) => Box::new(XenbusTransport::open(p)?),
+        })
+    }
+
+    /// Opens the first candidate that works.
+    pub fn open_default() -> io::Result<(StoreLocation, Box<dyn Transport>)> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no xenstore found");
+        for p in Self::candidates() {
+            let loc = Self::of_path(p);
+            match loc.open() {
+                Ok(t) => return Ok((loc, t)),
+                Err(e) => {
+                    tracing::debug!(?loc, error = %e, "xenstore candidate failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+}
