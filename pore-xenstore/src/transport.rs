@@ -61,6 +61,11 @@ impl UnixTransport {
         let stream = UnixStream::connect(path)?;
         Ok(Self { stream })
     }
+
+    /// Wraps an already connected stream (e.g. one end of `UnixStream::pair`).
+    pub fn from_stream(stream: UnixStream) -> Self {
+        Self { stream }
+    }
 }
 
 struct UnixReader {
