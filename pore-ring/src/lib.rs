@@ -1,2 +1,187 @@
-//! Ring layouts in shared memory (filled in by the foundation issue).
+//! # pore-ring
+//!
+//! Single-producer single-consumer byte rings living in memory shared with another Xen domain,
+//! reached only through [`pore_core::SharedAccess`] (DESIGN.md D1, D2):
+//!
+//! * [`xenstore`]: the Xen ABI `xenstore_domain_interface` (1 KiB request and response rings),
+//!   client and server sides;
+//! * [`ling`]: the original LING straw ring (two wrapped 16 376-byte rings over 8 pages);
+//! * [`v2`]: our straw ring: a control page plus 2^k data pages per direction, free-running
+//!   indices on separate cache lines, notification suppression and batched publication;
+//! * [`frame`]: 4-byte big-endian length-prefixed frames over any of them;
+//! * [`wait`]: a spin-then-sleep blocking helper over an event channel.
+//!
+//! Every ring half implements [`RingWriter`] or [`RingReader`] (with deferred publication) and
+//! pore-core's [`SharedRing`](pore_core::SharedRing); each full ring implements `SharedRing` and
+//! splits into a producer and a consumer usable from two threads.
+//!
+//! The peer is untrusted (ANCHORS §6): each index it controls is read once per operation and
+//! validated; a bad one breaks the ring ([`RingError`] of kind `Protocol`), never panics and
+//! never leads to an access outside the ring.
+//!
+//! ```
+//! use pore_core::{loopback::Loopback, DomId, Grants, SharedMemory, SharedRing};
+//! use pore_ring::xenstore::XenstoreRing;
+//!
+//! let xen = Loopback::new();
+//! let page = xen.domain(DomId(1)).grant(DomId(0), 1)?;
+//! let view = page.view();
+//! let mut guest = XenstoreRing::client(view)?;
+//! let mut xenstored = XenstoreRing::server(view)?;
+//! assert_eq!(guest.write(b"hello")?, 5);
+//! assert!(guest.take_notify());
+//! let mut buf = [0u8; 16];
+//! assert_eq!(xenstored.read(&mut buf)?, 5);
+//! assert_eq!(&buf[..5], b"hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(any(feature = "std", loom, test))]
+extern crate std;
+
+mod error;
+pub mod frame;
+mod free;
+pub mod ling;
+#[cfg(loom)]
+pub mod loom_access;
+mod macros;
+pub mod v2;
+pub mod wait;
+pub mod xenstore;
+
+pub use error::RingError;
+pub use free::{ByteConsumer, ByteProducer};
+
+/// The producer half of a byte ring, with deferred publication.
+///
+/// [`write_deferred`](RingWriter::write_deferred) copies bytes into the ring without telling the
+/// peer; [`commit`](RingWriter::commit) publishes everything copied so far with one index store
+/// (and decides whether the peer must be notified). [`write`](RingWriter::write) does both.
+pub trait RingWriter {
+    /// Bytes of the data area.
+    fn capacity(&self) -> usize;
+
+    /// Bytes that can be written now (reads the consumer index).
+    fn writable(&self) -> Result<usize, RingError>;
+
+    /// Copies up to `buf.len()` bytes into the ring without publishing them; returns how many.
+    fn write_deferred(&mut self, buf: &[u8]) -> Result<usize, RingError>;
+
+    /// Publishes everything written so far (one index store).
+    fn commit(&mut self) -> Result<(), RingError>;
+
+    /// Copies up to `buf.len()` bytes into the ring and publishes them; returns how many.
+    fn write(&mut self, buf: &[u8]) -> Result<usize, RingError> {
+        let n = self.write_deferred(buf)?;
+        self.commit()?;
+        Ok(n)
+    }
+
+    /// Whether the peer must be notified for what was published since the last call; clears
+    /// the need.
+    fn take_notify(&mut self) -> bool;
+
+    /// Called before sleeping until the ring has room: asks the peer to wake us (where the layout
+    /// can), then re-checks. `true`: there is room now, do not sleep.
+    fn prepare_wait(&mut self) -> Result<bool, RingError>;
+
+    /// Whether a protocol violation broke this half.
+    fn is_broken(&self) -> bool;
+}
+
+/// The consumer half of a byte ring, with deferred release.
+///
+/// [`read_deferred`](RingReader::read_deferred) copies bytes out of the ring without handing the
+/// space back; [`release`](RingReader::release) publishes our index once for everything read.
+/// [`read`](RingReader::read) does both.
+pub trait RingReader {
+    /// Bytes of the data area.
+    fn capacity(&self) -> usize;
+
+    /// Bytes that can be read now (reads the producer index).
+    fn readable(&self) -> Result<usize, RingError>;
+
+    /// Copies up to `buf.len()` bytes out of the ring without releasing their space.
+    fn read_deferred(&mut self, buf: &mut [u8]) -> Result<usize, RingError>;
+
+    /// Hands the space of everything read so far back to the producer (one index store).
+    fn release(&mut self) -> Result<(), RingError>;
+
+    /// Copies up to `buf.len()` bytes out of the ring and releases their space.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, RingError> {
+        let n = self.read_deferred(buf)?;
+        self.release()?;
+        Ok(n)
+    }
+
+    /// Whether the peer must be notified for what was released since the last call; clears
+    /// the need.
+    fn take_notify(&mut self) -> bool;
+
+    /// Called before sleeping until data arrives: asks the peer to wake us (where the layout
+    /// can), then re-checks. `true`: there is data now, do not sleep.
+    fn prepare_wait(&mut self) -> Result<bool, RingError>;
+
+    /// Whether a protocol violation broke this half.
+    fn is_broken(&self) -> bool;
+}
+
+impl<T: RingWriter + ?Sized> RingWriter for &mut T {
+    fn capacity(&self) -> usize {
+        (**self).capacity()
+    }
+    fn writable(&self) -> Result<usize, RingError> {
+        (**self).writable()
+    }
+    fn write_deferred(&mut self, buf: &[u8]) -> Result<usize, RingError> {
+        (**self).write_deferred(buf)
+    }
+    fn commit(&mut self) -> Result<(), RingError> {
+        (**self).commit()
+    }
+    fn write(&mut self, buf: &[u8]) -> Result<usize, RingError> {
+        (**self).write(buf)
+    }
+    fn take_notify(&mut self) -> bool {
+        (**self).take_notify()
+    }
+    fn prepare_wait(&mut self) -> Result<bool, RingError> {
+        (**self).prepare_wait()
+    }
+    fn is_broken(&self) -> bool {
+        (**self).is_broken()
+    }
+}
+
+impl<T: RingReader + ?Sized> RingReader for &mut T {
+    fn capacity(&self) -> usize {
+        (**self).capacity()
+    }
+    fn readable(&self) -> Result<usize, RingError> {
+        (**self).readable()
+    }
+    fn read_deferred(&mut self, buf: &mut [u8]) -> Result<usize, RingError> {
+        (**self).read_deferred(buf)
+    }
+    fn release(&mut self) -> Result<(), RingError> {
+        (**self).release()
+    }
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, RingError> {
+        (**self).read(buf)
+    }
+    fn take_notify(&mut self) -> bool {
+        (**self).take_notify()
+    }
+    fn prepare_wait(&mut self) -> Result<bool, RingError> {
+        (**self).prepare_wait()
+    }
+    fn is_broken(&self) -> bool {
+        (**self).is_broken()
+    }
+}
+
+#[cfg(test)]
+mod testutil;

@@ -1,0 +1,1 @@
+//! Loom-backed shared memory (TODO).
