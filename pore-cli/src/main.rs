@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod xs;
+
 /// Communication between Xen domains: shared pages plus an event channel.
 #[derive(Parser)]
 #[command(name = "pore", version, about)]
@@ -19,6 +21,8 @@ struct Cli {
 enum Command {
     /// Print the crate versions and exit.
     Version,
+    /// Xenstore tools: read, write, ls, rm, mkdir, chmod, watch, list, exists.
+    Xs(xs::XsArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +33,7 @@ fn main() -> ExitCode {
             println!("pore {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Xs(args) => xs::run(args),
     }
 }
 
