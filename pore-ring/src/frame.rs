@@ -1,1 +1,430 @@
-//! TODO
+//! Length-prefixed framing (D5): a 4-byte big-endian length, then the payload.
+//!
+//! [`FrameWriter`] streams a frame into any [`RingWriter`]; a frame larger than the ring goes
+//! through it in pieces over several calls. [`FrameReader`] decodes into the caller's buffer,
+//! never allocating; a frame longer than the configured maximum is skipped (its bytes are read
+//! and dropped), counted and reported as [`Received::Skipped`]: only a broken index closes a
+//! ring.
+//!
+//! ```
+//! use pore_core::{loopback::Loopback, DomId, GrantRef, Grants, SharedMemory};
+//! use pore_ring::frame::{FrameReader, FrameWriter, Progress, Received};
+//! use pore_ring::v2::{V2Geometry, V2Ring};
+//! use pore_ring::RingWriter;
+//!
+//! let xen = Loopback::new();
+//! let geometry = V2Geometry::new(0, 0)?;
+//! let pages = xen.domain(DomId(1)).grant(DomId(2), geometry.pages())?;
+//! let mut active = V2Ring::create(pages.view(), geometry, &[GrantRef(1), GrantRef(2)])?;
+//! let mut passive = V2Ring::attach(pages.view())?;
+//!
+//! let mut tx = FrameWriter::new(1024);
+//! // Batch: two frames, one publication.
+//! assert_eq!(tx.send_deferred(active.writer(), b"hello")?, Progress::Done);
+//! assert_eq!(tx.send_deferred(active.writer(), b"world")?, Progress::Done);
+//! active.writer().commit()?;
+//!
+//! let mut rx = FrameReader::new(1024);
+//! let mut buf = [0u8; 1024];
+//! assert_eq!(rx.recv(passive.reader(), &mut buf)?, Some(Received::Frame(5)));
+//! assert_eq!(&buf[..5], b"hello");
+//! assert_eq!(rx.recv(passive.reader(), &mut buf)?, Some(Received::Frame(5)));
+//! assert_eq!(rx.recv(passive.reader(), &mut buf)?, None);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use crate::{RingError, RingReader, RingWriter};
+
+/// Bytes of the length prefix.
+pub const HEADER_LEN: usize = 4;
+
+/// How far a [`FrameWriter`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// The whole frame is in the ring (published if the call publishes).
+    Done,
+    /// The ring is full: call again with the same payload once it has room.
+    Pending,
+}
+
+/// Writes length-prefixed frames into a ring, streaming those larger than the ring.
+#[derive(Debug, Clone)]
+pub struct FrameWriter {
+    max: usize,
+    /// Bytes of the current frame (header included) already in the ring; 0 when idle.
+    pos: usize,
+    /// Payload length of the frame in progress.
+    len: usize,
+}
+
+impl FrameWriter {
+    /// A writer refusing payloads longer than `max_frame` bytes (the peer would skip them).
+    pub fn new(max_frame: usize) -> Self {
+        FrameWriter {
+            max: max_frame.min(u32::MAX as usize),
+            pos: 0,
+            len: 0,
+        }
+    }
+
+    /// Whether a frame is partly written.
+    pub fn in_progress(&self) -> bool {
+        self.pos != 0
+    }
+
+    /// Copies as much of the frame as fits into the ring without publishing it (see
+    /// [`RingWriter::commit`]).
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::InvalidInput`] if `payload` exceeds the maximum, or differs in length from
+    /// the frame in progress; ring errors otherwise.
+    pub fn send_deferred<W: RingWriter + ?Sized>(
+        &mut self,
+        ring: &mut W,
+        payload: &[u8],
+    ) -> Result<Progress, RingError> {
+        if payload.len() > self.max {
+            return Err(RingError::InvalidInput("frame longer than the maximum"));
+        }
+        if self.pos != 0 && payload.len() != self.len {
+            return Err(RingError::InvalidInput(
+                "a different payload while a frame is in progress",
+            ));
+        }
+        let mut pos = self.pos;
+        if pos < HEADER_LEN {
+            let header = (payload.len() as u32).to_be_bytes();
+            pos += ring.write_deferred(&header[pos..])?;
+            if pos < HEADER_LEN {
+                self.pos = pos;
+                self.len = payload.len();
+                return Ok(Progress::Pending);
+            }
+        }
+        pos += ring.write_deferred(&payload[pos - HEADER_LEN..])?;
+        if pos == HEADER_LEN + payload.len() {
+            self.pos = 0;
+            Ok(Progress::Done)
+        } else {
+            self.pos = pos;
+            self.len = payload.len();
+            Ok(Progress::Pending)
+        }
+    }
+
+    /// As [`FrameWriter::send_deferred`], then publishes.
+    ///
+    /// # Errors
+    ///
+    /// As for [`FrameWriter::send_deferred`].
+    pub fn send<W: RingWriter + ?Sized>(
+        &mut self,
+        ring: &mut W,
+        payload: &[u8],
+    ) -> Result<Progress, RingError> {
+        let p = self.send_deferred(ring, payload)?;
+        ring.commit()?;
+        Ok(p)
+    }
+}
+
+/// What a [`FrameReader`] produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// A frame of this many bytes is at the start of the caller's buffer.
+    Frame(usize),
+    /// A frame of this many bytes, over the maximum, was read and dropped.
+    Skipped(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Header { got: usize },
+    Body { len: usize, got: usize },
+    Skip { len: u32, left: u32 },
+}
+
+/// Decodes length-prefixed frames from a ring into caller buffers, without allocating.
+#[derive(Debug, Clone)]
+pub struct FrameReader {
+    max: usize,
+    header: [u8; HEADER_LEN],
+    state: State,
+    skipped_frames: u64,
+    skipped_bytes: u64,
+}
+
+impl FrameReader {
+    /// A reader delivering frames of up to `max_frame` bytes and skipping longer ones.
+    pub fn new(max_frame: usize) -> Self {
+        FrameReader {
+            max: max_frame,
+            header: [0; HEADER_LEN],
+            state: State::Header { got: 0 },
+            skipped_frames: 0,
+            skipped_bytes: 0,
+        }
+    }
+
+    /// The maximum frame length.
+    pub fn max_frame(&self) -> usize {
+        self.max
+    }
+
+    /// Frames skipped for being over the maximum so far.
+    pub fn skipped_frames(&self) -> u64 {
+        self.skipped_frames
+    }
+
+    /// Payload bytes skipped so far.
+    pub fn skipped_bytes(&self) -> u64 {
+        self.skipped_bytes
+    }
+
+    /// Whether a frame is partly read.
+    pub fn in_progress(&self) -> bool {
+        self.state != State::Header { got: 0 }
+    }
+
+    /// Reads what the ring holds of the next frame without releasing the ring space (see
+    /// [`RingReader::release`]; the space of a frame larger than the ring must be released as it
+    /// streams, which [`FrameReader::recv`] does).
+    ///
+    /// Returns `Ok(None)` when more bytes are needed; a frame's bytes accumulate in `buf`, so
+    /// pass the same buffer until the frame completes.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::BufferTooSmall`] if the next frame (within the maximum) does not fit `buf`
+    /// (nothing of its body is consumed; retry with a larger buffer); ring errors otherwise.
+    pub fn recv_deferred<R: RingReader + ?Sized>(
+        &mut self,
+        ring: &mut R,
+        buf: &mut [u8],
+    ) -> Result<Option<Received>, RingError> {
+        loop {
+            match self.state {
+                State::Header { got } => {
+                    let n = ring.read_deferred(&mut self.header[got..])?;
+                    if got + n < HEADER_LEN {
+                        self.state = State::Header { got: got + n };
+                        return Ok(None);
+                    }
+                    // The header is a private copy now: parse it.
+                    let len = u32::from_be_bytes(self.header);
+                    self.state = if len as usize > self.max {
+                        State::Skip { len, left: len }
+                    } else {
+                        State::Body {
+                            len: len as usize,
+                            got: 0,
+                        }
+                    };
+                }
+                State::Body { len, got } => {
+                    if buf.len() < len {
+                        return Err(RingError::BufferTooSmall {
+                            len,
+                            cap: buf.len(),
+                        });
+                    }
+                    let n = ring.read_deferred(&mut buf[got..len])?;
+                    if got + n < len {
+                        self.state = State::Body { len, got: got + n };
+                        return Ok(None);
+                    }
+                    self.state = State::Header { got: 0 };
+                    return Ok(Some(Received::Frame(len)));
+                }
+                State::Skip { len, left } => {
+                    let mut scratch = [0u8; 256];
+                    let mut left = left;
+                    while left > 0 {
+                        let want = (left as usize).min(scratch.len());
+                        let n = ring.read_deferred(&mut scratch[..want])?;
+                        if n == 0 {
+                            break;
+                        }
+                        left -= n as u32;
+                    }
+                    if left > 0 {
+                        self.state = State::Skip { len, left };
+                        return Ok(None);
+                    }
+                    self.skipped_frames += 1;
+                    self.skipped_bytes += u64::from(len);
+                    self.state = State::Header { got: 0 };
+                    return Ok(Some(Received::Skipped(len)));
+                }
+            }
+        }
+    }
+
+    /// As [`FrameReader::recv_deferred`], then releases the ring space read.
+    ///
+    /// # Errors
+    ///
+    /// As for [`FrameReader::recv_deferred`].
+    pub fn recv<R: RingReader + ?Sized>(
+        &mut self,
+        ring: &mut R,
+        buf: &mut [u8],
+    ) -> Result<Option<Received>, RingError> {
+        let r = self.recv_deferred(ring, buf);
+        ring.release()?;
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ling::{LingRing, LING_REGION};
+    use crate::testutil::{cases, Guarded};
+    use crate::v2::{V2Geometry, V2Ring};
+    use crate::xenstore::XenstoreRing;
+    use pore_core::GrantRef;
+    use proptest::prelude::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// Sends `frames` through `w`→`r`, interleaving, with reader buffer `cap` and maximum `max`;
+    /// returns what was received.
+    fn pump<W: RingWriter, R: RingReader>(
+        w: &mut W,
+        r: &mut R,
+        frames: &[Vec<u8>],
+        max: usize,
+    ) -> Vec<Result<Vec<u8>, u32>> {
+        let mut fw = FrameWriter::new(usize::MAX);
+        let mut fr = FrameReader::new(max);
+        let mut buf = vec![0u8; max.max(1)];
+        let mut out = Vec::new();
+        let mut i = 0;
+        let mut idle = 0;
+        while out.len() < frames.len() {
+            let mut moved = false;
+            if i < frames.len() && fw.send(w, &frames[i]).unwrap() == Progress::Done {
+                i += 1;
+                moved = true;
+            }
+            while let Some(got) = fr.recv(r, &mut buf).unwrap() {
+                moved = true;
+                out.push(match got {
+                    Received::Frame(n) => Ok(buf[..n].to_vec()),
+                    Received::Skipped(n) => Err(n),
+                });
+            }
+            idle = if moved { 0 } else { idle + 1 };
+            assert!(idle < 10_000, "no progress");
+        }
+        assert_eq!(
+            fr.skipped_frames() as usize,
+            out.iter().filter(|r| r.is_err()).count()
+        );
+        out
+    }
+
+    fn expect(frames: &[Vec<u8>], max: usize) -> Vec<Result<Vec<u8>, u32>> {
+        frames
+            .iter()
+            .map(|f| {
+                if f.len() > max {
+                    Err(f.len() as u32)
+                } else {
+                    Ok(f.clone())
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frames_larger_than_the_ring_stream_through_it() {
+        let g = Guarded::new(4096);
+        let mut c = XenstoreRing::client(g.view()).unwrap();
+        let mut s = XenstoreRing::server(g.view()).unwrap();
+        let frames = vec![vec![1u8; 5000], vec![], vec![2u8; 1020], vec![3u8; 3]];
+        let got = pump(c.writer(), s.reader(), &frames, 8192);
+        assert_eq!(got, expect(&frames, 8192));
+        g.assert_guards();
+    }
+
+    #[test]
+    fn oversize_frames_are_skipped_and_counted() {
+        let g = Guarded::new(LING_REGION);
+        let mut a = LingRing::active(g.view()).unwrap();
+        let mut p = LingRing::passive(g.view()).unwrap();
+        let frames = vec![vec![1u8; 100], vec![9u8; 40000], vec![2u8; 64]];
+        let got = pump(a.writer(), p.reader(), &frames, 1000);
+        assert_eq!(got, expect(&frames, 1000));
+        g.assert_guards();
+    }
+
+    #[test]
+    fn writer_rules_and_small_buffers() {
+        let g = Guarded::new(4096);
+        let mut c = XenstoreRing::client(g.view()).unwrap();
+        let mut s = XenstoreRing::server(g.view()).unwrap();
+        let mut fw = FrameWriter::new(2000);
+        assert!(fw.send(c.writer(), &[0u8; 2001]).is_err());
+        assert_eq!(
+            fw.send(c.writer(), &[5u8; 1500]).unwrap(),
+            Progress::Pending
+        );
+        assert!(fw.in_progress());
+        assert!(fw.send(c.writer(), &[5u8; 10]).is_err());
+        let mut fr = FrameReader::new(2000);
+        let mut small = [0u8; 100];
+        assert!(matches!(
+            fr.recv(s.reader(), &mut small),
+            Err(RingError::BufferTooSmall { len: 1500, .. })
+        ));
+        let mut big = [0u8; 2000];
+        assert_eq!(fr.recv(s.reader(), &mut big).unwrap(), None);
+        assert!(fr.in_progress());
+        assert_eq!(fw.send(c.writer(), &[5u8; 1500]).unwrap(), Progress::Done);
+        assert_eq!(
+            fr.recv(s.reader(), &mut big).unwrap(),
+            Some(Received::Frame(1500))
+        );
+        assert_eq!(fr.max_frame(), 2000);
+        assert_eq!(fr.skipped_bytes(), 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        /// Random frame sizes (some over the maximum, some over the ring) through a v2 ring.
+        #[test]
+        fn v2_frames(sizes in proptest::collection::vec(0usize..12000, 1..12), max in 1usize..9000) {
+            let geo = V2Geometry::new(0, 0).unwrap();
+            let g = Guarded::new(geo.region_len());
+            let mut a = V2Ring::create(g.view(), geo, &[GrantRef(1), GrantRef(2)]).unwrap();
+            let mut p = V2Ring::attach(g.view()).unwrap();
+            let frames: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n]).collect();
+            let got = pump(a.writer(), p.reader(), &frames, max);
+            prop_assert_eq!(got, expect(&frames, max));
+            g.assert_guards();
+        }
+
+        /// Garbage bytes from a hostile peer decode into frames or skips, never a panic and
+        /// never an allocation: the decoder only fills the caller's buffer.
+        #[test]
+        fn garbage_stream(bytes in proptest::collection::vec(any::<u8>(), 0..3000), max in 0usize..600) {
+            let g = Guarded::new(4096);
+            let mut c = XenstoreRing::client(g.view()).unwrap();
+            let mut s = XenstoreRing::server(g.view()).unwrap();
+            let mut fr = FrameReader::new(max);
+            let mut buf = vec![0u8; max];
+            let mut off = 0;
+            while off < bytes.len() {
+                off += c.write(&bytes[off..]).unwrap();
+                while let Some(r) = fr.recv(s.reader(), &mut buf).unwrap() {
+                    if let Received::Frame(n) = r { prop_assert!(n <= max); }
+                }
+            }
+            g.assert_guards();
+        }
+    }
+}

@@ -5,6 +5,34 @@
 #[doc(hidden)]
 macro_rules! impl_shared_ring_for_writer {
     ($ty:ident) => {
+        impl<A: pore_core::SharedAccess> $ty<A> {
+            /// Copies up to `buf.len()` bytes into the ring and publishes them (the same as
+            /// [`RingWriter::write`](crate::RingWriter::write); inherent so that having both
+            /// traits in scope is not ambiguous).
+            ///
+            /// # Errors
+            ///
+            /// A ring error if the peer broke the ring.
+            #[inline]
+            pub fn write(&mut self, buf: &[u8]) -> Result<usize, $crate::RingError> {
+                $crate::RingWriter::write(self, buf)
+            }
+
+            /// Bytes that can be written now.
+            ///
+            /// # Errors
+            ///
+            /// A ring error if the peer broke the ring.
+            pub fn writable(&self) -> Result<usize, $crate::RingError> {
+                $crate::RingWriter::writable(self)
+            }
+
+            /// Whether the peer must be notified; clears the need.
+            pub fn take_notify(&mut self) -> bool {
+                $crate::RingWriter::take_notify(self)
+            }
+        }
+
         impl<A: pore_core::SharedAccess> pore_core::SharedRing for $ty<A> {
             type Error = $crate::RingError;
             fn readable(&self) -> Result<usize, $crate::RingError> {
@@ -42,6 +70,34 @@ macro_rules! impl_shared_ring_for_writer {
 #[doc(hidden)]
 macro_rules! impl_shared_ring_for_reader {
     ($ty:ident) => {
+        impl<A: pore_core::SharedAccess> $ty<A> {
+            /// Copies up to `buf.len()` bytes out of the ring and releases them (the same as
+            /// [`RingReader::read`](crate::RingReader::read); inherent so that having both
+            /// traits in scope is not ambiguous).
+            ///
+            /// # Errors
+            ///
+            /// A ring error if the peer broke the ring.
+            #[inline]
+            pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, $crate::RingError> {
+                $crate::RingReader::read(self, buf)
+            }
+
+            /// Bytes that can be read now.
+            ///
+            /// # Errors
+            ///
+            /// A ring error if the peer broke the ring.
+            pub fn readable(&self) -> Result<usize, $crate::RingError> {
+                $crate::RingReader::readable(self)
+            }
+
+            /// Whether the peer must be notified; clears the need.
+            pub fn take_notify(&mut self) -> bool {
+                $crate::RingReader::take_notify(self)
+            }
+        }
+
         impl<A: pore_core::SharedAccess> pore_core::SharedRing for $ty<A> {
             type Error = $crate::RingError;
             fn readable(&self) -> Result<usize, $crate::RingError> {

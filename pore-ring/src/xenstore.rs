@@ -33,7 +33,7 @@ use pore_core::SharedAccess;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::free::FreeLayout;
-use crate::{ByteConsumer, ByteProducer, RingError, RingReader, RingWriter};
+use crate::{ByteConsumer, ByteProducer, RingError};
 
 /// Bytes of each of the two rings (`XENSTORE_RING_SIZE`).
 pub const XENSTORE_RING_SIZE: usize = 1024;
