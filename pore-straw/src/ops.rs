@@ -1,0 +1,152 @@
+//! The xenstore operations the sans-IO machines ask their driver to perform, and their results.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use pore_core::DomId;
+
+/// Rights in a xenstore permission entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// `n`: none.
+    None,
+    /// `r`: read.
+    Read,
+    /// `w`: write.
+    Write,
+    /// `b`: both.
+    Both,
+}
+
+/// One xenstore permission entry (`n5`, `r5`, `w5`, `b5`). In a list, the first entry names the
+/// owner and the rights of every domain not listed.
+///
+/// ```
+/// use pore_core::DomId;
+/// use pore_straw::ops::{Access, Perm};
+/// assert_eq!(Perm::new(Access::Both, DomId(7)).to_string(), "b7");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Perm {
+    /// The rights.
+    pub access: Access,
+    /// The domain.
+    pub domid: DomId,
+}
+
+impl Perm {
+    /// A permission entry.
+    pub const fn new(access: Access, domid: DomId) -> Self {
+        Perm { access, domid }
+    }
+}
+
+impl fmt::Display for Perm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = match self.access {
+            Access::None => 'n',
+            Access::Read => 'r',
+            Access::Write => 'w',
+            Access::Both => 'b',
+        };
+        write!(f, "{c}{}", self.domid.0)
+    }
+}
+
+/// A xenstore operation a machine wants done. Paths are absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// READ; replies [`StoreReply::Value`].
+    Read {
+        /// The node.
+        path: String,
+    },
+    /// WRITE (creates the node and missing parents).
+    Write {
+        /// The node.
+        path: String,
+        /// The value.
+        value: String,
+    },
+    /// MKDIR (succeeds if the node exists).
+    Mkdir {
+        /// The node.
+        path: String,
+    },
+    /// RM (the node and everything below it).
+    Rm {
+        /// The node.
+        path: String,
+    },
+    /// SET_PERMS.
+    SetPerms {
+        /// The node.
+        path: String,
+        /// The new permission list (owner first).
+        perms: Vec<Perm>,
+        /// If true, the driver reports EACCES/EPERM as success (D18: a xenstored that keeps the
+        /// parent's owner on new nodes refuses us, and that is fine).
+        best_effort: bool,
+    },
+    /// WATCH; watch events for it are fed back as [`crate::handshake::Input::Watch`].
+    Watch {
+        /// The watched path.
+        path: String,
+        /// The token.
+        token: String,
+    },
+    /// UNWATCH.
+    Unwatch {
+        /// The watched path.
+        path: String,
+        /// The token.
+        token: String,
+    },
+    /// TRANSACTION_START, the given operations inside it (writes, mkdirs, rms, set-perms; never
+    /// nested transactions nor watches), then TRANSACTION_END commit. The driver retries the
+    /// whole transaction on EAGAIN (a bounded number of times, D12) and replies once.
+    Transaction(Vec<StoreOp>),
+}
+
+impl StoreOp {
+    /// A short name for logs and errors.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            StoreOp::Read { .. } => "read",
+            StoreOp::Write { .. } => "write",
+            StoreOp::Mkdir { .. } => "mkdir",
+            StoreOp::Rm { .. } => "rm",
+            StoreOp::SetPerms { .. } => "set-perms",
+            StoreOp::Watch { .. } => "watch",
+            StoreOp::Unwatch { .. } => "unwatch",
+            StoreOp::Transaction(_) => "transaction",
+        }
+    }
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreReply {
+    /// The operation was done.
+    Done,
+    /// The value of a READ.
+    Value(Vec<u8>),
+}
+
+/// A failed xenstore operation, as far as the strawman needs to distinguish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum StoreError {
+    /// ENOENT.
+    #[error("no such node")]
+    NotFound,
+    /// EACCES / EPERM.
+    #[error("permission denied")]
+    PermissionDenied,
+    /// The request (or the transaction after its retries) timed out.
+    #[error("timed out")]
+    TimedOut,
+    /// Anything else (EINVAL, EQUOTA, a broken connection, ...).
+    #[error("xenstore error")]
+    Other,
+}

@@ -1,0 +1,561 @@
+//! Test-only: an in-memory xenstore with permissions and watches, and a harness that drives
+//! strawman machines of several domains against it.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use pore_core::{DomId, GrantRef, Port};
+
+use crate::handshake::{
+    setup_ops, Action, Closed, Config, Connection, Input, PoreGrant, PoreRequest, StrawError,
+    StrawMachine,
+};
+use crate::ops::{Access, Perm, StoreError, StoreOp, StoreReply};
+use crate::Endpoint;
+
+/// How new nodes created by an unprivileged domain are owned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// C xenstored: the creator owns them.
+    Creator,
+    /// oxenstored: the parent's owner keeps them.
+    Parent,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub value: Vec<u8>,
+    pub perms: Vec<Perm>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub nodes: BTreeMap<String, Node>,
+    pub watches: Vec<(DomId, String, String)>,
+    pub events: Vec<(DomId, String, String)>,
+    pub ownership: Ownership,
+}
+
+fn parent(path: &str) -> Option<&str> {
+    path.rfind('/')
+        .map(|i| if i == 0 { "/" } else { &path[..i] })
+}
+
+fn under(path: &str, top: &str) -> bool {
+    path == top || (path.starts_with(top) && path.as_bytes().get(top.len()) == Some(&b'/'))
+}
+
+impl Store {
+    pub fn new(ownership: Ownership) -> Self {
+        let mut s = Store {
+            nodes: BTreeMap::new(),
+            watches: Vec::new(),
+            events: Vec::new(),
+            ownership,
+        };
+        let root = vec![Perm::new(Access::None, DomId(0))];
+        for p in ["/", "/local", "/local/domain"] {
+            s.nodes.insert(
+                p.to_string(),
+                Node {
+                    value: Vec::new(),
+                    perms: root.clone(),
+                },
+            );
+        }
+        s
+    }
+
+    /// The toolstack's work for a new domain (D19).
+    pub fn add_domain(&mut self, id: u16) {
+        let perms = vec![Perm::new(Access::None, DomId(id))];
+        for p in [
+            alloc::format!("/local/domain/{id}"),
+            alloc::format!("/local/domain/{id}/data"),
+        ] {
+            self.nodes.insert(
+                p,
+                Node {
+                    value: Vec::new(),
+                    perms: perms.clone(),
+                },
+            );
+        }
+    }
+
+    /// The toolstack's work for a dead domain.
+    pub fn remove_domain(&mut self, id: u16) {
+        let top = alloc::format!("/local/domain/{id}");
+        self.remove_tree(&top);
+        self.watches.retain(|w| w.0 != DomId(id));
+        self.fire(&top);
+    }
+
+    fn access(&self, dom: DomId, path: &str) -> Access {
+        let Some(n) = self.nodes.get(path) else {
+            return Access::None;
+        };
+        if dom == DomId(0) || n.perms[0].domid == dom {
+            return Access::Both;
+        }
+        n.perms[1..]
+            .iter()
+            .find(|p| p.domid == dom)
+            .map(|p| p.access)
+            .unwrap_or(n.perms[0].access)
+    }
+
+    fn can_read(&self, dom: DomId, path: &str) -> bool {
+        matches!(self.access(dom, path), Access::Read | Access::Both)
+    }
+
+    fn can_write(&self, dom: DomId, path: &str) -> bool {
+        matches!(self.access(dom, path), Access::Write | Access::Both)
+    }
+
+    fn fire(&mut self, path: &str) {
+        for (dom, wpath, token) in &self.watches {
+            if under(path, wpath) || under(wpath, path) {
+                self.events.push((*dom, wpath.clone(), token.clone()));
+            }
+        }
+    }
+
+    fn remove_tree(&mut self, path: &str) {
+        let doomed: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|k| under(k, path))
+            .cloned()
+            .collect();
+        for k in doomed {
+            self.nodes.remove(&k);
+        }
+    }
+
+    fn create(&mut self, dom: DomId, path: &str) -> Result<(), StoreError> {
+        if self.nodes.contains_key(path) {
+            return if self.can_write(dom, path) {
+                Ok(())
+            } else {
+                Err(StoreError::PermissionDenied)
+            };
+        }
+        let p = parent(path).ok_or(StoreError::Other)?;
+        if !self.nodes.contains_key(p) {
+            if p.starts_with("/local/domain/") && p.matches('/').count() == 3 {
+                return Err(StoreError::NotFound); // no such domain
+            }
+            self.create(dom, p)?;
+        }
+        if !self.can_write(dom, p) {
+            return Err(StoreError::PermissionDenied);
+        }
+        let mut perms = self.nodes[p].perms.clone();
+        if self.ownership == Ownership::Creator && dom != DomId(0) {
+            perms[0].domid = dom;
+        }
+        self.nodes.insert(
+            path.to_string(),
+            Node {
+                value: Vec::new(),
+                perms,
+            },
+        );
+        Ok(())
+    }
+
+    /// Applies one op for `dom`; watch events are collected in `fired`.
+    fn apply(
+        &mut self,
+        dom: DomId,
+        op: &StoreOp,
+        fired: &mut Vec<String>,
+    ) -> Result<StoreReply, StoreError> {
+        match op {
+            StoreOp::Read { path } => match self.nodes.get(path) {
+                None => Err(StoreError::NotFound),
+                Some(_) if !self.can_read(dom, path) => Err(StoreError::PermissionDenied),
+                Some(n) => Ok(StoreReply::Value(n.value.clone())),
+            },
+            StoreOp::Write { path, value } => {
+                self.create(dom, path)?;
+                self.nodes.get_mut(path).ok_or(StoreError::Other)?.value =
+                    value.as_bytes().to_vec();
+                fired.push(path.clone());
+                Ok(StoreReply::Done)
+            }
+            StoreOp::Mkdir { path } => {
+                self.create(dom, path)?;
+                fired.push(path.clone());
+                Ok(StoreReply::Done)
+            }
+            StoreOp::Rm { path } => {
+                if !self.nodes.contains_key(path) {
+                    return Err(StoreError::NotFound);
+                }
+                if !self.can_write(dom, path) {
+                    return Err(StoreError::PermissionDenied);
+                }
+                self.remove_tree(path);
+                fired.push(path.clone());
+                Ok(StoreReply::Done)
+            }
+            StoreOp::SetPerms {
+                path,
+                perms,
+                best_effort,
+            } => {
+                let r = match self.nodes.get(path) {
+                    None => Err(StoreError::NotFound),
+                    Some(n) if dom != DomId(0) && n.perms[0].domid != dom => {
+                        Err(StoreError::PermissionDenied)
+                    }
+                    Some(_) if dom != DomId(0) && perms[0].domid != dom => {
+                        Err(StoreError::PermissionDenied)
+                    }
+                    Some(_) => {
+                        self.nodes.get_mut(path).ok_or(StoreError::Other)?.perms = perms.clone();
+                        fired.push(path.clone());
+                        Ok(StoreReply::Done)
+                    }
+                };
+                match r {
+                    Err(StoreError::PermissionDenied) if *best_effort => Ok(StoreReply::Done),
+                    r => r,
+                }
+            }
+            StoreOp::Watch { path, token } => {
+                self.watches.push((dom, path.clone(), token.clone()));
+                self.events.push((dom, path.clone(), token.clone()));
+                Ok(StoreReply::Done)
+            }
+            StoreOp::Unwatch { path, token } => {
+                let before = self.watches.len();
+                self.watches
+                    .retain(|w| !(w.0 == dom && &w.1 == path && &w.2 == token));
+                if self.watches.len() == before {
+                    Err(StoreError::NotFound)
+                } else {
+                    Ok(StoreReply::Done)
+                }
+            }
+            StoreOp::Transaction(ops) => {
+                let mut copy = self.clone();
+                let mut f = Vec::new();
+                for op in ops {
+                    if matches!(
+                        op,
+                        StoreOp::Transaction(_) | StoreOp::Watch { .. } | StoreOp::Unwatch { .. }
+                    ) {
+                        return Err(StoreError::Other);
+                    }
+                    copy.apply(dom, op, &mut f)?;
+                }
+                *self = copy;
+                fired.extend(f);
+                Ok(StoreReply::Done)
+            }
+        }
+    }
+
+    /// Performs `op` for `dom` and fires watches.
+    pub fn perform(&mut self, dom: DomId, op: &StoreOp) -> Result<StoreReply, StoreError> {
+        let mut fired = Vec::new();
+        let r = self.apply(dom, op, &mut fired);
+        for p in fired {
+            self.fire(&p);
+        }
+        r
+    }
+
+    pub fn get(&self, path: &str) -> Option<&str> {
+        self.nodes
+            .get(path)
+            .map(|n| core::str::from_utf8(&n.value).unwrap_or("<binary>"))
+    }
+
+    pub fn perms(&self, path: &str) -> Option<&[Perm]> {
+        self.nodes.get(path).map(|n| &n.perms[..])
+    }
+}
+
+/// What happened to one straw machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub peer: Endpoint,
+    pub connected: Option<Connection>,
+    pub done: Option<Result<Closed, StrawError>>,
+    pub pore_open: bool,
+    pub pores_opened: usize,
+}
+
+pub struct Domain {
+    pub me: Endpoint,
+    pub cfg: Config,
+    pub machines: Vec<(StrawMachine, Outcome)>,
+    /// Listen for knocks (the manager's watch on the straw top).
+    pub listening: bool,
+    /// Frozen: performs nothing (a hung peer).
+    pub frozen: bool,
+    /// Overrides for values this domain writes (a hostile peer): path suffix → value.
+    pub hostile: Vec<(String, String)>,
+    events: VecDeque<String>,
+}
+
+pub const TOP_TOKEN: &str = "straw-top";
+
+impl Domain {
+    pub fn new(me: Endpoint, cfg: Config) -> Self {
+        Domain {
+            me,
+            cfg,
+            machines: Vec::new(),
+            listening: true,
+            frozen: false,
+            hostile: Vec::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn outcome(&self, peer: &Endpoint) -> Option<&Outcome> {
+        self.machines
+            .iter()
+            .rev()
+            .find(|(m, _)| m.peer() == peer)
+            .map(|(_, o)| o)
+    }
+
+    pub fn machine(&mut self, peer: &Endpoint) -> Option<&mut StrawMachine> {
+        self.machines
+            .iter_mut()
+            .rev()
+            .find(|(m, _)| m.peer() == peer)
+            .map(|(m, _)| m)
+    }
+}
+
+pub struct World {
+    pub store: Store,
+    pub doms: Vec<Domain>,
+    pub now: Duration,
+    next_ref: u32,
+}
+
+impl World {
+    pub fn new(ownership: Ownership) -> Self {
+        World {
+            store: Store::new(ownership),
+            doms: Vec::new(),
+            now: Duration::ZERO,
+            next_ref: 100,
+        }
+    }
+
+    /// Adds a domain endpoint with its manager's setup (directories, perms, top watch).
+    pub fn add(&mut self, me: Endpoint, cfg: Config) -> usize {
+        if !self.store.nodes.contains_key(&me.domain_path()) {
+            self.store.add_domain(me.domid.0);
+        }
+        for op in setup_ops(&me) {
+            self.store.perform(me.domid, &op).unwrap();
+        }
+        let watch = StoreOp::Watch {
+            path: me.straw_top(),
+            token: TOP_TOKEN.to_string(),
+        };
+        self.store.perform(me.domid, &watch).unwrap();
+        self.doms.push(Domain::new(me, cfg));
+        self.doms.len() - 1
+    }
+
+    pub fn open(&mut self, d: usize, peer: &Endpoint) {
+        let dom = &mut self.doms[d];
+        let m = StrawMachine::open(dom.cfg.clone(), dom.me.clone(), peer.clone(), self.now);
+        let o = Outcome {
+            peer: peer.clone(),
+            connected: None,
+            done: None,
+            pore_open: false,
+            pores_opened: 0,
+        };
+        dom.machines.push((m, o));
+    }
+
+    pub fn close(&mut self, d: usize, peer: &Endpoint) {
+        let now = self.now;
+        if let Some(m) = self.doms[d].machine(peer) {
+            m.handle(Input::Close, now);
+        }
+    }
+
+    fn route_events(&mut self) {
+        for (dom, _path, token) in core::mem::take(&mut self.store.events) {
+            for d in &mut self.doms {
+                if d.me.domid == dom {
+                    d.events.push_back(token.clone());
+                }
+            }
+            // Knocks need the path: re-scan the straw tops.
+            let _ = &token;
+        }
+    }
+
+    /// One step of domain `d`; `pick` chooses among its ready machines. Returns whether it did
+    /// anything.
+    pub fn step(&mut self, d: usize, pick: usize) -> bool {
+        self.route_events();
+        if self.doms[d].frozen {
+            return false;
+        }
+        let now = self.now;
+        // Knocks: the manager re-scans its straw top on a top-watch event.
+        if let Some(pos) = self.doms[d].events.iter().position(|t| t == TOP_TOKEN) {
+            self.doms[d].events.remove(pos);
+            if self.doms[d].listening {
+                let me = self.doms[d].me.clone();
+                let top = me.straw_top();
+                let knocks: Vec<String> = self
+                    .store
+                    .nodes
+                    .keys()
+                    .filter(|k| crate::endpoint::parse_knock(&me, k).is_some())
+                    .filter(|k| k.starts_with(&top))
+                    .cloned()
+                    .collect();
+                for k in knocks {
+                    let peer = crate::endpoint::parse_knock(&me, &k).unwrap();
+                    let busy = self.doms[d]
+                        .machines
+                        .iter()
+                        .any(|(m, _)| m.peer() == &peer && !m.is_done());
+                    if !busy {
+                        let cfg = self.doms[d].cfg.clone();
+                        let m = StrawMachine::listen(cfg, me.clone(), peer.clone(), now);
+                        let o = Outcome {
+                            peer,
+                            connected: None,
+                            done: None,
+                            pore_open: false,
+                            pores_opened: 0,
+                        };
+                        self.doms[d].machines.push((m, o));
+                    }
+                }
+            }
+            return true;
+        }
+        // Straw watch events.
+        if let Some(token) = self.doms[d].events.pop_front() {
+            if let Some((m, _)) = self.doms[d]
+                .machines
+                .iter_mut()
+                .find(|(m, _)| m.token() == token && !m.is_done())
+            {
+                m.handle(Input::Watch, now);
+            }
+            return true;
+        }
+        let n = self.doms[d].machines.len();
+        for i in 0..n {
+            let idx = (pick + i) % n;
+            if self.act(d, idx) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn act(&mut self, d: usize, idx: usize) -> bool {
+        let now = self.now;
+        let domid = self.doms[d].me.domid;
+        let Some(action) = self.doms[d].machines[idx].0.poll_action(now) else {
+            return false;
+        };
+        match action {
+            Action::Store(mut op) => {
+                let hostile = self.doms[d].hostile.clone();
+                rewrite(&mut op, &hostile);
+                let r = self.store.perform(domid, &op);
+                self.doms[d].machines[idx].0.handle(Input::Store(r), now);
+            }
+            Action::OpenPore(req) => {
+                let r = match req {
+                    PoreRequest::Active { layout, .. } => {
+                        let n = match layout {
+                            crate::Layout::Ling => 8,
+                            crate::Layout::V2 { .. } => 1,
+                        };
+                        let refs = (0..n).map(|i| GrantRef(self.next_ref + i)).collect();
+                        self.next_ref += 100;
+                        Ok(PoreGrant {
+                            refs,
+                            port: Port(7),
+                        })
+                    }
+                    PoreRequest::Passive { .. } => Ok(PoreGrant {
+                        refs: Vec::new(),
+                        port: Port(9),
+                    }),
+                };
+                let o = &mut self.doms[d].machines[idx].1;
+                o.pore_open = true;
+                o.pores_opened += 1;
+                self.doms[d].machines[idx]
+                    .0
+                    .handle(Input::PoreOpened(r), now);
+            }
+            Action::ClosePore => {
+                self.doms[d].machines[idx].1.pore_open = false;
+                self.doms[d].machines[idx].0.handle(Input::PoreClosed, now);
+            }
+            Action::Connected(c) => self.doms[d].machines[idx].1.connected = Some(c),
+            Action::Done(r) => self.doms[d].machines[idx].1.done = Some(r),
+        }
+        true
+    }
+
+    /// Runs until nothing moves; then advances time by `tick` up to `limit` in total.
+    pub fn run(&mut self, tick: Duration, limit: Duration) {
+        let end = self.now + limit;
+        loop {
+            let mut moved = true;
+            let mut guard = 0;
+            while moved {
+                moved = false;
+                for d in 0..self.doms.len() {
+                    while self.step(d, 0) {
+                        moved = true;
+                        guard += 1;
+                        assert!(guard < 100_000, "livelock");
+                    }
+                }
+            }
+            if self.now >= end {
+                return;
+            }
+            self.now += tick;
+        }
+    }
+}
+
+fn rewrite(op: &mut StoreOp, hostile: &[(String, String)]) {
+    match op {
+        StoreOp::Write { path, value } => {
+            for (suffix, v) in hostile {
+                if path.ends_with(suffix.as_str()) {
+                    *value = v.clone();
+                }
+            }
+        }
+        StoreOp::Transaction(ops) => {
+            for o in ops {
+                rewrite(o, hostile);
+            }
+        }
+        _ => {}
+    }
+}
