@@ -1,2 +1,258 @@
-//! A simulated Xen on plain Linux: domains as threads or processes, grants as shared memory,
-//! event channels as eventfds, with an embedded xenstored (filled in by the pore-backend-sim issue).
+//! # pore-backend-sim
+//!
+//! A simulated Xen on plain Linux: the embedded default backend of `pore` and the model of how
+//! to write one. Domains are threads of one process or processes of their own; grants are memfd
+//! pages; event channels are shared words plus futex/eventfd wake-ups. Everything above the
+//! backends runs on it through the same code paths it takes on real Xen.
+//!
+//! ## Xen's rules, enforced
+//! * **Domains** have domids; 0 is dom0 (the hypervisor's own, privileged, never dies).
+//! * **Grants**: a domain grants fresh zeroed pages to one peer; only that peer may map them
+//!   (`PermissionDenied` otherwise, `NotFound` for refs that do not exist). Ending access while
+//!   the peer still maps them fails with `Busy`; dropping the handle then defers the revocation
+//!   to a revoke-later list (XSA-396), reported by [`Hypervisor::outstanding`].
+//! * **Event channels**: allocate unbound for a peer, bind interdomain (only the domain it was
+//!   offered to may bind), notify, close. A closed or dead peer is reported as `PeerGone`;
+//!   closing twice, notifying a closed port: `Closed`; notifying an unbound port: `NotFound`.
+//!   Waits consume the event and re-arm the port; spurious wake-ups are allowed (D6).
+//! * **Unmap-notify** (D8): clear a byte and/or signal a port when a grant or mapping goes away,
+//!   including when its domain dies.
+//! * **Domain death**: dropping a [`SimDomain`] (or its thread panicking, or its process exiting
+//!   or being killed) releases its mappings, grants and ports; peers see it.
+//! * **The store**: each domain has a xenstore page and a store port for dom0 ([`store`]).
+//!
+//! Errors are [`SimError`] values classified by [`pore_core::Error::kind`]; no misuse a caller
+//! or a peer can cause panics (only [`Hypervisor::assert_cleaned_up`], a test assertion, does).
+//!
+//! ## No syscall while the peer is awake
+//! A notify sets the peer's pending word, fences, and calls `futex` wake only if a thread of
+//! the peer domain is asleep; a waiter registers as sleeping, fences, re-checks, then sleeps on
+//! the futex with a timeout (`reference/PERF.md`'s doorbell). The futex word and the pending
+//! words live in one memfd shared by all domains, threads and processes alike.
+//!
+//! ## Two modes
+//! ```
+//! use std::time::Duration;
+//! use pore_backend_sim::Hypervisor;
+//! use pore_core::{EventChannel, Pore, SharedAccess, WaitOutcome};
+//!
+//! let hv = Hypervisor::new()?;
+//! let (a, b) = (hv.create_domain("front")?, hv.create_domain("back")?);
+//! let active = Pore::open_active(&a, b.id(), 2)?;
+//! let info = active.info();
+//! let passive = Pore::open_passive(&b, a.id(), &info.refs, info.port)?;
+//! active.write_bytes(0, b"hello");
+//! active.poke()?;
+//! assert_eq!(passive.channel().wait(Duration::from_secs(1))?, WaitOutcome::Event);
+//! let mut got = [0u8; 5];
+//! passive.read_bytes(0, &mut got);
+//! assert_eq!(&got, b"hello");
+//! passive.close()?;
+//! active.close()?;
+//! hv.assert_cleaned_up();
+//! # Ok::<(), pore_backend_sim::SimError>(())
+//! ```
+//! For domains as processes, [`Hypervisor::start`] also runs the broker on a unix socket;
+//! children spawned with [`Hypervisor::domain_command`] connect with [`SimDomain::connect`]
+//! (see [`process`] and `TESTING.md`).
+
+#![cfg(target_os = "linux")]
+
+mod broker;
+mod domain;
+mod error;
+mod hv;
+pub mod process;
+mod proto;
+pub mod store;
+mod sys;
+mod table;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use pore_core::DomId;
+
+pub use domain::{SimChannel, SimDomain, SimGrant, SimMapping, SimStorePage};
+pub use error::{Result, SimError};
+pub use process::{DomainCommand, DomainProcess};
+pub use store::{StoreLink, StoreService};
+
+/// Environment variable naming the broker socket (D19).
+pub const SOCKET_ENV: &str = "PORE_SIM_SOCKET";
+/// Environment variable naming a domain process (its `name` in the toolstack).
+pub const NAME_ENV: &str = "PORE_SIM_NAME";
+
+/// What the simulated hypervisor still holds on behalf of domains, excluding the toolstack's own
+/// store pages and ports. All zero (but `domains`) once every pore was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outstanding {
+    /// Live domains other than dom0.
+    pub domains: usize,
+    /// Grant entries not yet revoked (one per page, deferred ones included).
+    pub grants: usize,
+    /// Mapped pages.
+    pub mappings: usize,
+    /// Open event-channel ports.
+    pub ports: usize,
+    /// Grant entries whose revocation waits for the peer to unmap (XSA-396).
+    pub revoke_later: usize,
+}
+
+impl Outstanding {
+    /// Whether no grant, mapping or port is held (domains may still be alive).
+    pub fn is_clean(&self) -> bool {
+        self.grants == 0 && self.mappings == 0 && self.ports == 0 && self.revoke_later == 0
+    }
+}
+
+/// A simulated Xen: creates domains, runs the broker for domain processes, keeps the accounts.
+///
+/// Dropping it stops the broker (domain processes then lose their connection and die); domains
+/// in this process keep working until their handles drop.
+#[derive(Debug)]
+pub struct Hypervisor {
+    hv: Arc<hv::Hv>,
+    broker: Option<broker::Broker>,
+}
+
+impl Hypervisor {
+    /// A hypervisor for domains in this process only (no broker).
+    pub fn new() -> Result<Hypervisor> {
+        Ok(Hypervisor {
+            hv: hv::Hv::new()?,
+            broker: None,
+        })
+    }
+
+    /// A hypervisor with its broker running as threads of this process, exporting the socket
+    /// path in `PORE_SIM_SOCKET` for domain processes (D19).
+    ///
+    /// Setting an environment variable races with other threads reading the environment
+    /// through libc; tests that run in parallel should prefer [`Hypervisor::start_unexported`]
+    /// and spawn children with [`Hypervisor::domain_command`], which passes the path itself.
+    pub fn start() -> Result<Hypervisor> {
+        let hv = Self::start_unexported()?;
+        if let Some(path) = hv.socket_path() {
+            std::env::set_var(SOCKET_ENV, path);
+        }
+        Ok(hv)
+    }
+
+    /// Like [`Hypervisor::start`], without touching the environment.
+    pub fn start_unexported() -> Result<Hypervisor> {
+        Self::start_at(None)
+    }
+
+    /// Runs the broker on the socket at `path` (or a fresh temporary path).
+    pub fn start_at(path: Option<&Path>) -> Result<Hypervisor> {
+        let hv = hv::Hv::new()?;
+        let broker = broker::Broker::start(hv.clone(), path)?;
+        Ok(Hypervisor {
+            hv,
+            broker: Some(broker),
+        })
+    }
+
+    /// The broker's socket, if it runs.
+    pub fn socket_path(&self) -> Option<&Path> {
+        self.broker.as_ref().map(|b| b.path())
+    }
+
+    /// Creates a domain in this process. Dropping the returned handle kills the domain.
+    pub fn create_domain(&self, name: &str) -> Result<SimDomain> {
+        let id = self.hv.create_domain(name)?;
+        Ok(SimDomain::new(
+            domain::DomCtx::local(id, self.hv.clone()),
+            true,
+        ))
+    }
+
+    /// A handle acting as dom0 (the privileged domain). Dropping it kills nothing.
+    pub fn dom0(&self) -> SimDomain {
+        SimDomain::new(domain::DomCtx::local(DomId::DOM0, self.hv.clone()), false)
+    }
+
+    /// Creates a domain and runs `f` on a new thread with it; the domain dies when `f` returns
+    /// or panics.
+    pub fn spawn_domain<T, F>(&self, name: &str, f: F) -> Result<JoinHandle<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(SimDomain) -> T + Send + 'static,
+    {
+        let dom = self.create_domain(name)?;
+        std::thread::Builder::new()
+            .name(format!("pore-sim-dom{}", dom.id()))
+            .spawn(move || f(dom))
+            .map_err(SimError::os("starting a domain thread"))
+    }
+
+    /// How to spawn a domain process running `role` (see [`process`]). Needs the broker
+    /// ([`Hypervisor::start`]).
+    pub fn domain_command(&self, role: &str) -> Result<DomainCommand> {
+        let path = self.socket_path().ok_or_else(|| {
+            SimError::refused(
+                pore_core::ErrorKind::Unsupported,
+                "domain processes need the broker: use Hypervisor::start",
+            )
+        })?;
+        DomainCommand::new(path.to_path_buf(), role)
+    }
+
+    /// Installs the xenstored of the simulation (see [`store`]); every live domain is
+    /// introduced to it at once, later ones when they are created.
+    pub fn set_store_service(&self, service: Arc<dyn StoreService>) {
+        self.hv.set_service(Some(service));
+    }
+
+    /// Live domains, dom0 included, with their names.
+    pub fn domains(&self) -> Vec<(DomId, String)> {
+        self.hv.domains()
+    }
+
+    /// Whether `dom` is alive.
+    pub fn is_alive(&self, dom: DomId) -> bool {
+        self.hv.is_alive(dom)
+    }
+
+    /// Waits up to `timeout` for `dom` to die (e.g. a killed process to be noticed).
+    pub fn wait_dead(&self, dom: DomId, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.hv.is_alive(dom) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    /// What is still held, all domains together.
+    pub fn outstanding(&self) -> Outstanding {
+        self.hv.outstanding(None)
+    }
+
+    /// What `dom` still holds (its grants, its mappings, its ports).
+    pub fn outstanding_of(&self, dom: DomId) -> Outstanding {
+        self.hv.outstanding(Some(dom))
+    }
+
+    /// Test assertion: panics, listing what leaked, unless no grant, mapping, deferred
+    /// revocation or port is outstanding.
+    #[track_caller]
+    pub fn assert_cleaned_up(&self) {
+        let out = self.outstanding();
+        assert!(out.is_clean(), "simulated hypervisor still holds {out:?}");
+    }
+}
+
+impl Drop for Hypervisor {
+    fn drop(&mut self) {
+        // Stop the broker first: its connection threads reap their domains.
+        self.broker.take();
+        // The service may hold dom0 channels that refer back to the hypervisor.
+        self.hv.set_service(None);
+    }
+}

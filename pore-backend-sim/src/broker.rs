@@ -1,0 +1,221 @@
+//! The broker: the simulated hypervisor reached by domain processes over a unix socket (D19).
+//!
+//! One thread accepts connections; one thread per connection serves its domain's requests.
+//! The first message of a connection is a hello naming the domain; the reply carries its domid
+//! and the event table's memfd. When the connection closes (the process exited, crashed or was
+//! killed), the domain dies: [`crate::hv::Hv::domain_died`] releases all it held.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use pore_core::{DomId, ErrorKind};
+
+use crate::error::{Result, SimError};
+use crate::hv::Hv;
+use crate::proto::{self, Op, Reply};
+use crate::sys::socket;
+
+/// How often the broker's threads look at their stop flag.
+const TICK: Duration = Duration::from_millis(50);
+
+pub(crate) struct Broker {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("path", &self.path).finish()
+    }
+}
+
+fn fresh_path() -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    std::env::temp_dir().join(format!(
+        "pore-sim-{}-{n}-{nanos:x}.sock",
+        std::process::id()
+    ))
+}
+
+impl Broker {
+    pub(crate) fn start(hv: Arc<Hv>, path: Option<&Path>) -> Result<Broker> {
+        let path = path.map_or_else(fresh_path, Path::to_path_buf);
+        let listener =
+            socket::listen(&path).map_err(SimError::os("binding the sim broker socket"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, threads2) = (stop.clone(), threads.clone());
+        let acceptor = std::thread::Builder::new()
+            .name("pore-sim-broker".into())
+            .spawn(move || accept_loop(hv, listener, stop2, threads2))
+            .map_err(SimError::os("starting the sim broker thread"))?;
+        tracing::info!(path = %path.display(), "sim broker listening");
+        Ok(Broker {
+            path,
+            stop,
+            threads,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.acceptor.take() {
+            let _ = t.join();
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn accept_loop(
+    hv: Arc<Hv>,
+    listener: OwnedFd,
+    stop: Arc<AtomicBool>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+) {
+    while !stop.load(Ordering::Acquire) {
+        match socket::accept(listener.as_fd(), TICK) {
+            Ok(Some(conn)) => {
+                let (hv, stop) = (hv.clone(), stop.clone());
+                match std::thread::Builder::new()
+                    .name("pore-sim-conn".into())
+                    .spawn(move || serve(hv, conn, stop))
+                {
+                    Ok(t) => {
+                        let mut ts = threads.lock().unwrap_or_else(|p| p.into_inner());
+                        ts.retain(|t| !t.is_finished());
+                        ts.push(t);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not start a connection thread"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "sim broker accept failed");
+                std::thread::sleep(TICK);
+            }
+        }
+    }
+}
+
+/// Waits for the next message; `None` when the connection ended or the broker stops.
+fn next_message(conn: &OwnedFd, buf: &mut Vec<u8>, stop: &AtomicBool) -> Option<Vec<OwnedFd>> {
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return None;
+        }
+        match socket::readable(conn.as_fd(), TICK) {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(_) => return None,
+        }
+        return match socket::recv(conn.as_fd(), buf) {
+            Ok(Some(fds)) => Some(fds),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "sim broker connection failed");
+                None
+            }
+        };
+    }
+}
+
+fn reply(conn: &OwnedFd, buf: &mut Vec<u8>, r: Result<Reply>) -> bool {
+    proto::encode_reply(&r, buf);
+    let fds = r
+        .as_ref()
+        .map(|r| socket::borrow_all(&r.fds))
+        .unwrap_or_default();
+    socket::send(conn.as_fd(), buf, &fds).is_ok()
+}
+
+fn serve(hv: Arc<Hv>, conn: OwnedFd, stop: Arc<AtomicBool>) {
+    let mut buf = Vec::new();
+    // Hello: the domain names itself and learns its domid.
+    if next_message(&conn, &mut buf, &stop).is_none() {
+        return;
+    }
+    let dom = match proto::decode_request(&buf) {
+        Ok(req) if req.op == Op::Hello => {
+            let name = String::from_utf8_lossy(&req.tail).into_owned();
+            let created = hv.create_domain(&name).and_then(|dom| {
+                let table = hv
+                    .table
+                    .fd()
+                    .try_clone_to_owned()
+                    .map_err(SimError::os("sharing the event table"));
+                match table {
+                    Ok(fd) => Ok((dom, fd)),
+                    Err(e) => {
+                        hv.domain_died(dom);
+                        Err(e)
+                    }
+                }
+            });
+            match created {
+                Ok((dom, fd)) => {
+                    let ok = reply(
+                        &conn,
+                        &mut buf,
+                        Ok(Reply {
+                            words: vec![dom.0 as u32],
+                            fds: vec![fd],
+                        }),
+                    );
+                    if !ok {
+                        hv.domain_died(dom);
+                        return;
+                    }
+                    dom
+                }
+                Err(e) => {
+                    reply(&conn, &mut buf, Err(e));
+                    return;
+                }
+            }
+        }
+        Ok(_) => {
+            let e = SimError::refused(ErrorKind::Protocol, "the first message must be a hello");
+            reply(&conn, &mut buf, Err(e));
+            return;
+        }
+        Err(e) => {
+            reply(&conn, &mut buf, Err(e));
+            return;
+        }
+    };
+    serve_domain(&hv, dom, &conn, &mut buf, &stop);
+    hv.domain_died(dom);
+    socket::shutdown(conn.as_fd());
+}
+
+fn serve_domain(hv: &Hv, dom: DomId, conn: &OwnedFd, buf: &mut Vec<u8>, stop: &AtomicBool) {
+    while let Some(fds) = next_message(conn, buf, stop) {
+        // Domains send no descriptors; any that arrive are dropped (closed) here.
+        drop(fds);
+        let r = proto::decode_request(buf).and_then(|req| hv.handle(dom, &req));
+        if !reply(conn, buf, r) {
+            return;
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The seam between the simulated toolstack and a xenstored (D7, D13, D19).
+//!
+//! Every simulated domain is born with a xenstore ring page and an unbound event-channel port
+//! offered to dom0, as a Xen guest is (the page and port "appear magically": start info / HVM
+//! params). The domain reaches them with [`pore_core::StoreAccess::open_store`]. The
+//! hypervisor plays the toolstack: when a [`StoreService`] is installed
+//! ([`crate::Hypervisor::set_store_service`]), it binds dom0 to each domain's store port, maps
+//! its page, and hands both over in [`StoreService::domain_introduced`]; when the domain dies it
+//! calls [`StoreService::domain_released`]. The embedded xenstored of pore-xenstore implements
+//! this trait; the simulator itself has no xenstore.
+
+use pore_core::DomId;
+
+use crate::domain::{SimChannel, SimStorePage};
+
+/// What a xenstored embedded in the simulator implements (its `DomainConnector` side).
+///
+/// On introduction the service should do what `XS_INTRODUCE` does: create
+/// `/local/domain/<id>` owned by the domain (with `name`, `domid` and an empty `data/`), start
+/// serving the ring in [`StoreLink::page`] on [`StoreLink::channel`], and fire
+/// `@introduceDomain`. On release it removes the domain's nodes and watches and fires
+/// `@releaseDomain`. Both calls come from the thread that created or reaped the domain, with no
+/// simulator lock held; they should return promptly (hand work to the service's own threads).
+pub trait StoreService: Send + Sync + 'static {
+    /// A new domain exists; `link` is dom0's end of its xenstore connection.
+    fn domain_introduced(&self, link: StoreLink);
+    /// The domain died; its store channel already reports `PeerGone`.
+    fn domain_released(&self, domid: DomId);
+}
+
+/// Dom0's end of one domain's xenstore connection: the domain's ring page, mapped, and a channel
+/// bound (as dom0) to the domain's store port.
+#[derive(Debug)]
+pub struct StoreLink {
+    /// The introduced domain.
+    pub domid: DomId,
+    /// Its name (the toolstack's `name` node).
+    pub name: String,
+    /// Its xenstore ring page (`struct xenstore_domain_interface`), mapped for dom0.
+    pub page: SimStorePage,
+    /// Dom0's end of its store event channel.
+    pub channel: SimChannel,
+}
+
+impl StoreLink {
+    pub(crate) fn new(domid: DomId, name: String, page: SimStorePage, channel: SimChannel) -> Self {
+        StoreLink {
+            domid,
+            name,
+            page,
+            channel,
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The shared event table: the simulator's `shared_info`.
+//!
+//! One memfd, mapped by the hypervisor and by every domain (thread or process), holds
+//!
+//! * one 64-byte slot per domain: a count of sleeping waiters and a futex word (`wake_gen`)
+//!   bumped to wake them;
+//! * one 64-byte slot per event channel: a pending word and a closed word per end, the slot's
+//!   generation and whether it is bound.
+//!
+//! Signalling is the doorbell of `reference/PERF.md`: the notifier sets the peer's pending word,
+//! fences, and makes a syscall (`futex` wake) only if a thread of the peer domain sleeps. A
+//! waiter registers as sleeping, fences, re-checks, then sleeps on the futex with a timeout.
+//! The futex word lives in a `MAP_SHARED` memfd, so the same code wakes threads and processes.
+//! A futex (not a bare eventfd) is what lets several threads of one domain sleep at once
+//! without lost wake-ups: the kernel compares the word before sleeping.
+//!
+//! The table is shared with every simulated domain, so a hostile domain *process* could scribble
+//! on other domains' words: the simulator models Xen's rules for well-behaved callers and
+//! misbehaving peers' protocol data, not a memory-isolation boundary between processes.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::time::Instant;
+
+use pore_core::{DomId, PAGE_SIZE};
+use rustix::thread::futex;
+
+use crate::sys::mmap::{memfd, Mmap};
+
+/// Domain ids the simulator hands out are below this.
+pub(crate) const MAX_DOMAINS: usize = 1024;
+/// Event channels alive at once, across all domains.
+pub(crate) const MAX_CHANNELS: usize = 16 * 1024;
+const SLOT: usize = 64;
+const CHAN_BASE: usize = MAX_DOMAINS * SLOT;
+const TABLE_PAGES: usize = (MAX_DOMAINS + MAX_CHANNELS) * SLOT / PAGE_SIZE;
+
+// Words of a domain slot.
+const D_SLEEPERS: usize = 0;
+const D_WAKE_GEN: usize = 1;
+
+// Words of a channel slot.
+const C_PENDING: usize = 0; // + side
+const C_CLOSED: usize = 2; // + side
+const C_GEN: usize = 4;
+const C_BOUND: usize = 5;
+
+/// Which end of a channel: the allocator of the unbound port (0) or the binder (1).
+pub(crate) type Side = u32;
+
+/// What a channel end sees when it looks at its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndState {
+    /// An event was pending (and was consumed if asked).
+    Fired,
+    /// Nothing pending; the peer is there (or not bound yet).
+    Idle,
+    /// Nothing pending and the peer closed its end (or died).
+    PeerGone,
+    /// Our own end was closed by the hypervisor (our domain died) or the slot was reused.
+    Closed,
+}
+
+/// The mapped event table.
+pub(crate) struct Table {
+    fd: OwnedFd,
+    map: Mmap,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table").field("map", &self.map).finish()
+    }
+}
+
+/// A channel end's address in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EndRef {
+    pub slot: u32,
+    pub side: Side,
+    pub gen: u32,
+}
+
+impl Table {
+    /// A fresh, zeroed table.
+    pub(crate) fn create() -> io::Result<Table> {
+        let fd = memfd("pore-sim-events", TABLE_PAGES)?;
+        Self::from_fd(fd)
+    }
+
+    /// Maps a table received from the broker.
+    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Table> {
+        let map = Mmap::map_fd(fd.as_fd(), 0, TABLE_PAGES)?;
+        Ok(Table { fd, map })
+    }
+
+    /// The table's memfd (sent to domain processes).
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn word(&self, offset: usize) -> &AtomicU32 {
+        // Offsets below are computed from ids the hypervisor bounds (domid < MAX_DOMAINS,
+        // slot < MAX_CHANNELS, word < 16), so they are in range and aligned by construction.
+        self.map
+            .u32_at(offset)
+            .expect("event-table offset computed from bounded ids")
+    }
+
+    fn dom(&self, dom: DomId, w: usize) -> &AtomicU32 {
+        self.word((dom.0 as usize % MAX_DOMAINS) * SLOT + w * 4)
+    }
+
+    fn chan(&self, slot: u32, w: usize) -> &AtomicU32 {
+        self.word(CHAN_BASE + (slot as usize % MAX_CHANNELS) * SLOT + w * 4)
+    }
+
+    /// Resets a channel slot for a new channel; returns its generation.
+    pub(crate) fn init_slot(&self, slot: u32) -> u32 {
+        for w in [C_PENDING, C_PENDING + 1, C_CLOSED, C_CLOSED + 1, C_BOUND] {
+            self.chan(slot, w).store(0, Ordering::Relaxed);
+        }
+        self.chan(slot, C_GEN).fetch_add(1, Ordering::Release) + 1
+    }
+
+    /// Marks a slot bound (both ends exist).
+    pub(crate) fn set_bound(&self, slot: u32) {
+        self.chan(slot, C_BOUND).store(1, Ordering::Release);
+    }
+
+    /// Marks one end closed.
+    pub(crate) fn set_closed(&self, slot: u32, side: Side) {
+        self.chan(slot, C_CLOSED + side as usize)
+            .store(1, Ordering::SeqCst);
+    }
+
+    /// Looks at (and with `consume`, takes) the pending event of an end.
+    pub(crate) fn end_state(&self, end: EndRef, consume: bool) -> EndState {
+        if self.chan(end.slot, C_GEN).load(Ordering::Acquire) != end.gen
+            || self
+                .chan(end.slot, C_CLOSED + end.side as usize)
+                .load(Ordering::Acquire)
+                != 0
+        {
+            return EndState::Closed;
+        }
+        let pending = self.chan(end.slot, C_PENDING + end.side as usize);
+        // Reading before swapping keeps an idle poll from dirtying the peer's cache line.
+        let fired = pending.load(Ordering::Acquire) != 0
+            && (!consume || pending.swap(0, Ordering::Acquire) != 0);
+        if fired {
+            EndState::Fired
+        } else if self
+            .chan(end.slot, C_CLOSED + (1 - end.side) as usize)
+            .load(Ordering::Acquire)
+            != 0
+        {
+            EndState::PeerGone
+        } else {
+            EndState::Idle
+        }
+    }
+
+    /// Whether the slot still belongs to `end` and both ends are bound.
+    pub(crate) fn is_bound(&self, end: EndRef) -> bool {
+        self.chan(end.slot, C_BOUND).load(Ordering::Acquire) != 0
+    }
+
+    /// Raises the event on `side` of `slot`, waking `dom` only if one of its threads sleeps.
+    pub(crate) fn kick(&self, slot: u32, side: Side, dom: DomId) {
+        let pending = self.chan(slot, C_PENDING + side as usize);
+        if pending.swap(1, Ordering::SeqCst) != 0 {
+            // Already pending: whoever set it did the wake-up check for that event, and a waiter
+            // arriving later re-checks the pending word before it sleeps.
+            return;
+        }
+        // Set pending /before/ reading the sleeper count; the waiter registers /before/ it
+        // re-checks pending. With both fences, at least one side sees the other.
+        fence(Ordering::SeqCst);
+        if self.dom(dom, D_SLEEPERS).load(Ordering::SeqCst) != 0 {
+            self.wake(dom);
+        }
+    }
+
+    /// Wakes every sleeping thread of `dom` (one syscall).
+    pub(crate) fn wake(&self, dom: DomId) {
+        let word = self.dom(dom, D_WAKE_GEN);
+        word.fetch_add(1, Ordering::Release);
+        if let Err(e) = futex::wake(word, futex::Flags::empty(), i32::MAX as u32) {
+            tracing::warn!(error = %e, %dom, "futex wake failed");
+        }
+    }
+
+    /// Sleeps as domain `dom` until woken, `deadline`, or `ready()` already holds after
+    /// registering. Spurious returns are allowed; callers re-check.
+    pub(crate) fn sleep(&self, dom: DomId, deadline: Instant, ready: impl Fn() -> bool) {
+        let gen = self.dom(dom, D_WAKE_GEN);
+        let sleepers = self.dom(dom, D_SLEEPERS);
+        let seen = gen.load(Ordering::Acquire);
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        // Register /before/ re-checking, pairing with the fence in `kick`.
+        fence(Ordering::SeqCst);
+        if !ready() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                let ts = futex::Timespec::try_from(left).unwrap_or(futex::Timespec {
+                    tv_sec: i64::MAX,
+                    tv_nsec: 0,
+                });
+                // EAGAIN (the word moved: a wake-up raced us), EINTR and ETIMEDOUT all just
+                // return to the caller's re-check loop.
+                let _ = futex::wait(gen, futex::Flags::empty(), seen, Some(&ts));
+            }
+        }
+        sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Registers a permanent sleeper for `dom` (a readiness watcher): from now on every new
+    /// event for `dom` bumps its wake word. Undo with [`Table::unwatch`].
+    pub(crate) fn watch(&self, dom: DomId) {
+        self.dom(dom, D_SLEEPERS).fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Undoes [`Table::watch`].
+    pub(crate) fn unwatch(&self, dom: DomId) {
+        self.dom(dom, D_SLEEPERS).fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The wake word of `dom`, to wait for changes of it (readiness watcher).
+    pub(crate) fn wake_gen(&self, dom: DomId) -> &AtomicU32 {
+        self.dom(dom, D_WAKE_GEN)
+    }
+}
