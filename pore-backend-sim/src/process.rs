@@ -35,8 +35,9 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pore_core::ErrorKind;
@@ -79,6 +80,38 @@ pub fn report(line: &str) {
     let _ = out.flush();
 }
 
+/// In a domain process: waits up to `timeout` for the next line its parent sent with
+/// [`DomainProcess::tell`].
+pub fn listen(timeout: Duration) -> Result<String> {
+    static LINES: OnceLock<Mutex<mpsc::Receiver<String>>> = OnceLock::new();
+    let lines = LINES.get_or_init(|| {
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("pore-sim-parent-in".into())
+            .spawn(move || {
+                for line in std::io::stdin().lock().lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start the stdin reader");
+        }
+        Mutex::new(rx)
+    });
+    let rx = lines.lock().unwrap_or_else(|p| p.into_inner());
+    rx.recv_timeout(timeout).map_err(|e| match e {
+        mpsc::RecvTimeoutError::Timeout => {
+            SimError::refused(ErrorKind::TimedOut, "the parent sent nothing in time")
+        }
+        mpsc::RecvTimeoutError::Disconnected => {
+            SimError::refused(ErrorKind::PeerGone, "the parent closed our input")
+        }
+    })
+}
+
 /// How to start a domain process: the current executable, in a role.
 #[derive(Debug)]
 pub struct DomainCommand {
@@ -94,7 +127,7 @@ impl DomainCommand {
         cmd.env(crate::SOCKET_ENV, socket)
             .env(ROLE_ENV, role)
             .env(crate::NAME_ENV, role)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         Ok(DomainCommand {
@@ -147,7 +180,12 @@ impl DomainCommand {
                 })
                 .map_err(SimError::os("starting a reader thread"))?;
         }
-        Ok(DomainProcess { child, reports: rx })
+        let stdin = child.stdin.take();
+        Ok(DomainProcess {
+            child,
+            stdin,
+            reports: rx,
+        })
     }
 }
 
@@ -155,6 +193,7 @@ impl DomainCommand {
 #[derive(Debug)]
 pub struct DomainProcess {
     child: Child,
+    stdin: Option<ChildStdin>,
     reports: mpsc::Receiver<String>,
 }
 
@@ -175,6 +214,16 @@ impl DomainProcess {
                 SimError::refused(ErrorKind::PeerGone, "the domain process closed its output")
             }
         })
+    }
+
+    /// Sends one line to the child (read there with [`listen`]).
+    pub fn tell(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| {
+            SimError::refused(ErrorKind::Closed, "the domain process's input is closed")
+        })?;
+        writeln!(stdin, "{}", line.replace('\n', " "))
+            .and_then(|()| stdin.flush())
+            .map_err(SimError::os("writing to a domain process"))
     }
 
     /// Kills the process with SIGKILL (no clean-up of its own runs: the broker must notice).
