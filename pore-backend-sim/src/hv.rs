@@ -498,7 +498,9 @@ impl Hv {
             Op::Close => {
                 let port = args.next()?;
                 match st.ports.get(&(dom, port)) {
-                    Some(e) if e.system => Err(refused(
+                    // Dom0 (the toolstack's xenstored) unbinds its end of a store connection;
+                    // the domain's own store port stays for its lifetime.
+                    Some(e) if e.system && dom != DomId::DOM0 => Err(refused(
                         ErrorKind::PermissionDenied,
                         "the store port belongs to the toolstack",
                     )),
