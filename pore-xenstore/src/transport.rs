@@ -14,7 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ring::{RequestWriter, ResponseReader, RingAccess, RingError};
+use core::sync::atomic::Ordering;
+
+use pore_core::{Backend, EventChannel, Pore, SharedAccess};
+use pore_ring::xenstore::{XenstoreDomainInterface, XenstoreRing};
+use pore_ring::{ByteConsumer, ByteProducer, RingError};
+
 use crate::wire::Limits;
 
 /// The receiving half of a transport.
@@ -244,34 +249,70 @@ pub trait RingNotify: Send + Sync {
     }
 }
 
-/// A guest's xenstore ring page, over any [`RingAccess`] and [`RingNotify`].
+/// The event channel of a pore-core [`Pore`] as a [`RingNotify`].
+pub struct PoreNotify<B: Backend>(Arc<Pore<B>>);
+
+impl<B: Backend> RingNotify for PoreNotify<B> {
+    fn notify(&self) -> io::Result<()> {
+        self.0.channel().notify().map_err(io::Error::other)
+    }
+
+    fn wait(&self, timeout: Duration) -> io::Result<()> {
+        self.0
+            .channel()
+            .wait(timeout)
+            .map(|_| ())
+            .map_err(io::Error::other)
+    }
+}
+
+/// A guest's xenstore ring page (`pore_ring::xenstore`, the Xen ABI) over any pore-core
+/// [`SharedAccess`] and a [`RingNotify`]: this is what a guest uses, with its store
+/// page as a pre-existing pore (D7, [`RingTransport::from_pore`]).
 ///
 /// When events never come the transport still makes progress: it re-checks the ring
 /// at least every `poll_interval` (1 ms by default, starting at 20 µs after activity).
+/// A 4096-byte request does not fit the 1024-byte ring and is streamed through it.
 pub struct RingTransport<A, N> {
-    mem: Arc<A>,
+    mem: A,
     notify: Arc<N>,
     poll_interval: Duration,
 }
 
 impl<A, N> RingTransport<A, N>
 where
-    A: RingAccess + Send + Sync + 'static,
+    A: SharedAccess + Clone + Send + 'static,
     N: RingNotify + 'static,
 {
-    /// A transport over `mem` signalling with `notify`.
+    /// A transport over the store page `mem`, signalling with `notify`.
     pub fn new(mem: A, notify: N) -> Self {
         Self {
-            mem: Arc::new(mem),
+            mem,
             notify: Arc::new(notify),
             poll_interval: Duration::from_millis(1),
         }
     }
 
-    /// Sets the longest sleep between two looks at the ring.
+    /// Sets the longest wait between two looks at the ring.
     pub fn with_poll_interval(mut self, d: Duration) -> Self {
         self.poll_interval = d.max(Duration::from_micros(1));
         self
+    }
+}
+
+impl<B: Backend + 'static> RingTransport<Arc<Pore<B>>, PoreNotify<B>> {
+    /// A transport over a pore holding a xenstore page: normally the domain's own store
+    /// page and port from [`Pore::open_store`], but any pore whose first page follows the
+    /// xenstore layout works (the tests use a loopback pore).
+    pub fn from_pore(pore: Pore<B>) -> Self {
+        let pore = Arc::new(pore);
+        Self::new(pore.clone(), PoreNotify(pore))
+    }
+
+    /// Opens this domain's store page and port through `backend` ([`Pore::open_store`]).
+    pub fn open_store(backend: &B) -> io::Result<Self> {
+        let pore = Pore::open_store(backend).map_err(io::Error::other)?;
+        Ok(Self::from_pore(pore))
     }
 }
 
@@ -279,57 +320,90 @@ fn ring_err(e: RingError) -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, e)
 }
 
-struct RingReader<A: RingAccess, N> {
-    rsp: ResponseReader<Arc<A>>,
+const ERROR_OFFSET: usize = core::mem::offset_of!(XenstoreDomainInterface, error);
+const CONNECTION_OFFSET: usize = core::mem::offset_of!(XenstoreDomainInterface, connection);
+
+/// The page's `error` and `connection` fields: a server-reported error or a reconnection
+/// in progress stop the transport.
+fn check_page<A: SharedAccess>(mem: &A) -> io::Result<()> {
+    let err = mem.load_u32(ERROR_OFFSET, Ordering::Acquire);
+    if err != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            format!("xenstore ring error {err} set by the server"),
+        ));
+    }
+    if mem.load_u32(CONNECTION_OFFSET, Ordering::Acquire) != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "xenstore ring reconnecting",
+        ));
+    }
+    Ok(())
+}
+
+struct RingReaderHalf<A: SharedAccess, N> {
+    mem: A,
+    rsp: ByteConsumer<A>,
     notify: Arc<N>,
     poll_interval: Duration,
 }
 
-impl<A, N> TransportReader for RingReader<A, N>
+impl<A, N> TransportReader for RingReaderHalf<A, N>
 where
-    A: RingAccess + Send + Sync,
+    A: SharedAccess + Send,
     N: RingNotify,
 {
     fn read(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
         let deadline = Instant::now() + timeout;
         let mut nap = Duration::from_micros(20);
         loop {
+            check_page(&self.mem)?;
             let n = self.rsp.read(buf).map_err(ring_err)?;
             if n > 0 {
                 // Room was made: let the server push more output.
-                self.notify.notify()?;
+                if self.rsp.take_notify() {
+                    self.notify.notify()?;
+                }
                 return Ok(Some(n));
             }
             let now = Instant::now();
             if now >= deadline {
                 return Ok(None);
             }
-            self.notify.wait(nap.min(deadline - now))?;
+            if let Err(e) = self.notify.wait(nap.min(deadline - now)) {
+                // The peer may have written its last words before going away.
+                let n = self.rsp.read(buf).map_err(ring_err)?;
+                return if n > 0 { Ok(Some(n)) } else { Err(e) };
+            }
             nap = (nap * 2).min(self.poll_interval);
         }
     }
 }
 
-struct RingWriter<A: RingAccess, N> {
-    req: RequestWriter<Arc<A>>,
+struct RingWriterHalf<A: SharedAccess, N> {
+    mem: A,
+    req: ByteProducer<A>,
     notify: Arc<N>,
     poll_interval: Duration,
 }
 
-impl<A, N> TransportWriter for RingWriter<A, N>
+impl<A, N> TransportWriter for RingWriterHalf<A, N>
 where
-    A: RingAccess + Send + Sync,
+    A: SharedAccess + Send,
     N: RingNotify,
 {
     fn write_message(&mut self, msg: &[u8], deadline: Instant) -> io::Result<()> {
-        // A 4096-byte payload does not fit the 1024-byte ring: stream it in chunks.
         let mut rest = msg;
         let mut nap = Duration::from_micros(20);
         while !rest.is_empty() {
+            check_page(&self.mem)?;
             let n = self.req.write(rest).map_err(ring_err)?;
             if n > 0 {
                 rest = &rest[n..];
-                self.notify.notify()?;
+                if self.req.take_notify() {
+                    self.notify.notify()?;
+                }
                 nap = Duration::from_micros(20);
                 continue;
             }
@@ -346,7 +420,7 @@ where
 
 impl<A, N> Transport for RingTransport<A, N>
 where
-    A: RingAccess + Send + Sync + 'static,
+    A: SharedAccess + Clone + Send + 'static,
     N: RingNotify + 'static,
 {
     fn limits(&self) -> Limits {
@@ -354,14 +428,20 @@ where
     }
 
     fn split(self: Box<Self>) -> io::Result<(Box<dyn TransportReader>, Box<dyn TransportWriter>)> {
+        check_page(&self.mem)?;
+        let (req, rsp) = XenstoreRing::client(self.mem.clone())
+            .map_err(ring_err)?
+            .split();
         Ok((
-            Box::new(RingReader {
-                rsp: ResponseReader::new(self.mem.clone()),
+            Box::new(RingReaderHalf {
+                mem: self.mem.clone(),
+                rsp,
                 notify: self.notify.clone(),
                 poll_interval: self.poll_interval,
             }),
-            Box::new(RingWriter {
-                req: RequestWriter::new(self.mem),
+            Box::new(RingWriterHalf {
+                mem: self.mem,
+                req,
                 notify: self.notify,
                 poll_interval: self.poll_interval,
             }),

@@ -7,15 +7,16 @@
 //!
 //! Guest tests act as an unprivileged domain over the shared ring page that the
 //! reference kit's LD_PRELOAD shim turns into a file (`<socket>.d/fakexen/dom<N>.ring`):
-//! the page is mmapped here (test-only `unsafe`) and driven by the crate's
-//! `RingTransport`; events are faked by writing the port number into the shim's FIFO.
+//! the page is mmapped here (test-only `unsafe`), seen as a pore-core `SharedAccess`
+//! and driven by the crate's `RingTransport` (pore-ring's xenstore ring); events are faked by writing the port number into the shim's FIFO.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pore_xenstore::ring::RingAccess;
+use pore_core::SharedAccess;
 use pore_xenstore::transport::{RingNotify, RingTransport, UnixTransport};
 use pore_xenstore::{Access, Client, Config, Error, ErrorName, Perm};
 
@@ -501,16 +502,31 @@ impl Drop for RingFile {
     }
 }
 
-impl RingAccess for RingFile {
-    fn load_u32(&self, off: usize) -> u32 {
-        assert!(off % 4 == 0 && off + 4 <= 4096);
-        // SAFETY: in bounds, 4-aligned (the mapping is page-aligned).
-        unsafe { AtomicU32::from_ptr(self.ptr.add(off).cast()) }.load(Ordering::Acquire)
+impl SharedAccess for RingFile {
+    fn len(&self) -> usize {
+        4096
     }
-    fn store_u32(&self, off: usize, v: u32) {
+    fn load_u32(&self, off: usize, order: Ordering) -> u32 {
         assert!(off % 4 == 0 && off + 4 <= 4096);
         // SAFETY: in bounds, 4-aligned (the mapping is page-aligned).
-        unsafe { AtomicU32::from_ptr(self.ptr.add(off).cast()) }.store(v, Ordering::Release)
+        unsafe { AtomicU32::from_ptr(self.ptr.add(off).cast()) }.load(order)
+    }
+    fn store_u32(&self, off: usize, v: u32, order: Ordering) {
+        assert!(off % 4 == 0 && off + 4 <= 4096);
+        // SAFETY: in bounds, 4-aligned (the mapping is page-aligned).
+        unsafe { AtomicU32::from_ptr(self.ptr.add(off).cast()) }.store(v, order)
+    }
+    fn load_u8(&self, off: usize, order: Ordering) -> u8 {
+        self.byte(off).load(order)
+    }
+    fn store_u8(&self, off: usize, v: u8, order: Ordering) {
+        self.byte(off).store(v, order)
+    }
+    fn swap_u8(&self, off: usize, v: u8, order: Ordering) -> u8 {
+        self.byte(off).swap(v, order)
+    }
+    fn fetch_or_u8(&self, off: usize, bits: u8, order: Ordering) -> u8 {
+        self.byte(off).fetch_or(bits, order)
     }
     fn read_bytes(&self, off: usize, out: &mut [u8]) {
         for (i, b) in out.iter_mut().enumerate() {
@@ -577,7 +593,7 @@ fn guest(sock: &Path, dom0: &Client, domid: u32, config: Config) -> Client {
         port_file: fx.join(format!("dom{domid}.port")),
         port: Default::default(),
     };
-    let t = RingTransport::new(ring, kick).with_poll_interval(Duration::from_millis(1));
+    let t = RingTransport::new(Arc::new(ring), kick).with_poll_interval(Duration::from_millis(1));
     Client::with_transport(Box::new(t), config).expect("guest client")
 }
 
