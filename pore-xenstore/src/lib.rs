@@ -45,6 +45,9 @@ pub mod ring;
 pub mod wire;
 
 #[cfg(feature = "std")]
+pub mod server;
+
+#[cfg(feature = "std")]
 mod client;
 #[cfg(feature = "std")]
 pub mod transport;

@@ -1,0 +1,154 @@
+//! Per-connection output: messages are written without blocking; what does not fit is
+//! queued, watch events up to a bound (then dropped, and logged), replies always.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::{Mutex, MutexGuard};
+
+use super::store::OutKind;
+
+/// Where a connection's bytes go: a socket or a guest's ring.
+pub(crate) trait Sink: Send + Sync {
+    /// Writes what fits without blocking; `Ok(0)` if nothing fits now.
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Called once after a batch of writes that wrote something (a ring notifies).
+    fn written(&self) {}
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<(Vec<u8>, usize, OutKind)>,
+    events: usize,
+    dropped: u64,
+    dead: bool,
+}
+
+/// The output side of one connection.
+pub(crate) struct Outbox {
+    sink: Box<dyn Sink>,
+    state: Mutex<State>,
+    max_events: usize,
+}
+
+impl Outbox {
+    pub(crate) fn new(sink: Box<dyn Sink>, max_events: usize) -> Self {
+        Outbox {
+            sink,
+            state: Mutex::new(State::default()),
+            max_events,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes as much of the queue as fits. Returns whether bytes remain queued.
+    fn flush_locked(&self, st: &mut State) -> bool {
+        let mut wrote = false;
+        while let Some((buf, off, kind)) = st.queue.front_mut() {
+            match self.sink.try_write(&buf[*off..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    wrote = true;
+                    *off += n;
+                    if *off == buf.len() {
+                        if *kind == OutKind::Event {
+                            st.events = st.events.saturating_sub(1);
+                        }
+                        st.queue.pop_front();
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection output failed");
+                    st.dead = true;
+                    st.queue.clear();
+                    break;
+                }
+            }
+        }
+        if wrote {
+            self.sink.written();
+        }
+        !st.queue.is_empty()
+    }
+
+    /// Sends (or queues) messages in order. Returns whether bytes remain queued.
+    pub(crate) fn push(&self, msgs: impl IntoIterator<Item = (Vec<u8>, OutKind)>) -> bool {
+        let mut st = self.lock();
+        if st.dead {
+            return false;
+        }
+        for (bytes, kind) in msgs {
+            if kind == OutKind::Event {
+                if st.events >= self.max_events {
+                    st.dropped += 1;
+                    if st.dropped.is_power_of_two() {
+                        tracing::warn!(
+                            dropped = st.dropped,
+                            "connection does not read: watch events dropped"
+                        );
+                    }
+                    continue;
+                }
+                st.events += 1;
+            }
+            st.queue.push_back((bytes, 0, kind));
+        }
+        self.flush_locked(&mut st)
+    }
+
+    /// Writes queued bytes; returns whether some remain.
+    pub(crate) fn flush(&self) -> bool {
+        let mut st = self.lock();
+        self.flush_locked(&mut st)
+    }
+
+    /// True if bytes are queued.
+    pub(crate) fn pending(&self) -> bool {
+        !self.lock().queue.is_empty()
+    }
+
+    /// True once writing failed.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.lock().dead
+    }
+
+    /// Watch events dropped so far.
+    #[cfg(test)]
+    pub(crate) fn dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    struct Cap(Arc<Mutex<(Vec<u8>, usize)>>);
+    impl Sink for Cap {
+        fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+            let mut g = self.0.lock().unwrap();
+            let n = buf.len().min(g.1);
+            g.0.extend_from_slice(&buf[..n]);
+            g.1 -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn queues_then_drops_events_but_not_replies() {
+        let shared = Arc::new(Mutex::new((Vec::new(), 5)));
+        let ob = Outbox::new(Box::new(Cap(shared.clone())), 2);
+        assert!(ob.push([(b"reply1".to_vec(), OutKind::Reply)]));
+        for _ in 0..5 {
+            ob.push([(b"ev".to_vec(), OutKind::Event)]);
+        }
+        assert_eq!(ob.dropped(), 3);
+        assert!(ob.push([(b"reply2".to_vec(), OutKind::Reply)]));
+        shared.lock().unwrap().1 = 1000;
+        assert!(!ob.flush());
+        assert_eq!(shared.lock().unwrap().0, b"reply1evevreply2");
+    }
+}

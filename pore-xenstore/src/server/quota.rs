@@ -1,0 +1,60 @@
+//! Per-domain quotas with C xenstored's defaults (behaviours.md §10) and the server's
+//! configuration.
+
+/// Quotas applied to unprivileged domains, with C xenstored's defaults. Going over one
+/// gets C's error name (never `EQUOTA`, D13).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    /// Nodes a domain may own, its home included (`-E`, 1000; over: `ENOSPC`).
+    pub nodes_per_domain: usize,
+    /// Size of a node record: 24 bytes + 8 per permission + value + child names must
+    /// stay below this (`-S`, 2048; over: `ENOSPC`).
+    pub entry_size: usize,
+    /// Watches per domain; like C, one more than this is allowed (`-W`, 128; over:
+    /// `E2BIG`).
+    pub watches_per_domain: usize,
+    /// Open transactions per connection; like C, one more than this is allowed (`-t`,
+    /// 10; over: `ENOSPC`).
+    pub transactions: usize,
+    /// Longest path below `/local/domain/<id>/` (or whole path elsewhere) (`-M`, 2048;
+    /// over: `EINVAL`). Applies to every connection.
+    pub path_max: usize,
+    /// Permission entries per node (`-A`, 5; over: `ENOSPC`).
+    pub perms_per_node: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            nodes_per_domain: 1000,
+            entry_size: 2048,
+            watches_per_domain: 128,
+            transactions: 10,
+            path_max: 2048,
+            perms_per_node: 5,
+        }
+    }
+}
+
+/// Server configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Quotas for unprivileged domains.
+    pub quotas: Quotas,
+    /// A domain other than 0 that is privileged too (C's `--priv-domid`).
+    pub priv_domid: Option<u32>,
+    /// Watch events queued for a connection that does not read; more are dropped
+    /// (logged). Replies are never dropped: a connection whose replies cannot be
+    /// delivered is not read from until they are.
+    pub max_queued_events: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            quotas: Quotas::default(),
+            priv_domid: None,
+            max_queued_events: 1024,
+        }
+    }
+}

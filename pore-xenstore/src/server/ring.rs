@@ -1,0 +1,229 @@
+//! The server side of a guest's xenstore ring (`struct xenstore_domain_interface`,
+//! ANCHORS §5.3): we consume the request ring and produce the response ring. The guest's
+//! indices are read once per operation and validated; ours live in private memory.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::ring::{
+    RingAccess, REQ_CONS, REQ_OFFSET, REQ_PROD, RING_SIZE, RSP_CONS, RSP_OFFSET, RSP_PROD,
+};
+
+/// Offset of the page's `error` field.
+const ERROR_FIELD: usize = crate::ring::ERROR;
+/// `XENSTORE_ERROR_RINGIDX`.
+const ERROR_RINGIDX: u32 = 2;
+/// `XENSTORE_ERROR_PROTO`.
+const ERROR_PROTO: u32 = 3;
+
+/// A guest's event channel as the server sees it.
+pub trait GuestEvents: Send + Sync {
+    /// Notifies the guest.
+    fn notify(&self) -> io::Result<()>;
+    /// Waits up to `timeout` for a notification from the guest; `Ok(true)` if one came.
+    /// A notification sent while nobody waits must be remembered (as event channels do).
+    fn wait(&self, timeout: Duration) -> io::Result<bool>;
+}
+
+/// What a [`DomainConnector`](super::DomainConnector) hands over for a guest: its
+/// mapped store page and its event channel.
+#[derive(Clone)]
+pub struct GuestLink {
+    /// The guest's store page (the ring).
+    pub page: Arc<dyn RingAccess + Send + Sync>,
+    /// The bound event channel.
+    pub events: Arc<dyn GuestEvents>,
+}
+
+impl std::fmt::Debug for GuestLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GuestLink")
+    }
+}
+
+/// Server side of one xenstore ring.
+pub struct ServerRing {
+    page: Arc<dyn RingAccess + Send + Sync>,
+    req_cons: AtomicU32,
+    rsp_prod: Mutex<u32>,
+    broken: AtomicBool,
+}
+
+impl std::fmt::Debug for ServerRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerRing")
+            .field("broken", &self.broken.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+fn broken() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "xenstore ring index out of range",
+    )
+}
+
+impl ServerRing {
+    /// Serves the ring on `page`, starting from the indices found there.
+    pub fn new(page: Arc<dyn RingAccess + Send + Sync>) -> Self {
+        let req_cons = page.load_u32(REQ_CONS);
+        let rsp_prod = page.load_u32(RSP_PROD);
+        ServerRing {
+            page,
+            req_cons: AtomicU32::new(req_cons),
+            rsp_prod: Mutex::new(rsp_prod),
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// True after the guest broke the protocol.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+
+    fn mark(&self, code: u32) -> io::Error {
+        self.broken.store(true, Ordering::Relaxed);
+        self.page.store_u32(ERROR_FIELD, code);
+        broken()
+    }
+
+    /// Marks the ring broken because the guest sent a message over the size limit.
+    pub fn protocol_error(&self) {
+        let _ = self.mark(ERROR_PROTO);
+    }
+
+    /// Copies available request bytes into `buf` (never blocks). Only one thread reads.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.is_broken() {
+            return Err(broken());
+        }
+        let cons = self.req_cons.load(Ordering::Relaxed);
+        let prod = self.page.load_u32(REQ_PROD);
+        let avail = prod.wrapping_sub(cons) as usize;
+        if avail > RING_SIZE {
+            return Err(self.mark(ERROR_RINGIDX));
+        }
+        let n = avail.min(buf.len());
+        let mut done = 0;
+        while done < n {
+            let off = (cons as usize + done) % RING_SIZE;
+            let k = (RING_SIZE - off).min(n - done);
+            self.page
+                .read_bytes(REQ_OFFSET + off, &mut buf[done..done + k]);
+            done += k;
+        }
+        let new = cons.wrapping_add(n as u32);
+        self.req_cons.store(new, Ordering::Relaxed);
+        if n > 0 {
+            self.page.store_u32(REQ_CONS, new);
+        }
+        Ok(n)
+    }
+
+    /// Writes what fits of `buf` into the response ring (never blocks).
+    pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        if self.is_broken() {
+            return Err(broken());
+        }
+        let mut prod = self.rsp_prod.lock().unwrap_or_else(|e| e.into_inner());
+        let cons = self.page.load_u32(RSP_CONS);
+        let used = prod.wrapping_sub(cons) as usize;
+        if used > RING_SIZE {
+            return Err(self.mark(ERROR_RINGIDX));
+        }
+        let n = (RING_SIZE - used).min(buf.len());
+        let mut done = 0;
+        while done < n {
+            let off = (*prod as usize + done) % RING_SIZE;
+            let k = (RING_SIZE - off).min(n - done);
+            self.page
+                .write_bytes(RSP_OFFSET + off, &buf[done..done + k]);
+            done += k;
+        }
+        if n > 0 {
+            *prod = prod.wrapping_add(n as u32);
+            self.page.store_u32(RSP_PROD, *prod);
+        }
+        Ok(n)
+    }
+}
+
+/// Output of a guest connection: the response ring, then a notification.
+pub(crate) struct RingSink {
+    pub(crate) ring: Arc<ServerRing>,
+    pub(crate) events: Arc<dyn GuestEvents>,
+}
+
+impl super::conn::Sink for RingSink {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.ring.write(buf)
+    }
+    fn written(&self) {
+        if let Err(e) = self.events.notify() {
+            tracing::debug!(error = %e, "guest notify failed");
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU8;
+
+    /// A 4 KiB page in plain memory.
+    pub(crate) struct MemPage(pub(crate) Vec<AtomicU8>);
+
+    impl MemPage {
+        pub(crate) fn new() -> Self {
+            MemPage((0..4096).map(|_| AtomicU8::new(0)).collect())
+        }
+    }
+
+    impl RingAccess for MemPage {
+        fn load_u32(&self, o: usize) -> u32 {
+            let b: Vec<u8> = (0..4)
+                .map(|i| self.0[o + i].load(Ordering::Acquire))
+                .collect();
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        }
+        fn store_u32(&self, o: usize, v: u32) {
+            for (i, b) in v.to_le_bytes().iter().enumerate() {
+                self.0[o + i].store(*b, Ordering::Release);
+            }
+        }
+        fn read_bytes(&self, o: usize, out: &mut [u8]) {
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = self.0[o + i].load(Ordering::Relaxed);
+            }
+        }
+        fn write_bytes(&self, o: usize, data: &[u8]) {
+            for (i, b) in data.iter().enumerate() {
+                self.0[o + i].store(*b, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[test]
+    fn wraps_and_rejects_bad_indices() {
+        let page = Arc::new(MemPage::new());
+        page.store_u32(REQ_CONS, 1020);
+        page.store_u32(REQ_PROD, 1020);
+        let ring = ServerRing::new(page.clone());
+        page.write_bytes(REQ_OFFSET + 1020, b"abcd");
+        page.write_bytes(REQ_OFFSET, b"ef");
+        page.store_u32(REQ_PROD, 1026);
+        let mut buf = [0u8; 16];
+        assert_eq!(ring.read(&mut buf).unwrap(), 6);
+        assert_eq!(&buf[..6], b"abcdef");
+        assert_eq!(page.load_u32(REQ_CONS), 1026);
+        assert_eq!(ring.write(&[7u8; 2000]).unwrap(), 1024);
+        assert_eq!(ring.write(b"x").unwrap(), 0);
+        page.store_u32(REQ_PROD, 1026 + 5000);
+        assert!(ring.read(&mut buf).is_err());
+        assert!(ring.is_broken());
+        assert_eq!(page.load_u32(ERROR_FIELD), ERROR_RINGIDX);
+    }
+}

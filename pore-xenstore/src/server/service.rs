@@ -1,0 +1,391 @@
+//! The std server: one [`Store`] behind a mutex, a thread per connection (unix socket
+//! or guest ring), a flusher thread for connections that stopped reading, and clean
+//! shutdown. Output is written under the store lock, without blocking, so every
+//! connection sees events and replies in the order the store produced them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::codec::parse_frame;
+use crate::error::ErrorName;
+use crate::wire::{WireHeader, HEADER_LEN, PAYLOAD_MAX};
+
+use super::conn::{Outbox, Sink};
+use super::quota::Config;
+use super::ring::{GuestLink, RingSink, ServerRing};
+use super::store::{DomainHooks, OutKind, Outgoing, Store};
+use super::ConnId;
+
+/// How long a blocked thread waits before it checks for shutdown.
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Why a guest's ring could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to domain {domid}: {reason}")]
+pub struct ConnectError {
+    /// The domain.
+    pub domid: u32,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// Reaches a guest's store ring on INTRODUCE (D13). The simulated backend implements it
+/// by mapping the guest's page and binding its event channel.
+pub trait DomainConnector: Send + Sync {
+    /// Maps the ring page `gfn` of `domid` and binds its event channel `port`.
+    fn connect(&self, domid: u32, gfn: u64, port: u32) -> Result<GuestLink, ConnectError>;
+    /// The domain was released: unmap and unbind (the link was already dropped).
+    fn disconnect(&self, _domid: u32) {}
+}
+
+pub(crate) struct State {
+    pub(crate) store: Store,
+    pub(crate) outboxes: HashMap<ConnId, Arc<Outbox>>,
+    guests: HashMap<ConnId, Arc<AtomicBool>>,
+}
+
+pub(crate) struct Inner {
+    state: Mutex<State>,
+    pub(crate) stop: AtomicBool,
+    connector: Option<Arc<dyn DomainConnector>>,
+    flush_tx: Mutex<mpsc::Sender<Arc<Outbox>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    max_events: usize,
+}
+
+/// A running xenstored: share it (it is cheap to clone), add unix listeners with
+/// [`Server::listen_unix`], stop it with [`Server::shutdown`].
+#[derive(Clone)]
+pub struct Server {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Server")
+    }
+}
+
+struct Hooks<'a> {
+    inner: &'a Arc<Inner>,
+    outboxes: &'a mut HashMap<ConnId, Arc<Outbox>>,
+    guests: &'a mut HashMap<ConnId, Arc<AtomicBool>>,
+}
+
+impl DomainHooks for Hooks<'_> {
+    fn introduce(
+        &mut self,
+        conn: ConnId,
+        domid: u32,
+        gfn: u64,
+        port: u32,
+    ) -> Result<(), ErrorName> {
+        let Some(connector) = &self.inner.connector else {
+            tracing::warn!(
+                domid,
+                "no domain connector: domain introduced without a ring"
+            );
+            return Ok(());
+        };
+        let link = connector.connect(domid, gfn, port).map_err(|e| {
+            tracing::warn!(error = %e, "INTRODUCE failed");
+            ErrorName::EINVAL
+        })?;
+        let ring = Arc::new(ServerRing::new(link.page.clone()));
+        let outbox = Arc::new(Outbox::new(
+            Box::new(RingSink {
+                ring: ring.clone(),
+                events: link.events.clone(),
+            }),
+            self.inner.max_events,
+        ));
+        self.outboxes.insert(conn, outbox.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        self.guests.insert(conn, stop.clone());
+        let inner = self.inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("xsd-dom{domid}"))
+            .spawn(move || guest_loop(inner, conn, domid, ring, link, outbox, stop));
+        match spawned {
+            Ok(h) => {
+                self.inner.threads().push(h);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot spawn guest thread");
+                self.outboxes.remove(&conn);
+                self.guests.remove(&conn);
+                Err(ErrorName::ENOMEM)
+            }
+        }
+    }
+
+    fn release(&mut self, conn: ConnId, domid: u32) {
+        self.outboxes.remove(&conn);
+        if let Some(stop) = self.guests.remove(&conn) {
+            stop.store(true, Ordering::Relaxed);
+        }
+        if let Some(c) = &self.inner.connector {
+            c.disconnect(domid);
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn threads(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.threads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn add_thread(&self, h: JoinHandle<()>) {
+        let mut t = self.threads();
+        t.retain(|h| !h.is_finished());
+        t.push(h);
+    }
+
+    /// Registers a new connection of `domid` writing to `sink`.
+    pub(crate) fn add_conn(&self, domid: u32, sink: Box<dyn Sink>) -> (ConnId, Arc<Outbox>) {
+        let mut st = self.lock();
+        let id = st.store.connect(domid);
+        let ob = Arc::new(Outbox::new(sink, self.max_events));
+        st.outboxes.insert(id, ob.clone());
+        (id, ob)
+    }
+
+    pub(crate) fn remove_conn(&self, id: ConnId) {
+        let mut st = self.lock();
+        st.store.disconnect(id);
+        st.outboxes.remove(&id);
+    }
+
+    /// Handles every whole message at the start of `buf`; returns the bytes used, or
+    /// `Err` if a message is over the size limit (the connection must be closed).
+    pub(crate) fn process(
+        self: &Arc<Self>,
+        conn: ConnId,
+        buf: &[u8],
+        out: &mut Vec<Outgoing>,
+    ) -> Result<usize, ()> {
+        let mut used = 0;
+        let mut st = self.lock();
+        let State {
+            store,
+            outboxes,
+            guests,
+        } = &mut *st;
+        loop {
+            match parse_frame(&buf[used..], PAYLOAD_MAX) {
+                Ok(Some((hdr, payload, n))) => {
+                    let mut hooks = Hooks {
+                        inner: self,
+                        outboxes,
+                        guests,
+                    };
+                    store.handle_frame(conn, &hdr, payload, &mut hooks, out);
+                    used += n;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(conn = conn.0, error = %e, "closing connection");
+                    self.deliver(outboxes, out);
+                    return Err(());
+                }
+            }
+        }
+        self.deliver(outboxes, out);
+        Ok(used)
+    }
+
+    /// Sends `out` (under the store lock), grouping consecutive messages per connection.
+    fn deliver(&self, outboxes: &HashMap<ConnId, Arc<Outbox>>, out: &mut Vec<Outgoing>) {
+        let mut i = 0;
+        while i < out.len() {
+            let conn = out[i].conn;
+            let mut j = i + 1;
+            while j < out.len() && out[j].conn == conn {
+                j += 1;
+            }
+            if let Some(ob) = outboxes.get(&conn) {
+                let msgs = out[i..j]
+                    .iter_mut()
+                    .map(|o| (std::mem::take(&mut o.bytes), o.kind));
+                if ob.push(msgs) {
+                    let tx = self.flush_tx.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = tx.send(ob.clone());
+                }
+            }
+            i = j;
+        }
+        out.clear();
+    }
+
+    /// Releases a domain from outside the protocol (domain death).
+    fn release_domain(self: &Arc<Self>, domid: u32) -> bool {
+        let mut out = Vec::new();
+        let mut st = self.lock();
+        let State {
+            store,
+            outboxes,
+            guests,
+        } = &mut *st;
+        let mut hooks = Hooks {
+            inner: self,
+            outboxes,
+            guests,
+        };
+        let done = store.release_domain(domid, &mut hooks, &mut out);
+        self.deliver(outboxes, &mut out);
+        done
+    }
+}
+
+/// Serves one guest ring until released or shut down.
+fn guest_loop(
+    inner: Arc<Inner>,
+    conn: ConnId,
+    domid: u32,
+    ring: Arc<ServerRing>,
+    link: GuestLink,
+    outbox: Arc<Outbox>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 2 * (HEADER_LEN + PAYLOAD_MAX)];
+    let mut filled = 0;
+    let mut out = Vec::new();
+    tracing::debug!(domid, "guest ring served");
+    while !stop.load(Ordering::Relaxed) && !inner.stop.load(Ordering::Relaxed) {
+        let pending = outbox.flush();
+        let mut progressed = false;
+        if !pending && filled < buf.len() {
+            match ring.read(&mut buf[filled..]) {
+                Ok(0) => {}
+                Ok(n) => {
+                    filled += n;
+                    progressed = true;
+                    let _ = link.events.notify();
+                }
+                Err(e) => {
+                    tracing::warn!(domid, error = %e, "guest ring broken; no longer served");
+                    break;
+                }
+            }
+            // Reject an oversized header before waiting for its payload.
+            if let Some(h) = WireHeader::read(&buf[..filled]) {
+                if h.len.get() as usize > PAYLOAD_MAX {
+                    tracing::warn!(
+                        domid,
+                        len = h.len.get(),
+                        "guest message too long; ring closed"
+                    );
+                    ring.protocol_error();
+                    break;
+                }
+            }
+            match inner.process(conn, &buf[..filled], &mut out) {
+                Ok(used) => {
+                    buf.copy_within(used..filled, 0);
+                    filled -= used;
+                }
+                Err(()) => {
+                    ring.protocol_error();
+                    break;
+                }
+            }
+        }
+        if !progressed {
+            if let Err(e) = link.events.wait(POLL_INTERVAL) {
+                tracing::warn!(domid, error = %e, "guest event channel failed");
+                break;
+            }
+        }
+    }
+    tracing::debug!(domid, "guest thread ends");
+    let _ = (conn, outbox);
+}
+
+/// Flushes connections whose peer stopped reading, polling their sockets for space.
+fn flusher(inner: Arc<Inner>, rx: mpsc::Receiver<Arc<Outbox>>) {
+    let mut waiting: Vec<Arc<Outbox>> = Vec::new();
+    while !inner.stop.load(Ordering::Relaxed) {
+        let timeout = if waiting.is_empty() {
+            POLL_INTERVAL
+        } else {
+            Duration::from_millis(5)
+        };
+        match rx.recv_timeout(timeout) {
+            Ok(ob) => waiting.push(ob),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        while let Ok(ob) = rx.try_recv() {
+            waiting.push(ob);
+        }
+        waiting.retain(|ob| ob.flush() && !ob.is_dead() && Arc::strong_count(ob) > 1);
+    }
+}
+
+impl Server {
+    /// A server with `config`; `connector` reaches guests on INTRODUCE (without one,
+    /// introduced domains are recorded but get no ring).
+    pub fn new(config: Config, connector: Option<Arc<dyn DomainConnector>>) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let max_events = config.max_queued_events;
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                store: Store::new(config),
+                outboxes: HashMap::new(),
+                guests: HashMap::new(),
+            }),
+            stop: AtomicBool::new(false),
+            connector,
+            flush_tx: Mutex::new(tx),
+            threads: Mutex::new(Vec::new()),
+            max_events,
+        });
+        let i2 = inner.clone();
+        match std::thread::Builder::new()
+            .name("xsd-flush".into())
+            .spawn(move || flusher(i2, rx))
+        {
+            Ok(h) => inner.add_thread(h),
+            Err(e) => tracing::error!(error = %e, "cannot spawn the flusher thread"),
+        }
+        Server { inner }
+    }
+
+    /// Runs `f` on the store (e.g. to prepare a tree, or inspect it in a test).
+    pub fn with_store<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
+        f(&mut self.inner.lock().store)
+    }
+
+    /// Releases domain `domid` as if it died: its nodes go and `@releaseDomain` fires.
+    /// False if it was not introduced.
+    pub fn release_domain(&self, domid: u32) -> bool {
+        self.inner.release_domain(domid)
+    }
+
+    /// True once [`Server::shutdown`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stop.load(Ordering::Relaxed)
+    }
+
+    /// Stops every connection thread and waits for them (each notices within
+    /// a fraction of a second). Listeners stop too; join them with [`Listener::join`](super::Listener::join).
+    pub fn shutdown(&self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        let threads: Vec<_> = std::mem::take(&mut *self.inner.threads());
+        for h in threads {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+        let _ = OutKind::Reply;
+    }
+}

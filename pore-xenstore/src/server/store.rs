@@ -1,0 +1,982 @@
+//! The sans-IO server core: one [`Store`] holds the tree, the connections, their
+//! transactions and watches, and the introduced domains. It turns a request message into
+//! reply and watch-event messages; it does no I/O.
+
+use std::collections::{BTreeMap, HashMap};
+
+use zerocopy::IntoBytes;
+
+use crate::codec::Message;
+use crate::error::ErrorName;
+use crate::perms::{Access, Perm};
+use crate::wire::{MsgType, WireHeader, PAYLOAD_MAX};
+
+use super::path;
+use super::quota::Config;
+use super::transaction::{Transaction, TxView};
+use super::tree::{Node, Tree, View};
+use super::watch::{self, Change, Fired, Watches};
+use super::ConnId;
+
+const PERM_READ: u8 = 1;
+const PERM_WRITE: u8 = 2;
+const PERM_OWNER: u8 = 4;
+
+/// The reply of C xenstored 4.17 to `CONTROL help`.
+const CONTROL_HELP: &[u8] = b"check\t\nlog\ton|off\nlive-update\t[-c <cmdline>] [-F] [-t <timeout>] <file>\n    Default timeout is 60 seconds.\nlogfile\t<file>\nmemreport\t[<file>]\nprint\t<string>\nquota\t[set <name> <val>|<domid>]\nquota-soft\t[set <name> <val>]\nhelp\t\n\0";
+
+/// The special nodes whose permissions SET_PERMS may change.
+const SPECIALS: [&str; 2] = ["@introduceDomain", "@releaseDomain"];
+
+/// Whether an outgoing message is a reply or a watch event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutKind {
+    /// The reply to a request (never dropped).
+    Reply,
+    /// A watch event (may be dropped for a connection that does not read).
+    Event,
+}
+
+/// A message for one connection, header included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Where it goes.
+    pub conn: ConnId,
+    /// Reply or event.
+    pub kind: OutKind,
+    /// Header and payload.
+    pub bytes: Vec<u8>,
+}
+
+/// What the store asks of its embedder when a domain is introduced or released
+/// (D13): reach the guest's ring, and let it go.
+pub trait DomainHooks {
+    /// Domain `domid` is being introduced with its ring page `gfn` and event channel
+    /// `port`; its requests will come as connection `conn`. An error is the reply.
+    fn introduce(&mut self, conn: ConnId, domid: u32, gfn: u64, port: u32)
+        -> Result<(), ErrorName>;
+    /// Domain `domid` (connection `conn`) is released: stop serving its ring.
+    fn release(&mut self, conn: ConnId, domid: u32);
+}
+
+/// [`DomainHooks`] that accept every domain and do nothing: the guest's connection is
+/// driven by the caller through [`Store::handle`] (tests, embedders that connect rings
+/// themselves).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AcceptDomains;
+
+impl DomainHooks for AcceptDomains {
+    fn introduce(&mut self, _: ConnId, _: u32, _: u64, _: u32) -> Result<(), ErrorName> {
+        Ok(())
+    }
+    fn release(&mut self, _: ConnId, _: u32) {}
+}
+
+#[derive(Debug)]
+struct Conn {
+    domid: u32,
+    txs: HashMap<u32, Transaction>,
+    next_tx: u32,
+}
+
+#[derive(Debug)]
+struct Domain {
+    conn: ConnId,
+}
+
+/// The rights of a connection.
+#[derive(Clone, Copy, Debug)]
+struct Who {
+    domid: u32,
+    privileged: bool,
+}
+
+impl Who {
+    /// C's `perm_for_conn`.
+    fn perm(&self, perms: &[Perm]) -> u8 {
+        let all = PERM_READ | PERM_WRITE | PERM_OWNER;
+        if self.privileged {
+            return all;
+        }
+        let Some(owner) = perms.first() else {
+            return 0;
+        };
+        if owner.domid == self.domid {
+            return all;
+        }
+        let acc = perms[1..]
+            .iter()
+            .find(|p| p.domid == self.domid)
+            .map_or(owner.access, |p| p.access);
+        match acc {
+            Access::None => 0,
+            Access::Read => PERM_READ,
+            Access::Write => PERM_WRITE,
+            Access::Both => PERM_READ | PERM_WRITE,
+        }
+    }
+}
+
+type Res<T> = Result<T, ErrorName>;
+
+/// A request as received: header fields and payload.
+struct Req<'a> {
+    ty: u32,
+    req_id: u32,
+    tx_id: u32,
+    payload: &'a [u8],
+}
+
+/// The whole state of a xenstored, without I/O.
+///
+/// ```
+/// use pore_xenstore::codec::{Message, Request};
+/// use pore_xenstore::server::{AcceptDomains, Config, Store};
+///
+/// let mut store = Store::new(Config::default());
+/// let dom0 = store.connect(0);
+/// let bytes = Request::Write { path: "/a", value: b"1" }.encode(1, 0, 4096).unwrap();
+/// let msg = Message { ty: 11, req_id: 1, tx_id: 0, payload: bytes[16..].to_vec() };
+/// let mut out = Vec::new();
+/// store.handle(dom0, &msg, &mut AcceptDomains, &mut out);
+/// assert_eq!(&out[0].bytes[16..], b"OK\0");
+/// ```
+#[derive(Debug)]
+pub struct Store {
+    tree: Tree,
+    watches: Watches,
+    conns: HashMap<ConnId, Conn>,
+    domains: BTreeMap<u32, Domain>,
+    special_perms: HashMap<String, Vec<Perm>>,
+    targets: HashMap<u32, u32>,
+    config: Config,
+    next_conn: u64,
+}
+
+fn encode(ty: u32, req_id: u32, tx_id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + payload.len());
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    v.extend_from_slice(WireHeader::new(ty, req_id, tx_id, len).as_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// C's `get_strings`: the NUL-terminated strings at the start of `p`, at most `max`.
+fn strings(p: &[u8], max: usize) -> Vec<&[u8]> {
+    let mut v = Vec::new();
+    let mut rest = p;
+    while v.len() < max {
+        let Some(n) = rest.iter().position(|&b| b == 0) else {
+            break;
+        };
+        v.push(&rest[..n]);
+        rest = &rest[n + 1..];
+    }
+    v
+}
+
+/// C's `onearg`: the payload is exactly one NUL-terminated string.
+fn onearg(p: &[u8]) -> Res<&[u8]> {
+    match p.iter().position(|&b| b == 0) {
+        Some(n) if n + 1 == p.len() => Ok(&p[..n]),
+        _ => Err(ErrorName::EINVAL),
+    }
+}
+
+fn as_str(b: &[u8]) -> Res<&str> {
+    std::str::from_utf8(b).map_err(|_| ErrorName::EINVAL)
+}
+
+/// Permissions as C parses them (`xs_strings_to_perms`: letter + `strtol(…, 0)`).
+fn parse_perm(s: &[u8]) -> Res<Perm> {
+    let (&letter, rest) = s.split_first().ok_or(ErrorName::EINVAL)?;
+    let access = match letter {
+        b'n' => Access::None,
+        b'r' => Access::Read,
+        b'w' => Access::Write,
+        b'b' => Access::Both,
+        _ => return Err(ErrorName::EINVAL),
+    };
+    let v = path::strtol0_exact(as_str(rest)?).ok_or(ErrorName::EINVAL)?;
+    // C stores the long in an unsigned int.
+    Ok(Perm::new(access, v as u32))
+}
+
+fn perms_payload(perms: &[Perm]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for p in perms {
+        v.extend_from_slice(p.to_string().as_bytes());
+        v.push(0);
+    }
+    v
+}
+
+fn tx_aware(t: MsgType) -> bool {
+    use MsgType::*;
+    matches!(
+        t,
+        Directory
+            | DirectoryPart
+            | Read
+            | GetPerms
+            | Write
+            | Mkdir
+            | Rm
+            | SetPerms
+            | TransactionStart
+            | TransactionEnd
+    )
+}
+
+impl Store {
+    /// An empty store (C's initial tree: `/`, `/tool`, `/tool/xenstored`).
+    pub fn new(config: Config) -> Self {
+        let special_perms = SPECIALS
+            .iter()
+            .map(|s| (s.to_string(), vec![Perm::new(Access::None, 0)]))
+            .collect();
+        Store {
+            tree: Tree::new(),
+            watches: Watches::default(),
+            conns: HashMap::new(),
+            domains: BTreeMap::new(),
+            special_perms,
+            targets: HashMap::new(),
+            config,
+            next_conn: 1,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Opens a connection for domain `domid` (0 for a unix socket client) and returns
+    /// its id.
+    pub fn connect(&mut self, domid: u32) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.conns.insert(
+            id,
+            Conn {
+                domid,
+                txs: HashMap::new(),
+                next_tx: 1,
+            },
+        );
+        id
+    }
+
+    /// Closes a connection: its transactions are aborted and its watches dropped. A
+    /// domain whose ring connection this was stays introduced until released.
+    pub fn disconnect(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+        self.watches.remove_conn(conn);
+    }
+
+    /// The domain a connection acts for.
+    pub fn domid_of(&self, conn: ConnId) -> Option<u32> {
+        self.conns.get(&conn).map(|c| c.domid)
+    }
+
+    /// The connection serving an introduced domain's ring.
+    pub fn domain_conn(&self, domid: u32) -> Option<ConnId> {
+        self.domains.get(&domid).map(|d| d.conn)
+    }
+
+    /// True for dom0 and introduced domains.
+    pub fn is_introduced(&self, domid: u32) -> bool {
+        domid == 0 || self.domains.contains_key(&domid)
+    }
+
+    /// Number of nodes in the tree.
+    pub fn node_count(&self) -> usize {
+        self.tree.len()
+    }
+
+    fn who(&self, domid: u32) -> Who {
+        Who {
+            domid,
+            privileged: domid == 0 || self.config.priv_domid == Some(domid),
+        }
+    }
+
+    fn event_bytes(path: &str, token: &[u8]) -> Vec<u8> {
+        let mut p = Vec::with_capacity(path.len() + token.len() + 2);
+        p.extend_from_slice(path.as_bytes());
+        p.push(0);
+        p.extend_from_slice(token);
+        p.push(0);
+        encode(MsgType::WatchEvent.as_u32(), 0, 0, &p)
+    }
+
+    fn deliver(&self, fired: Vec<Fired>, out: &mut Vec<Outgoing>) {
+        for f in fired {
+            let Some(c) = self.conns.get(&f.conn) else {
+                continue;
+            };
+            let who = self.who(c.domid);
+            if let Some((perms, old)) = &f.perms {
+                let ok = who.perm(perms) & PERM_READ != 0
+                    || old.as_ref().is_some_and(|o| who.perm(o) & PERM_READ != 0);
+                if !ok {
+                    continue;
+                }
+            }
+            out.push(Outgoing {
+                conn: f.conn,
+                kind: OutKind::Event,
+                bytes: Self::event_bytes(&f.path, &f.token),
+            });
+        }
+    }
+
+    fn fire(&self, changes: &[Change], out: &mut Vec<Outgoing>) {
+        let mut fired = Vec::new();
+        let conns = &self.conns;
+        let domid_of = |c: ConnId| conns.get(&c).map_or(0, |c| c.domid);
+        for ch in changes {
+            self.watches.fire(ch, &domid_of, &mut fired);
+        }
+        self.deliver(fired, out);
+    }
+
+    fn fire_special(&self, name: &str, out: &mut Vec<Outgoing>) {
+        let perms = self
+            .special_perms
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| vec![Perm::new(Access::None, 0)]);
+        self.fire(
+            &[Change::Node {
+                path: name.to_owned(),
+                perms,
+                old_perms: None,
+            }],
+            out,
+        );
+    }
+
+    /// Handles one request from `conn`, appending the replies and watch events it causes
+    /// to `out` (in C's order: events of a modification before its reply, the
+    /// registration event after a WATCH reply). Unknown connections are ignored.
+    pub fn handle(
+        &mut self,
+        conn: ConnId,
+        msg: &Message,
+        hooks: &mut dyn DomainHooks,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let req = Req {
+            ty: msg.ty,
+            req_id: msg.req_id,
+            tx_id: msg.tx_id,
+            payload: &msg.payload,
+        };
+        self.handle_req(conn, &req, hooks, out);
+    }
+
+    /// [`Store::handle`] for a header and its payload (what the I/O layer parses).
+    pub fn handle_frame(
+        &mut self,
+        conn: ConnId,
+        hdr: &WireHeader,
+        payload: &[u8],
+        hooks: &mut dyn DomainHooks,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let req = Req {
+            ty: hdr.ty.get(),
+            req_id: hdr.req_id.get(),
+            tx_id: hdr.tx_id.get(),
+            payload,
+        };
+        self.handle_req(conn, &req, hooks, out);
+    }
+
+    fn handle_req(
+        &mut self,
+        conn: ConnId,
+        msg: &Req<'_>,
+        hooks: &mut dyn DomainHooks,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let who = self.who(c.domid);
+        let mut after = Vec::new();
+        let res = self.dispatch(conn, who, msg, hooks, out, &mut after);
+        let bytes = match res {
+            Ok(payload) if payload.len() > PAYLOAD_MAX => {
+                encode(MsgType::Error.as_u32(), msg.req_id, msg.tx_id, b"E2BIG\0")
+            }
+            Ok(payload) => encode(msg.ty, msg.req_id, msg.tx_id, &payload),
+            Err(e) => {
+                let mut p = e.as_str().as_bytes().to_vec();
+                p.push(0);
+                encode(MsgType::Error.as_u32(), msg.req_id, msg.tx_id, &p)
+            }
+        };
+        out.push(Outgoing {
+            conn,
+            kind: OutKind::Reply,
+            bytes,
+        });
+        out.append(&mut after);
+    }
+
+    fn dispatch(
+        &mut self,
+        conn: ConnId,
+        who: Who,
+        msg: &Req<'_>,
+        hooks: &mut dyn DomainHooks,
+        out: &mut Vec<Outgoing>,
+        after: &mut Vec<Outgoing>,
+    ) -> Res<Vec<u8>> {
+        use MsgType::*;
+        let t = match MsgType::from_u32(msg.ty) {
+            Some(WatchEvent | Error | GetFeature | SetFeature | GetQuota | SetQuota) | None => {
+                return Err(ErrorName::ENOSYS)
+            }
+            Some(t) => t,
+        };
+        let tx = msg.tx_id;
+        if tx_aware(t) && tx != 0 {
+            let known = self
+                .conns
+                .get(&conn)
+                .is_some_and(|c| c.txs.contains_key(&tx));
+            if !known {
+                return Err(ErrorName::ENOENT);
+            }
+        }
+        let p = msg.payload;
+        let ok = || Ok(b"OK\0".to_vec());
+        match t {
+            Read => {
+                let path = self.node_path(who, onearg(p)?, false)?;
+                self.with_view(conn, tx, out, |v, _| {
+                    if !check(v, &path, who, PERM_READ)? {
+                        return Err(ErrorName::ENOENT);
+                    }
+                    let n = v.get(&path).ok_or(ErrorName::ENOENT)?;
+                    Ok((n.value.clone(), Vec::new()))
+                })
+            }
+            Directory => {
+                let path = self.node_path(who, onearg(p)?, false)?;
+                self.with_view(conn, tx, out, |v, _| {
+                    if !check(v, &path, who, PERM_READ)? {
+                        return Err(ErrorName::ENOENT);
+                    }
+                    let n = v.get(&path).ok_or(ErrorName::ENOENT)?;
+                    let mut r = Vec::with_capacity(n.children_len());
+                    for c in &n.children {
+                        r.extend_from_slice(c.as_bytes());
+                        r.push(0);
+                    }
+                    Ok((r, Vec::new()))
+                })
+            }
+            DirectoryPart => {
+                let s = strings(p, 2);
+                if s.len() != 2 {
+                    return Err(ErrorName::EINVAL);
+                }
+                let path = self.node_path(who, s[0], false)?;
+                let off = usize::try_from(path::atoi(s[1]).max(0)).unwrap_or(usize::MAX);
+                self.with_view(conn, tx, out, |v, _| {
+                    if !check(v, &path, who, PERM_READ)? {
+                        return Err(ErrorName::ENOENT);
+                    }
+                    let n = v.get(&path).ok_or(ErrorName::ENOENT)?;
+                    Ok((directory_part(n, off), Vec::new()))
+                })
+            }
+            GetPerms => {
+                let path = self.node_path(who, onearg(p)?, false)?;
+                self.with_view(conn, tx, out, |v, _| {
+                    if !check(v, &path, who, PERM_READ)? {
+                        return Err(ErrorName::ENOENT);
+                    }
+                    let n = v.get(&path).ok_or(ErrorName::ENOENT)?;
+                    Ok((perms_payload(&n.perms), Vec::new()))
+                })
+            }
+            Write => {
+                let s = strings(p, 1);
+                let Some(raw) = s.first() else {
+                    return Err(ErrorName::EINVAL);
+                };
+                let value = p[raw.len() + 1..].to_vec();
+                let path = self.node_path(who, raw, false)?;
+                let q = self.config.quotas.clone();
+                self.with_view(conn, tx, out, |v, _| {
+                    let changes = write_node(v, &path, value, who, &q)?;
+                    Ok((b"OK\0".to_vec(), changes))
+                })
+            }
+            Mkdir => {
+                let path = self.node_path(who, onearg(p)?, false)?;
+                let q = self.config.quotas.clone();
+                self.with_view(conn, tx, out, |v, _| {
+                    if check(v, &path, who, PERM_WRITE)? {
+                        return Ok((b"OK\0".to_vec(), Vec::new()));
+                    }
+                    let ch = create_node(v, &path, Vec::new(), who, &q)?;
+                    Ok((b"OK\0".to_vec(), vec![ch]))
+                })
+            }
+            Rm => {
+                let path = self.node_path(who, onearg(p)?, false)?;
+                self.with_view(conn, tx, out, |v, _| {
+                    if !check(v, &path, who, PERM_WRITE)? {
+                        if v.get(path::parent(&path)).is_some() {
+                            return Ok((b"OK\0".to_vec(), Vec::new()));
+                        }
+                        return Err(ErrorName::ENOENT);
+                    }
+                    if path == "/" {
+                        return Err(ErrorName::EINVAL);
+                    }
+                    let mut removed = Vec::new();
+                    v.remove(&path, &mut removed);
+                    Ok((b"OK\0".to_vec(), vec![Change::Removed { removed }]))
+                })
+            }
+            SetPerms => self.set_perms(conn, who, tx, p, out),
+            Watch => {
+                let s = strings(p, 2);
+                if s.len() != 2 {
+                    return Err(ErrorName::EINVAL);
+                }
+                let given = as_str(s[0])?;
+                let (canon, relative) = path::canonical(who.domid, given);
+                if !path::is_valid(&canon, true, self.config.quotas.path_max) {
+                    return Err(ErrorName::EINVAL);
+                }
+                let token = s[1].to_vec();
+                if self.watches.exists(&canon, &token, conn) {
+                    return Err(ErrorName::EEXIST);
+                }
+                if !who.privileged
+                    && self.watches.count(conn) > self.config.quotas.watches_per_domain
+                {
+                    return Err(ErrorName::E2BIG);
+                }
+                after.push(Outgoing {
+                    conn,
+                    kind: OutKind::Event,
+                    bytes: Self::event_bytes(given, &token),
+                });
+                self.watches.add(
+                    canon,
+                    watch::Watch {
+                        conn,
+                        token,
+                        relative,
+                    },
+                );
+                ok()
+            }
+            Unwatch => {
+                let s = strings(p, 2);
+                if s.len() != 2 {
+                    return Err(ErrorName::EINVAL);
+                }
+                let (canon, _) = path::canonical(who.domid, as_str(s[0])?);
+                if !path::is_valid(&canon, true, self.config.quotas.path_max) {
+                    return Err(ErrorName::EINVAL);
+                }
+                if !self.watches.remove(&canon, s[1], conn) {
+                    return Err(ErrorName::ENOENT);
+                }
+                ok()
+            }
+            TransactionStart => {
+                if tx != 0 {
+                    return Err(ErrorName::EBUSY);
+                }
+                let limit = self.config.quotas.transactions;
+                let c = self.conns.get_mut(&conn).ok_or(ErrorName::EINVAL)?;
+                if !who.privileged && c.txs.len() > limit {
+                    return Err(ErrorName::ENOSPC);
+                }
+                let mut id = c.next_tx;
+                while id == 0 || c.txs.contains_key(&id) {
+                    id = id.wrapping_add(1);
+                }
+                c.next_tx = id.wrapping_add(1);
+                c.txs.insert(id, Transaction::default());
+                Ok(format!("{id}\0").into_bytes())
+            }
+            TransactionEnd => {
+                let arg = onearg(p)?;
+                let commit = match arg {
+                    b"T" => true,
+                    b"F" => false,
+                    _ => return Err(ErrorName::EINVAL),
+                };
+                let c = self.conns.get_mut(&conn).ok_or(ErrorName::EINVAL)?;
+                let t = c.txs.remove(&tx).ok_or(ErrorName::ENOENT)?;
+                if commit {
+                    let changes = t.commit(&mut self.tree).map_err(|_| ErrorName::EAGAIN)?;
+                    self.fire(&changes, out);
+                }
+                ok()
+            }
+            Introduce => {
+                if !who.privileged {
+                    return Err(ErrorName::EACCES);
+                }
+                let s = strings(p, 3);
+                if s.len() != 3 {
+                    return Err(ErrorName::EINVAL);
+                }
+                let domid = path::atoi(s[0]) as u32;
+                let gfn = path::atoi(s[1]) as u64;
+                let port = path::atoi(s[2]);
+                if port <= 0 {
+                    return Err(ErrorName::EINVAL);
+                }
+                if self.domains.contains_key(&domid) {
+                    return ok();
+                }
+                let gconn = self.connect(domid);
+                if let Err(e) = hooks.introduce(gconn, domid, gfn, port as u32) {
+                    self.disconnect(gconn);
+                    return Err(e);
+                }
+                tracing::info!(domid, gfn, port, "domain introduced");
+                self.domains.insert(domid, Domain { conn: gconn });
+                self.fire_special("@introduceDomain", out);
+                ok()
+            }
+            Release => {
+                if !who.privileged {
+                    return Err(ErrorName::EACCES);
+                }
+                let domid = path::atoi(onearg(p)?) as u32;
+                if !self.domains.contains_key(&domid) {
+                    return Err(ErrorName::ENOENT);
+                }
+                self.release_domain(domid, hooks, out);
+                ok()
+            }
+            Resume => {
+                if !who.privileged {
+                    return Err(ErrorName::EACCES);
+                }
+                let domid = path::atoi(onearg(p)?) as u32;
+                if !self.domains.contains_key(&domid) {
+                    return Err(ErrorName::ENOENT);
+                }
+                ok()
+            }
+            GetDomainPath => {
+                let domid = path::atoi(onearg(p)?) as u32;
+                Ok(format!("/local/domain/{domid}\0").into_bytes())
+            }
+            IsDomainIntroduced => {
+                let domid = path::atoi(onearg(p)?) as u32;
+                Ok(if self.is_introduced(domid) {
+                    b"T\0"
+                } else {
+                    b"F\0"
+                }
+                .to_vec())
+            }
+            SetTarget => {
+                if !who.privileged {
+                    return Err(ErrorName::EACCES);
+                }
+                let s = strings(p, 2);
+                if s.len() != 2 {
+                    return Err(ErrorName::EINVAL);
+                }
+                let domid = path::atoi(s[0]) as u32;
+                let target = path::atoi(s[1]) as u32;
+                if !self.domains.contains_key(&domid) || !self.is_introduced(target) {
+                    return Err(ErrorName::ENOENT);
+                }
+                self.targets.insert(domid, target);
+                ok()
+            }
+            ResetWatches => {
+                self.watches.remove_conn(conn);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.txs.clear();
+                }
+                ok()
+            }
+            Control => {
+                if !who.privileged {
+                    return Err(ErrorName::EACCES);
+                }
+                let s = strings(p, 1);
+                match s.first() {
+                    Some(&b"help") => Ok(CONTROL_HELP.to_vec()),
+                    _ => Err(ErrorName::EINVAL),
+                }
+            }
+            WatchEvent | Error | GetFeature | SetFeature | GetQuota | SetQuota => {
+                Err(ErrorName::ENOSYS)
+            }
+        }
+    }
+
+    /// Canonical, valid node path from a request string.
+    fn node_path(&self, who: Who, raw: &[u8], allow_special: bool) -> Res<String> {
+        let (p, _) = path::canonical(who.domid, as_str(raw)?);
+        if !path::is_valid(&p, allow_special, self.config.quotas.path_max) {
+            return Err(ErrorName::EINVAL);
+        }
+        Ok(p)
+    }
+
+    /// Runs `f` on the live tree (firing its changes now) or on transaction `tx` of
+    /// `conn` (keeping them for the commit).
+    fn with_view<R>(
+        &mut self,
+        conn: ConnId,
+        tx: u32,
+        out: &mut Vec<Outgoing>,
+        f: impl FnOnce(&mut dyn View, ()) -> Res<(R, Vec<Change>)>,
+    ) -> Res<R> {
+        if tx == 0 {
+            let (r, changes) = f(&mut self.tree, ())?;
+            if !changes.is_empty() {
+                self.fire(&changes, out);
+            }
+            return Ok(r);
+        }
+        let Store { tree, conns, .. } = self;
+        let t = conns
+            .get_mut(&conn)
+            .and_then(|c| c.txs.get_mut(&tx))
+            .ok_or(ErrorName::ENOENT)?;
+        let mut view = TxView { tree, tx: t };
+        let (r, changes) = f(&mut view, ())?;
+        t.changes.extend(changes);
+        Ok(r)
+    }
+
+    fn set_perms(
+        &mut self,
+        conn: ConnId,
+        who: Who,
+        tx: u32,
+        p: &[u8],
+        out: &mut Vec<Outgoing>,
+    ) -> Res<Vec<u8>> {
+        let s = strings(p, usize::MAX);
+        if s.len() < 2 {
+            return Err(ErrorName::EINVAL);
+        }
+        let perms = s[1..]
+            .iter()
+            .map(|x| parse_perm(x))
+            .collect::<Res<Vec<Perm>>>()?;
+        let q = self.config.quotas.clone();
+        if !who.privileged && perms.len() > q.perms_per_node {
+            return Err(ErrorName::ENOSPC);
+        }
+        let raw = as_str(s[0])?;
+        if raw.starts_with('@') {
+            let cur = self.special_perms.get(raw).ok_or(ErrorName::EINVAL)?;
+            if who.perm(cur) & (PERM_WRITE | PERM_OWNER) != PERM_WRITE | PERM_OWNER {
+                return Err(ErrorName::EACCES);
+            }
+            self.special_perms.insert(raw.to_owned(), perms);
+            return Ok(b"OK\0".to_vec());
+        }
+        let path = self.node_path(who, s[0], false)?;
+        self.with_view(conn, tx, out, |v, _| {
+            if !check(v, &path, who, PERM_WRITE | PERM_OWNER)? {
+                return Err(ErrorName::ENOENT);
+            }
+            let n = v.get(&path).ok_or(ErrorName::ENOENT)?;
+            if !who.privileged && perms[0].domid != n.owner() {
+                return Err(ErrorName::EPERM);
+            }
+            if !who.privileged {
+                let size = n.record_size() - 8 * n.perms.len() + 8 * perms.len();
+                if size >= q.entry_size {
+                    return Err(ErrorName::ENOSPC);
+                }
+            }
+            let old = n.perms.clone();
+            v.set_perms(&path, perms.clone());
+            Ok((
+                b"OK\0".to_vec(),
+                vec![Change::Node {
+                    path: path.clone(),
+                    perms,
+                    old_perms: Some(old),
+                }],
+            ))
+        })
+    }
+
+    /// Releases domain `domid` (RELEASE, or the domain died): its connection goes, with
+    /// its watches and transactions, the nodes it owns are deleted and `@releaseDomain`
+    /// fires. Events are appended to `out`. False if it was not introduced.
+    pub fn release_domain(
+        &mut self,
+        domid: u32,
+        hooks: &mut dyn DomainHooks,
+        out: &mut Vec<Outgoing>,
+    ) -> bool {
+        let Some(d) = self.domains.remove(&domid) else {
+            return false;
+        };
+        tracing::info!(domid, "domain released");
+        self.disconnect(d.conn);
+        hooks.release(d.conn, domid);
+        self.targets.remove(&domid);
+        let mut changes = Vec::new();
+        for p in self.tree.owned_by(domid) {
+            if self.tree.get(&p).is_none() || p == "/" {
+                continue;
+            }
+            let mut removed = Vec::new();
+            self.tree.remove(&p, &mut removed);
+            changes.push(Change::Removed { removed });
+        }
+        self.fire(&changes, out);
+        self.fire_special("@releaseDomain", out);
+        true
+    }
+}
+
+/// C's `get_node` + `errno_from_parents`: `Ok(true)` if the node exists and `who` has
+/// all rights in `need`; `Ok(false)` if it is missing and the nearest existing ancestor
+/// grants any of them (ENOENT); `EACCES` otherwise.
+fn check(v: &mut dyn View, p: &str, who: Who, need: u8) -> Res<bool> {
+    if let Some(n) = v.get(p) {
+        return if who.perm(&n.perms) & need == need {
+            Ok(true)
+        } else {
+            Err(ErrorName::EACCES)
+        };
+    }
+    let mut cur = p;
+    while cur != "/" {
+        cur = path::parent(cur);
+        if let Some(n) = v.get(cur) {
+            return if who.perm(&n.perms) & need != 0 {
+                Ok(false)
+            } else {
+                Err(ErrorName::EACCES)
+            };
+        }
+    }
+    Ok(false)
+}
+
+fn write_node(
+    v: &mut dyn View,
+    p: &str,
+    value: Vec<u8>,
+    who: Who,
+    q: &super::quota::Quotas,
+) -> Res<Vec<Change>> {
+    if check(v, p, who, PERM_WRITE)? {
+        let n = v.get(p).ok_or(ErrorName::ENOENT)?;
+        if !who.privileged && n.record_size() - n.value.len() + value.len() >= q.entry_size {
+            return Err(ErrorName::ENOSPC);
+        }
+        let perms = n.perms.clone();
+        v.set_value(p, value);
+        return Ok(vec![Change::Node {
+            path: p.to_owned(),
+            perms,
+            old_perms: None,
+        }]);
+    }
+    Ok(vec![create_node(v, p, value, who, q)?])
+}
+
+/// Creates `p` and its missing ancestors (C's `create_node`): they inherit the nearest
+/// existing ancestor's permissions, and an unprivileged creator becomes their owner.
+fn create_node(
+    v: &mut dyn View,
+    p: &str,
+    value: Vec<u8>,
+    who: Who,
+    q: &super::quota::Quotas,
+) -> Res<Change> {
+    let mut missing = vec![p.to_owned()];
+    let mut cur = path::parent(p);
+    let (mut perms, parent_size) = loop {
+        if let Some(n) = v.get(cur) {
+            break (n.perms.clone(), n.record_size());
+        }
+        missing.push(cur.to_owned());
+        if cur == "/" {
+            return Err(ErrorName::ENOENT);
+        }
+        cur = path::parent(cur);
+    };
+    if !who.privileged {
+        perms[0].domid = who.domid;
+        if v.owned(who.domid) + missing.len() > q.nodes_per_domain {
+            return Err(ErrorName::ENOSPC);
+        }
+        let top = missing.last().map_or("", |s| path::basename(s));
+        let leaf = 24 + 8 * perms.len() + value.len();
+        if leaf >= q.entry_size || parent_size + top.len() + 1 >= q.entry_size {
+            return Err(ErrorName::ENOSPC);
+        }
+    }
+    let mut value = Some(value);
+    for m in missing.iter().rev() {
+        let val = if m == p {
+            value.take().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        v.create(m, Node::new(val, perms.clone()));
+    }
+    Ok(Change::Node {
+        path: p.to_owned(),
+        perms,
+        old_perms: None,
+    })
+}
+
+/// C's DIRECTORY_PART reply: generation, then the children string from byte `off`, as
+/// much as fits in a payload; the last chunk ends with an extra NUL.
+fn directory_part(n: &Node, off: usize) -> Vec<u8> {
+    let mut all = Vec::with_capacity(n.children_len());
+    for c in &n.children {
+        all.extend_from_slice(c.as_bytes());
+        all.push(0);
+    }
+    let mut r = format!("{}\0", n.generation).into_bytes();
+    if off >= all.len() {
+        r.push(0);
+        return r;
+    }
+    let maxlen = PAYLOAD_MAX - r.len() - 1;
+    let mut len = 0;
+    let rest = &all[off..];
+    while len < rest.len() {
+        let i = rest[len..]
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(rest.len() - len, |k| k + 1);
+        if len + i > maxlen {
+            break;
+        }
+        len += i;
+    }
+    r.extend_from_slice(&rest[..len]);
+    if off + len == all.len() {
+        r.push(0);
+    }
+    r
+}

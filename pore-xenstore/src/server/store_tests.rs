@@ -1,0 +1,545 @@
+//! Unit tests of the sans-IO core: guests (unprivileged), ownership, quotas, watches,
+//! transactions, release.
+
+use crate::codec::{Message, Request};
+use crate::perms::{Access, Perm};
+
+use super::store::{AcceptDomains, OutKind, Outgoing, Store};
+use super::{Config, ConnId, Quotas};
+
+struct T {
+    s: Store,
+    dom0: ConnId,
+}
+
+fn msg(req: &Request<'_>, tx: u32) -> Message {
+    let b = req.encode(7, tx, 4096).unwrap();
+    Message {
+        ty: req.msg_type().as_u32(),
+        req_id: 7,
+        tx_id: tx,
+        payload: b[16..].to_vec(),
+    }
+}
+
+impl T {
+    fn new(config: Config) -> Self {
+        let mut s = Store::new(config);
+        let dom0 = s.connect(0);
+        T { s, dom0 }
+    }
+
+    fn raw(&mut self, c: ConnId, m: &Message) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        self.s.handle(c, m, &mut AcceptDomains, &mut out);
+        out
+    }
+
+    /// The reply payload, or the error name prefixed with '!'.
+    fn req(&mut self, c: ConnId, r: Request<'_>, tx: u32) -> String {
+        let out = self.raw(c, &msg(&r, tx));
+        let reply = out
+            .iter()
+            .find(|o| o.conn == c && o.kind == OutKind::Reply)
+            .expect("a reply");
+        let ty = u32::from_le_bytes(reply.bytes[0..4].try_into().unwrap());
+        let p = String::from_utf8_lossy(&reply.bytes[16..]).into_owned();
+        if ty == 16 {
+            format!("!{}", p.trim_end_matches('\0'))
+        } else {
+            p
+        }
+    }
+
+    fn guest(&mut self, domid: u32) -> ConnId {
+        let home = format!("/local/domain/{domid}");
+        let d0 = self.dom0;
+        assert_eq!(self.req(d0, Request::Mkdir(&home), 0), "OK\0");
+        let perms = vec![Perm::new(Access::None, domid)];
+        let r = self.req(
+            d0,
+            Request::SetPerms {
+                path: &home,
+                perms: perms.into(),
+            },
+            0,
+        );
+        assert_eq!(r, "OK\0");
+        let r = self.req(
+            d0,
+            Request::Introduce {
+                domid,
+                gfn: 1,
+                port: 7,
+            },
+            0,
+        );
+        assert_eq!(r, "OK\0");
+        self.s.domain_conn(domid).unwrap()
+    }
+
+    fn events(out: &[Outgoing], c: ConnId) -> Vec<String> {
+        out.iter()
+            .filter(|o| o.conn == c && o.kind == OutKind::Event)
+            .map(|o| String::from_utf8_lossy(&o.bytes[16..]).replace('\0', " "))
+            .collect()
+    }
+}
+
+#[test]
+fn guest_owns_what_it_creates_and_cannot_change_owner() {
+    let mut t = T::new(Config::default());
+    let g = t.guest(5);
+    let d0 = t.dom0;
+    assert_eq!(
+        t.req(
+            g,
+            Request::Write {
+                path: "data/x",
+                value: b"v"
+            },
+            0
+        ),
+        "OK\0"
+    );
+    assert_eq!(t.req(g, Request::GetPerms("data/x"), 0), "n5\0");
+    assert_eq!(t.req(g, Request::Read("/tool"), 0), "!EACCES");
+    assert_eq!(t.req(g, Request::Read("/nope/x"), 0), "!EACCES");
+    assert_eq!(t.req(g, Request::Read("data/nope"), 0), "!ENOENT");
+    let perms = vec![Perm::new(Access::None, 0)];
+    assert_eq!(
+        t.req(
+            g,
+            Request::SetPerms {
+                path: "data/x",
+                perms: perms.into()
+            },
+            0
+        ),
+        "!EPERM"
+    );
+    // A dom0 directory writable by 5: what 5 creates there is owned by 5.
+    t.req(d0, Request::Mkdir("/shared"), 0);
+    let perms = vec![Perm::new(Access::None, 0), Perm::new(Access::Write, 5)];
+    t.req(
+        d0,
+        Request::SetPerms {
+            path: "/shared",
+            perms: perms.into(),
+        },
+        0,
+    );
+    assert_eq!(
+        t.req(
+            g,
+            Request::Write {
+                path: "/shared/a/b",
+                value: b"1"
+            },
+            0
+        ),
+        "OK\0"
+    );
+    assert_eq!(t.req(d0, Request::GetPerms("/shared/a/b"), 0), "n5\0w5\0");
+    assert_eq!(t.req(d0, Request::GetPerms("/shared/a"), 0), "n5\0w5\0");
+    assert_eq!(t.req(g, Request::Read("/shared"), 0), "!EACCES");
+    assert_eq!(
+        t.req(
+            g,
+            Request::Introduce {
+                domid: 6,
+                gfn: 1,
+                port: 1
+            },
+            0
+        ),
+        "!EACCES"
+    );
+    assert_eq!(t.req(g, Request::GetDomainPath(5), 0), "/local/domain/5\0");
+}
+
+#[test]
+fn quotas_use_c_names() {
+    let q = Quotas {
+        nodes_per_domain: 3,
+        watches_per_domain: 1,
+        transactions: 1,
+        entry_size: 100,
+        ..Quotas::default()
+    };
+    let mut t = T::new(Config {
+        quotas: q,
+        ..Config::default()
+    });
+    let g = t.guest(5);
+    assert_eq!(
+        t.req(
+            g,
+            Request::Write {
+                path: "a",
+                value: b""
+            },
+            0
+        ),
+        "OK\0"
+    );
+    // Two nodes would be needed (b and b/c), only one is left.
+    assert_eq!(
+        t.req(
+            g,
+            Request::Write {
+                path: "b/c",
+                value: b""
+            },
+            0
+        ),
+        "!ENOSPC"
+    );
+    assert_eq!(
+        t.req(
+            g,
+            Request::Write {
+                path: "b",
+                value: b""
+            },
+            0
+        ),
+        "OK\0"
+    );
+    assert_eq!(
+        t.req(
+            g,
+            Request::Write {
+                path: "c",
+                value: b""
+            },
+            0
+        ),
+        "!ENOSPC"
+    );
+    assert_eq!(
+        t.req(
+            g,
+            Request::Write {
+                path: "a",
+                value: &[0; 80]
+            },
+            0
+        ),
+        "!ENOSPC"
+    );
+    assert_eq!(
+        t.req(
+            g,
+            Request::Watch {
+                path: "a",
+                token: "1"
+            },
+            0
+        ),
+        "OK\0"
+    );
+    assert_eq!(
+        t.req(
+            g,
+            Request::Watch {
+                path: "a",
+                token: "2"
+            },
+            0
+        ),
+        "OK\0"
+    );
+    assert_eq!(
+        t.req(
+            g,
+            Request::Watch {
+                path: "a",
+                token: "3"
+            },
+            0
+        ),
+        "!E2BIG"
+    );
+    assert_eq!(t.req(g, Request::TransactionStart, 0), "1\0");
+    assert_eq!(t.req(g, Request::TransactionStart, 0), "2\0");
+    assert_eq!(t.req(g, Request::TransactionStart, 0), "!ENOSPC");
+    // dom0 is not limited.
+    let d0 = t.dom0;
+    for i in 0..5 {
+        assert_eq!(
+            t.req(
+                d0,
+                Request::Write {
+                    path: &format!("/local/domain/5/z{i}"),
+                    value: b""
+                },
+                0
+            ),
+            "OK\0"
+        );
+    }
+}
+
+#[test]
+fn watch_events_filtered_and_relative_for_guests() {
+    let mut t = T::new(Config::default());
+    let g = t.guest(5);
+    let d0 = t.dom0;
+    t.req(
+        d0,
+        Request::Write {
+            path: "/secret",
+            value: b"1",
+        },
+        0,
+    );
+    let out = t.raw(
+        g,
+        &msg(
+            &Request::Watch {
+                path: "/secret",
+                token: "s",
+            },
+            0,
+        ),
+    );
+    assert_eq!(
+        T::events(&out, g),
+        ["/secret s "],
+        "registration event even when unreadable"
+    );
+    let out = t.raw(
+        d0,
+        &msg(
+            &Request::Write {
+                path: "/secret",
+                value: b"2",
+            },
+            0,
+        ),
+    );
+    assert!(
+        T::events(&out, g).is_empty(),
+        "change hidden from a guest that cannot read"
+    );
+    t.req(
+        g,
+        Request::Watch {
+            path: "data",
+            token: "d",
+        },
+        0,
+    );
+    let out = t.raw(
+        d0,
+        &msg(
+            &Request::Write {
+                path: "/local/domain/5/data/k",
+                value: b"2",
+            },
+            0,
+        ),
+    );
+    assert_eq!(T::events(&out, g), ["data/k d "]);
+    // Events before the writer's reply (C's order).
+    t.req(
+        d0,
+        Request::Watch {
+            path: "/w",
+            token: "w",
+        },
+        0,
+    );
+    let out = t.raw(
+        d0,
+        &msg(
+            &Request::Write {
+                path: "/w",
+                value: b"",
+            },
+            0,
+        ),
+    );
+    assert_eq!(out[0].kind, OutKind::Event);
+    assert_eq!(out[1].kind, OutKind::Reply);
+}
+
+#[test]
+fn transactions_isolate_and_conflict() {
+    let mut t = T::new(Config::default());
+    let d0 = t.dom0;
+    let b = t.s.connect(0);
+    t.req(
+        d0,
+        Request::Watch {
+            path: "/t",
+            token: "t",
+        },
+        0,
+    );
+    assert_eq!(t.req(d0, Request::TransactionStart, 0), "1\0");
+    assert_eq!(
+        t.req(
+            d0,
+            Request::Write {
+                path: "/t/x",
+                value: b"1"
+            },
+            1
+        ),
+        "OK\0"
+    );
+    assert_eq!(t.req(b, Request::Read("/t/x"), 0), "!ENOENT");
+    assert_eq!(t.req(d0, Request::Read("/t/x"), 1), "1");
+    assert_eq!(
+        t.req(b, Request::Read("/t/x"), 1),
+        "!ENOENT",
+        "tx ids are per connection"
+    );
+    let out = t.raw(d0, &msg(&Request::TransactionEnd { commit: true }, 1));
+    assert_eq!(T::events(&out, d0), ["/t/x t "]);
+    assert_eq!(t.req(b, Request::Read("/t/x"), 0), "1");
+    assert_eq!(t.req(d0, Request::TransactionStart, 0), "2\0");
+    assert_eq!(t.req(d0, Request::Read("/t/x"), 2), "1");
+    assert_eq!(
+        t.req(
+            b,
+            Request::Write {
+                path: "/t/x",
+                value: b"2"
+            },
+            0
+        ),
+        "OK\0"
+    );
+    assert_eq!(
+        t.req(
+            d0,
+            Request::Write {
+                path: "/t/y",
+                value: b"1"
+            },
+            2
+        ),
+        "OK\0"
+    );
+    assert_eq!(
+        t.req(d0, Request::TransactionEnd { commit: true }, 2),
+        "!EAGAIN"
+    );
+    assert_eq!(t.req(b, Request::Read("/t/y"), 0), "!ENOENT");
+    assert_eq!(
+        t.req(d0, Request::TransactionEnd { commit: true }, 2),
+        "!ENOENT"
+    );
+}
+
+#[test]
+fn release_removes_owned_nodes_and_fires() {
+    let mut t = T::new(Config::default());
+    let g = t.guest(5);
+    let d0 = t.dom0;
+    t.req(
+        g,
+        Request::Write {
+            path: "data/x",
+            value: b"v",
+        },
+        0,
+    );
+    t.req(
+        d0,
+        Request::Watch {
+            path: "@releaseDomain",
+            token: "r",
+        },
+        0,
+    );
+    t.req(
+        d0,
+        Request::Watch {
+            path: "/local/domain/5/data/x",
+            token: "x",
+        },
+        0,
+    );
+    let out = t.raw(d0, &msg(&Request::Release(5), 0));
+    let ev = T::events(&out, d0);
+    assert!(ev.contains(&"@releaseDomain r ".to_string()), "{ev:?}");
+    assert!(
+        ev.contains(&"/local/domain/5/data/x x ".to_string()),
+        "{ev:?}"
+    );
+    assert_eq!(t.req(d0, Request::Read("/local/domain/5"), 0), "!ENOENT");
+    assert_eq!(t.req(d0, Request::IsDomainIntroduced(5), 0), "F\0");
+    assert_eq!(t.req(d0, Request::Release(5), 0), "!ENOENT");
+    assert!(t.s.domid_of(g).is_none());
+}
+
+#[test]
+fn malformed_requests_get_errors_not_panics() {
+    let mut t = T::new(Config::default());
+    let d0 = t.dom0;
+    let cases: &[(u32, &[u8])] = &[
+        (2, b"/a"),
+        (2, b""),
+        (11, b""),
+        (14, b"/a\0"),
+        (14, b"/a\0q1\0"),
+        (4, b"/a\0"),
+        (7, b"X\0"),
+        (8, b"1\0"),
+        (22, b"/\0"),
+        (99, b"x\0"),
+        (15, b"/x\0t\0"),
+        (2, b"\xff\xfe\0"),
+    ];
+    for (ty, p) in cases {
+        let m = Message {
+            ty: *ty,
+            req_id: 1,
+            tx_id: 0,
+            payload: p.to_vec(),
+        };
+        let out = t.raw(d0, &m);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            u32::from_le_bytes(out[0].bytes[0..4].try_into().unwrap()),
+            16,
+            "{ty} {p:?}"
+        );
+    }
+}
+
+#[test]
+fn big_directory_is_e2big_and_directory_part_pages() {
+    let mut t = T::new(Config::default());
+    let d0 = t.dom0;
+    for i in 0..300 {
+        t.req(d0, Request::Mkdir(&format!("/big/child-number-{i:05}")), 0);
+    }
+    assert_eq!(t.req(d0, Request::Directory("/big"), 0), "!E2BIG");
+    let mut off = 0;
+    let mut names = 0;
+    loop {
+        let r = t.req(
+            d0,
+            Request::DirectoryPart {
+                path: "/big",
+                offset: off,
+            },
+            0,
+        );
+        assert!(r.len() <= 4096);
+        let body = &r[r.find('\0').unwrap() + 1..];
+        let done = body.ends_with("\0\0") || body == "\0";
+        let chunk = body.strip_suffix('\0').filter(|_| done).unwrap_or(body);
+        names += chunk.matches('\0').count();
+        off += chunk.len() as u32;
+        if done {
+            break;
+        }
+    }
+    assert_eq!(names, 300);
+}

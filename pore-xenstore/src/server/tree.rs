@@ -1,0 +1,265 @@
+//! The node tree: values, permissions, children in creation order, generations, and the
+//! count of nodes each domain owns. [`View`] is how request handlers see it, directly
+//! or through a transaction (see `transaction.rs`).
+
+use std::collections::HashMap;
+
+use crate::perms::{Access, Perm};
+
+use super::path;
+
+/// One node.
+#[derive(Clone, Debug)]
+pub(crate) struct Node {
+    pub(crate) value: Vec<u8>,
+    /// Never empty: the first entry is the owner.
+    pub(crate) perms: Vec<Perm>,
+    /// Child names in creation order (C's order).
+    pub(crate) children: Vec<String>,
+    /// Changes whenever the node changes (value, perms, child list); 0 never occurs.
+    pub(crate) generation: u64,
+}
+
+impl Node {
+    pub(crate) fn new(value: Vec<u8>, perms: Vec<Perm>) -> Self {
+        Self {
+            value,
+            perms,
+            children: Vec::new(),
+            generation: 0,
+        }
+    }
+
+    pub(crate) fn owner(&self) -> u32 {
+        self.perms.first().map_or(0, |p| p.domid)
+    }
+
+    /// Size of C's node record: 24-byte header, 8 bytes per permission, the value and the
+    /// NUL-terminated child names (`-S` quota).
+    pub(crate) fn record_size(&self) -> usize {
+        24 + 8 * self.perms.len()
+            + self.value.len()
+            + self.children.iter().map(|c| c.len() + 1).sum::<usize>()
+    }
+
+    /// Length of the children string (`name\0` each).
+    pub(crate) fn children_len(&self) -> usize {
+        self.children.iter().map(|c| c.len() + 1).sum()
+    }
+}
+
+/// The live tree.
+#[derive(Debug)]
+pub(crate) struct Tree {
+    nodes: HashMap<String, Node>,
+    generation: u64,
+    owned: HashMap<u32, usize>,
+}
+
+impl Tree {
+    /// C's initial tree: `/`, `/tool`, `/tool/xenstored`, all `n0` and empty.
+    pub(crate) fn new() -> Self {
+        let mut t = Tree {
+            nodes: HashMap::new(),
+            generation: 0,
+            owned: HashMap::new(),
+        };
+        let n0 = vec![Perm::new(Access::None, 0)];
+        let root = Node::new(Vec::new(), n0.clone());
+        t.insert_raw("/".into(), root);
+        t.create("/tool", Node::new(Vec::new(), n0.clone()));
+        t.create("/tool/xenstored", Node::new(Vec::new(), n0));
+        t
+    }
+
+    fn next_gen(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    fn insert_raw(&mut self, p: String, mut node: Node) {
+        node.generation = self.next_gen();
+        *self.owned.entry(node.owner()).or_default() += 1;
+        if let Some(old) = self.nodes.insert(p, node) {
+            self.dec_owned(old.owner());
+        }
+    }
+
+    fn dec_owned(&mut self, owner: u32) {
+        if let Some(c) = self.owned.get_mut(&owner) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.owned.remove(&owner);
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, p: &str) -> Option<&Node> {
+        self.nodes.get(p)
+    }
+
+    pub(crate) fn generation_of(&self, p: &str) -> Option<u64> {
+        self.nodes.get(p).map(|n| n.generation)
+    }
+
+    /// Number of nodes.
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Paths of the nodes owned by `domid`.
+    pub(crate) fn owned_by(&self, domid: u32) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.owner() == domid)
+            .map(|(p, _)| p.clone())
+            .collect();
+        v.sort_by_key(|p| p.len());
+        v
+    }
+
+    /// Replaces (or inserts, or with `None` deletes) a node as it is, children included,
+    /// giving it a new generation. Used by transaction commit; the caller keeps the tree
+    /// consistent.
+    pub(crate) fn put_raw(&mut self, p: &str, node: Option<Node>) {
+        match node {
+            Some(n) => self.insert_raw(p.to_owned(), n),
+            None => {
+                if let Some(old) = self.nodes.remove(p) {
+                    self.dec_owned(old.owner());
+                }
+            }
+        }
+    }
+}
+
+/// What request handlers may do to the tree. Implemented by [`Tree`] (direct) and by
+/// a transaction's overlay.
+pub(crate) trait View {
+    /// The node at `p` (a transaction records the access).
+    fn get(&mut self, p: &str) -> Option<&Node>;
+    /// Sets the value of an existing node.
+    fn set_value(&mut self, p: &str, value: Vec<u8>);
+    /// Sets the permissions of an existing node.
+    fn set_perms(&mut self, p: &str, perms: Vec<Perm>);
+    /// Creates a node whose parent exists and links it into the parent's child list.
+    fn create(&mut self, p: &str, node: Node);
+    /// Removes the node and its subtree, unlinking it from its parent. Appends the
+    /// removed nodes (path, perms) in pre-order.
+    fn remove(&mut self, p: &str, removed: &mut Vec<(String, Vec<Perm>)>);
+    /// Nodes owned by `domid` as this view sees them.
+    fn owned(&self, domid: u32) -> usize;
+}
+
+impl View for Tree {
+    fn get(&mut self, p: &str) -> Option<&Node> {
+        self.nodes.get(p)
+    }
+
+    fn set_value(&mut self, p: &str, value: Vec<u8>) {
+        let g = self.next_gen();
+        if let Some(n) = self.nodes.get_mut(p) {
+            n.value = value;
+            n.generation = g;
+        }
+    }
+
+    fn set_perms(&mut self, p: &str, perms: Vec<Perm>) {
+        let g = self.next_gen();
+        let Some(n) = self.nodes.get_mut(p) else {
+            return;
+        };
+        let old = n.owner();
+        n.perms = perms;
+        n.generation = g;
+        let new = n.owner();
+        if old != new {
+            self.dec_owned(old);
+            *self.owned.entry(new).or_default() += 1;
+        }
+    }
+
+    fn create(&mut self, p: &str, node: Node) {
+        let g = self.next_gen();
+        if let Some(parent) = self.nodes.get_mut(path::parent(p)) {
+            parent.children.push(path::basename(p).to_owned());
+            parent.generation = g;
+        }
+        self.insert_raw(p.to_owned(), node);
+    }
+
+    fn remove(&mut self, p: &str, removed: &mut Vec<(String, Vec<Perm>)>) {
+        let g = self.next_gen();
+        if p != "/" {
+            let base = path::basename(p);
+            if let Some(parent) = self.nodes.get_mut(path::parent(p)) {
+                if let Some(i) = parent.children.iter().position(|c| c == base) {
+                    parent.children.remove(i);
+                }
+                parent.generation = g;
+            }
+        }
+        let mut stack = vec![p.to_owned()];
+        while let Some(cur) = stack.pop() {
+            let Some(node) = self.nodes.remove(&cur) else {
+                continue;
+            };
+            self.dec_owned(node.owner());
+            for c in node.children.iter().rev() {
+                stack.push(path::join(&cur, c));
+            }
+            removed.push((cur, node.perms));
+        }
+    }
+
+    fn owned(&self, domid: u32) -> usize {
+        self.owned.get(&domid).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n0() -> Vec<Perm> {
+        vec![Perm::new(Access::None, 0)]
+    }
+
+    #[test]
+    fn create_remove_and_counts() {
+        let mut t = Tree::new();
+        assert_eq!(t.get("/").unwrap().children, ["tool"]);
+        t.create("/a", Node::new(vec![], vec![Perm::new(Access::None, 5)]));
+        t.create(
+            "/a/b",
+            Node::new(b"x".to_vec(), vec![Perm::new(Access::None, 5)]),
+        );
+        t.create("/a/c", Node::new(vec![], n0()));
+        assert_eq!(t.owned(5), 2);
+        assert_eq!(t.get("/a").unwrap().children, ["b", "c"]);
+        let g = t.generation_of("/a").unwrap();
+        t.set_value("/a/b", b"y".to_vec());
+        assert_eq!(
+            t.generation_of("/a"),
+            Some(g),
+            "child value change keeps parent gen"
+        );
+        let mut removed = vec![];
+        t.remove("/a", &mut removed);
+        let paths: Vec<_> = removed.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["/a", "/a/b", "/a/c"]);
+        assert_eq!(t.owned(5), 0);
+        assert!(t.get("/a/b").is_none());
+        assert_eq!(t.get("/").unwrap().children, ["tool"]);
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn record_size_like_c() {
+        let mut n = Node::new(vec![0; 100], n0());
+        assert_eq!(n.record_size(), 24 + 8 + 100);
+        n.children.push("abc".into());
+        assert_eq!(n.record_size(), 24 + 8 + 100 + 4);
+    }
+}
