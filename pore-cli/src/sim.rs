@@ -1,0 +1,78 @@
+//! `pore sim`: a standalone simulated Xen (D19).
+//!
+//! Runs the pore-backend-sim broker as threads of this process and prints the socket path in
+//! the form a shell can `export`; domain processes (`SimDomain::connect()`) reach it through
+//! `PORE_SIM_SOCKET`. It runs until `--duration` elapses or the process is killed; with
+//! `--watch` it prints domains as they come and go.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use pore_backend_sim::Hypervisor;
+
+/// Arguments of `pore sim`.
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Listen on this unix socket path (default: a fresh path in the temp directory).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Stop after this many seconds (default: run until killed).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Print a line whenever a domain is created or dies.
+    #[arg(long)]
+    watch: bool,
+}
+
+/// Runs `pore sim`.
+pub fn run(args: SimArgs) -> ExitCode {
+    let hv = match Hypervisor::start_at(args.socket.as_deref()) {
+        Ok(hv) => hv,
+        Err(e) => {
+            eprintln!("pore sim: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(path) = hv.socket_path() else {
+        eprintln!("pore sim: the broker has no socket");
+        return ExitCode::FAILURE;
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "PORE_SIM_SOCKET={}", path.display());
+        let _ = out.flush();
+    }
+    tracing::info!(socket = %path.display(), "simulated Xen running");
+    let deadline = args
+        .duration
+        .filter(|d| d.is_finite() && *d >= 0.0)
+        .map(|d| Instant::now() + Duration::from_secs_f64(d));
+    let mut known: BTreeMap<u16, String> = BTreeMap::new();
+    loop {
+        if args.watch {
+            let now: BTreeMap<u16, String> =
+                hv.domains().into_iter().map(|(d, n)| (d.0, n)).collect();
+            for (d, name) in &now {
+                if !known.contains_key(d) {
+                    println!("domain {d} ({name}) created");
+                }
+            }
+            for (d, name) in &known {
+                if !now.contains_key(d) {
+                    println!("domain {d} ({name}) died");
+                }
+            }
+            let _ = std::io::stdout().flush();
+            known = now;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ExitCode::SUCCESS
+}
