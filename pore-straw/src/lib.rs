@@ -20,6 +20,8 @@ pub mod fuzz;
 pub mod handshake;
 pub mod ops;
 pub mod parse;
+#[cfg(feature = "std")]
+pub mod straw;
 
 pub use endpoint::{Endpoint, Name, StrawPaths};
 pub use handshake::{Action, Config, Connection, Input, Layout, Role, StrawError, StrawMachine};

@@ -1,0 +1,1143 @@
+//! Straws: framed messages over a pore's ring (`std`).
+//!
+//! A [`Straw`] owns a pore and its ring (LING or v2, from `pore-ring`). It sends and receives
+//! frames ([`Bytes`]), blocking with a timeout or not at all, and splits into a [`Sender`] and a
+//! [`Receiver`] for two threads. Frames larger than the ring stream through it. With the JSON
+//! format, [`Sender::send_to`] wraps a message in the seed's envelope `{"addr": ..., "msg": ...}`
+//! and [`Receiver::dispatch`] delivers incoming envelopes to the [`Mailbox`] registered under
+//! their address (unknown addresses and malformed frames are logged and dropped, the straw lives
+//! on).
+//!
+//! A straw made by the [manager](crate::manager) is closed through the handshake machine (the
+//! seed's close chart); a straw made directly from a pore ([`Straw::new`], for tests and custom
+//! set-ups) closes its pore itself.
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use pore_core::{loopback::Loopback, DomId};
+//! use pore_straw::straw::{open_active, open_passive, Straw, StrawConfig};
+//! use pore_straw::{Endpoint, Format, Layout, Role};
+//!
+//! let xen = Loopback::new();
+//! let (a, b) = (xen.domain(DomId(1)), xen.domain(DomId(2)));
+//! let (pa, grant) = open_active(&a, DomId(2), Layout::Ling)?;
+//! let pb = open_passive(&b, DomId(1), Layout::Ling, &grant.refs, grant.port)?;
+//! let cfg = StrawConfig::default();
+//! let sa = Straw::new(pa, Endpoint::seed(DomId(2)), Role::Listener, Format::Raw, cfg.clone());
+//! let sb = Straw::new(pb, Endpoint::seed(DomId(1)), Role::Opener, Format::Raw, cfg);
+//! sa.sender().send(Bytes::from_static(b"hello"))?;
+//! assert_eq!(sb.receiver().recv_timeout(Duration::from_secs(1))?, "hello");
+//! sa.close()?;
+//! assert!(sb.receiver().recv_timeout(Duration::from_secs(1)).is_err());
+//! # Ok::<(), pore_straw::straw::StrawIoError>(())
+//! ```
+
+use std::collections::HashMap;
+use std::string::{String, ToString};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use std::vec;
+use std::vec::Vec;
+
+use bytes::Bytes;
+use pore_core::{
+    Backend, DomId, ErrorKind, EventChannel, GrantRef, MappedPages, Pore, Port, SharedAccess,
+    SharedMemory, UnmapNotify, WaitOutcome,
+};
+use pore_ring::frame::{FrameReader, FrameWriter, Progress, Received};
+use pore_ring::ling::{LingConsumer, LingProducer, LingRing, LING_PAGES};
+use pore_ring::v2::{self, V2Geometry, V2Ring};
+use pore_ring::{RingError, RingReader, RingWriter};
+
+use crate::handshake::{Closed, PoreGrant, Role, StrawError};
+use crate::{Endpoint, Format, Layout};
+
+/// Settings of a straw's data path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrawConfig {
+    /// The largest frame accepted or sent (longer incoming frames are skipped and counted).
+    pub max_frame: usize,
+    /// The timeout of [`Sender::send`] and [`Receiver::recv`].
+    pub io_timeout: Duration,
+    /// How long [`Straw::close`] waits for the peer to consume what we sent (D17, D9: 5 s).
+    pub close_timeout: Duration,
+    /// The longest single sleep: how often a blocked call re-checks for a lost peer.
+    pub slice: Duration,
+    /// Spin this long before sleeping on the event channel (zero: sleep at once).
+    pub spin: Duration,
+}
+
+impl Default for StrawConfig {
+    fn default() -> Self {
+        StrawConfig {
+            max_frame: 64 << 20,
+            io_timeout: Duration::from_secs(30),
+            close_timeout: Duration::from_secs(5),
+            slice: Duration::from_millis(100),
+            spin: Duration::ZERO,
+        }
+    }
+}
+
+/// Why a straw operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StrawIoError {
+    /// The timeout elapsed.
+    #[error("timed out")]
+    TimedOut,
+    /// A non-blocking call could not proceed now.
+    #[error("would block")]
+    WouldBlock,
+    /// The peer closed the straw and everything it sent has been received.
+    #[error("end of stream: the peer closed the straw")]
+    Eof,
+    /// We closed the straw.
+    #[error("the straw is closed")]
+    Closed,
+    /// The peer died, vanished from xenstore or unmapped the pages.
+    #[error("peer gone")]
+    PeerGone,
+    /// The peer broke the ring protocol (the straw is dead).
+    #[error("ring: {0}")]
+    Ring(RingError),
+    /// The backend failed.
+    #[error("backend: {kind}: {message}")]
+    Backend {
+        /// Its classification.
+        kind: ErrorKind,
+        /// Its message.
+        message: String,
+    },
+    /// A frame longer than [`StrawConfig::max_frame`].
+    #[error("frame of {0} bytes exceeds the maximum")]
+    TooLarge(usize),
+    /// A message that cannot be encoded as JSON.
+    #[error("json: {0}")]
+    Json(String),
+    /// The handshake or close protocol failed.
+    #[error("strawman: {0}")]
+    Protocol(StrawError),
+}
+
+impl StrawIoError {
+    fn backend<E: pore_core::Error>(e: E) -> Self {
+        if e.is_peer_gone() {
+            return StrawIoError::PeerGone;
+        }
+        StrawIoError::Backend {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<RingError> for StrawIoError {
+    fn from(e: RingError) -> Self {
+        StrawIoError::Ring(e)
+    }
+}
+
+// ----- opening the pore of a layout -----
+
+type Mem<B> = Arc<Pore<B>>;
+
+enum Tx<B: Backend> {
+    Ling(LingProducer<Mem<B>>),
+    V2(v2::Producer<Mem<B>>),
+}
+
+enum Rx<B: Backend> {
+    Ling(LingConsumer<Mem<B>>),
+    V2(v2::Consumer<Mem<B>>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $r:ident => $e:expr) => {
+        match $self {
+            Tx::Ling($r) => $e,
+            Tx::V2($r) => $e,
+        }
+    };
+}
+
+impl<B: Backend> RingWriter for Tx<B> {
+    fn capacity(&self) -> usize {
+        delegate!(self, r => r.capacity())
+    }
+    fn writable(&self) -> Result<usize, RingError> {
+        delegate!(self, r => r.writable())
+    }
+    fn write_deferred(&mut self, buf: &[u8]) -> Result<usize, RingError> {
+        delegate!(self, r => r.write_deferred(buf))
+    }
+    fn commit(&mut self) -> Result<(), RingError> {
+        delegate!(self, r => r.commit())
+    }
+    fn take_notify(&mut self) -> bool {
+        delegate!(self, r => RingWriter::take_notify(r))
+    }
+    fn prepare_wait(&mut self) -> Result<bool, RingError> {
+        delegate!(self, r => RingWriter::prepare_wait(r))
+    }
+    fn is_broken(&self) -> bool {
+        delegate!(self, r => RingWriter::is_broken(r))
+    }
+}
+
+macro_rules! delegate_rx {
+    ($self:ident, $r:ident => $e:expr) => {
+        match $self {
+            Rx::Ling($r) => $e,
+            Rx::V2($r) => $e,
+        }
+    };
+}
+
+impl<B: Backend> RingReader for Rx<B> {
+    fn capacity(&self) -> usize {
+        delegate_rx!(self, r => r.capacity())
+    }
+    fn readable(&self) -> Result<usize, RingError> {
+        delegate_rx!(self, r => r.readable())
+    }
+    fn read_deferred(&mut self, buf: &mut [u8]) -> Result<usize, RingError> {
+        delegate_rx!(self, r => r.read_deferred(buf))
+    }
+    fn release(&mut self) -> Result<(), RingError> {
+        delegate_rx!(self, r => r.release())
+    }
+    fn take_notify(&mut self) -> bool {
+        delegate_rx!(self, r => RingReader::take_notify(r))
+    }
+    fn prepare_wait(&mut self) -> Result<bool, RingError> {
+        delegate_rx!(self, r => RingReader::prepare_wait(r))
+    }
+    fn is_broken(&self) -> bool {
+        delegate_rx!(self, r => RingReader::is_broken(r))
+    }
+}
+
+/// A pore with its ring set up, ready to become a [`Straw`].
+pub struct StrawPore<B: Backend> {
+    pore: Mem<B>,
+    tx: Tx<B>,
+    rx: Rx<B>,
+    layout: Layout,
+    /// v2: (our live byte, the peer's live byte).
+    live: Option<(usize, usize)>,
+}
+
+impl<B: Backend> core::fmt::Debug for StrawPore<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("StrawPore")
+            .field("pore", &self.pore)
+            .field("layout", &self.layout)
+            .finish()
+    }
+}
+
+impl<B: Backend> StrawPore<B> {
+    /// The layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Every grant ref of the pore in page order (an active pore; empty for a passive one).
+    /// For v2 the data refs also sit in the control page, where the peer reads them.
+    pub fn all_refs(&self) -> Vec<GrantRef> {
+        self.pore.info().refs
+    }
+}
+
+/// As [`open_passive`] for v2, for backends that cannot map a single page of a grant (such as
+/// pore-core's loopback): maps `all_refs` (control page first) at once, then checks that the
+/// control page lists exactly the other refs as its data pages.
+pub fn open_passive_v2_all<B: Backend>(
+    backend: &B,
+    peer: DomId,
+    ring_pages: u32,
+    all_refs: &[GrantRef],
+    port: Port,
+) -> Result<StrawPore<B>, StrawIoError> {
+    let want = geometry(ring_pages)?;
+    if all_refs.len() != want.pages() {
+        return Err(StrawIoError::Ring(RingError::InvalidInput(
+            "wrong number of v2 refs",
+        )));
+    }
+    let mut pore =
+        Pore::open_passive(backend, peer, all_refs, port).map_err(StrawIoError::backend)?;
+    let mut listed = vec![GrantRef(0); want.data_pages()];
+    let check = match V2Geometry::read(&pore.memory()) {
+        Ok(g) if g == want => v2::read_grants(&pore.memory(), &mut listed).and_then(|_| {
+            if listed[..] == all_refs[1..] {
+                Ok(())
+            } else {
+                Err(RingError::BadHeader("control page lists other data pages"))
+            }
+        }),
+        Ok(_) => Err(RingError::BadHeader(
+            "control page geometry differs from ring-pages",
+        )),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = check {
+        let _ = pore.close();
+        return Err(e.into());
+    }
+    arm_unmap_notify(&mut pore, Some(v2::PASSIVE_LIVE));
+    let pore = Arc::new(pore);
+    let (tx, rx) = V2Ring::attach(pore.clone())?.split();
+    Ok(StrawPore {
+        pore,
+        tx: Tx::V2(tx),
+        rx: Rx::V2(rx),
+        layout: Layout::V2 { ring_pages },
+        live: Some((v2::PASSIVE_LIVE, v2::ACTIVE_LIVE)),
+    })
+}
+
+fn geometry(ring_pages: u32) -> Result<V2Geometry, StrawIoError> {
+    if ring_pages == 0 || !ring_pages.is_power_of_two() {
+        return Err(StrawIoError::Ring(RingError::InvalidInput(
+            "v2 ring pages must be a power of two",
+        )));
+    }
+    let order = ring_pages.trailing_zeros() as u8;
+    Ok(V2Geometry::new(order, order)?)
+}
+
+fn arm_unmap_notify<B: Backend>(pore: &mut Pore<B>, live: Option<usize>) {
+    let notify = UnmapNotify {
+        clear_byte: live,
+        send_event: Some(pore.channel().port()),
+    };
+    if let Err(e) = pore.set_unmap_notify(notify) {
+        tracing::debug!(error = %e, "straw: no unmap-notify");
+    }
+}
+
+/// Opens the active (granting) side of a straw pore for `layout` (the listener's side):
+/// grants the pages, allocates the port, initialises the ring. Returns what the handshake
+/// publishes.
+pub fn open_active<B: Backend>(
+    backend: &B,
+    peer: DomId,
+    layout: Layout,
+) -> Result<(StrawPore<B>, PoreGrant), StrawIoError> {
+    match layout {
+        Layout::Ling => {
+            let mut pore =
+                Pore::open_active(backend, peer, LING_PAGES).map_err(StrawIoError::backend)?;
+            arm_unmap_notify(&mut pore, None);
+            let info = pore.info();
+            let pore = Arc::new(pore);
+            let (tx, rx) = LingRing::active(pore.clone())?.split();
+            let grant = PoreGrant {
+                refs: info.refs,
+                port: info.port,
+            };
+            let sp = StrawPore {
+                pore,
+                tx: Tx::Ling(tx),
+                rx: Rx::Ling(rx),
+                layout,
+                live: None,
+            };
+            Ok((sp, grant))
+        }
+        Layout::V2 { ring_pages } => {
+            let g = geometry(ring_pages)?;
+            let mut pore =
+                Pore::open_active(backend, peer, g.pages()).map_err(StrawIoError::backend)?;
+            arm_unmap_notify(&mut pore, Some(v2::ACTIVE_LIVE));
+            let info = pore.info();
+            let pore = Arc::new(pore);
+            let ring = V2Ring::create(pore.clone(), g, &info.refs[1..])?;
+            let (tx, rx) = ring.split();
+            let grant = PoreGrant {
+                refs: vec![info.refs[0]],
+                port: info.port,
+            };
+            let sp = StrawPore {
+                pore,
+                tx: Tx::V2(tx),
+                rx: Rx::V2(rx),
+                layout,
+                live: Some((v2::ACTIVE_LIVE, v2::PASSIVE_LIVE)),
+            };
+            Ok((sp, grant))
+        }
+    }
+}
+
+/// Opens the passive (mapping) side of a straw pore (the opener's side) from what the listener
+/// published: LING's 8 refs, or v2's control-page ref (the data refs are read from the control
+/// page and validated).
+pub fn open_passive<B: Backend>(
+    backend: &B,
+    peer: DomId,
+    layout: Layout,
+    refs: &[GrantRef],
+    port: Port,
+) -> Result<StrawPore<B>, StrawIoError> {
+    match layout {
+        Layout::Ling => {
+            if refs.len() != LING_PAGES {
+                return Err(StrawIoError::Ring(RingError::InvalidInput(
+                    "LING needs 8 ring refs",
+                )));
+            }
+            let mut pore =
+                Pore::open_passive(backend, peer, refs, port).map_err(StrawIoError::backend)?;
+            arm_unmap_notify(&mut pore, None);
+            let pore = Arc::new(pore);
+            let (tx, rx) = LingRing::passive(pore.clone())?.split();
+            Ok(StrawPore {
+                pore,
+                tx: Tx::Ling(tx),
+                rx: Rx::Ling(rx),
+                layout,
+                live: None,
+            })
+        }
+        Layout::V2 { ring_pages } => {
+            let [ctrl] = refs else {
+                return Err(StrawIoError::Ring(RingError::InvalidInput(
+                    "v2 needs exactly the control page ref",
+                )));
+            };
+            // Map the control page alone to learn the data pages.
+            let control = backend.map(peer, &[*ctrl]).map_err(StrawIoError::backend)?;
+            let found = V2Geometry::read(&control.view());
+            let want = geometry(ring_pages)?;
+            let mut all = vec![GrantRef(0); 1 + want.data_pages()];
+            all[0] = *ctrl;
+            let read = match found {
+                Ok(g) if g == want => v2::read_grants(&control.view(), &mut all[1..]),
+                Ok(_) => Err(RingError::BadHeader(
+                    "control page geometry differs from ring-pages",
+                )),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = control.unmap() {
+                tracing::debug!(error = %e, "straw: unmapping the control page");
+            }
+            read?;
+            let mut pore =
+                Pore::open_passive(backend, peer, &all, port).map_err(StrawIoError::backend)?;
+            arm_unmap_notify(&mut pore, Some(v2::PASSIVE_LIVE));
+            let pore = Arc::new(pore);
+            let (tx, rx) = V2Ring::attach(pore.clone())?.split();
+            Ok(StrawPore {
+                pore,
+                tx: Tx::V2(tx),
+                rx: Rx::V2(rx),
+                layout,
+                live: Some((v2::PASSIVE_LIVE, v2::ACTIVE_LIVE)),
+            })
+        }
+    }
+}
+
+// ----- the shared state of a straw -----
+
+const OPEN: u8 = 0;
+const PEER_CLOSED: u8 = 1;
+const PEER_GONE: u8 = 2;
+const CLOSING: u8 = 3;
+const CLOSED: u8 = 4;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct TxState<B: Backend> {
+    ring: Tx<B>,
+    framer: FrameWriter,
+    /// A frame partly in the ring: it is finished before anything else.
+    pending: Option<Bytes>,
+}
+
+struct RxState<B: Backend> {
+    ring: Rx<B>,
+    framer: FrameReader,
+    buf: Vec<u8>,
+}
+
+#[derive(Default)]
+struct BellState {
+    seq: u64,
+    on_channel: bool,
+}
+
+/// Fans the pore's single event channel out to both halves.
+#[derive(Default)]
+struct Bell {
+    state: Mutex<BellState>,
+    cv: Condvar,
+}
+
+/// How the manager closes a straw it drives.
+pub(crate) type CloseHook = Box<dyn Fn() + Send + Sync>;
+
+pub(crate) struct Shared<B: Backend> {
+    pore: Mutex<Option<Mem<B>>>,
+    tx: Mutex<Option<TxState<B>>>,
+    rx: Mutex<Option<RxState<B>>>,
+    bell: Bell,
+    status: AtomicU8,
+    peer: Endpoint,
+    role: Role,
+    layout: Layout,
+    format: Format,
+    cfg: StrawConfig,
+    live: Option<(usize, usize)>,
+    mailboxes: Mutex<HashMap<String, mpsc::Sender<serde_json::Value>>>,
+    close_hook: Mutex<Option<CloseHook>>,
+    done: Mutex<Option<Result<Closed, StrawError>>>,
+    done_cv: Condvar,
+}
+
+impl<B: Backend> Shared<B> {
+    fn status_error(&self) -> Option<StrawIoError> {
+        match self.status.load(Ordering::Acquire) {
+            OPEN => None,
+            PEER_CLOSED => Some(StrawIoError::Eof),
+            PEER_GONE => Some(StrawIoError::PeerGone),
+            _ => Some(StrawIoError::Closed),
+        }
+    }
+
+    fn peer_live_gone(&self) -> bool {
+        let Some((_, theirs)) = self.live else {
+            return false;
+        };
+        lock(&self.pore)
+            .as_ref()
+            .is_some_and(|p| p.load_u8(theirs, Ordering::Acquire) == v2::LIVE_GONE)
+    }
+
+    fn ring_bell(&self) {
+        let mut st = lock(&self.bell.state);
+        st.seq = st.seq.wrapping_add(1);
+        self.bell.cv.notify_all();
+    }
+
+    fn bell_seq(&self) -> u64 {
+        lock(&self.bell.state).seq
+    }
+
+    fn poke(&self) -> Result<(), StrawIoError> {
+        let pore = lock(&self.pore).clone();
+        match pore {
+            Some(p) => p.poke().map_err(StrawIoError::backend),
+            None => Err(StrawIoError::Closed),
+        }
+    }
+
+    /// Sleeps until an event may have arrived since `seen`, or `timeout` (capped by the slice).
+    fn sleep(&self, seen: u64, timeout: Duration) -> Result<(), StrawIoError> {
+        let timeout = timeout.min(self.cfg.slice);
+        let mut st = lock(&self.bell.state);
+        if st.seq != seen {
+            return Ok(());
+        }
+        if st.on_channel {
+            let _ = self
+                .bell
+                .cv
+                .wait_timeout(st, timeout)
+                .unwrap_or_else(|p| p.into_inner());
+            return Ok(());
+        }
+        st.on_channel = true;
+        drop(st);
+        let pore = lock(&self.pore).clone();
+        let r = match &pore {
+            Some(p) => p.channel().wait(timeout),
+            None => {
+                let mut st = lock(&self.bell.state);
+                st.on_channel = false;
+                self.bell.cv.notify_all();
+                return Err(StrawIoError::Closed);
+            }
+        };
+        drop(pore);
+        let mut st = lock(&self.bell.state);
+        st.on_channel = false;
+        if matches!(r, Ok(WaitOutcome::Event)) {
+            st.seq = st.seq.wrapping_add(1);
+        }
+        self.bell.cv.notify_all();
+        drop(st);
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = StrawIoError::backend(e);
+                if e == StrawIoError::PeerGone {
+                    self.mark(PEER_GONE);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Records a terminal status (the first one wins, except that a local close does not
+    /// hide a peer's).
+    fn mark(&self, status: u8) {
+        let _ = self
+            .status
+            .compare_exchange(OPEN, status, Ordering::AcqRel, Ordering::Acquire);
+        if status == CLOSED {
+            let _ =
+                self.status
+                    .compare_exchange(CLOSING, CLOSED, Ordering::AcqRel, Ordering::Acquire);
+        }
+        self.ring_bell();
+    }
+
+    /// Stops the data path and closes the pore (the close chart's "unmap refs" / "end access").
+    /// Waits up to `grace` for blocked calls to let go of the pore; if they do not, the pore is
+    /// closed quietly when the last of them does.
+    pub(crate) fn shutdown_pore(&self, grace: Duration) {
+        if let Some((mine, _)) = self.live {
+            if let Some(p) = lock(&self.pore).as_ref() {
+                p.store_u8(mine, v2::LIVE_GONE, Ordering::Release);
+                let _ = p.poke();
+            }
+        }
+        drop(lock(&self.tx).take());
+        drop(lock(&self.rx).take());
+        let pore = lock(&self.pore).take();
+        self.ring_bell();
+        let Some(mut pore) = pore else { return };
+        let end = Instant::now() + grace;
+        loop {
+            match Arc::try_unwrap(pore) {
+                Ok(p) => {
+                    if let Err(e) = p.close() {
+                        tracing::debug!(peer = %self.peer, error = %e, "straw: closing the pore");
+                    }
+                    return;
+                }
+                Err(p) if Instant::now() < end => {
+                    pore = p;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %self.peer, "straw: pore still in use; closed later");
+                    return;
+                }
+            }
+        }
+    }
+
+    #[allow(dead_code)] // the manager uses it
+    pub(crate) fn peer_left(&self, graceful: bool) {
+        self.mark(if graceful { PEER_CLOSED } else { PEER_GONE });
+    }
+
+    #[allow(dead_code)] // the manager uses it
+    pub(crate) fn finished(&self, result: Result<Closed, StrawError>) {
+        match &result {
+            Ok(Closed::ByPeer) => self.mark(PEER_CLOSED),
+            Ok(Closed::Locally) => self.mark(CLOSED),
+            Err(_) => self.mark(PEER_GONE),
+        }
+        *lock(&self.done) = Some(result);
+        self.done_cv.notify_all();
+    }
+}
+
+/// A live straw: both halves. See the [module docs](self).
+pub struct Straw<B: Backend> {
+    tx: Sender<B>,
+    rx: Receiver<B>,
+}
+
+impl<B: Backend> core::fmt::Debug for Straw<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Straw")
+            .field("peer", &self.tx.sh.peer)
+            .field("role", &self.tx.sh.role)
+            .field("layout", &self.tx.sh.layout)
+            .field("format", &self.tx.sh.format)
+            .finish()
+    }
+}
+
+/// The sending half of a straw.
+pub struct Sender<B: Backend> {
+    sh: Arc<Shared<B>>,
+}
+
+/// The receiving half of a straw.
+pub struct Receiver<B: Backend> {
+    sh: Arc<Shared<B>>,
+}
+
+/// Where JSON messages addressed to one name arrive ([`Straw::mailbox`]).
+#[derive(Debug)]
+pub struct Mailbox {
+    rx: mpsc::Receiver<serde_json::Value>,
+}
+
+impl Mailbox {
+    /// The next message, waiting up to `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<serde_json::Value, StrawIoError> {
+        self.rx.recv_timeout(timeout).map_err(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => StrawIoError::TimedOut,
+            mpsc::RecvTimeoutError::Disconnected => StrawIoError::Closed,
+        })
+    }
+
+    /// The next message if one is there.
+    pub fn try_recv(&self) -> Option<serde_json::Value> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl<B: Backend> Straw<B> {
+    /// A straw over `pore`, closing its pore itself (no handshake machine).
+    pub fn new(
+        pore: StrawPore<B>,
+        peer: Endpoint,
+        role: Role,
+        format: Format,
+        cfg: StrawConfig,
+    ) -> Self {
+        Self::build(pore, peer, role, format, cfg, None)
+    }
+
+    pub(crate) fn build(
+        pore: StrawPore<B>,
+        peer: Endpoint,
+        role: Role,
+        format: Format,
+        cfg: StrawConfig,
+        close_hook: Option<CloseHook>,
+    ) -> Self {
+        let StrawPore {
+            pore,
+            tx,
+            rx,
+            layout,
+            live,
+        } = pore;
+        let max = cfg.max_frame;
+        let sh = Arc::new(Shared {
+            pore: Mutex::new(Some(pore)),
+            tx: Mutex::new(Some(TxState {
+                ring: tx,
+                framer: FrameWriter::new(max),
+                pending: None,
+            })),
+            rx: Mutex::new(Some(RxState {
+                ring: rx,
+                framer: FrameReader::new(max),
+                buf: vec![0; 64 * 1024],
+            })),
+            bell: Bell::default(),
+            status: AtomicU8::new(OPEN),
+            peer,
+            role,
+            layout,
+            format,
+            cfg,
+            live,
+            mailboxes: Mutex::new(HashMap::new()),
+            close_hook: Mutex::new(close_hook),
+            done: Mutex::new(None),
+            done_cv: Condvar::new(),
+        });
+        Straw {
+            tx: Sender { sh: sh.clone() },
+            rx: Receiver { sh },
+        }
+    }
+
+    #[allow(dead_code)] // the manager uses it
+    pub(crate) fn shared(&self) -> Arc<Shared<B>> {
+        self.tx.sh.clone()
+    }
+
+    /// The peer endpoint.
+    pub fn peer(&self) -> &Endpoint {
+        &self.tx.sh.peer
+    }
+
+    /// Our role in the handshake.
+    pub fn role(&self) -> Role {
+        self.tx.sh.role
+    }
+
+    /// The ring layout.
+    pub fn layout(&self) -> Layout {
+        self.tx.sh.layout
+    }
+
+    /// The negotiated format.
+    pub fn format(&self) -> Format {
+        self.tx.sh.format
+    }
+
+    /// The sending half.
+    pub fn sender(&self) -> &Sender<B> {
+        &self.tx
+    }
+
+    /// The receiving half.
+    pub fn receiver(&self) -> &Receiver<B> {
+        &self.rx
+    }
+
+    /// Splits into halves for two threads. Closing either half closes the straw.
+    pub fn split(self) -> (Sender<B>, Receiver<B>) {
+        (self.tx, self.rx)
+    }
+
+    /// Registers a mailbox for JSON messages addressed to `addr` (replacing any earlier one).
+    pub fn mailbox(&self, addr: &str) -> Mailbox {
+        self.rx.mailbox(addr)
+    }
+
+    /// Closes gracefully (D17): finishes a partly sent frame, waits (up to
+    /// [`StrawConfig::close_timeout`]) until the peer consumed everything we sent, then follows
+    /// the close chart. Every frame whose `send` returned `Ok` before this reaches the peer's
+    /// ring unless the peer stops reading.
+    pub fn close(self) -> Result<(), StrawIoError> {
+        self.tx.close()
+    }
+}
+
+impl<B: Backend> Sender<B> {
+    /// Sends one frame, blocking up to [`StrawConfig::io_timeout`].
+    pub fn send(&self, frame: Bytes) -> Result<(), StrawIoError> {
+        self.send_timeout(frame, self.sh.cfg.io_timeout)
+    }
+
+    /// Sends one frame, blocking up to `timeout`. A frame larger than the ring streams through
+    /// it. If the timeout strikes after the frame began, it stays queued and the next send,
+    /// [`Sender::flush_timeout`] or close finishes it first; the error is then
+    /// [`StrawIoError::TimedOut`].
+    pub fn send_timeout(&self, frame: Bytes, timeout: Duration) -> Result<(), StrawIoError> {
+        if frame.len() > self.sh.cfg.max_frame {
+            return Err(StrawIoError::TooLarge(frame.len()));
+        }
+        let deadline = Instant::now() + timeout;
+        let mut frame = Some(frame);
+        loop {
+            let seen = self.sh.bell_seq();
+            match self.step(&mut frame)? {
+                true => return Ok(()),
+                false => self.wait(seen, deadline)?,
+            }
+        }
+    }
+
+    /// Sends one frame if the ring takes at least its beginning now; a frame only partly in the
+    /// ring is finished by later calls (or [`Sender::flush_timeout`]). Fails with
+    /// [`StrawIoError::WouldBlock`] (nothing sent) if the ring has no room.
+    pub fn try_send(&self, frame: Bytes) -> Result<(), StrawIoError> {
+        if frame.len() > self.sh.cfg.max_frame {
+            return Err(StrawIoError::TooLarge(frame.len()));
+        }
+        let mut frame = Some(frame);
+        self.step(&mut frame)?;
+        match frame {
+            None => Ok(()),
+            Some(_) => Err(StrawIoError::WouldBlock),
+        }
+    }
+
+    /// Finishes a partly sent frame, blocking up to `timeout`.
+    pub fn flush_timeout(&self, timeout: Duration) -> Result<(), StrawIoError> {
+        let deadline = Instant::now() + timeout;
+        let mut none = None;
+        loop {
+            let seen = self.sh.bell_seq();
+            if self.step(&mut none)? {
+                return Ok(());
+            }
+            self.wait(seen, deadline)?;
+        }
+    }
+
+    /// Wraps `msg` in the seed's JSON envelope `{"addr": addr, "msg": msg}` and sends it.
+    pub fn send_to(&self, addr: &str, msg: &serde_json::Value) -> Result<(), StrawIoError> {
+        let v = serde_json::json!({ "addr": addr, "msg": msg });
+        let bytes = serde_json::to_vec(&v).map_err(|e| StrawIoError::Json(e.to_string()))?;
+        self.send(Bytes::from(bytes))
+    }
+
+    /// One non-blocking step: finish the pending frame, then start `frame` (taken when it is
+    /// entirely or partly in the ring). `true`: nothing is pending and `frame` was taken.
+    fn step(&self, frame: &mut Option<Bytes>) -> Result<bool, StrawIoError> {
+        if let Some(e) = self.sh.status_error() {
+            return Err(match e {
+                StrawIoError::Eof => StrawIoError::Closed,
+                e => e,
+            });
+        }
+        let mut guard = lock(&self.sh.tx);
+        let st = guard.as_mut().ok_or(StrawIoError::Closed)?;
+        let mut notify = false;
+        let finished = loop {
+            let mut done = true;
+            if let Some(p) = st.pending.clone() {
+                match st.framer.send_deferred(&mut st.ring, &p)? {
+                    Progress::Done => st.pending = None,
+                    Progress::Pending => done = false,
+                }
+            }
+            if done {
+                if let Some(f) = frame.take() {
+                    match st.framer.send_deferred(&mut st.ring, &f)? {
+                        Progress::Done => {}
+                        Progress::Pending if st.framer.in_progress() => {
+                            st.pending = Some(f);
+                            done = false;
+                        }
+                        Progress::Pending => {
+                            *frame = Some(f);
+                            done = false;
+                        }
+                    }
+                }
+            }
+            st.ring.commit()?;
+            notify |= st.ring.take_notify();
+            if done {
+                break true;
+            }
+            // About to wait for room: ask to be woken, then re-check.
+            if !st.ring.prepare_wait()? {
+                break false;
+            }
+        };
+        drop(guard);
+        if notify {
+            self.sh.poke()?;
+        }
+        Ok(finished)
+    }
+
+    fn wait(&self, seen: u64, deadline: Instant) -> Result<(), StrawIoError> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(StrawIoError::TimedOut);
+        }
+        if self.sh.peer_live_gone() {
+            self.sh.mark(PEER_GONE);
+            return Err(StrawIoError::PeerGone);
+        }
+        self.sh.sleep(seen, deadline - now)
+    }
+
+    /// Waits (up to `timeout`) until the peer has consumed everything we sent.
+    fn drain(&self, timeout: Duration) -> Result<(), StrawIoError> {
+        let deadline = Instant::now() + timeout;
+        self.flush_timeout(timeout)?;
+        loop {
+            let seen = self.sh.bell_seq();
+            {
+                let mut guard = lock(&self.sh.tx);
+                let st = guard.as_mut().ok_or(StrawIoError::Closed)?;
+                if st.ring.writable()? == st.ring.capacity() {
+                    return Ok(());
+                }
+                if st.ring.prepare_wait()? && st.ring.writable()? == st.ring.capacity() {
+                    return Ok(());
+                }
+            }
+            if let Some(e) = self.sh.status_error() {
+                return Err(e);
+            }
+            self.wait(seen, deadline)?;
+        }
+    }
+
+    /// Closes the straw gracefully; see [`Straw::close`].
+    pub fn close(&self) -> Result<(), StrawIoError> {
+        let timeout = self.sh.cfg.close_timeout;
+        let drained = self.drain(timeout);
+        if let Err(e) = &drained {
+            tracing::warn!(peer = %self.sh.peer, error = %e, "straw: closing without a full drain");
+        }
+        let _ = self
+            .sh
+            .status
+            .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire);
+        let hook = lock(&self.sh.close_hook).take();
+        match hook {
+            None => {
+                // Standalone: close the pore ourselves.
+                self.sh.shutdown_pore(Duration::from_millis(200));
+                self.sh.mark(CLOSED);
+                drained
+            }
+            Some(hook) => {
+                hook();
+                // The manager runs the close chart; wait for its verdict.
+                let wait = timeout * 2 + Duration::from_secs(1);
+                let guard = lock(&self.sh.done);
+                let (guard, _) = self
+                    .sh
+                    .done_cv
+                    .wait_timeout_while(guard, wait, |d| d.is_none())
+                    .unwrap_or_else(|p| p.into_inner());
+                match guard.clone() {
+                    Some(Ok(_)) => drained,
+                    Some(Err(e)) => Err(StrawIoError::Protocol(e)),
+                    None => Err(StrawIoError::TimedOut),
+                }
+            }
+        }
+    }
+}
+
+impl<B: Backend> Receiver<B> {
+    /// Receives one frame, blocking up to [`StrawConfig::io_timeout`].
+    pub fn recv(&self) -> Result<Bytes, StrawIoError> {
+        self.recv_timeout(self.sh.cfg.io_timeout)
+    }
+
+    /// Receives one frame, blocking up to `timeout`. [`StrawIoError::Eof`] once the peer closed
+    /// and everything it sent was received.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Bytes, StrawIoError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.sh.bell_seq();
+            if let Some(f) = self.step()? {
+                return Ok(f);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(StrawIoError::TimedOut);
+            }
+            if self.sh.peer_live_gone() {
+                self.sh.mark(PEER_GONE);
+            }
+            self.sh.sleep(seen, deadline - now)?;
+        }
+    }
+
+    /// Receives one frame if a whole one is there; [`StrawIoError::WouldBlock`] otherwise.
+    pub fn try_recv(&self) -> Result<Bytes, StrawIoError> {
+        self.step()?.ok_or(StrawIoError::WouldBlock)
+    }
+
+    fn step(&self) -> Result<Option<Bytes>, StrawIoError> {
+        let mut guard = lock(&self.sh.rx);
+        let Some(st) = guard.as_mut() else {
+            return Err(self.sh.status_error().unwrap_or(StrawIoError::Closed));
+        };
+        loop {
+            let r = st.framer.recv(&mut st.ring, &mut st.buf);
+            let notify = st.ring.take_notify();
+            if notify {
+                if let Some(p) = lock(&self.sh.pore).as_ref() {
+                    p.poke().map_err(StrawIoError::backend)?;
+                }
+            }
+            match r {
+                Ok(Some(Received::Frame(n))) => {
+                    return Ok(Some(Bytes::copy_from_slice(&st.buf[..n])))
+                }
+                Ok(Some(Received::Skipped(n))) => {
+                    tracing::warn!(peer = %self.sh.peer, len = n, "straw: skipped an oversized frame");
+                }
+                Ok(None) => {
+                    // Nothing whole yet. After a peer's close, an empty ring is the end.
+                    if let Some(e) = self.sh.status_error() {
+                        if st.ring.readable()? == 0 {
+                            return Err(e);
+                        }
+                        continue;
+                    }
+                    if st.ring.prepare_wait()? {
+                        continue;
+                    }
+                    return Ok(None);
+                }
+                Err(RingError::BufferTooSmall { len, .. }) => st.buf.resize(len, 0),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Registers a mailbox for JSON messages addressed to `addr`.
+    pub fn mailbox(&self, addr: &str) -> Mailbox {
+        let (tx, rx) = mpsc::channel();
+        lock(&self.sh.mailboxes).insert(addr.to_string(), tx);
+        Mailbox { rx }
+    }
+
+    /// Receives frames for up to `timeout` and delivers each JSON envelope to its mailbox (the
+    /// seed's `Addressee ! Message`). Unknown addresses and malformed frames are logged and
+    /// dropped. Returns how many messages were delivered once at least one frame arrived, or
+    /// the timeout passed (`Ok(0)`).
+    pub fn dispatch(&self, timeout: Duration) -> Result<usize, StrawIoError> {
+        let first = match self.recv_timeout(timeout) {
+            Ok(f) => f,
+            Err(StrawIoError::TimedOut) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut delivered = usize::from(self.deliver(&first));
+        loop {
+            match self.try_recv() {
+                Ok(f) => delivered += usize::from(self.deliver(&f)),
+                Err(StrawIoError::WouldBlock) => return Ok(delivered),
+                Err(e) if delivered > 0 => {
+                    tracing::debug!(error = %e, "straw: dispatch stopped");
+                    return Ok(delivered);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Delivers one JSON envelope; `false` if it was dropped.
+    pub fn deliver(&self, frame: &[u8]) -> bool {
+        match parse_envelope(frame) {
+            Ok((addr, msg)) => {
+                let boxes = lock(&self.sh.mailboxes);
+                match boxes.get(&addr) {
+                    Some(tx) if tx.send(msg).is_ok() => true,
+                    _ => {
+                        tracing::warn!(peer = %self.sh.peer, addr, "straw: no mailbox; message dropped");
+                        false
+                    }
+                }
+            }
+            Err(why) => {
+                tracing::warn!(peer = %self.sh.peer, why, len = frame.len(), "straw: malformed JSON message dropped");
+                false
+            }
+        }
+    }
+}
+
+/// Parses the seed's JSON envelope: an object with a string `addr` and any `msg`.
+///
+/// ```
+/// use pore_straw::straw::parse_envelope;
+/// let (addr, msg) = parse_envelope(br#"{"addr":"echo","msg":[1,2]}"#).unwrap();
+/// assert_eq!(addr, "echo");
+/// assert_eq!(msg, serde_json::json!([1, 2]));
+/// assert!(parse_envelope(b"{\"msg\":1}").is_err());
+/// ```
+pub fn parse_envelope(frame: &[u8]) -> Result<(String, serde_json::Value), &'static str> {
+    let v: serde_json::Value = serde_json::from_slice(frame).map_err(|_| "not JSON")?;
+    let serde_json::Value::Object(mut obj) = v else {
+        return Err("not an object");
+    };
+    let Some(serde_json::Value::String(addr)) = obj.remove("addr") else {
+        return Err("no string addr");
+    };
+    let msg = obj.remove("msg").ok_or("no msg")?;
+    Ok((addr, msg))
+}
