@@ -9,7 +9,9 @@
 //!
 //! The daemon is C xenstored from `$PORE_XENSTORED_C_SOCKET` if set, else started here
 //! with the reference kit's `start-xenstored.sh` (`$PORE_SHARED`, or `../shared` next to
-//! the workspace) with its trace off, and stopped by PID at the end. Without a daemon or
+//! the workspace) with its trace off, and stopped by PID at the end. A `raw-socket` row
+//! (pre-encoded request, bare socket, no client at all) gives the daemon's own cost, so
+//! what each client adds per operation is its time minus that row. Without a daemon or
 //! without libxenstore the bench says so and measures nothing.
 
 use std::ffi::{c_char, c_uint, c_ulong, c_void, CStr, CString};
@@ -60,11 +62,13 @@ impl LibXs {
         // xenstore.h that the types above transcribe (same for the transmutes below).
         let open: XsOpen = unsafe { std::mem::transmute::<*mut c_void, XsOpen>(sym("xs_open")?) };
         // SAFETY: as above.
-        let close: XsClose = unsafe { std::mem::transmute::<*mut c_void, XsClose>(sym("xs_close")?) };
+        let close: XsClose =
+            unsafe { std::mem::transmute::<*mut c_void, XsClose>(sym("xs_close")?) };
         // SAFETY: as above.
         let read: XsRead = unsafe { std::mem::transmute::<*mut c_void, XsRead>(sym("xs_read")?) };
         // SAFETY: as above.
-        let write: XsWrite = unsafe { std::mem::transmute::<*mut c_void, XsWrite>(sym("xs_write")?) };
+        let write: XsWrite =
+            unsafe { std::mem::transmute::<*mut c_void, XsWrite>(sym("xs_write")?) };
         // SAFETY: as above.
         let directory: XsDirectory =
             unsafe { std::mem::transmute::<*mut c_void, XsDirectory>(sym("xs_directory")?) };
@@ -127,7 +131,10 @@ impl LibXs {
             if unsafe { (self.tx_end)(self.h, t, false) } {
                 return;
             }
-            assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN));
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EAGAIN)
+            );
         }
     }
 }
@@ -159,7 +166,10 @@ impl Daemon {
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
         let script = shared.join("reference/xenstored/start-xenstored.sh");
         if !script.exists() {
-            eprintln!("xenstore_client bench: no {} and no PORE_XENSTORED_C_SOCKET", script.display());
+            eprintln!(
+                "xenstore_client bench: no {} and no PORE_XENSTORED_C_SOCKET",
+                script.display()
+            );
             return None;
         }
         let dir = std::env::temp_dir().join(format!("pore-xs-bench-{}", std::process::id()));
@@ -191,7 +201,11 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some((script, pid)) = &self.stop {
-            let _ = Command::new("bash").arg(script).arg("stop").arg(pid).status();
+            let _ = Command::new("bash")
+                .arg(script)
+                .arg("stop")
+                .arg(pid)
+                .status();
         }
         if let Some(d) = &self._dir {
             let _ = std::fs::remove_dir_all(d);
@@ -206,33 +220,76 @@ fn bench(c: &mut Criterion) {
     std::env::set_var("XENSTORED_PATH", &daemon.socket);
     let ours = Client::connect_unix(&daemon.socket).expect("pore client");
     let Some(lib) = LibXs::open() else {
-        eprintln!("xenstore_client bench: libxenstore.so.4 not loadable (libxen-dev / libxenstore4)");
+        eprintln!(
+            "xenstore_client bench: libxenstore.so.4 not loadable (libxen-dev / libxenstore4)"
+        );
         return;
     };
     let base = "/bench";
-    ours.write(&format!("{base}/value"), b"hello world").unwrap();
+    ours.write(&format!("{base}/value"), b"hello world")
+        .unwrap();
     for i in 0..32 {
-        ours.write(&format!("{base}/dir/child-{i:02}"), b"").unwrap();
+        ours.write(&format!("{base}/dir/child-{i:02}"), b"")
+            .unwrap();
     }
     let value = CString::new(format!("{base}/value")).unwrap();
     let wpath = CString::new(format!("{base}/w")).unwrap();
     let dir = CString::new(format!("{base}/dir")).unwrap();
     let tpath = CString::new(format!("{base}/t")).unwrap();
 
+    // The floor: pre-encoded requests over a bare socket, reply read and dropped.
+    let mut raw = std::os::unix::net::UnixStream::connect(&daemon.socket).expect("raw socket");
+    let raw_read = pore_xenstore::Request::Read("/bench/value")
+        .encode(1, 0, 4096)
+        .unwrap();
+    let raw_write = pore_xenstore::Request::Write {
+        path: "/bench/w",
+        value: b"0123456789",
+    }
+    .encode(2, 0, 4096)
+    .unwrap();
+    let raw_dir = pore_xenstore::Request::Directory("/bench/dir")
+        .encode(3, 0, 4096)
+        .unwrap();
+    let mut raw_buf = vec![0u8; 8192];
+    let mut round_trip = |req: &[u8]| {
+        use std::io::{Read, Write};
+        raw.write_all(req).unwrap();
+        let mut have = 0;
+        loop {
+            have += raw.read(&mut raw_buf[have..]).unwrap();
+            if have >= 16 {
+                let len = u32::from_le_bytes(raw_buf[12..16].try_into().unwrap()) as usize;
+                if have >= 16 + len {
+                    return len;
+                }
+            }
+        }
+    };
+
     let mut g = c.benchmark_group("xenstore");
     g.warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
+    g.bench_function(BenchmarkId::new("read", "raw-socket"), |b| {
+        b.iter(|| round_trip(&raw_read))
+    });
     g.bench_function(BenchmarkId::new("read", "pore"), |b| {
         b.iter(|| ours.read("/bench/value").unwrap())
     });
     g.bench_function(BenchmarkId::new("read", "libxenstore"), |b| {
         b.iter(|| lib.read(0, &value))
     });
+    g.bench_function(BenchmarkId::new("write", "raw-socket"), |b| {
+        b.iter(|| round_trip(&raw_write))
+    });
     g.bench_function(BenchmarkId::new("write", "pore"), |b| {
         b.iter(|| ours.write("/bench/w", b"0123456789").unwrap())
     });
     g.bench_function(BenchmarkId::new("write", "libxenstore"), |b| {
         b.iter(|| lib.write(0, &wpath, b"0123456789"))
+    });
+    g.bench_function(BenchmarkId::new("directory", "raw-socket"), |b| {
+        b.iter(|| round_trip(&raw_dir))
     });
     g.bench_function(BenchmarkId::new("directory", "pore"), |b| {
         b.iter(|| assert_eq!(ours.directory("/bench/dir").unwrap().len(), 32))

@@ -22,7 +22,6 @@ fn serve(
 ) -> Pore<pore_core::loopback::LoopbackDomain> {
     let mut ring = XenstoreRing::server(&server).unwrap();
     serve_ring(&server, &mut ring, n, notify);
-    drop(ring);
     server
 }
 
