@@ -430,6 +430,12 @@ impl StrawMachine {
         matches!(self.phase, Phase::Done)
     }
 
+    /// How the straw is ending, once that is decided (before [`Action::Done`] reports it): lets
+    /// a driver tell blocked users why the pore is closing.
+    pub fn ending(&self) -> Option<&Result<Closed, StrawError>> {
+        self.result.as_ref()
+    }
+
     /// When the driver must call [`StrawMachine::poll_action`] again at the latest.
     pub fn deadline(&self) -> Option<Duration> {
         match self.phase {

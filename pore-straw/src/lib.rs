@@ -18,6 +18,8 @@ extern crate alloc;
 pub mod endpoint;
 pub mod fuzz;
 pub mod handshake;
+#[cfg(feature = "std")]
+pub mod manager;
 pub mod ops;
 pub mod parse;
 #[cfg(feature = "std")]
@@ -27,6 +29,8 @@ pub use endpoint::{Endpoint, Name, StrawPaths};
 pub use handshake::{Action, Config, Connection, Input, Layout, Role, StrawError, StrawMachine};
 pub use parse::{Format, XenbusState};
 
+#[cfg(all(test, feature = "std"))]
+mod manager_tests;
 #[cfg(test)]
 mod testkit;
 #[cfg(test)]

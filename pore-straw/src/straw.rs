@@ -635,12 +635,14 @@ impl<B: Backend> Shared<B> {
         }
     }
 
-    #[allow(dead_code)] // the manager uses it
     pub(crate) fn peer_left(&self, graceful: bool) {
         self.mark(if graceful { PEER_CLOSED } else { PEER_GONE });
     }
 
-    #[allow(dead_code)] // the manager uses it
+    pub(crate) fn is_finished(&self) -> bool {
+        lock(&self.done).is_some()
+    }
+
     pub(crate) fn finished(&self, result: Result<Closed, StrawError>) {
         match &result {
             Ok(Closed::ByPeer) => self.mark(PEER_CLOSED),
@@ -759,7 +761,6 @@ impl<B: Backend> Straw<B> {
         }
     }
 
-    #[allow(dead_code)] // the manager uses it
     pub(crate) fn shared(&self) -> Arc<Shared<B>> {
         self.tx.sh.clone()
     }

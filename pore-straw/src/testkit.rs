@@ -118,7 +118,9 @@ impl Store {
 
     fn fire(&mut self, path: &str) {
         for (dom, wpath, token) in &self.watches {
-            if under(path, wpath) || under(wpath, path) {
+            if under(path, wpath) {
+                self.events.push((*dom, path.to_string(), token.clone()));
+            } else if under(wpath, path) {
                 self.events.push((*dom, wpath.clone(), token.clone()));
             }
         }

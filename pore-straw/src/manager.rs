@@ -1,0 +1,668 @@
+//! The manager (the seed's `strawman` gen_server), one per endpoint (domain, name) (D14).
+//!
+//! At start it creates the endpoint's `data/straw[-name]` (perms `b<me>`) and
+//! `data/warts[-name]` (`r<me>`) and watches the straw top. [`Manager::open`] runs the opener
+//! side of the handshake; a knock runs the listener side, and the connected straw waits in
+//! the manager until [`Manager::accept`] or [`Manager::get`] takes it. [`Manager::close`]
+//! closes one straw; [`Manager::shutdown`] closes everything following the close chart.
+//!
+//! Unlike the seed, which blocks its gen_server while it waits for a peer, every straw runs
+//! its [`StrawMachine`] on its own thread, so one slow or dead peer never stalls the manager or
+//! the other straws; every wait has a timeout. A straw whose peer leaves Connected or whose
+//! directory disappears ends with [`StrawIoError::PeerGone`] (or end of stream after a
+//! graceful close), and the manager forgets it and removes its nodes.
+//!
+//! The manager reaches xenstore through the small [`StoreClient`] trait.
+
+use std::collections::{HashMap, VecDeque};
+use std::string::String;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use std::vec::Vec;
+
+use pore_core::Backend;
+
+use crate::endpoint::parse_knock;
+use crate::handshake::{
+    setup_ops, teardown_ops, Action, Closed, Config, Input, PoreGrant, PoreRequest, Role,
+    StrawError, StrawMachine,
+};
+use crate::ops::{StoreError, StoreOp, StoreReply};
+use crate::straw::{
+    open_active, open_passive, Shared, Straw, StrawConfig, StrawIoError, StrawPore,
+};
+use crate::{Endpoint, Layout};
+
+/// A watch event: the path that changed and the token of the watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// The path.
+    pub path: String,
+    /// The watch's token.
+    pub token: String,
+}
+
+/// The xenstore operations a manager needs, blocking and bounded (the client's own request
+/// timeout, D9). Implemented for pore-xenstore's client by an adapter; tests use an in-memory
+/// store.
+pub trait StoreClient: Send + Sync + 'static {
+    /// Performs `op` (see [`StoreOp`] for transactions and best-effort perms). Watches
+    /// registered here deliver their events through [`StoreClient::next_event`].
+    fn perform(&self, op: &StoreOp) -> Result<StoreReply, StoreError>;
+
+    /// The next watch event of any watch registered through this client, waiting up to
+    /// `timeout`.
+    fn next_event(&self, timeout: Duration) -> Option<WatchEvent>;
+}
+
+impl<T: StoreClient + ?Sized> StoreClient for Arc<T> {
+    fn perform(&self, op: &StoreOp) -> Result<StoreReply, StoreError> {
+        (**self).perform(op)
+    }
+    fn next_event(&self, timeout: Duration) -> Option<WatchEvent> {
+        (**self).next_event(timeout)
+    }
+}
+
+/// Settings of a manager.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ManagerConfig {
+    /// The handshake and close protocol.
+    pub handshake: Config,
+    /// The data path of every straw.
+    pub straw: StrawConfig,
+}
+
+/// Why a manager call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManagerError {
+    /// The handshake failed (already connected, no such peer, timeout, garbage, ...).
+    #[error("strawman: {0}")]
+    Straw(#[from] StrawError),
+    /// Setting up the endpoint in xenstore failed.
+    #[error("xenstore {op} failed during set-up: {error}")]
+    Setup {
+        /// The operation.
+        op: &'static str,
+        /// The error.
+        error: StoreError,
+    },
+    /// No straw (yet) for that peer, or nothing to accept before the timeout.
+    #[error("no such straw")]
+    NotFound,
+    /// A straw to or from this peer is already connected or being opened.
+    #[error("a straw with this peer already exists")]
+    Exists,
+    /// The manager is shutting down.
+    #[error("the manager is shut down")]
+    ShutDown,
+    /// A call's own timeout elapsed.
+    #[error("timed out")]
+    TimedOut,
+}
+
+enum Slot<B: Backend> {
+    /// The handshake is running.
+    Handshaking,
+    /// Connected; the straw has been handed out (or is waiting in `unclaimed`).
+    Live(Arc<Shared<B>>),
+}
+
+struct Entry<B: Backend> {
+    token: String,
+    input: mpsc::Sender<Input>,
+    slot: Slot<B>,
+}
+
+struct State<B: Backend> {
+    straws: HashMap<Endpoint, Entry<B>>,
+    unclaimed: VecDeque<Straw<B>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Inner<B: Backend, X: StoreClient> {
+    backend: B,
+    store: X,
+    me: Endpoint,
+    cfg: ManagerConfig,
+    origin: Instant,
+    prefix: String,
+    top_token: String,
+    state: Mutex<State<B>>,
+    changed: Condvar,
+    stop: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The strawman manager of one endpoint. See the [module docs](self).
+pub struct Manager<B: Backend + Clone + Send + Sync + 'static, X: StoreClient> {
+    inner: Arc<Inner<B, X>>,
+    events: Option<JoinHandle<()>>,
+}
+
+impl<B: Backend + Clone + Send + Sync + 'static, X: StoreClient> core::fmt::Debug
+    for Manager<B, X>
+{
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Manager")
+            .field("me", &self.inner.me)
+            .finish()
+    }
+}
+
+impl<B, X> Manager<B, X>
+where
+    B: Backend + Clone + Send + Sync + 'static,
+    B::Channel: 'static,
+    X: StoreClient,
+{
+    /// Starts the manager of endpoint `me`: creates its directories, watches its straw top and
+    /// starts the thread that routes watch events.
+    pub fn start(
+        backend: B,
+        store: X,
+        me: Endpoint,
+        cfg: ManagerConfig,
+    ) -> Result<Self, ManagerError> {
+        for op in setup_ops(&me) {
+            store.perform(&op).map_err(|error| ManagerError::Setup {
+                op: op.name(),
+                error,
+            })?;
+        }
+        let prefix = std::format!("pore-straw/{}/", me.ident());
+        let top_token = std::format!("{prefix}top");
+        store
+            .perform(&StoreOp::Watch {
+                path: me.straw_top(),
+                token: top_token.clone(),
+            })
+            .map_err(|error| ManagerError::Setup { op: "watch", error })?;
+        let inner = Arc::new(Inner {
+            backend,
+            store,
+            me,
+            cfg,
+            origin: Instant::now(),
+            prefix,
+            top_token,
+            state: Mutex::new(State {
+                straws: HashMap::new(),
+                unclaimed: VecDeque::new(),
+                threads: Vec::new(),
+            }),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let i2 = inner.clone();
+        let events = std::thread::Builder::new()
+            .name(std::format!("straw-events-{}", inner.me.ident()))
+            .spawn(move || i2.route_events())
+            .map_err(|_| ManagerError::ShutDown)?;
+        tracing::debug!(me = %inner.me, "strawman: manager started");
+        Ok(Manager {
+            inner,
+            events: Some(events),
+        })
+    }
+
+    /// Our endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.me
+    }
+
+    /// Opens a straw to `peer` (the seed's `open/1`), waiting for the handshake (bounded by
+    /// the handshake timeout).
+    pub fn open(&self, peer: &Endpoint) -> Result<Straw<B>, ManagerError> {
+        let (tx, rx) = mpsc::channel();
+        self.inner.spawn(peer.clone(), Role::Opener, Some(tx))?;
+        let wait = self.inner.cfg.handshake.handshake_timeout
+            + self.inner.cfg.handshake.close_timeout
+            + Duration::from_secs(1);
+        match rx.recv_timeout(wait) {
+            Ok(r) => r,
+            Err(_) => Err(ManagerError::TimedOut),
+        }
+    }
+
+    /// Takes a straw a peer opened to us, waiting up to `timeout` for one.
+    pub fn accept(&self, timeout: Duration) -> Result<Straw<B>, ManagerError> {
+        let end = Instant::now() + timeout;
+        let mut st = lock(&self.inner.state);
+        loop {
+            if let Some(s) = st.unclaimed.pop_front() {
+                return Ok(s);
+            }
+            if self.inner.stop.load(Ordering::Acquire) {
+                return Err(ManagerError::ShutDown);
+            }
+            let now = Instant::now();
+            if now >= end {
+                return Err(ManagerError::TimedOut);
+            }
+            st = self
+                .inner
+                .changed
+                .wait_timeout(st, end - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Takes the not yet claimed straw `peer` opened to us (the seed's `split/1`).
+    pub fn get(&self, peer: &Endpoint) -> Result<Straw<B>, ManagerError> {
+        let mut st = lock(&self.inner.state);
+        let pos = st
+            .unclaimed
+            .iter()
+            .position(|s| s.peer() == peer)
+            .ok_or(ManagerError::NotFound)?;
+        st.unclaimed.remove(pos).ok_or(ManagerError::NotFound)
+    }
+
+    /// The peers with a straw (connected or in the handshake).
+    pub fn peers(&self) -> Vec<Endpoint> {
+        lock(&self.inner.state).straws.keys().cloned().collect()
+    }
+
+    /// The peers with a connected straw.
+    pub fn connected(&self) -> Vec<Endpoint> {
+        lock(&self.inner.state)
+            .straws
+            .iter()
+            .filter(|(_, e)| e.slot.is_live())
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Closes the straw with `peer` without draining (use [`Straw::close`] to drain first) and
+    /// waits for the close chart (bounded).
+    pub fn close(&self, peer: &Endpoint) -> Result<(), ManagerError> {
+        let sender = {
+            let st = lock(&self.inner.state);
+            st.straws
+                .get(peer)
+                .map(|e| e.input.clone())
+                .ok_or(ManagerError::NotFound)?
+        };
+        let _ = sender.send(Input::Close);
+        self.inner.wait_gone(peer, self.close_wait())
+    }
+
+    fn close_wait(&self) -> Duration {
+        self.inner.cfg.handshake.close_timeout * 2 + Duration::from_secs(1)
+    }
+
+    /// Closes every straw (the seed's `terminate(shutdown)`), removes the endpoint's nodes and
+    /// stops the manager's threads. Bounded by the close timeout.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.inner.stop.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (inputs, threads) = {
+            let mut st = lock(&self.inner.state);
+            let inputs: Vec<_> = st.straws.values().map(|e| e.input.clone()).collect();
+            // Unclaimed straws close with the manager.
+            st.unclaimed.clear();
+            (inputs, core::mem::take(&mut st.threads))
+        };
+        for i in inputs {
+            let _ = i.send(Input::Close);
+        }
+        let end = Instant::now() + self.close_wait();
+        for t in threads {
+            while !t.is_finished() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        let _ = self.inner.store.perform(&StoreOp::Unwatch {
+            path: self.inner.me.straw_top(),
+            token: self.inner.top_token.clone(),
+        });
+        for op in teardown_ops(&self.inner.me) {
+            let _ = self.inner.store.perform(&op);
+        }
+        if let Some(e) = self.events.take() {
+            let _ = e.join();
+        }
+        self.inner.changed.notify_all();
+        tracing::debug!(me = %self.inner.me, "strawman: manager stopped");
+    }
+}
+
+impl<B: Backend + Clone + Send + Sync + 'static, X: StoreClient> Drop for Manager<B, X> {
+    fn drop(&mut self) {
+        if !self.inner.stop.load(Ordering::Acquire) {
+            // Same as shutdown, without the bounds on `Self`'s methods.
+            self.inner.stop.store(true, Ordering::Release);
+            let inputs: Vec<_> = lock(&self.inner.state)
+                .straws
+                .values()
+                .map(|e| e.input.clone())
+                .collect();
+            for i in inputs {
+                let _ = i.send(Input::Close);
+            }
+            if let Some(e) = self.events.take() {
+                let _ = e.join();
+            }
+        }
+    }
+}
+
+type OpenReply<B> = mpsc::Sender<Result<Straw<B>, ManagerError>>;
+
+impl<B, X> Inner<B, X>
+where
+    B: Backend + Clone + Send + Sync + 'static,
+    B::Channel: 'static,
+    X: StoreClient,
+{
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn route_events(self: Arc<Self>) {
+        while !self.stop.load(Ordering::Acquire) {
+            let Some(ev) = self.store.next_event(Duration::from_millis(100)) else {
+                continue;
+            };
+            if ev.token == self.top_token {
+                if let Some(peer) = parse_knock(&self.me, &ev.path) {
+                    let known = lock(&self.state).straws.contains_key(&peer);
+                    if !known {
+                        tracing::debug!(me = %self.me, %peer, "strawman: knock");
+                        if let Err(e) = self.clone().spawn(peer, Role::Listener, None) {
+                            tracing::debug!(error = %e, "strawman: knock ignored");
+                        }
+                    }
+                }
+                continue;
+            }
+            let st = lock(&self.state);
+            if let Some(e) = st.straws.values().find(|e| e.token == ev.token) {
+                let _ = e.input.send(Input::Watch);
+            }
+        }
+    }
+
+    fn spawn(
+        self: &Arc<Self>,
+        peer: Endpoint,
+        role: Role,
+        reply: Option<OpenReply<B>>,
+    ) -> Result<(), ManagerError> {
+        if self.stop.load(Ordering::Acquire) {
+            return Err(ManagerError::ShutDown);
+        }
+        let now = self.now();
+        let cfg = self.cfg.handshake.clone();
+        let machine = match role {
+            Role::Opener => StrawMachine::open(cfg, self.me.clone(), peer.clone(), now),
+            Role::Listener => StrawMachine::listen(cfg, self.me.clone(), peer.clone(), now),
+        };
+        let token = std::format!("{}{}", self.prefix, machine.token());
+        let (tx, rx) = mpsc::channel();
+        let mut st = lock(&self.state);
+        if st.straws.contains_key(&peer) {
+            return Err(ManagerError::Exists);
+        }
+        st.straws.insert(
+            peer.clone(),
+            Entry {
+                token: token.clone(),
+                input: tx.clone(),
+                slot: Slot::Handshaking,
+            },
+        );
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(std::format!("straw-{}", peer.ident()))
+            .spawn(move || {
+                let mut d = Driver {
+                    inner: me,
+                    machine,
+                    token,
+                    input: rx,
+                    self_input: tx,
+                    reply,
+                    pore: None,
+                    shared: None,
+                };
+                d.run();
+            });
+        match spawned {
+            Ok(h) => {
+                st.threads.retain(|t| !t.is_finished());
+                st.threads.push(h);
+                Ok(())
+            }
+            Err(_) => {
+                st.straws.remove(&peer);
+                Err(ManagerError::ShutDown)
+            }
+        }
+    }
+
+    fn wait_gone(&self, peer: &Endpoint, timeout: Duration) -> Result<(), ManagerError> {
+        let end = Instant::now() + timeout;
+        let mut st = lock(&self.state);
+        while st.straws.contains_key(peer) {
+            let now = Instant::now();
+            if now >= end {
+                return Err(ManagerError::TimedOut);
+            }
+            st = self
+                .changed
+                .wait_timeout(st, end - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one straw's machine on its own thread.
+struct Driver<B: Backend, X: StoreClient> {
+    inner: Arc<Inner<B, X>>,
+    machine: StrawMachine,
+    token: String,
+    input: mpsc::Receiver<Input>,
+    self_input: mpsc::Sender<Input>,
+    reply: Option<OpenReply<B>>,
+    pore: Option<StrawPore<B>>,
+    shared: Option<Arc<Shared<B>>>,
+}
+
+impl<B, X> Driver<B, X>
+where
+    B: Backend + Clone + Send + Sync + 'static,
+    B::Channel: 'static,
+    X: StoreClient,
+{
+    fn run(&mut self) {
+        let peer = self.machine.peer().clone();
+        loop {
+            let now = self.inner.now();
+            let Some(action) = self.machine.poll_action(now) else {
+                let wait = self
+                    .machine
+                    .deadline()
+                    .map(|d| d.saturating_sub(now))
+                    .unwrap_or(Duration::from_millis(500))
+                    .min(Duration::from_millis(500));
+                match self.input.recv_timeout(wait) {
+                    Ok(i) => self.machine.handle(i, self.inner.now()),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        self.machine.handle(Input::Close, self.inner.now())
+                    }
+                }
+                continue;
+            };
+            match action {
+                Action::Store(op) => {
+                    let op = self.rewrite_token(op);
+                    let r = self.inner.store.perform(&op);
+                    self.machine.handle(Input::Store(r), self.inner.now());
+                }
+                Action::OpenPore(req) => {
+                    let r = self.open_pore(req);
+                    self.machine.handle(Input::PoreOpened(r), self.inner.now());
+                }
+                Action::ClosePore => {
+                    self.close_pore();
+                    self.machine.handle(Input::PoreClosed, self.inner.now());
+                }
+                Action::Connected(conn) => self.connected(conn),
+                Action::Done(result) => {
+                    self.done(&peer, result);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn rewrite_token(&self, op: StoreOp) -> StoreOp {
+        match op {
+            StoreOp::Watch { path, .. } => StoreOp::Watch {
+                path,
+                token: self.token.clone(),
+            },
+            StoreOp::Unwatch { path, .. } => StoreOp::Unwatch {
+                path,
+                token: self.token.clone(),
+            },
+            op => op,
+        }
+    }
+
+    fn open_pore(&mut self, req: PoreRequest) -> Result<PoreGrant, pore_core::ErrorKind> {
+        let backend = &self.inner.backend;
+        let r = match req {
+            PoreRequest::Active { peer, layout } => {
+                open_active(backend, peer, layout).map(|(p, g)| (p, Some(g)))
+            }
+            PoreRequest::Passive {
+                peer,
+                layout,
+                refs,
+                port,
+            } => open_passive(backend, peer, layout, &refs, port).map(|p| (p, None)),
+        };
+        match r {
+            Ok((pore, grant)) => {
+                self.pore = Some(pore);
+                Ok(grant.unwrap_or(PoreGrant {
+                    refs: Vec::new(),
+                    port: pore_core::Port(0),
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "strawman: opening the pore failed");
+                Err(match e {
+                    StrawIoError::Backend { kind, .. } => kind,
+                    StrawIoError::PeerGone => pore_core::ErrorKind::PeerGone,
+                    _ => pore_core::ErrorKind::Protocol,
+                })
+            }
+        }
+    }
+
+    fn close_pore(&mut self) {
+        if let Some(sh) = self.shared.as_ref() {
+            match self.machine.ending() {
+                Some(Ok(Closed::ByPeer)) => sh.peer_left(true),
+                Some(Err(_)) => sh.peer_left(false),
+                _ => {}
+            }
+            sh.shutdown_pore(Duration::from_millis(200));
+        }
+        // A pore opened but never handed out closes when dropped.
+        drop(self.pore.take());
+    }
+
+    fn connected(&mut self, conn: crate::handshake::Connection) {
+        let Some(pore) = self.pore.take() else {
+            tracing::warn!("strawman: connected without a pore");
+            let _ = self.self_input.send(Input::Close);
+            return;
+        };
+        let input = Mutex::new(self.self_input.clone());
+        let hook = Box::new(move || {
+            let _ = lock(&input).send(Input::Close);
+        });
+        let straw = Straw::build(
+            pore,
+            conn.peer.clone(),
+            conn.role,
+            conn.format,
+            self.inner.cfg.straw.clone(),
+            Some(hook),
+        );
+        let layout = match conn.layout {
+            Layout::Ling => "ling",
+            Layout::V2 { .. } => "v2",
+        };
+        tracing::info!(me = %self.inner.me, peer = %conn.peer, role = ?conn.role, layout, format = conn.format.as_str(), "strawman: connected");
+        self.shared = Some(straw.shared());
+        let mut st = lock(&self.inner.state);
+        if let Some(e) = st.straws.get_mut(&conn.peer) {
+            e.slot = Slot::Live(straw.shared());
+        }
+        match self.reply.take() {
+            Some(reply) => {
+                drop(st);
+                if let Err(mpsc::SendError(Ok(straw))) = reply.send(Ok(straw)) {
+                    // The caller gave up waiting: close the straw.
+                    drop(straw);
+                    let _ = self.self_input.send(Input::Close);
+                }
+            }
+            None => {
+                st.unclaimed.push_back(straw);
+                drop(st);
+                self.inner.changed.notify_all();
+            }
+        }
+    }
+
+    fn done(&mut self, peer: &Endpoint, result: Result<Closed, StrawError>) {
+        match &result {
+            Ok(c) => tracing::info!(me = %self.inner.me, %peer, how = ?c, "strawman: straw closed"),
+            Err(StrawError::Vanished) => tracing::debug!(%peer, "strawman: knock vanished"),
+            Err(e) => {
+                tracing::warn!(me = %self.inner.me, %peer, error = %e, "strawman: straw ended")
+            }
+        }
+        if let Some(sh) = self.shared.take() {
+            sh.finished(result.clone());
+        }
+        if let (Some(reply), Err(e)) = (self.reply.take(), &result) {
+            let _ = reply.send(Err(ManagerError::Straw(e.clone())));
+        }
+        let mut st = lock(&self.inner.state);
+        st.straws.remove(peer);
+        st.unclaimed.retain(|s| s.peer() != peer);
+        drop(st);
+        self.inner.changed.notify_all();
+    }
+}
+
+impl<B: Backend> Slot<B> {
+    fn is_live(&self) -> bool {
+        matches!(self, Slot::Live(sh) if !sh.is_finished())
+    }
+}

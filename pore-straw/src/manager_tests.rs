@@ -1,0 +1,313 @@
+//! The manager over pore-core's loopback backend and the in-memory store (threads).
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pore_core::loopback::{Loopback, LoopbackDomain};
+use pore_core::DomId;
+
+use crate::handshake::{Config, StrawError};
+use crate::manager::{Manager, ManagerConfig, ManagerError, StoreClient, WatchEvent};
+use crate::ops::{StoreError, StoreOp, StoreReply};
+use crate::straw::{StrawConfig, StrawIoError};
+use crate::testkit::{Ownership, Store};
+use crate::{Endpoint, Format, Layout};
+
+#[derive(Clone)]
+struct Xs {
+    shared: Arc<(Mutex<Store>, Condvar)>,
+    dom: DomId,
+}
+
+impl Xs {
+    fn world() -> Arc<(Mutex<Store>, Condvar)> {
+        Arc::new((Mutex::new(Store::new(Ownership::Creator)), Condvar::new()))
+    }
+
+    fn new(shared: &Arc<(Mutex<Store>, Condvar)>, dom: u16) -> Self {
+        shared.0.lock().unwrap().add_domain(dom);
+        Xs {
+            shared: shared.clone(),
+            dom: DomId(dom),
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        self.shared.0.lock().unwrap().get(path).map(str::to_string)
+    }
+}
+
+impl StoreClient for Xs {
+    fn perform(&self, op: &StoreOp) -> Result<StoreReply, StoreError> {
+        let mut st = self.shared.0.lock().unwrap();
+        let r = st.perform(self.dom, op);
+        self.shared.1.notify_all();
+        r
+    }
+
+    fn next_event(&self, timeout: Duration) -> Option<WatchEvent> {
+        let end = Instant::now() + timeout;
+        let mut st = self.shared.0.lock().unwrap();
+        loop {
+            if let Some(i) = st.events.iter().position(|e| e.0 == self.dom) {
+                let (_, path, token) = st.events.remove(i);
+                return Some(WatchEvent { path, token });
+            }
+            let now = Instant::now();
+            if now >= end {
+                return None;
+            }
+            st = self.shared.1.wait_timeout(st, end - now).unwrap().0;
+        }
+    }
+}
+
+type Mgr = Manager<LoopbackDomain, Xs>;
+
+fn cfg(format: Format) -> ManagerConfig {
+    ManagerConfig {
+        handshake: Config {
+            // The loopback maps whole grants only, so v2's control-page-first mapping is out.
+            v2_pages: None,
+            handshake_timeout: Duration::from_secs(2),
+            close_timeout: Duration::from_secs(1),
+            format,
+            ..Config::default()
+        },
+        straw: StrawConfig {
+            io_timeout: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(1),
+            ..StrawConfig::default()
+        },
+    }
+}
+
+fn manager(xen: &Loopback, world: &Arc<(Mutex<Store>, Condvar)>, dom: u16) -> (Mgr, Xs) {
+    let xs = Xs::new(world, dom);
+    let m = Manager::start(
+        xen.domain(DomId(dom)),
+        xs.clone(),
+        Endpoint::seed(DomId(dom)),
+        cfg(Format::Raw),
+    )
+    .unwrap();
+    (m, xs)
+}
+
+#[test]
+fn open_accept_talk_and_close() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let (m1, xs) = manager(&xen, &world, 1);
+    let (m2, _) = manager(&xen, &world, 2);
+    let peer2 = Endpoint::seed(DomId(2));
+    let s1 = m1.open(&peer2).unwrap();
+    let s2 = m2.accept(Duration::from_secs(2)).unwrap();
+    assert_eq!(s1.layout(), Layout::Ling);
+    assert_eq!(s1.format(), Format::Raw);
+    assert_eq!(s2.peer(), &Endpoint::seed(DomId(1)));
+    assert_eq!(m1.connected(), vec![peer2.clone()]);
+    for i in 0..100u32 {
+        s1.sender()
+            .send(Bytes::from(i.to_be_bytes().to_vec()))
+            .unwrap();
+    }
+    for i in 0..100u32 {
+        assert_eq!(s2.receiver().recv().unwrap(), &i.to_be_bytes()[..]);
+    }
+    s2.sender().send(Bytes::from_static(b"back")).unwrap();
+    assert_eq!(s1.receiver().recv().unwrap(), "back");
+    let (tx1, rx1) = s1.split();
+    tx1.close().unwrap();
+    // The listener sees the end of the stream, and both managers forget the straw.
+    assert_eq!(
+        s2.receiver().recv_timeout(Duration::from_secs(2)),
+        Err(StrawIoError::Eof)
+    );
+    assert_eq!(rx1.try_recv(), Err(StrawIoError::Closed));
+    let end = Instant::now() + Duration::from_secs(2);
+    while (!m1.peers().is_empty() || !m2.peers().is_empty()) && Instant::now() < end {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(m1.peers().is_empty() && m2.peers().is_empty());
+    assert_eq!(xs.get("/local/domain/1/data/warts/2"), None);
+    assert_eq!(xs.get("/local/domain/2/data/straw/1"), None);
+    drop((s2, rx1));
+    m1.shutdown();
+    m2.shutdown();
+    let o = xen.outstanding();
+    assert_eq!((o.grants, o.mappings, o.ports), (0, 0, 0), "{o:?}");
+    assert_eq!(xs.get("/local/domain/1/data/straw"), None);
+}
+
+#[test]
+fn errors_are_clear() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let (m1, _) = manager(&xen, &world, 1);
+    let (m2, _) = manager(&xen, &world, 2);
+    let peer2 = Endpoint::seed(DomId(2));
+    let _s1 = m1.open(&peer2).unwrap();
+    assert_eq!(m1.open(&peer2).unwrap_err(), ManagerError::Exists);
+    assert_eq!(
+        m1.open(&Endpoint::seed(DomId(77))).unwrap_err(),
+        ManagerError::Straw(StrawError::PeerNotFound)
+    );
+    assert_eq!(
+        m2.get(&Endpoint::seed(DomId(5))).unwrap_err(),
+        ManagerError::NotFound
+    );
+    // The listener's side may still be finishing its last step.
+    let end = Instant::now() + Duration::from_secs(1);
+    let mut got = m2.get(&Endpoint::seed(DomId(1)));
+    while got.is_err() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(5));
+        got = m2.get(&Endpoint::seed(DomId(1)));
+    }
+    assert!(got.is_ok());
+    assert_eq!(
+        m2.accept(Duration::from_millis(20)).unwrap_err(),
+        ManagerError::TimedOut
+    );
+}
+
+#[test]
+fn a_dead_peer_does_not_stall_others_and_times_out() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let (m1, _) = manager(&xen, &world, 1);
+    let (m2, _) = manager(&xen, &world, 2);
+    // Domain 3 set up its directories, then hung (no manager runs).
+    let xs3 = Xs::new(&world, 3);
+    for op in crate::handshake::setup_ops(&Endpoint::seed(DomId(3))) {
+        xs3.perform(&op).unwrap();
+    }
+    let m1 = Arc::new(m1);
+    let m1b = m1.clone();
+    let hung = thread::spawn(move || {
+        let t = Instant::now();
+        (m1b.open(&Endpoint::seed(DomId(3))).map(|_| ()), t.elapsed())
+    });
+    thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    let s = m1.open(&Endpoint::seed(DomId(2))).unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "stalled: {:?}",
+        t.elapsed()
+    );
+    let (r, took) = hung.join().unwrap();
+    assert_eq!(
+        r,
+        Err(ManagerError::Straw(StrawError::Timeout(
+            crate::handshake::Stage::Handshake
+        )))
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    drop(s);
+    drop(m2);
+}
+
+#[test]
+fn peer_death_is_noticed_within_a_second_and_forgotten() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let (m1, xs) = manager(&xen, &world, 1);
+    let (m2, _) = manager(&xen, &world, 2);
+    let peer2 = Endpoint::seed(DomId(2));
+    let s1 = m1.open(&peer2).unwrap();
+    let s2 = m2.accept(Duration::from_secs(2)).unwrap();
+    let reader = thread::spawn(move || {
+        let t = Instant::now();
+        let r = s1.receiver().recv_timeout(Duration::from_secs(10));
+        (r, t.elapsed())
+    });
+    thread::sleep(Duration::from_millis(100));
+    // Domain 2 dies: the toolstack removes its tree; its pores go with it.
+    let t = Instant::now();
+    std::mem::forget(m2); // the dead domain's manager never runs again
+    world.0.lock().unwrap().remove_domain(2);
+    world.1.notify_all();
+    drop(s2);
+    let (r, _) = reader.join().unwrap();
+    assert!(matches!(r, Err(StrawIoError::PeerGone)), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let end = Instant::now() + Duration::from_secs(2);
+    while !m1.peers().is_empty() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(m1.peers().is_empty());
+    assert_eq!(xs.get("/local/domain/1/data/warts/2"), None);
+}
+
+#[test]
+fn many_straws_at_once_and_shutdown_closes_them() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let (m1, _) = manager(&xen, &world, 1);
+    let m1 = Arc::new(m1);
+    let others: Vec<(Mgr, Xs)> = (2..8).map(|d| manager(&xen, &world, d)).collect();
+    let openers: Vec<_> = (2..8u16)
+        .map(|d| {
+            let m = m1.clone();
+            thread::spawn(move || m.open(&Endpoint::seed(DomId(d))).unwrap())
+        })
+        .collect();
+    let mine: Vec<_> = openers.into_iter().map(|t| t.join().unwrap()).collect();
+    let theirs: Vec<_> = others
+        .iter()
+        .map(|(m, _)| m.accept(Duration::from_secs(2)).unwrap())
+        .collect();
+    for (s, t) in mine.iter().zip(&theirs) {
+        s.sender().send(Bytes::from_static(b"ping")).unwrap();
+        assert_eq!(t.receiver().recv().unwrap(), "ping");
+    }
+    // Shutting down domain 1's manager closes every straw: the peers see the end.
+    let m1 = Arc::try_unwrap(m1).unwrap();
+    m1.shutdown();
+    for t in &theirs {
+        let r = t.receiver().recv_timeout(Duration::from_secs(3));
+        assert!(
+            matches!(r, Err(StrawIoError::Eof | StrawIoError::PeerGone)),
+            "{r:?}"
+        );
+    }
+    assert!(mine.iter().all(|s| s.sender().send(Bytes::new()).is_err()));
+}
+
+#[test]
+fn json_between_managers() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let xs1 = Xs::new(&world, 1);
+    let xs2 = Xs::new(&world, 2);
+    let m1 = Manager::start(
+        xen.domain(DomId(1)),
+        xs1,
+        Endpoint::seed(DomId(1)),
+        cfg(Format::Json),
+    )
+    .unwrap();
+    let m2 = Manager::start(
+        xen.domain(DomId(2)),
+        xs2,
+        Endpoint::seed(DomId(2)),
+        cfg(Format::Raw),
+    )
+    .unwrap();
+    let s1 = m1.open(&Endpoint::seed(DomId(2))).unwrap();
+    let s2 = m2.accept(Duration::from_secs(2)).unwrap();
+    // Different formats: both sides use JSON, as the seed does.
+    assert_eq!((s1.format(), s2.format()), (Format::Json, Format::Json));
+    let inbox = s2.mailbox("shell");
+    s1.sender()
+        .send_to("shell", &serde_json::json!({"cmd": "ls"}))
+        .unwrap();
+    assert_eq!(s2.receiver().dispatch(Duration::from_secs(2)).unwrap(), 1);
+    assert_eq!(inbox.try_recv(), Some(serde_json::json!({"cmd": "ls"})));
+}
