@@ -9,10 +9,12 @@
 //!   allocates. Error replies are kept by name ([`ErrorName`]), unknown names included.
 //! * [`core`]: the sans-IO client state machine (D10): request ids, out-of-order
 //!   replies, watch events, the cap on open transactions (D12).
-//! * [`ring`]: the guest side of the xenstore shared ring, over an accessor trait.
+//! * [`ring`]: a minimal accessor-trait view of the xenstore page (offsets, both
+//!   indices); the client's ring transport uses `pore_ring::xenstore` instead.
 //! * With the `std` feature (default): a multiplexed, thread-safe [`Client`] (every
 //!   request has a timeout, 5 s by default, D9), and its transports: unix socket,
-//!   the Linux `/dev/xen/xenbus` device, and the shared ring.
+//!   the Linux `/dev/xen/xenbus` device, and the shared ring page (`pore_ring::xenstore`)
+//!   over any pore-core backend.
 //!
 //! ```no_run
 //! # #[cfg(feature = "std")] {
