@@ -168,6 +168,12 @@ impl XenbusTransport {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         Ok(Self { file })
     }
+
+    /// Wraps an already open device (or anything that behaves like it: whole packets
+    /// per write, pollable for reading).
+    pub fn from_file(file: File) -> Self {
+        Self { file }
+    }
 }
 
 fn poll_in(fd: &impl AsFd, timeout: Duration) -> io::Result<bool> {

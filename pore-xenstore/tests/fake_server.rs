@@ -213,3 +213,42 @@ fn open_transactions_are_capped() {
         drop(t2);
     });
 }
+
+#[test]
+fn xenbus_device_gets_whole_packets_within_4080_bytes() {
+    use pore_xenstore::transport::XenbusTransport;
+    use std::os::fd::OwnedFd;
+    let (a, b) = UnixStream::pair().unwrap();
+    let file = std::fs::File::from(OwnedFd::from(a));
+    let c = Client::with_transport(
+        Box::new(XenbusTransport::from_file(file)),
+        Config {
+            timeout: Duration::from_secs(5),
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    std::thread::scope(|sc| {
+        sc.spawn(move || {
+            let mut srv = Server::new(b);
+            let m = srv.recv();
+            assert_eq!(m.payload.len(), 4080, "the largest packet the device takes");
+            srv.send(MsgType::Write, m.req_id, 0, b"OK\0");
+            let m = srv.recv();
+            srv.send(MsgType::Read, m.req_id, 0, b"v");
+        });
+        let v = vec![b'v'; 4080 - 3];
+        c.write("/a", &v).unwrap();
+        // one byte more does not fit the device's buffer: refused before sending
+        let v = vec![b'v'; 4080 - 2];
+        let e = c.write("/a", &v).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Codec(pore_xenstore::CodecError::PayloadTooLarge { max: 4080, .. })
+            ),
+            "{e:?}"
+        );
+        assert_eq!(c.read("/a").unwrap(), b"v");
+    });
+}
