@@ -286,9 +286,8 @@ impl Client {
         if let Err(e) = lock(&self.writer).write_message(&buf, deadline) {
             let mut st = lock(&self.state);
             st.core.cancel(req_id);
-            if e.kind() != std::io::ErrorKind::TimedOut {
-                st.closed = true;
-            }
+            // Part of the message may be on the wire: the stream cannot be trusted any more.
+            st.closed = true;
             self.cv.notify_all();
             return Err(Error::Io(e));
         }
