@@ -24,6 +24,8 @@ pub mod ops;
 pub mod parse;
 #[cfg(feature = "std")]
 pub mod straw;
+#[cfg(feature = "xenstore")]
+pub mod xenstore;
 
 pub use endpoint::{Endpoint, Name, StrawPaths};
 pub use handshake::{Action, Config, Connection, Input, Layout, Role, StrawError, StrawMachine};
