@@ -1,1 +1,224 @@
-//! Shared helpers for the pore benches (see `benches/`).
+//! Shared helpers for the pore benches (see `benches/`): a fixed-window two-thread streaming
+//! harness, thread pinning, a frame parser for the rings that do not frame by themselves, and
+//! table printing.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+/// Pins the calling thread to `cpu` (best effort: ignored if the CPU does not exist).
+pub fn pin(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    let _ = rustix::thread::sched_setaffinity(None, &set);
+}
+
+/// Number of CPUs we may run on.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The sending half of a contender.
+pub trait Tx: Send {
+    /// Tries to move (the rest of) `frame` (4-byte big-endian length + payload) into the ring;
+    /// `true` once the whole frame is in. `payload` is `frame[4..]`, for contenders that frame
+    /// by themselves.
+    fn try_send(&mut self, frame: &[u8], payload: &[u8]) -> bool;
+    /// Publishes anything staged.
+    fn flush(&mut self) {}
+}
+
+/// The receiving half of a contender.
+pub trait Rx: Send {
+    /// Tries to complete the next frame into `buf`; `true` when one completed.
+    fn try_recv(&mut self, buf: &mut [u8]) -> bool;
+    /// Releases anything read but not released.
+    fn flush(&mut self) {}
+}
+
+/// One measurement: messages moved in `secs`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// Messages received.
+    pub msgs: u64,
+    /// Seconds from start to the consumer's last message.
+    pub secs: f64,
+}
+
+impl Sample {
+    /// Messages per second.
+    pub fn rate(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.msgs as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Streams frames of `size` payload bytes from `tx` (this thread, CPU 0) to `rx` (a thread on
+/// CPU 1) for `window`, and measures.
+pub fn stream(tx: &mut dyn Tx, rx: &mut dyn Rx, size: usize, window: Duration) -> Sample {
+    let mut frame = vec![0xabu8; 4 + size];
+    frame[..4].copy_from_slice(&(size as u32).to_be_bytes());
+    let stop = AtomicBool::new(false);
+    let sent = AtomicU64::new(u64::MAX);
+    let barrier = Barrier::new(2);
+    let cpus = cpus();
+    std::thread::scope(|s| {
+        let (stop, sent, barrier) = (&stop, &sent, &barrier);
+        let consumer = s.spawn(move || {
+            if cpus > 1 {
+                pin(1);
+            }
+            let mut buf = vec![0u8; size.max(1)];
+            barrier.wait();
+            let start = Instant::now();
+            let mut got = 0u64;
+            let mut idle = 0u32;
+            loop {
+                if rx.try_recv(&mut buf) {
+                    got += 1;
+                    idle = 0;
+                    if got & 63 != 0 {
+                        continue;
+                    }
+                } else {
+                    rx.flush();
+                    backoff(&mut idle);
+                }
+                if got == sent.load(Ordering::Acquire) {
+                    break;
+                }
+            }
+            rx.flush();
+            Sample {
+                msgs: got,
+                secs: start.elapsed().as_secs_f64(),
+            }
+        });
+        pin(0);
+        barrier.wait();
+        let payload_start = 4;
+        let mut n = 0u64;
+        let mut idle = 0u32;
+        let end = Instant::now() + window;
+        loop {
+            if tx.try_send(&frame, &frame[payload_start..]) {
+                n += 1;
+                idle = 0;
+                if n & 63 == 0 && (stop.load(Ordering::Relaxed) || Instant::now() >= end) {
+                    break;
+                }
+            } else {
+                tx.flush();
+                backoff(&mut idle);
+                if idle == 0 && Instant::now() >= end + Duration::from_secs(5) {
+                    panic!("stalled");
+                }
+            }
+        }
+        tx.flush();
+        sent.store(n, Ordering::Release);
+        stop.store(true, Ordering::Relaxed);
+        consumer.join().expect("consumer")
+    })
+}
+
+/// Busy-poll back-off shared by every contender: spin, and after many empty polls yield the
+/// CPU (the machine may be shared; a spinning thread must not starve its peer).
+#[inline]
+fn backoff(idle: &mut u32) {
+    *idle += 1;
+    if *idle >= 4096 {
+        *idle = 0;
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
+}
+
+/// Incremental parser of length-prefixed frames over a ring's readable bytes given as two
+/// slices (the contiguous part and the wrapped part).
+#[derive(Debug, Default)]
+pub struct FrameParse {
+    hdr: [u8; 4],
+    hdr_got: usize,
+    len: usize,
+    body_got: usize,
+}
+
+fn copy_out(a: &[u8], b: &[u8], from: usize, dst: &mut [u8]) {
+    let n = dst.len();
+    if from + n <= a.len() {
+        dst.copy_from_slice(&a[from..from + n]);
+    } else if from >= a.len() {
+        let f = from - a.len();
+        dst.copy_from_slice(&b[f..f + n]);
+    } else {
+        let k = a.len() - from;
+        dst[..k].copy_from_slice(&a[from..]);
+        dst[k..].copy_from_slice(&b[..n - k]);
+    }
+}
+
+impl FrameParse {
+    /// Consumes what it can of one frame from `a ++ b` into `buf`; returns (bytes consumed,
+    /// frame completed).
+    pub fn feed(&mut self, a: &[u8], b: &[u8], buf: &mut [u8]) -> (usize, bool) {
+        let total = a.len() + b.len();
+        let mut used = 0;
+        if self.hdr_got < 4 {
+            let k = (4 - self.hdr_got).min(total);
+            copy_out(a, b, 0, &mut self.hdr[self.hdr_got..self.hdr_got + k]);
+            used += k;
+            self.hdr_got += k;
+            if self.hdr_got < 4 {
+                return (used, false);
+            }
+            self.len = u32::from_be_bytes(self.hdr) as usize;
+            self.body_got = 0;
+        }
+        let k = (self.len - self.body_got).min(total - used);
+        copy_out(a, b, used, &mut buf[self.body_got..self.body_got + k]);
+        used += k;
+        self.body_got += k;
+        if self.body_got == self.len {
+            self.hdr_got = 0;
+            (used, true)
+        } else {
+            (used, false)
+        }
+    }
+}
+
+/// Median of the rates of `samples` (messages per second).
+pub fn median_rate(samples: &mut [f64]) -> f64 {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    if samples.is_empty() {
+        0.0
+    } else {
+        samples[samples.len() / 2]
+    }
+}
+
+/// Formats a rate as "M msg/s · GB/s" for `size`-byte payloads.
+pub fn cell(rate: f64, size: usize) -> String {
+    format!("{:.2} · {:.2}", rate / 1e6, rate * size as f64 / 1e9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_across_slices() {
+        let mut p = FrameParse::default();
+        let mut buf = [0u8; 8];
+        let bytes = [0u8, 0, 0, 3, 7, 8, 9, 0, 0];
+        assert_eq!(p.feed(&bytes[..2], &bytes[2..5], &mut buf), (5, false));
+        assert_eq!(p.feed(&bytes[5..6], &bytes[6..7], &mut buf), (2, true));
+        assert_eq!(&buf[..3], &[7, 8, 9]);
+        assert_eq!(p.feed(&bytes[7..], &[], &mut buf), (2, false));
+    }
+}

@@ -1,0 +1,646 @@
+//! Cross-thread streaming of length-prefixed frames: our v2 ring (per message and batched) and
+//! LING ring against rtrb, ringbuf, bbqueue and crossbeam-channel, in the same run; events per
+//! message with suppression; blocking mode against busy-polling.
+//!
+//! A custom `harness = false` main: each cell is the median of `PORE_BENCH_ROUNDS` windows of
+//! `PORE_BENCH_WINDOW_MS`, contenders interleaved round by round; producer pinned to CPU 0,
+//! consumer to CPU 1. Prints markdown tables with ratios. `cargo bench -p pore-benches --bench
+//! rings` (add `-- --quick` for very short windows).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bbqueue::BBBuffer;
+use pore_benches::{cell, median_rate, stream, FrameParse, Rx, Tx};
+use pore_core::loopback::{Loopback, LoopbackChannel};
+use pore_core::{
+    DomId, EventChannel, Events, GrantRef, Grants, Interest, SharedMemory, SharedView,
+};
+use pore_ring::frame::{FrameReader, FrameWriter, Progress, Received};
+use pore_ring::ling::LingRing;
+use pore_ring::v2::{V2Geometry, V2Ring};
+use pore_ring::wait::{StdClock, Waiter};
+use pore_ring::{RingReader, RingWriter};
+use ringbuf::traits::{Consumer as _, Producer as _, Split as _};
+
+const SIZES: [usize; 4] = [16, 256, 4096, 65536];
+const CAPS: [usize; 2] = [32 * 1024, 1024 * 1024];
+const BATCH: usize = 64;
+
+// ---- our rings -------------------------------------------------------------------------------
+
+struct OurTx<W: RingWriter + Send> {
+    w: W,
+    fw: FrameWriter,
+    batch: usize,
+    staged: usize,
+    events: Option<(&'static LoopbackChannel, &'static AtomicU64)>,
+}
+
+impl<W: RingWriter + Send> OurTx<W> {
+    fn new(w: W, batch: usize) -> Self {
+        OurTx {
+            w,
+            fw: FrameWriter::new(usize::MAX),
+            batch,
+            staged: 0,
+            events: None,
+        }
+    }
+    fn commit(&mut self) {
+        self.w.commit().expect("commit");
+        self.staged = 0;
+        if self.w.take_notify() {
+            if let Some((chan, count)) = self.events {
+                count.fetch_add(1, Ordering::Relaxed);
+                chan.notify().expect("notify");
+            }
+        }
+    }
+}
+
+impl<W: RingWriter + Send> Tx for OurTx<W> {
+    #[inline]
+    fn try_send(&mut self, _frame: &[u8], payload: &[u8]) -> bool {
+        match self.fw.send_deferred(&mut self.w, payload).expect("send") {
+            Progress::Done => {
+                self.staged += 1;
+                if self.staged >= self.batch {
+                    self.commit();
+                }
+                true
+            }
+            Progress::Pending => {
+                self.commit();
+                false
+            }
+        }
+    }
+    fn flush(&mut self) {
+        self.commit();
+    }
+}
+
+struct OurRx<R: RingReader + Send> {
+    r: R,
+    fr: FrameReader,
+    batch: usize,
+    unreleased: usize,
+    events: Option<(&'static LoopbackChannel, &'static AtomicU64)>,
+}
+
+impl<R: RingReader + Send> OurRx<R> {
+    fn new(r: R, batch: usize) -> Self {
+        OurRx {
+            r,
+            fr: FrameReader::new(1 << 20),
+            batch,
+            unreleased: 0,
+            events: None,
+        }
+    }
+    fn release(&mut self) {
+        self.r.release().expect("release");
+        self.unreleased = 0;
+        if self.r.take_notify() {
+            if let Some((chan, count)) = self.events {
+                count.fetch_add(1, Ordering::Relaxed);
+                chan.notify().expect("notify");
+            }
+        }
+    }
+}
+
+impl<R: RingReader + Send> Rx for OurRx<R> {
+    #[inline]
+    fn try_recv(&mut self, buf: &mut [u8]) -> bool {
+        match self.fr.recv_deferred(&mut self.r, buf).expect("recv") {
+            Some(Received::Frame(_)) => {
+                self.unreleased += 1;
+                if self.unreleased >= self.batch {
+                    self.release();
+                }
+                true
+            }
+            Some(Received::Skipped(_)) => unreachable!(),
+            None => {
+                self.release();
+                false
+            }
+        }
+    }
+    fn flush(&mut self) {
+        self.release();
+    }
+}
+
+// ---- contenders ------------------------------------------------------------------------------
+
+struct RtrbTx(rtrb::Producer<u8>, usize);
+impl Tx for RtrbTx {
+    #[inline]
+    fn try_send(&mut self, frame: &[u8], _: &[u8]) -> bool {
+        let (pushed, _) = self.0.push_partial_slice(&frame[self.1..]);
+        self.1 += pushed.len();
+        if self.1 == frame.len() {
+            self.1 = 0;
+            true
+        } else {
+            false
+        }
+    }
+}
+struct RtrbRx(rtrb::Consumer<u8>, FrameParse);
+impl Rx for RtrbRx {
+    #[inline]
+    fn try_recv(&mut self, buf: &mut [u8]) -> bool {
+        let slots = self.0.slots();
+        if slots == 0 {
+            return false;
+        }
+        let chunk = self.0.read_chunk(slots).expect("slots");
+        let (a, b) = chunk.as_slices();
+        let (n, done) = self.1.feed(a, b, buf);
+        chunk.commit(n);
+        done
+    }
+}
+
+struct RingbufTx(ringbuf::HeapProd<u8>, usize);
+impl Tx for RingbufTx {
+    #[inline]
+    fn try_send(&mut self, frame: &[u8], _: &[u8]) -> bool {
+        self.1 += self.0.push_slice(&frame[self.1..]);
+        if self.1 == frame.len() {
+            self.1 = 0;
+            true
+        } else {
+            false
+        }
+    }
+}
+struct RingbufRx(ringbuf::HeapCons<u8>, FrameParse);
+impl Rx for RingbufRx {
+    #[inline]
+    fn try_recv(&mut self, buf: &mut [u8]) -> bool {
+        let (n, done) = {
+            let (a, b) = self.0.as_slices();
+            if a.is_empty() {
+                return false;
+            }
+            self.1.feed(a, b, buf)
+        };
+        self.0.skip(n);
+        done
+    }
+}
+
+struct BbqTx<const N: usize>(bbqueue::Producer<'static, N>, usize);
+impl<const N: usize> Tx for BbqTx<N> {
+    #[inline]
+    fn try_send(&mut self, frame: &[u8], _: &[u8]) -> bool {
+        let rest = &frame[self.1..];
+        if let Ok(mut g) = self.0.grant_max_remaining(rest.len()) {
+            let k = g.buf().len().min(rest.len());
+            g.buf()[..k].copy_from_slice(&rest[..k]);
+            g.commit(k);
+            self.1 += k;
+        }
+        if self.1 == frame.len() {
+            self.1 = 0;
+            true
+        } else {
+            false
+        }
+    }
+}
+struct BbqRx<const N: usize>(bbqueue::Consumer<'static, N>, FrameParse);
+impl<const N: usize> Rx for BbqRx<N> {
+    #[inline]
+    fn try_recv(&mut self, buf: &mut [u8]) -> bool {
+        match self.0.split_read() {
+            Ok(g) => {
+                let (a, b) = g.bufs();
+                let (n, done) = self.1.feed(a, b, buf);
+                g.release(n);
+                done
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+struct CbTx(crossbeam_channel::Sender<Vec<u8>>, Option<Vec<u8>>);
+impl Tx for CbTx {
+    #[inline]
+    fn try_send(&mut self, _: &[u8], payload: &[u8]) -> bool {
+        let msg = self.1.take().unwrap_or_else(|| payload.to_vec());
+        match self.0.try_send(msg) {
+            Ok(()) => true,
+            Err(e) => {
+                self.1 = Some(e.into_inner());
+                false
+            }
+        }
+    }
+}
+struct CbRx(crossbeam_channel::Receiver<Vec<u8>>);
+impl Rx for CbRx {
+    #[inline]
+    fn try_recv(&mut self, _buf: &mut [u8]) -> bool {
+        self.0.try_recv().is_ok()
+    }
+}
+
+// ---- running ---------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Who {
+    V2,
+    V2Batched,
+    V2At16K,
+    Ling,
+    Rtrb,
+    Ringbuf,
+    Bbqueue,
+    Crossbeam,
+    Memcpy,
+}
+
+impl Who {
+    fn name(self) -> &'static str {
+        match self {
+            Who::V2 => "pore v2, index per message",
+            Who::V2Batched => "pore v2, batched (64 frames/commit)",
+            Who::V2At16K => "pore v2 at 16 KiB, per message",
+            Who::Ling => "pore LING (16 376 B), per message",
+            Who::Rtrb => "rtrb 0.3 (chunk/slice API)",
+            Who::Ringbuf => "ringbuf 0.4",
+            Who::Bbqueue => "bbqueue 0.5",
+            Who::Crossbeam => "crossbeam-channel 0.5, Vec<u8>",
+            Who::Memcpy => "memcpy, one thread (limit)",
+        }
+    }
+}
+
+fn loopback_pages(pages: usize) -> pore_core::loopback::LoopbackGrant {
+    Loopback::new()
+        .domain(DomId(1))
+        .grant(DomId(2), pages)
+        .expect("grant")
+}
+
+fn v2_pair(
+    view: SharedView<'_>,
+    geo: V2Geometry,
+) -> (V2Ring<SharedView<'_>>, V2Ring<SharedView<'_>>) {
+    let refs: Vec<GrantRef> = (0..geo.data_pages() as u32).map(GrantRef).collect();
+    let a = V2Ring::create(view, geo, &refs).expect("create");
+    let p = V2Ring::attach(view).expect("attach");
+    (a, p)
+}
+
+fn leak_bbq<const N: usize>() -> (BbqTx<N>, BbqRx<N>) {
+    let bb: &'static BBBuffer<N> = Box::leak(Box::new(BBBuffer::new()));
+    let (p, c) = bb.try_split().expect("split");
+    (BbqTx(p, 0), BbqRx(c, FrameParse::default()))
+}
+
+fn memcpy_rate(size: usize, cap: usize, window: Duration) -> f64 {
+    let src = vec![1u8; cap.max(size)];
+    let mut dst = vec![0u8; cap.max(size)];
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    let mut off = 0;
+    while start.elapsed() < window {
+        for _ in 0..64 {
+            if off + size > cap.max(size) {
+                off = 0;
+            }
+            dst[off..off + size].copy_from_slice(&src[off..off + size]);
+            std::hint::black_box(&mut dst);
+            off += size;
+            n += 1;
+        }
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn run(who: Who, size: usize, cap: usize, window: Duration) -> f64 {
+    match who {
+        Who::V2 | Who::V2Batched | Who::V2At16K => {
+            let cap = if who == Who::V2At16K { 16384 } else { cap };
+            let geo = V2Geometry::symmetric_bytes(cap).expect("geometry");
+            let pages = loopback_pages(geo.pages());
+            let (a, p) = v2_pair(pages.view(), geo);
+            let batch = if who == Who::V2Batched { BATCH } else { 1 };
+            let mut tx = OurTx::new(a.split().0, batch);
+            let mut rx = OurRx::new(p.split().1, batch);
+            stream(&mut tx, &mut rx, size, window).rate()
+        }
+        Who::Ling => {
+            let pages = loopback_pages(8);
+            let a = LingRing::active(pages.view()).expect("ling");
+            let p = LingRing::passive(pages.view()).expect("ling");
+            let mut tx = OurTx::new(a.split().0, 1);
+            let mut rx = OurRx::new(p.split().1, 1);
+            stream(&mut tx, &mut rx, size, window).rate()
+        }
+        Who::Rtrb => {
+            let (p, c) = rtrb::RingBuffer::new(cap);
+            stream(
+                &mut RtrbTx(p, 0),
+                &mut RtrbRx(c, FrameParse::default()),
+                size,
+                window,
+            )
+            .rate()
+        }
+        Who::Ringbuf => {
+            let (p, c) = ringbuf::HeapRb::<u8>::new(cap).split();
+            stream(
+                &mut RingbufTx(p, 0),
+                &mut RingbufRx(c, FrameParse::default()),
+                size,
+                window,
+            )
+            .rate()
+        }
+        Who::Bbqueue => {
+            if cap == 32 * 1024 {
+                let (mut t, mut r) = leak_bbq::<{ 32 * 1024 }>();
+                stream(&mut t, &mut r, size, window).rate()
+            } else {
+                let (mut t, mut r) = leak_bbq::<{ 1024 * 1024 }>();
+                stream(&mut t, &mut r, size, window).rate()
+            }
+        }
+        Who::Crossbeam => {
+            let slots = (cap / (size + 4)).max(1);
+            let (s, r) = crossbeam_channel::bounded(slots);
+            stream(&mut CbTx(s, None), &mut CbRx(r), size, window).rate()
+        }
+        Who::Memcpy => memcpy_rate(size, cap, window),
+    }
+}
+
+/// Blocking streaming over v2 with loopback event channels: returns (msgs/s, events/msg).
+fn blocking(size: usize, cap: usize, spin: Duration, window: Duration) -> (f64, f64) {
+    let xen = Loopback::new();
+    let (d1, d2) = (xen.domain(DomId(1)), xen.domain(DomId(2)));
+    let c1: &'static LoopbackChannel =
+        Box::leak(Box::new(d1.alloc_unbound(DomId(2)).expect("port")));
+    let c2: &'static LoopbackChannel = Box::leak(Box::new(
+        d2.bind_interdomain(DomId(1), c1.port()).expect("bind"),
+    ));
+    let events: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+    let geo = V2Geometry::symmetric_bytes(cap).expect("geometry");
+    let pages = d1.grant(DomId(2), geo.pages()).expect("grant");
+    let (a, p) = v2_pair(pages.view(), geo);
+    let mut tx = Blocking {
+        inner: OurTx::new(a.split().0, 1),
+        chan: c1,
+        waiter: Waiter::new(StdClock::new(), spin),
+    };
+    tx.inner.events = Some((c1, events));
+    let mut rx = BlockingRx {
+        inner: OurRx::new(p.split().1, 1),
+        chan: c2,
+        waiter: Waiter::new(StdClock::new(), spin),
+    };
+    rx.inner.events = Some((c2, events));
+    let s = stream(&mut tx, &mut rx, size, window);
+    (
+        s.rate(),
+        events.load(Ordering::Relaxed) as f64 / s.msgs.max(1) as f64,
+    )
+}
+
+struct Blocking<W: RingWriter + Send + pore_core::SharedRing> {
+    inner: OurTx<W>,
+    chan: &'static LoopbackChannel,
+    waiter: Waiter<StdClock>,
+}
+impl<W: RingWriter + Send + pore_core::SharedRing> Tx for Blocking<W> {
+    fn try_send(&mut self, frame: &[u8], payload: &[u8]) -> bool {
+        if self.inner.try_send(frame, payload) {
+            return true;
+        }
+        let _ = self.waiter.wait(
+            &mut self.inner.w,
+            self.chan,
+            Interest::Writable,
+            Duration::from_millis(100),
+        );
+        false
+    }
+    fn flush(&mut self) {
+        self.inner.flush();
+    }
+}
+struct BlockingRx<R: RingReader + Send + pore_core::SharedRing> {
+    inner: OurRx<R>,
+    chan: &'static LoopbackChannel,
+    waiter: Waiter<StdClock>,
+}
+impl<R: RingReader + Send + pore_core::SharedRing> Rx for BlockingRx<R> {
+    fn try_recv(&mut self, buf: &mut [u8]) -> bool {
+        if self.inner.try_recv(buf) {
+            return true;
+        }
+        let _ = self.waiter.wait(
+            &mut self.inner.r,
+            self.chan,
+            Interest::Readable,
+            Duration::from_millis(2),
+        );
+        false
+    }
+    fn flush(&mut self) {
+        self.inner.flush();
+    }
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs us without it: smoke only.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let window = Duration::from_millis(env_or(
+        "PORE_BENCH_WINDOW_MS",
+        if smoke {
+            2
+        } else if quick {
+            10
+        } else {
+            40
+        },
+    ));
+    let rounds = env_or(
+        "PORE_BENCH_ROUNDS",
+        if smoke {
+            1
+        } else if quick {
+            3
+        } else {
+            5
+        },
+    ) as usize;
+    println!(
+        "# pore rings: cross-thread streaming of length-prefixed frames\n\n{} CPUs, producer on CPU 0, consumer on CPU 1; median of {rounds} windows of {} ms per cell, contenders interleaved. Cells: M msg/s · GB/s (payload).\n",
+        pore_benches::cpus(),
+        window.as_millis()
+    );
+    let contenders = [
+        Who::V2,
+        Who::V2Batched,
+        Who::Rtrb,
+        Who::Ringbuf,
+        Who::Bbqueue,
+        Who::Crossbeam,
+        Who::Memcpy,
+    ];
+    let mut results = std::collections::HashMap::<(Who, usize, usize), Vec<f64>>::new();
+    for _ in 0..rounds {
+        for &cap in &CAPS {
+            for &size in &SIZES {
+                for &who in &contenders {
+                    results
+                        .entry((who, size, cap))
+                        .or_default()
+                        .push(run(who, size, cap, window));
+                }
+                if cap == CAPS[0] {
+                    for who in [Who::Ling, Who::V2At16K] {
+                        results
+                            .entry((who, size, cap))
+                            .or_default()
+                            .push(run(who, size, cap, window));
+                    }
+                }
+            }
+        }
+    }
+    let med: std::collections::HashMap<(Who, usize, usize), f64> = results
+        .into_iter()
+        .map(|(k, mut v)| (k, median_rate(&mut v)))
+        .collect();
+    let get = |who, size, cap| med.get(&(who, size, cap)).copied().unwrap_or(0.0);
+
+    for &cap in &CAPS {
+        println!("## {} KiB per direction\n", cap / 1024);
+        println!("| contender | 16 B | 256 B | 4 KiB | 64 KiB |\n|---|---|---|---|---|");
+        let mut rows: Vec<Who> = contenders.to_vec();
+        if cap == CAPS[0] {
+            rows.insert(2, Who::V2At16K);
+            rows.insert(3, Who::Ling);
+        }
+        for who in rows {
+            let cells: Vec<String> = SIZES.iter().map(|&s| cell(get(who, s, cap), s)).collect();
+            println!("| {} | {} |", who.name(), cells.join(" | "));
+        }
+        println!();
+    }
+
+    println!("## Ratios against the goals\n");
+    println!("| goal | 16 B | 256 B | 4 KiB | 64 KiB |\n|---|---|---|---|---|");
+    for &cap in &CAPS {
+        let cells: Vec<String> = SIZES
+            .iter()
+            .map(|&s| {
+                let best = [Who::Rtrb, Who::Ringbuf, Who::Bbqueue]
+                    .iter()
+                    .map(|&w| get(w, s, cap))
+                    .fold(0.0, f64::max);
+                format!("{:.2}×", get(Who::V2, s, cap) / best)
+            })
+            .collect();
+        println!(
+            "| v2 per message / best byte ring, {} KiB (goal ≥ 1.0) | {} |",
+            cap / 1024,
+            cells.join(" | ")
+        );
+    }
+    for &cap in &CAPS {
+        let cells: Vec<String> = SIZES
+            .iter()
+            .map(|&s| {
+                format!(
+                    "{:.2}×",
+                    get(Who::V2Batched, s, cap) / get(Who::Rtrb, s, cap)
+                )
+            })
+            .collect();
+        println!(
+            "| v2 batched / rtrb, {} KiB (goal ≥ 3.0 at 16 B) | {} |",
+            cap / 1024,
+            cells.join(" | ")
+        );
+    }
+    let cells: Vec<String> = SIZES
+        .iter()
+        .map(|&s| {
+            format!(
+                "{:.2}×",
+                get(Who::Ling, s, CAPS[0]) / get(Who::V2At16K, s, CAPS[0])
+            )
+        })
+        .collect();
+    println!(
+        "| LING / v2 at 16 KiB (goal ≥ 0.9) | {} |",
+        cells.join(" | ")
+    );
+    for &cap in &CAPS {
+        let cells: Vec<String> = SIZES
+            .iter()
+            .map(|&s| format!("{:.2}×", get(Who::Crossbeam, s, cap) / get(Who::V2, s, cap)))
+            .collect();
+        println!(
+            "| crossbeam-channel / v2, {} KiB (own line) | {} |",
+            cap / 1024,
+            cells.join(" | ")
+        );
+    }
+
+    println!("\n## Blocking (consumer and producer sleep on loopback event channels) vs busy-poll, v2 32 KiB, per message\n");
+    println!("| size | busy-poll M msg/s | blocking, spin 20 µs, M msg/s | ratio (goal ≥ 0.8) | events/msg, spin 20 µs (goal ≤ 0.01) | blocking, no spin, M msg/s | events/msg, no spin |\n|---|---|---|---|---|---|---|");
+    for &size in &[16usize, 256, 4096, 65536] {
+        let mut busy = Vec::new();
+        let mut spun = Vec::new();
+        let mut spun_ev = Vec::new();
+        let mut slept = Vec::new();
+        let mut slept_ev = Vec::new();
+        for _ in 0..rounds {
+            busy.push(run(Who::V2, size, CAPS[0], window));
+            let (r, e) = blocking(size, CAPS[0], Duration::from_micros(20), window);
+            spun.push(r);
+            spun_ev.push(e);
+            let (r, e) = blocking(size, CAPS[0], Duration::ZERO, window);
+            slept.push(r);
+            slept_ev.push(e);
+        }
+        let (b, s, se, z, ze) = (
+            median_rate(&mut busy),
+            median_rate(&mut spun),
+            median_rate(&mut spun_ev),
+            median_rate(&mut slept),
+            median_rate(&mut slept_ev),
+        );
+        println!(
+            "| {size} B | {:.2} | {:.2} | {:.2}× | {:.4} | {:.3} | {:.3} |",
+            b / 1e6,
+            s / 1e6,
+            s / b,
+            se,
+            z / 1e6,
+            ze
+        );
+    }
+    println!("\nWithout suppression (LING's rule: poke after every write and every read) a per-message stream sends ≥ 2 events per message (one per publication each way).");
+}
