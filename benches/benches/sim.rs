@@ -28,7 +28,14 @@ use pore_ring::RingWriter;
 use rustix::event::{eventfd, EventfdFlags};
 
 const LONG: Duration = Duration::from_secs(20);
-const SPIN: Duration = Duration::from_micros(50);
+/// The spin budget before sleeping (`PORE_BENCH_SPIN_US` overrides the default 50 µs).
+fn spin() -> Duration {
+    let us = std::env::var("PORE_BENCH_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    Duration::from_micros(us)
+}
 
 // ---------------------------------------------------------------------------------------------
 // Ping-pong
@@ -139,8 +146,13 @@ fn ring_producer(args: &[String]) -> i32 {
     let info = pore.info();
     let mut ring = V2Ring::create(pore.memory(), geometry, &info.refs[1..]).unwrap();
     let refs: Vec<String> = info.refs.iter().map(|r| r.0.to_string()).collect();
-    process::report(&format!("{} {} {}", dom.id().0, info.port.0, refs.join(",")));
-    let waiter = Waiter::new(StdClock::new(), SPIN);
+    process::report(&format!(
+        "{} {} {}",
+        dom.id().0,
+        info.port.0,
+        refs.join(",")
+    ));
+    let waiter = Waiter::new(StdClock::new(), spin());
     let chan = pore.channel();
     let msg = vec![0xa5u8; 1 << 20];
     while let Some((size, count, batched)) = next_command() {
@@ -158,7 +170,9 @@ fn ring_producer(args: &[String]) -> i32 {
                     tx.commit().unwrap();
                     waiter.notify_if_needed(tx, chan).unwrap();
                     waiter.wait(tx, chan, Interest::Writable, LONG).unwrap();
-                } else if !batched {
+                } else if !batched || tx.staged() >= tx.capacity() / 4 {
+                    // Batched: publish once per quarter ring, so the consumer overlaps with us.
+                    tx.commit().unwrap();
                     waiter.notify_if_needed(tx, chan).unwrap();
                 }
             }
@@ -227,7 +241,7 @@ fn ring_stream(peer: &mut RingPeer<'_>, size: usize, count: u64, batched: bool) 
     let mut ring = V2Ring::attach(peer.pore.memory()).unwrap();
     let rx = ring.reader();
     let chan = peer.pore.channel();
-    let waiter = Waiter::new(StdClock::new(), SPIN);
+    let waiter = Waiter::new(StdClock::new(), spin());
     let mut buf = vec![0u8; 64 * 1024];
     let t = Instant::now();
     peer.child
