@@ -140,14 +140,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The strawman manager of one endpoint. See the [module docs](self).
-pub struct Manager<B: Backend + Clone + Send + Sync + 'static, X: StoreClient> {
+pub struct Manager<B: Backend + Send + Sync + 'static, X: StoreClient> {
     inner: Arc<Inner<B, X>>,
     events: Option<JoinHandle<()>>,
 }
 
-impl<B: Backend + Clone + Send + Sync + 'static, X: StoreClient> core::fmt::Debug
-    for Manager<B, X>
-{
+impl<B: Backend + Send + Sync + 'static, X: StoreClient> core::fmt::Debug for Manager<B, X> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Manager")
             .field("me", &self.inner.me)
@@ -157,7 +155,7 @@ impl<B: Backend + Clone + Send + Sync + 'static, X: StoreClient> core::fmt::Debu
 
 impl<B, X> Manager<B, X>
 where
-    B: Backend + Clone + Send + Sync + 'static,
+    B: Backend + Send + Sync + 'static,
     B::Channel: 'static,
     X: StoreClient,
 {
@@ -342,7 +340,7 @@ where
     }
 }
 
-impl<B: Backend + Clone + Send + Sync + 'static, X: StoreClient> Drop for Manager<B, X> {
+impl<B: Backend + Send + Sync + 'static, X: StoreClient> Drop for Manager<B, X> {
     fn drop(&mut self) {
         if !self.inner.stop.load(Ordering::Acquire) {
             // Same as shutdown, without the bounds on `Self`'s methods.
@@ -366,7 +364,7 @@ type OpenReply<B> = mpsc::Sender<Result<Straw<B>, ManagerError>>;
 
 impl<B, X> Inner<B, X>
 where
-    B: Backend + Clone + Send + Sync + 'static,
+    B: Backend + Send + Sync + 'static,
     B::Channel: 'static,
     X: StoreClient,
 {
@@ -488,7 +486,7 @@ struct Driver<B: Backend, X: StoreClient> {
 
 impl<B, X> Driver<B, X>
 where
-    B: Backend + Clone + Send + Sync + 'static,
+    B: Backend + Send + Sync + 'static,
     B::Channel: 'static,
     X: StoreClient,
 {

@@ -1,0 +1,190 @@
+//! Straws between domains of the simulated Xen (pore-backend-sim), negotiated through
+//! pore-xenstore's own xenstored: both layouts (v2 maps the control page first), big frames,
+//! and a domain that dies mid-stream.
+
+#![cfg(target_os = "linux")]
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pore_backend_sim::{Hypervisor, SimDomain};
+use pore_straw::handshake::Config;
+use pore_straw::manager::{Manager, ManagerConfig};
+use pore_straw::straw::StrawIoError;
+use pore_straw::xenstore::XsAdapter;
+use pore_straw::{Endpoint, Layout};
+use pore_xenstore::server::{Config as ServerConfig, Listener, Server};
+use pore_xenstore::Client;
+
+struct Env {
+    server: Server,
+    listener: Option<Listener>,
+    sock: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Env {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("pore-straw-sim-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("xs.sock");
+        let _ = std::fs::remove_file(&sock);
+        let server = Server::new(ServerConfig::default(), None);
+        let listener = Some(server.listen_unix(&sock).unwrap());
+        Env {
+            server,
+            listener,
+            sock,
+            dir,
+        }
+    }
+
+    fn xs(&self) -> XsAdapter {
+        XsAdapter::new(Arc::new(Client::connect_unix(&self.sock).unwrap()))
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.server.shutdown();
+        if let Some(l) = self.listener.take() {
+            l.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn cfg(v2: bool) -> ManagerConfig {
+    ManagerConfig {
+        handshake: Config {
+            v2_pages: v2.then_some(4),
+            handshake_timeout: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(2),
+            ..Config::default()
+        },
+        ..ManagerConfig::default()
+    }
+}
+
+fn frame(i: usize, len: usize) -> Bytes {
+    Bytes::from((0..len).map(|j| (i * 13 + j) as u8).collect::<Vec<_>>())
+}
+
+#[test]
+fn both_layouts_big_frames_both_ways() {
+    for v2 in [false, true] {
+        let env = Env::new(if v2 { "v2" } else { "ling" });
+        let hv = Hypervisor::new().unwrap();
+        let (a, b): (SimDomain, SimDomain) = (
+            hv.create_domain("a").unwrap(),
+            hv.create_domain("b").unwrap(),
+        );
+        let (ea, eb) = (Endpoint::seed(a.id()), Endpoint::seed(b.id()));
+        let ma = Manager::start(a, env.xs(), ea.clone(), cfg(v2)).unwrap();
+        let mb = Manager::start(b, env.xs(), eb.clone(), cfg(v2)).unwrap();
+        let sa = ma.open(&eb).unwrap();
+        let sb = mb.accept(Duration::from_secs(5)).unwrap();
+        let want = if v2 {
+            Layout::V2 { ring_pages: 4 }
+        } else {
+            Layout::Ling
+        };
+        assert_eq!((sa.layout(), sb.layout()), (want, want));
+        let sizes = [0usize, 1, 5000, 70_000, 5 << 20];
+        let (ta, ra) = sa.split();
+        let (tb, rb) = sb.split();
+        let sender_b = thread::spawn(move || {
+            for (i, n) in sizes.iter().enumerate() {
+                tb.send(frame(i, *n)).unwrap();
+            }
+            tb
+        });
+        let receiver_b = thread::spawn(move || {
+            for (i, n) in sizes.iter().enumerate() {
+                assert_eq!(rb.recv().unwrap(), frame(i + 50, *n));
+            }
+            rb
+        });
+        for (i, n) in sizes.iter().enumerate() {
+            ta.send(frame(i + 50, *n)).unwrap();
+        }
+        for (i, n) in sizes.iter().enumerate() {
+            assert_eq!(ra.recv().unwrap(), frame(i, *n), "v2={v2} #{i}");
+        }
+        let tb = sender_b.join().unwrap();
+        let rb = receiver_b.join().unwrap();
+        ta.close().unwrap();
+        assert_eq!(
+            rb.recv_timeout(Duration::from_secs(3)),
+            Err(StrawIoError::Eof)
+        );
+        drop((ra, tb, rb));
+        ma.shutdown();
+        mb.shutdown();
+        let o = hv.outstanding();
+        assert!(o.is_clean(), "v2={v2}: {o:?}");
+    }
+}
+
+/// The child domain process: runs a manager, accepts one straw, says "alive", then waits to
+/// be killed.
+fn child_role(role: &str, args: &[String]) -> i32 {
+    match role {
+        "listener" => {
+            let dom = SimDomain::connect().expect("broker");
+            let xs = XsAdapter::new(Arc::new(Client::connect_unix(&args[0]).expect("xenstored")));
+            let v2 = args[1] == "v2";
+            let me = Endpoint::seed(dom.id());
+            let m = Manager::start(dom, xs, me.clone(), cfg(v2)).expect("manager");
+            pore_backend_sim::process::report(&format!("{}", me.domid.0));
+            let s = m.accept(Duration::from_secs(10)).expect("accept");
+            s.sender().send(Bytes::from_static(b"alive")).expect("send");
+            thread::sleep(Duration::from_secs(60));
+            0
+        }
+        _ => 2,
+    }
+}
+
+#[test]
+fn a_domain_killed_mid_stream_is_peer_gone_within_a_second() {
+    pore_backend_sim::process::run_child_role(child_role);
+    for v2 in [false, true] {
+        let env = Env::new(if v2 { "kv2" } else { "kling" });
+        let hv = Hypervisor::start_unexported().unwrap();
+        let a = hv.create_domain("a").unwrap();
+        let ea = Endpoint::seed(a.id());
+        let ma = Manager::start(a, env.xs(), ea.clone(), cfg(v2)).unwrap();
+        let mut child = hv
+            .domain_command("listener")
+            .unwrap()
+            .test("a_domain_killed_mid_stream_is_peer_gone_within_a_second")
+            .arg(env.sock.to_string_lossy().to_string())
+            .arg(if v2 { "v2" } else { "ling" })
+            .spawn()
+            .unwrap();
+        let id: u16 = child
+            .read_report(Duration::from_secs(10))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let sa = ma.open(&Endpoint::seed(pore_core::DomId(id))).unwrap();
+        assert_eq!(sa.receiver().recv().unwrap(), "alive");
+        let reader = thread::spawn(move || {
+            let t0 = Instant::now();
+            let r = sa.receiver().recv_timeout(Duration::from_secs(10));
+            (r, t0.elapsed(), sa)
+        });
+        thread::sleep(Duration::from_millis(100));
+        // SIGKILL: no close protocol; xenstore still says Connected, only the pore can tell.
+        child.kill().unwrap();
+        let (r, took, sa) = reader.join().unwrap();
+        assert_eq!(r, Err(StrawIoError::PeerGone), "v2={v2}");
+        assert!(took < Duration::from_secs(1), "v2={v2}: {took:?}");
+        drop(sa);
+        ma.shutdown();
+    }
+}
