@@ -85,6 +85,14 @@ pub const SOCKET_ENV: &str = "PORE_SIM_SOCKET";
 /// Environment variable naming a domain process (its `name` in the toolstack).
 pub const NAME_ENV: &str = "PORE_SIM_NAME";
 
+/// How many wake-up syscalls (`futex` wakes) this process has made for simulated event
+/// channels so far, all hypervisors together: a probe for tests that the doorbell makes no
+/// syscall while the peer is awake (notifying a domain none of whose threads sleeps costs
+/// none).
+pub fn wake_syscalls() -> u64 {
+    table::WAKE_SYSCALLS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What the simulated hypervisor still holds on behalf of domains, excluding the toolstack's own
 /// store pages and ports. All zero (but `domains`) once every pore was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

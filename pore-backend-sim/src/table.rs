@@ -20,7 +20,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use pore_core::{DomId, PAGE_SIZE};
@@ -45,6 +45,9 @@ const C_PENDING: usize = 0; // + side
 const C_CLOSED: usize = 2; // + side
 const C_GEN: usize = 4;
 const C_BOUND: usize = 5;
+
+/// Futex wake syscalls made by this process (see [`crate::wake_syscalls`]).
+pub(crate) static WAKE_SYSCALLS: AtomicU64 = AtomicU64::new(0);
 
 /// Which end of a channel: the allocator of the unbound port (0) or the binder (1).
 pub(crate) type Side = u32;
@@ -185,6 +188,7 @@ impl Table {
 
     /// Wakes every sleeping thread of `dom` (one syscall).
     pub(crate) fn wake(&self, dom: DomId) {
+        WAKE_SYSCALLS.fetch_add(1, Ordering::Relaxed);
         let word = self.dom(dom, D_WAKE_GEN);
         word.fetch_add(1, Ordering::Release);
         if let Err(e) = futex::wake(word, futex::Flags::empty(), i32::MAX as u32) {
