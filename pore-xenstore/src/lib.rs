@@ -4,7 +4,7 @@
 //! `xenstored`, `oxenstored`, or pore's own).
 //!
 //! * [`codec`]: sans-IO, `no_std` + `alloc`. The 16-byte [`WireHeader`], every message
-//!   type, typed [`Request`](codec::Request)s and [`Reply`](codec::Reply)s, and an
+//!   type, typed [`Request`]s and [`Reply`]s, and an
 //!   incremental [`Parser`](codec::Parser) that checks payload lengths (D11) before it
 //!   allocates. Error replies are kept by name ([`ErrorName`]), unknown names included.
 //! * [`core`]: the sans-IO client state machine (D10): request ids, out-of-order
