@@ -329,7 +329,12 @@ impl Hv {
 
     /// Installs (or removes) the store service and introduces every live domain to it.
     pub(crate) fn set_service(&self, svc: Option<Arc<dyn StoreService>>) {
-        *self.service.lock().unwrap_or_else(|p| p.into_inner()) = svc.clone();
+        let old = std::mem::replace(
+            &mut *self.service.lock().unwrap_or_else(|p| p.into_inner()),
+            svc.clone(),
+        );
+        // The old service (and the store links it holds) goes without any lock held.
+        drop(old);
         if let Some(svc) = svc {
             let links: Vec<StoreLink> = {
                 let mut st = self.lock();
