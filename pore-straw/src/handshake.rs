@@ -73,7 +73,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             format: Format::Json,
-            v2_pages: Some(4),
+            v2_pages: Some(16),
             max_v2_pages: 256,
         }
     }

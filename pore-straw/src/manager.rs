@@ -66,6 +66,11 @@ impl<T: StoreClient + ?Sized> StoreClient for Arc<T> {
     }
 }
 
+/// Sees every step of every straw of a manager (the peer, then the action the handshake
+/// machine asked for), e.g. to print the handshake as it passes (`pore demo`). Called on the
+/// straw's thread: keep it quick.
+pub type Observer = Arc<dyn Fn(&Endpoint, &Action) + Send + Sync>;
+
 /// Settings of a manager.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ManagerConfig {
@@ -131,6 +136,7 @@ struct Inner<B: Backend, X: StoreClient> {
     prefix: String,
     top_token: String,
     state: Mutex<State<B>>,
+    observer: Mutex<Option<Observer>>,
     changed: Condvar,
     stop: AtomicBool,
 }
@@ -194,6 +200,7 @@ where
                 unclaimed: VecDeque::new(),
                 threads: Vec::new(),
             }),
+            observer: Mutex::new(None),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
         });
@@ -207,6 +214,24 @@ where
             inner,
             events: Some(events),
         })
+    }
+
+    /// Installs (or removes) the observer of every straw's steps.
+    ///
+    /// ```no_run
+    /// # fn f<B: pore_core::Backend + Send + Sync + 'static, X: pore_straw::manager::StoreClient>(
+    /// #     m: &pore_straw::manager::Manager<B, X>) {
+    /// use std::sync::Arc;
+    /// use pore_straw::Action;
+    /// m.observe(Some(Arc::new(|peer: &pore_straw::Endpoint, a: &Action| {
+    ///     if let Action::Store(op) = a {
+    ///         tracing::info!("{peer}: {op}");
+    ///     }
+    /// })));
+    /// # }
+    /// ```
+    pub fn observe(&self, observer: Option<Observer>) {
+        *lock(&self.inner.observer) = observer;
     }
 
     /// Our endpoint.
@@ -510,6 +535,10 @@ where
                 }
                 continue;
             };
+            let observer = lock(&self.inner.observer).clone();
+            if let Some(o) = observer {
+                o(&peer, &action);
+            }
             match action {
                 Action::Store(op) => {
                     let op = self.rewrite_token(op);

@@ -150,3 +150,34 @@ pub enum StoreError {
     #[error("xenstore error")]
     Other,
 }
+
+impl fmt::Display for StoreOp {
+    /// A one-line description, as `xenstore-*` tools would show it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreOp::Read { path } => write!(f, "read {path}"),
+            StoreOp::Write { path, value } => write!(f, "write {path} = {value:?}"),
+            StoreOp::Mkdir { path } => write!(f, "mkdir {path}"),
+            StoreOp::Rm { path } => write!(f, "rm {path}"),
+            StoreOp::SetPerms { path, perms, .. } => {
+                write!(f, "set-perms {path}")?;
+                for p in perms {
+                    write!(f, " {p}")?;
+                }
+                Ok(())
+            }
+            StoreOp::Watch { path, .. } => write!(f, "watch {path}"),
+            StoreOp::Unwatch { path, .. } => write!(f, "unwatch {path}"),
+            StoreOp::Transaction(ops) => {
+                f.write_str("transaction {")?;
+                for (i, op) in ops.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(";")?;
+                    }
+                    write!(f, " {op}")?;
+                }
+                f.write_str(" }")
+            }
+        }
+    }
+}

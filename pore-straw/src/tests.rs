@@ -95,13 +95,13 @@ fn v2_is_used_when_both_offer_it() {
         w.store.get(&alloc::format!("{sd}/straw-layout")),
         Some("v2")
     );
-    assert_eq!(w.store.get(&alloc::format!("{sd}/ring-pages")), Some("4"));
+    assert_eq!(w.store.get(&alloc::format!("{sd}/ring-pages")), Some("16"));
     assert!(w.store.get(&alloc::format!("{sd}/ring-ref")).is_some());
     assert_eq!(w.store.get(&alloc::format!("{sd}/ring-ref-1")), None);
     let ca = w.doms[0].outcome(&b).unwrap().connected.clone().unwrap();
     let cb = w.doms[1].outcome(&a).unwrap().connected.clone().unwrap();
-    assert_eq!(ca.layout, Layout::V2 { ring_pages: 4 });
-    assert_eq!(cb.layout, Layout::V2 { ring_pages: 4 });
+    assert_eq!(ca.layout, Layout::V2 { ring_pages: 16 });
+    assert_eq!(cb.layout, Layout::V2 { ring_pages: 16 });
 }
 
 #[test]
@@ -469,7 +469,7 @@ proptest! {
         let ob = w.doms[1].outcome(&a).unwrap().clone();
         prop_assert!(oa.connected.is_some() && ob.connected.is_some(), "{:?} {:?}", oa, ob);
         prop_assert_eq!(oa.connected.as_ref().unwrap().layout, ob.connected.as_ref().unwrap().layout);
-        let want = if v2a && v2b { Layout::V2 { ring_pages: 4 } } else { Layout::Ling };
+        let want = if v2a && v2b { Layout::V2 { ring_pages: 16 } } else { Layout::Ling };
         prop_assert_eq!(oa.connected.unwrap().layout, want);
         // And closing from either side, in any interleaving, ends both cleanly.
         let peer = if closer == 0 { b.clone() } else { a.clone() };
