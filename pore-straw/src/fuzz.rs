@@ -142,9 +142,10 @@ pub fn drive_handshake(data: &[u8]) -> usize {
             Some(Action::Connected(_)) => {}
             None => {
                 // Waiting: an event, a close request, or time passes.
-                match input.byte() % 4 {
+                match input.byte() % 5 {
                     0 | 1 => m.handle(Input::Watch, now),
                     2 => m.handle(Input::Close, now),
+                    3 => m.handle(Input::PeerLost, now),
                     _ => {
                         now =
                             now.saturating_add(Duration::from_millis(u64::from(input.byte()) * 50))

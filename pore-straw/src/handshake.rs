@@ -241,6 +241,9 @@ pub enum Input {
     Watch,
     /// The local user wants the straw closed (after draining, D17), or the handshake cancelled.
     Close,
+    /// The data path saw the peer die (its port closed, unmap-notify) while xenstore may still
+    /// say Connected: a connected straw is lost ([`StrawError::PeerGone`]).
+    PeerLost,
 }
 
 /// What an outstanding store operation was for.
@@ -485,6 +488,11 @@ impl StrawMachine {
             }
             Input::Watch => self.on_watch(),
             Input::Close => self.on_close_request(),
+            Input::PeerLost => {
+                if self.phase == Phase::Connected && !self.close_requested {
+                    self.lost(StrawError::PeerGone);
+                }
+            }
         }
     }
 

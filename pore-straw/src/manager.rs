@@ -628,8 +628,8 @@ where
             return;
         };
         let input = Mutex::new(self.self_input.clone());
-        let hook = Box::new(move || {
-            let _ = lock(&input).send(Input::Close);
+        let hook = Box::new(move |i: Input| {
+            let _ = lock(&input).send(i);
         });
         let straw = Straw::build(
             pore,

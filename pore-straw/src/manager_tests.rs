@@ -311,3 +311,23 @@ fn json_between_managers() {
     assert_eq!(s2.receiver().dispatch(Duration::from_secs(2)).unwrap(), 1);
     assert_eq!(inbox.try_recv(), Some(serde_json::json!({"cmd": "ls"})));
 }
+
+#[test]
+fn dropping_a_straw_closes_it() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let (m1, _) = manager(&xen, &world, 1);
+    let (m2, _) = manager(&xen, &world, 2);
+    let s1 = m1.open(&Endpoint::seed(DomId(2))).unwrap();
+    let s2 = m2.accept(Duration::from_secs(2)).unwrap();
+    drop(s1);
+    assert_eq!(
+        s2.receiver().recv_timeout(Duration::from_secs(2)),
+        Err(StrawIoError::Eof)
+    );
+    let end = Instant::now() + Duration::from_secs(2);
+    while !m1.peers().is_empty() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(m1.peers().is_empty());
+}

@@ -35,7 +35,7 @@
 
 use std::collections::HashMap;
 use std::string::{String, ToString};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use std::vec;
@@ -51,7 +51,7 @@ use pore_ring::ling::{LingConsumer, LingProducer, LingRing, LING_PAGES};
 use pore_ring::v2::{self, V2Geometry, V2Ring};
 use pore_ring::{RingError, RingReader, RingWriter};
 
-use crate::handshake::{Closed, PoreGrant, Role, StrawError};
+use crate::handshake::{Closed, Input, PoreGrant, Role, StrawError};
 use crate::{Endpoint, Format, Layout};
 
 /// Settings of a straw's data path.
@@ -480,8 +480,12 @@ struct Bell {
     cv: Condvar,
 }
 
-/// How the manager closes a straw it drives.
-pub(crate) type CloseHook = Box<dyn Fn() + Send + Sync>;
+/// How a straw driven by the manager talks to its handshake machine.
+pub(crate) type Hook = Box<dyn Fn(Input) + Send + Sync>;
+
+/// How long a managed straw whose event channel died waits for the manager to learn from
+/// xenstore whether the peer closed gracefully (end of stream) or vanished (peer gone).
+const VANISH_GRACE: Duration = Duration::from_millis(400);
 
 pub(crate) struct Shared<B: Backend> {
     pore: Mutex<Option<Mem<B>>>,
@@ -496,7 +500,10 @@ pub(crate) struct Shared<B: Backend> {
     cfg: StrawConfig,
     live: Option<(usize, usize)>,
     mailboxes: Mutex<HashMap<String, mpsc::Sender<serde_json::Value>>>,
-    close_hook: Mutex<Option<CloseHook>>,
+    hook: Option<Hook>,
+    close_sent: AtomicBool,
+    vanishing: AtomicBool,
+    users: AtomicUsize,
     done: Mutex<Option<Result<Closed, StrawError>>>,
     done_cv: Condvar,
 }
@@ -578,9 +585,47 @@ impl<B: Backend> Shared<B> {
             Err(e) => {
                 let e = StrawIoError::backend(e);
                 if e == StrawIoError::PeerGone {
-                    self.mark(PEER_GONE);
+                    // The caller re-checks the ring, then the status.
+                    self.peer_vanished();
+                    return Ok(());
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// The data path saw the peer go (its port closed, its live byte cleared). A managed straw
+    /// first asks the manager to re-read the peer's state: a graceful close unbinds the port
+    /// just before it writes Closed, and that must end the stream, not fail it.
+    fn peer_vanished(&self) {
+        if self.status.load(Ordering::Acquire) != OPEN
+            || self.vanishing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        if let Some(hook) = &self.hook {
+            hook(Input::Watch);
+            let end = Instant::now() + VANISH_GRACE;
+            while self.status.load(Ordering::Acquire) == OPEN && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if self.status.load(Ordering::Acquire) == OPEN {
+                self.mark(PEER_GONE);
+                hook(Input::PeerLost);
+            }
+        } else {
+            self.mark(PEER_GONE);
+        }
+    }
+
+    fn user_gone(&self) {
+        if self.users.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        // The last half dropped without `close()`: let the manager close the straw.
+        if let Some(hook) = &self.hook {
+            if !self.close_sent.swap(true, Ordering::AcqRel) {
+                hook(Input::Close);
             }
         }
     }
@@ -720,7 +765,7 @@ impl<B: Backend> Straw<B> {
         role: Role,
         format: Format,
         cfg: StrawConfig,
-        close_hook: Option<CloseHook>,
+        hook: Option<Hook>,
     ) -> Self {
         let StrawPore {
             pore,
@@ -751,7 +796,10 @@ impl<B: Backend> Straw<B> {
             cfg,
             live,
             mailboxes: Mutex::new(HashMap::new()),
-            close_hook: Mutex::new(close_hook),
+            hook,
+            close_sent: AtomicBool::new(false),
+            vanishing: AtomicBool::new(false),
+            users: AtomicUsize::new(2),
             done: Mutex::new(None),
             done_cv: Condvar::new(),
         });
@@ -932,8 +980,8 @@ impl<B: Backend> Sender<B> {
             return Err(StrawIoError::TimedOut);
         }
         if self.sh.peer_live_gone() {
-            self.sh.mark(PEER_GONE);
-            return Err(StrawIoError::PeerGone);
+            self.sh.peer_vanished();
+            return Ok(());
         }
         self.sh.sleep(seen, deadline - now)
     }
@@ -972,8 +1020,7 @@ impl<B: Backend> Sender<B> {
             .sh
             .status
             .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire);
-        let hook = lock(&self.sh.close_hook).take();
-        match hook {
+        match &self.sh.hook {
             None => {
                 // Standalone: close the pore ourselves.
                 self.sh.shutdown_pore(Duration::from_millis(200));
@@ -981,7 +1028,9 @@ impl<B: Backend> Sender<B> {
                 drained
             }
             Some(hook) => {
-                hook();
+                if !self.sh.close_sent.swap(true, Ordering::AcqRel) {
+                    hook(Input::Close);
+                }
                 // The manager runs the close chart; wait for its verdict.
                 let wait = timeout * 2 + Duration::from_secs(1);
                 let guard = lock(&self.sh.done);
@@ -1020,7 +1069,8 @@ impl<B: Backend> Receiver<B> {
                 return Err(StrawIoError::TimedOut);
             }
             if self.sh.peer_live_gone() {
-                self.sh.mark(PEER_GONE);
+                self.sh.peer_vanished();
+                continue;
             }
             self.sh.sleep(seen, deadline - now)?;
         }
@@ -1141,4 +1191,16 @@ pub fn parse_envelope(frame: &[u8]) -> Result<(String, serde_json::Value), &'sta
     };
     let msg = obj.remove("msg").ok_or("no msg")?;
     Ok((addr, msg))
+}
+
+impl<B: Backend> Drop for Sender<B> {
+    fn drop(&mut self) {
+        self.sh.user_gone();
+    }
+}
+
+impl<B: Backend> Drop for Receiver<B> {
+    fn drop(&mut self) {
+        self.sh.user_gone();
+    }
 }

@@ -509,3 +509,21 @@ proptest! {
         let _: String = value;
     }
 }
+
+#[test]
+fn peer_lost_from_the_data_path_ends_a_connected_straw() {
+    let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+    connect(&mut w, &a, &b);
+    // Xenstore still says Connected, but the pore saw the peer die.
+    w.doms[1].frozen = true;
+    let now = w.now;
+    w.doms[0]
+        .machine(&b)
+        .unwrap()
+        .handle(crate::handshake::Input::PeerLost, now);
+    w.run(TICK, Duration::from_millis(300));
+    let o = w.doms[0].outcome(&b).unwrap();
+    assert_eq!(o.done, Some(Err(StrawError::PeerGone)));
+    assert!(!o.pore_open);
+    assert_eq!(w.store.get("/local/domain/1/data/warts/2"), None);
+}

@@ -188,3 +188,93 @@ fn a_domain_killed_mid_stream_is_peer_gone_within_a_second() {
         ma.shutdown();
     }
 }
+
+/// Every frame sent before `close()` arrives: a million small frames (the bar).
+#[test]
+fn a_million_frames_then_close_lose_nothing() {
+    let env = Env::new("million");
+    let hv = Hypervisor::new().unwrap();
+    let (a, b) = (
+        hv.create_domain("a").unwrap(),
+        hv.create_domain("b").unwrap(),
+    );
+    let (ea, eb) = (Endpoint::seed(a.id()), Endpoint::seed(b.id()));
+    let ma = Manager::start(a, env.xs(), ea, cfg(true)).unwrap();
+    let mb = Manager::start(b, env.xs(), eb.clone(), cfg(true)).unwrap();
+    let sa = ma.open(&eb).unwrap();
+    let sb = mb.accept(Duration::from_secs(5)).unwrap();
+    const N: u32 = 1_000_000;
+    let reader = thread::spawn(move || {
+        let mut next = 0u32;
+        loop {
+            match sb.receiver().recv_timeout(Duration::from_secs(10)) {
+                Ok(f) => {
+                    assert_eq!(f, &next.to_be_bytes()[..]);
+                    next += 1;
+                }
+                Err(StrawIoError::Eof) => return next,
+                Err(e) => panic!("after {next}: {e}"),
+            }
+        }
+    });
+    let t0 = Instant::now();
+    for i in 0..N {
+        sa.sender()
+            .send(Bytes::copy_from_slice(&i.to_be_bytes()))
+            .unwrap();
+    }
+    sa.close().unwrap();
+    assert_eq!(reader.join().unwrap(), N);
+    let _ = std::io::Write::write_fmt(
+        &mut std::io::stderr(),
+        format_args!("1M frames + close: {:?}\n", t0.elapsed()),
+    );
+    ma.shutdown();
+    mb.shutdown();
+}
+
+/// Rough throughput of 64 KiB frames (run with `--ignored --nocapture` in release).
+#[test]
+#[ignore]
+fn throughput_sanity() {
+    for v2 in [false, true] {
+        let env = Env::new(if v2 { "tv2" } else { "tling" });
+        let hv = Hypervisor::new().unwrap();
+        let (a, b) = (
+            hv.create_domain("a").unwrap(),
+            hv.create_domain("b").unwrap(),
+        );
+        let (ea, eb) = (Endpoint::seed(a.id()), Endpoint::seed(b.id()));
+        let ma = Manager::start(a, env.xs(), ea, cfg(v2)).unwrap();
+        let mut c = cfg(v2);
+        c.handshake.v2_pages = v2.then_some(16);
+        let mb = Manager::start(b, env.xs(), eb.clone(), c).unwrap();
+        let sa = ma.open(&eb).unwrap();
+        let sb = mb.accept(Duration::from_secs(5)).unwrap();
+        let frame = Bytes::from(vec![7u8; 64 * 1024]);
+        const N: usize = 20_000;
+        let reader = thread::spawn(move || {
+            for _ in 0..N {
+                sb.receiver().recv().unwrap();
+            }
+            sb
+        });
+        let t0 = Instant::now();
+        for _ in 0..N {
+            sa.sender().send(frame.clone()).unwrap();
+        }
+        let sb = reader.join().unwrap();
+        let dt = t0.elapsed();
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!(
+                "{}: {:.0} MB/s\n",
+                if v2 { "v2 16 pages" } else { "ling" },
+                (N * 64 * 1024) as f64 / dt.as_secs_f64() / 1e6
+            ),
+        );
+        drop((sa, sb));
+        ma.shutdown();
+        mb.shutdown();
+    }
+}
