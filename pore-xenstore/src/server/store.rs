@@ -89,6 +89,8 @@ struct Domain {
 struct Who {
     domid: u32,
     privileged: bool,
+    /// The domain this one manages (SET_TARGET): it has the target's rights too.
+    target: Option<u32>,
 }
 
 impl Who {
@@ -101,12 +103,13 @@ impl Who {
         let Some(owner) = perms.first() else {
             return 0;
         };
-        if owner.domid == self.domid {
+        let me = |d: u32| d == self.domid || Some(d) == self.target;
+        if me(owner.domid) {
             return all;
         }
         let acc = perms[1..]
             .iter()
-            .find(|p| p.domid == self.domid)
+            .find(|p| me(p.domid))
             .map_or(owner.access, |p| p.access);
         match acc {
             Access::None => 0,
@@ -299,6 +302,7 @@ impl Store {
         Who {
             domid,
             privileged: domid == 0 || self.config.priv_domid == Some(domid),
+            target: self.targets.get(&domid).copied(),
         }
     }
 
@@ -317,9 +321,12 @@ impl Store {
                 continue;
             };
             let who = self.who(c.domid);
-            if let Some((perms, old)) = &f.perms {
-                let ok = who.perm(perms) & PERM_READ != 0
-                    || old.as_ref().is_some_and(|o| who.perm(o) & PERM_READ != 0);
+            if let Some(vis) = &f.perms {
+                let read = |p: &Option<Vec<Perm>>| {
+                    p.as_ref().is_some_and(|p| who.perm(p) & PERM_READ != 0)
+                };
+                let ok =
+                    who.perm(&vis.perms) & PERM_READ != 0 || read(&vis.old) || read(&vis.parent);
                 if !ok {
                     continue;
                 }
@@ -353,6 +360,7 @@ impl Store {
                 path: name.to_owned(),
                 perms,
                 old_perms: None,
+                parent_perms: None,
             }],
             out,
         );
@@ -542,9 +550,28 @@ impl Store {
                     if path == "/" {
                         return Err(ErrorName::EINVAL);
                     }
+                    let base = path::basename(&path);
+                    let listed = v
+                        .get(path::parent(&path))
+                        .is_some_and(|n| n.children.iter().any(|c| c == base));
+                    if !listed {
+                        // C removes the node, then fails to unlink it from the parent.
+                        v.remove(&path, &mut Vec::new());
+                        return Err(ErrorName::EIO);
+                    }
+                    if !subtree_complete(v, &path) {
+                        return Err(ErrorName::EIO);
+                    }
+                    let parent_perms = v.get(path::parent(&path)).map(|n| n.perms.clone());
                     let mut removed = Vec::new();
                     v.remove(&path, &mut removed);
-                    Ok((b"OK\0".to_vec(), vec![Change::Removed { removed }]))
+                    Ok((
+                        b"OK\0".to_vec(),
+                        vec![Change::Removed {
+                            removed,
+                            parent_perms,
+                        }],
+                    ))
                 })
             }
             SetPerms => self.set_perms(conn, who, tx, p, out),
@@ -587,10 +614,9 @@ impl Store {
                 if s.len() != 2 {
                     return Err(ErrorName::EINVAL);
                 }
-                let (canon, _) = path::canonical(who.domid, as_str(s[0])?);
-                if !path::is_valid(&canon, true, self.config.quotas.path_max) {
-                    return Err(ErrorName::EINVAL);
-                }
+                // C looks the watch up without checking the path.
+                let (canon, _) =
+                    path::canonical(who.domid, as_str(s[0]).map_err(|_| ErrorName::ENOENT)?);
                 if !self.watches.remove(&canon, s[1], conn) {
                     return Err(ErrorName::ENOENT);
                 }
@@ -681,6 +707,9 @@ impl Store {
                 Ok(format!("/local/domain/{domid}\0").into_bytes())
             }
             IsDomainIntroduced => {
+                if !who.privileged {
+                    return Err(ErrorName::EACCES);
+                }
                 let domid = path::atoi(onearg(p)?) as u32;
                 Ok(if self.is_introduced(domid) {
                     b"T\0"
@@ -809,6 +838,7 @@ impl Store {
                 }
             }
             let old = n.perms.clone();
+            let parent_perms = v.get(path::parent(&path)).map(|n| n.perms.clone());
             v.set_perms(&path, perms.clone());
             Ok((
                 b"OK\0".to_vec(),
@@ -816,6 +846,7 @@ impl Store {
                     path: path.clone(),
                     perms,
                     old_perms: Some(old),
+                    parent_perms,
                 }],
             ))
         })
@@ -842,9 +873,13 @@ impl Store {
             if self.tree.get(&p).is_none() || p == "/" {
                 continue;
             }
+            let parent_perms = self.tree.get(path::parent(&p)).map(|n| n.perms.clone());
             let mut removed = Vec::new();
             self.tree.remove(&p, &mut removed);
-            changes.push(Change::Removed { removed });
+            changes.push(Change::Removed {
+                removed,
+                parent_perms,
+            });
         }
         self.fire(&changes, out);
         self.fire_special("@releaseDomain", out);
@@ -877,6 +912,21 @@ fn check(v: &mut dyn View, p: &str, who: Who, need: u8) -> Res<bool> {
     Ok(false)
 }
 
+/// False if a child listed in the subtree does not exist: possible in a transaction
+/// whose copy of a node predates another connection's changes (C answers RM with `EIO`
+/// then, as when the parent's copy does not list the node).
+fn subtree_complete(v: &mut dyn View, p: &str) -> bool {
+    let mut stack = vec![p.to_owned()];
+    while let Some(cur) = stack.pop() {
+        let Some(n) = v.get(&cur) else {
+            return false;
+        };
+        let kids: Vec<String> = n.children.iter().map(|c| path::join(&cur, c)).collect();
+        stack.extend(kids);
+    }
+    true
+}
+
 fn write_node(
     v: &mut dyn View,
     p: &str,
@@ -890,11 +940,13 @@ fn write_node(
             return Err(ErrorName::ENOSPC);
         }
         let perms = n.perms.clone();
+        let parent_perms = v.get(path::parent(p)).map(|n| n.perms.clone());
         v.set_value(p, value);
         return Ok(vec![Change::Node {
             path: p.to_owned(),
             perms,
             old_perms: None,
+            parent_perms,
         }]);
     }
     Ok(vec![create_node(v, p, value, who, q)?])
@@ -941,10 +993,12 @@ fn create_node(
         };
         v.create(m, Node::new(val, perms.clone()));
     }
+    let parent_perms = v.get(path::parent(p)).map(|n| n.perms.clone());
     Ok(Change::Node {
         path: p.to_owned(),
         perms,
         old_perms: None,
+        parent_perms,
     })
 }
 

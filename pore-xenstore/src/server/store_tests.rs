@@ -543,3 +543,42 @@ fn big_directory_is_e2big_and_directory_part_pages() {
     }
     assert_eq!(names, 300);
 }
+
+#[test]
+fn set_target_gives_the_targets_rights() {
+    let mut t = T::new(Config::default());
+    let g = t.guest(5);
+    let d0 = t.dom0;
+    t.req(
+        g,
+        Request::Watch {
+            path: "/nope/x",
+            token: "t1",
+        },
+        0,
+    );
+    assert_eq!(t.req(g, Request::Read("/tool"), 0), "!EACCES");
+    assert_eq!(
+        t.req(
+            d0,
+            Request::SetTarget {
+                domid: 5,
+                target: 0
+            },
+            0
+        ),
+        "OK\0"
+    );
+    assert_eq!(t.req(g, Request::Read("/tool"), 0), "");
+    let out = t.raw(
+        d0,
+        &msg(
+            &Request::Write {
+                path: "/nope/x",
+                value: b"",
+            },
+            0,
+        ),
+    );
+    assert_eq!(T::events(&out, g), ["/nope/x t1 "]);
+}

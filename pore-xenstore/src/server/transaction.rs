@@ -2,6 +2,9 @@
 //! wrote, created or deleted (parents whose child list it changed, and nodes it found
 //! missing, included) is remembered with the generation it had; at commit, any of them
 //! changed by someone else means `EAGAIN` (behaviours.md §8).
+//!
+//! Like C, the transaction keeps a copy of each node at its first access: later reads in
+//! the transaction see that copy (or its own changes), not what others did since.
 
 use std::collections::HashMap;
 
@@ -16,6 +19,8 @@ use super::watch::Change;
 pub(crate) struct Transaction {
     /// First-seen generation of each node accessed (`None`: missing).
     accessed: HashMap<String, Option<u64>>,
+    /// Nodes as first seen (`None`: missing), for nodes not modified since.
+    snapshot: HashMap<String, Option<Node>>,
     /// Nodes as this transaction left them (`None`: deleted).
     overlay: HashMap<String, Option<Node>>,
     /// Change in the count of nodes owned per domain.
@@ -54,11 +59,14 @@ pub(crate) struct TxView<'a> {
 }
 
 impl TxView<'_> {
+    /// Records the first access of `p`: its generation and a copy.
     fn touch(&mut self, p: &str) {
-        if !self.tx.overlay.contains_key(p) && !self.tx.accessed.contains_key(p) {
+        if !self.tx.accessed.contains_key(p) {
+            let n = self.tree.get(p).cloned();
             self.tx
                 .accessed
-                .insert(p.to_owned(), self.tree.generation_of(p));
+                .insert(p.to_owned(), n.as_ref().map(|n| n.generation));
+            self.tx.snapshot.insert(p.to_owned(), n);
         }
     }
 
@@ -66,7 +74,7 @@ impl TxView<'_> {
     fn node_mut(&mut self, p: &str) -> Option<&mut Node> {
         self.touch(p);
         if !self.tx.overlay.contains_key(p) {
-            let n = self.tree.get(p).cloned();
+            let n = self.tx.snapshot.remove(p).flatten();
             self.tx.overlay.insert(p.to_owned(), n);
         }
         self.tx.overlay.get_mut(p).and_then(Option::as_mut)
@@ -82,7 +90,7 @@ impl View for TxView<'_> {
         self.touch(p);
         match self.tx.overlay.get(p) {
             Some(n) => n.as_ref(),
-            None => self.tree.get(p),
+            None => self.tx.snapshot.get(p).and_then(Option::as_ref),
         }
     }
 
@@ -113,6 +121,7 @@ impl View for TxView<'_> {
             parent.children.push(base);
         }
         self.touch(p);
+        self.tx.snapshot.remove(p);
         self.delta(node.owner(), 1);
         self.tx.overlay.insert(p.to_owned(), Some(node));
     }
@@ -126,17 +135,27 @@ impl View for TxView<'_> {
                 }
             }
         }
-        let mut stack = vec![p.to_owned()];
-        while let Some(cur) = stack.pop() {
-            let Some(node) = self.get(&cur).cloned() else {
+        let mut stack = vec![(p.to_owned(), false)];
+        while let Some((cur, expanded)) = stack.pop() {
+            let Some(node) = self.get(&cur) else {
                 continue;
             };
-            self.tx.overlay.insert(cur.clone(), None);
-            self.delta(node.owner(), -1);
-            for c in node.children.iter().rev() {
-                stack.push(path::join(&cur, c));
+            if expanded {
+                let (owner, perms) = (node.owner(), node.perms.clone());
+                self.tx.snapshot.remove(&cur);
+                self.tx.overlay.insert(cur.clone(), None);
+                self.delta(owner, -1);
+                removed.push((cur, perms));
+                continue;
             }
-            removed.push((cur, node.perms));
+            let kids: Vec<String> = node
+                .children
+                .iter()
+                .rev()
+                .map(|c| path::join(&cur, c))
+                .collect();
+            stack.push((cur, true));
+            stack.extend(kids.into_iter().map(|k| (k, false)));
         }
     }
 

@@ -146,7 +146,8 @@ pub(crate) trait View {
     /// Creates a node whose parent exists and links it into the parent's child list.
     fn create(&mut self, p: &str, node: Node);
     /// Removes the node and its subtree, unlinking it from its parent. Appends the
-    /// removed nodes (path, perms) in pre-order.
+    /// removed nodes (path, perms) in post-order (children in creation order, the
+    /// root last), the order in which C fires their watches.
     fn remove(&mut self, p: &str, removed: &mut Vec<(String, Vec<Perm>)>);
     /// Nodes owned by `domid` as this view sees them.
     fn owned(&self, domid: u32) -> usize;
@@ -200,16 +201,26 @@ impl View for Tree {
                 parent.generation = g;
             }
         }
-        let mut stack = vec![p.to_owned()];
-        while let Some(cur) = stack.pop() {
-            let Some(node) = self.nodes.remove(&cur) else {
+        let mut stack = vec![(p.to_owned(), false)];
+        while let Some((cur, expanded)) = stack.pop() {
+            if expanded {
+                if let Some(node) = self.nodes.remove(&cur) {
+                    self.dec_owned(node.owner());
+                    removed.push((cur, node.perms));
+                }
+                continue;
+            }
+            let Some(node) = self.nodes.get(&cur) else {
                 continue;
             };
-            self.dec_owned(node.owner());
-            for c in node.children.iter().rev() {
-                stack.push(path::join(&cur, c));
-            }
-            removed.push((cur, node.perms));
+            let kids: Vec<String> = node
+                .children
+                .iter()
+                .rev()
+                .map(|c| path::join(&cur, c))
+                .collect();
+            stack.push((cur, true));
+            stack.extend(kids.into_iter().map(|k| (k, false)));
         }
     }
 
@@ -248,7 +259,7 @@ mod tests {
         let mut removed = vec![];
         t.remove("/a", &mut removed);
         let paths: Vec<_> = removed.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(paths, ["/a", "/a/b", "/a/c"]);
+        assert_eq!(paths, ["/a/b", "/a/c", "/a"]);
         assert_eq!(t.owned(5), 0);
         assert!(t.get("/a/b").is_none());
         assert_eq!(t.get("/").unwrap().children, ["tool"]);

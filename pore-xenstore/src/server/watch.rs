@@ -2,7 +2,7 @@
 //! rules of C xenstored for `rm` (watches on removed descendants fire with their own
 //! path) and special `@` paths.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crate::perms::Perm;
 
@@ -18,9 +18,25 @@ pub(crate) enum Change {
         path: String,
         perms: Vec<Perm>,
         old_perms: Option<Vec<Perm>>,
+        /// The parent's perms: C lets a watcher see a change it may read the node or
+        /// its parent of.
+        parent_perms: Option<Vec<Perm>>,
     },
-    /// A subtree was removed: `removed[0]` is its root, the rest its descendants.
-    Removed { removed: Vec<(String, Vec<Perm>)> },
+    /// A subtree was removed: its nodes in post-order, the root last, and the perms of
+    /// the root's parent.
+    Removed {
+        removed: Vec<(String, Vec<Perm>)>,
+        parent_perms: Option<Vec<Perm>>,
+    },
+}
+
+/// The permissions that decide whether an unprivileged watcher sees an event: C's
+/// `watch_permitted` (old perms, the node's, or its parent's must allow reading).
+#[derive(Clone, Debug)]
+pub(crate) struct Vis {
+    pub(crate) perms: Vec<Perm>,
+    pub(crate) old: Option<Vec<Perm>>,
+    pub(crate) parent: Option<Vec<Perm>>,
 }
 
 /// One registered watch.
@@ -32,11 +48,17 @@ pub(crate) struct Watch {
     pub(crate) relative: bool,
 }
 
-/// All watches, by canonical path.
+#[derive(Clone, Debug)]
+struct Entry {
+    path: String,
+    token: Vec<u8>,
+    relative: bool,
+}
+
+/// All watches, per connection in registration order (C's order of events).
 #[derive(Debug, Default)]
 pub(crate) struct Watches {
-    by_path: HashMap<String, Vec<Watch>>,
-    per_conn: HashMap<ConnId, usize>,
+    per_conn: BTreeMap<ConnId, Vec<Entry>>,
 }
 
 /// One event to deliver: to `conn`, reporting `path` (already made relative if needed).
@@ -46,135 +68,143 @@ pub(crate) struct Fired {
     pub(crate) path: String,
     pub(crate) token: Vec<u8>,
     /// The perms of the node it reports (`None`: no check, e.g. registration).
-    pub(crate) perms: Option<(Vec<Perm>, Option<Vec<Perm>>)>,
+    pub(crate) perms: Option<Vis>,
+}
+
+/// True if a watch on `w` fires for a change of `node` (`exact`: only a watch on the
+/// node itself, as for the descendants of a removed node).
+fn matches(w: &str, node: &str, exact: bool) -> bool {
+    if w == node {
+        return true;
+    }
+    if exact || node.starts_with('@') || w.starts_with('@') {
+        return false;
+    }
+    if w == "/" {
+        return true;
+    }
+    node.strip_prefix(w)
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 impl Watches {
     pub(crate) fn count(&self, conn: ConnId) -> usize {
-        self.per_conn.get(&conn).copied().unwrap_or(0)
+        self.per_conn.get(&conn).map_or(0, Vec::len)
     }
 
     pub(crate) fn exists(&self, p: &str, token: &[u8], conn: ConnId) -> bool {
-        self.by_path
-            .get(p)
-            .is_some_and(|v| v.iter().any(|w| w.conn == conn && w.token == token))
+        self.per_conn
+            .get(&conn)
+            .is_some_and(|v| v.iter().any(|w| w.path == p && w.token == token))
     }
 
     pub(crate) fn add(&mut self, p: String, w: Watch) {
-        *self.per_conn.entry(w.conn).or_default() += 1;
-        self.by_path.entry(p).or_default().push(w);
+        self.per_conn.entry(w.conn).or_default().push(Entry {
+            path: p,
+            token: w.token,
+            relative: w.relative,
+        });
     }
 
     /// Removes the watch; false if there was none.
     pub(crate) fn remove(&mut self, p: &str, token: &[u8], conn: ConnId) -> bool {
-        let Some(v) = self.by_path.get_mut(p) else {
+        let Some(v) = self.per_conn.get_mut(&conn) else {
             return false;
         };
-        let Some(i) = v.iter().position(|w| w.conn == conn && w.token == token) else {
+        let Some(i) = v.iter().position(|w| w.path == p && w.token == token) else {
             return false;
         };
         v.remove(i);
         if v.is_empty() {
-            self.by_path.remove(p);
-        }
-        if let Some(c) = self.per_conn.get_mut(&conn) {
-            *c = c.saturating_sub(1);
+            self.per_conn.remove(&conn);
         }
         true
     }
 
     /// Removes every watch of `conn`.
     pub(crate) fn remove_conn(&mut self, conn: ConnId) {
-        if self.per_conn.remove(&conn).is_none() {
-            return;
-        }
-        self.by_path.retain(|_, v| {
-            v.retain(|w| w.conn != conn);
-            !v.is_empty()
-        });
+        self.per_conn.remove(&conn);
     }
 
-    fn emit(
-        &self,
-        wp: &str,
-        event_path: &str,
-        perms: &Option<(Vec<Perm>, Option<Vec<Perm>>)>,
-        homes: &dyn Fn(ConnId) -> u32,
-        out: &mut Vec<Fired>,
-    ) {
-        let Some(ws) = self.by_path.get(wp) else {
-            return;
-        };
-        for w in ws {
-            let p = if w.relative {
-                let home = path::home(homes(w.conn));
-                event_path
-                    .strip_prefix(home.as_str())
-                    .and_then(|r| r.strip_prefix('/'))
-                    .unwrap_or(event_path)
-                    .to_owned()
-            } else {
-                event_path.to_owned()
-            };
-            out.push(Fired {
-                conn: w.conn,
-                path: p,
-                token: w.token.clone(),
-                perms: perms.clone(),
-            });
-        }
-    }
-
-    /// The events a change causes. `domid_of` gives a connection's domain (for
-    /// relative paths).
+    /// The events a change causes, per connection in C's order: for each changed node
+    /// (a removed subtree in post-order, its root last), each matching watch in
+    /// registration order, an event with the same path and token only once. `domid_of` gives a connection's domain (relative paths).
     pub(crate) fn fire(
         &self,
         change: &Change,
         domid_of: &dyn Fn(ConnId) -> u32,
         out: &mut Vec<Fired>,
     ) {
-        if self.by_path.is_empty() {
+        if self.per_conn.is_empty() {
             return;
         }
-        match change {
+        let single;
+        let (nodes, old, top_parent): (&[(String, Vec<Perm>)], _, _) = match change {
             Change::Node {
-                path: p,
+                path,
                 perms,
                 old_perms,
+                parent_perms,
             } => {
-                let pp = Some((perms.clone(), old_perms.clone()));
-                self.fire_ancestors(p, &pp, domid_of, out);
+                single = [(path.clone(), perms.clone())];
+                (&single, old_perms.clone(), parent_perms.clone())
             }
-            Change::Removed { removed } => {
-                let Some((root, root_perms)) = removed.first() else {
-                    return;
+            Change::Removed {
+                removed,
+                parent_perms,
+            } => (removed, None, parent_perms.clone()),
+        };
+        let vis: Vec<Vis> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (node, perms))| {
+                let parent = if i + 1 == nodes.len() {
+                    top_parent.clone()
+                } else {
+                    let pp = path::parent(node);
+                    nodes.iter().find(|(q, _)| q == pp).map(|(_, p)| p.clone())
                 };
-                for (d, perms) in &removed[1..] {
-                    self.emit(d, d, &Some((perms.clone(), None)), domid_of, out);
+                Vis {
+                    perms: perms.clone(),
+                    old: old.clone(),
+                    parent,
                 }
-                self.fire_ancestors(root, &Some((root_perms.clone(), None)), domid_of, out);
+            })
+            .collect();
+        for (&conn, list) in &self.per_conn {
+            let mut home = None;
+            for (i, (node, _)) in nodes.iter().enumerate() {
+                let exact = i + 1 != nodes.len();
+                // C sends one event per (path, token) and connection, however many of
+                // its watches match.
+                let first = out.len();
+                for w in list {
+                    if !matches(&w.path, node, exact) {
+                        continue;
+                    }
+                    let p = if w.relative {
+                        let home = home.get_or_insert_with(|| path::home(domid_of(conn)));
+                        node.strip_prefix(home.as_str())
+                            .and_then(|r| r.strip_prefix('/'))
+                            .unwrap_or(node)
+                            .to_owned()
+                    } else {
+                        node.clone()
+                    };
+                    if out[first..]
+                        .iter()
+                        .any(|f| f.path == p && f.token == w.token)
+                    {
+                        continue;
+                    }
+                    out.push(Fired {
+                        conn,
+                        path: p,
+                        token: w.token.clone(),
+                        perms: Some(vis[i].clone()),
+                    });
+                }
             }
-        }
-    }
-
-    fn fire_ancestors(
-        &self,
-        p: &str,
-        perms: &Option<(Vec<Perm>, Option<Vec<Perm>>)>,
-        domid_of: &dyn Fn(ConnId) -> u32,
-        out: &mut Vec<Fired>,
-    ) {
-        if p.starts_with('@') {
-            self.emit(p, p, perms, domid_of, out);
-            return;
-        }
-        let mut cur = p;
-        loop {
-            self.emit(cur, p, perms, domid_of, out);
-            if cur == "/" {
-                break;
-            }
-            cur = path::parent(cur);
         }
     }
 }
@@ -211,6 +241,7 @@ mod tests {
             path: p.into(),
             perms: n0.clone(),
             old_perms: None,
+            parent_perms: None,
         };
         assert_eq!(paths(&ws, &node("/w/x/y")), [(1, "/w/x/y".to_string())]);
         assert_eq!(paths(&ws, &node("/")), []);
@@ -221,10 +252,11 @@ mod tests {
         );
         let rm = Change::Removed {
             removed: vec![
-                ("/w/x".into(), n0.clone()),
-                ("/w/x/y".into(), n0.clone()),
                 ("/w/x/y/z".into(), n0.clone()),
+                ("/w/x/y".into(), n0.clone()),
+                ("/w/x".into(), n0.clone()),
             ],
+            parent_perms: None,
         };
         assert_eq!(
             paths(&ws, &rm),
