@@ -1,0 +1,121 @@
+//! `pore xenstored --socket PATH`: pore's xenstored on a unix socket, in the foreground.
+//!
+//! It answers like Debian's C xenstored (Xen's clients and tools cannot tell the
+//! difference); quotas take C's flags and defaults. SIGTERM or SIGINT shut it down
+//! cleanly (connections closed, the socket file removed).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use pore_xenstore::server::{Config, Quotas, Server};
+
+/// Options of `pore xenstored` (quota flags as C xenstored's).
+#[derive(clap::Args, Debug)]
+pub struct XenstoredArgs {
+    /// Unix socket to listen on (clients find it through XENSTORED_PATH).
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// Nodes a domain may own (C's -E).
+    #[arg(short = 'E', long, default_value_t = 1000)]
+    pub entry_nb: usize,
+    /// Largest node record of an unprivileged domain, in bytes (C's -S).
+    #[arg(short = 'S', long, default_value_t = 2048)]
+    pub entry_size: usize,
+    /// Watches per domain (C's -W).
+    #[arg(short = 'W', long, default_value_t = 128)]
+    pub watch_nb: usize,
+    /// Open transactions per connection (C's -t).
+    #[arg(short = 't', long, default_value_t = 10)]
+    pub transaction: usize,
+    /// Longest path below a domain's home (C's -M).
+    #[arg(short = 'M', long, default_value_t = 2048)]
+    pub path_max: usize,
+    /// Permissions per node (C's -A).
+    #[arg(short = 'A', long, default_value_t = 5)]
+    pub perm_nb: usize,
+    /// A privileged domain besides dom0 (C's --priv-domid).
+    #[arg(long)]
+    pub priv_domid: Option<u32>,
+    /// Watch events queued for a client that does not read, before they are dropped.
+    #[arg(long, default_value_t = 1024)]
+    pub max_queued_events: usize,
+}
+
+/// SIGTERM and SIGINT, blocked in every thread and waited for by the main one.
+struct Signals(libc::sigset_t);
+
+impl Signals {
+    /// Blocks the signals; call before any thread starts (threads inherit the mask).
+    fn block() -> std::io::Result<Self> {
+        // SAFETY: sigset_t is plain data for which all-zero is a valid value; it is
+        // initialised by sigemptyset before use. The calls only read and write `set`
+        // and this thread's signal mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            if r != 0 {
+                return Err(std::io::Error::from_raw_os_error(r));
+            }
+            Ok(Signals(set))
+        }
+    }
+
+    /// Waits up to `timeout` for one of the signals; its number if one came.
+    fn wait(&self, timeout: Duration) -> Option<i32> {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `self.0` and `ts` are valid for the duration of the call; a null
+        // siginfo pointer is allowed.
+        let r = unsafe { libc::sigtimedwait(&self.0, std::ptr::null_mut(), &ts) };
+        (r > 0).then_some(r)
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(args: XenstoredArgs) -> ExitCode {
+    let signals = match Signals::block() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot block SIGTERM/SIGINT");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = Config {
+        quotas: Quotas {
+            nodes_per_domain: args.entry_nb,
+            entry_size: args.entry_size,
+            watches_per_domain: args.watch_nb,
+            transactions: args.transaction,
+            path_max: args.path_max,
+            perms_per_node: args.perm_nb,
+        },
+        priv_domid: args.priv_domid,
+        max_queued_events: args.max_queued_events,
+    };
+    let server = Server::new(config, None);
+    let listener = match server.listen_unix(&args.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(socket = %args.socket.display(), error = %e, "cannot listen");
+            server.shutdown();
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(socket = %args.socket.display(), pid = std::process::id(), "pore xenstored running");
+    let sig = loop {
+        if let Some(sig) = signals.wait(Duration::from_millis(500)) {
+            break sig;
+        }
+    };
+    tracing::info!(signal = sig, "shutting down");
+    server.shutdown();
+    listener.join();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
