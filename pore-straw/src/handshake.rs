@@ -251,6 +251,7 @@ pub enum Input {
 enum Op {
     // opener
     CheckWarts,
+    CheckPeerTop,
     RmStale,
     MkdirStraw,
     NarrowStraw,
@@ -846,6 +847,17 @@ impl StrawMachine {
             Op::CheckWarts => match r {
                 Ok(_) => self.fail(StrawError::Exists),
                 Err(StoreError::NotFound) => {
+                    // Does the peer endpoint run a manager? (A privileged connection could
+                    // otherwise create its straw top for it, and wait in vain.)
+                    let path = self.peer.straw_top();
+                    self.store(Op::CheckPeerTop, StoreOp::Read { path });
+                }
+                Err(e) => fail_store(self, "read", e),
+            },
+            Op::CheckPeerTop => match r {
+                Err(StoreError::NotFound) => self.fail(StrawError::PeerNotFound),
+                // Readable, or hidden from us: the mkdir below decides.
+                Ok(_) | Err(StoreError::PermissionDenied) => {
                     let path = self.paths.straw_dir.clone();
                     self.store(Op::RmStale, StoreOp::Rm { path });
                 }

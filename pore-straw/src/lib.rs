@@ -9,7 +9,40 @@
 //!   close chart (D17) and narrowed permissions (D18).
 //! * [`endpoint`]: endpoints `(domid, name)` and their paths; [`parse`]: strict parsers for every
 //!   value a peer writes; [`ops`]: the xenstore operations the machine asks for.
-//! * [`fuzz`]: a deterministic entry point for a cargo-fuzz target.
+//! * [`fuzz`]: a deterministic entry point for a cargo-fuzz target
+//!   ([`fuzz::drive_handshake`]).
+//!
+//! With the `std` feature (default):
+//!
+//! * [`straw`]: [`straw::Straw`], frames ([`bytes::Bytes`]) over a LING or v2 ring from
+//!   `pore-ring`: blocking with timeouts or not at all, split into a sender and a receiver,
+//!   frames larger than the ring streamed, the JSON envelope delivered to mailboxes, a close
+//!   that drains first, peer-loss detection;
+//! * [`manager`]: [`manager::Manager`], one per endpoint, a thread per straw, generic over a
+//!   small [`manager::StoreClient`] trait;
+//! * `xenstore` (feature `xenstore`): `XsAdapter`, the `StoreClient` of pore-xenstore's
+//!   client.
+//!
+//! ```no_run
+//! # #[cfg(feature = "xenstore")] {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use pore_core::DomId;
+//! use pore_straw::manager::{Manager, ManagerConfig};
+//! use pore_straw::xenstore::XsAdapter;
+//! use pore_straw::Endpoint;
+//!
+//! # fn backend() -> pore_core::loopback::LoopbackDomain { unimplemented!() }
+//! let xs = XsAdapter::new(Arc::new(pore_xenstore::Client::open_default().unwrap()));
+//! let me = Endpoint::new(DomId(1), "chat").unwrap();
+//! let m = Manager::start(backend(), xs, me, ManagerConfig::default()).unwrap();
+//! let straw = m.open(&Endpoint::new(DomId(2), "chat").unwrap()).unwrap();
+//! straw.sender().send(Bytes::from_static(b"hello")).unwrap();
+//! let reply = straw.receiver().recv_timeout(Duration::from_secs(5)).unwrap();
+//! straw.close().unwrap();
+//! # let _ = reply; }
+//! ```
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 

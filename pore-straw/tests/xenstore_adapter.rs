@@ -43,6 +43,19 @@ fn handshake_talk_and_close_over_a_real_xenstored() {
     );
     let m1 = Manager::start(xen.domain(DomId(1)), xs1, e1.clone(), cfg.clone()).unwrap();
     let m2 = Manager::start(xen.domain(DomId(2)), xs2, e2.clone(), cfg).unwrap();
+    // A privileged connection could create anything: the opener still says "not found" at once.
+    let t = std::time::Instant::now();
+    assert!(matches!(
+        m1.open(&Endpoint::new(DomId(9), "t").unwrap()),
+        Err(pore_straw::manager::ManagerError::Straw(
+            pore_straw::StrawError::PeerNotFound
+        ))
+    ));
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        probe.try_read("/local/domain/9/data/straw-t").unwrap(),
+        None
+    );
     let s1 = m1.open(&e2).unwrap();
     let s2 = m2.accept(Duration::from_secs(5)).unwrap();
     assert_eq!(
