@@ -14,7 +14,7 @@
 //!
 //! The manager reaches xenstore through the small [`StoreClient`] trait.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::string::String;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
@@ -122,7 +122,8 @@ struct Entry<B: Backend> {
 }
 
 struct State<B: Backend> {
-    straws: HashMap<Endpoint, Entry<B>>,
+    /// One straw per peer and direction (the seed allows a straw each way).
+    straws: HashMap<(Endpoint, Role), Entry<B>>,
     unclaimed: VecDeque<Straw<B>>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -290,30 +291,42 @@ where
 
     /// The peers with a straw (connected or in the handshake).
     pub fn peers(&self) -> Vec<Endpoint> {
-        lock(&self.inner.state).straws.keys().cloned().collect()
+        let set: BTreeSet<Endpoint> = lock(&self.inner.state)
+            .straws
+            .keys()
+            .map(|(p, _)| p.clone())
+            .collect();
+        set.into_iter().collect()
     }
 
     /// The peers with a connected straw.
     pub fn connected(&self) -> Vec<Endpoint> {
-        lock(&self.inner.state)
+        let set: BTreeSet<Endpoint> = lock(&self.inner.state)
             .straws
             .iter()
             .filter(|(_, e)| e.slot.is_live())
-            .map(|(p, _)| p.clone())
-            .collect()
+            .map(|((p, _), _)| p.clone())
+            .collect();
+        set.into_iter().collect()
     }
 
-    /// Closes the straw with `peer` without draining (use [`Straw::close`] to drain first) and
-    /// waits for the close chart (bounded).
+    /// Closes the straws with `peer` (both directions) without draining (use [`Straw::close`]
+    /// to drain first) and waits for the close chart (bounded).
     pub fn close(&self, peer: &Endpoint) -> Result<(), ManagerError> {
-        let sender = {
+        let senders: Vec<_> = {
             let st = lock(&self.inner.state);
             st.straws
-                .get(peer)
-                .map(|e| e.input.clone())
-                .ok_or(ManagerError::NotFound)?
+                .iter()
+                .filter(|((p, _), _)| p == peer)
+                .map(|(_, e)| e.input.clone())
+                .collect()
         };
-        let _ = sender.send(Input::Close);
+        if senders.is_empty() {
+            return Err(ManagerError::NotFound);
+        }
+        for s in senders {
+            let _ = s.send(Input::Close);
+        }
         self.inner.wait_gone(peer, self.close_wait())
     }
 
@@ -404,7 +417,9 @@ where
             };
             if ev.token == self.top_token {
                 if let Some(peer) = parse_knock(&self.me, &ev.path) {
-                    let known = lock(&self.state).straws.contains_key(&peer);
+                    let known = lock(&self.state)
+                        .straws
+                        .contains_key(&(peer.clone(), Role::Listener));
                     if !known {
                         tracing::debug!(me = %self.me, %peer, "strawman: knock");
                         if let Err(e) = self.clone().spawn(peer, Role::Listener, None) {
@@ -439,11 +454,16 @@ where
         let token = std::format!("{}{}", self.prefix, machine.token());
         let (tx, rx) = mpsc::channel();
         let mut st = lock(&self.state);
-        if st.straws.contains_key(&peer) {
+        let connected_back = st
+            .straws
+            .get(&(peer.clone(), Role::Listener))
+            .is_some_and(|e| e.slot.is_live());
+        if st.straws.contains_key(&(peer.clone(), role)) || (role == Role::Opener && connected_back)
+        {
             return Err(ManagerError::Exists);
         }
         st.straws.insert(
-            peer.clone(),
+            (peer.clone(), role),
             Entry {
                 token: token.clone(),
                 input: tx.clone(),
@@ -473,7 +493,7 @@ where
                 Ok(())
             }
             Err(_) => {
-                st.straws.remove(&peer);
+                st.straws.remove(&(peer, role));
                 Err(ManagerError::ShutDown)
             }
         }
@@ -482,7 +502,7 @@ where
     fn wait_gone(&self, peer: &Endpoint, timeout: Duration) -> Result<(), ManagerError> {
         let end = Instant::now() + timeout;
         let mut st = lock(&self.state);
-        while st.straws.contains_key(peer) {
+        while st.straws.keys().any(|(p, _)| p == peer) {
             let now = Instant::now();
             if now >= end {
                 return Err(ManagerError::TimedOut);
@@ -646,7 +666,7 @@ where
         tracing::info!(me = %self.inner.me, peer = %conn.peer, role = ?conn.role, layout, format = conn.format.as_str(), "strawman: connected");
         self.shared = Some(straw.shared());
         let mut st = lock(&self.inner.state);
-        if let Some(e) = st.straws.get_mut(&conn.peer) {
+        if let Some(e) = st.straws.get_mut(&(conn.peer.clone(), conn.role)) {
             e.slot = Slot::Live(straw.shared());
         }
         match self.reply.take() {
@@ -681,8 +701,10 @@ where
             let _ = reply.send(Err(ManagerError::Straw(e.clone())));
         }
         let mut st = lock(&self.inner.state);
-        st.straws.remove(peer);
-        st.unclaimed.retain(|s| s.peer() != peer);
+        let role = self.machine.role();
+        st.straws.remove(&(peer.clone(), role));
+        st.unclaimed
+            .retain(|s| !(s.peer() == peer && s.role() == role));
         drop(st);
         self.inner.changed.notify_all();
     }

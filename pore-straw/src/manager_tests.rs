@@ -331,3 +331,29 @@ fn dropping_a_straw_closes_it() {
     }
     assert!(m1.peers().is_empty());
 }
+
+#[test]
+fn simultaneous_opens_both_connect() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let (m1, _) = manager(&xen, &world, 1);
+    let (m2, _) = manager(&xen, &world, 2);
+    let (m1, m2) = (Arc::new(m1), Arc::new(m2));
+    let (a, b) = (m1.clone(), m2.clone());
+    let t1 = thread::spawn(move || a.open(&Endpoint::seed(DomId(2))));
+    let t2 = thread::spawn(move || b.open(&Endpoint::seed(DomId(1))));
+    let s12 = t1.join().unwrap().unwrap();
+    let s21 = t2.join().unwrap().unwrap();
+    // One straw each way, as the seed allows; each side also gets the other's.
+    let r2 = m2.accept(Duration::from_secs(2)).unwrap();
+    let r1 = m1.accept(Duration::from_secs(2)).unwrap();
+    s12.sender().send(Bytes::from_static(b"1->2")).unwrap();
+    s21.sender().send(Bytes::from_static(b"2->1")).unwrap();
+    assert_eq!(r2.receiver().recv().unwrap(), "1->2");
+    assert_eq!(r1.receiver().recv().unwrap(), "2->1");
+    // But opening again while connected is refused.
+    assert_eq!(
+        m1.open(&Endpoint::seed(DomId(2))).unwrap_err(),
+        ManagerError::Exists
+    );
+}
