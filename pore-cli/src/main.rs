@@ -4,6 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
+mod sim;
+mod xenstored;
 mod xs;
 
 /// Communication between Xen domains: shared pages plus an event channel.
@@ -19,6 +22,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job: two domains of a simulated Xen negotiate a straw through xenstore and
+    /// exchange messages; prints the handshake, latency and throughput.
+    Demo(demo::DemoArgs),
+    /// Run a standalone simulated Xen (the broker domain processes connect to).
+    Sim(sim::SimArgs),
+    /// Run pore's xenstored on a unix socket, in the foreground.
+    Xenstored(xenstored::XenstoredArgs),
     /// Print the crate versions and exit.
     Version,
     /// Xenstore tools: read, write, ls, rm, mkdir, chmod, watch, list, exists.
@@ -26,6 +36,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A domain process spawned by `pore demo` runs its role and exits here.
+    demo::run_child_if_any();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match cli.command {
@@ -34,6 +46,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Xs(args) => xs::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Sim(args) => sim::run(args),
+        Command::Xenstored(args) => xenstored::run(args),
     }
 }
 
