@@ -80,7 +80,7 @@ impl DomCtx {
                 sock,
                 buf: Mutex::new(buf),
             },
-            table: Arc::new(table),
+            table: table.into_shared(),
             dead: AtomicBool::new(false),
             readiness: OnceLock::new(),
         }))
@@ -256,6 +256,7 @@ impl Readiness {
             .name(format!("pore-sim-ready-{dom}"))
             .spawn(move || {
                 let word = table.wake_gen(dom);
+                let flags = table.futex_flags();
                 let mut seen = word.load(Ordering::Acquire);
                 let ts = futex::Timespec {
                     tv_sec: 0,
@@ -267,7 +268,7 @@ impl Readiness {
                         seen = now;
                         let _ = rustix::io::write(&*efd2, &1u64.to_ne_bytes());
                     } else {
-                        let _ = futex::wait(word, futex::Flags::empty(), seen, Some(&ts));
+                        let _ = futex::wait(word, flags, seen, Some(&ts));
                     }
                 }
                 table.unwatch(dom);
@@ -393,15 +394,20 @@ impl EventChannel for SimChannel {
     }
 
     fn wait(&self, timeout: Duration) -> Result<WaitOutcome> {
-        let deadline = Instant::now() + timeout;
+        if self.check(true)? {
+            return Ok(WaitOutcome::Event);
+        }
+        let start = Instant::now();
+        let mut left = timeout;
         loop {
+            self.ctx.table.sleep(self.ctx.id, left, || self.ready());
             if self.check(true)? {
                 return Ok(WaitOutcome::Event);
             }
-            if Instant::now() >= deadline {
+            left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
                 return Ok(WaitOutcome::Timeout);
             }
-            self.ctx.table.sleep(self.ctx.id, deadline, || self.ready());
         }
     }
 
@@ -445,7 +451,7 @@ impl Events for SimDomain {
                 "select over a channel of another domain",
             ));
         }
-        let deadline = Instant::now() + timeout;
+        let mut start = None;
         loop {
             let mut gone = None;
             for (i, ch) in channels.iter().enumerate() {
@@ -463,12 +469,14 @@ impl Events for SimDomain {
             if let Some(e) = gone {
                 return Err(e);
             }
-            if Instant::now() >= deadline {
+            let start = *start.get_or_insert_with(Instant::now);
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
                 return Ok(());
             }
             self.ctx
                 .table
-                .sleep(self.ctx.id, deadline, || channels.iter().any(|c| c.ready()));
+                .sleep(self.ctx.id, left, || channels.iter().any(|c| c.ready()));
         }
     }
 

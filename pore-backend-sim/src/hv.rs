@@ -178,8 +178,11 @@ impl Args<'_> {
 }
 
 impl Hv {
-    pub(crate) fn new() -> Result<Arc<Hv>> {
-        let table = Arc::new(Table::create().map_err(SimError::os("creating the event table"))?);
+    /// A hypervisor; `process_local` when no domain process will ever connect (no broker).
+    pub(crate) fn new(process_local: bool) -> Result<Arc<Hv>> {
+        let table = Table::create(process_local)
+            .map_err(SimError::os("creating the event table"))?
+            .into_shared();
         let hv = Arc::new_cyclic(|me| Hv {
             state: Mutex::new(State {
                 next_domid: 1,

@@ -130,7 +130,7 @@ impl Hypervisor {
     /// A hypervisor for domains in this process only (no broker).
     pub fn new() -> Result<Hypervisor> {
         Ok(Hypervisor {
-            hv: hv::Hv::new()?,
+            hv: hv::Hv::new(true)?,
             broker: None,
         })
     }
@@ -156,7 +156,7 @@ impl Hypervisor {
 
     /// Runs the broker on the socket at `path` (or a fresh temporary path).
     pub fn start_at(path: Option<&Path>) -> Result<Hypervisor> {
-        let hv = hv::Hv::new()?;
+        let hv = hv::Hv::new(false)?;
         let broker = broker::Broker::start(hv.clone(), path)?;
         Ok(Hypervisor {
             hv,

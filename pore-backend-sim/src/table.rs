@@ -4,8 +4,8 @@
 //!
 //! * one 64-byte slot per domain: a count of sleeping waiters and a futex word (`wake_gen`)
 //!   bumped to wake them;
-//! * one 64-byte slot per event channel: a pending word and a closed word per end, the slot's
-//!   generation and whether it is bound.
+//! * one 128-byte slot per event channel: a closed word per end, the slot's generation and
+//!   whether it is bound on one cache line, a pending word per end on the next.
 //!
 //! Signalling is the doorbell of `reference/PERF.md`: the notifier sets the peer's pending word,
 //! fences, and makes a syscall (`futex` wake) only if a thread of the peer domain sleeps. A
@@ -20,8 +20,9 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use pore_core::{DomId, PAGE_SIZE};
 use rustix::thread::futex;
@@ -33,18 +34,69 @@ pub(crate) const MAX_DOMAINS: usize = 1024;
 /// Event channels alive at once, across all domains.
 pub(crate) const MAX_CHANNELS: usize = 16 * 1024;
 const SLOT: usize = 64;
+/// A channel slot spans two cache lines: the read-mostly words (generation, bound, closed) on
+/// the first, the pending words on the second, so a notify or a wait pulls over only the line
+/// the other side actually wrote.
+const CHAN_SLOT: usize = 2 * SLOT;
 const CHAN_BASE: usize = MAX_DOMAINS * SLOT;
-const TABLE_PAGES: usize = (MAX_DOMAINS + MAX_CHANNELS) * SLOT / PAGE_SIZE;
+const TABLE_PAGES: usize = (MAX_DOMAINS * SLOT + MAX_CHANNELS * CHAN_SLOT) / PAGE_SIZE;
 
 // Words of a domain slot.
 const D_SLEEPERS: usize = 0;
 const D_WAKE_GEN: usize = 1;
 
 // Words of a channel slot.
-const C_PENDING: usize = 0; // + side
-const C_CLOSED: usize = 2; // + side
-const C_GEN: usize = 4;
-const C_BOUND: usize = 5;
+const C_CLOSED: usize = 0; // + side
+const C_GEN: usize = 2;
+const C_BOUND: usize = 3;
+const C_PENDING: usize = SLOT / 4; // + side, on the second cache line
+
+/// Sleeps longer than this rely on the ticker instead of a kernel timer (see [`Table::sleep`]).
+const UNTIMED_OVER: Duration = Duration::from_secs(1);
+/// The ticker's period.
+const TICK: Duration = Duration::from_millis(100);
+
+/// One thread per process nudging the sleepers of every live table each [`TICK`].
+mod ticker {
+    use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+    use super::{Table, TICK};
+
+    static TABLES: Mutex<Vec<Weak<Table>>> = Mutex::new(Vec::new());
+    static RUNNING: OnceLock<bool> = OnceLock::new();
+
+    /// Adds `table` to the ticker's list, starting the ticker if needed: `false` if it could
+    /// not start (sleeps then always use a kernel timer).
+    pub(super) fn register(table: &Arc<Table>) -> bool {
+        let running = *RUNNING.get_or_init(|| {
+            std::thread::Builder::new()
+                .name("pore-sim-ticker".into())
+                .spawn(run)
+                .map_err(|e| tracing::warn!(error = %e, "the sim ticker did not start"))
+                .is_ok()
+        });
+        if running {
+            let mut tables = TABLES.lock().unwrap_or_else(|p| p.into_inner());
+            tables.retain(|t| t.strong_count() > 0);
+            tables.push(Arc::downgrade(table));
+        }
+        running
+    }
+
+    fn run() {
+        loop {
+            std::thread::sleep(TICK);
+            let live: Vec<Arc<Table>> = {
+                let mut tables = TABLES.lock().unwrap_or_else(|p| p.into_inner());
+                tables.retain(|t| t.strong_count() > 0);
+                tables.iter().filter_map(Weak::upgrade).collect()
+            };
+            for table in live {
+                table.tick();
+            }
+        }
+    }
+}
 
 /// Futex wake syscalls made by this process (see [`crate::wake_syscalls`]).
 pub(crate) static WAKE_SYSCALLS: AtomicU64 = AtomicU64::new(0);
@@ -69,6 +121,12 @@ pub(crate) enum EndState {
 pub(crate) struct Table {
     fd: OwnedFd,
     map: Mmap,
+    /// Whether this process's ticker nudges the table's sleepers (see [`Table::sleep`]).
+    ticked: AtomicBool,
+    /// Futex flags: `PRIVATE` when every waker and waiter lives in this process and uses this
+    /// mapping (no broker), which spares the kernel the shared-mapping key lookup on every wait
+    /// and wake; empty (process-shared) otherwise.
+    flags: futex::Flags,
 }
 
 impl std::fmt::Debug for Table {
@@ -86,16 +144,50 @@ pub(crate) struct EndRef {
 }
 
 impl Table {
-    /// A fresh, zeroed table.
-    pub(crate) fn create() -> io::Result<Table> {
+    /// A fresh, zeroed table; `process_local` when no other process will ever map it.
+    pub(crate) fn create(process_local: bool) -> io::Result<Table> {
         let fd = memfd("pore-sim-events", TABLE_PAGES)?;
-        Self::from_fd(fd)
+        let mut table = Self::from_fd(fd)?;
+        if process_local {
+            table.flags = futex::Flags::PRIVATE;
+        }
+        Ok(table)
     }
 
-    /// Maps a table received from the broker.
+    /// Maps a table received from the broker (shared with other processes).
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Table> {
         let map = Mmap::map_fd(fd.as_fd(), 0, TABLE_PAGES)?;
-        Ok(Table { fd, map })
+        Ok(Table {
+            fd,
+            map,
+            ticked: AtomicBool::new(false),
+            flags: futex::Flags::empty(),
+        })
+    }
+
+    /// Shares the table and hands it to this process's ticker (see [`Table::sleep`]).
+    pub(crate) fn into_shared(self) -> Arc<Table> {
+        let table = Arc::new(self);
+        if ticker::register(&table) {
+            table.ticked.store(true, Ordering::Release);
+        }
+        table
+    }
+
+    /// One tick: nudges every domain with a sleeping thread, so that untimed sleeps re-check
+    /// their deadline. Bumps no wake word (a readiness watcher sees no event).
+    fn tick(&self) {
+        for d in 0..MAX_DOMAINS {
+            let dom = DomId(d as u16);
+            if self.dom(dom, D_SLEEPERS).load(Ordering::Relaxed) != 0 {
+                let _ = futex::wake(self.dom(dom, D_WAKE_GEN), self.flags, i32::MAX as u32);
+            }
+        }
+    }
+
+    /// The futex flags every waiter and waker of this table uses.
+    pub(crate) fn futex_flags(&self) -> futex::Flags {
+        self.flags
     }
 
     /// The table's memfd (sent to domain processes).
@@ -105,7 +197,7 @@ impl Table {
 
     fn word(&self, offset: usize) -> &AtomicU32 {
         // Offsets below are computed from ids the hypervisor bounds (domid < MAX_DOMAINS,
-        // slot < MAX_CHANNELS, word < 16), so they are in range and aligned by construction.
+        // slot < MAX_CHANNELS, word < 32), so they are in range and aligned by construction.
         self.map
             .u32_at(offset)
             .expect("event-table offset computed from bounded ids")
@@ -116,7 +208,7 @@ impl Table {
     }
 
     fn chan(&self, slot: u32, w: usize) -> &AtomicU32 {
-        self.word(CHAN_BASE + (slot as usize % MAX_CHANNELS) * SLOT + w * 4)
+        self.word(CHAN_BASE + (slot as usize % MAX_CHANNELS) * CHAN_SLOT + w * 4)
     }
 
     /// Resets a channel slot for a new channel; returns its generation.
@@ -179,8 +271,10 @@ impl Table {
             return;
         }
         // Set pending /before/ reading the sleeper count; the waiter registers /before/ it
-        // re-checks pending. With both fences, at least one side sees the other.
-        fence(Ordering::SeqCst);
+        // re-checks pending. Our swap and load are SeqCst and the waiter's registration is a
+        // SeqCst RMW followed by a SeqCst fence, so in the single total order either our swap
+        // comes first (its re-check sees pending) or its registration does (we see it here).
+        // No fence needed on this side: the notify path stays free of `mfence`.
         if self.dom(dom, D_SLEEPERS).load(Ordering::SeqCst) != 0 {
             self.wake(dom);
         }
@@ -191,30 +285,39 @@ impl Table {
         WAKE_SYSCALLS.fetch_add(1, Ordering::Relaxed);
         let word = self.dom(dom, D_WAKE_GEN);
         word.fetch_add(1, Ordering::Release);
-        if let Err(e) = futex::wake(word, futex::Flags::empty(), i32::MAX as u32) {
+        if let Err(e) = futex::wake(word, self.flags, i32::MAX as u32) {
             tracing::warn!(error = %e, %dom, "futex wake failed");
         }
     }
 
-    /// Sleeps as domain `dom` until woken, `deadline`, or `ready()` already holds after
-    /// registering. Spurious returns are allowed; callers re-check.
-    pub(crate) fn sleep(&self, dom: DomId, deadline: Instant, ready: impl Fn() -> bool) {
+    /// Sleeps as domain `dom` until woken, `left` elapses, or `ready()` already holds after
+    /// registering. Spurious returns are allowed; callers re-check. Reads no clock: callers
+    /// keep their deadline (a clock read costs ~60 ns on these VMs).
+    ///
+    /// A futex wait with a timeout arms and cancels a kernel hrtimer on every sleep, which is
+    /// most of what a timed wake-up costs beyond a raw eventfd read (~0.4 µs of a ~3.7 µs round
+    /// trip here). So a sleep with more than [`UNTIMED_OVER`] left sleeps without a timer and
+    /// relies on this process's ticker, which nudges sleeping domains every [`TICK`]; the
+    /// caller re-checks its deadline and sleeps the last stretch with a precise timer. Every
+    /// wait stays bounded, to within a tick of its deadline at worst.
+    pub(crate) fn sleep(&self, dom: DomId, left: Duration, ready: impl Fn() -> bool) {
         let gen = self.dom(dom, D_WAKE_GEN);
         let sleepers = self.dom(dom, D_SLEEPERS);
         let seen = gen.load(Ordering::Acquire);
         sleepers.fetch_add(1, Ordering::SeqCst);
-        // Register /before/ re-checking, pairing with the fence in `kick`.
+        // Register /before/ re-checking, pairing with `kick`.
         fence(Ordering::SeqCst);
-        if !ready() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if !left.is_zero() {
+        if !ready() && !left.is_zero() {
+            // EAGAIN (the word moved: a wake-up raced us), EINTR and ETIMEDOUT all just
+            // return to the caller's re-check loop.
+            if left > UNTIMED_OVER && self.ticked.load(Ordering::Relaxed) {
+                let _ = futex::wait(gen, self.flags, seen, None);
+            } else {
                 let ts = futex::Timespec::try_from(left).unwrap_or(futex::Timespec {
                     tv_sec: i64::MAX,
                     tv_nsec: 0,
                 });
-                // EAGAIN (the word moved: a wake-up raced us), EINTR and ETIMEDOUT all just
-                // return to the caller's re-check loop.
-                let _ = futex::wait(gen, futex::Flags::empty(), seen, Some(&ts));
+                let _ = futex::wait(gen, self.flags, seen, Some(&ts));
             }
         }
         sleepers.fetch_sub(1, Ordering::SeqCst);

@@ -524,3 +524,38 @@ fn ref_and_port_numbers_follow_xen() {
     assert_eq!(ch_b.peer(), a.id());
     assert_eq!(ch.peer(), b.id());
 }
+
+#[test]
+fn long_waits_time_out_on_time_and_still_see_events() {
+    let hv = Hypervisor::new().unwrap();
+    let (a, b) = pair(&hv);
+    let ca = a.alloc_unbound(b.id()).unwrap();
+    let cb = b.bind_interdomain(a.id(), ca.port()).unwrap();
+    // Long waits sleep without a kernel timer (the ticker bounds them), then precisely.
+    let t = Instant::now();
+    assert_eq!(
+        cb.wait(Duration::from_millis(1500)).unwrap(),
+        WaitOutcome::Timeout
+    );
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    let mut fired = Vec::new();
+    let t = Instant::now();
+    a.select(&[&ca], Duration::from_millis(1200), &mut fired)
+        .unwrap();
+    assert!(fired.is_empty());
+    assert!(t.elapsed() >= Duration::from_millis(1200));
+    // An untimed sleeper is still woken by an event at once.
+    std::thread::scope(|s| {
+        let w = s.spawn(|| {
+            let t = Instant::now();
+            (cb.wait(Duration::from_secs(30)).unwrap(), t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        ca.notify().unwrap();
+        let (outcome, took) = w.join().unwrap();
+        assert_eq!(outcome, WaitOutcome::Event);
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    });
+}
