@@ -35,7 +35,7 @@
 
 use std::collections::HashMap;
 use std::string::{String, ToString};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use std::vec;
@@ -501,6 +501,7 @@ pub(crate) struct Shared<B: Backend> {
     live: Option<(usize, usize)>,
     mailboxes: Mutex<HashMap<String, mpsc::Sender<serde_json::Value>>>,
     hook: Option<Hook>,
+    stats: Counters,
     close_sent: AtomicBool,
     vanishing: AtomicBool,
     users: AtomicUsize,
@@ -538,6 +539,7 @@ impl<B: Backend> Shared<B> {
     }
 
     fn poke(&self) -> Result<(), StrawIoError> {
+        self.stats.notifies.fetch_add(1, Ordering::Relaxed);
         let pore = lock(&self.pore).clone();
         match pore {
             Some(p) => p.poke().map_err(StrawIoError::backend),
@@ -547,6 +549,7 @@ impl<B: Backend> Shared<B> {
 
     /// Sleeps until an event may have arrived since `seen`, or `timeout` (capped by the slice).
     fn sleep(&self, seen: u64, timeout: Duration) -> Result<(), StrawIoError> {
+        self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
         let timeout = timeout.min(self.cfg.slice);
         let mut st = lock(&self.bell.state);
         if st.seq != seen {
@@ -699,6 +702,33 @@ impl<B: Backend> Shared<B> {
     }
 }
 
+#[derive(Default)]
+struct Counters {
+    frames_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    frames_received: AtomicU64,
+    bytes_received: AtomicU64,
+    notifies: AtomicU64,
+    sleeps: AtomicU64,
+}
+
+/// What a straw did so far (both halves), e.g. to report events per message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StrawStats {
+    /// Frames whose send completed.
+    pub frames_sent: u64,
+    /// Their payload bytes.
+    pub bytes_sent: u64,
+    /// Frames received.
+    pub frames_received: u64,
+    /// Their payload bytes.
+    pub bytes_received: u64,
+    /// Events we sent the peer.
+    pub notifies: u64,
+    /// Times a call slept (on the event channel or behind the other half).
+    pub sleeps: u64,
+}
+
 /// A live straw: both halves. See the [module docs](self).
 pub struct Straw<B: Backend> {
     tx: Sender<B>,
@@ -797,6 +827,7 @@ impl<B: Backend> Straw<B> {
             live,
             mailboxes: Mutex::new(HashMap::new()),
             hook,
+            stats: Counters::default(),
             close_sent: AtomicBool::new(false),
             vanishing: AtomicBool::new(false),
             users: AtomicUsize::new(2),
@@ -833,6 +864,11 @@ impl<B: Backend> Straw<B> {
         self.tx.sh.format
     }
 
+    /// Counters of both halves.
+    pub fn stats(&self) -> StrawStats {
+        self.tx.stats()
+    }
+
     /// The sending half.
     pub fn sender(&self) -> &Sender<B> {
         &self.tx
@@ -862,7 +898,34 @@ impl<B: Backend> Straw<B> {
     }
 }
 
+impl<B: Backend> Shared<B> {
+    fn count_sent(&self, len: usize) {
+        self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_sent
+            .fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    fn stats(&self) -> StrawStats {
+        let c = &self.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StrawStats {
+            frames_sent: l(&c.frames_sent),
+            bytes_sent: l(&c.bytes_sent),
+            frames_received: l(&c.frames_received),
+            bytes_received: l(&c.bytes_received),
+            notifies: l(&c.notifies),
+            sleeps: l(&c.sleeps),
+        }
+    }
+}
+
 impl<B: Backend> Sender<B> {
+    /// Counters of the straw (both halves).
+    pub fn stats(&self) -> StrawStats {
+        self.sh.stats()
+    }
+
     /// Sends one frame, blocking up to [`StrawConfig::io_timeout`].
     pub fn send(&self, frame: Bytes) -> Result<(), StrawIoError> {
         self.send_timeout(frame, self.sh.cfg.io_timeout)
@@ -938,14 +1001,17 @@ impl<B: Backend> Sender<B> {
             let mut done = true;
             if let Some(p) = st.pending.clone() {
                 match st.framer.send_deferred(&mut st.ring, &p)? {
-                    Progress::Done => st.pending = None,
+                    Progress::Done => {
+                        st.pending = None;
+                        self.sh.count_sent(p.len());
+                    }
                     Progress::Pending => done = false,
                 }
             }
             if done {
                 if let Some(f) = frame.take() {
                     match st.framer.send_deferred(&mut st.ring, &f)? {
-                        Progress::Done => {}
+                        Progress::Done => self.sh.count_sent(f.len()),
                         Progress::Pending if st.framer.in_progress() => {
                             st.pending = Some(f);
                             done = false;
@@ -986,7 +1052,13 @@ impl<B: Backend> Sender<B> {
         self.sh.sleep(seen, deadline - now)
     }
 
-    /// Waits (up to `timeout`) until the peer has consumed everything we sent.
+    /// Finishes a partly sent frame and waits (up to `timeout`) until the peer has consumed
+    /// everything we sent; the straw stays open (e.g. wait for this, then keep receiving until
+    /// the peer closes).
+    pub fn drain_timeout(&self, timeout: Duration) -> Result<(), StrawIoError> {
+        self.drain(timeout)
+    }
+
     fn drain(&self, timeout: Duration) -> Result<(), StrawIoError> {
         let deadline = Instant::now() + timeout;
         self.flush_timeout(timeout)?;
@@ -1050,6 +1122,11 @@ impl<B: Backend> Sender<B> {
 }
 
 impl<B: Backend> Receiver<B> {
+    /// Counters of the straw (both halves).
+    pub fn stats(&self) -> StrawStats {
+        self.sh.stats()
+    }
+
     /// Receives one frame, blocking up to [`StrawConfig::io_timeout`].
     pub fn recv(&self) -> Result<Bytes, StrawIoError> {
         self.recv_timeout(self.sh.cfg.io_timeout)
@@ -1090,13 +1167,19 @@ impl<B: Backend> Receiver<B> {
             let r = st.framer.recv(&mut st.ring, &mut st.buf);
             let notify = st.ring.take_notify();
             if notify {
-                if let Some(p) = lock(&self.sh.pore).as_ref() {
-                    p.poke().map_err(StrawIoError::backend)?;
-                }
+                self.sh.poke()?;
             }
             match r {
                 Ok(Some(Received::Frame(n))) => {
-                    return Ok(Some(Bytes::copy_from_slice(&st.buf[..n])))
+                    self.sh
+                        .stats
+                        .frames_received
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.sh
+                        .stats
+                        .bytes_received
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    return Ok(Some(Bytes::copy_from_slice(&st.buf[..n])));
                 }
                 Ok(Some(Received::Skipped(n))) => {
                     tracing::warn!(peer = %self.sh.peer, len = n, "straw: skipped an oversized frame");

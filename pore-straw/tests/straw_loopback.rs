@@ -167,6 +167,9 @@ fn json_envelopes_go_to_mailboxes_and_garbage_is_dropped() {
     // The straw lives on.
     tx.send_to("other", &serde_json::json!(null)).unwrap();
     assert_eq!(sb.receiver().dispatch(Duration::from_secs(2)).unwrap(), 1);
+    let (a, b) = (sa.stats(), sb.stats());
+    assert_eq!((a.frames_sent, b.frames_received), (7, 7));
+    assert_eq!(a.bytes_sent, b.bytes_received);
 }
 
 #[test]
