@@ -79,10 +79,10 @@ impl DomainConnector for FileConnector {
                 domid,
                 reason: e.to_string(),
             })?;
-        Ok(GuestLink {
-            page: Arc::new(FilePage(f)),
-            events: Arc::new(Polling),
-        })
+        Ok(GuestLink::from_access(
+            Arc::new(FilePage(f)),
+            Arc::new(Polling),
+        ))
     }
 }
 

@@ -33,7 +33,7 @@ mod watch;
 mod store_tests;
 
 pub use quota::{Config, Quotas};
-pub use ring::{GuestEvents, GuestLink, ServerRing};
+pub use ring::{GuestEvents, GuestLink, GuestRing, ServerRing};
 pub use service::{ConnectError, DomainConnector, Server};
 pub use store::{AcceptDomains, DomainHooks, OutKind, Outgoing, Store};
 pub use unix::Listener;

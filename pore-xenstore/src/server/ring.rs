@@ -7,6 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pore_core::{EventChannel, SharedAccess, SharedMemory, WaitOutcome};
+use pore_ring::xenstore::XenstoreRing;
+use pore_ring::{ByteConsumer, ByteProducer};
+
 use crate::ring::{
     RingAccess, REQ_CONS, REQ_OFFSET, REQ_PROD, RING_SIZE, RSP_CONS, RSP_OFFSET, RSP_PROD,
 };
@@ -27,14 +31,58 @@ pub trait GuestEvents: Send + Sync {
     fn wait(&self, timeout: Duration) -> io::Result<bool>;
 }
 
-/// What a [`DomainConnector`](super::DomainConnector) hands over for a guest: its
-/// mapped store page and its event channel.
+/// The server's side of a guest's request and response rings.
+///
+/// `read` is called by one thread only; `write` by one thread at a time.
+pub trait GuestRing: Send + Sync {
+    /// Copies available request bytes into `buf` (never blocks).
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes what fits of `buf` into the response ring (never blocks).
+    fn write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// The guest broke the protocol (e.g. a message over the size limit): mark the page
+    /// (`XENSTORE_ERROR_PROTO`) and stop using it.
+    fn protocol_error(&self);
+}
+
+/// What a [`DomainConnector`](super::DomainConnector) hands over for a guest: its ring
+/// and its event channel.
 #[derive(Clone)]
 pub struct GuestLink {
-    /// The guest's store page (the ring).
-    pub page: Arc<dyn RingAccess + Send + Sync>,
+    /// The guest's rings.
+    pub ring: Arc<dyn GuestRing>,
     /// The bound event channel.
     pub events: Arc<dyn GuestEvents>,
+}
+
+impl GuestLink {
+    /// A link over a page reached through `RingAccess` (any memory: a test's file, a
+    /// mapping) and an event channel.
+    pub fn from_access(
+        page: Arc<dyn RingAccess + Send + Sync>,
+        events: Arc<dyn GuestEvents>,
+    ) -> Self {
+        GuestLink {
+            ring: Arc::new(ServerRing::new(page)),
+            events,
+        }
+    }
+
+    /// A link over a pore-core mapping of the guest's store page and an event channel
+    /// bound to its store port: the ring is `pore_ring::xenstore`'s server side.
+    ///
+    /// # Errors
+    ///
+    /// The page is too small or its indices are already inconsistent.
+    pub fn from_pore<M, C>(page: M, channel: C) -> Result<Self, pore_ring::RingError>
+    where
+        M: SharedMemory + 'static,
+        C: EventChannel + 'static,
+    {
+        Ok(GuestLink {
+            ring: Arc::new(PoreRing::new(page)?),
+            events: Arc::new(ChannelEvents(channel)),
+        })
+    }
 }
 
 impl std::fmt::Debug for GuestLink {
@@ -151,9 +199,126 @@ impl ServerRing {
     }
 }
 
+impl GuestRing for ServerRing {
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        ServerRing::read(self, buf)
+    }
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        ServerRing::write(self, buf)
+    }
+    fn protocol_error(&self) {
+        ServerRing::protocol_error(self)
+    }
+}
+
+/// An owned `SharedAccess` over a pore-core mapping.
+struct PageAccess<M>(Arc<M>);
+
+impl<M> Clone for PageAccess<M> {
+    fn clone(&self) -> Self {
+        PageAccess(self.0.clone())
+    }
+}
+
+impl<M: SharedMemory> SharedAccess for PageAccess<M> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn load_u32(&self, offset: usize, order: Ordering) -> u32 {
+        self.0.view().load_u32(offset, order)
+    }
+    fn store_u32(&self, offset: usize, value: u32, order: Ordering) {
+        self.0.view().store_u32(offset, value, order)
+    }
+    fn load_u8(&self, offset: usize, order: Ordering) -> u8 {
+        self.0.view().load_u8(offset, order)
+    }
+    fn store_u8(&self, offset: usize, value: u8, order: Ordering) {
+        self.0.view().store_u8(offset, value, order)
+    }
+    fn swap_u8(&self, offset: usize, value: u8, order: Ordering) -> u8 {
+        self.0.view().swap_u8(offset, value, order)
+    }
+    fn fetch_or_u8(&self, offset: usize, bits: u8, order: Ordering) -> u8 {
+        self.0.view().fetch_or_u8(offset, bits, order)
+    }
+    fn read_bytes(&self, offset: usize, dst: &mut [u8]) {
+        self.0.view().read_bytes(offset, dst)
+    }
+    fn write_bytes(&self, offset: usize, src: &[u8]) {
+        self.0.view().write_bytes(offset, src)
+    }
+}
+
+/// A guest ring through `pore_ring::xenstore` (server side) over a pore-core mapping.
+struct PoreRing<M: SharedMemory> {
+    page: PageAccess<M>,
+    tx: Mutex<ByteProducer<PageAccess<M>>>,
+    rx: Mutex<ByteConsumer<PageAccess<M>>>,
+    broken: AtomicBool,
+}
+
+impl<M: SharedMemory> PoreRing<M> {
+    fn new(page: M) -> Result<Self, pore_ring::RingError> {
+        let page = PageAccess(Arc::new(page));
+        let (tx, rx) = XenstoreRing::server(page.clone())?.split();
+        Ok(PoreRing {
+            page,
+            tx: Mutex::new(tx),
+            rx: Mutex::new(rx),
+            broken: AtomicBool::new(false),
+        })
+    }
+
+    fn fail(&self, e: pore_ring::RingError) -> io::Error {
+        self.broken.store(true, Ordering::Relaxed);
+        self.page
+            .store_u32(ERROR_FIELD, ERROR_RINGIDX, Ordering::Release);
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+}
+
+impl<M: SharedMemory> GuestRing for PoreRing<M> {
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(broken());
+        }
+        let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        rx.read(buf).map_err(|e| self.fail(e))
+    }
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(broken());
+        }
+        let mut tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        tx.write(buf).map_err(|e| self.fail(e))
+    }
+    fn protocol_error(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+        self.page
+            .store_u32(ERROR_FIELD, ERROR_PROTO, Ordering::Release);
+    }
+}
+
+/// A pore-core event channel as [`GuestEvents`].
+struct ChannelEvents<C>(C);
+
+impl<C: EventChannel> GuestEvents for ChannelEvents<C> {
+    fn notify(&self) -> io::Result<()> {
+        self.0.notify().map_err(io::Error::other)
+    }
+    fn wait(&self, timeout: Duration) -> io::Result<bool> {
+        match self.0.wait(timeout) {
+            Ok(WaitOutcome::Event) => Ok(true),
+            Ok(WaitOutcome::Timeout) => Ok(false),
+            Err(e) => Err(io::Error::other(e)),
+        }
+    }
+}
+
 /// Output of a guest connection: the response ring, then a notification.
 pub(crate) struct RingSink {
-    pub(crate) ring: Arc<ServerRing>,
+    pub(crate) ring: Arc<dyn GuestRing>,
     pub(crate) events: Arc<dyn GuestEvents>,
 }
 

@@ -16,7 +16,7 @@ use crate::wire::{WireHeader, HEADER_LEN, PAYLOAD_MAX};
 
 use super::conn::{Outbox, Sink};
 use super::quota::Config;
-use super::ring::{GuestLink, RingSink, ServerRing};
+use super::ring::{GuestLink, GuestRing, RingSink};
 use super::store::{DomainHooks, OutKind, Outgoing, Store};
 use super::ConnId;
 
@@ -74,6 +74,8 @@ struct Hooks<'a> {
     inner: &'a Arc<Inner>,
     outboxes: &'a mut HashMap<ConnId, Arc<Outbox>>,
     guests: &'a mut HashMap<ConnId, Arc<AtomicBool>>,
+    /// A link handed over by the embedder (push model), used instead of the connector.
+    link: Option<GuestLink>,
 }
 
 impl DomainHooks for Hooks<'_> {
@@ -84,18 +86,21 @@ impl DomainHooks for Hooks<'_> {
         gfn: u64,
         port: u32,
     ) -> Result<(), ErrorName> {
-        let Some(connector) = &self.inner.connector else {
-            tracing::warn!(
-                domid,
-                "no domain connector: domain introduced without a ring"
-            );
-            return Ok(());
+        let link = match (self.link.take(), &self.inner.connector) {
+            (Some(link), _) => link,
+            (None, Some(connector)) => connector.connect(domid, gfn, port).map_err(|e| {
+                tracing::warn!(error = %e, "INTRODUCE failed");
+                ErrorName::EINVAL
+            })?,
+            (None, None) => {
+                tracing::warn!(
+                    domid,
+                    "no domain connector: domain introduced without a ring"
+                );
+                return Ok(());
+            }
         };
-        let link = connector.connect(domid, gfn, port).map_err(|e| {
-            tracing::warn!(error = %e, "INTRODUCE failed");
-            ErrorName::EINVAL
-        })?;
-        let ring = Arc::new(ServerRing::new(link.page.clone()));
+        let ring = link.ring.clone();
         let outbox = Arc::new(Outbox::new(
             Box::new(RingSink {
                 ring: ring.clone(),
@@ -187,6 +192,7 @@ impl Inner {
                         inner: self,
                         outboxes,
                         guests,
+                        link: None,
                     };
                     store.handle_frame(conn, &hdr, payload, &mut hooks, out);
                     used += n;
@@ -239,6 +245,7 @@ impl Inner {
             inner: self,
             outboxes,
             guests,
+            link: None,
         };
         let done = store.release_domain(domid, &mut hooks, &mut out);
         self.deliver(outboxes, &mut out);
@@ -251,7 +258,7 @@ fn guest_loop(
     inner: Arc<Inner>,
     conn: ConnId,
     domid: u32,
-    ring: Arc<ServerRing>,
+    ring: Arc<dyn GuestRing>,
     link: GuestLink,
     outbox: Arc<Outbox>,
     stop: Arc<AtomicBool>,
@@ -363,6 +370,38 @@ impl Server {
     /// Runs `f` on the store (e.g. to prepare a tree, or inspect it in a test).
     pub fn with_store<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
         f(&mut self.inner.lock().store)
+    }
+
+    /// Introduces a domain whose ring the embedder already reached (the simulator's
+    /// toolstack, D19): creates `/local/domain/<domid>` owned by it (with `name`, `domid`,
+    /// `data/`), serves `link`, fires `@introduceDomain`.
+    ///
+    /// # Errors
+    ///
+    /// `EEXIST` if the domain is already introduced.
+    pub fn introduce_domain(
+        &self,
+        domid: u32,
+        name: &str,
+        link: GuestLink,
+    ) -> Result<(), ErrorName> {
+        let inner = &self.inner;
+        let mut out = Vec::new();
+        let mut st = inner.lock();
+        let State {
+            store,
+            outboxes,
+            guests,
+        } = &mut *st;
+        let mut hooks = Hooks {
+            inner,
+            outboxes,
+            guests,
+            link: Some(link),
+        };
+        let r = store.introduce_domain(domid, name, &mut hooks, &mut out);
+        inner.deliver(outboxes, &mut out);
+        r.map(|_| ())
     }
 
     /// Releases domain `domid` as if it died: its nodes go and `@releaseDomain` fires.

@@ -671,14 +671,7 @@ impl Store {
                 if self.domains.contains_key(&domid) {
                     return ok();
                 }
-                let gconn = self.connect(domid);
-                if let Err(e) = hooks.introduce(gconn, domid, gfn, port as u32) {
-                    self.disconnect(gconn);
-                    return Err(e);
-                }
-                tracing::info!(domid, gfn, port, "domain introduced");
-                self.domains.insert(domid, Domain { conn: gconn });
-                self.fire_special("@introduceDomain", out);
+                self.introduce_inner(domid, gfn, port as u32, hooks, out)?;
                 ok()
             }
             Release => {
@@ -755,6 +748,69 @@ impl Store {
                 Err(ErrorName::ENOSYS)
             }
         }
+    }
+
+    fn introduce_inner(
+        &mut self,
+        domid: u32,
+        gfn: u64,
+        port: u32,
+        hooks: &mut dyn DomainHooks,
+        out: &mut Vec<Outgoing>,
+    ) -> Res<ConnId> {
+        let gconn = self.connect(domid);
+        if let Err(e) = hooks.introduce(gconn, domid, gfn, port) {
+            self.disconnect(gconn);
+            return Err(e);
+        }
+        tracing::info!(domid, gfn, port, "domain introduced");
+        self.domains.insert(domid, Domain { conn: gconn });
+        self.fire_special("@introduceDomain", out);
+        Ok(gconn)
+    }
+
+    /// Plays the toolstack for a new domain (D19): creates `/local/domain/<domid>` owned
+    /// by it, with `name`, `domid` and an empty `data/`, then introduces it as INTRODUCE
+    /// does (`hooks` reach its ring; `@introduceDomain` fires). Returns its connection.
+    ///
+    /// # Errors
+    ///
+    /// `EEXIST` if it is already introduced, or the error of `hooks`.
+    pub fn introduce_domain(
+        &mut self,
+        domid: u32,
+        name: &str,
+        hooks: &mut dyn DomainHooks,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<ConnId, ErrorName> {
+        if domid == 0 || self.domains.contains_key(&domid) {
+            return Err(ErrorName::EEXIST);
+        }
+        let dom0 = self.who(0);
+        let q = self.config.quotas.clone();
+        let home = path::home(domid);
+        let mut changes = Vec::new();
+        if self.tree.get(&home).is_none() {
+            changes.push(create_node(&mut self.tree, &home, Vec::new(), dom0, &q)?);
+        }
+        self.tree
+            .set_perms(&home, vec![Perm::new(Access::None, domid)]);
+        let id = domid.to_string();
+        for (p, v) in [
+            ("name", name.as_bytes()),
+            ("domid", id.as_bytes()),
+            ("data", b""),
+        ] {
+            changes.extend(write_node(
+                &mut self.tree,
+                &format!("{home}/{p}"),
+                v.to_vec(),
+                dom0,
+                &q,
+            )?);
+        }
+        self.fire(&changes, out);
+        self.introduce_inner(domid, 0, 0, hooks, out)
     }
 
     /// Canonical, valid node path from a request string.
