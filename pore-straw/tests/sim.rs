@@ -186,6 +186,14 @@ fn a_domain_killed_mid_stream_is_peer_gone_within_a_second() {
         assert!(took < Duration::from_secs(1), "v2={v2}: {took:?}");
         drop(sa);
         ma.shutdown();
+        // Nothing leaked on our side: our mappings or grants and our port are gone.
+        assert!(hv.wait_dead(pore_core::DomId(id), Duration::from_secs(5)));
+        let end = Instant::now() + Duration::from_secs(2);
+        while !hv.outstanding().is_clean() && Instant::now() < end {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let o = hv.outstanding();
+        assert!(o.is_clean(), "v2={v2}: {o:?}");
     }
 }
 
