@@ -281,7 +281,7 @@ impl FrameReader {
 mod tests {
     use super::*;
     use crate::ling::{LingRing, LING_REGION};
-    use crate::testutil::{cases, Guarded};
+    use crate::testutil::{cases, max_ops, Guarded};
     use crate::v2::{V2Geometry, V2Ring};
     use crate::xenstore::XenstoreRing;
     use pore_core::GrantRef;
@@ -397,7 +397,7 @@ mod tests {
 
         /// Random frame sizes (some over the maximum, some over the ring) through a v2 ring.
         #[test]
-        fn v2_frames(sizes in proptest::collection::vec(0usize..12000, 1..12), max in 1usize..9000) {
+        fn v2_frames(sizes in proptest::collection::vec(0usize..if cfg!(miri) { 6000 } else { 12000 }, 1..max_ops(12)), max in 1usize..9000) {
             let geo = V2Geometry::new(0, 0).unwrap();
             let g = Guarded::new(geo.region_len());
             let mut a = V2Ring::create(g.view(), geo, &[GrantRef(1), GrantRef(2)]).unwrap();
@@ -411,7 +411,7 @@ mod tests {
         /// Garbage bytes from a hostile peer decode into frames or skips, never a panic and
         /// never an allocation: the decoder only fills the caller's buffer.
         #[test]
-        fn garbage_stream(bytes in proptest::collection::vec(any::<u8>(), 0..3000), max in 0usize..600) {
+        fn garbage_stream(bytes in proptest::collection::vec(any::<u8>(), 0..if cfg!(miri) { 300 } else { 3000 }), max in 0usize..600) {
             let g = Guarded::new(4096);
             let mut c = XenstoreRing::client(g.view()).unwrap();
             let mut s = XenstoreRing::server(g.view()).unwrap();

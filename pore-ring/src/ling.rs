@@ -443,7 +443,7 @@ crate::impl_shared_ring_for_pair!(LingRing);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{cases, Guarded};
+    use crate::testutil::{cases, max_ops, Guarded};
     use pore_core::{Error as _, ErrorKind, SharedRing};
     use proptest::prelude::*;
     use std::collections::VecDeque;
@@ -526,7 +526,7 @@ mod tests {
 
         /// Random writes and reads both ways against `VecDeque` models.
         #[test]
-        fn model(ops in proptest::collection::vec((any::<bool>(), any::<bool>(), 0usize..20000), 1..40)) {
+        fn model(ops in proptest::collection::vec((any::<bool>(), any::<bool>(), 0usize..20000), 1..max_ops(40))) {
             let g = Guarded::new(LING_REGION);
             let v = g.view();
             let mut a = LingRing::active(v).unwrap();
@@ -553,7 +553,7 @@ mod tests {
 
         /// A hostile mapping side writes arbitrary indices between our operations.
         #[test]
-        fn hostile(ops in proptest::collection::vec((0u8..4, any::<u32>(), 0usize..17000), 1..30)) {
+        fn hostile(ops in proptest::collection::vec((0u8..4, any::<u32>(), 0usize..17000), 1..max_ops(30))) {
             let g = Guarded::new(LING_REGION);
             let v = g.view();
             let mut a = LingRing::active(v).unwrap();

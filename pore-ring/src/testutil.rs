@@ -16,6 +16,15 @@ pub fn cases() -> u32 {
         .unwrap_or(if cfg!(miri) { 3 } else { 128 })
 }
 
+/// Upper bound of a proptest operation count: small under miri.
+pub fn max_ops(n: usize) -> usize {
+    if cfg!(miri) {
+        n.min(6)
+    } else {
+        n
+    }
+}
+
 /// `len` bytes of zeroed shared memory with [`GUARD`] bytes of a known pattern on each side.
 pub struct Guarded {
     grant: LoopbackGrant,

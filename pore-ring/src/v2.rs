@@ -507,7 +507,7 @@ crate::impl_shared_ring_for_pair!(V2Ring);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{cases, Guarded};
+    use crate::testutil::{cases, max_ops, Guarded};
     use crate::{RingReader, RingWriter};
     use pore_core::{Error as _, ErrorKind, Interest};
     use proptest::prelude::*;
@@ -648,7 +648,7 @@ mod tests {
         let v = g.view();
         let (mut tx, _) = V2Ring::create(v, geo, &refs(geo)).unwrap().split();
         let (_, mut rx) = V2Ring::attach(v).unwrap().split();
-        let total: usize = if cfg!(miri) { 10_000 } else { 1_000_000 };
+        let total: usize = if cfg!(miri) { 3_000 } else { 1_000_000 };
         std::thread::scope(|s| {
             s.spawn(move || {
                 let mut sent = 0usize;
@@ -680,7 +680,7 @@ mod tests {
 
         /// Random deferred writes, commits, reads and releases against `VecDeque` models.
         #[test]
-        fn model(ops in proptest::collection::vec((0u8..4, any::<bool>(), 0usize..10000), 1..50)) {
+        fn model(ops in proptest::collection::vec((0u8..4, any::<bool>(), 0usize..10000), 1..max_ops(50))) {
             let geo = V2Geometry::new(1, 0).unwrap();
             let g = Guarded::new(geo.region_len());
             let v = g.view();
@@ -719,7 +719,7 @@ mod tests {
 
         /// A hostile passive side writes arbitrary indices and flags between our operations.
         #[test]
-        fn hostile(ops in proptest::collection::vec((0u8..5, any::<u32>(), 0usize..9000), 1..40)) {
+        fn hostile(ops in proptest::collection::vec((0u8..5, any::<u32>(), 0usize..9000), 1..max_ops(40))) {
             let geo = V2Geometry::new(1, 0).unwrap();
             let g = Guarded::new(geo.region_len());
             let v = g.view();

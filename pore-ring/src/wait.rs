@@ -219,7 +219,7 @@ mod tests {
             .unwrap()
             .split();
         let (_, mut rx) = V2Ring::attach(g.view()).unwrap().split();
-        let total = if cfg!(miri) { 20_000 } else { 400_000 };
+        let total = if cfg!(miri) { 4_000 } else { 400_000 };
         let timeout = Duration::from_secs(10);
         for spin in [Duration::ZERO, Duration::from_micros(50)] {
             std::thread::scope(|s| {

@@ -346,7 +346,7 @@ crate::impl_shared_ring_for_pair!(XenstoreRing);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{cases, Guarded};
+    use crate::testutil::{cases, max_ops, Guarded};
     use pore_core::{Error as _, ErrorKind, SharedRing};
     use proptest::prelude::*;
     use std::collections::VecDeque;
@@ -443,7 +443,7 @@ mod tests {
 
         /// Random writes and reads in both directions against `VecDeque` models.
         #[test]
-        fn model(start in any::<u32>(), ops in proptest::collection::vec((any::<bool>(), any::<bool>(), 0usize..1500), 1..60)) {
+        fn model(start in any::<u32>(), ops in proptest::collection::vec((any::<bool>(), any::<bool>(), 0usize..1500), 1..max_ops(60))) {
             let g = Guarded::new(4096);
             let v = g.view();
             for off in [REQ_CONS, REQ_PROD] { v.store_u32(off, start, Ordering::Relaxed); }
@@ -472,7 +472,7 @@ mod tests {
         /// A hostile server writes arbitrary indices between operations: the client returns
         /// values or errors, never panics, never touches memory outside the page.
         #[test]
-        fn hostile(ops in proptest::collection::vec((0u8..4, any::<u32>(), 0usize..1200), 1..40)) {
+        fn hostile(ops in proptest::collection::vec((0u8..4, any::<u32>(), 0usize..1200), 1..max_ops(40))) {
             let g = Guarded::new(4096);
             let v = g.view();
             let mut c = XenstoreRing::client(v).unwrap();

@@ -1,0 +1,88 @@
+//! Helpers shared by the fuzz targets: shared memory with guard bytes, and an interpreter that
+//! turns fuzz input into a hostile peer's moves interleaved with our ring operations.
+
+use std::sync::atomic::Ordering;
+
+use pore_core::loopback::{Loopback, LoopbackGrant};
+use pore_core::{DomId, Grants, SharedAccess, SharedMemory, SharedRing, SharedView, PAGE_SIZE};
+
+/// Guard bytes on each side of the ring region.
+pub const GUARD: usize = 512;
+const PATTERN: u8 = 0x5a;
+
+/// `len` bytes of shared memory with guard bytes around it.
+pub struct Guarded {
+    grant: LoopbackGrant,
+    len: usize,
+}
+
+impl Guarded {
+    /// Zeroed region of `len` bytes.
+    pub fn new(len: usize) -> Self {
+        let pages = (len + 2 * GUARD).div_ceil(PAGE_SIZE);
+        let grant = Loopback::new()
+            .domain(DomId(1))
+            .grant(DomId(2), pages)
+            .expect("grant");
+        let g = Guarded { grant, len };
+        let all = g.grant.view();
+        for i in (0..GUARD).chain(GUARD + len..all.len()) {
+            all.store_u8(i, PATTERN, Ordering::Relaxed);
+        }
+        g
+    }
+
+    /// The region.
+    pub fn view(&self) -> SharedView<'_> {
+        self.grant.view().subview(GUARD, self.len).expect("fits")
+    }
+
+    /// Crashes (a fuzz finding) if a guard byte changed.
+    pub fn check(&self) {
+        let all = self.grant.view();
+        for i in (0..GUARD).chain(GUARD + self.len..all.len()) {
+            assert_eq!(all.load_u8(i, Ordering::Relaxed), PATTERN, "write outside the ring at {i}");
+        }
+    }
+}
+
+/// Plays `input` as a sequence of 7-byte moves: the peer storing a `u32` or a byte at one of
+/// `peer_words` / anywhere in `peer_bytes_len`, or us reading or writing up to a few KiB.
+/// Every ring result must be a value or an error; lengths must be in range.
+pub fn play<R: SharedRing>(ring: &mut R, view: SharedView<'_>, peer_words: &[usize], input: &[u8]) {
+    let mut buf = vec![0u8; 20_000];
+    for mv in input.chunks_exact(7) {
+        let value = u32::from_le_bytes([mv[1], mv[2], mv[3], mv[4]]);
+        let len = usize::from(u16::from_le_bytes([mv[5], mv[6]])) % buf.len();
+        match mv[0] % 6 {
+            0 | 1 => {
+                let off = peer_words[usize::from(mv[5]) % peer_words.len()];
+                view.store_u32(off, value, Ordering::Relaxed);
+            }
+            2 => {
+                let off = (value as usize) % view.len();
+                view.store_u8(off, mv[5], Ordering::Relaxed);
+            }
+            3 => {
+                if let Ok(n) = ring.write(&buf[..len]) {
+                    assert!(n <= len);
+                }
+            }
+            4 => {
+                if let Ok(n) = ring.read(&mut buf[..len]) {
+                    assert!(n <= len);
+                }
+            }
+            _ => {
+                let _ = ring.readable();
+                let _ = ring.writable();
+                let _ = ring.take_notify();
+                let _ = ring.prepare_wait(if mv[5] & 1 == 0 {
+                    pore_core::Interest::Readable
+                } else {
+                    pore_core::Interest::Writable
+                });
+            }
+        }
+    }
+}
