@@ -129,7 +129,7 @@ struct State<B: Backend> {
 }
 
 struct Inner<B: Backend, X: StoreClient> {
-    backend: B,
+    backend: Arc<B>,
     store: X,
     me: Endpoint,
     cfg: ManagerConfig,
@@ -170,6 +170,17 @@ where
     /// starts the thread that routes watch events.
     pub fn start(
         backend: B,
+        store: X,
+        me: Endpoint,
+        cfg: ManagerConfig,
+    ) -> Result<Self, ManagerError> {
+        Self::start_shared(Arc::new(backend), store, me, cfg)
+    }
+
+    /// As [`Manager::start`], with a backend shared with others (e.g. several named endpoints
+    /// of one domain in one process, D14).
+    pub fn start_shared(
+        backend: Arc<B>,
         store: X,
         me: Endpoint,
         cfg: ManagerConfig,
@@ -597,7 +608,7 @@ where
     }
 
     fn open_pore(&mut self, req: PoreRequest) -> Result<PoreGrant, pore_core::ErrorKind> {
-        let backend = &self.inner.backend;
+        let backend = &*self.inner.backend;
         let r = match req {
             PoreRequest::Active { peer, layout } => {
                 open_active(backend, peer, layout).map(|(p, g)| (p, Some(g)))

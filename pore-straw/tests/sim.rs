@@ -286,3 +286,45 @@ fn throughput_sanity() {
         mb.shutdown();
     }
 }
+
+/// Named endpoints (D14): two managers per domain sharing one backend handle, several straws
+/// at once between them, each on its own paths.
+#[test]
+fn named_endpoints_share_a_domain() {
+    let env = Env::new("named");
+    let hv = Hypervisor::new().unwrap();
+    let a = Arc::new(hv.create_domain("a").unwrap());
+    let b = Arc::new(hv.create_domain("b").unwrap());
+    let ep = |d: &SimDomain, n: &str| Endpoint::new(d.id(), n).unwrap();
+    let (ax, ay, bx, by) = (ep(&a, "x"), ep(&a, "y"), ep(&b, "x"), ep(&b, "y"));
+    let start = |d: &Arc<SimDomain>, e: &Endpoint| {
+        Manager::start_shared(d.clone(), env.xs(), e.clone(), cfg(true)).unwrap()
+    };
+    let (max, may, mbx, mby) = (
+        start(&a, &ax),
+        start(&a, &ay),
+        start(&b, &bx),
+        start(&b, &by),
+    );
+    let pairs = [(&max, &bx, &mbx), (&max, &by, &mby), (&may, &bx, &mbx)];
+    let mut straws = Vec::new();
+    for (opener, to, listener) in pairs {
+        let s = opener.open(to).unwrap();
+        let t = listener.accept(Duration::from_secs(5)).unwrap();
+        straws.push((s, t));
+    }
+    for (i, (s, t)) in straws.iter().enumerate() {
+        s.sender().send(frame(i, 1000)).unwrap();
+        assert_eq!(t.receiver().recv().unwrap(), frame(i, 1000));
+        assert_eq!(t.peer(), if i == 2 { &ay } else { &ax });
+    }
+    drop(straws);
+    for m in [max, may, mbx, mby] {
+        m.shutdown();
+    }
+    let end = Instant::now() + Duration::from_secs(2);
+    while !hv.outstanding().is_clean() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(hv.outstanding().is_clean(), "{:?}", hv.outstanding());
+}
