@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::store::OutKind;
@@ -28,6 +29,8 @@ pub(crate) struct Outbox {
     sink: Box<dyn Sink>,
     state: Mutex<State>,
     max_events: usize,
+    /// Handed to the flusher thread (at most once at a time).
+    flushing: AtomicBool,
 }
 
 impl Outbox {
@@ -36,7 +39,18 @@ impl Outbox {
             sink,
             state: Mutex::new(State::default()),
             max_events,
+            flushing: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the outbox as handed to the flusher; false if it already was.
+    pub(crate) fn claim_flush(&self) -> bool {
+        !self.flushing.swap(true, Ordering::AcqRel)
+    }
+
+    /// The flusher let it go.
+    pub(crate) fn release_flush(&self) {
+        self.flushing.store(false, Ordering::Release);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -222,7 +222,7 @@ impl Inner {
                 let msgs = out[i..j]
                     .iter_mut()
                     .map(|o| (std::mem::take(&mut o.bytes), o.kind));
-                if ob.push(msgs) {
+                if ob.push(msgs) && ob.claim_flush() {
                     let tx = self.flush_tx.lock().unwrap_or_else(|e| e.into_inner());
                     let _ = tx.send(ob.clone());
                 }
@@ -334,7 +334,17 @@ fn flusher(inner: Arc<Inner>, rx: mpsc::Receiver<Arc<Outbox>>) {
         while let Ok(ob) = rx.try_recv() {
             waiting.push(ob);
         }
-        waiting.retain(|ob| ob.flush() && !ob.is_dead() && Arc::strong_count(ob) > 1);
+        waiting.retain(|ob| {
+            let keep = ob.flush() && !ob.is_dead() && Arc::strong_count(ob) > 1;
+            if !keep {
+                ob.release_flush();
+                // Bytes queued between the flush and the release: take it back.
+                if Arc::strong_count(ob) > 1 && ob.pending() && !ob.is_dead() && ob.claim_flush() {
+                    return true;
+                }
+            }
+            keep
+        });
     }
 }
 
