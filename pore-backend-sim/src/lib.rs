@@ -19,7 +19,9 @@
 //!   including when its domain dies.
 //! * **Domain death**: dropping a [`SimDomain`] (or its thread panicking, or its process exiting
 //!   or being killed) releases its mappings, grants and ports; peers see it.
-//! * **The store**: each domain has a xenstore page and a store port for dom0 ([`store`]).
+//! * **The store**: each domain has a xenstore page and a store port for dom0 ([`store`]);
+//!   with the `xenstored` feature (default), pore-xenstore's server is a [`StoreService`]:
+//!   the toolstack introduces every domain to it and releases it when the domain dies.
 //!
 //! Errors are [`SimError`] values classified by [`pore_core::Error::kind`]; no misuse a caller
 //! or a peer can cause panics (only [`Hypervisor::assert_cleaned_up`], a test assertion, does).

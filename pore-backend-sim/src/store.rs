@@ -52,3 +52,49 @@ impl StoreLink {
         }
     }
 }
+
+/// pore-xenstore's embedded xenstored as the simulation's store service (feature `xenstored`):
+/// each domain is introduced with its store ring page and port (the server creates
+/// `/local/domain/<id>` owned by it, with `name`, `domid` and `data/`, and fires
+/// `@introduceDomain`); a dead domain is released (`@releaseDomain`).
+///
+/// ```
+/// use std::sync::Arc;
+/// use pore_backend_sim::Hypervisor;
+/// use pore_xenstore::server::{Config, Server};
+///
+/// let hv = Hypervisor::new()?;
+/// let xenstored = Server::new(Config::default(), None);
+/// hv.set_store_service(Arc::new(xenstored.clone()));
+/// let guest = hv.create_domain("guest")?;
+/// // The guest now reaches xenstored through `Pore::open_store(&guest)`
+/// // (pore_xenstore::transport::RingTransport::open_store).
+/// # drop(guest);
+/// # xenstored.shutdown();
+/// # Ok::<(), pore_backend_sim::SimError>(())
+/// ```
+#[cfg(feature = "xenstored")]
+impl StoreService for pore_xenstore::server::Server {
+    fn domain_introduced(&self, link: StoreLink) {
+        let StoreLink {
+            domid,
+            name,
+            page,
+            channel,
+        } = link;
+        match pore_xenstore::server::GuestLink::from_pore(page, channel) {
+            Ok(guest) => {
+                if let Err(e) = self.introduce_domain(u32::from(domid.0), &name, guest) {
+                    tracing::warn!(%domid, error = ?e, "xenstored refused to introduce the domain");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%domid, error = %e, "the domain's store page is not a xenstore ring")
+            }
+        }
+    }
+
+    fn domain_released(&self, domid: DomId) {
+        self.release_domain(u32::from(domid.0));
+    }
+}
