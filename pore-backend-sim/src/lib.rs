@@ -32,6 +32,13 @@
 //! the futex with a timeout (`reference/PERF.md`'s doorbell). The futex word and the pending
 //! words live in one memfd shared by all domains, threads and processes alike.
 //!
+//! Sleeps with more than a second left arm no kernel timer (the timer is most of what a timed
+//! wake-up costs beyond a raw eventfd): one background thread per process (the *ticker*)
+//! nudges sleeping domains every 100 ms so they re-check their deadline, and the last second
+//! is slept with a precise timer. Other background threads: the broker's (acceptor plus one
+//! per domain process) and, once [`pore_core::Events::readiness_fd`] is asked for, one
+//! readiness watcher per domain.
+//!
 //! ## Two modes
 //! ```
 //! use std::time::Duration;
