@@ -139,13 +139,14 @@ pub fn drive_handshake(data: &[u8]) -> usize {
                 m.handle(Input::PoreOpened(r), now);
             }
             Some(Action::ClosePore) => m.handle(Input::PoreClosed, now),
-            Some(Action::Connected(_)) => {}
+            Some(Action::Connected(_) | Action::PeerFinished) => {}
             None => {
                 // Waiting: an event, a close request, or time passes.
-                match input.byte() % 5 {
+                match input.byte() % 6 {
                     0 | 1 => m.handle(Input::Watch, now),
                     2 => m.handle(Input::Close, now),
                     3 => m.handle(Input::PeerLost, now),
+                    4 => m.handle(Input::Finish, now),
                     _ => {
                         now =
                             now.saturating_add(Duration::from_millis(u64::from(input.byte()) * 50))

@@ -224,6 +224,9 @@ pub enum Action {
     ClosePore,
     /// The handshake completed: the pore from the last [`Action::OpenPore`] is now a straw.
     Connected(Connection),
+    /// The peer will send nothing more (it wrote `straw-eof`): once its ring is empty, our
+    /// receiving direction is at its end. The straw stays open for our sends.
+    PeerFinished,
     /// The machine is finished; nothing follows. Any pore was closed before this.
     Done(Result<Closed, StrawError>),
 }
@@ -244,6 +247,9 @@ pub enum Input {
     /// The data path saw the peer die (its port closed, unmap-notify) while xenstore may still
     /// say Connected: a connected straw is lost ([`StrawError::PeerGone`]).
     PeerLost,
+    /// We will send nothing more and the peer consumed everything we sent: tell the peer
+    /// (half-close; writes `straw-eof = "1"` in our directory, a key LING ignores).
+    Finish,
 }
 
 /// What an outstanding store operation was for.
@@ -276,6 +282,8 @@ enum Op {
     WriteConnected,
     WriteClosing,
     WriteClosed,
+    ReadPeerEof,
+    WriteEof,
     Cleanup,
 }
 
@@ -324,6 +332,9 @@ pub struct StrawMachine {
     connected: bool,
     close_armed: bool,
     now: Duration,
+    finish_requested: bool,
+    finish_written: bool,
+    peer_finished: bool,
     // negotiation
     peer_format: Option<PeerFormat>,
     peer_offers_v2: bool,
@@ -376,6 +387,9 @@ impl StrawMachine {
             connected: false,
             close_armed: false,
             now,
+            finish_requested: false,
+            finish_written: false,
+            peer_finished: false,
             peer_format: None,
             peer_offers_v2: false,
             layout: Layout::Ling,
@@ -494,6 +508,12 @@ impl StrawMachine {
                     self.lost(StrawError::PeerGone);
                 }
             }
+            Input::Finish => {
+                self.finish_requested = true;
+                if self.phase == Phase::Connected && !self.busy() {
+                    self.connected_idle();
+                }
+            }
         }
     }
 
@@ -580,7 +600,7 @@ impl StrawMachine {
         let mut ops = VecDeque::new();
         if self.watching {
             ops.push_back(StoreOp::Unwatch {
-                path: self.peer_state_path(),
+                path: self.peer_dir(),
                 token: self.token.clone(),
             });
         }
@@ -673,7 +693,7 @@ impl StrawMachine {
         if self.watching {
             self.watching = false;
             ops.push_back(StoreOp::Unwatch {
-                path: self.peer_state_path(),
+                path: self.peer_dir(),
                 token: self.token.clone(),
             });
         }
@@ -894,7 +914,7 @@ impl StrawMachine {
             },
             Op::OpenTxn => match r {
                 Ok(_) => {
-                    let path = self.peer_state_path();
+                    let path = self.peer_dir();
                     let token = self.token.clone();
                     self.store(Op::WatchPeer, StoreOp::Watch { path, token });
                 }
@@ -1031,7 +1051,7 @@ impl StrawMachine {
             },
             Op::WriteInitialising => match r {
                 Ok(_) => {
-                    let path = self.peer_state_path();
+                    let path = self.peer_dir();
                     let token = self.token.clone();
                     self.store(Op::WatchPeer, StoreOp::Watch { path, token });
                 }
@@ -1126,6 +1146,26 @@ impl StrawMachine {
                         self.end(res);
                     }
                 }
+            }
+            Op::ReadPeerEof => match r {
+                Ok(StoreReply::Value(v)) if v == b"1" => {
+                    self.peer_finished = true;
+                    self.out.push_back(Action::PeerFinished);
+                    self.connected_idle();
+                }
+                Ok(_) => self.protocol("straw-eof", ParseError::BadToken),
+                Err(StoreError::NotFound) => self.connected_idle(),
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "straw: reading straw-eof");
+                    self.connected_idle();
+                }
+            },
+            Op::WriteEof => {
+                if let Err(e) = r {
+                    tracing::warn!(peer = %self.peer, error = %e, "straw: writing straw-eof failed");
+                }
+                self.finish_written = true;
+                self.connected_idle();
             }
             Op::Cleanup => unreachable_cleanup(),
         }
@@ -1240,6 +1280,8 @@ impl StrawMachine {
             self.begin_local_close();
         } else if self.dirty {
             self.read_peer_state();
+        } else {
+            self.connected_idle();
         }
     }
 
@@ -1287,7 +1329,11 @@ impl StrawMachine {
                     return self.begin_local_close();
                 }
                 match st {
-                    Some(S::Connected) => self.idle_or_reread(),
+                    Some(S::Connected) if !self.peer_finished => {
+                        let path = alloc::format!("{}/straw-eof", self.peer_dir());
+                        self.store(Op::ReadPeerEof, StoreOp::Read { path });
+                    }
+                    Some(S::Connected) => self.connected_idle(),
                     None => self.lost(StrawError::PeerGone),
                     Some(S::Closing) => {
                         self.arm_close();
@@ -1319,6 +1365,26 @@ impl StrawMachine {
             },
             _ => {}
         }
+    }
+
+    /// Connected with nothing outstanding: write our end-of-stream if asked, else re-read the
+    /// peer's state if a watch fired meanwhile.
+    fn connected_idle(&mut self) {
+        if self.close_requested {
+            return self.begin_local_close();
+        }
+        if self.finish_requested && !self.finish_written {
+            let path = alloc::format!("{}/straw-eof", self.my_dir());
+            let ops = vec![
+                StoreOp::Write {
+                    path: path.clone(),
+                    value: String::from("1"),
+                },
+                self.narrow(path),
+            ];
+            return self.store(Op::WriteEof, StoreOp::Transaction(ops));
+        }
+        self.idle_or_reread();
     }
 
     fn await_close(&mut self) {

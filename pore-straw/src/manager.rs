@@ -585,6 +585,11 @@ where
                     self.machine.handle(Input::PoreClosed, self.inner.now());
                 }
                 Action::Connected(conn) => self.connected(conn),
+                Action::PeerFinished => {
+                    if let Some(sh) = &self.shared {
+                        sh.peer_finished();
+                    }
+                }
                 Action::Done(result) => {
                     self.done(&peer, result);
                     return;

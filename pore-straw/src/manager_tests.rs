@@ -357,3 +357,55 @@ fn simultaneous_opens_both_connect() {
         ManagerError::Exists
     );
 }
+
+#[test]
+fn half_close_then_close_delivers_both_directions() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let (m1, _) = manager(&xen, &world, 1);
+    let (m2, _) = manager(&xen, &world, 2);
+    let s1 = m1.open(&Endpoint::seed(DomId(2))).unwrap();
+    let s2 = m2.accept(Duration::from_secs(2)).unwrap();
+    // Side 1 has little to say and finishes at once (like `listen < /dev/null`).
+    s1.sender().send(Bytes::from_static(b"only this")).unwrap();
+    let reader2 = thread::spawn(move || {
+        let mut got = Vec::new();
+        loop {
+            match s2.receiver().recv_timeout(Duration::from_secs(3)) {
+                Ok(f) => got.push(f),
+                Err(StrawIoError::Eof) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        (got, s2)
+    });
+    s1.finish().unwrap();
+    assert_eq!(
+        s1.sender().send(Bytes::from_static(b"late")),
+        Err(StrawIoError::Closed)
+    );
+    let (got, s2) = reader2.join().unwrap();
+    assert_eq!(got, vec![Bytes::from_static(b"only this")]);
+    // Side 2 still talks, then finishes too; side 1 reads it all, then the end.
+    for i in 0..1000u32 {
+        s2.sender()
+            .send(Bytes::from(i.to_be_bytes().to_vec()))
+            .unwrap();
+    }
+    let t = thread::spawn(move || {
+        s2.finish().unwrap();
+        s2
+    });
+    for i in 0..1000u32 {
+        assert_eq!(s1.receiver().recv().unwrap(), &i.to_be_bytes()[..]);
+    }
+    assert_eq!(
+        s1.receiver().recv_timeout(Duration::from_secs(3)),
+        Err(StrawIoError::Eof)
+    );
+    let s2 = t.join().unwrap();
+    // Both close (in any order); both succeed.
+    let t = thread::spawn(move || s2.close());
+    s1.close().unwrap();
+    t.join().unwrap().unwrap();
+}

@@ -503,6 +503,8 @@ pub(crate) struct Shared<B: Backend> {
     hook: Option<Hook>,
     stats: Counters,
     close_sent: AtomicBool,
+    finished: AtomicBool,
+    peer_finished: AtomicBool,
     vanishing: AtomicBool,
     users: AtomicUsize,
     done: Mutex<Option<Result<Closed, StrawError>>>,
@@ -683,6 +685,11 @@ impl<B: Backend> Shared<B> {
         }
     }
 
+    pub(crate) fn peer_finished(&self) {
+        self.peer_finished.store(true, Ordering::Release);
+        self.ring_bell();
+    }
+
     pub(crate) fn peer_left(&self, graceful: bool) {
         self.mark(if graceful { PEER_CLOSED } else { PEER_GONE });
     }
@@ -829,6 +836,8 @@ impl<B: Backend> Straw<B> {
             hook,
             stats: Counters::default(),
             close_sent: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            peer_finished: AtomicBool::new(false),
             vanishing: AtomicBool::new(false),
             users: AtomicUsize::new(2),
             done: Mutex::new(None),
@@ -877,6 +886,11 @@ impl<B: Backend> Straw<B> {
     /// The receiving half.
     pub fn receiver(&self) -> &Receiver<B> {
         &self.rx
+    }
+
+    /// Half-closes our sending direction; see [`Sender::finish`].
+    pub fn finish(&self) -> Result<(), StrawIoError> {
+        self.tx.finish()
     }
 
     /// Splits into halves for two threads. Closing either half closes the straw.
@@ -988,6 +1002,9 @@ impl<B: Backend> Sender<B> {
     /// One non-blocking step: finish the pending frame, then start `frame` (taken when it is
     /// entirely or partly in the ring). `true`: nothing is pending and `frame` was taken.
     fn step(&self, frame: &mut Option<Bytes>) -> Result<bool, StrawIoError> {
+        if self.sh.finished.load(Ordering::Acquire) && frame.is_some() {
+            return Err(StrawIoError::Closed);
+        }
         if let Some(e) = self.sh.status_error() {
             return Err(match e {
                 StrawIoError::Eof => StrawIoError::Closed,
@@ -1081,10 +1098,28 @@ impl<B: Backend> Sender<B> {
         }
     }
 
+    /// Half-closes: finishes a partly sent frame, waits (up to
+    /// [`StrawConfig::close_timeout`]) until the peer consumed everything, then tells the peer
+    /// that nothing more will come (its receiver then ends with [`StrawIoError::Eof`]). We can
+    /// still receive; later sends fail with [`StrawIoError::Closed`]. Close the straw once both
+    /// directions are done. Needs the manager (a straw made with [`Straw::new`] only drains).
+    pub fn finish(&self) -> Result<(), StrawIoError> {
+        self.drain(self.sh.cfg.close_timeout)?;
+        self.sh.finished.store(true, Ordering::Release);
+        if let Some(hook) = &self.sh.hook {
+            hook(Input::Finish);
+        }
+        Ok(())
+    }
+
     /// Closes the straw gracefully; see [`Straw::close`].
     pub fn close(&self) -> Result<(), StrawIoError> {
         let timeout = self.sh.cfg.close_timeout;
-        let drained = self.drain(timeout);
+        let drained = match self.drain(timeout) {
+            // The peer closed first: nothing more can be delivered, and that is no failure.
+            Err(_) if self.sh.status.load(Ordering::Acquire) == PEER_CLOSED => Ok(()),
+            d => d,
+        };
         if let Err(e) = &drained {
             tracing::warn!(peer = %self.sh.peer, error = %e, "straw: closing without a full drain");
         }
@@ -1185,7 +1220,14 @@ impl<B: Backend> Receiver<B> {
                     tracing::warn!(peer = %self.sh.peer, len = n, "straw: skipped an oversized frame");
                 }
                 Ok(None) => {
-                    // Nothing whole yet. After a peer's close, an empty ring is the end.
+                    // Nothing whole yet. After the peer finished or closed, an empty ring is the
+                    // end.
+                    if self.sh.peer_finished.load(Ordering::Acquire)
+                        && !st.framer.in_progress()
+                        && st.ring.readable()? == 0
+                    {
+                        return Err(StrawIoError::Eof);
+                    }
                     if let Some(e) = self.sh.status_error() {
                         if st.ring.readable()? == 0 {
                             return Err(e);

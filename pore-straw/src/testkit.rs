@@ -293,6 +293,7 @@ pub struct Outcome {
     pub done: Option<Result<Closed, StrawError>>,
     pub pore_open: bool,
     pub pores_opened: usize,
+    pub peer_finished: bool,
 }
 
 pub struct Domain {
@@ -383,6 +384,7 @@ impl World {
             done: None,
             pore_open: false,
             pores_opened: 0,
+            peer_finished: false,
         };
         dom.machines.push((m, o));
     }
@@ -443,6 +445,7 @@ impl World {
                             done: None,
                             pore_open: false,
                             pores_opened: 0,
+                            peer_finished: false,
                         };
                         self.doms[d].machines.push((m, o));
                     }
@@ -515,6 +518,7 @@ impl World {
                 self.doms[d].machines[idx].0.handle(Input::PoreClosed, now);
             }
             Action::Connected(c) => self.doms[d].machines[idx].1.connected = Some(c),
+            Action::PeerFinished => self.doms[d].machines[idx].1.peer_finished = true,
             Action::Done(r) => self.doms[d].machines[idx].1.done = Some(r),
         }
         true

@@ -527,3 +527,32 @@ fn peer_lost_from_the_data_path_ends_a_connected_straw() {
     assert!(!o.pore_open);
     assert_eq!(w.store.get("/local/domain/1/data/warts/2"), None);
 }
+
+#[test]
+fn finish_tells_the_peer_and_keeps_the_straw() {
+    for finisher in [0usize, 1] {
+        let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+        connect(&mut w, &a, &b);
+        let peer = if finisher == 0 { b.clone() } else { a.clone() };
+        let now = w.now;
+        w.doms[finisher]
+            .machine(&peer)
+            .unwrap()
+            .handle(crate::handshake::Input::Finish, now);
+        w.run(TICK, Duration::from_millis(300));
+        let dir = if finisher == 0 {
+            "/local/domain/1/data/warts/2"
+        } else {
+            "/local/domain/2/data/straw/1"
+        };
+        assert_eq!(w.store.get(&alloc::format!("{dir}/straw-eof")), Some("1"));
+        let other = if finisher == 0 { &a } else { &b };
+        let o = w.doms[1 - finisher].outcome(other).unwrap();
+        assert!(o.peer_finished, "finisher {finisher}");
+        assert_eq!(o.done, None, "still open");
+        // Then a normal close.
+        w.close(finisher, &peer);
+        w.run(TICK, Duration::from_millis(300));
+        assert!(w.doms[1 - finisher].outcome(other).unwrap().done.is_some());
+    }
+}
