@@ -450,8 +450,13 @@ fn compare(seed: u64, steps: usize, ours: &mut Side, c: &mut Side) -> usize {
                         String::from_utf8_lossy(payload.split(|&b| b == 0).next().unwrap_or(b""))
                             .into_owned();
                     let child = format!("{first}/u");
-                    for p in [first.as_str(), child.as_str(), "/local/domain/0"] {
-                        side.conns[who].send(&msg(1, 1, tx_id, &z(&[p])));
+                    for (ty, p) in [
+                        (1, first.as_str()),
+                        (3, first.as_str()),
+                        (1, child.as_str()),
+                        (1, "/local/domain/0"),
+                    ] {
+                        side.conns[who].send(&msg(ty, 1, tx_id, &z(&[p])));
                         let got = sync(&mut side.conns[who]);
                         eprintln!(
                             "{name}: in tx {tx_id} dir {p}: {:?}",
@@ -468,6 +473,23 @@ fn compare(seed: u64, steps: usize, ours: &mut Side, c: &mut Side) -> usize {
                         "{name}: perms {p}: {:?}",
                         got.iter()
                             .map(|m| String::from_utf8_lossy(&m[16..]).into_owned())
+                            .collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
+        if std::env::var("PORE_DIFF_DEBUG").is_ok() {
+            for i in 0..4 {
+                if a[&i] != b[&i] {
+                    eprintln!(
+                        "conn {i}: ours {:?}\n        C    {:?}",
+                        a[&i]
+                            .iter()
+                            .map(|m| String::from_utf8_lossy(m).into_owned())
+                            .collect::<Vec<_>>(),
+                        b[&i]
+                            .iter()
+                            .map(|m| String::from_utf8_lossy(m).into_owned())
                             .collect::<Vec<_>>()
                     );
                 }

@@ -551,10 +551,11 @@ impl Store {
                         return Err(ErrorName::EINVAL);
                     }
                     let base = path::basename(&path);
-                    let listed = v
-                        .get(path::parent(&path))
-                        .is_some_and(|n| n.children.iter().any(|c| c == base));
-                    if !listed {
+                    let Some(parent) = v.get(path::parent(&path)) else {
+                        // A transaction's copy of the node outlived its parent.
+                        return Err(ErrorName::EINVAL);
+                    };
+                    if !parent.children.iter().any(|c| c == base) {
                         // C removes the node, then fails to unlink it from the parent.
                         v.remove(&path, &mut Vec::new());
                         return Err(ErrorName::EIO);
@@ -562,7 +563,7 @@ impl Store {
                     if !subtree_complete(v, &path) {
                         return Err(ErrorName::EIO);
                     }
-                    let parent_perms = v.get(path::parent(&path)).map(|n| n.perms.clone());
+                    let parent_perms = v.peek(path::parent(&path)).map(|n| n.perms.clone());
                     let mut removed = Vec::new();
                     v.remove(&path, &mut removed);
                     Ok((
@@ -871,9 +872,10 @@ impl Store {
         }
         let raw = as_str(s[0])?;
         if raw.starts_with('@') {
-            let cur = self.special_perms.get(raw).ok_or(ErrorName::EINVAL)?;
+            // C: an unknown special node, or one the caller does not own, is ENOENT.
+            let cur = self.special_perms.get(raw).ok_or(ErrorName::ENOENT)?;
             if who.perm(cur) & (PERM_WRITE | PERM_OWNER) != PERM_WRITE | PERM_OWNER {
-                return Err(ErrorName::EACCES);
+                return Err(ErrorName::ENOENT);
             }
             self.special_perms.insert(raw.to_owned(), perms);
             return Ok(b"OK\0".to_vec());
@@ -894,7 +896,7 @@ impl Store {
                 }
             }
             let old = n.perms.clone();
-            let parent_perms = v.get(path::parent(&path)).map(|n| n.perms.clone());
+            let parent_perms = v.peek(path::parent(&path)).map(|n| n.perms.clone());
             v.set_perms(&path, perms.clone());
             Ok((
                 b"OK\0".to_vec(),
@@ -996,7 +998,7 @@ fn write_node(
             return Err(ErrorName::ENOSPC);
         }
         let perms = n.perms.clone();
-        let parent_perms = v.get(path::parent(p)).map(|n| n.perms.clone());
+        let parent_perms = v.peek(path::parent(p)).map(|n| n.perms.clone());
         v.set_value(p, value);
         return Ok(vec![Change::Node {
             path: p.to_owned(),
@@ -1049,7 +1051,7 @@ fn create_node(
         };
         v.create(m, Node::new(val, perms.clone()));
     }
-    let parent_perms = v.get(path::parent(p)).map(|n| n.perms.clone());
+    let parent_perms = v.peek(path::parent(p)).map(|n| n.perms.clone());
     Ok(Change::Node {
         path: p.to_owned(),
         perms,

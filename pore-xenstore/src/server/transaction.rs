@@ -86,6 +86,16 @@ impl TxView<'_> {
 }
 
 impl View for TxView<'_> {
+    fn peek(&self, p: &str) -> Option<&Node> {
+        match self.tx.overlay.get(p) {
+            Some(n) => n.as_ref(),
+            None => match self.tx.snapshot.get(p) {
+                Some(n) => n.as_ref(),
+                None => self.tree.get(p),
+            },
+        }
+    }
+
     fn get(&mut self, p: &str) -> Option<&Node> {
         self.touch(p);
         match self.tx.overlay.get(p) {

@@ -139,6 +139,8 @@ impl Tree {
 pub(crate) trait View {
     /// The node at `p` (a transaction records the access).
     fn get(&mut self, p: &str) -> Option<&Node>;
+    /// The node at `p` without recording an access (for watch-event visibility only).
+    fn peek(&self, p: &str) -> Option<&Node>;
     /// Sets the value of an existing node.
     fn set_value(&mut self, p: &str, value: Vec<u8>);
     /// Sets the permissions of an existing node.
@@ -155,6 +157,10 @@ pub(crate) trait View {
 
 impl View for Tree {
     fn get(&mut self, p: &str) -> Option<&Node> {
+        self.nodes.get(p)
+    }
+
+    fn peek(&self, p: &str) -> Option<&Node> {
         self.nodes.get(p)
     }
 
