@@ -409,3 +409,32 @@ fn half_close_then_close_delivers_both_directions() {
     s1.close().unwrap();
     t.join().unwrap().unwrap();
 }
+
+#[test]
+fn the_observer_sees_every_step() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let (m1, _) = manager(&xen, &world, 1);
+    let (m2, _) = manager(&xen, &world, 2);
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let s2 = seen.clone();
+    m1.observe(Some(Arc::new(move |peer: &Endpoint, a: &crate::Action| {
+        let line = match a {
+            crate::Action::Store(op) => format!("{peer}: {op}"),
+            other => format!("{peer}: {other:?}"),
+        };
+        s2.lock().unwrap().push(line);
+    })));
+    let _s = m1.open(&Endpoint::seed(DomId(2))).unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen[0].contains("read /local/domain/1/data/warts/2"),
+        "{seen:?}"
+    );
+    assert!(seen
+        .iter()
+        .any(|l| l.contains("transaction {") && l.contains("/warts")));
+    assert!(seen.iter().any(|l| l.contains("OpenPore(Passive")));
+    assert!(seen.iter().any(|l| l.contains("Connected(")));
+    drop(m2);
+}
