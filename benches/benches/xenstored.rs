@@ -371,11 +371,11 @@ fn median_ns(group: &str, id: &str) -> Option<f64> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let clean = |s: &str| s.replace(['(', ')', '+'], "_").replace(' ', "_");
+    // Criterion's directory names: '/' in a group name becomes '_'.
     let f = target
         .join("criterion")
-        .join(clean(group))
-        .join(clean(id))
+        .join(group.replace('/', "_"))
+        .join(id)
         .join("new/estimates.json");
     let text = std::fs::read_to_string(f).ok()?;
     let m = text.find("\"median\"")?;
