@@ -14,7 +14,7 @@ use bbqueue::BBBuffer;
 use pore_benches::{cell, median_rate, stream, FrameParse, Rx, Tx};
 use pore_core::loopback::{Loopback, LoopbackChannel};
 use pore_core::{
-    DomId, EventChannel, Events, GrantRef, Grants, Interest, SharedMemory, SharedView,
+    DomId, EventChannel, Events, GrantRef, Grants, Interest, SharedAccess, SharedMemory, SharedView,
 };
 use pore_ring::frame::{FrameReader, FrameWriter, Progress, Received};
 use pore_ring::ling::LingRing;
@@ -259,6 +259,7 @@ enum Who {
     V2,
     V2Batched,
     V2At16K,
+    V2LockOr,
     Ling,
     Rtrb,
     Ringbuf,
@@ -273,6 +274,7 @@ impl Who {
             Who::V2 => "pore v2, index per message",
             Who::V2Batched => "pore v2, batched (64 frames/commit)",
             Who::V2At16K => "pore v2 at 16 KiB, per message",
+            Who::V2LockOr => "experiment: v2 per message, full barrier = locked RMW on a local",
             Who::Ling => "pore LING (16 376 B), per message",
             Who::Rtrb => "rtrb 0.3 (chunk/slice API)",
             Who::Ringbuf => "ringbuf 0.4",
@@ -280,6 +282,47 @@ impl Who {
             Who::Crossbeam => "crossbeam-channel 0.5, Vec<u8>",
             Who::Memcpy => "memcpy, one thread (limit)",
         }
+    }
+}
+
+/// Experiment: the same view, but its full barrier is a locked read-modify-write on a local
+/// (`lock xadd`, as Linux's `smp_mb()` on x86-64 uses a locked op on the stack) instead of
+/// `mfence`. On x86 a locked instruction orders stores before later loads like `mfence`; in the
+/// Rust memory model it is not a fence, so this is a measurement only, never ring code.
+#[derive(Clone, Copy)]
+struct LockOrFence<'a>(SharedView<'a>);
+
+impl SharedAccess for LockOrFence<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn load_u32(&self, o: usize, ord: Ordering) -> u32 {
+        self.0.load_u32(o, ord)
+    }
+    fn store_u32(&self, o: usize, v: u32, ord: Ordering) {
+        self.0.store_u32(o, v, ord)
+    }
+    fn load_u8(&self, o: usize, ord: Ordering) -> u8 {
+        self.0.load_u8(o, ord)
+    }
+    fn store_u8(&self, o: usize, v: u8, ord: Ordering) {
+        self.0.store_u8(o, v, ord)
+    }
+    fn swap_u8(&self, o: usize, v: u8, ord: Ordering) -> u8 {
+        self.0.swap_u8(o, v, ord)
+    }
+    fn fetch_or_u8(&self, o: usize, v: u8, ord: Ordering) -> u8 {
+        self.0.fetch_or_u8(o, v, ord)
+    }
+    fn read_bytes(&self, o: usize, dst: &mut [u8]) {
+        self.0.read_bytes(o, dst)
+    }
+    fn write_bytes(&self, o: usize, src: &[u8]) {
+        self.0.write_bytes(o, src)
+    }
+    fn fence(&self, _ord: Ordering) {
+        let local = AtomicU64::new(0);
+        std::hint::black_box(&local).fetch_add(0, Ordering::SeqCst);
     }
 }
 
@@ -327,6 +370,18 @@ fn memcpy_rate(size: usize, cap: usize, window: Duration) -> f64 {
 }
 
 fn run(who: Who, size: usize, cap: usize, window: Duration) -> f64 {
+    run_mode(who, size, cap, window, false)
+}
+
+fn drive(tx: &mut dyn Tx, rx: &mut dyn Rx, size: usize, window: Duration, same: bool) -> f64 {
+    if same {
+        pore_benches::same_thread(tx, rx, size, window)
+    } else {
+        stream(tx, rx, size, window).rate()
+    }
+}
+
+fn run_mode(who: Who, size: usize, cap: usize, window: Duration, same: bool) -> f64 {
     match who {
         Who::V2 | Who::V2Batched | Who::V2At16K => {
             let cap = if who == Who::V2At16K { 16384 } else { cap };
@@ -336,7 +391,18 @@ fn run(who: Who, size: usize, cap: usize, window: Duration) -> f64 {
             let batch = if who == Who::V2Batched { BATCH } else { 1 };
             let mut tx = OurTx::new(a.split().0, batch);
             let mut rx = OurRx::new(p.split().1, batch);
-            stream(&mut tx, &mut rx, size, window).rate()
+            drive(&mut tx, &mut rx, size, window, same)
+        }
+        Who::V2LockOr => {
+            let geo = V2Geometry::symmetric_bytes(cap).expect("geometry");
+            let pages = loopback_pages(geo.pages());
+            let view = LockOrFence(pages.view());
+            let refs: Vec<GrantRef> = (0..geo.data_pages() as u32).map(GrantRef).collect();
+            let a = V2Ring::create(view, geo, &refs).expect("create");
+            let p = V2Ring::attach(view).expect("attach");
+            let mut tx = OurTx::new(a.split().0, 1);
+            let mut rx = OurRx::new(p.split().1, 1);
+            drive(&mut tx, &mut rx, size, window, same)
         }
         Who::Ling => {
             let pages = loopback_pages(8);
@@ -344,41 +410,41 @@ fn run(who: Who, size: usize, cap: usize, window: Duration) -> f64 {
             let p = LingRing::passive(pages.view()).expect("ling");
             let mut tx = OurTx::new(a.split().0, 1);
             let mut rx = OurRx::new(p.split().1, 1);
-            stream(&mut tx, &mut rx, size, window).rate()
+            drive(&mut tx, &mut rx, size, window, same)
         }
         Who::Rtrb => {
             let (p, c) = rtrb::RingBuffer::new(cap);
-            stream(
+            drive(
                 &mut RtrbTx(p, 0),
                 &mut RtrbRx(c, FrameParse::default()),
                 size,
                 window,
+                same,
             )
-            .rate()
         }
         Who::Ringbuf => {
             let (p, c) = ringbuf::HeapRb::<u8>::new(cap).split();
-            stream(
+            drive(
                 &mut RingbufTx(p, 0),
                 &mut RingbufRx(c, FrameParse::default()),
                 size,
                 window,
+                same,
             )
-            .rate()
         }
         Who::Bbqueue => {
             if cap == 32 * 1024 {
                 let (mut t, mut r) = leak_bbq::<{ 32 * 1024 }>();
-                stream(&mut t, &mut r, size, window).rate()
+                drive(&mut t, &mut r, size, window, same)
             } else {
                 let (mut t, mut r) = leak_bbq::<{ 1024 * 1024 }>();
-                stream(&mut t, &mut r, size, window).rate()
+                drive(&mut t, &mut r, size, window, same)
             }
         }
         Who::Crossbeam => {
             let slots = (cap / (size + 4)).max(1);
             let (s, r) = crossbeam_channel::bounded(slots);
-            stream(&mut CbTx(s, None), &mut CbRx(r), size, window).rate()
+            drive(&mut CbTx(s, None), &mut CbRx(r), size, window, same)
         }
         Who::Memcpy => memcpy_rate(size, cap, window),
     }
@@ -497,6 +563,8 @@ fn main() {
         pore_benches::cpus(),
         window.as_millis()
     );
+    let sections =
+        std::env::var("PORE_BENCH_SECTIONS").unwrap_or_else(|_| "stream,same,blocking".into());
     let contenders = [
         Who::V2,
         Who::V2Batched,
@@ -507,7 +575,11 @@ fn main() {
         Who::Memcpy,
     ];
     let mut results = std::collections::HashMap::<(Who, usize, usize), Vec<f64>>::new();
-    for _ in 0..rounds {
+    for _ in 0..if sections.contains("stream") {
+        rounds
+    } else {
+        0
+    } {
         for &cap in &CAPS {
             for &size in &SIZES {
                 for &who in &contenders {
@@ -533,7 +605,11 @@ fn main() {
         .collect();
     let get = |who, size, cap| med.get(&(who, size, cap)).copied().unwrap_or(0.0);
 
-    for &cap in &CAPS {
+    for &cap in if sections.contains("stream") {
+        &CAPS[..]
+    } else {
+        &[]
+    } {
         println!("## {} KiB per direction\n", cap / 1024);
         println!("| contender | 16 B | 256 B | 4 KiB | 64 KiB |\n|---|---|---|---|---|");
         let mut rows: Vec<Who> = contenders.to_vec();
@@ -548,66 +624,95 @@ fn main() {
         println!();
     }
 
-    println!("## Ratios against the goals\n");
-    println!("| goal | 16 B | 256 B | 4 KiB | 64 KiB |\n|---|---|---|---|---|");
-    for &cap in &CAPS {
-        let cells: Vec<String> = SIZES
-            .iter()
-            .map(|&s| {
-                let best = [Who::Rtrb, Who::Ringbuf, Who::Bbqueue]
-                    .iter()
-                    .map(|&w| get(w, s, cap))
-                    .fold(0.0, f64::max);
-                format!("{:.2}×", get(Who::V2, s, cap) / best)
-            })
-            .collect();
-        println!(
-            "| v2 per message / best byte ring, {} KiB (goal ≥ 1.0) | {} |",
-            cap / 1024,
-            cells.join(" | ")
-        );
-    }
-    for &cap in &CAPS {
+    if sections.contains("stream") {
+        println!("## Ratios against the goals\n");
+        println!("| goal | 16 B | 256 B | 4 KiB | 64 KiB |\n|---|---|---|---|---|");
+        for &cap in &CAPS {
+            let cells: Vec<String> = SIZES
+                .iter()
+                .map(|&s| {
+                    let best = [Who::Rtrb, Who::Ringbuf, Who::Bbqueue]
+                        .iter()
+                        .map(|&w| get(w, s, cap))
+                        .fold(0.0, f64::max);
+                    format!("{:.2}×", get(Who::V2, s, cap) / best)
+                })
+                .collect();
+            println!(
+                "| v2 per message / best byte ring, {} KiB (goal ≥ 1.0) | {} |",
+                cap / 1024,
+                cells.join(" | ")
+            );
+        }
+        for &cap in &CAPS {
+            let cells: Vec<String> = SIZES
+                .iter()
+                .map(|&s| {
+                    format!(
+                        "{:.2}×",
+                        get(Who::V2Batched, s, cap) / get(Who::Rtrb, s, cap)
+                    )
+                })
+                .collect();
+            println!(
+                "| v2 batched / rtrb, {} KiB (goal ≥ 3.0 at 16 B) | {} |",
+                cap / 1024,
+                cells.join(" | ")
+            );
+        }
         let cells: Vec<String> = SIZES
             .iter()
             .map(|&s| {
                 format!(
                     "{:.2}×",
-                    get(Who::V2Batched, s, cap) / get(Who::Rtrb, s, cap)
+                    get(Who::Ling, s, CAPS[0]) / get(Who::V2At16K, s, CAPS[0])
                 )
             })
             .collect();
         println!(
-            "| v2 batched / rtrb, {} KiB (goal ≥ 3.0 at 16 B) | {} |",
-            cap / 1024,
+            "| LING / v2 at 16 KiB (goal ≥ 0.9) | {} |",
             cells.join(" | ")
         );
+        for &cap in &CAPS {
+            let cells: Vec<String> = SIZES
+                .iter()
+                .map(|&s| format!("{:.2}×", get(Who::Crossbeam, s, cap) / get(Who::V2, s, cap)))
+                .collect();
+            println!(
+                "| crossbeam-channel / v2, {} KiB (own line) | {} |",
+                cap / 1024,
+                cells.join(" | ")
+            );
+        }
     }
-    let cells: Vec<String> = SIZES
-        .iter()
-        .map(|&s| {
-            format!(
-                "{:.2}×",
-                get(Who::Ling, s, CAPS[0]) / get(Who::V2At16K, s, CAPS[0])
-            )
-        })
-        .collect();
-    println!(
-        "| LING / v2 at 16 KiB (goal ≥ 0.9) | {} |",
-        cells.join(" | ")
-    );
-    for &cap in &CAPS {
-        let cells: Vec<String> = SIZES
-            .iter()
-            .map(|&s| format!("{:.2}×", get(Who::Crossbeam, s, cap) / get(Who::V2, s, cap)))
-            .collect();
-        println!(
-            "| crossbeam-channel / v2, {} KiB (own line) | {} |",
-            cap / 1024,
-            cells.join(" | ")
-        );
+    if sections.contains("same") {
+        println!("\n## Same-thread cost (send then receive each frame on one thread, 32 KiB; no cross-core traffic, least sensitive to a loaded machine), M msg/s\n");
+        println!("| contender | 16 B | 256 B | 4 KiB | 64 KiB |\n|---|---|---|---|---|");
+        for who in [
+            Who::V2,
+            Who::V2LockOr,
+            Who::V2At16K,
+            Who::Ling,
+            Who::Rtrb,
+            Who::Ringbuf,
+            Who::Bbqueue,
+            Who::Crossbeam,
+        ] {
+            let cells: Vec<String> = SIZES
+                .iter()
+                .map(|&s| {
+                    let mut v: Vec<f64> = (0..rounds)
+                        .map(|_| run_mode(who, s, CAPS[0], window, true))
+                        .collect();
+                    format!("{:.2}", median_rate(&mut v) / 1e6)
+                })
+                .collect();
+            println!("| {} | {} |", who.name(), cells.join(" | "));
+        }
     }
-
+    if !sections.contains("blocking") {
+        return;
+    }
     println!("\n## Blocking (consumer and producer sleep on loopback event channels) vs busy-poll, v2 32 KiB, per message\n");
     println!("| size | busy-poll M msg/s | blocking, spin 20 µs, M msg/s | ratio (goal ≥ 0.8) | events/msg, spin 20 µs (goal ≤ 0.01) | blocking, no spin, M msg/s | events/msg, no spin |\n|---|---|---|---|---|---|---|");
     for &size in &[16usize, 256, 4096, 65536] {
