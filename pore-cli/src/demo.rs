@@ -22,7 +22,8 @@ use pore_straw::straw::StrawIoError;
 use pore_straw::xenstore::XsAdapter;
 use pore_straw::Endpoint;
 use pore_xenstore::server::{Config as ServerConfig, Server};
-use pore_xenstore::Client;
+use pore_xenstore::transport::RingTransport;
+use pore_xenstore::{Client, Config as ClientConfig};
 
 /// Options of `pore demo`.
 #[derive(Args, Debug, Clone)]
@@ -80,9 +81,14 @@ fn manager_config(ling: bool) -> ManagerConfig {
 
 type DemoManager = Manager<SimDomain, XsAdapter>;
 
-fn start_manager(xs_socket: &str, ling: bool) -> Result<(DemoManager, Endpoint), String> {
+/// Starts this domain's straw manager on xenstore reached the way a Xen guest reaches it: through
+/// its own store ring page and event channel (an unprivileged connection).
+fn start_manager(ling: bool) -> Result<(DemoManager, Endpoint), String> {
     let dom = SimDomain::connect().map_err(|e| format!("reaching the hypervisor: {e}"))?;
-    let client = Client::connect_unix(xs_socket).map_err(|e| format!("reaching xenstored: {e}"))?;
+    let ring = RingTransport::open_store(&dom)
+        .map_err(|e| format!("opening the xenstore ring page: {e}"))?;
+    let client = Client::with_transport(Box::new(ring), ClientConfig::default())
+        .map_err(|e| format!("reaching xenstored over the ring: {e}"))?;
     let me = Endpoint::seed(dom.id());
     let manager = Manager::start(
         dom,
@@ -98,6 +104,7 @@ fn start_manager(xs_socket: &str, ling: bool) -> Result<(DemoManager, Endpoint),
             Action::ClosePore => "close pore".to_string(),
             Action::Connected(c) => format!("connected {c:?}"),
             Action::Done(r) => format!("done {r:?}"),
+            other => format!("{other:?}"),
         };
         process::report(&format!("step {step}"));
     })));
@@ -106,9 +113,8 @@ fn start_manager(xs_socket: &str, ling: bool) -> Result<(DemoManager, Endpoint),
 
 /// The listening domain: accepts one straw, answers pings, counts the stream, acknowledges it.
 fn listener(args: &[String]) -> Result<(), String> {
-    let xs = args.first().ok_or("missing xenstored socket")?;
-    let ling = args.get(1).is_some_and(|a| a == "ling");
-    let (manager, me) = start_manager(xs, ling)?;
+    let ling = args.first().is_some_and(|a| a == "ling");
+    let (manager, me) = start_manager(ling)?;
     process::report(&format!("ready {}", me.domid.0));
     let straw = manager
         .accept(STEP_TIMEOUT)
@@ -174,8 +180,8 @@ fn demo_body(size: usize) -> Bytes {
 
 /// The opening domain: opens the straw, measures latency and throughput, closes.
 fn opener(args: &[String]) -> Result<(), String> {
-    let [xs, peer, ling, total, size, trips] = args else {
-        return Err("usage: xs-socket peer ling total size trips".into());
+    let [peer, ling, total, size, trips] = args else {
+        return Err("usage: peer ling|v2 total size trips".into());
     };
     let parse = |s: &String| {
         s.parse::<u64>()
@@ -183,7 +189,7 @@ fn opener(args: &[String]) -> Result<(), String> {
     };
     let peer = DomId(parse(peer)? as u16);
     let (total, size, trips) = (parse(total)?, parse(size)?.max(2) as usize, parse(trips)?);
-    let (manager, _me) = start_manager(xs, ling == "ling")?;
+    let (manager, _me) = start_manager(ling == "ling")?;
     let straw = manager
         .open(&Endpoint::seed(peer))
         .map_err(|e| format!("opening a straw to dom{}: {e}", peer.0))?;
@@ -343,6 +349,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
 
 fn demo_in(args: &DemoArgs, dir: &std::path::Path) -> Result<(), String> {
     println!("pore demo: two domains of a simulated Xen talk over a straw");
+    println!("  (each domain is a process; it reaches xenstore through its own store ring page)");
     let xs_sock = dir.join("xenstored.sock");
     let server = Server::new(ServerConfig::default(), None);
     let listener_thread = server
@@ -358,14 +365,14 @@ fn demo_in(args: &DemoArgs, dir: &std::path::Path) -> Result<(), String> {
         "  simulated hypervisor broker on {}",
         dir.join("hypervisor.sock").display()
     );
+    // The toolstack: every domain gets /local/domain/<id> and a store ring to our xenstored.
+    hv.set_store_service(Arc::new(server.clone()));
 
     let layout = if args.ling { "ling" } else { "v2" };
-    let xs = xs_sock.to_string_lossy().to_string();
     let mut listener = hv
         .domain_command(ROLE_LISTENER)
         .map_err(|e| e.to_string())?
         .name("listener")
-        .arg(xs.clone())
         .arg(layout)
         .spawn()
         .map_err(|e| format!("spawning the listener domain: {e}"))?;
@@ -384,7 +391,6 @@ fn demo_in(args: &DemoArgs, dir: &std::path::Path) -> Result<(), String> {
         .domain_command(ROLE_OPENER)
         .map_err(|e| e.to_string())?
         .name("opener")
-        .arg(xs)
         .arg(listener_id.to_string())
         .arg(layout)
         .arg(args.bytes.to_string())
