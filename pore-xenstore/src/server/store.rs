@@ -560,7 +560,7 @@ impl Store {
                         v.remove(&path, &mut Vec::new());
                         return Err(ErrorName::EIO);
                     }
-                    if !subtree_complete(v, &path) {
+                    if !v.always_consistent() && !subtree_complete(v, &path) {
                         return Err(ErrorName::EIO);
                     }
                     let parent_perms = v.peek(path::parent(&path)).map(|n| n.perms.clone());

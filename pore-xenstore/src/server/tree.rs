@@ -153,6 +153,11 @@ pub(crate) trait View {
     fn remove(&mut self, p: &str, removed: &mut Vec<(String, Vec<Perm>)>);
     /// Nodes owned by `domid` as this view sees them.
     fn owned(&self, domid: u32) -> usize;
+    /// True if every child listed exists and every node is listed by its parent (the
+    /// live tree); a transaction's copies may be stale.
+    fn always_consistent(&self) -> bool {
+        false
+    }
 }
 
 impl View for Tree {
@@ -219,19 +224,22 @@ impl View for Tree {
             let Some(node) = self.nodes.get(&cur) else {
                 continue;
             };
-            let kids: Vec<String> = node
-                .children
-                .iter()
-                .rev()
-                .map(|c| path::join(&cur, c))
-                .collect();
-            stack.push((cur, true));
-            stack.extend(kids.into_iter().map(|k| (k, false)));
+            stack.push((cur.clone(), true));
+            stack.extend(
+                node.children
+                    .iter()
+                    .rev()
+                    .map(|c| (path::join(&cur, c), false)),
+            );
         }
     }
 
     fn owned(&self, domid: u32) -> usize {
         self.owned.get(&domid).copied().unwrap_or(0)
+    }
+
+    fn always_consistent(&self) -> bool {
+        true
     }
 }
 
