@@ -531,7 +531,7 @@ fn random_sequences_same_as_c() {
     let steps: usize = std::env::var("PORE_DIFF_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(600);
+        .unwrap_or(3000);
     let mut total = 0;
     for seed in [0x9e37_79b9_7f4a_7c15u64, 42, 7] {
         total += compare(seed, steps / 3, &mut ours, &mut c);
