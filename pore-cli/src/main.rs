@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod sim;
+mod straw;
 mod xenstored;
 mod xs;
 
@@ -29,6 +30,8 @@ enum Command {
     Sim(sim::SimArgs),
     /// Run pore's xenstored on a unix socket, in the foreground.
     Xenstored(xenstored::XenstoredArgs),
+    /// Open (connect) or accept (listen) one straw and pipe stdin/stdout over it.
+    Straw(straw::StrawArgs),
     /// Print the crate versions and exit.
     Version,
     /// Xenstore tools: read, write, ls, rm, mkdir, chmod, watch, list, exists.
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Xs(args) => xs::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Straw(args) => straw::run(args),
         Command::Xenstored(args) => xenstored::run(args),
     }
 }

@@ -12,7 +12,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use std::sync::Arc;
+
 use pore_backend_sim::Hypervisor;
+use pore_xenstore::server::{Config as ServerConfig, Server};
 
 /// Arguments of `pore sim`.
 #[derive(Args, Debug)]
@@ -26,6 +29,10 @@ pub struct SimArgs {
     /// Print a line whenever a domain is created or dies.
     #[arg(long)]
     watch: bool,
+    /// Also serve the embedded xenstored to dom0 tools on this unix socket (default: a fresh path
+    /// beside the broker's socket). Domains always reach it through their own store rings.
+    #[arg(long, value_name = "PATH")]
+    xenstored_socket: Option<PathBuf>,
 }
 
 /// Runs `pore sim`.
@@ -41,9 +48,25 @@ pub fn run(args: SimArgs) -> ExitCode {
         eprintln!("pore sim: the broker has no socket");
         return ExitCode::FAILURE;
     };
+    // The toolstack (D19): every domain gets /local/domain/<id> and a store ring to the
+    // embedded xenstored, which dom0 tools reach on a unix socket.
+    let server = Server::new(ServerConfig::default(), None);
+    hv.set_store_service(Arc::new(server.clone()));
+    let xs_path = args
+        .xenstored_socket
+        .clone()
+        .unwrap_or_else(|| path.with_extension("xenstored"));
+    let listener = match server.listen_unix(&xs_path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("pore sim: xenstored on {}: {e}", xs_path.display());
+            return ExitCode::FAILURE;
+        }
+    };
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "PORE_SIM_SOCKET={}", path.display());
+        let _ = writeln!(out, "XENSTORED_PATH={}", xs_path.display());
         let _ = out.flush();
     }
     tracing::info!(socket = %path.display(), "simulated Xen running");
@@ -74,5 +97,8 @@ pub fn run(args: SimArgs) -> ExitCode {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    server.shutdown();
+    listener.join();
+    let _ = std::fs::remove_file(&xs_path);
     ExitCode::SUCCESS
 }

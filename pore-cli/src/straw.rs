@@ -1,0 +1,204 @@
+//! `pore straw listen|connect`: one straw, piped to stdin and stdout.
+//!
+//! Each read from stdin (up to 64 KiB) becomes one raw frame; every frame received is written to
+//! stdout. End of stdin starts a graceful close; the command exits 0 once both directions are
+//! drained (everything we sent was consumed and the peer closed its side).
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand, ValueEnum};
+use pore_backend_sim::SimDomain;
+use pore_core::DomId;
+use pore_straw::handshake::Config;
+use pore_straw::manager::{Manager, ManagerConfig};
+use pore_straw::straw::{Straw, StrawIoError};
+use pore_straw::xenstore::XsAdapter;
+use pore_straw::{Endpoint, Format};
+use pore_xenstore::transport::RingTransport;
+use pore_xenstore::{Client, Config as ClientConfig};
+
+/// Largest frame made of one stdin read.
+const CHUNK: usize = 64 << 10;
+
+/// Options of `pore straw`.
+#[derive(Args, Debug)]
+pub struct StrawArgs {
+    #[command(subcommand)]
+    command: StrawCommand,
+    /// Which Xen to use: the simulated one (found through PORE_SIM_SOCKET, see `pore sim`) or
+    /// real Xen from Linux user space.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Sim, global = true)]
+    backend: BackendChoice,
+    /// Endpoint name (D14): `data/straw-<name>`; empty keeps the seed's paths.
+    #[arg(long, default_value = "", global = true)]
+    name: String,
+    /// Seconds to wait for the handshake.
+    #[arg(long, default_value_t = 10.0, global = true)]
+    timeout: f64,
+}
+
+#[derive(Subcommand, Debug)]
+enum StrawCommand {
+    /// Accept one straw, then pipe stdin/stdout over it.
+    Listen {
+        /// Accept only a straw from this domain.
+        #[arg(long)]
+        from: Option<u16>,
+    },
+    /// Open a straw to DOMID, then pipe stdin/stdout over it.
+    Connect {
+        /// The listening domain.
+        domid: u16,
+    },
+}
+
+/// The backends `pore straw` can run on.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum BackendChoice {
+    /// The simulated Xen (`pore sim`).
+    Sim,
+    /// Real Xen through /dev/xen (not implemented yet).
+    Linux,
+}
+
+/// Runs `pore straw`.
+pub fn run(args: StrawArgs) -> ExitCode {
+    match straw(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pore straw: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn straw(args: &StrawArgs) -> Result<(), String> {
+    if args.backend == BackendChoice::Linux {
+        return Err(
+            "the Linux backend (/dev/xen) is not implemented yet; use --backend sim".into(),
+        );
+    }
+    let timeout = Duration::try_from_secs_f64(args.timeout)
+        .map_err(|e| format!("bad --timeout {}: {e}", args.timeout))?;
+    let dom = SimDomain::connect().map_err(|e| format!("reaching the simulated Xen: {e}"))?;
+    let ring = RingTransport::open_store(&dom)
+        .map_err(|e| format!("opening the xenstore ring page: {e}"))?;
+    let client = Client::with_transport(Box::new(ring), ClientConfig::default())
+        .map_err(|e| format!("reaching xenstored: {e}"))?;
+    let me = Endpoint::new(dom.id(), &args.name).map_err(|e| format!("bad --name: {e:?}"))?;
+    let cfg = ManagerConfig {
+        handshake: Config {
+            handshake_timeout: timeout,
+            format: Format::Raw,
+            ..Config::default()
+        },
+        ..ManagerConfig::default()
+    };
+    let manager = Manager::start(dom, XsAdapter::new(Arc::new(client)), me.clone(), cfg)
+        .map_err(|e| format!("starting the straw manager: {e}"))?;
+    let straw = match &args.command {
+        StrawCommand::Listen { from } => {
+            eprintln!(
+                "pore straw: listening as domain {} (endpoint {me})",
+                me.domid.0
+            );
+            accept_from(&manager, *from, timeout)?
+        }
+        StrawCommand::Connect { domid } => {
+            let peer = Endpoint::new(DomId(*domid), &args.name)
+                .map_err(|e| format!("bad peer domain {domid}: {e:?}"))?;
+            manager
+                .open(&peer)
+                .map_err(|e| format!("opening a straw to {peer}: {e}"))?
+        }
+    };
+    eprintln!(
+        "pore straw: connected to {} ({:?}, {:?})",
+        straw.peer(),
+        straw.layout(),
+        straw.format()
+    );
+    let result = pipe(straw);
+    manager.shutdown();
+    result
+}
+
+fn accept_from(
+    manager: &Manager<SimDomain, XsAdapter>,
+    from: Option<u16>,
+    timeout: Duration,
+) -> Result<Straw<SimDomain>, String> {
+    loop {
+        let straw = manager
+            .accept(timeout)
+            .map_err(|e| format!("waiting for a straw: {e}"))?;
+        match from {
+            Some(d) if straw.peer().domid != DomId(d) => {
+                eprintln!("pore straw: refusing a straw from {}", straw.peer());
+                let _ = straw.close();
+            }
+            _ => return Ok(straw),
+        }
+    }
+}
+
+/// Pipes stdin into the straw and the straw into stdout until both directions are drained.
+///
+/// Stdin frames are never empty (a read of 0 bytes is end of file), so an empty frame marks the
+/// end of a side's data: the straw is closed once we sent our marker and received the peer's
+/// (or the peer closed the straw, as a peer that does not send markers would).
+fn pipe(straw: Straw<SimDomain>) -> Result<(), String> {
+    let (sender, receiver) = straw.split();
+    let writer = thread::spawn(move || -> Result<_, String> {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("reading stdin: {e}")),
+            };
+            sender
+                .send(Bytes::copy_from_slice(&buf[..n]))
+                .map_err(|e| format!("sending: {e}"))?;
+        }
+        sender
+            .send(Bytes::new())
+            .map_err(|e| format!("sending the end-of-data marker: {e}"))?;
+        Ok(sender)
+    });
+    let mut stdout = std::io::stdout().lock();
+    let mut peer_closed = false;
+    loop {
+        match receiver.recv() {
+            Ok(frame) if frame.is_empty() => break,
+            Ok(frame) => stdout
+                .write_all(&frame)
+                .and_then(|_| stdout.flush())
+                .map_err(|e| format!("writing stdout: {e}"))?,
+            Err(StrawIoError::Eof) => {
+                peer_closed = true;
+                break;
+            }
+            Err(e) => return Err(format!("receiving: {e}")),
+        }
+    }
+    let sender = writer
+        .join()
+        .unwrap_or_else(|_| Err("the stdin thread panicked".into()))?;
+    // Both directions are drained: close gracefully (D17). A peer that closed first already
+    // made the close happen.
+    match sender.close() {
+        Ok(()) => Ok(()),
+        Err(StrawIoError::Eof | StrawIoError::Closed | StrawIoError::PeerGone) if peer_closed => {
+            Ok(())
+        }
+        Err(e) => Err(format!("closing: {e}")),
+    }
+}

@@ -1,0 +1,135 @@
+//! `pore sim` + `pore straw listen` + `pore straw connect`: stdin/stdout piped both ways over a
+//! straw between two domain processes of a standalone simulated Xen.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+const PORE: &str = env!("CARGO_BIN_EXE_pore");
+
+/// Kills the wrapped child when dropped, so a failing test leaves no process behind.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u8)
+                .wrapping_mul(31)
+                .wrapping_add(seed ^ (i >> 9) as u8)
+        })
+        .collect()
+}
+
+#[test]
+fn listen_and_connect_pipe_both_ways_and_exit_zero() {
+    let mut sim = Reaper(
+        Command::new(PORE)
+            .args(["sim", "--duration", "60"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("pore sim starts"),
+    );
+    let mut lines = BufReader::new(sim.0.stdout.take().unwrap()).lines();
+    let mut env = Vec::new();
+    for _ in 0..2 {
+        let line = lines.next().expect("pore sim prints its sockets").unwrap();
+        let (k, v) = line.split_once('=').expect("KEY=value");
+        env.push((k.to_string(), v.to_string()));
+    }
+    assert_eq!(env[0].0, "PORE_SIM_SOCKET");
+
+    let (to_connector, to_listener) = (data(300_000, 1), data(200_000, 2));
+    let mut listener = Reaper(
+        Command::new(PORE)
+            .args(["straw", "listen"])
+            .envs(env.iter().cloned())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut listener_err = BufReader::new(listener.0.stderr.take().unwrap());
+    let mut first = String::new();
+    listener_err.read_line(&mut first).unwrap();
+    let domid: u16 = first
+        .split_whitespace()
+        .nth(5)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("listener said {first:?}"));
+
+    let mut connector = Reaper(
+        Command::new(PORE)
+            .args(["straw", "connect", &domid.to_string()])
+            .envs(env.iter().cloned())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let feed = |child: &mut Child, bytes: Vec<u8>| {
+        let mut stdin = child.stdin.take().unwrap();
+        thread::spawn(move || stdin.write_all(&bytes).unwrap())
+    };
+    let drain = |child: &mut Child| {
+        let mut out = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            let mut v = Vec::new();
+            out.read_to_end(&mut v).unwrap();
+            v
+        })
+    };
+    let (f1, f2) = (
+        feed(&mut listener.0, to_listener.clone()),
+        feed(&mut connector.0, to_connector.clone()),
+    );
+    let (d1, d2) = (drain(&mut listener.0), drain(&mut connector.0));
+    f1.join().unwrap();
+    f2.join().unwrap();
+    let (got_by_listener, got_by_connector) = (d1.join().unwrap(), d2.join().unwrap());
+    for (name, child) in [
+        ("listener", &mut listener.0),
+        ("connector", &mut connector.0),
+    ] {
+        let mut waited = 0;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(waited < 200, "{name} did not exit");
+            waited += 1;
+            thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "{name} exited with {status}");
+    }
+    assert!(
+        got_by_listener == to_connector,
+        "listener got {} bytes",
+        got_by_listener.len()
+    );
+    assert!(
+        got_by_connector == to_listener,
+        "connector got {} bytes",
+        got_by_connector.len()
+    );
+}
+
+#[test]
+fn the_linux_backend_is_refused_clearly() {
+    let out = Command::new(PORE)
+        .args(["straw", "--backend", "linux", "connect", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not implemented"), "{err}");
+}
