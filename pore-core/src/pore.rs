@@ -162,7 +162,7 @@ impl<B: Backend> Pore<B> {
         self.channel.notify()
     }
 
-    /// The event channel, to wait on or to pass to [`Events::select`].
+    /// The event channel, to wait on or to pass to [`Events::select`](crate::Events::select).
     pub fn channel(&self) -> &B::Channel {
         &self.channel
     }
