@@ -41,13 +41,27 @@ pub trait Rx: Send {
 pub struct Sample {
     /// Messages received.
     pub msgs: u64,
-    /// Seconds from start to the consumer's last message.
+    /// Wall-clock seconds from start to the consumer's last message.
     pub secs: f64,
+    /// The larger of the two threads' CPU times over the run, in seconds.
+    pub cpu_secs: f64,
 }
 
 impl Sample {
-    /// Messages per second.
+    /// Messages per second of the busier thread's CPU time. Both threads busy-poll, so on an idle
+    /// machine this equals the wall-clock rate; on a shared, loaded machine it leaves out the
+    /// time a thread was preempted by other processes (which otherwise dominates: a preempted
+    /// consumer stalls the producer for a whole time slice).
     pub fn rate(&self) -> f64 {
+        if self.cpu_secs > 0.0 {
+            self.msgs as f64 / self.cpu_secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Messages per wall-clock second.
+    pub fn wall_rate(&self) -> f64 {
         if self.secs > 0.0 {
             self.msgs as f64 / self.secs
         } else {
@@ -74,6 +88,7 @@ pub fn stream(tx: &mut dyn Tx, rx: &mut dyn Rx, size: usize, window: Duration) -
             let mut buf = vec![0u8; size.max(1)];
             barrier.wait();
             let start = Instant::now();
+            let cpu0 = thread_cpu_time();
             let mut got = 0u64;
             let mut idle = 0u32;
             loop {
@@ -95,10 +110,12 @@ pub fn stream(tx: &mut dyn Tx, rx: &mut dyn Rx, size: usize, window: Duration) -
             Sample {
                 msgs: got,
                 secs: start.elapsed().as_secs_f64(),
+                cpu_secs: (thread_cpu_time() - cpu0).as_secs_f64(),
             }
         });
         pin(0);
         barrier.wait();
+        let cpu0 = thread_cpu_time();
         let payload_start = 4;
         let mut n = 0u64;
         let mut idle = 0u32;
@@ -119,21 +136,31 @@ pub fn stream(tx: &mut dyn Tx, rx: &mut dyn Rx, size: usize, window: Duration) -
             }
         }
         tx.flush();
+        let tx_cpu = (thread_cpu_time() - cpu0).as_secs_f64();
         sent.store(n, Ordering::Release);
         stop.store(true, Ordering::Relaxed);
-        consumer.join().expect("consumer")
+        let mut sample = consumer.join().expect("consumer");
+        sample.cpu_secs = sample.cpu_secs.max(tx_cpu);
+        sample
     })
 }
 
-/// Same-thread cost: sends and receives `n` frames of `size` bytes alternately on this thread
-/// (no cross-core traffic; robust on a loaded machine). Returns messages per second.
+/// This thread's CPU time (does not advance while the thread is preempted).
+pub fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Same-thread cost: sends and receives frames of `size` bytes alternately on this thread for
+/// `window` of *thread CPU time* (no cross-core traffic, and preemption by other processes on a
+/// shared machine does not count). Returns messages per CPU-second.
 pub fn same_thread(tx: &mut dyn Tx, rx: &mut dyn Rx, size: usize, window: Duration) -> f64 {
     let mut frame = vec![0xabu8; 4 + size];
     frame[..4].copy_from_slice(&(size as u32).to_be_bytes());
     let mut buf = vec![0u8; size.max(1)];
-    let start = Instant::now();
+    let start = thread_cpu_time();
     let mut n = 0u64;
-    while start.elapsed() < window {
+    while thread_cpu_time() - start < window {
         for _ in 0..256 {
             let mut sent = false;
             let mut got = false;
@@ -148,7 +175,7 @@ pub fn same_thread(tx: &mut dyn Tx, rx: &mut dyn Rx, size: usize, window: Durati
         }
     }
     rx.flush();
-    n as f64 / start.elapsed().as_secs_f64()
+    n as f64 / (thread_cpu_time() - start).as_secs_f64()
 }
 
 /// Busy-poll back-off shared by every contender: spin, and after many empty polls yield the

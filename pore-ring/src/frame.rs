@@ -38,6 +38,9 @@ use crate::{RingError, RingReader, RingWriter};
 /// Bytes of the length prefix.
 pub const HEADER_LEN: usize = 4;
 
+/// Payloads up to this size are copied into the ring together with their header.
+const SMALL_FRAME: usize = 60;
+
 /// How far a [`FrameWriter`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
@@ -91,6 +94,20 @@ impl FrameWriter {
             return Err(RingError::InvalidInput(
                 "a different payload while a frame is in progress",
             ));
+        }
+        if self.pos == 0 && payload.len() <= SMALL_FRAME {
+            // Small frame: header and payload in one copy into the ring.
+            let mut tmp = [0u8; HEADER_LEN + SMALL_FRAME];
+            tmp[..HEADER_LEN].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+            tmp[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
+            let total = HEADER_LEN + payload.len();
+            let n = ring.write_deferred(&tmp[..total])?;
+            if n == total {
+                return Ok(Progress::Done);
+            }
+            self.pos = n;
+            self.len = payload.len();
+            return Ok(Progress::Pending);
         }
         let mut pos = self.pos;
         if pos < HEADER_LEN {

@@ -345,7 +345,14 @@ impl<A: SharedAccess> RingReader for ByteConsumer<A> {
         match self.lay.want_read {
             Some(flag) => {
                 self.mem.fence(Ordering::SeqCst);
-                if self.mem.load_u8(flag, Ordering::Relaxed) != 0
+                // Wake a waiting producer by threshold: only once at least half the ring is
+                // free (as far as we know; our view of `prod` is older, so this overestimates
+                // the free space, never underestimates it). Never a lost wake-up: a consumer
+                // that drains the ring always frees all of it, and one that stops short of
+                // half leaves the flag set for its next release.
+                let free = self.lay.size - self.prod.get().wrapping_sub(self.cons);
+                if free >= self.lay.size / 2
+                    && self.mem.load_u8(flag, Ordering::Relaxed) != 0
                     && self.mem.swap_u8(flag, 0, Ordering::Relaxed) != 0
                 {
                     self.notify = true;

@@ -27,7 +27,9 @@
 //! Indices are free-running `u32`, masked by the (power-of-two) size. Notification suppression
 //! follows libxenvchan: a side raises the peer's "wake me" byte only when it is about to wait,
 //! then `fence(SeqCst)` and re-checks; the other side, after publishing its index, does
-//! `fence(SeqCst)`, test-and-clears the byte and notifies only if it was set (D2).
+//! `fence(SeqCst)`, test-and-clears the byte and notifies only if it was set (D2). A waiting
+//! producer is woken by threshold: the consumer clears its flag (and notifies) only once at least
+//! half the ring is free, which it always is when the consumer has drained the ring.
 //!
 //! # Setting up
 //!
@@ -607,8 +609,15 @@ mod tests {
         assert!(!RingWriter::prepare_wait(&mut atx).unwrap());
         assert!(pore_core::SharedRing::prepare_wait(&mut atx, Interest::Readable).is_err());
         assert_eq!(prx.read(&mut buf).unwrap(), 8);
+        // Threshold: a waiting producer is woken once half the ring is free, not before.
+        assert!(!RingReader::take_notify(&mut prx));
+        assert!(
+            RingWriter::prepare_wait(&mut atx).unwrap(),
+            "but it sees the room on re-check"
+        );
+        let mut half = vec![0u8; 2048];
+        assert_eq!(prx.read(&mut half).unwrap(), 2048);
         assert!(RingReader::take_notify(&mut prx));
-        assert!(RingWriter::prepare_wait(&mut atx).unwrap());
         g.assert_guards();
     }
 
