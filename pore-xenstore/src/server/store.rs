@@ -293,6 +293,12 @@ impl Store {
         domid == 0 || self.domains.contains_key(&domid)
     }
 
+    /// The tree's invariants (tests).
+    #[cfg(test)]
+    pub(crate) fn check_tree(&self) -> Result<(), String> {
+        self.tree.check()
+    }
+
     /// Number of nodes in the tree.
     pub fn node_count(&self) -> usize {
         self.tree.len()

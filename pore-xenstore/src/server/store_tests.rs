@@ -582,3 +582,75 @@ fn set_target_gives_the_targets_rights() {
     );
     assert_eq!(T::events(&out, g), ["/nope/x t1 "]);
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PATHS: &[&str] = &[
+        "/a",
+        "/a/b",
+        "/a/c",
+        "data/x",
+        "data",
+        "/",
+        "@releaseDomain",
+        "x y",
+    ];
+
+    fn z(parts: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for p in parts {
+            v.extend_from_slice(p);
+            v.push(0);
+        }
+        v
+    }
+
+    /// A request: mostly well-formed operations on a few paths, sometimes random bytes.
+    fn request() -> impl Strategy<Value = (u32, Vec<u8>)> {
+        let path = proptest::sample::select(PATHS).prop_map(|p| p.as_bytes().to_vec());
+        prop_oneof![
+            3 => (path.clone(), proptest::collection::vec(any::<u8>(), 0..4)).prop_map(|(p, v)| {
+                let mut m = z(&[&p]);
+                m.extend_from_slice(&v);
+                (11, m)
+            }),
+            1 => path.clone().prop_map(|p| (12, z(&[&p]))),
+            2 => path.clone().prop_map(|p| (13, z(&[&p]))),
+            1 => (path.clone(), proptest::sample::select(vec!["n5", "b0", "r5", "w0"]))
+                .prop_map(|(p, perm)| (14, z(&[&p, perm.as_bytes()]))),
+            1 => (path.clone(), proptest::sample::select(vec![1u32, 2, 3, 22]))
+                .prop_map(|(p, t)| (t, if t == 22 { z(&[&p, b"0"]) } else { z(&[&p]) })),
+            2 => Just((6, b"\0".to_vec())),
+            2 => proptest::sample::select(vec!["T", "F"]).prop_map(|c| (7, z(&[c.as_bytes()]))),
+            1 => path.prop_map(|p| (4, z(&[&p, b"tok"]))),
+            1 => (0u32..27, proptest::collection::vec(any::<u8>(), 0..24)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Any message sequence from dom0 and a guest: never a panic, one reply per
+        /// request, and the tree stays consistent (transactions committed included).
+        #[test]
+        fn random_messages_keep_the_tree_consistent(
+            msgs in proptest::collection::vec((any::<bool>(), request(), 0u32..3), 1..60)
+        ) {
+            let mut t = T::new(Config::default());
+            let g = t.guest(5);
+            let d0 = t.dom0;
+            for (guest, (ty, payload), tx) in msgs {
+                let who = if guest { g } else { d0 };
+                if t.s.domid_of(who).is_none() {
+                    continue;
+                }
+                let m = Message { ty, req_id: 9, tx_id: tx, payload };
+                let out = t.raw(who, &m);
+                let replies = out.iter().filter(|o| o.conn == who && o.kind == OutKind::Reply).count();
+                prop_assert_eq!(replies, 1);
+                prop_assert!(t.s.check_tree().is_ok(), "{:?}", t.s.check_tree());
+            }
+        }
+    }
+}

@@ -119,6 +119,42 @@ impl Tree {
         v
     }
 
+    /// Checks the tree's invariants: every node but `/` is listed by its existing parent,
+    /// every listed child exists, and the owner counts match. For tests.
+    #[cfg(test)]
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        for (p, n) in &self.nodes {
+            *counts.entry(n.owner()).or_default() += 1;
+            if n.perms.is_empty() {
+                return Err(format!("{p}: no perms"));
+            }
+            for c in &n.children {
+                if !self.nodes.contains_key(&path::join(p, c)) {
+                    return Err(format!("{p}: child {c} missing"));
+                }
+            }
+            if p != "/" {
+                let parent = self
+                    .nodes
+                    .get(path::parent(p))
+                    .ok_or(format!("{p}: no parent"))?;
+                let n = parent
+                    .children
+                    .iter()
+                    .filter(|c| **c == path::basename(p))
+                    .count();
+                if n != 1 {
+                    return Err(format!("{p}: listed {n} times by its parent"));
+                }
+            }
+        }
+        if counts != self.owned {
+            return Err(format!("owner counts {:?} != {:?}", self.owned, counts));
+        }
+        Ok(())
+    }
+
     /// Replaces (or inserts, or with `None` deletes) a node as it is, children included,
     /// giving it a new generation. Used by transaction commit; the caller keeps the tree
     /// consistent.
