@@ -441,6 +441,14 @@ fn compare(seed: u64, steps: usize, ours: &mut Side, c: &mut Side) -> usize {
             results.push(per_conn);
         }
         let (a, b) = (&results[0], &results[1]);
+        if std::env::var("PORE_DIFF_TRACE").is_ok() {
+            let short = |m: &Vec<u8>| String::from_utf8_lossy(&m[16..]).into_owned();
+            eprintln!(
+                "TRACE {step} who {who} ty {ty} {:?} -> {:?}",
+                String::from_utf8_lossy(&payload),
+                a[&who].iter().map(short).collect::<Vec<_>>()
+            );
+        }
         if (0..4).any(|i| a[&i] != b[&i]) {
             // Show the state of both sides around the difference.
             for (name, side) in [("ours", &mut *ours), ("C", &mut *c)] {
