@@ -72,12 +72,26 @@ impl<T: StoreClient + ?Sized> StoreClient for Arc<T> {
 pub type Observer = Arc<dyn Fn(&Endpoint, &Action) + Send + Sync>;
 
 /// Settings of a manager.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagerConfig {
     /// The handshake and close protocol.
     pub handshake: Config,
     /// The data path of every straw.
     pub straw: StrawConfig,
+    /// The most straws (connected, in the handshake or waiting to be accepted) at once: a
+    /// knock beyond it is ignored, an open fails. Every straw costs granted pages and a thread,
+    /// and a hostile domain can knock under many names.
+    pub max_straws: usize,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            handshake: Config::default(),
+            straw: StrawConfig::default(),
+            max_straws: 256,
+        }
+    }
 }
 
 /// Why a manager call failed.
@@ -106,6 +120,9 @@ pub enum ManagerError {
     /// A call's own timeout elapsed.
     #[error("timed out")]
     TimedOut,
+    /// [`ManagerConfig::max_straws`] straws exist already.
+    #[error("too many straws")]
+    TooMany,
 }
 
 enum Slot<B: Backend> {
@@ -472,6 +489,10 @@ where
         if st.straws.contains_key(&(peer.clone(), role)) || (role == Role::Opener && connected_back)
         {
             return Err(ManagerError::Exists);
+        }
+        if st.straws.len() >= self.cfg.max_straws {
+            tracing::warn!(me = %self.me, %peer, "strawman: too many straws");
+            return Err(ManagerError::TooMany);
         }
         st.straws.insert(
             (peer.clone(), role),

@@ -81,6 +81,7 @@ fn cfg(format: Format) -> ManagerConfig {
             close_timeout: Duration::from_secs(1),
             ..StrawConfig::default()
         },
+        max_straws: 8,
     }
 }
 
@@ -437,4 +438,50 @@ fn the_observer_sees_every_step() {
     assert!(seen.iter().any(|l| l.contains("OpenPore(Passive")));
     assert!(seen.iter().any(|l| l.contains("Connected(")));
     drop(m2);
+}
+
+#[test]
+fn a_knock_flood_is_bounded() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let (m1, _) = manager(&xen, &world, 1);
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let s2 = seen.clone();
+    m1.observe(Some(Arc::new(move |peer: &Endpoint, a: &crate::Action| {
+        s2.lock().unwrap().push(format!("{peer}: {a:?}"));
+    })));
+    // A hostile domain 5 knocks under many names (it need not run a manager).
+    let xs5 = Xs::new(&world, 5);
+    for i in 0..40 {
+        let ident = format!("5-n{i}");
+        // It even says InitWait, so each knock costs us pages until the handshake times out.
+        let fake = Endpoint::new(DomId(5), &format!("n{i}")).unwrap();
+        for op in crate::handshake::setup_ops(&fake) {
+            xs5.perform(&op).unwrap();
+        }
+        let state = StoreOp::Write {
+            path: format!("/local/domain/5/data/warts-n{i}/1/state"),
+            value: "2".to_string(),
+        };
+        xs5.perform(&state).unwrap();
+        let op = StoreOp::Write {
+            path: format!("/local/domain/1/data/straw/{ident}/warts"),
+            value: format!("/local/domain/5/data/warts-n{i}/1"),
+        };
+        xs5.perform(&op).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    let log = seen.lock().unwrap().clone();
+    assert_eq!(m1.peers().len(), 8, "{:#?}", &log[..log.len().min(20)]);
+    // Our own opens are refused while the table is full, not stalled.
+    let t = Instant::now();
+    let r = m1.open(&Endpoint::seed(DomId(2)));
+    assert!(matches!(r, Err(ManagerError::TooMany)), "{r:?}");
+    assert!(t.elapsed() < Duration::from_millis(500));
+    // The fake knocks time out (nobody answers for domain 5) and the table empties.
+    let end = Instant::now() + Duration::from_secs(5);
+    while !m1.peers().is_empty() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(m1.peers().is_empty());
 }
