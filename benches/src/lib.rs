@@ -8,14 +8,24 @@ use std::time::{Duration, Instant};
 
 /// Pins the calling thread to `cpu` (best effort: ignored if the CPU does not exist).
 pub fn pin(cpu: usize) {
+    if std::env::var_os("PORE_BENCH_NO_PIN").is_some() {
+        return;
+    }
     let mut set = rustix::thread::CpuSet::new();
     set.set(cpu);
-    let _ = rustix::thread::sched_setaffinity(None, &set);
+    if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+        eprintln!("pin to CPU {cpu}: {e}");
+    }
+    if std::env::var_os("PORE_BENCH_DEBUG").is_some() {
+        eprintln!("thread on CPU {:?}", rustix::thread::sched_getcpu());
+    }
 }
 
-/// Number of CPUs we may run on.
+/// Number of CPUs we may run on, as seen by the first call (before any pinning: a pinned
+/// thread, and every thread it spawns, sees only its own CPU).
 pub fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// The sending half of a contender.

@@ -66,6 +66,8 @@ pub struct ByteProducer<A: SharedAccess> {
     cons: Cell<u32>,
     broken: Cell<bool>,
     notify: bool,
+    /// Published with [`RingWriter::publish`] and not yet checked for a sleeping consumer.
+    unchecked: bool,
 }
 
 impl<A: SharedAccess> core::fmt::Debug for ByteProducer<A> {
@@ -94,6 +96,7 @@ impl<A: SharedAccess> ByteProducer<A> {
             cons: Cell::new(cons),
             broken: Cell::new(false),
             notify: false,
+            unchecked: false,
         }
     }
 
@@ -172,15 +175,25 @@ impl<A: SharedAccess> RingWriter for ByteProducer<A> {
     }
 
     #[inline]
-    fn commit(&mut self) -> Result<(), RingError> {
+    fn publish(&mut self) -> Result<(), RingError> {
         self.check()?;
-        if self.prod == self.published {
+        if self.prod != self.published {
+            // The bytes (relaxed stores) are ordered before the index by the release store.
+            self.mem
+                .store_u32(self.lay.prod, self.prod, Ordering::Release);
+            self.published = self.prod;
+            self.unchecked = true;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn commit(&mut self) -> Result<(), RingError> {
+        self.publish()?;
+        if !self.unchecked {
             return Ok(());
         }
-        // The bytes (relaxed stores) are ordered before the index by the release store.
-        self.mem
-            .store_u32(self.lay.prod, self.prod, Ordering::Release);
-        self.published = self.prod;
+        self.unchecked = false;
         match self.lay.want_write {
             Some(flag) => {
                 // Store -> fence(SeqCst) -> load (D2): either the consumer sees our index when it
@@ -202,7 +215,8 @@ impl<A: SharedAccess> RingWriter for ByteProducer<A> {
     }
 
     fn prepare_wait(&mut self) -> Result<bool, RingError> {
-        self.check()?;
+        // Waiting with staged or unchecked bytes could leave both sides asleep: commit first.
+        self.commit()?;
         if let Some(flag) = self.lay.want_read {
             self.mem.store_u8(flag, 1, Ordering::Relaxed);
             self.mem.fence(Ordering::SeqCst);
@@ -231,6 +245,8 @@ pub struct ByteConsumer<A: SharedAccess> {
     prod: Cell<u32>,
     broken: Cell<bool>,
     notify: bool,
+    /// Released with [`RingReader::publish`] and not yet checked for a waiting producer.
+    unchecked: bool,
 }
 
 impl<A: SharedAccess> core::fmt::Debug for ByteConsumer<A> {
@@ -259,6 +275,7 @@ impl<A: SharedAccess> ByteConsumer<A> {
             prod: Cell::new(prod),
             broken: Cell::new(false),
             notify: false,
+            unchecked: false,
         }
     }
 
@@ -333,15 +350,25 @@ impl<A: SharedAccess> RingReader for ByteConsumer<A> {
     }
 
     #[inline]
-    fn release(&mut self) -> Result<(), RingError> {
+    fn publish(&mut self) -> Result<(), RingError> {
         self.check()?;
-        if self.cons == self.published {
+        if self.cons != self.published {
+            // Our loads of the bytes are ordered before the index by the release store.
+            self.mem
+                .store_u32(self.lay.cons, self.cons, Ordering::Release);
+            self.published = self.cons;
+            self.unchecked = true;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn release(&mut self) -> Result<(), RingError> {
+        self.publish()?;
+        if !self.unchecked {
             return Ok(());
         }
-        // Our loads of the bytes are ordered before the index by the release store.
-        self.mem
-            .store_u32(self.lay.cons, self.cons, Ordering::Release);
-        self.published = self.cons;
+        self.unchecked = false;
         match self.lay.want_read {
             Some(flag) => {
                 self.mem.fence(Ordering::SeqCst);
@@ -368,7 +395,8 @@ impl<A: SharedAccess> RingReader for ByteConsumer<A> {
     }
 
     fn prepare_wait(&mut self) -> Result<bool, RingError> {
-        self.check()?;
+        // Waiting on unreleased or unchecked space could leave both sides asleep: release first.
+        self.release()?;
         if let Some(flag) = self.lay.want_write {
             self.mem.store_u8(flag, 1, Ordering::Relaxed);
             self.mem.fence(Ordering::SeqCst);

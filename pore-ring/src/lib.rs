@@ -70,8 +70,18 @@ pub trait RingWriter {
     /// Copies up to `buf.len()` bytes into the ring without publishing them; returns how many.
     fn write_deferred(&mut self, buf: &[u8]) -> Result<usize, RingError>;
 
-    /// Publishes everything written so far (one index store).
+    /// Publishes everything written so far (one index store) and decides whether the peer must
+    /// be notified (see [`take_notify`](RingWriter::take_notify)).
     fn commit(&mut self) -> Result<(), RingError>;
+
+    /// Publishes everything written so far (one index store) *without* the wake-up check, which
+    /// is left to the next [`commit`](RingWriter::commit): a polling consumer sees the bytes at
+    /// once, a sleeping one is woken at the next `commit`. For streams that publish every message
+    /// but check for sleepers once per burst; the caller must `commit` before it stops writing
+    /// (goes idle or waits), or a sleeping consumer may sleep on. The default commits.
+    fn publish(&mut self) -> Result<(), RingError> {
+        self.commit()
+    }
 
     /// Copies up to `buf.len()` bytes into the ring and publishes them; returns how many.
     fn write(&mut self, buf: &[u8]) -> Result<usize, RingError> {
@@ -84,8 +94,9 @@ pub trait RingWriter {
     /// the need.
     fn take_notify(&mut self) -> bool;
 
-    /// Called before sleeping until the ring has room: asks the peer to wake us (where the layout
-    /// can), then re-checks. `true`: there is room now, do not sleep.
+    /// Called before sleeping until the ring has room: commits what is staged, asks the peer to
+    /// wake us (where the layout can), then re-checks. `true`: there is room now, do not sleep.
+    /// Afterwards [`take_notify`](RingWriter::take_notify) may be `true` (from the commit).
     fn prepare_wait(&mut self) -> Result<bool, RingError>;
 
     /// Whether a protocol violation broke this half.
@@ -107,8 +118,16 @@ pub trait RingReader {
     /// Copies up to `buf.len()` bytes out of the ring without releasing their space.
     fn read_deferred(&mut self, buf: &mut [u8]) -> Result<usize, RingError>;
 
-    /// Hands the space of everything read so far back to the producer (one index store).
+    /// Hands the space of everything read so far back to the producer (one index store) and
+    /// decides whether the peer must be notified.
     fn release(&mut self) -> Result<(), RingError>;
+
+    /// Hands the space back *without* the wake-up check, which is left to the next
+    /// [`release`](RingReader::release); the caller must `release` before it stops reading (goes
+    /// idle or waits), or a waiting producer may wait on. The default releases.
+    fn publish(&mut self) -> Result<(), RingError> {
+        self.release()
+    }
 
     /// Copies up to `buf.len()` bytes out of the ring and releases their space.
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, RingError> {
@@ -121,8 +140,9 @@ pub trait RingReader {
     /// the need.
     fn take_notify(&mut self) -> bool;
 
-    /// Called before sleeping until data arrives: asks the peer to wake us (where the layout
-    /// can), then re-checks. `true`: there is data now, do not sleep.
+    /// Called before sleeping until data arrives: releases what was read, asks the peer to wake
+    /// us (where the layout can), then re-checks. `true`: there is data now, do not sleep.
+    /// Afterwards [`take_notify`](RingReader::take_notify) may be `true` (from the release).
     fn prepare_wait(&mut self) -> Result<bool, RingError>;
 
     /// Whether a protocol violation broke this half.
@@ -141,6 +161,9 @@ impl<T: RingWriter + ?Sized> RingWriter for &mut T {
     }
     fn commit(&mut self) -> Result<(), RingError> {
         (**self).commit()
+    }
+    fn publish(&mut self) -> Result<(), RingError> {
+        RingWriter::publish(&mut **self)
     }
     fn write(&mut self, buf: &[u8]) -> Result<usize, RingError> {
         (**self).write(buf)
@@ -168,6 +191,9 @@ impl<T: RingReader + ?Sized> RingReader for &mut T {
     }
     fn release(&mut self) -> Result<(), RingError> {
         (**self).release()
+    }
+    fn publish(&mut self) -> Result<(), RingError> {
+        RingReader::publish(&mut **self)
     }
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, RingError> {
         (**self).read(buf)

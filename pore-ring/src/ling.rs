@@ -228,7 +228,8 @@ impl<A: SharedAccess> RingWriter for LingProducer<A> {
     }
 
     fn prepare_wait(&mut self) -> Result<bool, RingError> {
-        // No notify flags in LING: the peer pokes after every read.
+        // No notify flags in LING: the peer pokes after every read. Commit what is staged first.
+        self.commit()?;
         let c = self.refresh()?;
         Ok(self.free_with(c) > 0)
     }
@@ -312,7 +313,8 @@ impl<A: SharedAccess> RingReader for LingConsumer<A> {
     }
 
     fn prepare_wait(&mut self) -> Result<bool, RingError> {
-        // No notify flags in LING: the peer pokes after every write.
+        // No notify flags in LING: the peer pokes after every write. Release what was read first.
+        self.release()?;
         let p = self.refresh()?;
         Ok(self.avail_with(p) > 0)
     }

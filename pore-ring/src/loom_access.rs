@@ -243,6 +243,40 @@ mod tests {
         });
     }
 
+    /// Index published per byte with `publish` (no wake-up check), checked once by the final
+    /// `commit`: a consumer that fell asleep in between is still woken.
+    #[test]
+    fn loom_publish_then_commit_wakes() {
+        model(|| {
+            let (mut tx, mut rx) = pair();
+            let to_rx = Arc::new(Notify::new());
+            let t = {
+                let to_rx = to_rx.clone();
+                loom::thread::spawn(move || {
+                    for b in [1u8, 2] {
+                        tx.write_deferred(&[b]).unwrap();
+                        RingWriter::publish(&mut tx).unwrap();
+                    }
+                    tx.commit().unwrap();
+                    if tx.take_notify() {
+                        to_rx.notify();
+                    }
+                })
+            };
+            let mut got = vec![];
+            while got.len() < 2 {
+                let mut buf = [0u8; 2];
+                let n = RingReader::read(&mut rx, &mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+                if got.len() < 2 && n == 0 && !RingReader::prepare_wait(&mut rx).unwrap() {
+                    to_rx.wait();
+                }
+            }
+            assert_eq!(got, [1, 2]);
+            t.join().unwrap();
+        });
+    }
+
     /// Batched publication: bytes staged by `write_deferred` become visible only at `commit`,
     /// and everything committed is read intact.
     #[test]

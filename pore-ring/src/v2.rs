@@ -603,6 +603,17 @@ mod tests {
         assert!(!RingWriter::take_notify(&mut atx));
         // The re-check sees data published before the request.
         assert!(RingReader::prepare_wait(&mut prx).unwrap());
+        let mut two = [0u8; 2];
+        assert_eq!(prx.read(&mut two).unwrap(), 2);
+        // `publish` makes bytes visible without the wake-up check; `commit` does the check.
+        assert!(!RingReader::prepare_wait(&mut prx).unwrap());
+        atx.write_deferred(b"f").unwrap();
+        RingWriter::publish(&mut atx).unwrap();
+        assert!(!RingWriter::take_notify(&mut atx));
+        assert_eq!(prx.readable().unwrap(), 1);
+        atx.commit().unwrap();
+        assert!(RingWriter::take_notify(&mut atx));
+        assert_eq!(prx.read(&mut two).unwrap(), 1);
         // Producer waiting for room: fill, ask, consumer's release notifies.
         let big = vec![1u8; 5000];
         while atx.write(&big).unwrap() > 0 {}

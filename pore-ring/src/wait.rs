@@ -173,7 +173,12 @@ impl<C: Clock> Waiter<C> {
             }
         }
         loop {
-            if ring.prepare_wait(interest).map_err(WaitError::Ring)? {
+            let ready_now = ring.prepare_wait(interest).map_err(WaitError::Ring)?;
+            // `prepare_wait` may have published pending bytes that a sleeping peer must hear of.
+            if ring.take_notify() {
+                chan.notify().map_err(WaitError::Channel)?;
+            }
+            if ready_now {
                 return Ok(());
             }
             let now = self.clock.now();
