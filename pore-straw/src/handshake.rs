@@ -1167,7 +1167,8 @@ impl StrawMachine {
                 self.finish_written = true;
                 self.connected_idle();
             }
-            Op::Cleanup => unreachable_cleanup(),
+            // Cleanup replies are handled before this match.
+            Op::Cleanup => {}
         }
     }
 
@@ -1420,10 +1421,6 @@ impl StrawMachine {
             self.deadline = Some(self.now.saturating_add(self.cfg.close_timeout));
         }
     }
-}
-
-fn unreachable_cleanup() {
-    // Cleanup replies are handled before the match; keep the match exhaustive without panicking.
 }
 
 /// What a manager does at start for endpoint `me` (the seed's `init/1`): create the straw top
