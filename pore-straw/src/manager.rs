@@ -71,6 +71,9 @@ impl<T: StoreClient + ?Sized> StoreClient for Arc<T> {
 /// straw's thread: keep it quick.
 pub type Observer = Arc<dyn Fn(&Endpoint, &Action) + Send + Sync>;
 
+/// Decides whether a knocking peer may open a straw to us (before any page is granted).
+pub type Admission = Arc<dyn Fn(&Endpoint) -> bool + Send + Sync>;
+
 /// Settings of a manager.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagerConfig {
@@ -155,6 +158,7 @@ struct Inner<B: Backend, X: StoreClient> {
     top_token: String,
     state: Mutex<State<B>>,
     observer: Mutex<Option<Observer>>,
+    admission: Mutex<Option<Admission>>,
     changed: Condvar,
     stop: AtomicBool,
 }
@@ -230,6 +234,7 @@ where
                 threads: Vec::new(),
             }),
             observer: Mutex::new(None),
+            admission: Mutex::new(None),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
         });
@@ -261,6 +266,20 @@ where
     /// ```
     pub fn observe(&self, observer: Option<Observer>) {
         *lock(&self.inner.observer) = observer;
+    }
+
+    /// Installs (or removes) the admission check of knocking peers: a knock from an endpoint
+    /// it refuses is ignored (the peer's handshake times out), e.g. `pore straw listen --from`.
+    ///
+    /// ```no_run
+    /// # fn f<B: pore_core::Backend + Send + Sync + 'static, X: pore_straw::manager::StoreClient>(
+    /// #     m: &pore_straw::manager::Manager<B, X>) {
+    /// use std::sync::Arc;
+    /// m.admit(Some(Arc::new(|peer: &pore_straw::Endpoint| peer.domid.0 == 7)));
+    /// # }
+    /// ```
+    pub fn admit(&self, admission: Option<Admission>) {
+        *lock(&self.inner.admission) = admission;
     }
 
     /// Our endpoint.
@@ -448,7 +467,10 @@ where
                     let known = lock(&self.state)
                         .straws
                         .contains_key(&(peer.clone(), Role::Listener));
-                    if !known {
+                    let admitted = lock(&self.admission).as_ref().is_none_or(|a| a(&peer));
+                    if !admitted {
+                        tracing::debug!(me = %self.me, %peer, "strawman: knock refused");
+                    } else if !known {
                         tracing::debug!(me = %self.me, %peer, "strawman: knock");
                         if let Err(e) = self.clone().spawn(peer, Role::Listener, None) {
                             tracing::debug!(error = %e, "strawman: knock ignored");

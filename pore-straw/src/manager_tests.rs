@@ -485,3 +485,28 @@ fn a_knock_flood_is_bounded() {
     }
     assert!(m1.peers().is_empty());
 }
+
+#[test]
+fn admission_refuses_unwanted_peers_before_granting() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let (m1, _) = manager(&xen, &world, 1);
+    let (m2, _) = manager(&xen, &world, 2);
+    let (m3, _) = manager(&xen, &world, 3);
+    m1.admit(Some(Arc::new(|p: &Endpoint| p.domid == DomId(3))));
+    let r = m2.open(&Endpoint::seed(DomId(1)));
+    assert_eq!(
+        r.unwrap_err(),
+        ManagerError::Straw(StrawError::Timeout(crate::handshake::Stage::Handshake))
+    );
+    assert_eq!(
+        xen.outstanding().grants,
+        0,
+        "nothing was granted to domain 2"
+    );
+    let _s = m3.open(&Endpoint::seed(DomId(1))).unwrap();
+    assert_eq!(
+        m1.accept(Duration::from_secs(2)).unwrap().peer(),
+        &Endpoint::seed(DomId(3))
+    );
+}
