@@ -245,8 +245,9 @@ fn a_million_frames_then_close_lose_nothing() {
 #[test]
 #[ignore]
 fn throughput_sanity() {
-    for v2 in [false, true] {
-        let env = Env::new(if v2 { "tv2" } else { "tling" });
+    for pages in [0u32, 16, 64] {
+        let v2 = pages > 0;
+        let env = Env::new(&format!("t{pages}"));
         let hv = Hypervisor::new().unwrap();
         let (a, b) = (
             hv.create_domain("a").unwrap(),
@@ -255,7 +256,7 @@ fn throughput_sanity() {
         let (ea, eb) = (Endpoint::seed(a.id()), Endpoint::seed(b.id()));
         let ma = Manager::start(a, env.xs(), ea, cfg(v2)).unwrap();
         let mut c = cfg(v2);
-        c.handshake.v2_pages = v2.then_some(16);
+        c.handshake.v2_pages = v2.then_some(pages);
         let mb = Manager::start(b, env.xs(), eb.clone(), c).unwrap();
         let sa = ma.open(&eb).unwrap();
         let sb = mb.accept(Duration::from_secs(5)).unwrap();
@@ -277,7 +278,11 @@ fn throughput_sanity() {
             &mut std::io::stderr(),
             format_args!(
                 "{}: {:.0} MB/s\n",
-                if v2 { "v2 16 pages" } else { "ling" },
+                if v2 {
+                    format!("v2 {pages} pages")
+                } else {
+                    "ling".to_string()
+                },
                 (N * 64 * 1024) as f64 / dt.as_secs_f64() / 1e6
             ),
         );
@@ -285,6 +290,35 @@ fn throughput_sanity() {
         ma.shutdown();
         mb.shutdown();
     }
+    // The same traffic over a unix socketpair, length-prefixed, for comparison.
+    use std::io::{Read, Write};
+    let (mut w, mut r) = std::os::unix::net::UnixStream::pair().unwrap();
+    const N: usize = 20_000;
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut len = [0u8; 4];
+        for _ in 0..N {
+            r.read_exact(&mut len).unwrap();
+            let n = u32::from_be_bytes(len) as usize;
+            r.read_exact(&mut buf[..n]).unwrap();
+            let _ = Bytes::copy_from_slice(&buf[..n]);
+        }
+    });
+    let payload = vec![7u8; 64 * 1024];
+    let t0 = Instant::now();
+    for _ in 0..N {
+        w.write_all(&(payload.len() as u32).to_be_bytes()).unwrap();
+        w.write_all(&payload).unwrap();
+    }
+    reader.join().unwrap();
+    let dt = t0.elapsed();
+    let _ = std::io::Write::write_fmt(
+        &mut std::io::stderr(),
+        format_args!(
+            "socketpair: {:.0} MB/s\n",
+            (N * 64 * 1024) as f64 / dt.as_secs_f64() / 1e6
+        ),
+    );
 }
 
 /// Named endpoints (D14): two managers per domain sharing one backend handle, several straws
