@@ -18,6 +18,38 @@
 //! them (an active pore). With the empty endpoint name, keys, paths, transactions and states are
 //! exactly the seed's, so the machine talks to a LING domain.
 //!
+//! # The protocol, step by step
+//!
+//! Opener `A` → listener `B` (`SD` = `B`'s straw top + `/<A ident>`, `WD` = `A`'s warts top +
+//! `/<B ident>`; see [`StrawPaths`]):
+//!
+//! 1. `A` reads `WD` (exists: [`StrawError::Exists`]) and `B`'s straw top (absent:
+//!    [`StrawError::PeerNotFound`]); removes a stale `SD`; `mkdir SD` (fails:
+//!    `PeerNotFound`); narrows `SD` to `n<A> b<B>` (D18, best effort).
+//! 2. `A`, one transaction: `mkdir WD`, narrow it to `n<A> r<B>`, `WD/straw = SD`,
+//!    `WD/state = 2`, `WD/format`, `WD/straw-layouts = "ling v2"` (D15), `SD/warts = WD` (the
+//!    knock). `A` watches `SD` and waits for `SD/state = 3`.
+//! 3. `B`, woken by its watch on its straw top, checks that `SD/warts` is exactly `WD`, writes
+//!    `SD/state = 1` (narrowed to `n<B> r<A>` in the same transaction), watches `WD`, waits for
+//!    `WD/state = 2`, reads `WD/format` and `WD/straw-layouts`, opens the pore actively, and in
+//!    one transaction writes `SD/ring-ref-1..8` + `SD/event-channel` (LING) or
+//!    `SD/straw-layout = v2`, `SD/ring-pages`, `SD/ring-ref` + `SD/event-channel` (v2), then
+//!    `SD/format` and `SD/state = 3`, each node narrowed to the pair.
+//! 4. `A` reads and validates those keys, opens the pore passively, writes `WD/state = 4`, and
+//!    waits for `SD/state = 4`; `B` waits for `WD/state = 4`, then writes `SD/state = 4`.
+//! 5. Connected: each watches the other's directory. A state that leaves 4 ends the straw (5 or
+//!    6: closed by the peer; gone or garbage: lost). Half-close: a side that will send nothing
+//!    more writes `straw-eof = 1` in its own directory after its out-ring drained (a key LING
+//!    neither writes nor reads).
+//! 6. Close (D17, the seed's chart): the granting side writes 5, waits (bounded) for the
+//!    mapping side's 6, ends access, writes 6; the mapping side unmaps, writes 6 and waits
+//!    (bounded) for the peer's 6. A directory that disappears counts as Closed. Each side
+//!    finally removes its own directory and its watch.
+//!
+//! Where we add to the seed (all ignored by a LING peer): the `format` key is always written
+//! (D16); the layout keys (D15); the permission narrowing (D18); the existence reads of step 1
+//! and the removal of a stale `SD`; `straw-eof`.
+//!
 //! ```
 //! use core::time::Duration;
 //! use pore_core::DomId;
