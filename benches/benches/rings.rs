@@ -36,7 +36,7 @@ struct OurTx<W: RingWriter + Send> {
     publish_each: bool,
     batch: usize,
     staged: usize,
-    events: Option<(&'static LoopbackChannel, &'static AtomicU64)>,
+    events: Option<&'static Counting>,
 }
 
 impl<W: RingWriter + Send> OurTx<W> {
@@ -54,8 +54,7 @@ impl<W: RingWriter + Send> OurTx<W> {
         self.w.commit().expect("commit");
         self.staged = 0;
         if self.w.take_notify() {
-            if let Some((chan, count)) = self.events {
-                count.fetch_add(1, Ordering::Relaxed);
+            if let Some(chan) = self.events {
                 chan.notify().expect("notify");
             }
         }
@@ -93,7 +92,7 @@ struct OurRx<R: RingReader + Send> {
     publish_each: bool,
     batch: usize,
     unreleased: usize,
-    events: Option<(&'static LoopbackChannel, &'static AtomicU64)>,
+    events: Option<&'static Counting>,
 }
 
 impl<R: RingReader + Send> OurRx<R> {
@@ -111,8 +110,7 @@ impl<R: RingReader + Send> OurRx<R> {
         self.r.release().expect("release");
         self.unreleased = 0;
         if self.r.take_notify() {
-            if let Some((chan, count)) = self.events {
-                count.fetch_add(1, Ordering::Relaxed);
+            if let Some(chan) = self.events {
                 chan.notify().expect("notify");
             }
         }
@@ -593,12 +591,17 @@ fn run_mode(who: Who, size: usize, cap: usize, window: Duration, same: bool) -> 
 fn blocking(size: usize, cap: usize, spin: Duration, window: Duration) -> (f64, f64) {
     let xen = Loopback::new();
     let (d1, d2) = (xen.domain(DomId(1)), xen.domain(DomId(2)));
-    let c1: &'static LoopbackChannel =
-        Box::leak(Box::new(d1.alloc_unbound(DomId(2)).expect("port")));
-    let c2: &'static LoopbackChannel = Box::leak(Box::new(
-        d2.bind_interdomain(DomId(1), c1.port()).expect("bind"),
-    ));
     let events: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+    let l1 = d1.alloc_unbound(DomId(2)).expect("port");
+    let l2 = d2.bind_interdomain(DomId(1), l1.port()).expect("bind");
+    let c1: &'static Counting = Box::leak(Box::new(Counting {
+        inner: l1,
+        count: events,
+    }));
+    let c2: &'static Counting = Box::leak(Box::new(Counting {
+        inner: l2,
+        count: events,
+    }));
     let geo = V2Geometry::symmetric_bytes(cap).expect("geometry");
     let pages = d1.grant(DomId(2), geo.pages()).expect("grant");
     let (a, p) = v2_pair(pages.view(), geo);
@@ -607,13 +610,13 @@ fn blocking(size: usize, cap: usize, spin: Duration, window: Duration) -> (f64, 
         chan: c1,
         waiter: Waiter::new(StdClock::new(), spin),
     };
-    tx.inner.events = Some((c1, events));
+    tx.inner.events = Some(c1);
     let mut rx = BlockingRx {
         inner: OurRx::new(p.split().1, 1),
         chan: c2,
         waiter: Waiter::new(StdClock::new(), spin),
     };
-    rx.inner.events = Some((c2, events));
+    rx.inner.events = Some(c2);
     let s = stream(&mut tx, &mut rx, size, window);
     (
         s.wall_rate(),
@@ -621,9 +624,36 @@ fn blocking(size: usize, cap: usize, spin: Duration, window: Duration) -> (f64, 
     )
 }
 
+/// A loopback event channel that counts every notification (including those the wait helper
+/// sends itself).
+struct Counting {
+    inner: LoopbackChannel,
+    count: &'static AtomicU64,
+}
+
+impl EventChannel for Counting {
+    type Error = pore_core::CoreError;
+    fn port(&self) -> pore_core::Port {
+        self.inner.port()
+    }
+    fn notify(&self) -> Result<(), Self::Error> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.inner.notify()
+    }
+    fn try_wait(&self) -> Result<bool, Self::Error> {
+        self.inner.try_wait()
+    }
+    fn wait(&self, timeout: Duration) -> Result<pore_core::WaitOutcome, Self::Error> {
+        self.inner.wait(timeout)
+    }
+    fn close(self) -> Result<(), Self::Error> {
+        self.inner.close()
+    }
+}
+
 struct Blocking<W: RingWriter + Send + pore_core::SharedRing> {
     inner: OurTx<W>,
-    chan: &'static LoopbackChannel,
+    chan: &'static Counting,
     waiter: Waiter<StdClock>,
 }
 impl<W: RingWriter + Send + pore_core::SharedRing> Tx for Blocking<W> {
@@ -645,7 +675,7 @@ impl<W: RingWriter + Send + pore_core::SharedRing> Tx for Blocking<W> {
 }
 struct BlockingRx<R: RingReader + Send + pore_core::SharedRing> {
     inner: OurRx<R>,
-    chan: &'static LoopbackChannel,
+    chan: &'static Counting,
     waiter: Waiter<StdClock>,
 }
 impl<R: RingReader + Send + pore_core::SharedRing> Rx for BlockingRx<R> {

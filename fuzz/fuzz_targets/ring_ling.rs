@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let g = Guarded::new(LING_REGION);
     let v = g.view();
-    let role = if first & 1 == 0 { LingRole::Active } else { LingRole::Passive };
+    let role = if first & 1 == 0 {
+        LingRole::Active
+    } else {
+        LingRole::Passive
+    };
     if let Ok(mut ring) = LingRing::new(v, role) {
         play(&mut ring, v, &[IN_PROD, IN_CONS, OUT_CONS, OUT_PROD], rest);
     }

@@ -37,7 +37,11 @@ fuzz_target!(|data: &[u8]| {
         let (header, moves) = rest.split_at(rest.len().min(32));
         for (i, b) in header.chunks_exact(4).enumerate() {
             let off = words[i % words.len()];
-            v.store_u32(off, u32::from_le_bytes([b[0], b[1], b[2], b[3]]), Ordering::Relaxed);
+            v.store_u32(
+                off,
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                Ordering::Relaxed,
+            );
         }
         if let Ok(mut ring) = V2Ring::attach(v) {
             play(&mut ring, v, &words, moves);

@@ -11,9 +11,18 @@ fuzz_target!(|data: &[u8]| {
     };
     let g = Guarded::new(4096);
     let v = g.view();
-    let role = if first & 1 == 0 { XsRole::Client } else { XsRole::Server };
+    let role = if first & 1 == 0 {
+        XsRole::Client
+    } else {
+        XsRole::Server
+    };
     if let Ok(mut ring) = XenstoreRing::new(v, role) {
-        play(&mut ring, v, &[REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD], rest);
+        play(
+            &mut ring,
+            v,
+            &[REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD],
+            rest,
+        );
     }
     g.check();
 });

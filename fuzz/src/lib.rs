@@ -41,7 +41,11 @@ impl Guarded {
     pub fn check(&self) {
         let all = self.grant.view();
         for i in (0..GUARD).chain(GUARD + self.len..all.len()) {
-            assert_eq!(all.load_u8(i, Ordering::Relaxed), PATTERN, "write outside the ring at {i}");
+            assert_eq!(
+                all.load_u8(i, Ordering::Relaxed),
+                PATTERN,
+                "write outside the ring at {i}"
+            );
         }
     }
 }
