@@ -133,6 +133,8 @@ impl Outstanding {
 pub struct Hypervisor {
     hv: Arc<hv::Hv>,
     broker: Option<broker::Broker>,
+    #[cfg(feature = "xenstored")]
+    xenstored: Option<pore_xenstore::server::Server>,
 }
 
 impl Hypervisor {
@@ -141,6 +143,8 @@ impl Hypervisor {
         Ok(Hypervisor {
             hv: hv::Hv::new(true)?,
             broker: None,
+            #[cfg(feature = "xenstored")]
+            xenstored: None,
         })
     }
 
@@ -163,14 +167,33 @@ impl Hypervisor {
         Self::start_at(None)
     }
 
-    /// Runs the broker on the socket at `path` (or a fresh temporary path).
+    /// Runs the broker on the socket at `path` (or a fresh temporary path) and, with the
+    /// `xenstored` feature (on by default), the embedded xenstored as the toolstack's store
+    /// service (D19): every domain then gets `/local/domain/<id>` and a store ring to it.
     pub fn start_at(path: Option<&Path>) -> Result<Hypervisor> {
         let hv = hv::Hv::new(false)?;
         let broker = broker::Broker::start(hv.clone(), path)?;
-        Ok(Hypervisor {
+        let hypervisor = Hypervisor {
             hv,
             broker: Some(broker),
-        })
+            #[cfg(feature = "xenstored")]
+            xenstored: Some(pore_xenstore::server::Server::new(
+                pore_xenstore::server::Config::default(),
+                None,
+            )),
+        };
+        #[cfg(feature = "xenstored")]
+        if let Some(server) = &hypervisor.xenstored {
+            hypervisor.set_store_service(Arc::new(server.clone()));
+        }
+        Ok(hypervisor)
+    }
+
+    /// The embedded xenstored started by [`Hypervisor::start`] (serve it to dom0 tools with
+    /// `listen_unix`). `None` for [`Hypervisor::new`].
+    #[cfg(feature = "xenstored")]
+    pub fn xenstored(&self) -> Option<&pore_xenstore::server::Server> {
+        self.xenstored.as_ref()
     }
 
     /// The broker's socket, if it runs.
@@ -271,5 +294,9 @@ impl Drop for Hypervisor {
         self.broker.take();
         // The service may hold dom0 channels that refer back to the hypervisor.
         self.hv.set_service(None);
+        #[cfg(feature = "xenstored")]
+        if let Some(server) = self.xenstored.take() {
+            server.shutdown();
+        }
     }
 }

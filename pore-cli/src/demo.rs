@@ -21,7 +21,6 @@ use pore_straw::manager::{Manager, ManagerConfig};
 use pore_straw::straw::StrawIoError;
 use pore_straw::xenstore::XsAdapter;
 use pore_straw::Endpoint;
-use pore_xenstore::server::{Config as ServerConfig, Server};
 use pore_xenstore::transport::RingTransport;
 use pore_xenstore::{Client, Config as ClientConfig};
 
@@ -350,23 +349,25 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
 fn demo_in(args: &DemoArgs, dir: &std::path::Path) -> Result<(), String> {
     println!("pore demo: two domains of a simulated Xen talk over a straw");
     println!("  (each domain is a process; it reaches xenstore through its own store ring page)");
-    let xs_sock = dir.join("xenstored.sock");
-    let server = Server::new(ServerConfig::default(), None);
-    let listener_thread = server
-        .listen_unix(&xs_sock)
-        .map_err(|e| format!("starting xenstored: {e}"))?;
-    println!(
-        "  xenstored (pore's own) listening on {}",
-        xs_sock.display()
-    );
+    // The broker and the embedded xenstored (the toolstack gives every domain
+    // /local/domain/<id> and a store ring to it, D19).
     let hv = Hypervisor::start_at(Some(&dir.join("hypervisor.sock")))
         .map_err(|e| format!("starting the simulated hypervisor: {e}"))?;
     println!(
         "  simulated hypervisor broker on {}",
         dir.join("hypervisor.sock").display()
     );
-    // The toolstack: every domain gets /local/domain/<id> and a store ring to our xenstored.
-    hv.set_store_service(Arc::new(server.clone()));
+    let server = hv
+        .xenstored()
+        .ok_or("the simulated hypervisor has no xenstored")?;
+    let xs_sock = dir.join("xenstored.sock");
+    let listener_thread = server
+        .listen_unix(&xs_sock)
+        .map_err(|e| format!("serving xenstored to dom0 tools: {e}"))?;
+    println!(
+        "  xenstored (pore's own, embedded) also serves dom0 tools on {}",
+        xs_sock.display()
+    );
 
     let layout = if args.ling { "ling" } else { "v2" };
     let mut listener = hv

@@ -12,10 +12,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use std::sync::Arc;
-
 use pore_backend_sim::Hypervisor;
-use pore_xenstore::server::{Config as ServerConfig, Server};
 
 /// Arguments of `pore sim`.
 #[derive(Args, Debug)]
@@ -50,8 +47,10 @@ pub fn run(args: SimArgs) -> ExitCode {
     };
     // The toolstack (D19): every domain gets /local/domain/<id> and a store ring to the
     // embedded xenstored, which dom0 tools reach on a unix socket.
-    let server = Server::new(ServerConfig::default(), None);
-    hv.set_store_service(Arc::new(server.clone()));
+    let Some(server) = hv.xenstored() else {
+        eprintln!("pore sim: the simulated hypervisor has no xenstored");
+        return ExitCode::FAILURE;
+    };
     let xs_path = args
         .xenstored_socket
         .clone()
