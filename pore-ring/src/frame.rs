@@ -170,7 +170,15 @@ pub struct FrameReader {
     state: State,
     skipped_frames: u64,
     skipped_bytes: u64,
+    /// Bytes read ahead from the ring (a private copy) and not yet delivered: a small frame comes
+    /// out of the ring in one copy with its header.
+    carry: [u8; CARRY],
+    carry_pos: usize,
+    carry_len: usize,
 }
+
+/// Bytes a [`FrameReader`] reads ahead at the start of a frame.
+const CARRY: usize = 64;
 
 impl FrameReader {
     /// A reader delivering frames of up to `max_frame` bytes and skipping longer ones.
@@ -181,6 +189,9 @@ impl FrameReader {
             state: State::Header { got: 0 },
             skipped_frames: 0,
             skipped_bytes: 0,
+            carry: [0; CARRY],
+            carry_pos: 0,
+            carry_len: 0,
         }
     }
 
@@ -199,9 +210,26 @@ impl FrameReader {
         self.skipped_bytes
     }
 
-    /// Whether a frame is partly read.
+    /// Whether a frame is partly read, or bytes read ahead are waiting to be delivered.
     pub fn in_progress(&self) -> bool {
-        self.state != State::Header { got: 0 }
+        self.state != State::Header { got: 0 } || self.carry_pos < self.carry_len
+    }
+
+    /// Fills `dst` from the read-ahead bytes, then from the ring; returns how many.
+    fn pull<R: RingReader + ?Sized>(
+        &mut self,
+        ring: &mut R,
+        dst: &mut [u8],
+    ) -> Result<usize, RingError> {
+        let mut n = (self.carry_len - self.carry_pos).min(dst.len());
+        if n > 0 {
+            dst[..n].copy_from_slice(&self.carry[self.carry_pos..self.carry_pos + n]);
+            self.carry_pos += n;
+        }
+        if n < dst.len() {
+            n += ring.read_deferred(&mut dst[n..])?;
+        }
+        Ok(n)
     }
 
     /// Reads what the ring holds of the next frame without releasing the ring space (see
@@ -209,7 +237,10 @@ impl FrameReader {
     /// streams, which [`FrameReader::recv`] does).
     ///
     /// Returns `Ok(None)` when more bytes are needed; a frame's bytes accumulate in `buf`, so
-    /// pass the same buffer until the frame completes.
+    /// pass the same buffer until the frame completes. The reader reads up to 64 bytes ahead
+    /// (a small frame then leaves the ring in one copy), so call it until it returns `Ok(None)`
+    /// before waiting on the ring: frames may be complete in its read-ahead while the ring is
+    /// empty ([`FrameReader::in_progress`] tells whether it holds any bytes).
     ///
     /// # Errors
     ///
@@ -223,7 +254,17 @@ impl FrameReader {
         loop {
             match self.state {
                 State::Header { got } => {
-                    let n = ring.read_deferred(&mut self.header[got..])?;
+                    if got == 0 && self.carry_pos == self.carry_len {
+                        // Read ahead: a small frame then leaves the ring in one copy.
+                        self.carry_pos = 0;
+                        self.carry_len = ring.read_deferred(&mut self.carry)?;
+                        if self.carry_len == 0 {
+                            return Ok(None);
+                        }
+                    }
+                    let mut header = self.header;
+                    let n = self.pull(ring, &mut header[got..])?;
+                    self.header = header;
                     if got + n < HEADER_LEN {
                         self.state = State::Header { got: got + n };
                         return Ok(None);
@@ -246,7 +287,7 @@ impl FrameReader {
                             cap: buf.len(),
                         });
                     }
-                    let n = ring.read_deferred(&mut buf[got..len])?;
+                    let n = self.pull(ring, &mut buf[got..len])?;
                     if got + n < len {
                         self.state = State::Body { len, got: got + n };
                         return Ok(None);
@@ -259,7 +300,7 @@ impl FrameReader {
                     let mut left = left;
                     while left > 0 {
                         let want = (left as usize).min(scratch.len());
-                        let n = ring.read_deferred(&mut scratch[..want])?;
+                        let n = self.pull(ring, &mut scratch[..want])?;
                         if n == 0 {
                             break;
                         }
