@@ -1,6 +1,8 @@
 //! Straws over pore-core's loopback backend: both layouts, big frames, halves in two threads,
 //! JSON mailboxes, graceful close, peer loss, leaks.
 
+#![cfg(feature = "std")]
+
 use std::thread;
 use std::time::{Duration, Instant};
 
