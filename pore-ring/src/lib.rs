@@ -11,9 +11,17 @@
 //! * [`frame`]: 4-byte big-endian length-prefixed frames over any of them;
 //! * [`wait`]: a spin-then-sleep blocking helper over an event channel.
 //!
-//! Every ring half implements [`RingWriter`] or [`RingReader`] (with deferred publication) and
-//! pore-core's [`SharedRing`](pore_core::SharedRing); each full ring implements `SharedRing` and
-//! splits into a producer and a consumer usable from two threads.
+//! Every ring half implements [`RingWriter`] or [`RingReader`] and pore-core's
+//! [`SharedRing`](pore_core::SharedRing); each full ring implements `SharedRing` and splits into a
+//! producer and a consumer usable from two threads. Publication has three speeds:
+//!
+//! * `write` / `read`: copy, publish the index, and check whether the peer sleeps (a
+//!   `fence(SeqCst)` on the v2 ring); then [`RingWriter::take_notify`] says whether to poke it;
+//! * `write_deferred` / `read_deferred` then `publish`: the index is published (a polling peer
+//!   sees it at once) but the wake-up check waits for the next `commit` / `release`, which must
+//!   come before this side goes idle or waits;
+//! * `write_deferred` / `read_deferred` then `commit` / `release`: one index store and one check
+//!   for a whole batch.
 //!
 //! The peer is untrusted (ANCHORS §6): each index it controls is read once per operation and
 //! validated; a bad one breaks the ring ([`RingError`] of kind `Protocol`), never panics and
