@@ -362,3 +362,52 @@ fn named_endpoints_share_a_domain() {
     }
     assert!(hv.outstanding().is_clean(), "{:?}", hv.outstanding());
 }
+
+/// Rough round-trip latency of 16-byte messages and events per message (run with
+/// `--ignored --nocapture` in release).
+#[test]
+#[ignore]
+fn latency_sanity() {
+    for v2 in [false, true] {
+        let env = Env::new(if v2 { "lv2" } else { "lling" });
+        let hv = Hypervisor::new().unwrap();
+        let (a, b) = (
+            hv.create_domain("a").unwrap(),
+            hv.create_domain("b").unwrap(),
+        );
+        let (ea, eb) = (Endpoint::seed(a.id()), Endpoint::seed(b.id()));
+        let ma = Manager::start(a, env.xs(), ea, cfg(v2)).unwrap();
+        let mb = Manager::start(b, env.xs(), eb.clone(), cfg(v2)).unwrap();
+        let sa = ma.open(&eb).unwrap();
+        let sb = mb.accept(Duration::from_secs(5)).unwrap();
+        const N: usize = 20_000;
+        let echo = thread::spawn(move || {
+            for _ in 0..N {
+                let f = sb.receiver().recv().unwrap();
+                sb.sender().send(f).unwrap();
+            }
+            sb
+        });
+        let msg = Bytes::from_static(b"0123456789abcdef");
+        let t0 = Instant::now();
+        for _ in 0..N {
+            sa.sender().send(msg.clone()).unwrap();
+            assert_eq!(sa.receiver().recv().unwrap(), msg);
+        }
+        let dt = t0.elapsed();
+        let sb = echo.join().unwrap();
+        let st = sa.stats();
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!(
+                "{}: round trip {:.1} us, {:.2} events sent per message\n",
+                if v2 { "v2" } else { "ling" },
+                dt.as_secs_f64() * 1e6 / N as f64,
+                st.notifies as f64 / (st.frames_sent + st.frames_received) as f64
+            ),
+        );
+        drop((sa, sb));
+        ma.shutdown();
+        mb.shutdown();
+    }
+}
