@@ -698,9 +698,9 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(cases()))]
 
-        /// Random deferred writes, commits, reads and releases against `VecDeque` models.
+        /// Random deferred writes, commits, publishes, reads and releases against `VecDeque` models.
         #[test]
-        fn model(ops in proptest::collection::vec((0u8..4, any::<bool>(), 0usize..10000), 1..max_ops(50))) {
+        fn model(ops in proptest::collection::vec((0u8..6, any::<bool>(), 0usize..10000), 1..max_ops(50))) {
             let geo = V2Geometry::new(1, 0).unwrap();
             let g = Guarded::new(geo.region_len());
             let v = g.view();
@@ -723,6 +723,8 @@ mod tests {
                         staged.extend_from_slice(&data[..n]);
                     }
                     1 => { w.writer().commit().unwrap(); published.extend(staged.drain(..)); }
+                    4 => { RingWriter::publish(w.writer()).unwrap(); published.extend(staged.drain(..)); }
+                    5 => { RingReader::publish(r.reader()).unwrap(); *unreleased = 0; }
                     2 => {
                         let mut buf = vec![0u8; len];
                         let n = r.reader().read_deferred(&mut buf).unwrap();
