@@ -955,25 +955,30 @@ impl Store {
 /// all rights in `need`; `Ok(false)` if it is missing and the nearest existing ancestor
 /// grants any of them (ENOENT); `EACCES` otherwise.
 fn check(v: &mut dyn View, p: &str, who: Who, need: u8) -> Res<bool> {
-    if let Some(n) = v.get(p) {
-        return if who.perm(&n.perms) & need == need {
-            Ok(true)
-        } else {
-            Err(ErrorName::EACCES)
-        };
-    }
+    let exists = match v.get(p) {
+        Some(n) if who.perm(&n.perms) & need == need => return Ok(true),
+        Some(_) => true,
+        None => false,
+    };
+    // Like C, ask the nearest existing ancestor in both failure cases (in a
+    // transaction this reads, and so records, the ancestors).
     let mut cur = p;
     while cur != "/" {
         cur = path::parent(cur);
         if let Some(n) = v.get(cur) {
-            return if who.perm(&n.perms) & need != 0 {
+            let allowed = who.perm(&n.perms) & need != 0;
+            return if allowed && !exists {
                 Ok(false)
             } else {
                 Err(ErrorName::EACCES)
             };
         }
     }
-    Ok(false)
+    if exists {
+        Err(ErrorName::EACCES)
+    } else {
+        Ok(false)
+    }
 }
 
 /// False if a child listed in the subtree does not exist: possible in a transaction
