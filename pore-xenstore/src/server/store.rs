@@ -15,7 +15,7 @@ use super::path;
 use super::quota::Config;
 use super::transaction::{Transaction, TxView};
 use super::tree::{Node, Tree, View};
-use super::watch::{self, Change, Fired, Watches};
+use super::watch::{self, Change, Fired, Vis, Watches};
 use super::ConnId;
 
 const PERM_READ: u8 = 1;
@@ -328,6 +328,9 @@ impl Store {
             };
             let who = self.who(c.domid);
             if let Some(vis) = &f.perms {
+                if vis.hidden {
+                    continue;
+                }
                 let read = |p: &Option<Vec<Perm>>| {
                     p.as_ref().is_some_and(|p| who.perm(p) & PERM_READ != 0)
                 };
@@ -656,7 +659,18 @@ impl Store {
                 let c = self.conns.get_mut(&conn).ok_or(ErrorName::EINVAL)?;
                 let t = c.txs.remove(&tx).ok_or(ErrorName::ENOENT)?;
                 if commit {
-                    let changes = t.commit(&mut self.tree).map_err(|_| ErrorName::EAGAIN)?;
+                    let committed = t.commit(&mut self.tree).map_err(|_| ErrorName::EAGAIN)?;
+                    let changes: Vec<Change> = committed
+                        .into_iter()
+                        .map(|c| {
+                            let vis = self.commit_vis(&c.path, c.first_perms);
+                            Change::Commit {
+                                path: c.path,
+                                exact: c.exact,
+                                vis,
+                            }
+                        })
+                        .collect();
                     self.fire(&changes, out);
                 }
                 ok()
@@ -818,6 +832,25 @@ impl Store {
         }
         self.fire(&changes, out);
         self.introduce_inner(domid, 0, 0, hooks, out)
+    }
+
+    /// Who may see the event of a node a transaction changed (C's `watch_permitted`
+    /// with the perms of the first access and the node as committed).
+    fn commit_vis(&self, p: &str, first: Option<Vec<Perm>>) -> Vis {
+        match self.tree.get(p) {
+            Some(n) => Vis {
+                perms: n.perms.clone(),
+                old: first,
+                parent: self.tree.get(path::parent(p)).map(|n| n.perms.clone()),
+                hidden: false,
+            },
+            None => Vis {
+                hidden: first.is_none(),
+                perms: first.unwrap_or_default(),
+                old: None,
+                parent: None,
+            },
+        }
     }
 
     /// Canonical, valid node path from a request string.

@@ -654,3 +654,66 @@ mod prop {
         }
     }
 }
+
+/// Observed on C xenstored 4.17: a committed transaction fires one event per changed
+/// node, in the order the transaction first accessed them, and none for a node it
+/// created and removed.
+#[test]
+fn commit_events_like_c() {
+    let mut t = T::new(Config::default());
+    let d0 = t.dom0;
+    let b = t.s.connect(0);
+    t.req(
+        d0,
+        Request::Write {
+            path: "/c/b",
+            value: b"0",
+        },
+        0,
+    );
+    t.req(
+        b,
+        Request::Watch {
+            path: "/c",
+            token: "w",
+        },
+        0,
+    );
+    assert_eq!(t.req(d0, Request::TransactionStart, 0), "1\0");
+    t.req(d0, Request::Read("/c/b"), 1);
+    t.req(
+        d0,
+        Request::Write {
+            path: "/c/a",
+            value: b"1",
+        },
+        1,
+    );
+    t.req(
+        d0,
+        Request::Write {
+            path: "/c/b",
+            value: b"1",
+        },
+        1,
+    );
+    t.req(
+        d0,
+        Request::Write {
+            path: "/c/a",
+            value: b"2",
+        },
+        1,
+    );
+    t.req(d0, Request::Rm("/c/a"), 1);
+    t.req(
+        d0,
+        Request::Write {
+            path: "/c/n/m",
+            value: b"2",
+        },
+        1,
+    );
+    let out = t.raw(d0, &msg(&Request::TransactionEnd { commit: true }, 1));
+    assert_eq!(T::events(&out, b), ["/c/b w ", "/c/n/m w "]);
+}

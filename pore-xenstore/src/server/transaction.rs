@@ -19,6 +19,9 @@ use super::watch::Change;
 pub(crate) struct Transaction {
     /// First-seen generation of each node accessed (`None`: missing).
     accessed: HashMap<String, Option<u64>>,
+    /// Nodes in the order of their first access, with their perms then (if they
+    /// existed): C fires a committed transaction's watches in this order.
+    order: Vec<(String, Option<Vec<Perm>>)>,
     /// Nodes as first seen (`None`: missing), for nodes not modified since.
     snapshot: HashMap<String, Option<Node>>,
     /// Nodes as this transaction left them (`None`: deleted).
@@ -35,7 +38,7 @@ pub(crate) struct Conflict;
 
 impl Transaction {
     /// Applies the transaction to `tree` if nothing it touched changed meanwhile.
-    pub(crate) fn commit(self, tree: &mut Tree) -> Result<Vec<Change>, Conflict> {
+    pub(crate) fn commit(self, tree: &mut Tree) -> Result<Vec<Committed>, Conflict> {
         for (p, g) in &self.accessed {
             if tree.generation_of(p) != *g {
                 return Err(Conflict);
@@ -48,8 +51,46 @@ impl Transaction {
         for (p, n) in entries {
             tree.put_raw(&p, n);
         }
-        Ok(self.changes)
+        // One event per changed node (C's queue_watches): exact only if every change of
+        // it was (a removed descendant), in first-access order.
+        let mut fire: HashMap<&str, bool> = HashMap::new();
+        fn mark<'a>(fire: &mut HashMap<&'a str, bool>, p: &'a str, exact: bool) {
+            let e = fire.entry(p).or_insert(exact);
+            *e &= exact;
+        }
+        for ch in &self.changes {
+            match ch {
+                Change::Node { path, .. } => mark(&mut fire, path.as_str(), false),
+                Change::Removed { removed, .. } => {
+                    for (i, (p, _)) in removed.iter().enumerate() {
+                        mark(&mut fire, p.as_str(), i + 1 != removed.len());
+                    }
+                }
+                Change::Commit { .. } => {}
+            }
+        }
+        Ok(self
+            .order
+            .iter()
+            .filter_map(|(p, perms)| {
+                fire.get(p.as_str()).map(|&exact| Committed {
+                    path: p.clone(),
+                    exact,
+                    first_perms: perms.clone(),
+                })
+            })
+            .collect())
     }
+}
+
+/// A node changed by a committed transaction, to fire watches for.
+#[derive(Debug)]
+pub(crate) struct Committed {
+    pub(crate) path: String,
+    /// Only watches on the node itself (a removed descendant).
+    pub(crate) exact: bool,
+    /// Its perms when the transaction first accessed it (if it existed).
+    pub(crate) first_perms: Option<Vec<Perm>>,
 }
 
 /// A transaction's view of the tree: its own changes over the live tree.
@@ -66,6 +107,9 @@ impl TxView<'_> {
             self.tx
                 .accessed
                 .insert(p.to_owned(), n.as_ref().map(|n| n.generation));
+            self.tx
+                .order
+                .push((p.to_owned(), n.as_ref().map(|n| n.perms.clone())));
             self.tx.snapshot.insert(p.to_owned(), n);
         }
     }

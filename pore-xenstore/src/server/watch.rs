@@ -28,7 +28,12 @@ pub(crate) enum Change {
         removed: Vec<(String, Vec<Perm>)>,
         parent_perms: Option<Vec<Perm>>,
     },
+    /// A node changed by a committed transaction (`exact`: only watches on it).
+    Commit { path: String, exact: bool, vis: Vis },
 }
+
+/// A node (path, perms) of a change.
+type Removed = (String, Vec<Perm>);
 
 /// The permissions that decide whether an unprivileged watcher sees an event: C's
 /// `watch_permitted` (old perms, the node's, or its parent's must allow reading).
@@ -37,6 +42,9 @@ pub(crate) struct Vis {
     pub(crate) perms: Vec<Perm>,
     pub(crate) old: Option<Vec<Perm>>,
     pub(crate) parent: Option<Vec<Perm>>,
+    /// Seen by nobody, privileged watchers included (C: a committed node that is gone
+    /// and had no perms when first accessed).
+    pub(crate) hidden: bool,
 }
 
 /// One registered watch.
@@ -139,7 +147,7 @@ impl Watches {
             return;
         }
         let single;
-        let (nodes, old, top_parent): (&[(String, Vec<Perm>)], _, _) = match change {
+        let (nodes, vis, last_exact): (&[Removed], Vec<Vis>, bool) = match change {
             Change::Node {
                 path,
                 perms,
@@ -147,34 +155,50 @@ impl Watches {
                 parent_perms,
             } => {
                 single = [(path.clone(), perms.clone())];
-                (&single, old_perms.clone(), parent_perms.clone())
+                let v = Vis {
+                    perms: perms.clone(),
+                    old: old_perms.clone(),
+                    parent: parent_perms.clone(),
+                    hidden: false,
+                };
+                (&single, vec![v], false)
+            }
+            Change::Commit { path, exact, vis } => {
+                single = [(path.clone(), vis.perms.clone())];
+                (&single, vec![vis.clone()], *exact)
             }
             Change::Removed {
                 removed,
                 parent_perms,
-            } => (removed, None, parent_perms.clone()),
+            } => {
+                let vis = removed
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (node, perms))| {
+                        let parent = if i + 1 == removed.len() {
+                            parent_perms.clone()
+                        } else {
+                            let pp = path::parent(node);
+                            removed
+                                .iter()
+                                .find(|(q, _)| q == pp)
+                                .map(|(_, p)| p.clone())
+                        };
+                        Vis {
+                            perms: perms.clone(),
+                            old: None,
+                            parent,
+                            hidden: false,
+                        }
+                    })
+                    .collect();
+                (removed, vis, false)
+            }
         };
-        let vis: Vec<Vis> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, (node, perms))| {
-                let parent = if i + 1 == nodes.len() {
-                    top_parent.clone()
-                } else {
-                    let pp = path::parent(node);
-                    nodes.iter().find(|(q, _)| q == pp).map(|(_, p)| p.clone())
-                };
-                Vis {
-                    perms: perms.clone(),
-                    old: old.clone(),
-                    parent,
-                }
-            })
-            .collect();
         for (&conn, list) in &self.per_conn {
             let mut home = None;
             for (i, (node, _)) in nodes.iter().enumerate() {
-                let exact = i + 1 != nodes.len();
+                let exact = i + 1 != nodes.len() || last_exact;
                 // C sends one event per (path, token) and connection, however many of
                 // its watches match.
                 let first = out.len();
