@@ -139,7 +139,7 @@ pub fn drive_handshake(data: &[u8]) -> usize {
                 m.handle(Input::PoreOpened(r), now);
             }
             Some(Action::ClosePore) => m.handle(Input::PoreClosed, now),
-            Some(Action::Connected(_) | Action::PeerFinished) => {}
+            Some(Action::Connected(_) | Action::PeerFinished | Action::PeerClosing) => {}
             None => {
                 // Waiting: an event, a close request, or time passes.
                 match input.byte() % 6 {

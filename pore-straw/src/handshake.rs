@@ -42,13 +42,14 @@
 //!    more writes `straw-eof = 1` in its own directory after its out-ring drained (a key LING
 //!    neither writes nor reads).
 //! 6. Close (D17, the seed's chart): the granting side writes 5, waits (bounded) for the
-//!    mapping side's 6, ends access, writes 6; the mapping side unmaps, writes 6 and waits
-//!    (bounded) for the peer's 6. A directory that disappears counts as Closed. Each side
-//!    finally removes its own directory and its watch.
+//!    mapping side's 6, ends access, writes 6; the mapping side writes 5 (not in the seed's
+//!    chart: it tells the peer that the close is graceful before our port goes), unmaps,
+//!    writes 6 and waits (bounded) for the peer's 6. A directory that disappears counts as
+//!    Closed. Each side finally removes its own directory and its watch.
 //!
 //! Where we add to the seed (all ignored by a LING peer): the `format` key is always written
 //! (D16); the layout keys (D15); the permission narrowing (D18); the existence reads of step 1
-//! and the removal of a stale `SD`; `straw-eof`.
+//! and the removal of a stale `SD`; `straw-eof`; the mapping side's 5 on close.
 //!
 //! ```
 //! use core::time::Duration;
@@ -259,6 +260,9 @@ pub enum Action {
     /// The peer will send nothing more (it wrote `straw-eof`): once its ring is empty, our
     /// receiving direction is at its end. The straw stays open for our sends.
     PeerFinished,
+    /// The peer began a graceful close: what is in the ring is the last of its data; the pore
+    /// closes soon ([`Action::ClosePore`]).
+    PeerClosing,
     /// The machine is finished; nothing follows. Any pore was closed before this.
     Done(Result<Closed, StrawError>),
 }
@@ -313,6 +317,7 @@ enum Op {
     ReadPeerDir,
     WriteConnected,
     WriteClosing,
+    WriteClosingPassive,
     WriteClosed,
     ReadPeerEof,
     WriteEof,
@@ -796,8 +801,13 @@ impl StrawMachine {
                 self.after_close = AfterClose::Finish;
                 self.write_state(Op::WriteClosing, XenbusState::Closing);
             }
-            // Passive (mapping) side: unmap, Closed, wait for Closed.
-            Role::Opener => self.finish_via_pore(AfterClose::WriteThenWait),
+            // Passive (mapping) side: unmap, Closed, wait for Closed. We first say Closing,
+            // which the seed's chart does not, so that the peer learns of a graceful close
+            // before our port goes (a LING peer ignores it).
+            Role::Opener => {
+                self.phase = Phase::ClosingPore;
+                self.write_state(Op::WriteClosingPassive, XenbusState::Closing);
+            }
         }
     }
 
@@ -877,7 +887,12 @@ impl StrawMachine {
             return self.run_cleanup();
         }
         // A close or failure decided while this op was outstanding.
-        if self.phase == Phase::ClosingPore && !matches!(op, Op::WriteClosing | Op::WriteClosed) {
+        if self.phase == Phase::ClosingPore
+            && !matches!(
+                op,
+                Op::WriteClosing | Op::WriteClosingPassive | Op::WriteClosed
+            )
+        {
             return self.resume_closing();
         }
         if self.timed_out
@@ -1163,6 +1178,12 @@ impl StrawMachine {
                 self.after_close = AfterClose::WriteThenFinish;
                 self.read_peer_state();
             }
+            Op::WriteClosingPassive => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %self.peer, error = %e, "straw: writing Closing failed");
+                }
+                self.finish_via_pore(AfterClose::WriteThenWait);
+            }
             Op::WriteClosed => {
                 if let Err(e) = r {
                     tracing::debug!(peer = %self.peer, error = %e, "straw: writing Closed failed");
@@ -1372,6 +1393,7 @@ impl StrawMachine {
                         self.arm_close();
                         tracing::debug!(peer = %self.peer, "straw: the peer is closing");
                         self.result = Some(Ok(Closed::ByPeer));
+                        self.out.push_back(Action::PeerClosing);
                         match self.role {
                             // Passive: unmap, Closed, wait for Closed.
                             Role::Opener => self.finish_via_pore(AfterClose::WriteThenWait),
@@ -1383,6 +1405,7 @@ impl StrawMachine {
                         self.arm_close();
                         tracing::debug!(peer = %self.peer, "straw: the peer closed");
                         self.result = Some(Ok(Closed::ByPeer));
+                        self.out.push_back(Action::PeerClosing);
                         self.finish_via_pore(AfterClose::WriteThenFinish);
                     }
                     Some(s) => self.lost(StrawError::UnexpectedState(s)),

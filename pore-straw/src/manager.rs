@@ -628,6 +628,11 @@ where
                     self.machine.handle(Input::PoreClosed, self.inner.now());
                 }
                 Action::Connected(conn) => self.connected(conn),
+                Action::PeerClosing => {
+                    if let Some(sh) = &self.shared {
+                        sh.peer_left(true);
+                    }
+                }
                 Action::PeerFinished => {
                     if let Some(sh) = &self.shared {
                         sh.peer_finished();

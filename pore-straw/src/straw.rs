@@ -485,7 +485,7 @@ pub(crate) type Hook = Box<dyn Fn(Input) + Send + Sync>;
 
 /// How long a managed straw whose event channel died waits for the manager to learn from
 /// xenstore whether the peer closed gracefully (end of stream) or vanished (peer gone).
-const VANISH_GRACE: Duration = Duration::from_millis(400);
+const VANISH_GRACE: Duration = Duration::from_millis(250);
 
 pub(crate) struct Shared<B: Backend> {
     pore: Mutex<Option<Mem<B>>>,

@@ -519,6 +519,7 @@ impl World {
             }
             Action::Connected(c) => self.doms[d].machines[idx].1.connected = Some(c),
             Action::PeerFinished => self.doms[d].machines[idx].1.peer_finished = true,
+            Action::PeerClosing => {}
             Action::Done(r) => self.doms[d].machines[idx].1.done = Some(r),
         }
         true
