@@ -337,7 +337,9 @@ fn random_request(r: &mut Rng, open_txs: usize) -> (u32, Vec<u8>, Option<usize>,
         15 => match r.below(6) {
             0 => (17, z(&[r.pick(&["0", "5", "9"])]), None, false),
             1 => (10, z(&[r.pick(&["0", "5", "abc"])]), None, false),
-            2 => (18, z(&[r.pick(&["5", "9"])]), None, false),
+            2 if r.below(2) == 0 => (18, z(&[r.pick(&["5", "9", "0"])]), None, false),
+            // RELEASE, but never of the guest (its ring would go silent).
+            2 => (9, z(&[r.pick(&["9", "0"])]), None, false),
             3 => (0, z(&["help"]), None, false),
             4 => (19, z(&["5", "0"]), None, false),
             _ => (

@@ -700,6 +700,9 @@ impl Store {
                     return Err(ErrorName::EACCES);
                 }
                 let domid = path::atoi(onearg(p)?) as u32;
+                if domid == 0 {
+                    return Err(ErrorName::EINVAL);
+                }
                 if !self.domains.contains_key(&domid) {
                     return Err(ErrorName::ENOENT);
                 }
@@ -711,6 +714,9 @@ impl Store {
                     return Err(ErrorName::EACCES);
                 }
                 let domid = path::atoi(onearg(p)?) as u32;
+                if domid == 0 {
+                    return Err(ErrorName::EINVAL);
+                }
                 if !self.domains.contains_key(&domid) {
                     return Err(ErrorName::ENOENT);
                 }
@@ -965,18 +971,39 @@ impl Store {
         self.disconnect(d.conn);
         hooks.release(d.conn, domid);
         self.targets.remove(&domid);
+        // C walks the tree from `/` in order and removes each node the domain owns
+        // (with its subtree), firing watches as it goes.
         let mut changes = Vec::new();
-        for p in self.tree.owned_by(domid) {
-            if self.tree.get(&p).is_none() || p == "/" {
+        let mut stack = vec!["/".to_string()];
+        while let Some(cur) = stack.pop() {
+            let Some(n) = self.tree.get(&cur) else {
+                continue;
+            };
+            if n.owner() == domid && cur != "/" {
+                let parent_perms = self.tree.get(path::parent(&cur)).map(|n| n.perms.clone());
+                let mut removed = Vec::new();
+                self.tree.remove(&cur, &mut removed);
+                changes.push(Change::Removed {
+                    removed,
+                    parent_perms,
+                });
                 continue;
             }
-            let parent_perms = self.tree.get(path::parent(&p)).map(|n| n.perms.clone());
-            let mut removed = Vec::new();
-            self.tree.remove(&p, &mut removed);
-            changes.push(Change::Removed {
-                removed,
-                parent_perms,
-            });
+            stack.extend(n.children.iter().rev().map(|c| path::join(&cur, c)));
+        }
+        // The special nodes forget the domain (owner back to dom0, ACL entry dropped).
+        for perms in self.special_perms.values_mut() {
+            if perms[0].domid == domid {
+                perms[0].domid = 0;
+            }
+            let owner = perms[0];
+            let mut rest: Vec<Perm> = perms[1..]
+                .iter()
+                .copied()
+                .filter(|p| p.domid != domid)
+                .collect();
+            rest.insert(0, owner);
+            *perms = rest;
         }
         self.fire(&changes, out);
         self.fire_special("@releaseDomain", out);

@@ -107,18 +107,6 @@ impl Tree {
         self.nodes.len()
     }
 
-    /// Paths of the nodes owned by `domid`.
-    pub(crate) fn owned_by(&self, domid: u32) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.owner() == domid)
-            .map(|(p, _)| p.clone())
-            .collect();
-        v.sort_by_key(|p| p.len());
-        v
-    }
-
     /// Checks the tree's invariants: every node but `/` is listed by its existing parent,
     /// every listed child exists, and the owner counts match. For tests.
     #[cfg(test)]
