@@ -717,3 +717,44 @@ fn commit_events_like_c() {
     let out = t.raw(d0, &msg(&Request::TransactionEnd { commit: true }, 1));
     assert_eq!(T::events(&out, b), ["/c/b w ", "/c/n/m w "]);
 }
+
+/// C checks only the length of a special watch path.
+#[test]
+fn special_watch_paths_only_length_checked() {
+    let mut t = T::new(Config::default());
+    let d0 = t.dom0;
+    assert_eq!(
+        t.req(
+            d0,
+            Request::Watch {
+                path: "@any thing.x",
+                token: "t"
+            },
+            0
+        ),
+        "OK\0"
+    );
+    let long = format!("@{}", "x".repeat(2048));
+    assert_eq!(
+        t.req(
+            d0,
+            Request::Watch {
+                path: &long,
+                token: "t"
+            },
+            0
+        ),
+        "!EINVAL"
+    );
+    assert_eq!(
+        t.req(
+            d0,
+            Request::Watch {
+                path: "/a b",
+                token: "t"
+            },
+            0
+        ),
+        "!EINVAL"
+    );
+}
