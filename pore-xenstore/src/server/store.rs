@@ -593,12 +593,12 @@ impl Store {
                 let given = as_str(s[0])?;
                 let (canon, relative) = path::canonical(who.domid, given);
                 // C checks only the length of a special (`@`) path.
-                let ok = if canon.starts_with('@') {
+                let valid = if canon.starts_with('@') {
                     canon.len() <= crate::wire::REL_PATH_MAX
                 } else {
                     path::is_valid(&canon, false, self.config.quotas.path_max)
                 };
-                if !ok {
+                if !valid {
                     return Err(ErrorName::EINVAL);
                 }
                 let token = s[1].to_vec();
