@@ -48,6 +48,8 @@
 
 extern crate alloc;
 
+#[cfg(feature = "tokio")]
+pub mod asynch;
 pub mod endpoint;
 pub mod fuzz;
 pub mod handshake;

@@ -90,6 +90,10 @@ pub enum StrawIoError {
     /// A non-blocking call could not proceed now.
     #[error("would block")]
     WouldBlock,
+    /// A send timed out after its frame began: the frame stays queued and is finished by the
+    /// next send or flush (do not send it again).
+    #[error("timed out with the frame partly sent (it stays queued)")]
+    Queued,
     /// The peer closed the straw and everything it sent has been received.
     #[error("end of stream: the peer closed the straw")]
     Eof,
@@ -946,9 +950,10 @@ impl<B: Backend> Sender<B> {
     }
 
     /// Sends one frame, blocking up to `timeout`. A frame larger than the ring streams through
-    /// it. If the timeout strikes after the frame began, it stays queued and the next send,
-    /// [`Sender::flush_timeout`] or close finishes it first; the error is then
-    /// [`StrawIoError::TimedOut`].
+    /// it. [`StrawIoError::TimedOut`]: nothing of it was taken, send it again later.
+    /// [`StrawIoError::Queued`]: the timeout struck after the frame began; it stays queued
+    /// and the next send, [`Sender::flush_timeout`] or close finishes it first (do not resend
+    /// it).
     pub fn send_timeout(&self, frame: Bytes, timeout: Duration) -> Result<(), StrawIoError> {
         if frame.len() > self.sh.cfg.max_frame {
             return Err(StrawIoError::TooLarge(frame.len()));
@@ -959,7 +964,13 @@ impl<B: Backend> Sender<B> {
             let seen = self.sh.bell_seq();
             match self.step(&mut frame)? {
                 true => return Ok(()),
-                false => self.wait(seen, deadline)?,
+                false => match self.wait(seen, deadline) {
+                    // Taken, partly in the ring: it will be finished, never resend it.
+                    Err(StrawIoError::TimedOut) if frame.is_none() => {
+                        return Err(StrawIoError::Queued)
+                    }
+                    r => r?,
+                },
             }
         }
     }
