@@ -21,7 +21,8 @@
 //! * [`manager`]: [`manager::Manager`], one per endpoint, a thread per straw, generic over a
 //!   small [`manager::StoreClient`] trait;
 //! * `xenstore` (feature `xenstore`): `XsAdapter`, the `StoreClient` of pore-xenstore's
-//!   client.
+//!   client;
+//! * `asynch` (feature `tokio`): a straw's halves bridged to tokio channels.
 //!
 //! ```no_run
 //! # #[cfg(feature = "xenstore")] {
