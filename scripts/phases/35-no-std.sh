@@ -4,3 +4,4 @@ set -euo pipefail
 cargo build --target x86_64-unknown-none -p pore-core --no-default-features
 cargo build --target x86_64-unknown-none -p pore-ring
 cargo build --target x86_64-unknown-none -p pore-xenstore --no-default-features
+cargo build --target x86_64-unknown-none -p pore-straw --no-default-features
