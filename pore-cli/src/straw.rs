@@ -133,25 +133,22 @@ fn accept_from(
     from: Option<u16>,
     timeout: Duration,
 ) -> Result<Straw<SimDomain>, String> {
-    loop {
-        let straw = manager
-            .accept(timeout)
-            .map_err(|e| format!("waiting for a straw: {e}"))?;
-        match from {
-            Some(d) if straw.peer().domid != DomId(d) => {
-                eprintln!("pore straw: refusing a straw from {}", straw.peer());
-                let _ = straw.close();
-            }
-            _ => return Ok(straw),
-        }
+    if let Some(d) = from {
+        // Refuse other domains' knocks before any page is granted to them.
+        manager.admit(Some(Arc::new(move |peer: &Endpoint| {
+            peer.domid == DomId(d)
+        })));
     }
+    manager
+        .accept(timeout)
+        .map_err(|e| format!("waiting for a straw: {e}"))
 }
 
 /// Pipes stdin into the straw and the straw into stdout until both directions are drained.
 ///
-/// Stdin frames are never empty (a read of 0 bytes is end of file), so an empty frame marks the
-/// end of a side's data: the straw is closed once we sent our marker and received the peer's
-/// (or the peer closed the straw, as a peer that does not send markers would).
+/// End of stdin half-closes our direction ([`pore_straw::straw::Sender::finish`]: the peer
+/// consumes everything, then its receiver ends); the straw is closed once the peer has
+/// half-closed too (our receiver ended).
 fn pipe(straw: Straw<SimDomain>) -> Result<(), String> {
     let (sender, receiver) = straw.split();
     let writer = thread::spawn(move || -> Result<_, String> {
@@ -169,36 +166,27 @@ fn pipe(straw: Straw<SimDomain>) -> Result<(), String> {
                 .map_err(|e| format!("sending: {e}"))?;
         }
         sender
-            .send(Bytes::new())
-            .map_err(|e| format!("sending the end-of-data marker: {e}"))?;
+            .finish()
+            .map_err(|e| format!("half-closing after end of stdin: {e}"))?;
         Ok(sender)
     });
     let mut stdout = std::io::stdout().lock();
-    let mut peer_closed = false;
     loop {
         match receiver.recv() {
-            Ok(frame) if frame.is_empty() => break,
             Ok(frame) => stdout
                 .write_all(&frame)
                 .and_then(|_| stdout.flush())
                 .map_err(|e| format!("writing stdout: {e}"))?,
-            Err(StrawIoError::Eof) => {
-                peer_closed = true;
-                break;
-            }
+            Err(StrawIoError::Eof) => break,
             Err(e) => return Err(format!("receiving: {e}")),
         }
     }
     let sender = writer
         .join()
         .unwrap_or_else(|_| Err("the stdin thread panicked".into()))?;
-    // Both directions are drained: close gracefully (D17). A peer that closed first already
-    // made the close happen.
+    // Both directions are drained: close (the peer may already have, which is fine).
     match sender.close() {
-        Ok(()) => Ok(()),
-        Err(StrawIoError::Eof | StrawIoError::Closed | StrawIoError::PeerGone) if peer_closed => {
-            Ok(())
-        }
+        Ok(()) | Err(StrawIoError::Eof | StrawIoError::Closed) => Ok(()),
         Err(e) => Err(format!("closing: {e}")),
     }
 }

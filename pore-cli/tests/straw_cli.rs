@@ -30,6 +30,15 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn listen_and_connect_pipe_both_ways_and_exit_zero() {
+    pipe_case(300_000, 200_000);
+}
+
+#[test]
+fn an_empty_stdin_still_receives_everything() {
+    pipe_case(150_000, 0);
+}
+
+fn pipe_case(connector_sends: usize, listener_sends: usize) {
     let mut sim = Reaper(
         Command::new(PORE)
             .args(["sim", "--duration", "60"])
@@ -46,7 +55,7 @@ fn listen_and_connect_pipe_both_ways_and_exit_zero() {
     }
     assert_eq!(env[0].0, "PORE_SIM_SOCKET");
 
-    let (to_connector, to_listener) = (data(300_000, 1), data(200_000, 2));
+    let (to_connector, to_listener) = (data(connector_sends, 1), data(listener_sends, 2));
     let mut listener = Reaper(
         Command::new(PORE)
             .args(["straw", "listen"])
