@@ -132,3 +132,22 @@ fn shutdown_with_clients_connected() {
     );
     assert!(c.read("/x").is_err(), "connections are closed");
 }
+
+#[test]
+fn dropping_the_last_handle_stops_it() {
+    let dir = temp_dir("drop");
+    let sock = dir.join("sock");
+    let server = pore_xenstore::server::Server::new(Config::default(), None);
+    let listener = server.listen_unix(&sock).unwrap();
+    let c = Client::connect_unix(&sock).unwrap();
+    c.write("/x", b"1").unwrap();
+    let clone = server.clone();
+    drop(server);
+    assert_eq!(c.read("/x").unwrap(), b"1", "a clone keeps it running");
+    drop(clone);
+    let t0 = Instant::now();
+    listener.join();
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    assert!(!sock.exists(), "socket removed");
+    let _ = std::fs::remove_dir_all(&dir);
+}

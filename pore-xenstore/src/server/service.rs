@@ -59,9 +59,22 @@ pub(crate) struct Inner {
 
 /// A running xenstored: share it (it is cheap to clone), add unix listeners with
 /// [`Server::listen_unix`], stop it with [`Server::shutdown`].
+///
+/// When the last clone is dropped, the server stops as [`Server::shutdown`] would
+/// (without waiting for its threads).
 #[derive(Clone)]
 pub struct Server {
     pub(crate) inner: Arc<Inner>,
+    _alive: Arc<Alive>,
+}
+
+/// Held by every [`Server`] clone (not by the server's own threads).
+struct Alive(Arc<Inner>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Server {
@@ -374,7 +387,10 @@ impl Server {
             Ok(h) => inner.add_thread(h),
             Err(e) => tracing::error!(error = %e, "cannot spawn the flusher thread"),
         }
-        Server { inner }
+        Server {
+            _alive: Arc::new(Alive(inner.clone())),
+            inner,
+        }
     }
 
     /// Runs `f` on the store (e.g. to prepare a tree, or inspect it in a test).
