@@ -50,7 +50,15 @@ pub enum Progress {
     Pending,
 }
 
+/// Bytes a coalescing [`FrameWriter`] gathers before copying them into the ring.
+const STASH: usize = 256;
+
 /// Writes length-prefixed frames into a ring, streaming those larger than the ring.
+///
+/// A *coalescing* writer ([`FrameWriter::coalescing`]) gathers small frames in a private
+/// 256-byte stash and copies them into the ring together (fewer, larger copies for bursts of
+/// small frames); its stashed bytes reach the ring at [`FrameWriter::flush`] or
+/// [`FrameWriter::commit`] at the latest.
 #[derive(Debug, Clone)]
 pub struct FrameWriter {
     max: usize,
@@ -58,6 +66,9 @@ pub struct FrameWriter {
     pos: usize,
     /// Payload length of the frame in progress.
     len: usize,
+    coalesce: bool,
+    stash: [u8; STASH],
+    stash_len: usize,
 }
 
 impl FrameWriter {
@@ -67,7 +78,52 @@ impl FrameWriter {
             max: max_frame.min(u32::MAX as usize),
             pos: 0,
             len: 0,
+            coalesce: false,
+            stash: [0; STASH],
+            stash_len: 0,
         }
+    }
+
+    /// A coalescing writer (see the type's docs): with it, [`Progress::Done`] from
+    /// [`FrameWriter::send_deferred`] means the frame was *accepted*; publish with
+    /// [`FrameWriter::commit`] (not the ring's own `commit`), and call it until it returns `true`
+    /// before waiting for room.
+    pub fn coalescing(max_frame: usize) -> Self {
+        FrameWriter {
+            coalesce: true,
+            ..Self::new(max_frame)
+        }
+    }
+
+    /// Bytes accepted but not yet copied into the ring (coalescing writers only).
+    pub fn stashed(&self) -> usize {
+        self.stash_len
+    }
+
+    /// Copies stashed bytes into the ring (without publishing); `true` once none are left.
+    ///
+    /// # Errors
+    ///
+    /// Ring errors.
+    pub fn flush<W: RingWriter + ?Sized>(&mut self, ring: &mut W) -> Result<bool, RingError> {
+        if self.stash_len > 0 {
+            let n = ring.write_deferred(&self.stash[..self.stash_len])?;
+            self.stash.copy_within(n..self.stash_len, 0);
+            self.stash_len -= n;
+        }
+        Ok(self.stash_len == 0)
+    }
+
+    /// [`FrameWriter::flush`], then publishes the ring ([`RingWriter::commit`]); `true` if
+    /// nothing is left in the stash.
+    ///
+    /// # Errors
+    ///
+    /// Ring errors.
+    pub fn commit<W: RingWriter + ?Sized>(&mut self, ring: &mut W) -> Result<bool, RingError> {
+        let all = self.flush(ring)?;
+        ring.commit()?;
+        Ok(all)
     }
 
     /// Whether a frame is partly written.
@@ -94,6 +150,26 @@ impl FrameWriter {
             return Err(RingError::InvalidInput(
                 "a different payload while a frame is in progress",
             ));
+        }
+        if self.coalesce {
+            let total = HEADER_LEN + payload.len();
+            if self.pos == 0 && total <= STASH {
+                if self.stash_len + total > STASH
+                    && (!self.flush(ring)? && self.stash_len + total > STASH)
+                {
+                    return Ok(Progress::Pending);
+                }
+                let at = self.stash_len;
+                self.stash[at..at + HEADER_LEN]
+                    .copy_from_slice(&(payload.len() as u32).to_be_bytes());
+                self.stash[at + HEADER_LEN..at + total].copy_from_slice(payload);
+                self.stash_len += total;
+                return Ok(Progress::Done);
+            }
+            // A larger frame goes straight to the ring, after what is stashed.
+            if !self.flush(ring)? {
+                return Ok(Progress::Pending);
+            }
         }
         if self.pos == 0 && payload.len() <= SMALL_FRAME {
             // Small frame: header and payload in one copy into the ring.
@@ -130,7 +206,7 @@ impl FrameWriter {
         }
     }
 
-    /// As [`FrameWriter::send_deferred`], then publishes.
+    /// As [`FrameWriter::send_deferred`], then publishes (through [`FrameWriter::commit`]).
     ///
     /// # Errors
     ///
@@ -141,7 +217,7 @@ impl FrameWriter {
         payload: &[u8],
     ) -> Result<Progress, RingError> {
         let p = self.send_deferred(ring, payload)?;
-        ring.commit()?;
+        self.commit(ring)?;
         Ok(p)
     }
 }
@@ -178,7 +254,7 @@ pub struct FrameReader {
 }
 
 /// Bytes a [`FrameReader`] reads ahead at the start of a frame.
-const CARRY: usize = 64;
+const CARRY: usize = 256;
 
 impl FrameReader {
     /// A reader delivering frames of up to `max_frame` bytes and skipping longer ones.
@@ -237,7 +313,7 @@ impl FrameReader {
     /// streams, which [`FrameReader::recv`] does).
     ///
     /// Returns `Ok(None)` when more bytes are needed; a frame's bytes accumulate in `buf`, so
-    /// pass the same buffer until the frame completes. The reader reads up to 64 bytes ahead
+    /// pass the same buffer until the frame completes. The reader reads up to 256 bytes ahead
     /// (a small frame then leaves the ring in one copy), so call it until it returns `Ok(None)`
     /// before waiting on the ring: frames may be complete in its read-ahead while the ring is
     /// empty ([`FrameReader::in_progress`] tells whether it holds any bytes).
@@ -355,7 +431,16 @@ mod tests {
         frames: &[Vec<u8>],
         max: usize,
     ) -> Vec<Result<Vec<u8>, u32>> {
-        let mut fw = FrameWriter::new(usize::MAX);
+        pump_with(FrameWriter::new(usize::MAX), w, r, frames, max)
+    }
+
+    fn pump_with<W: RingWriter, R: RingReader>(
+        mut fw: FrameWriter,
+        w: &mut W,
+        r: &mut R,
+        frames: &[Vec<u8>],
+        max: usize,
+    ) -> Vec<Result<Vec<u8>, u32>> {
         let mut fr = FrameReader::new(max);
         let mut buf = vec![0u8; max.max(1)];
         let mut out = Vec::new();
@@ -366,6 +451,10 @@ mod tests {
             if i < frames.len() && fw.send(w, &frames[i]).unwrap() == Progress::Done {
                 i += 1;
                 moved = true;
+            } else if fw.stashed() > 0 {
+                let before = fw.stashed();
+                fw.commit(w).unwrap();
+                moved |= fw.stashed() < before;
             }
             while let Some(got) = fr.recv(r, &mut buf).unwrap() {
                 moved = true;
@@ -453,16 +542,30 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(cases()))]
 
-        /// Random frame sizes (some over the maximum, some over the ring) through a v2 ring.
+        /// Random frame sizes (some over the maximum, some over the ring) through a v2 ring,
+        /// with a plain or a coalescing writer.
         #[test]
-        fn v2_frames(sizes in proptest::collection::vec(0usize..if cfg!(miri) { 6000 } else { 12000 }, 1..max_ops(12)), max in 1usize..9000) {
+        fn v2_frames(sizes in proptest::collection::vec(0usize..if cfg!(miri) { 6000 } else { 12000 }, 1..max_ops(12)), max in 1usize..9000, coalesce in any::<bool>()) {
             let geo = V2Geometry::new(0, 0).unwrap();
             let g = Guarded::new(geo.region_len());
             let mut a = V2Ring::create(g.view(), geo, &[GrantRef(1), GrantRef(2)]).unwrap();
             let mut p = V2Ring::attach(g.view()).unwrap();
             let frames: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n]).collect();
-            let got = pump(a.writer(), p.reader(), &frames, max);
+            let fw = if coalesce { FrameWriter::coalescing(usize::MAX) } else { FrameWriter::new(usize::MAX) };
+            let got = pump_with(fw, a.writer(), p.reader(), &frames, max);
             prop_assert_eq!(got, expect(&frames, max));
+            g.assert_guards();
+        }
+
+        /// Many small frames, some larger ones, through a coalescing writer and a small ring.
+        #[test]
+        fn coalescing_small_frames(sizes in proptest::collection::vec(0usize..300, 1..max_ops(80))) {
+            let g = Guarded::new(4096);
+            let mut c = XenstoreRing::client(g.view()).unwrap();
+            let mut s = XenstoreRing::server(g.view()).unwrap();
+            let frames: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n]).collect();
+            let got = pump_with(FrameWriter::coalescing(usize::MAX), c.writer(), s.reader(), &frames, 1000);
+            prop_assert_eq!(got, expect(&frames, 1000));
             g.assert_guards();
         }
 
