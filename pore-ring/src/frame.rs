@@ -154,10 +154,11 @@ impl FrameWriter {
         if self.coalesce {
             let total = HEADER_LEN + payload.len();
             if self.pos == 0 && total <= STASH {
-                if self.stash_len + total > STASH
-                    && (!self.flush(ring)? && self.stash_len + total > STASH)
-                {
-                    return Ok(Progress::Pending);
+                if self.stash_len + total > STASH {
+                    self.flush(ring)?;
+                    if self.stash_len + total > STASH {
+                        return Ok(Progress::Pending);
+                    }
                 }
                 let at = self.stash_len;
                 self.stash[at..at + HEADER_LEN]
