@@ -303,15 +303,25 @@ impl<M: SharedMemory> GuestRing for PoreRing<M> {
 /// A pore-core event channel as [`GuestEvents`].
 struct ChannelEvents<C>(C);
 
+/// A backend error as an I/O error; a gone guest becomes `ConnectionAborted` so the server can
+/// tell a domain's ordinary death from a failure.
+fn channel_error<E: pore_core::Error>(e: E) -> io::Error {
+    if e.is_peer_gone() {
+        io::Error::new(io::ErrorKind::ConnectionAborted, e)
+    } else {
+        io::Error::other(e)
+    }
+}
+
 impl<C: EventChannel> GuestEvents for ChannelEvents<C> {
     fn notify(&self) -> io::Result<()> {
-        self.0.notify().map_err(io::Error::other)
+        self.0.notify().map_err(channel_error)
     }
     fn wait(&self, timeout: Duration) -> io::Result<bool> {
         match self.0.wait(timeout) {
             Ok(WaitOutcome::Event) => Ok(true),
             Ok(WaitOutcome::Timeout) => Ok(false),
-            Err(e) => Err(io::Error::other(e)),
+            Err(e) => Err(channel_error(e)),
         }
     }
 }

@@ -321,7 +321,11 @@ fn guest_loop(
         }
         if !progressed {
             if let Err(e) = link.events.wait(POLL_INTERVAL) {
-                tracing::warn!(domid, error = %e, "guest event channel failed");
+                if e.kind() == std::io::ErrorKind::ConnectionAborted {
+                    tracing::debug!(domid, "guest gone: its event channel closed");
+                } else {
+                    tracing::warn!(domid, error = %e, "guest event channel failed");
+                }
                 break;
             }
         }
