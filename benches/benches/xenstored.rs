@@ -128,6 +128,16 @@ fn start_kit(name: &'static str, kind: &str, dir: &Path) -> Option<Daemon> {
         .arg(&sock)
         .arg(kind)
         .env("XENSTORED_TRACE", "0")
+        // With XENSTORED_TRACE=0 the kit points oxenstored's access log at /dev/null, and
+        // oxenstored rotates its logs by renaming them: it would replace /dev/null with a
+        // regular file. Keep the access log in our own directory instead (the later key wins).
+        .env(
+            "OXENSTORED_EXTRA_CONF",
+            format!(
+                "access-log-file = {}",
+                dir.join(format!("{kind}-access.log")).display()
+            ),
+        )
         .env("FAKEXEN_BUILD_DIR", dir.join("shim"))
         .output()
         .ok()?;
