@@ -83,6 +83,13 @@ impl<W: RingWriter + Send> Tx for OurTx<W> {
     fn flush(&mut self) {
         self.commit();
     }
+    fn finish(&mut self) {
+        self.commit();
+        while self.fw.stashed() > 0 {
+            std::hint::spin_loop();
+            self.commit();
+        }
+    }
 }
 
 struct OurRx<R: RingReader + Send> {
@@ -675,6 +682,9 @@ impl<W: RingWriter + Send + pore_core::SharedRing> Tx for Blocking<W> {
     }
     fn flush(&mut self) {
         self.inner.flush();
+    }
+    fn finish(&mut self) {
+        self.inner.finish();
     }
 }
 struct BlockingRx<R: RingReader + Send + pore_core::SharedRing> {

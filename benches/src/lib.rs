@@ -34,8 +34,12 @@ pub trait Tx: Send {
     /// `true` once the whole frame is in. `payload` is `frame[4..]`, for contenders that frame
     /// by themselves.
     fn try_send(&mut self, frame: &[u8], payload: &[u8]) -> bool;
-    /// Publishes anything staged.
+    /// Publishes anything staged (as far as the ring has room; never blocks).
     fn flush(&mut self) {}
+    /// Publishes everything staged, waiting for room if need be (the consumer is running).
+    fn finish(&mut self) {
+        self.flush();
+    }
 }
 
 /// The receiving half of a contender.
@@ -111,6 +115,12 @@ pub fn stream(tx: &mut dyn Tx, rx: &mut dyn Rx, size: usize, window: Duration) -
                 } else {
                     rx.flush();
                     backoff(&mut idle);
+                    if idle == 0 && start.elapsed() > window + Duration::from_secs(10) {
+                        panic!(
+                            "consumer stalled: {got} of {} frames",
+                            sent.load(Ordering::Relaxed)
+                        );
+                    }
                 }
                 if got == sent.load(Ordering::Acquire) {
                     break;
@@ -145,7 +155,7 @@ pub fn stream(tx: &mut dyn Tx, rx: &mut dyn Rx, size: usize, window: Duration) -
                 }
             }
         }
-        tx.flush();
+        tx.finish();
         let tx_cpu = (thread_cpu_time() - cpu0).as_secs_f64();
         sent.store(n, Ordering::Release);
         stop.store(true, Ordering::Relaxed);

@@ -51,12 +51,12 @@ pub enum Progress {
 }
 
 /// Bytes a coalescing [`FrameWriter`] gathers before copying them into the ring.
-const STASH: usize = 256;
+const STASH: usize = 1024;
 
 /// Writes length-prefixed frames into a ring, streaming those larger than the ring.
 ///
 /// A *coalescing* writer ([`FrameWriter::coalescing`]) gathers small frames in a private
-/// 256-byte stash and copies them into the ring together (fewer, larger copies for bursts of
+/// 1 KiB stash and copies them into the ring together (fewer, larger copies for bursts of
 /// small frames); its stashed bytes reach the ring at [`FrameWriter::flush`] or
 /// [`FrameWriter::commit`] at the latest.
 #[derive(Debug, Clone)]
