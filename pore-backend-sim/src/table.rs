@@ -123,6 +123,10 @@ pub(crate) struct Table {
     map: Mmap,
     /// Whether this process's ticker nudges the table's sleepers (see [`Table::sleep`]).
     ticked: AtomicBool,
+    /// Threads of *this* process in an untimed sleep, per domain. Kept in private memory: the
+    /// sleeper counts in the shared table can be zeroed by a hostile domain process, which must
+    /// not be able to keep our ticker from nudging our own sleepers.
+    local_sleepers: Box<[AtomicU32]>,
     /// Futex flags: `PRIVATE` when every waker and waiter lives in this process and uses this
     /// mapping (no broker), which spares the kernel the shared-mapping key lookup on every wait
     /// and wake; empty (process-shared) otherwise.
@@ -161,6 +165,7 @@ impl Table {
             fd,
             map,
             ticked: AtomicBool::new(false),
+            local_sleepers: (0..MAX_DOMAINS).map(|_| AtomicU32::new(0)).collect(),
             flags: futex::Flags::empty(),
         })
     }
@@ -174,12 +179,13 @@ impl Table {
         table
     }
 
-    /// One tick: nudges every domain with a sleeping thread, so that untimed sleeps re-check
+    /// One tick: nudges every domain with a thread of this process in an untimed sleep (counted
+    /// in private memory), so that untimed sleeps re-check
     /// their deadline. Bumps no wake word (a readiness watcher sees no event).
     fn tick(&self) {
         for d in 0..MAX_DOMAINS {
             let dom = DomId(d as u16);
-            if self.dom(dom, D_SLEEPERS).load(Ordering::Relaxed) != 0 {
+            if self.local_sleepers[d].load(Ordering::Relaxed) != 0 {
                 let _ = futex::wake(self.dom(dom, D_WAKE_GEN), self.flags, i32::MAX as u32);
             }
         }
@@ -311,7 +317,10 @@ impl Table {
             // EAGAIN (the word moved: a wake-up raced us), EINTR and ETIMEDOUT all just
             // return to the caller's re-check loop.
             if left > UNTIMED_OVER && self.ticked.load(Ordering::Relaxed) {
+                let local = &self.local_sleepers[usize::from(dom.0) % MAX_DOMAINS];
+                local.fetch_add(1, Ordering::SeqCst);
                 let _ = futex::wait(gen, self.flags, seen, None);
+                local.fetch_sub(1, Ordering::SeqCst);
             } else {
                 let ts = futex::Timespec::try_from(left).unwrap_or(futex::Timespec {
                     tv_sec: i64::MAX,
@@ -337,5 +346,33 @@ impl Table {
     /// The wake word of `dom`, to wait for changes of it (readiness watcher).
     pub(crate) fn wake_gen(&self, dom: DomId) -> &AtomicU32 {
         self.dom(dom, D_WAKE_GEN)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hostile domain process can write the shared table, e.g. zero our sleeper count. An
+    /// untimed sleep must still be nudged by this process's ticker (its count is private).
+    #[test]
+    fn an_untimed_sleep_is_nudged_even_if_the_shared_sleeper_count_is_zeroed() {
+        let table = Table::create(false).unwrap().into_shared();
+        assert!(
+            table.ticked.load(Ordering::Relaxed),
+            "the ticker serves this table"
+        );
+        let dom = DomId(7);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t2 = table.clone();
+        std::thread::spawn(move || {
+            t2.sleep(dom, Duration::from_secs(60), || false);
+            let _ = tx.send(());
+        });
+        // Let it fall asleep, then play the hostile peer.
+        std::thread::sleep(TICK / 2);
+        table.dom(dom, D_SLEEPERS).store(0, Ordering::SeqCst);
+        rx.recv_timeout(TICK * 20)
+            .expect("the sleeper was nudged by the ticker despite the zeroed shared count");
     }
 }

@@ -169,9 +169,10 @@ impl<B: Backend> Pore<B> {
 
     /// A bounds-checked atomic view of the shared pages.
     pub fn memory(&self) -> SharedView<'_> {
-        // SAFETY: `base`/`len` were read from the `SharedMemory` handle in `self.memory`, which
-        // guarantees a stable region valid while it lives; the view borrows `self`, so it cannot
-        // outlive the handle.
+        // SAFETY: `base`/`len` were read from the `SharedMemory` handle now in `self.memory`,
+        // whose contract makes the address valid while the handle lives and independent of
+        // moves of the handle (so caching it before moving the handle in is sound); the view
+        // borrows `self`, so it cannot outlive the handle.
         unsafe { SharedView::from_raw_parts(self.base, self.len) }
     }
 

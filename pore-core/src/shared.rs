@@ -24,10 +24,14 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 ///
 /// # Safety
 ///
-/// Implementors guarantee that for as long as `self` is alive and not moved-from:
-/// `as_ptr()` is non-null, stable (the same value every call), valid for reads and writes of
-/// `len()` bytes, and the region is only ever accessed through atomic operations or by the peer
-/// (never through Rust references to plain data).
+/// Implementors guarantee that for as long as `self` is alive: `as_ptr()` is non-null, valid
+/// for reads and writes of `len()` bytes, and the region is only ever accessed through atomic
+/// operations or by the peer (never through Rust references to plain data).
+///
+/// The address must not depend on where the handle itself lives: it stays the same every call
+/// **and across moves of the handle** (memory from `mmap`, or a heap allocation the handle points
+/// to; never a buffer stored inline in the handle). [`crate::Pore`] relies on this: it caches the
+/// address once and is moved around afterwards (into an `Arc`, a thread).
 pub unsafe trait SharedMemory: Send + Sync {
     /// Start of the region.
     fn as_ptr(&self) -> NonNull<u8>;
