@@ -157,7 +157,7 @@ impl ServerRing {
         let n = avail.min(buf.len());
         let mut done = 0;
         while done < n {
-            let off = (cons as usize + done) % RING_SIZE;
+            let off = ring_offset(cons, done);
             let k = (RING_SIZE - off).min(n - done);
             self.page
                 .read_bytes(REQ_OFFSET + off, &mut buf[done..done + k]);
@@ -185,7 +185,7 @@ impl ServerRing {
         let n = (RING_SIZE - used).min(buf.len());
         let mut done = 0;
         while done < n {
-            let off = (*prod as usize + done) % RING_SIZE;
+            let off = ring_offset(*prod, done);
             let k = (RING_SIZE - off).min(n - done);
             self.page
                 .write_bytes(RSP_OFFSET + off, &buf[done..done + k]);
@@ -343,6 +343,14 @@ impl super::conn::Sink for RingSink {
     }
 }
 
+/// Offset in a ring's data area of free-running index `idx` advanced by `done` bytes
+/// (`done` < `RING_SIZE`): computed in `u32` with wrap-around, as the indices wrap, so it
+/// cannot overflow where `usize` is 32 bits.
+fn ring_offset(idx: u32, done: usize) -> usize {
+    // RING_SIZE (1024) divides 2^32, so masking the wrapped index is exact.
+    idx.wrapping_add(done as u32) as usize % RING_SIZE
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -400,5 +408,33 @@ pub(crate) mod tests {
         assert!(ring.read(&mut buf).is_err());
         assert!(ring.is_broken());
         assert_eq!(page.load_u32(ERROR_FIELD), ERROR_RINGIDX);
+    }
+
+    /// Indices about to wrap past `u32::MAX`: the offset arithmetic wraps in `u32` (the
+    /// old `cons as usize + done` overflowed, a panic in debug, where `usize` is 32 bits).
+    #[test]
+    fn indices_wrap_past_u32_max() {
+        let page = Arc::new(MemPage::new());
+        let start = u32::MAX - 2; // offset 1021
+        page.store_u32(REQ_CONS, start);
+        page.store_u32(REQ_PROD, start);
+        page.store_u32(RSP_CONS, start);
+        page.store_u32(RSP_PROD, start);
+        let ring = ServerRing::new(page.clone());
+        page.write_bytes(REQ_OFFSET + 1021, b"abc");
+        page.write_bytes(REQ_OFFSET, b"def");
+        page.store_u32(REQ_PROD, start.wrapping_add(6));
+        let mut buf = [0u8; 16];
+        assert_eq!(ring.read(&mut buf).unwrap(), 6);
+        assert_eq!(&buf[..6], b"abcdef");
+        assert_eq!(page.load_u32(REQ_CONS), 3);
+        assert_eq!(ring.write(b"uvwxyz").unwrap(), 6);
+        assert_eq!(page.load_u32(RSP_PROD), 3);
+        let mut rsp = [0u8; 6];
+        page.read_bytes(RSP_OFFSET + 1021, &mut rsp[..3]);
+        page.read_bytes(RSP_OFFSET, &mut rsp[3..]);
+        assert_eq!(&rsp, b"uvwxyz");
+        assert_eq!(ring_offset(u32::MAX, 1), 0);
+        assert_eq!(ring_offset(u32::MAX, 1023), 1022);
     }
 }
