@@ -16,11 +16,12 @@
 //! domain death.
 //!
 //! Known differences from C xenstored 4.17: a path without its NUL gets `EINVAL` (C reads
-//! past the buffer); CONTROL knows only `help`; no `-K`, live update, outstanding-request,
-//! per-transaction-node or memory quotas (requests are handled one at a time per
-//! connection, and a connection whose replies cannot be delivered is not read); a
-//! SET_PERMS owner need not exist (C asks the hypervisor); DIRECTORY_PART generations are
-//! our own numbers. The differential test (random sequences over sockets and a guest
+//! past the buffer); CONTROL knows only `help`; no `-K`, live update or outstanding-request
+//! quota (requests are handled one at a time per connection, and a connection whose
+//! replies cannot be delivered is not read); the memory quota only counts what a
+//! connection's transactions hold and answers `ENOMEM` (C counts more and stops reading
+//! the ring); a SET_PERMS owner need not exist (C asks the hypervisor); DIRECTORY_PART
+//! generations are our own numbers. The differential test (random sequences over sockets and a guest
 //! ring, compared with C) passes 6000 steps; longer runs end when C itself aborts
 //! (`consider_message: Assertion 'conn->in == NULL'`).
 //!

@@ -21,6 +21,16 @@ pub struct Quotas {
     pub path_max: usize,
     /// Permission entries per node (`-A`, 5; over: `ENOSPC`).
     pub perms_per_node: usize,
+    /// Distinct nodes one transaction may access: read, written, created, deleted or
+    /// found missing (`-Q transaction-nodes=`, 1024). Over: the request gets `ENOSPC`
+    /// and the transaction can no longer commit (its commit gets `ENOMEM`), as in C.
+    pub transaction_nodes: usize,
+    /// Bytes the open transactions of one domain's connection may hold (paths and node
+    /// copies, approximately) (`-Q memory=`, 2.5 MiB as C's hard quota). Over: `ENOMEM`
+    /// and the transaction can no longer commit. C counts a domain's nodes, watches and
+    /// requests here too, and stops reading its ring instead of replying; this bound
+    /// only covers what transactions hold, which nothing else limits.
+    pub memory_per_domain: usize,
 }
 
 impl Default for Quotas {
@@ -32,6 +42,8 @@ impl Default for Quotas {
             transactions: 10,
             path_max: 2048,
             perms_per_node: 5,
+            transaction_nodes: 1024,
+            memory_per_domain: 2 * 1024 * 1024 + 512 * 1024,
         }
     }
 }

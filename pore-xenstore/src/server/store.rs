@@ -13,7 +13,7 @@ use crate::wire::{MsgType, WireHeader, PAYLOAD_MAX};
 
 use super::path;
 use super::quota::Config;
-use super::transaction::{Transaction, TxView};
+use super::transaction::{Refusal, Transaction, TxView};
 use super::tree::{Node, Tree, View};
 use super::watch::{self, Change, Fired, Vis, Watches};
 use super::ConnId;
@@ -297,6 +297,14 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn check_tree(&self) -> Result<(), String> {
         self.tree.check()
+    }
+
+    /// Distinct nodes accessed, nodes with pending watch events, and bytes held by
+    /// transaction `tx` of `conn` (tests).
+    #[cfg(test)]
+    pub(crate) fn tx_stats(&self, conn: ConnId, tx: u32) -> Option<(usize, usize, usize)> {
+        let t = self.conns.get(&conn)?.txs.get(&tx)?;
+        Some((t.nodes(), t.pending_events(), t.mem()))
     }
 
     /// Number of nodes in the tree.
@@ -664,6 +672,10 @@ impl Store {
                 };
                 let c = self.conns.get_mut(&conn).ok_or(ErrorName::EINVAL)?;
                 let t = c.txs.remove(&tx).ok_or(ErrorName::ENOENT)?;
+                if commit && t.failed() {
+                    // C: a transaction that hit a quota cannot commit.
+                    return Err(ErrorName::ENOMEM);
+                }
                 if commit {
                     let committed = t.commit(&mut self.tree).map_err(|_| ErrorName::EAGAIN)?;
                     let changes: Vec<Change> = committed
@@ -890,15 +902,51 @@ impl Store {
             }
             return Ok(r);
         }
+        let (node_limit, mem_limit) = self.tx_limits(conn, tx);
         let Store { tree, conns, .. } = self;
         let t = conns
             .get_mut(&conn)
             .and_then(|c| c.txs.get_mut(&tx))
             .ok_or(ErrorName::ENOENT)?;
-        let mut view = TxView { tree, tx: t };
-        let (r, changes) = f(&mut view, ())?;
-        t.changes.extend(changes);
+        t.begin_request();
+        let mut view = TxView::limited(tree, t, node_limit, mem_limit);
+        let res = f(&mut view, ());
+        if t.mem() > mem_limit {
+            t.refuse(Refusal::Memory);
+        }
+        // Like C, a refused access fails the request with the quota's error (whatever
+        // the request made of the node it could not see) and the transaction.
+        match t.refused() {
+            Some(Refusal::Nodes) => return Err(ErrorName::ENOSPC),
+            Some(Refusal::Memory) => return Err(ErrorName::ENOMEM),
+            None => {}
+        }
+        let (r, changes) = res?;
+        t.record(changes);
         Ok(r)
+    }
+
+    /// The limits of transaction `tx` of `conn`: distinct nodes it may access (C's
+    /// `transaction-nodes` quota) and bytes it may hold (what the connection's other
+    /// transactions leave of the `memory` quota). Unlimited for privileged domains.
+    fn tx_limits(&self, conn: ConnId, tx: u32) -> (usize, usize) {
+        let Some(c) = self.conns.get(&conn) else {
+            return (usize::MAX, usize::MAX);
+        };
+        if self.who(c.domid).privileged {
+            return (usize::MAX, usize::MAX);
+        }
+        let q = &self.config.quotas;
+        let others: usize = c
+            .txs
+            .iter()
+            .filter(|(id, _)| **id != tx)
+            .map(|(_, t)| t.mem())
+            .sum();
+        (
+            q.transaction_nodes,
+            q.memory_per_domain.saturating_sub(others),
+        )
     }
 
     fn set_perms(

@@ -758,3 +758,223 @@ fn special_watch_paths_only_length_checked() {
         "!EINVAL"
     );
 }
+
+/// A guest transaction may access `transaction_nodes` distinct nodes (found missing
+/// ones included); one more is `ENOSPC` and the transaction cannot commit (`ENOMEM`),
+/// as C's `access_node`. Nodes already accessed stay usable; dom0 is not limited.
+#[test]
+fn transaction_node_quota() {
+    let mut t = T::new(Config {
+        quotas: Quotas {
+            transaction_nodes: 8,
+            ..Quotas::default()
+        },
+        ..Config::default()
+    });
+    let g = t.guest(5);
+    assert_eq!(t.req(g, Request::TransactionStart, 0), "1\0");
+    // Each missing `x<i>` is one node (its parent, the home, is the first).
+    let mut refused_at = None;
+    for i in 0..100 {
+        let p = format!("x{i}");
+        match t.req(g, Request::Read(&p), 1).as_str() {
+            "!ENOENT" => {}
+            "!ENOSPC" => {
+                refused_at = Some(i);
+                break;
+            }
+            r => panic!("unexpected {r}"),
+        }
+    }
+    assert_eq!(refused_at, Some(7), "home + 7 missing nodes, then ENOSPC");
+    assert_eq!(t.s.tx_stats(g, 1).unwrap().0, 8);
+    // Already accessed: still answered.
+    assert_eq!(t.req(g, Request::Read("x3"), 1), "!ENOENT");
+    assert_eq!(
+        t.req(
+            g,
+            Request::Write {
+                path: "x3",
+                value: b"v"
+            },
+            1
+        ),
+        "OK\0"
+    );
+    assert_eq!(t.req(g, Request::Read("x3"), 1), "v");
+    assert_eq!(t.req(g, Request::Read("x99"), 1), "!ENOSPC");
+    assert_eq!(t.s.tx_stats(g, 1).unwrap().0, 8);
+    assert_eq!(
+        t.req(g, Request::TransactionEnd { commit: true }, 1),
+        "!ENOMEM"
+    );
+    assert_eq!(t.req(g, Request::Read("x3"), 0), "!ENOENT");
+    // A new transaction starts afresh and commits.
+    assert_eq!(t.req(g, Request::TransactionStart, 0), "2\0");
+    assert_eq!(
+        t.req(
+            g,
+            Request::Write {
+                path: "y",
+                value: b"1"
+            },
+            2
+        ),
+        "OK\0"
+    );
+    assert_eq!(
+        t.req(g, Request::TransactionEnd { commit: true }, 2),
+        "OK\0"
+    );
+    // dom0 is exempt.
+    let d0 = t.dom0;
+    assert_eq!(t.req(d0, Request::TransactionStart, 0), "1\0");
+    for i in 0..50 {
+        let p = format!("/q/{i}");
+        assert_eq!(t.req(d0, Request::Read(&p), 1), "!ENOENT");
+    }
+    assert_eq!(
+        t.req(d0, Request::TransactionEnd { commit: true }, 1),
+        "OK\0"
+    );
+}
+
+/// The default cap bounds what a guest can make a transaction keep: reads of missing
+/// paths stop at 1024 nodes (they grew without bound before).
+#[test]
+fn transaction_nodes_bounded_by_default() {
+    let mut t = T::new(Config::default());
+    let g = t.guest(5);
+    assert_eq!(t.req(g, Request::TransactionStart, 0), "1\0");
+    let long = "a".repeat(200);
+    let mut enospc = 0;
+    for i in 0..3000 {
+        let p = format!("{long}{i}");
+        if t.req(g, Request::Read(&p), 1) == "!ENOSPC" {
+            enospc += 1;
+        }
+    }
+    let (nodes, _, mem) = t.s.tx_stats(g, 1).unwrap();
+    assert_eq!(nodes, 1024);
+    assert_eq!(enospc, 3000 - 1023);
+    assert!(mem <= Quotas::default().memory_per_domain, "{mem}");
+}
+
+/// Writing one node again and again keeps one pending watch event for it (they
+/// accumulated one per write before).
+#[test]
+fn transaction_keeps_one_change_per_node() {
+    let mut t = T::new(Config::default());
+    let g = t.guest(5);
+    let d0 = t.dom0;
+    assert_eq!(
+        t.req(
+            d0,
+            Request::Watch {
+                path: "/local/domain/5/w",
+                token: "t"
+            },
+            0
+        ),
+        "OK\0"
+    );
+    assert_eq!(t.req(g, Request::TransactionStart, 0), "1\0");
+    for i in 0..500 {
+        let v = i.to_string();
+        let r = t.req(
+            g,
+            Request::Write {
+                path: "w",
+                value: v.as_bytes(),
+            },
+            1,
+        );
+        assert_eq!(r, "OK\0");
+    }
+    let (nodes, events, _) = t.s.tx_stats(g, 1).unwrap();
+    assert_eq!((nodes, events), (2, 1));
+    let out = t.raw(g, &msg(&Request::TransactionEnd { commit: true }, 1));
+    assert_eq!(T::events(&out, d0), ["/local/domain/5/w t "]);
+    assert_eq!(t.req(g, Request::Read("w"), 0), "499");
+}
+
+/// Transactions of one guest connection hold at most `memory_per_domain` bytes in all:
+/// over it the request is `ENOMEM` and that transaction cannot commit; dom0 is exempt.
+#[test]
+fn transaction_memory_quota() {
+    let limit = 64 * 1024;
+    let mut t = T::new(Config {
+        quotas: Quotas {
+            memory_per_domain: limit,
+            ..Quotas::default()
+        },
+        ..Config::default()
+    });
+    let g = t.guest(5);
+    let long = "m".repeat(1500);
+    assert_eq!(t.req(g, Request::TransactionStart, 0), "1\0");
+    assert_eq!(t.req(g, Request::TransactionStart, 0), "2\0");
+    let mut first = None;
+    for i in 0..200 {
+        let p = format!("{long}{i}");
+        match t.req(g, Request::Read(&p), 1).as_str() {
+            "!ENOENT" => {}
+            "!ENOMEM" => {
+                first = Some(i);
+                break;
+            }
+            r => panic!("unexpected {r}"),
+        }
+    }
+    let first = first.expect("ENOMEM before 200 reads");
+    assert!(first > 5, "refused too early: {first}");
+    let m1 = t.s.tx_stats(g, 1).unwrap().2;
+    assert!(m1 <= limit, "{m1}");
+    // The other transaction gets what is left: very little.
+    let mut refused = false;
+    for i in 0..200 {
+        let p = format!("{long}{i}");
+        if t.req(g, Request::Read(&p), 2) == "!ENOMEM" {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused);
+    let m2 = t.s.tx_stats(g, 2).unwrap().2;
+    assert!(m1 + m2 <= limit, "{m1} + {m2}");
+    assert_eq!(
+        t.req(g, Request::TransactionEnd { commit: true }, 1),
+        "!ENOMEM"
+    );
+    assert_eq!(
+        t.req(g, Request::TransactionEnd { commit: false }, 2),
+        "OK\0"
+    );
+    // Freed: a new transaction works.
+    assert_eq!(t.req(g, Request::TransactionStart, 0), "3\0");
+    assert_eq!(
+        t.req(
+            g,
+            Request::Write {
+                path: "z",
+                value: b"1"
+            },
+            3
+        ),
+        "OK\0"
+    );
+    assert_eq!(
+        t.req(g, Request::TransactionEnd { commit: true }, 3),
+        "OK\0"
+    );
+    let d0 = t.dom0;
+    assert_eq!(t.req(d0, Request::TransactionStart, 0), "1\0");
+    for i in 0..200 {
+        let p = format!("/{long}{i}");
+        assert_eq!(t.req(d0, Request::Read(&p), 1), "!ENOENT");
+    }
+    assert_eq!(
+        t.req(d0, Request::TransactionEnd { commit: true }, 1),
+        "OK\0"
+    );
+}

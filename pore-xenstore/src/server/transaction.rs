@@ -28,15 +28,100 @@ pub(crate) struct Transaction {
     overlay: HashMap<String, Option<Node>>,
     /// Change in the count of nodes owned per domain.
     owned_delta: HashMap<u32, i64>,
-    /// Watch events to fire at commit, in order.
-    pub(crate) changes: Vec<Change>,
+    /// Nodes whose watches fire at commit (C's `queue_watches`), one entry per node:
+    /// true if only watches on the node itself fire (every change of it was the
+    /// removal of a descendant).
+    fire: HashMap<String, bool>,
+    /// Approximate bytes this transaction holds (paths, node copies).
+    mem: usize,
+    /// A request was refused for a quota (C's `trans->fail`): commit fails (`ENOMEM`).
+    failed: bool,
+    /// Why the current request was refused, if it was.
+    refused: Option<Refusal>,
 }
+
+/// Why a transaction refused to access one more node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The transaction accessed as many nodes as allowed (C's `transaction-nodes`).
+    Nodes,
+    /// The connection's transactions hold as much memory as allowed (C's `memory`).
+    Memory,
+}
+
+/// Bytes counted per accessed node besides its path and copy (map entries).
+const NODE_OVERHEAD: usize = 128;
 
 /// Why a commit failed.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Conflict;
 
 impl Transaction {
+    /// Approximate bytes this transaction holds.
+    pub(crate) fn mem(&self) -> usize {
+        self.mem
+    }
+
+    /// True once a request was refused for a quota: the commit will fail.
+    pub(crate) fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Starts a request: forgets the refusal of the previous one.
+    pub(crate) fn begin_request(&mut self) {
+        self.refused = None;
+    }
+
+    /// Why the current request was refused (a quota), if it was.
+    pub(crate) fn refused(&self) -> Option<Refusal> {
+        self.refused
+    }
+
+    /// Marks the current request refused and the transaction failed.
+    pub(crate) fn refuse(&mut self, why: Refusal) {
+        self.refused.get_or_insert(why);
+        self.failed = true;
+    }
+
+    /// Remembers the watch events of one request's changes for the commit, one entry
+    /// per node (exact only if every change of it was).
+    pub(crate) fn record(&mut self, changes: Vec<Change>) {
+        for ch in changes {
+            match ch {
+                Change::Node { path, .. } => self.mark(path, false),
+                Change::Removed { removed, .. } => {
+                    let n = removed.len();
+                    for (i, (p, _)) in removed.into_iter().enumerate() {
+                        self.mark(p, i + 1 != n);
+                    }
+                }
+                Change::Commit { .. } => {}
+            }
+        }
+    }
+
+    fn mark(&mut self, p: String, exact: bool) {
+        match self.fire.get_mut(&p) {
+            Some(e) => *e &= exact,
+            None => {
+                self.mem = self.mem.saturating_add(p.len() + NODE_OVERHEAD);
+                self.fire.insert(p, exact);
+            }
+        }
+    }
+
+    /// Number of distinct nodes this transaction accessed.
+    #[cfg(test)]
+    pub(crate) fn nodes(&self) -> usize {
+        self.accessed.len()
+    }
+
+    /// Number of nodes whose watches fire at commit.
+    #[cfg(test)]
+    pub(crate) fn pending_events(&self) -> usize {
+        self.fire.len()
+    }
+
     /// Applies the transaction to `tree` if nothing it touched changed meanwhile.
     pub(crate) fn commit(self, tree: &mut Tree) -> Result<Vec<Committed>, Conflict> {
         for (p, g) in &self.accessed {
@@ -51,29 +136,11 @@ impl Transaction {
         for (p, n) in entries {
             tree.put_raw(&p, n);
         }
-        // One event per changed node (C's queue_watches): exact only if every change of
-        // it was (a removed descendant), in first-access order.
-        let mut fire: HashMap<&str, bool> = HashMap::new();
-        fn mark<'a>(fire: &mut HashMap<&'a str, bool>, p: &'a str, exact: bool) {
-            let e = fire.entry(p).or_insert(exact);
-            *e &= exact;
-        }
-        for ch in &self.changes {
-            match ch {
-                Change::Node { path, .. } => mark(&mut fire, path.as_str(), false),
-                Change::Removed { removed, .. } => {
-                    for (i, (p, _)) in removed.iter().enumerate() {
-                        mark(&mut fire, p.as_str(), i + 1 != removed.len());
-                    }
-                }
-                Change::Commit { .. } => {}
-            }
-        }
         Ok(self
             .order
             .iter()
             .filter_map(|(p, perms)| {
-                fire.get(p.as_str()).map(|&exact| Committed {
+                self.fire.get(p.as_str()).map(|&exact| Committed {
                     path: p.clone(),
                     exact,
                     first_perms: perms.clone(),
@@ -93,35 +160,82 @@ pub(crate) struct Committed {
     pub(crate) first_perms: Option<Vec<Perm>>,
 }
 
-/// A transaction's view of the tree: its own changes over the live tree.
+/// A transaction's view of the tree: its own changes over the live tree. Accessing a
+/// node beyond its limits refuses the access (the node reads as missing) and records why
+/// in the transaction.
 pub(crate) struct TxView<'a> {
-    pub(crate) tree: &'a Tree,
-    pub(crate) tx: &'a mut Transaction,
+    tree: &'a Tree,
+    tx: &'a mut Transaction,
+    /// Distinct nodes the transaction may access.
+    node_limit: usize,
+    /// Bytes the transaction may hold.
+    mem_limit: usize,
 }
 
-impl TxView<'_> {
-    /// Records the first access of `p`: its generation and a copy.
-    fn touch(&mut self, p: &str) {
-        if !self.tx.accessed.contains_key(p) {
-            let n = self.tree.get(p).cloned();
-            self.tx
-                .accessed
-                .insert(p.to_owned(), n.as_ref().map(|n| n.generation));
-            self.tx
-                .order
-                .push((p.to_owned(), n.as_ref().map(|n| n.perms.clone())));
-            self.tx.snapshot.insert(p.to_owned(), n);
+impl<'a> TxView<'a> {
+    /// A view without limits.
+    #[cfg(test)]
+    pub(crate) fn new(tree: &'a Tree, tx: &'a mut Transaction) -> Self {
+        Self::limited(tree, tx, usize::MAX, usize::MAX)
+    }
+
+    /// A view allowing `node_limit` distinct nodes and `mem_limit` bytes in all.
+    pub(crate) fn limited(
+        tree: &'a Tree,
+        tx: &'a mut Transaction,
+        node_limit: usize,
+        mem_limit: usize,
+    ) -> Self {
+        TxView {
+            tree,
+            tx,
+            node_limit,
+            mem_limit,
         }
+    }
+
+    /// Records the first access of `p`: its generation and a copy. False if a limit
+    /// refuses it (C's `access_node` quota check).
+    fn touch(&mut self, p: &str) -> bool {
+        if self.tx.accessed.contains_key(p) {
+            return true;
+        }
+        if self.tx.accessed.len() >= self.node_limit {
+            self.tx.refuse(Refusal::Nodes);
+            return false;
+        }
+        let n = self.tree.get(p).cloned();
+        let cost = NODE_OVERHEAD + 3 * p.len() + n.as_ref().map_or(0, Node::record_size);
+        if self.tx.mem.saturating_add(cost) > self.mem_limit {
+            self.tx.refuse(Refusal::Memory);
+            return false;
+        }
+        self.tx.mem += cost;
+        self.tx
+            .accessed
+            .insert(p.to_owned(), n.as_ref().map(|n| n.generation));
+        self.tx
+            .order
+            .push((p.to_owned(), n.as_ref().map(|n| n.perms.clone())));
+        self.tx.snapshot.insert(p.to_owned(), n);
+        true
     }
 
     /// The node, copied into the overlay for modification.
     fn node_mut(&mut self, p: &str) -> Option<&mut Node> {
-        self.touch(p);
+        if !self.touch(p) {
+            return None;
+        }
         if !self.tx.overlay.contains_key(p) {
             let n = self.tx.snapshot.remove(p).flatten();
             self.tx.overlay.insert(p.to_owned(), n);
         }
         self.tx.overlay.get_mut(p).and_then(Option::as_mut)
+    }
+
+    /// Adjusts the byte count for a node copy that grew by `new - old` bytes.
+    fn resize(&mut self, old: usize, new: usize) {
+        self.tx.mem = self.tx.mem.saturating_sub(old).saturating_add(new);
     }
 
     fn delta(&mut self, owner: u32, d: i64) {
@@ -141,7 +255,9 @@ impl View for TxView<'_> {
     }
 
     fn get(&mut self, p: &str) -> Option<&Node> {
-        self.touch(p);
+        if !self.touch(p) {
+            return None;
+        }
         match self.tx.overlay.get(p) {
             Some(n) => n.as_ref(),
             None => self.tx.snapshot.get(p).and_then(Option::as_ref),
@@ -149,17 +265,27 @@ impl View for TxView<'_> {
     }
 
     fn set_value(&mut self, p: &str, value: Vec<u8>) {
+        let mut sizes = None;
         if let Some(n) = self.node_mut(p) {
+            sizes = Some((n.value.len(), value.len()));
             n.value = value;
+        }
+        if let Some((old, new)) = sizes {
+            self.resize(old, new);
         }
     }
 
     fn set_perms(&mut self, p: &str, perms: Vec<Perm>) {
         let mut owners = None;
+        let mut sizes = None;
         if let Some(n) = self.node_mut(p) {
             let old = n.owner();
+            sizes = Some((8 * n.perms.len(), 8 * perms.len()));
             n.perms = perms;
             owners = Some((old, n.owner()));
+        }
+        if let Some((old, new)) = sizes {
+            self.resize(old, new);
         }
         if let Some((old, new)) = owners {
             if old != new {
@@ -171,11 +297,16 @@ impl View for TxView<'_> {
 
     fn create(&mut self, p: &str, node: Node) {
         let base = path::basename(p).to_owned();
+        let grow = base.len() + 1;
         if let Some(parent) = self.node_mut(path::parent(p)) {
             parent.children.push(base);
+            self.resize(0, grow);
         }
-        self.touch(p);
+        if !self.touch(p) {
+            return;
+        }
         self.tx.snapshot.remove(p);
+        self.resize(0, node.record_size());
         self.delta(node.owner(), 1);
         self.tx.overlay.insert(p.to_owned(), Some(node));
     }
@@ -241,10 +372,7 @@ mod tests {
     fn conflict(f: impl FnOnce(&mut TxView<'_>), g: impl FnOnce(&mut Tree)) -> bool {
         let mut t = setup();
         let mut tx = Transaction::default();
-        f(&mut TxView {
-            tree: &t,
-            tx: &mut tx,
-        });
+        f(&mut TxView::new(&t, &mut tx));
         g(&mut t);
         tx.commit(&mut t).is_err()
     }
@@ -316,10 +444,7 @@ mod tests {
         let mut t = setup();
         let mut tx = Transaction::default();
         {
-            let mut v = TxView {
-                tree: &t,
-                tx: &mut tx,
-            };
+            let mut v = TxView::new(&t, &mut tx);
             v.create(
                 "/t/new",
                 Node::new(b"n".to_vec(), vec![Perm::new(Access::None, 7)]),
