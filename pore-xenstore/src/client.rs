@@ -54,10 +54,18 @@ struct WatchQueue {
     dropped: u64,
 }
 
+/// Fire-and-forget requests (aborts of orphan transactions) whose replies are awaited
+/// by nobody: beyond this many the oldest is given up, so a daemon that never replies
+/// cannot make them accumulate. Each is also given up after [`Config::timeout`].
+const MAX_FORGOTTEN_REQUESTS: usize = 64;
+
 struct State {
     core: ClientCore,
     results: HashMap<u32, Result<Reply, Error>>,
+    /// Requests whose replies are dropped on arrival (fire-and-forget).
     discard: HashSet<u32>,
+    /// The same, oldest first, with the time they are given up at.
+    forgotten: VecDeque<(u32, Instant)>,
     watches: HashMap<String, WatchQueue>,
     reader_busy: bool,
     closed: bool,
@@ -96,6 +104,7 @@ impl Client {
                 core: ClientCore::new(limits, config.max_open_transactions),
                 results: HashMap::new(),
                 discard: HashSet::new(),
+                forgotten: VecDeque::new(),
                 watches: HashMap::new(),
                 reader_busy: false,
                 closed: false,
@@ -165,7 +174,9 @@ impl Client {
     fn dispatch(&self, st: &mut State, msg: crate::codec::Message) {
         match st.core.handle(msg) {
             Incoming::Reply { req_id, result } => {
-                if !st.discard.remove(&req_id) {
+                if st.discard.remove(&req_id) {
+                    st.forgotten.retain(|&(id, _)| id != req_id);
+                } else {
                     st.results.insert(req_id, result);
                 }
             }
@@ -191,6 +202,7 @@ impl Client {
     ) -> Result<T, Error> {
         let mut st = lock(&self.state);
         loop {
+            Self::give_up_forgotten(&mut st, Instant::now(), MAX_FORGOTTEN_REQUESTS);
             if let Some(v) = check(&mut st) {
                 return Ok(v);
             }
@@ -237,23 +249,43 @@ impl Client {
         }
     }
 
+    /// Gives up fire-and-forget requests past their time, and the oldest ones beyond
+    /// `keep`: they stop being pending, and their replies, if they come, are strays.
+    fn give_up_forgotten(st: &mut State, now: Instant, keep: usize) {
+        while let Some(&(id, until)) = st.forgotten.front() {
+            if until > now && st.forgotten.len() <= keep {
+                break;
+            }
+            st.forgotten.pop_front();
+            if st.discard.remove(&id) {
+                st.core.cancel(id);
+            }
+        }
+    }
+
+    /// Sends `req` without waiting for its reply (dropped when it comes; given up after
+    /// the timeout, or when [`MAX_FORGOTTEN_REQUESTS`] newer ones are outstanding).
     fn fire_and_forget(&self, req: &Request<'_>, tx: u32) {
         let mut buf = Vec::new();
+        let now = Instant::now();
+        let deadline = now + self.config.timeout;
         let id = {
             let mut st = lock(&self.state);
+            Self::give_up_forgotten(&mut st, now, MAX_FORGOTTEN_REQUESTS.saturating_sub(1));
             match st.core.begin(req, tx, &mut buf) {
                 Ok(id) => {
                     st.discard.insert(id);
+                    st.forgotten.push_back((id, deadline));
                     id
                 }
                 Err(_) => return,
             }
         };
-        let deadline = Instant::now() + self.config.timeout;
         if lock(&self.writer).write_message(&buf, deadline).is_err() {
             let mut st = lock(&self.state);
             st.core.cancel(id);
             st.discard.remove(&id);
+            st.forgotten.retain(|&(i, _)| i != id);
         }
     }
 
@@ -804,6 +836,65 @@ impl Drop for Transaction<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::{TransportReader, TransportWriter};
+
+    /// A daemon that accepts every request and never replies.
+    struct Silent;
+    struct SilentRd;
+    struct SilentWr;
+
+    impl Transport for Silent {
+        fn limits(&self) -> Limits {
+            Limits::SOCKET
+        }
+        fn split(
+            self: Box<Self>,
+        ) -> std::io::Result<(Box<dyn TransportReader>, Box<dyn TransportWriter>)> {
+            Ok((Box::new(SilentRd), Box::new(SilentWr)))
+        }
+    }
+
+    impl TransportReader for SilentRd {
+        fn read(&mut self, _: &mut [u8], timeout: Duration) -> std::io::Result<Option<usize>> {
+            std::thread::sleep(timeout.min(Duration::from_millis(5)));
+            Ok(None)
+        }
+    }
+
+    impl TransportWriter for SilentWr {
+        fn write_message(&mut self, _: &[u8], _: Instant) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn silent_client(timeout: Duration) -> Client {
+        let config = Config {
+            timeout,
+            ..Config::default()
+        };
+        Client::with_transport(Box::new(Silent), config).unwrap()
+    }
+
+    /// Fire-and-forget requests to a daemon that never replies are capped and given up
+    /// after the timeout (they stayed pending forever before).
+    #[test]
+    fn fire_and_forget_is_bounded_and_expires() {
+        let c = silent_client(Duration::from_millis(50));
+        for id in 0..1000 {
+            c.fire_and_forget(&Request::TransactionEnd { commit: false }, id + 1);
+        }
+        {
+            let st = lock(&c.state);
+            assert_eq!(st.core.pending(), MAX_FORGOTTEN_REQUESTS);
+            assert_eq!(st.discard.len(), MAX_FORGOTTEN_REQUESTS);
+            assert_eq!(st.forgotten.len(), MAX_FORGOTTEN_REQUESTS);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(matches!(c.read("/x"), Err(Error::Timeout)));
+        let st = lock(&c.state);
+        assert_eq!(st.core.pending(), 0);
+        assert!(st.discard.is_empty() && st.forgotten.is_empty());
+    }
 
     #[test]
     fn client_is_send_and_sync() {

@@ -22,7 +22,7 @@
 //! }
 //! ```
 
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
 use crate::codec::{Message, Reply, Request, WatchEvent};
@@ -31,6 +31,12 @@ use crate::wire::{Limits, MsgType};
 
 /// Default cap on open transactions per connection (D12).
 pub const DEFAULT_MAX_OPEN_TRANSACTIONS: usize = 8;
+
+/// Timed-out `TRANSACTION_START`s remembered so that a late reply is reported as
+/// [`Incoming::OrphanTransaction`]; beyond this the oldest is forgotten (its late reply,
+/// if any, becomes [`Incoming::Stray`]), so a daemon that never replies cannot make the
+/// list grow.
+pub const MAX_CANCELLED_STARTS: usize = 64;
 
 #[derive(Clone, Copy, Debug)]
 struct Pending {
@@ -65,7 +71,8 @@ pub struct ClientCore {
     limits: Limits,
     next_req_id: u32,
     pending: BTreeMap<u32, Pending>,
-    cancelled_starts: BTreeSet<u32>,
+    /// Timed-out starts, oldest first (at most [`MAX_CANCELLED_STARTS`]).
+    cancelled_starts: VecDeque<u32>,
     open_tx: usize,
     max_open_tx: usize,
 }
@@ -77,7 +84,7 @@ impl ClientCore {
             limits,
             next_req_id: 1,
             pending: BTreeMap::new(),
-            cancelled_starts: BTreeSet::new(),
+            cancelled_starts: VecDeque::new(),
             open_tx: 0,
             max_open_tx,
         }
@@ -96,6 +103,12 @@ impl ClientCore {
     /// Requests awaiting a reply.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Timed-out transaction starts still remembered (at most
+    /// [`MAX_CANCELLED_STARTS`]).
+    pub fn cancelled_starts(&self) -> usize {
+        self.cancelled_starts.len()
     }
 
     /// Encodes `req` (in transaction `tx_id`, 0 for none) into `out` and records it as
@@ -139,7 +152,10 @@ impl ClientCore {
             match p.ty {
                 MsgType::TransactionStart => {
                     self.open_tx = self.open_tx.saturating_sub(1);
-                    self.cancelled_starts.insert(req_id);
+                    if self.cancelled_starts.len() >= MAX_CANCELLED_STARTS {
+                        self.cancelled_starts.pop_front();
+                    }
+                    self.cancelled_starts.push_back(req_id);
                 }
                 MsgType::TransactionEnd => self.open_tx = self.open_tx.saturating_sub(1),
                 _ => {}
@@ -156,7 +172,9 @@ impl ClientCore {
             };
         }
         let Some(p) = self.pending.remove(&msg.req_id) else {
-            if self.cancelled_starts.remove(&msg.req_id) {
+            let cancelled = self.cancelled_starts.iter().position(|&i| i == msg.req_id);
+            if let Some(i) = cancelled {
+                self.cancelled_starts.remove(i);
                 if let Ok(Ok(Reply::TransactionId(id))) =
                     Reply::decode(MsgType::TransactionStart, &msg)
                 {
@@ -307,6 +325,34 @@ mod tests {
             reply(&mut c, MsgType::TransactionStart, s, 0, b"9\0"),
             Incoming::OrphanTransaction(9)
         ));
+    }
+
+    /// Starts that time out while the daemon never replies are remembered up to a cap,
+    /// oldest forgotten first (they accumulated forever before).
+    #[test]
+    fn cancelled_starts_are_bounded() {
+        let mut c = ClientCore::new(Limits::SOCKET, 8);
+        let mut out = vec![];
+        let mut ids = vec![];
+        for _ in 0..MAX_CANCELLED_STARTS + 100 {
+            let s = c.begin(&Request::TransactionStart, 0, &mut out).unwrap();
+            c.cancel(s);
+            ids.push(s);
+        }
+        assert_eq!(c.cancelled_starts(), MAX_CANCELLED_STARTS);
+        assert_eq!(c.pending(), 0);
+        assert_eq!(c.open_transactions(), 0);
+        // The oldest is forgotten, the newest still recognised.
+        assert!(matches!(
+            reply(&mut c, MsgType::TransactionStart, ids[0], 0, b"3\0"),
+            Incoming::Stray(_)
+        ));
+        let last = *ids.last().unwrap();
+        assert!(matches!(
+            reply(&mut c, MsgType::TransactionStart, last, 0, b"4\0"),
+            Incoming::OrphanTransaction(4)
+        ));
+        assert_eq!(c.cancelled_starts(), MAX_CANCELLED_STARTS - 1);
     }
 
     #[test]
