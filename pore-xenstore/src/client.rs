@@ -29,6 +29,10 @@ pub struct Config {
     pub transaction_attempts: u32,
     /// Events queued per watch before new ones are dropped (and counted).
     pub watch_queue: usize,
+    /// Bytes of child names (each with its NUL, as on the wire) a directory listing
+    /// fetched in parts (`DIRECTORY_PART`) may gather; more is
+    /// [`CodecError::PayloadTooLarge`]. Default 1 MiB.
+    pub max_directory_bytes: usize,
 }
 
 impl Default for Config {
@@ -38,6 +42,7 @@ impl Default for Config {
             max_open_transactions: DEFAULT_MAX_OPEN_TRANSACTIONS,
             transaction_attempts: 16,
             watch_queue: 1024,
+            max_directory_bytes: 1024 * 1024,
         }
     }
 }
@@ -393,8 +398,10 @@ impl Client {
     fn directory_parts(&self, tx: u32, path: &str) -> Result<Vec<String>, Error> {
         const MAX_RESTARTS: usize = 8;
         const MAX_CHUNKS: usize = 4096;
+        let max = self.config.max_directory_bytes;
         'restart: for _ in 0..MAX_RESTARTS {
             let mut names = Vec::new();
+            let mut bytes: usize = 0;
             let mut offset: u32 = 0;
             let mut gen0: Option<String> = None;
             for _ in 0..MAX_CHUNKS {
@@ -412,6 +419,14 @@ impl Client {
                     None => gen0 = Some(generation),
                     Some(g) if *g != generation => continue 'restart,
                     Some(_) => {}
+                }
+                let chunk: usize = children.iter().map(|c| c.len() + 1).sum();
+                bytes = bytes.saturating_add(chunk);
+                if bytes > max {
+                    return Err(Error::Codec(CodecError::PayloadTooLarge {
+                        len: bytes,
+                        max,
+                    }));
                 }
                 names.extend(children);
                 if done {
@@ -865,6 +880,109 @@ mod tests {
         fn write_message(&mut self, _: &[u8], _: Instant) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A daemon whose every directory is too big for DIRECTORY and comes in
+    /// DIRECTORY_PART chunks of 100 names of 39 bytes (plus NUL); `chunks` chunks in all
+    /// (`None`: it never ends).
+    struct BigDirs {
+        chunks: Option<usize>,
+    }
+    struct QueueRd(std::sync::Arc<Mutex<VecDeque<u8>>>);
+    struct BigDirsWr {
+        out: std::sync::Arc<Mutex<VecDeque<u8>>>,
+        chunks: Option<usize>,
+    }
+
+    impl Transport for BigDirs {
+        fn limits(&self) -> Limits {
+            Limits::SOCKET
+        }
+        fn split(
+            self: Box<Self>,
+        ) -> std::io::Result<(Box<dyn TransportReader>, Box<dyn TransportWriter>)> {
+            let q = std::sync::Arc::new(Mutex::new(VecDeque::new()));
+            let wr = BigDirsWr {
+                out: q.clone(),
+                chunks: self.chunks,
+            };
+            Ok((Box::new(QueueRd(q)), Box::new(wr)))
+        }
+    }
+
+    impl TransportReader for QueueRd {
+        fn read(&mut self, buf: &mut [u8], timeout: Duration) -> std::io::Result<Option<usize>> {
+            let mut q = lock(&self.0);
+            if q.is_empty() {
+                drop(q);
+                std::thread::sleep(timeout.min(Duration::from_millis(5)));
+                return Ok(None);
+            }
+            let n = buf.len().min(q.len());
+            for (b, v) in buf.iter_mut().zip(q.drain(..n)) {
+                *b = v;
+            }
+            Ok(Some(n))
+        }
+    }
+
+    impl TransportWriter for BigDirsWr {
+        fn write_message(&mut self, msg: &[u8], _: Instant) -> std::io::Result<()> {
+            let word = |i: usize| u32::from_le_bytes(msg[4 * i..4 * i + 4].try_into().unwrap());
+            let (ty, req_id, tx_id) = (word(0), word(1), word(2));
+            let (rty, payload) = if ty == 1 {
+                (16, b"E2BIG\0".to_vec())
+            } else {
+                // DIRECTORY_PART path\0offset\0
+                let args: Vec<&[u8]> = msg[16..].split(|&b| b == 0).collect();
+                let off: usize = std::str::from_utf8(args[1]).unwrap().parse().unwrap();
+                let k = off / 4000;
+                let mut p = b"7\0".to_vec();
+                for i in 0..100 {
+                    p.extend_from_slice(format!("{k:019}-{i:019}\0").as_bytes());
+                }
+                if self.chunks == Some(k + 1) {
+                    p.push(0);
+                }
+                (22, p)
+            };
+            let mut q = lock(&self.out);
+            for w in [rty, req_id, tx_id, payload.len() as u32] {
+                q.extend(w.to_le_bytes());
+            }
+            q.extend(payload);
+            Ok(())
+        }
+    }
+
+    /// A directory fetched in parts may gather `max_directory_bytes` of names, no more
+    /// (a daemon could make it gather 4096 chunks, ~16 MiB, before).
+    #[test]
+    fn directory_parts_are_capped() {
+        let config = Config {
+            timeout: Duration::from_secs(5),
+            max_directory_bytes: 10_000,
+            ..Config::default()
+        };
+        let c =
+            Client::with_transport(Box::new(BigDirs { chunks: Some(2) }), config.clone()).unwrap();
+        let names = c.directory("/big").unwrap();
+        assert_eq!(names.len(), 200);
+        assert_eq!(names[199], format!("{:019}-{:019}", 1, 99));
+        let c =
+            Client::with_transport(Box::new(BigDirs { chunks: Some(3) }), config.clone()).unwrap();
+        match c.directory("/big") {
+            Err(Error::Codec(CodecError::PayloadTooLarge { len, max })) => {
+                assert_eq!((len, max), (12_000, 10_000));
+            }
+            r => panic!("{r:?}"),
+        }
+        let c = Client::with_transport(Box::new(BigDirs { chunks: None }), config).unwrap();
+        assert!(matches!(
+            c.directory("/big"),
+            Err(Error::Codec(CodecError::PayloadTooLarge { .. }))
+        ));
+        assert_eq!(Config::default().max_directory_bytes, 1024 * 1024);
     }
 
     fn silent_client(timeout: Duration) -> Client {
