@@ -7,7 +7,7 @@
 //! consumer to CPU 1. Prints markdown tables with ratios. `cargo bench -p pore-benches --bench
 //! rings` (add `-- --quick` for very short windows).
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bbqueue::BBBuffer;
@@ -276,7 +276,6 @@ enum Who {
     V2Batched,
     V2At16K,
     V2LockOr,
-    V2Unrolled,
     Ling,
     Rtrb,
     Ringbuf,
@@ -293,7 +292,6 @@ impl Who {
             Who::V2Batched => "pore v2, batched (64 frames/commit, coalescing writer)",
             Who::V2At16K => "pore v2 at 16 KiB, per message",
             Who::V2LockOr => "experiment: v2 per message, full barrier = locked RMW on a local",
-            Who::V2Unrolled => "experiment: v2 per message, unrolled atomic word copy",
             Who::Ling => "pore LING (16 376 B), per message",
             Who::Rtrb => "rtrb 0.3 (chunk/slice API)",
             Who::Ringbuf => "ringbuf 0.4",
@@ -342,108 +340,6 @@ impl SharedAccess for LockOrFence<'_> {
     fn fence(&self, _ord: Ordering) {
         let local = AtomicU64::new(0);
         std::hint::black_box(&local).fetch_add(0, Ordering::SeqCst);
-    }
-}
-
-/// Experiment: the same view with an alternative atomic copy (still relaxed `AtomicU64` words
-/// with byte head and tail, D1) written with `chunks_exact` and a 4-word unroll, to measure how
-/// much of the copy cost is the loop shape rather than the atomics.
-#[derive(Clone, Copy)]
-struct UnrolledCopy<'a>(SharedView<'a>);
-
-impl UnrolledCopy<'_> {
-    fn range(&self, offset: usize, n: usize) -> *mut u8 {
-        assert!(offset.checked_add(n).is_some_and(|end| end <= self.0.len()));
-        // SAFETY: in range (checked above) of the region the view covers.
-        unsafe { self.0.as_ptr().as_ptr().add(offset) }
-    }
-}
-
-impl SharedAccess for UnrolledCopy<'_> {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn load_u32(&self, o: usize, ord: Ordering) -> u32 {
-        self.0.load_u32(o, ord)
-    }
-    fn store_u32(&self, o: usize, v: u32, ord: Ordering) {
-        self.0.store_u32(o, v, ord)
-    }
-    fn load_u8(&self, o: usize, ord: Ordering) -> u8 {
-        self.0.load_u8(o, ord)
-    }
-    fn store_u8(&self, o: usize, v: u8, ord: Ordering) {
-        self.0.store_u8(o, v, ord)
-    }
-    fn swap_u8(&self, o: usize, v: u8, ord: Ordering) -> u8 {
-        self.0.swap_u8(o, v, ord)
-    }
-    fn fetch_or_u8(&self, o: usize, v: u8, ord: Ordering) -> u8 {
-        self.0.fetch_or_u8(o, v, ord)
-    }
-    fn read_bytes(&self, o: usize, dst: &mut [u8]) {
-        let src = self.range(o, dst.len());
-        let head = src.align_offset(8).min(dst.len());
-        let words = (dst.len() - head) / 8;
-        let (h, rest) = dst.split_at_mut(head);
-        let (mid, tail) = rest.split_at_mut(words * 8);
-        for (i, b) in h.iter_mut().enumerate() {
-            // SAFETY: inside the checked range; the region is only accessed atomically.
-            *b = unsafe { AtomicU8::from_ptr(src.add(i)) }.load(Ordering::Relaxed);
-        }
-        // SAFETY: `src + head` is 8-aligned and the words are inside the checked range.
-        let wsrc = unsafe { src.add(head) }.cast::<u64>();
-        let mut k = 0;
-        let mut quads = mid.chunks_exact_mut(32);
-        for q in &mut quads {
-            // SAFETY: as above, four consecutive aligned words in range.
-            let w = unsafe {
-                [
-                    AtomicU64::from_ptr(wsrc.add(k)).load(Ordering::Relaxed),
-                    AtomicU64::from_ptr(wsrc.add(k + 1)).load(Ordering::Relaxed),
-                    AtomicU64::from_ptr(wsrc.add(k + 2)).load(Ordering::Relaxed),
-                    AtomicU64::from_ptr(wsrc.add(k + 3)).load(Ordering::Relaxed),
-                ]
-            };
-            for (j, c) in q.chunks_exact_mut(8).enumerate() {
-                c.copy_from_slice(&w[j].to_ne_bytes());
-            }
-            k += 4;
-        }
-        for c in quads.into_remainder().chunks_exact_mut(8) {
-            // SAFETY: as above.
-            let w = unsafe { AtomicU64::from_ptr(wsrc.add(k)) }.load(Ordering::Relaxed);
-            c.copy_from_slice(&w.to_ne_bytes());
-            k += 1;
-        }
-        let t0 = head + words * 8;
-        for (i, b) in tail.iter_mut().enumerate() {
-            // SAFETY: inside the checked range.
-            *b = unsafe { AtomicU8::from_ptr(src.add(t0 + i)) }.load(Ordering::Relaxed);
-        }
-    }
-    fn write_bytes(&self, o: usize, src: &[u8]) {
-        let dst = self.range(o, src.len());
-        let head = dst.align_offset(8).min(src.len());
-        let words = (src.len() - head) / 8;
-        let (h, rest) = src.split_at(head);
-        let (mid, tail) = rest.split_at(words * 8);
-        for (i, &b) in h.iter().enumerate() {
-            // SAFETY: inside the checked range.
-            unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(b, Ordering::Relaxed);
-        }
-        // SAFETY: `dst + head` is 8-aligned and the words are inside the checked range.
-        let wdst = unsafe { dst.add(head) }.cast::<u64>();
-        for (k, c) in mid.chunks_exact(8).enumerate() {
-            let w = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
-            // SAFETY: aligned word in range.
-            unsafe { AtomicU64::from_ptr(wdst.add(k)) }.store(w, Ordering::Relaxed);
-        }
-        let t0 = head + words * 8;
-        for (i, &b) in tail.iter().enumerate() {
-            // SAFETY: inside the checked range.
-            unsafe { AtomicU8::from_ptr(dst.add(t0 + i)) }.store(b, Ordering::Relaxed);
-        }
     }
 }
 
@@ -528,17 +424,6 @@ fn run_mode(who: Who, size: usize, cap: usize, window: Duration, same: bool) -> 
                 tx.fw = FrameWriter::coalescing(usize::MAX);
             }
             rx.publish_each = who == Who::V2Publish;
-            drive(&mut tx, &mut rx, size, window, same)
-        }
-        Who::V2Unrolled => {
-            let geo = V2Geometry::symmetric_bytes(cap).expect("geometry");
-            let pages = loopback_pages(geo.pages());
-            let view = UnrolledCopy(pages.view());
-            let refs: Vec<GrantRef> = (0..geo.data_pages() as u32).map(GrantRef).collect();
-            let a = V2Ring::create(view, geo, &refs).expect("create");
-            let p = V2Ring::attach(view).expect("attach");
-            let mut tx = OurTx::new(a.split().0, 1);
-            let mut rx = OurRx::new(p.split().1, 1);
             drive(&mut tx, &mut rx, size, window, same)
         }
         Who::V2LockOr => {
@@ -898,7 +783,6 @@ fn main() {
         for who in [
             Who::V2,
             Who::V2LockOr,
-            Who::V2Unrolled,
             Who::V2Batched,
             Who::V2At16K,
             Who::Ling,

@@ -36,5 +36,8 @@ pub trait SharedRing {
 
     /// Called before sleeping: asks the peer to wake us for `interest`, then re-checks.
     /// Returns `true` if the ring is already ready, in which case the caller must not sleep.
+    ///
+    /// A ring may publish pending (deferred) writes or releases here, so call
+    /// [`SharedRing::take_notify`] afterwards and poke the peer if it says so.
     fn prepare_wait(&mut self, interest: Interest) -> Result<bool, Self::Error>;
 }

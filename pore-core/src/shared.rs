@@ -222,47 +222,71 @@ impl SharedAccess for SharedView<'_> {
     #[inline]
     fn read_bytes(&self, offset: usize, dst: &mut [u8]) {
         let src = self.range_ptr(offset, dst.len());
-        let n = dst.len();
-        let head = src.align_offset(WORD).min(n);
-        for (i, byte) in dst[..head].iter_mut().enumerate() {
-            // SAFETY: `i < n`, inside the checked range; bytes need no alignment.
+        let head = src.align_offset(WORD).min(dst.len());
+        let (head_bytes, rest) = dst.split_at_mut(head);
+        let whole = rest.len() / WORD * WORD;
+        let (words, tail_bytes) = rest.split_at_mut(whole);
+        for (i, byte) in head_bytes.iter_mut().enumerate() {
+            // SAFETY: `i < head <= len`, inside the checked range; bytes need no alignment.
             *byte = unsafe { AtomicU8::from_ptr(src.add(i)) }.load(Ordering::Relaxed);
         }
-        let mut i = head;
-        while n - i >= WORD {
-            // SAFETY: `src + i` is 8-aligned (past the head) and `i + 8 <= n` is in range; the
-            // region is only accessed atomically.
-            let word = unsafe { AtomicU64::from_ptr(src.add(i).cast()) }.load(Ordering::Relaxed);
-            dst[i..i + WORD].copy_from_slice(&word.to_ne_bytes());
-            i += WORD;
+        // SAFETY: `head <= len`, inside (or one past) the checked range.
+        let word_src = unsafe { src.add(head) }.cast::<u64>();
+        let load = |k: usize| {
+            // SAFETY: `word_src` is 8-aligned (past the head) and word `k` lies inside the
+            // checked range (callers pass `k < whole / 8`); the region is only accessed
+            // atomically.
+            unsafe { AtomicU64::from_ptr(word_src.add(k)) }.load(Ordering::Relaxed)
+        };
+        // Four words per step: independent loads the CPU can overlap.
+        let mut quads = words.chunks_exact_mut(4 * WORD);
+        let mut k = 0;
+        for quad in &mut quads {
+            let w = [load(k), load(k + 1), load(k + 2), load(k + 3)];
+            for (out, word) in quad.chunks_exact_mut(WORD).zip(w) {
+                out.copy_from_slice(&word.to_ne_bytes());
+            }
+            k += 4;
         }
-        for (j, byte) in dst[i..].iter_mut().enumerate() {
-            // SAFETY: `i + j < n`, inside the checked range.
-            *byte = unsafe { AtomicU8::from_ptr(src.add(i + j)) }.load(Ordering::Relaxed);
+        for out in quads.into_remainder().chunks_exact_mut(WORD) {
+            out.copy_from_slice(&load(k).to_ne_bytes());
+            k += 1;
+        }
+        let tail = head + whole;
+        for (j, byte) in tail_bytes.iter_mut().enumerate() {
+            // SAFETY: `tail + j < len`, inside the checked range.
+            *byte = unsafe { AtomicU8::from_ptr(src.add(tail + j)) }.load(Ordering::Relaxed);
         }
     }
 
     #[inline]
     fn write_bytes(&self, offset: usize, src: &[u8]) {
         let dst = self.range_ptr(offset, src.len());
-        let n = src.len();
-        let head = dst.align_offset(WORD).min(n);
-        for (i, &byte) in src[..head].iter().enumerate() {
-            // SAFETY: `i < n`, inside the checked range.
+        let head = dst.align_offset(WORD).min(src.len());
+        let (head_bytes, rest) = src.split_at(head);
+        let whole = rest.len() / WORD * WORD;
+        let (words, tail_bytes) = rest.split_at(whole);
+        for (i, &byte) in head_bytes.iter().enumerate() {
+            // SAFETY: `i < head <= len`, inside the checked range.
             unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(byte, Ordering::Relaxed);
         }
-        let mut i = head;
-        while n - i >= WORD {
+        // SAFETY: `head <= len`, inside (or one past) the checked range.
+        let word_dst = unsafe { dst.add(head) }.cast::<u64>();
+        let store = |k: usize, bytes: &[u8]| {
             let mut word = [0u8; WORD];
-            word.copy_from_slice(&src[i..i + WORD]);
-            // SAFETY: `dst + i` is 8-aligned and `i + 8 <= n` is in range.
-            unsafe { AtomicU64::from_ptr(dst.add(i).cast()) }
+            word.copy_from_slice(bytes);
+            // SAFETY: `word_dst` is 8-aligned and word `k` lies inside the checked range
+            // (callers pass `k < whole / 8`); the region is only accessed atomically.
+            unsafe { AtomicU64::from_ptr(word_dst.add(k)) }
                 .store(u64::from_ne_bytes(word), Ordering::Relaxed);
-            i += WORD;
+        };
+        for (k, chunk) in words.chunks_exact(WORD).enumerate() {
+            store(k, chunk);
         }
-        for (j, &byte) in src[i..].iter().enumerate() {
-            // SAFETY: `i + j < n`, inside the checked range.
-            unsafe { AtomicU8::from_ptr(dst.add(i + j)) }.store(byte, Ordering::Relaxed);
+        let tail = head + whole;
+        for (j, &byte) in tail_bytes.iter().enumerate() {
+            // SAFETY: `tail + j < len`, inside the checked range.
+            unsafe { AtomicU8::from_ptr(dst.add(tail + j)) }.store(byte, Ordering::Relaxed);
         }
     }
 }
