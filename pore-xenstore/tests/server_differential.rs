@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use pore_xenstore::ring::RingAccess;
 use pore_xenstore::server::{
-    Config, ConnectError, DomainConnector, GuestEvents, GuestLink, Server,
+    Config, ConnectError, DomainConnector, GuestEvents, GuestLink, Quotas, Server,
 };
 use server_common::*;
 
@@ -548,6 +548,107 @@ fn random_sequences_same_as_c() {
     }
     eprintln!("differential: {steps} random steps, {total} messages identical");
     assert!(total > steps, "too few messages compared: {total}");
+    drop(ours);
+    ours_srv.shutdown();
+    listener.join();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// C's `-Q transaction-nodes=`: a guest transaction that accesses one node too many gets
+/// `ENOSPC` for that request and `ENOMEM` at commit; nodes it already accessed stay
+/// usable; dom0 is not limited. Every reply and event the same as C's.
+#[test]
+fn transaction_node_quota_same_as_c() {
+    if !have("Debian's C xenstored", c_daemon_available()) {
+        return;
+    }
+    let dir = temp_dir("txq");
+    let config = Config {
+        quotas: Quotas {
+            transaction_nodes: 6,
+            ..Quotas::default()
+        },
+        ..Config::default()
+    };
+    let ours_srv = Server::new(
+        config,
+        Some(Arc::new(FileConnector(dir.clone())) as Arc<dyn DomainConnector>),
+    );
+    let sock = dir.join("sock");
+    let listener = ours_srv.listen_unix(&sock).unwrap();
+    let cd = CDaemon::start(&["-Q", "transaction-nodes=6"]).expect("C xenstored did not start");
+    let fx = cd.fakexen_dir();
+    let mut ours = setup(&sock, &dir, None);
+    let mut c = setup(&cd.sock, &fx, Some(fx.join("evtchn")));
+    // (connection (3 = the guest), type, payload, in its newest transaction)
+    let mut steps: Vec<(usize, u32, Vec<u8>, bool)> = vec![
+        (0, 4, z(&["/local/domain/5", "w"]), false),
+        (3, 6, z(&[""]), false),
+        (3, 2, z(&["data/m1"]), true), // data/m1, data, home: 3 nodes
+        (3, 2, z(&["data/m2"]), true),
+        (3, 2, z(&["data/m3"]), true),
+        (3, 11, [z(&["data/m1"]), b"v".to_vec()].concat(), true),
+        (3, 2, z(&["data/m1"]), true),
+        (3, 2, z(&["data/m4"]), true), // the 6th node
+        (3, 2, z(&["data/m5"]), true), // one too many
+        (3, 11, [z(&["data/m6"]), b"v".to_vec()].concat(), true),
+        (3, 2, z(&["data/m1"]), true),
+        (3, 1, z(&["data"]), true),
+        (3, 7, z(&["T"]), true),
+        (3, 2, z(&["data/m1"]), false),
+        (3, 6, z(&[""]), false),
+        (3, 11, [z(&["data/k"]), b"1".to_vec()].concat(), true),
+        (3, 7, z(&["T"]), true),
+        (0, 6, z(&[""]), false),
+    ];
+    for i in 0..10 {
+        steps.push((0, 2, z(&[&format!("/q/{i}")]), true));
+    }
+    steps.push((0, 7, z(&["T"]), true));
+    for (step, (who, ty, payload, in_tx)) in steps.into_iter().enumerate() {
+        let req_id = step as u32 + 1;
+        let mut results = Vec::new();
+        for side in [&mut ours, &mut c] {
+            let tx_id = if in_tx {
+                *side.txs[who].last().expect("an open transaction")
+            } else {
+                0
+            };
+            side.conns[who].send(&msg(ty, req_id, tx_id, &payload));
+            let mut per_conn = HashMap::new();
+            per_conn.insert(who, sync(&mut side.conns[who]));
+            for (i, conn) in side.conns.iter_mut().enumerate() {
+                if i != who {
+                    per_conn.insert(i, sync(conn));
+                }
+            }
+            let reply = per_conn[&who]
+                .iter()
+                .find(|m| u32::from_le_bytes(m[4..8].try_into().unwrap()) == req_id)
+                .cloned()
+                .expect("a reply");
+            if ty == 6 && reply[0] == 6 {
+                let id = std::str::from_utf8(&reply[16..reply.len() - 1]).unwrap();
+                side.txs[who].push(id.parse().unwrap());
+            } else if ty == 7 {
+                side.txs[who].pop();
+            }
+            results.push(per_conn);
+        }
+        let show = |m: &Vec<u8>| format!("{}:{}", m[0], String::from_utf8_lossy(&m[16..]));
+        for i in 0..4 {
+            assert_eq!(
+                results[0][&i].iter().map(show).collect::<Vec<_>>(),
+                results[1][&i].iter().map(show).collect::<Vec<_>>(),
+                "step {step}: connection {i} differs (ours, C) after conn {who} sent type {ty} {:?}",
+                String::from_utf8_lossy(&payload)
+            );
+        }
+        if step == 8 {
+            let r = &results[0][&who];
+            assert!(r.iter().any(|m| m[16..].starts_with(b"ENOSPC")), "{r:?}");
+        }
+    }
     drop(ours);
     ours_srv.shutdown();
     listener.join();

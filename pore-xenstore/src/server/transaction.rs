@@ -233,6 +233,12 @@ impl<'a> TxView<'a> {
         self.tx.overlay.get_mut(p).and_then(Option::as_mut)
     }
 
+    /// True once the current request was refused an access: like C (which accesses
+    /// every node of a change before writing any), it then changes nothing more.
+    fn blocked(&self) -> bool {
+        self.tx.refused.is_some()
+    }
+
     /// Adjusts the byte count for a node copy that grew by `new - old` bytes.
     fn resize(&mut self, old: usize, new: usize) {
         self.tx.mem = self.tx.mem.saturating_sub(old).saturating_add(new);
@@ -265,6 +271,9 @@ impl View for TxView<'_> {
     }
 
     fn set_value(&mut self, p: &str, value: Vec<u8>) {
+        if self.blocked() {
+            return;
+        }
         let mut sizes = None;
         if let Some(n) = self.node_mut(p) {
             sizes = Some((n.value.len(), value.len()));
@@ -276,6 +285,9 @@ impl View for TxView<'_> {
     }
 
     fn set_perms(&mut self, p: &str, perms: Vec<Perm>) {
+        if self.blocked() {
+            return;
+        }
         let mut owners = None;
         let mut sizes = None;
         if let Some(n) = self.node_mut(p) {
@@ -296,13 +308,17 @@ impl View for TxView<'_> {
     }
 
     fn create(&mut self, p: &str, node: Node) {
+        // The new node first (C writes it before its parent): refused, nothing changes.
+        if self.blocked() || !self.touch(p) {
+            return;
+        }
         let base = path::basename(p).to_owned();
         let grow = base.len() + 1;
         if let Some(parent) = self.node_mut(path::parent(p)) {
             parent.children.push(base);
             self.resize(0, grow);
         }
-        if !self.touch(p) {
+        if self.blocked() {
             return;
         }
         self.tx.snapshot.remove(p);
@@ -312,6 +328,9 @@ impl View for TxView<'_> {
     }
 
     fn remove(&mut self, p: &str, removed: &mut Vec<(String, Vec<Perm>)>) {
+        if self.blocked() {
+            return;
+        }
         if p != "/" {
             let base = path::basename(p).to_owned();
             if let Some(parent) = self.node_mut(path::parent(p)) {
