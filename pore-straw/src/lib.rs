@@ -59,6 +59,8 @@ pub mod manager;
 pub mod ops;
 pub mod parse;
 #[cfg(feature = "std")]
+mod reasm;
+#[cfg(feature = "std")]
 pub mod straw;
 #[cfg(feature = "xenstore")]
 pub mod xenstore;

@@ -46,19 +46,31 @@ use pore_core::{
     Backend, DomId, ErrorKind, EventChannel, GrantRef, MappedPages, Pore, Port, SharedAccess,
     SharedMemory, UnmapNotify, WaitOutcome,
 };
-use pore_ring::frame::{FrameReader, FrameWriter, Progress, Received};
+use pore_ring::frame::{FrameWriter, Progress};
 use pore_ring::ling::{LingConsumer, LingProducer, LingRing, LING_PAGES};
 use pore_ring::v2::{self, V2Geometry, V2Ring};
 use pore_ring::{RingError, RingReader, RingWriter};
 
 use crate::handshake::{Closed, Input, PoreGrant, Role, StrawError};
+use crate::reasm::{Got, Reassembler};
 use crate::{Endpoint, Format, Layout};
 
 /// Settings of a straw's data path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StrawConfig {
     /// The largest frame accepted or sent (longer incoming frames are skipped and counted).
+    /// The receive buffer grows only as a frame's bytes arrive, never on its length prefix
+    /// alone, and shrinks back after a large frame.
     pub max_frame: usize,
+    /// The largest JSON envelope [`Receiver::deliver`] parses: parsing builds a tree many
+    /// times the frame's size, so longer envelopes are reported, counted and dropped.
+    pub max_json_frame: usize,
+    /// How many messages a [`Mailbox`] holds before further ones are dropped (counted and
+    /// reported): a peer cannot fill a slowly drained mailbox without bound.
+    pub mailbox_depth: usize,
+    /// How many bytes of frames a [`Mailbox`] holds (a message is let in while the mailbox is
+    /// empty even when larger) before further messages are dropped.
+    pub mailbox_bytes: usize,
     /// The timeout of [`Sender::send`] and [`Receiver::recv`].
     pub io_timeout: Duration,
     /// How long [`Straw::close`] waits for the peer to consume what we sent (D17, D9: 5 s).
@@ -72,7 +84,10 @@ pub struct StrawConfig {
 impl Default for StrawConfig {
     fn default() -> Self {
         StrawConfig {
-            max_frame: 64 << 20,
+            max_frame: 16 << 20,
+            max_json_frame: 1 << 20,
+            mailbox_depth: 1024,
+            mailbox_bytes: 8 << 20,
             io_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(5),
             slice: Duration::from_millis(100),
@@ -274,26 +289,23 @@ pub fn open_passive_v2_all<B: Backend>(
     let mut pore =
         Pore::open_passive(backend, peer, all_refs, port).map_err(StrawIoError::backend)?;
     let mut listed = vec![GrantRef(0); want.data_pages()];
-    let check = match V2Geometry::read(&pore.memory()) {
-        Ok(g) if g == want => v2::read_grants(&pore.memory(), &mut listed).and_then(|_| {
-            if listed[..] == all_refs[1..] {
-                Ok(())
-            } else {
-                Err(RingError::BadHeader("control page lists other data pages"))
-            }
-        }),
-        Ok(_) => Err(RingError::BadHeader(
-            "control page geometry differs from ring-pages",
-        )),
-        Err(e) => Err(e),
-    };
+    let check = check_geometry(&pore.memory(), want).map(|()| {
+        read_grants(&pore.memory(), &mut listed);
+    });
+    let check = check.and_then(|()| {
+        if listed[..] == all_refs[1..] {
+            Ok(())
+        } else {
+            Err(RingError::BadHeader("control page lists other data pages"))
+        }
+    });
     if let Err(e) = check {
         let _ = pore.close();
         return Err(e.into());
     }
     arm_unmap_notify(&mut pore, Some(v2::PASSIVE_LIVE));
     let pore = Arc::new(pore);
-    let (tx, rx) = V2Ring::attach(pore.clone())?.split();
+    let (tx, rx) = attach_v2(pore.clone(), want)?.split();
     Ok(StrawPore {
         pore,
         tx: Tx::V2(tx),
@@ -301,6 +313,40 @@ pub fn open_passive_v2_all<B: Backend>(
         layout: Layout::V2 { ring_pages },
         live: Some((v2::PASSIVE_LIVE, v2::ACTIVE_LIVE)),
     })
+}
+
+/// Reads the peer's v2 geometry once and checks it against the one negotiated in xenstore.
+fn check_geometry(control: &impl SharedAccess, want: V2Geometry) -> Result<(), RingError> {
+    match V2Geometry::read(control) {
+        Ok(g) if g == want => Ok(()),
+        Ok(_) => Err(RingError::BadHeader(
+            "control page geometry differs from ring-pages",
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads the data pages' grant refs from the control page, as many as `out` holds: `out` is
+/// sized from the validated geometry, never from a second read of the peer's header (which
+/// the peer may have changed since; `pore_ring::v2::read_grants` re-reads it).
+fn read_grants(control: &impl SharedAccess, out: &mut [GrantRef]) {
+    for (i, r) in out.iter_mut().enumerate() {
+        *r = GrantRef(control.load_u32(v2::GRANTS + 4 * i, Ordering::Relaxed));
+    }
+}
+
+/// Attaches to a v2 region whose geometry was validated as `want`. `V2Ring::attach` reads the
+/// header again (pore-ring offers no attach with a given geometry); it validates what it reads
+/// against the mapped region, so it stays in bounds, and a geometry that changed since our
+/// check is refused here rather than used.
+fn attach_v2<B: Backend>(pore: Mem<B>, want: V2Geometry) -> Result<V2Ring<Mem<B>>, RingError> {
+    let ring = V2Ring::attach(pore)?;
+    if ring.geometry() != want {
+        return Err(RingError::BadHeader(
+            "control page geometry changed during the attach",
+        ));
+    }
+    Ok(ring)
 }
 
 fn geometry(ring_pages: u32) -> Result<V2Geometry, StrawIoError> {
@@ -415,17 +461,19 @@ pub fn open_passive<B: Backend>(
             };
             // Map the control page alone to learn the data pages.
             let control = backend.map(peer, &[*ctrl]).map_err(StrawIoError::backend)?;
-            let found = V2Geometry::read(&control.view());
-            let want = geometry(ring_pages)?;
+            let want = match geometry(ring_pages) {
+                Ok(g) => g,
+                Err(e) => {
+                    let _ = control.unmap();
+                    return Err(e);
+                }
+            };
             let mut all = vec![GrantRef(0); 1 + want.data_pages()];
             all[0] = *ctrl;
-            let read = match found {
-                Ok(g) if g == want => v2::read_grants(&control.view(), &mut all[1..]),
-                Ok(_) => Err(RingError::BadHeader(
-                    "control page geometry differs from ring-pages",
-                )),
-                Err(e) => Err(e),
-            };
+            // The geometry is read once; the grant list is sized from the validated one.
+            let read = check_geometry(&control.view(), want).map(|()| {
+                read_grants(&control.view(), &mut all[1..]);
+            });
             if let Err(e) = control.unmap() {
                 tracing::debug!(error = %e, "straw: unmapping the control page");
             }
@@ -434,7 +482,7 @@ pub fn open_passive<B: Backend>(
                 Pore::open_passive(backend, peer, &all, port).map_err(StrawIoError::backend)?;
             arm_unmap_notify(&mut pore, Some(v2::PASSIVE_LIVE));
             let pore = Arc::new(pore);
-            let (tx, rx) = V2Ring::attach(pore.clone())?.split();
+            let (tx, rx) = attach_v2(pore.clone(), want)?.split();
             Ok(StrawPore {
                 pore,
                 tx: Tx::V2(tx),
@@ -467,8 +515,7 @@ struct TxState<B: Backend> {
 
 struct RxState<B: Backend> {
     ring: Rx<B>,
-    framer: FrameReader,
-    buf: Vec<u8>,
+    framer: Reassembler,
 }
 
 #[derive(Default)]
@@ -503,7 +550,7 @@ pub(crate) struct Shared<B: Backend> {
     format: Format,
     cfg: StrawConfig,
     live: Option<(usize, usize)>,
-    mailboxes: Mutex<HashMap<String, mpsc::Sender<serde_json::Value>>>,
+    mailboxes: Mutex<HashMap<String, MailboxTx>>,
     hook: Option<Hook>,
     stats: Counters,
     close_sent: AtomicBool,
@@ -627,6 +674,25 @@ impl<B: Backend> Shared<B> {
         }
     }
 
+    /// The peer broke the ring protocol (a bad index, a bad header): the channel is dead
+    /// (DESIGN: a bad index closes the channel). Marks the peer gone and, for a managed straw,
+    /// tells the manager, which tears the straw down and cleans xenstore. Returns the error
+    /// for the caller.
+    fn ring_failed(&self, e: RingError) -> StrawIoError {
+        use pore_core::Error as _;
+        if e.kind() != ErrorKind::Protocol {
+            return e.into();
+        }
+        if self.status.load(Ordering::Acquire) == OPEN {
+            tracing::warn!(peer = %self.peer, error = %e, "straw: the peer broke the ring; closing");
+            self.mark(PEER_GONE);
+            if let Some(hook) = &self.hook {
+                hook(Input::PeerLost);
+            }
+        }
+        e.into()
+    }
+
     fn user_gone(&self) {
         if self.users.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
@@ -721,6 +787,9 @@ struct Counters {
     bytes_received: AtomicU64,
     notifies: AtomicU64,
     sleeps: AtomicU64,
+    frames_skipped: AtomicU64,
+    json_too_large: AtomicU64,
+    mailbox_full: AtomicU64,
 }
 
 /// What a straw did so far (both halves), e.g. to report events per message.
@@ -738,6 +807,12 @@ pub struct StrawStats {
     pub notifies: u64,
     /// Times a call slept (on the event channel or behind the other half).
     pub sleeps: u64,
+    /// Incoming frames over [`StrawConfig::max_frame`], skipped.
+    pub frames_skipped: u64,
+    /// Incoming JSON envelopes over [`StrawConfig::max_json_frame`], dropped unparsed.
+    pub json_too_large: u64,
+    /// JSON messages dropped because their [`Mailbox`] was full.
+    pub mailbox_full: u64,
 }
 
 /// A live straw: both halves. See the [module docs](self).
@@ -767,25 +842,55 @@ pub struct Receiver<B: Backend> {
     sh: Arc<Shared<B>>,
 }
 
-/// Where JSON messages addressed to one name arrive ([`Straw::mailbox`]).
+/// Where JSON messages addressed to one name arrive ([`Straw::mailbox`]). Bounded by
+/// [`StrawConfig::mailbox_depth`] and [`StrawConfig::mailbox_bytes`].
 #[derive(Debug)]
 pub struct Mailbox {
-    rx: mpsc::Receiver<serde_json::Value>,
+    rx: mpsc::Receiver<(serde_json::Value, usize)>,
+    /// Frame bytes of the messages waiting here.
+    queued: Arc<AtomicUsize>,
+}
+
+/// The delivering end of a [`Mailbox`].
+struct MailboxTx {
+    tx: mpsc::SyncSender<(serde_json::Value, usize)>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl Mailbox {
+    fn took(&self, (msg, len): (serde_json::Value, usize)) -> serde_json::Value {
+        self.queued.fetch_sub(len, Ordering::AcqRel);
+        msg
+    }
+
     /// The next message, waiting up to `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<serde_json::Value, StrawIoError> {
-        self.rx.recv_timeout(timeout).map_err(|e| match e {
-            mpsc::RecvTimeoutError::Timeout => StrawIoError::TimedOut,
-            mpsc::RecvTimeoutError::Disconnected => StrawIoError::Closed,
-        })
+        match self.rx.recv_timeout(timeout) {
+            Ok(m) => Ok(self.took(m)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(StrawIoError::TimedOut),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(StrawIoError::Closed),
+        }
     }
 
     /// The next message if one is there.
     pub fn try_recv(&self) -> Option<serde_json::Value> {
-        self.rx.try_recv().ok()
+        self.rx.try_recv().ok().map(|m| self.took(m))
     }
+}
+
+/// Rounds of one receive call that yield no frame (a skipped frame, a re-check after a
+/// wake-up) before it returns: a peer that keeps the ring busy with frames we skip cannot hold
+/// a call past its deadline, nor a non-blocking call at all.
+const RECV_BUDGET: usize = 64;
+
+/// What one bounded receive step found.
+enum Step {
+    /// A whole frame.
+    Frame(Bytes),
+    /// Nothing whole, and the ring is armed to wake us.
+    Empty,
+    /// The step's share of work is used up (or its deadline passed); bytes may be waiting.
+    Busy,
 }
 
 impl<B: Backend> Straw<B> {
@@ -825,8 +930,7 @@ impl<B: Backend> Straw<B> {
             })),
             rx: Mutex::new(Some(RxState {
                 ring: rx,
-                framer: FrameReader::new(max),
-                buf: vec![0; 64 * 1024],
+                framer: Reassembler::new(max),
             })),
             bell: Bell::default(),
             status: AtomicU8::new(OPEN),
@@ -934,6 +1038,9 @@ impl<B: Backend> Shared<B> {
             bytes_received: l(&c.bytes_received),
             notifies: l(&c.notifies),
             sleeps: l(&c.sleeps),
+            frames_skipped: l(&c.frames_skipped),
+            json_too_large: l(&c.json_too_large),
+            mailbox_full: l(&c.mailbox_full),
         }
     }
 }
@@ -1024,8 +1131,27 @@ impl<B: Backend> Sender<B> {
         }
         let mut guard = lock(&self.sh.tx);
         let st = guard.as_mut().ok_or(StrawIoError::Closed)?;
+        if st.ring.is_broken() {
+            return Err(self.sh.status_error().unwrap_or(StrawIoError::PeerGone));
+        }
         let mut notify = false;
-        let finished = loop {
+        let r = self.pump(st, frame, &mut notify);
+        drop(guard);
+        let finished = r.map_err(|e| self.sh.ring_failed(e))?;
+        if notify {
+            self.sh.poke()?;
+        }
+        Ok(finished)
+    }
+
+    /// The ring work of [`Sender::step`].
+    fn pump(
+        &self,
+        st: &mut TxState<B>,
+        frame: &mut Option<Bytes>,
+        notify: &mut bool,
+    ) -> Result<bool, RingError> {
+        loop {
             let mut done = true;
             if let Some(p) = st.pending.clone() {
                 match st.framer.send_deferred(&mut st.ring, &p)? {
@@ -1052,20 +1178,15 @@ impl<B: Backend> Sender<B> {
                 }
             }
             st.ring.commit()?;
-            notify |= st.ring.take_notify();
+            *notify |= st.ring.take_notify();
             if done {
-                break true;
+                return Ok(true);
             }
             // About to wait for room: ask to be woken, then re-check.
             if !st.ring.prepare_wait()? {
-                break false;
+                return Ok(false);
             }
-        };
-        drop(guard);
-        if notify {
-            self.sh.poke()?;
         }
-        Ok(finished)
     }
 
     fn wait(&self, seen: u64, deadline: Instant) -> Result<(), StrawIoError> {
@@ -1095,10 +1216,12 @@ impl<B: Backend> Sender<B> {
             {
                 let mut guard = lock(&self.sh.tx);
                 let st = guard.as_mut().ok_or(StrawIoError::Closed)?;
-                if st.ring.writable()? == st.ring.capacity() {
-                    return Ok(());
-                }
-                if st.ring.prepare_wait()? && st.ring.writable()? == st.ring.capacity() {
+                let cap = st.ring.capacity();
+                let empty = st.ring.writable().and_then(|w| {
+                    Ok(w == cap || (st.ring.prepare_wait()? && st.ring.writable()? == cap))
+                });
+                drop(guard);
+                if empty.map_err(|e| self.sh.ring_failed(e))? {
                     return Ok(());
                 }
             }
@@ -1184,12 +1307,18 @@ impl<B: Backend> Receiver<B> {
         let deadline = Instant::now() + timeout;
         loop {
             let seen = self.sh.bell_seq();
-            if let Some(f) = self.step()? {
-                return Ok(f);
-            }
+            let busy = match self.step(Some(deadline))? {
+                Step::Frame(f) => return Ok(f),
+                Step::Busy => true,
+                Step::Empty => false,
+            };
             let now = Instant::now();
             if now >= deadline {
                 return Err(StrawIoError::TimedOut);
+            }
+            if busy {
+                // More bytes wait in the ring: no sleep.
+                continue;
             }
             if self.sh.peer_live_gone() {
                 self.sh.peer_vanished();
@@ -1199,24 +1328,44 @@ impl<B: Backend> Receiver<B> {
         }
     }
 
-    /// Receives one frame if a whole one is there; [`StrawIoError::WouldBlock`] otherwise.
+    /// Receives one frame if a whole one is there; [`StrawIoError::WouldBlock`] otherwise
+    /// (also when the call's share of work, a few skipped frames, is used up).
     pub fn try_recv(&self) -> Result<Bytes, StrawIoError> {
-        self.step()?.ok_or(StrawIoError::WouldBlock)
+        match self.step(None)? {
+            Step::Frame(f) => Ok(f),
+            Step::Busy | Step::Empty => Err(StrawIoError::WouldBlock),
+        }
     }
 
-    fn step(&self) -> Result<Option<Bytes>, StrawIoError> {
+    /// One bounded step: at most [`RECV_BUDGET`] rounds without a frame, and none past
+    /// `deadline` after the first.
+    fn step(&self, deadline: Option<Instant>) -> Result<Step, StrawIoError> {
         let mut guard = lock(&self.sh.rx);
         let Some(st) = guard.as_mut() else {
             return Err(self.sh.status_error().unwrap_or(StrawIoError::Closed));
         };
+        if st.ring.is_broken() {
+            return Err(self.sh.status_error().unwrap_or(StrawIoError::PeerGone));
+        }
+        let mut rounds = 0;
         loop {
-            let r = st.framer.recv(&mut st.ring, &mut st.buf);
+            if rounds == RECV_BUDGET
+                || (rounds > 0 && deadline.is_some_and(|d| Instant::now() >= d))
+            {
+                return Ok(Step::Busy);
+            }
+            rounds += 1;
+            let r = st.framer.recv(&mut st.ring);
             let notify = st.ring.take_notify();
             if notify {
                 self.sh.poke()?;
             }
-            match r {
-                Ok(Some(Received::Frame(n))) => {
+            let got = match r {
+                Ok(got) => got,
+                Err(e) => return Err(self.sh.ring_failed(e)),
+            };
+            match got {
+                Some(Got::Frame(f)) => {
                     self.sh
                         .stats
                         .frames_received
@@ -1224,50 +1373,70 @@ impl<B: Backend> Receiver<B> {
                     self.sh
                         .stats
                         .bytes_received
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    return Ok(Some(Bytes::copy_from_slice(&st.buf[..n])));
+                        .fetch_add(f.len() as u64, Ordering::Relaxed);
+                    return Ok(Step::Frame(f));
                 }
-                Ok(Some(Received::Skipped(n))) => {
-                    tracing::warn!(peer = %self.sh.peer, len = n, "straw: skipped an oversized frame");
+                Some(Got::Skipped(n)) => {
+                    let count = self.sh.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
+                    if count.is_power_of_two() || count == 0 {
+                        tracing::warn!(peer = %self.sh.peer, len = n, skipped = count + 1, "straw: skipped an oversized frame");
+                    } else {
+                        tracing::debug!(peer = %self.sh.peer, len = n, "straw: skipped an oversized frame");
+                    }
                 }
-                Ok(None) => {
+                None => {
+                    let readable = match st.ring.readable() {
+                        Ok(n) => n,
+                        Err(e) => return Err(self.sh.ring_failed(e)),
+                    };
                     // Nothing whole yet. After the peer finished or closed, an empty ring is the
                     // end.
                     if self.sh.peer_finished.load(Ordering::Acquire)
                         && !st.framer.in_progress()
-                        && st.ring.readable()? == 0
+                        && readable == 0
                     {
                         return Err(StrawIoError::Eof);
                     }
                     if let Some(e) = self.sh.status_error() {
-                        if st.ring.readable()? == 0 {
+                        if readable == 0 {
                             return Err(e);
                         }
                         continue;
                     }
-                    if st.ring.prepare_wait()? {
-                        continue;
+                    match st.ring.prepare_wait() {
+                        Ok(true) => continue,
+                        Ok(false) => return Ok(Step::Empty),
+                        Err(e) => return Err(self.sh.ring_failed(e)),
                     }
-                    return Ok(None);
                 }
-                Err(RingError::BufferTooSmall { len, .. }) => st.buf.resize(len, 0),
-                Err(e) => return Err(e.into()),
             }
         }
     }
 
-    /// Registers a mailbox for JSON messages addressed to `addr`.
+    /// Registers a mailbox for JSON messages addressed to `addr`. It holds up to
+    /// [`StrawConfig::mailbox_depth`] messages and [`StrawConfig::mailbox_bytes`] of their
+    /// frames; messages beyond are dropped (counted in [`StrawStats::mailbox_full`] and
+    /// reported).
     pub fn mailbox(&self, addr: &str) -> Mailbox {
-        let (tx, rx) = mpsc::channel();
-        lock(&self.sh.mailboxes).insert(addr.to_string(), tx);
-        Mailbox { rx }
+        let (tx, rx) = mpsc::sync_channel(self.sh.cfg.mailbox_depth);
+        let queued = Arc::new(AtomicUsize::new(0));
+        lock(&self.sh.mailboxes).insert(
+            addr.to_string(),
+            MailboxTx {
+                tx,
+                queued: queued.clone(),
+            },
+        );
+        Mailbox { rx, queued }
     }
 
     /// Receives frames for up to `timeout` and delivers each JSON envelope to its mailbox (the
-    /// seed's `Addressee ! Message`). Unknown addresses and malformed frames are logged and
-    /// dropped. Returns how many messages were delivered once at least one frame arrived, or
-    /// the timeout passed (`Ok(0)`).
+    /// seed's `Addressee ! Message`). Unknown addresses, malformed or oversized frames and
+    /// messages for a full mailbox are logged and dropped. Returns how many messages were
+    /// delivered once at least one frame arrived and no other one is there (or the deadline
+    /// passed), or the timeout passed (`Ok(0)`).
     pub fn dispatch(&self, timeout: Duration) -> Result<usize, StrawIoError> {
+        let deadline = Instant::now() + timeout;
         let first = match self.recv_timeout(timeout) {
             Ok(f) => f,
             Err(StrawIoError::TimedOut) => return Ok(0),
@@ -1275,6 +1444,9 @@ impl<B: Backend> Receiver<B> {
         };
         let mut delivered = usize::from(self.deliver(&first));
         loop {
+            if Instant::now() >= deadline {
+                return Ok(delivered);
+            }
             match self.try_recv() {
                 Ok(f) => delivered += usize::from(self.deliver(&f)),
                 Err(StrawIoError::WouldBlock) => return Ok(delivered),
@@ -1287,18 +1459,42 @@ impl<B: Backend> Receiver<B> {
         }
     }
 
-    /// Delivers one JSON envelope; `false` if it was dropped.
+    /// Delivers one JSON envelope; `false` if it was dropped (over
+    /// [`StrawConfig::max_json_frame`], malformed, no mailbox, or the mailbox full).
     pub fn deliver(&self, frame: &[u8]) -> bool {
+        if frame.len() > self.sh.cfg.max_json_frame {
+            self.sh.stats.json_too_large.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %self.sh.peer, len = frame.len(), max = self.sh.cfg.max_json_frame, "straw: oversized JSON message dropped unparsed");
+            return false;
+        }
         match parse_envelope(frame) {
             Ok((addr, msg)) => {
                 let boxes = lock(&self.sh.mailboxes);
-                match boxes.get(&addr) {
-                    Some(tx) if tx.send(msg).is_ok() => true,
-                    _ => {
-                        tracing::warn!(peer = %self.sh.peer, addr, "straw: no mailbox; message dropped");
-                        false
+                let Some(mb) = boxes.get(&addr) else {
+                    tracing::warn!(peer = %self.sh.peer, addr, "straw: no mailbox; message dropped");
+                    return false;
+                };
+                let len = frame.len();
+                let queued = mb.queued.fetch_add(len, Ordering::AcqRel);
+                let full = if queued.saturating_add(len) > self.sh.cfg.mailbox_bytes && queued > 0 {
+                    true
+                } else {
+                    match mb.tx.try_send((msg, len)) {
+                        Ok(()) => return true,
+                        Err(mpsc::TrySendError::Full(_)) => true,
+                        Err(mpsc::TrySendError::Disconnected(_)) => false,
                     }
+                };
+                mb.queued.fetch_sub(len, Ordering::AcqRel);
+                if full {
+                    let n = self.sh.stats.mailbox_full.fetch_add(1, Ordering::Relaxed);
+                    if n.is_power_of_two() || n == 0 {
+                        tracing::warn!(peer = %self.sh.peer, addr, dropped = n + 1, "straw: mailbox full; message dropped");
+                    }
+                } else {
+                    tracing::warn!(peer = %self.sh.peer, addr, "straw: no mailbox; message dropped");
                 }
+                false
             }
             Err(why) => {
                 tracing::warn!(peer = %self.sh.peer, why, len = frame.len(), "straw: malformed JSON message dropped");
@@ -1340,3 +1536,7 @@ impl<B: Backend> Drop for Receiver<B> {
         self.sh.user_gone();
     }
 }
+
+#[cfg(test)]
+#[path = "straw_tests.rs"]
+mod tests;

@@ -1,0 +1,292 @@
+//! Straws facing a hostile peer (the audit's findings), over pore-core's loopback backend. A
+//! child of `straw`, to reach the ring and the receive buffer behind the straw.
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pore_core::loopback::{Loopback, LoopbackDomain};
+use pore_core::{DomId, SharedAccess};
+use pore_ring::ling;
+use pore_ring::{RingError, RingReader, RingWriter};
+
+use super::*;
+
+type Lb = LoopbackDomain;
+
+/// A LING pair: (listener side `a`, opener side `b`, the raw memory of the pages). `b` may
+/// get a hook (as a managed straw) and its own config.
+fn pair(
+    xen: &Loopback,
+    format: Format,
+    cfg_a: StrawConfig,
+    cfg_b: StrawConfig,
+    hook_b: Option<Hook>,
+) -> (Straw<Lb>, Straw<Lb>, Mem<Lb>) {
+    let (a, b) = (xen.domain(DomId(1)), xen.domain(DomId(2)));
+    let (pa, grant) = open_active(&a, DomId(2), Layout::Ling).unwrap();
+    let pb = open_passive(&b, DomId(1), Layout::Ling, &grant.refs, grant.port).unwrap();
+    let mem = pa.pore.clone();
+    let sa = Straw::new(pa, Endpoint::seed(DomId(2)), Role::Listener, format, cfg_a);
+    let sb = Straw::build(
+        pb,
+        Endpoint::seed(DomId(1)),
+        Role::Opener,
+        format,
+        cfg_b,
+        hook_b,
+    );
+    (sa, sb, mem)
+}
+
+/// Writes raw bytes into `s`'s out-ring, as a hostile peer could, and wakes the other side.
+fn write_raw(s: &Straw<Lb>, bytes: &[u8]) {
+    let sh = s.shared();
+    let mut g = lock(&sh.tx);
+    let st = g.as_mut().unwrap();
+    let mut off = 0;
+    while off < bytes.len() {
+        off += st.ring.write_deferred(&bytes[off..]).unwrap();
+        st.ring.commit().unwrap();
+        assert!(
+            off == bytes.len() || st.ring.writable().unwrap() > 0,
+            "ring full"
+        );
+    }
+    drop(g);
+    sh.poke().unwrap();
+}
+
+fn readable(s: &Straw<Lb>) -> usize {
+    let sh = s.shared();
+    let g = lock(&sh.rx);
+    g.as_ref().unwrap().ring.readable().unwrap()
+}
+
+fn envelope(addr: &str, msg: &serde_json::Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(&serde_json::json!({ "addr": addr, "msg": msg })).unwrap())
+}
+
+/// Finding 1: a JSON envelope over `max_json_frame` (default 1 MiB) is dropped unparsed and
+/// counted; the straw lives on.
+#[test]
+fn an_oversized_json_envelope_is_dropped_unparsed_and_the_straw_lives() {
+    let xen = Loopback::new();
+    let cfg = StrawConfig::default();
+    assert_eq!(cfg.max_json_frame, 1 << 20);
+    let (sa, sb, _mem) = pair(&xen, Format::Json, cfg.clone(), cfg, None);
+    let mb = sb.mailbox("a");
+    // `[0,0,...]`: 2 bytes a number, a 32-byte tree node each once parsed.
+    let zeros = serde_json::Value::Array(vec![serde_json::json!(0); 1 << 20]);
+    thread::scope(|s| {
+        s.spawn(|| {
+            sa.sender().send(envelope("a", &zeros)).unwrap();
+            sa.sender()
+                .send_to("a", &serde_json::json!("small"))
+                .unwrap();
+        });
+        let end = Instant::now() + Duration::from_secs(20);
+        while sb.stats().frames_received < 2 && Instant::now() < end {
+            sb.receiver().dispatch(Duration::from_millis(100)).unwrap();
+        }
+    });
+    assert_eq!(sb.stats().frames_received, 2);
+    assert_eq!(sb.stats().json_too_large, 1);
+    assert_eq!(mb.try_recv(), Some(serde_json::json!("small")));
+    assert_eq!(mb.try_recv(), None);
+}
+
+/// Finding 1: a mailbox holds `mailbox_depth` messages (and `mailbox_bytes` of frames); the
+/// rest is dropped and counted.
+#[test]
+fn mailboxes_are_bounded() {
+    let xen = Loopback::new();
+    let cfg = StrawConfig {
+        mailbox_depth: 4,
+        ..StrawConfig::default()
+    };
+    let (sa, sb, _mem) = pair(&xen, Format::Json, cfg.clone(), cfg, None);
+    let mb = sb.mailbox("a");
+    for i in 0..10 {
+        sa.sender().send_to("a", &serde_json::json!(i)).unwrap();
+    }
+    let end = Instant::now() + Duration::from_secs(5);
+    while sb.stats().frames_received < 10 && Instant::now() < end {
+        sb.receiver().dispatch(Duration::from_millis(100)).unwrap();
+    }
+    assert_eq!(sb.stats().frames_received, 10);
+    assert_eq!(sb.stats().mailbox_full, 6);
+    let got: Vec<_> = std::iter::from_fn(|| mb.try_recv()).collect();
+    assert_eq!(
+        got,
+        (0..4).map(|i| serde_json::json!(i)).collect::<Vec<_>>()
+    );
+    // Room again: delivery resumes.
+    sa.sender()
+        .send_to("a", &serde_json::json!("again"))
+        .unwrap();
+    assert_eq!(sb.receiver().dispatch(Duration::from_secs(1)).unwrap(), 1);
+    assert_eq!(mb.try_recv(), Some(serde_json::json!("again")));
+
+    // In bytes: each envelope is ~20 bytes, 50 bytes hold two.
+    let xen = Loopback::new();
+    let cfg = StrawConfig {
+        mailbox_bytes: 50,
+        ..StrawConfig::default()
+    };
+    let (sa, sb, _mem) = pair(&xen, Format::Json, cfg.clone(), cfg, None);
+    let mb = sb.mailbox("a");
+    for i in 0..5 {
+        sa.sender().send_to("a", &serde_json::json!(i)).unwrap();
+    }
+    let end = Instant::now() + Duration::from_secs(5);
+    while sb.stats().frames_received < 5 && Instant::now() < end {
+        sb.receiver().dispatch(Duration::from_millis(100)).unwrap();
+    }
+    assert_eq!(sb.stats().mailbox_full, 3);
+    assert_eq!(std::iter::from_fn(|| mb.try_recv()).count(), 2);
+}
+
+/// Finding 2: a length prefix alone does not grow the receive buffer; it grows as the
+/// payload arrives and shrinks back after a large frame.
+#[test]
+fn the_receive_buffer_grows_with_the_payload_not_the_header() {
+    let xen = Loopback::new();
+    let cfg = StrawConfig::default();
+    assert_eq!(cfg.max_frame, 16 << 20);
+    let (sa, sb, _mem) = pair(&xen, Format::Raw, cfg.clone(), cfg, None);
+    let cap = |s: &Straw<Lb>| {
+        lock(&s.shared().rx)
+            .as_ref()
+            .unwrap()
+            .framer
+            .buffer_capacity()
+    };
+    // A hostile header announcing 15 MiB, then 10 bytes.
+    let mut raw = (15u32 << 20).to_be_bytes().to_vec();
+    raw.extend_from_slice(&[7; 10]);
+    write_raw(&sa, &raw);
+    assert_eq!(sb.receiver().try_recv(), Err(StrawIoError::WouldBlock));
+    assert!(cap(&sb) <= crate::reasm::RESTING, "{}", cap(&sb));
+    drop((sa, sb));
+
+    // A real 3 MiB frame streams through; the buffer is back to its resting size after it.
+    let xen = Loopback::new();
+    let cfg = StrawConfig::default();
+    let (sa, sb, _mem) = pair(&xen, Format::Raw, cfg.clone(), cfg, None);
+    let big = Bytes::from((0..3 << 20).map(|i| i as u8).collect::<Vec<_>>());
+    thread::scope(|s| {
+        s.spawn(|| sa.sender().send(big.clone()).unwrap());
+        assert_eq!(
+            sb.receiver().recv_timeout(Duration::from_secs(20)).unwrap(),
+            big
+        );
+    });
+    assert!(cap(&sb) <= crate::reasm::RESTING, "{}", cap(&sb));
+    sa.sender().send(Bytes::from_static(b"after")).unwrap();
+    assert_eq!(
+        sb.receiver().recv_timeout(Duration::from_secs(1)).unwrap(),
+        "after"
+    );
+}
+
+/// Finding 3: a bad ring index closes the straw: the status turns to peer gone on both
+/// halves and a managed straw tells the manager (`Input::PeerLost`).
+#[test]
+fn a_bad_index_closes_the_straw_and_tells_the_manager() {
+    for (what, offsets) in [
+        ("producer", [ling::IN_PROD, ling::OUT_PROD]),
+        ("consumer", [ling::IN_CONS, ling::OUT_CONS]),
+    ] {
+        let xen = Loopback::new();
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let hook: Hook = Box::new(move |i| {
+            let _ = lock(&tx).send(i);
+        });
+        let cfg = StrawConfig::default();
+        let (_sa, sb, mem) = pair(&xen, Format::Raw, cfg.clone(), cfg, Some(hook));
+        for off in offsets {
+            mem.store_u32(off, 0xdead_beef, Ordering::Relaxed);
+        }
+        let first = if what == "producer" {
+            sb.receiver().try_recv()
+        } else {
+            // The producer re-reads the consumer index once its known room is used up.
+            let mut r = Ok(());
+            for _ in 0..100 {
+                r = sb.sender().try_send(Bytes::from(vec![0; 4000]));
+                if !matches!(r, Ok(()) | Err(StrawIoError::WouldBlock)) {
+                    break;
+                }
+            }
+            r.map(|()| Bytes::new())
+        };
+        assert!(
+            matches!(first, Err(StrawIoError::Ring(RingError::BadIndex { .. }))),
+            "{what}: {first:?}"
+        );
+        assert_eq!(rx.try_recv(), Ok(Input::PeerLost), "{what}");
+        assert_eq!(
+            sb.receiver().try_recv(),
+            Err(StrawIoError::PeerGone),
+            "{what}"
+        );
+        assert_eq!(
+            sb.sender().try_send(Bytes::from_static(b"x")),
+            Err(StrawIoError::PeerGone),
+            "{what}"
+        );
+        assert_eq!(
+            sb.receiver().recv_timeout(Duration::from_millis(50)),
+            Err(StrawIoError::PeerGone)
+        );
+    }
+}
+
+/// Finding 4: a receive call does bounded work: a ring full of frames we skip does not keep
+/// it past its deadline (nor a non-blocking call at all), and `dispatch` stops at its
+/// deadline while frames keep coming.
+#[test]
+fn receive_calls_are_bounded_by_their_deadline() {
+    let xen = Loopback::new();
+    let small = StrawConfig {
+        max_frame: 8,
+        ..StrawConfig::default()
+    };
+    let (sa, sb, _mem) = pair(&xen, Format::Raw, StrawConfig::default(), small, None);
+    // ~800 frames of 16 bytes, each over the receiver's maximum, then a good one.
+    let mut n = 0;
+    while sa.sender().try_send(Bytes::from_static(&[1; 16])).is_ok() {
+        n += 1;
+        if n == 800 {
+            break;
+        }
+    }
+    assert_eq!(n, 800);
+    sa.sender().try_send(Bytes::from_static(b"good")).unwrap();
+    assert_eq!(
+        sb.receiver().recv_timeout(Duration::ZERO),
+        Err(StrawIoError::TimedOut)
+    );
+    assert!(readable(&sb) > 0, "one call skipped everything");
+    assert_eq!(sb.receiver().try_recv(), Err(StrawIoError::WouldBlock));
+    assert!(readable(&sb) > 0, "one call skipped everything");
+    // Later calls get through.
+    assert_eq!(
+        sb.receiver().recv_timeout(Duration::from_secs(2)).unwrap(),
+        "good"
+    );
+    assert_eq!(sb.stats().frames_skipped, 800);
+
+    let xen = Loopback::new();
+    let cfg = StrawConfig::default();
+    let (sa, sb, _mem) = pair(&xen, Format::Json, cfg.clone(), cfg, None);
+    let _mb = sb.mailbox("a");
+    for i in 0..50 {
+        sa.sender().send_to("a", &serde_json::json!(i)).unwrap();
+    }
+    assert_eq!(sb.receiver().dispatch(Duration::ZERO).unwrap(), 1);
+    assert!(sb.receiver().dispatch(Duration::from_secs(1)).unwrap() > 1);
+}
