@@ -992,7 +992,9 @@ impl StrawMachine {
                     Ok(()) => self.protocol("straw-layout", ParseError::BadToken),
                     Err(e) => self.protocol("straw-layout", e),
                 },
-                Ok(StoreReply::Done) => self.protocol("straw-layout", ParseError::Empty),
+                Ok(StoreReply::Done | StoreReply::Perms(_)) => {
+                    self.protocol("straw-layout", ParseError::Empty)
+                }
                 Err(e) => fail_store(self, "read", e),
             },
             Op::ReadRef(i) => {
@@ -1093,7 +1095,9 @@ impl StrawMachine {
                         self.protocol("warts", ParseError::BadPath);
                     }
                 }
-                Ok(StoreReply::Done) => self.protocol("warts", ParseError::Empty),
+                Ok(StoreReply::Done | StoreReply::Perms(_)) => {
+                    self.protocol("warts", ParseError::Empty)
+                }
                 Err(e) => fail_store(self, "read", e),
             },
             Op::WriteInitialising => match r {
@@ -1108,7 +1112,7 @@ impl StrawMachine {
                 let offers_v2 = match r {
                     Err(StoreError::NotFound) => Ok(false),
                     Ok(StoreReply::Value(v)) => parse::layouts_offer_v2(&v),
-                    Ok(StoreReply::Done) => Err(ParseError::Empty),
+                    Ok(StoreReply::Done | StoreReply::Perms(_)) => Err(ParseError::Empty),
                     Err(e) => return fail_store(self, "read", e),
                 };
                 match offers_v2 {
@@ -1139,7 +1143,9 @@ impl StrawMachine {
                     Ok(st) => self.on_peer_state(Some(st)),
                     Err(e) => self.protocol("state", e),
                 },
-                Ok(StoreReply::Done) => self.protocol("state", ParseError::Empty),
+                Ok(StoreReply::Done | StoreReply::Perms(_)) => {
+                    self.protocol("state", ParseError::Empty)
+                }
                 // Not written yet (or, on a racing xenstored, not yet narrowed for us), or is
                 // the whole directory gone?
                 Err(StoreError::NotFound | StoreError::PermissionDenied)
@@ -1241,7 +1247,7 @@ impl StrawMachine {
                 self.protocol(key, ParseError::TooLong);
                 None
             }
-            Ok(StoreReply::Done) => {
+            Ok(StoreReply::Done | StoreReply::Perms(_)) => {
                 self.protocol(key, ParseError::Empty);
                 None
             }

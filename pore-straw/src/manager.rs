@@ -470,7 +470,7 @@ where
                     let admitted = lock(&self.admission).as_ref().is_none_or(|a| a(&peer));
                     if !admitted {
                         tracing::debug!(me = %self.me, %peer, "strawman: knock refused");
-                    } else if !known {
+                    } else if !known && self.knock_is_genuine(&peer) {
                         tracing::debug!(me = %self.me, %peer, "strawman: knock");
                         if let Err(e) = self.clone().spawn(peer, Role::Listener, None) {
                             tracing::debug!(error = %e, "strawman: knock ignored");
@@ -484,6 +484,47 @@ where
                 let _ = e.input.send(Input::Watch);
             }
         }
+    }
+
+    /// Whether a knock under `peer`'s ident really comes from `peer`'s domain (every domain may
+    /// write in our straw top, under any ident). The owner of the knock directory tells: C
+    /// xenstored makes its creator the owner, and the opener's D18 narrowing keeps it
+    /// (`n<opener> b<us>`). oxenstored keeps the parent's owner (us) on new nodes and refuses
+    /// the narrowing, so there the owner names nobody: then the ACL must not name another
+    /// domain than the peer, and the knock is taken on trust (the admission check and the
+    /// handshake, which reads the peer's own tree, remain). A forged knock is refused before
+    /// any thread starts or page is granted, and its directory removed if we may.
+    fn knock_is_genuine(&self, peer: &Endpoint) -> bool {
+        let dir = std::format!("{}/{}", self.me.straw_top(), peer.ident());
+        let perms = match self.store.perform(&StoreOp::GetPerms { path: dir.clone() }) {
+            Ok(StoreReply::Perms(p)) => p,
+            Err(StoreError::NotFound) => {
+                tracing::debug!(me = %self.me, %peer, "strawman: knock vanished");
+                return false;
+            }
+            Ok(_) | Err(_) => {
+                tracing::warn!(me = %self.me, %peer, "strawman: knock refused: its directory's owner cannot be read");
+                return false;
+            }
+        };
+        let owner = perms.first().map(|p| p.domid);
+        let verdict = match owner {
+            Some(o) if o == peer.domid => return true,
+            // The parent's owner (oxenstored), or a privileged creator: no proof either way.
+            Some(o) if o == self.me.domid || o == pore_core::DomId(0) => {
+                perms.len() == 1 || perms[1..].iter().any(|p| p.domid == peer.domid)
+            }
+            _ => false,
+        };
+        if verdict {
+            tracing::debug!(me = %self.me, %peer, "strawman: knock directory owned by us; its creator cannot be checked");
+            return true;
+        }
+        tracing::warn!(me = %self.me, %peer, owner = ?owner.map(|d| d.0), "strawman: forged knock refused (its directory is not the peer's)");
+        if let Err(e) = self.store.perform(&StoreOp::Rm { path: dir }) {
+            tracing::debug!(me = %self.me, %peer, error = %e, "strawman: cannot remove a forged knock");
+        }
+        false
     }
 
     fn spawn(

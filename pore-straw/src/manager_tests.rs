@@ -23,7 +23,11 @@ struct Xs {
 
 impl Xs {
     fn world() -> Arc<(Mutex<Store>, Condvar)> {
-        Arc::new((Mutex::new(Store::new(Ownership::Creator)), Condvar::new()))
+        Self::world_of(Ownership::Creator)
+    }
+
+    fn world_of(own: Ownership) -> Arc<(Mutex<Store>, Condvar)> {
+        Arc::new((Mutex::new(Store::new(own)), Condvar::new()))
     }
 
     fn new(shared: &Arc<(Mutex<Store>, Condvar)>, dom: u16) -> Self {
@@ -509,4 +513,109 @@ fn admission_refuses_unwanted_peers_before_granting() {
         m1.accept(Duration::from_secs(2)).unwrap().peer(),
         &Endpoint::seed(DomId(3))
     );
+}
+
+/// A bad ring index closes a managed straw: the manager learns it (`Input::PeerLost`), tears
+/// the straw down and cleans xenstore, as when the peer dies.
+#[test]
+fn a_bad_ring_index_closes_a_managed_straw() {
+    use pore_core::{MappedPages, Maps, SharedAccess, SharedMemory};
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let (m1, _) = manager(&xen, &world, 1);
+    let (m2, xs2) = manager(&xen, &world, 2);
+    let s1 = m1.open(&Endpoint::seed(DomId(2))).unwrap();
+    let s2 = m2.accept(Duration::from_secs(2)).unwrap();
+    // Domain 1 (the mapper) turns hostile: it maps the ring again and breaks the indices.
+    let sd = "/local/domain/2/data/straw/1";
+    let refs: Vec<_> = (1..=8)
+        .map(|i| {
+            pore_core::GrantRef(
+                xs2.get(&format!("{sd}/ring-ref-{i}"))
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let evil = xen.domain(DomId(1)).map(DomId(2), &refs).unwrap();
+    for off in [pore_ring::ling::IN_PROD, pore_ring::ling::OUT_PROD] {
+        evil.view()
+            .store_u32(off, 0xdead_beef, std::sync::atomic::Ordering::Relaxed);
+    }
+    let r = s2.receiver().recv_timeout(Duration::from_secs(1));
+    assert!(matches!(r, Err(StrawIoError::Ring(_))), "{r:?}");
+    let end = Instant::now() + Duration::from_secs(3);
+    while !m2.peers().is_empty() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(m2.peers().is_empty(), "the manager forgot the broken straw");
+    assert_eq!(xs2.get(sd), None, "its xenstore nodes are gone");
+    assert_eq!(s2.receiver().try_recv(), Err(StrawIoError::PeerGone));
+    let _ = evil.unmap();
+    drop((s1, s2));
+}
+
+/// A knock under another domain's ident is refused before any handshake starts (the knock
+/// directory's owner is its creator on C xenstored), and its directory removed.
+#[test]
+fn a_knock_under_another_domains_ident_is_refused() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let (m1, xs1) = manager(&xen, &world, 1);
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let s2 = seen.clone();
+    m1.observe(Some(Arc::new(move |peer: &Endpoint, a: &crate::Action| {
+        s2.lock().unwrap().push(format!("{peer}: {a:?}"));
+    })));
+    let _xs7 = Xs::new(&world, 7);
+    // Domain 5 knocks as domain 7, and as 7's named endpoints.
+    let xs5 = Xs::new(&world, 5);
+    for ident in ["7", "7-a", "7-b"] {
+        let op = StoreOp::Write {
+            path: format!("/local/domain/1/data/straw/{ident}/warts"),
+            value: "/local/domain/7/data/warts/1".to_string(),
+        };
+        xs5.perform(&op).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert!(m1.peers().is_empty(), "{:?}", m1.peers());
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    assert_eq!(xs1.get("/local/domain/1/data/straw/7"), None);
+    assert_eq!(xs1.get("/local/domain/1/data/straw/7-a"), None);
+    // Genuine peers still get in.
+    let (m2, _) = manager(&xen, &world, 2);
+    let _s = m2.open(&Endpoint::seed(DomId(1))).unwrap();
+    assert_eq!(
+        m1.accept(Duration::from_secs(2)).unwrap().peer(),
+        &Endpoint::seed(DomId(2))
+    );
+}
+
+/// On oxenstored's rule (new nodes keep the parent's owner, us) the knock directory's owner
+/// names nobody and the narrowing is refused: genuine knocks are still taken.
+#[test]
+fn knocks_are_taken_where_the_owner_cannot_tell() {
+    let xen = Loopback::new();
+    let world = Xs::world_of(Ownership::Parent);
+    let (m1, xs1) = manager(&xen, &world, 1);
+    let (m2, _) = manager(&xen, &world, 2);
+    let s2 = m2.open(&Endpoint::seed(DomId(1))).unwrap();
+    let s1 = m1.accept(Duration::from_secs(2)).unwrap();
+    assert_eq!(
+        xs1.shared
+            .0
+            .lock()
+            .unwrap()
+            .perms("/local/domain/1/data/straw/2")
+            .unwrap()[0]
+            .domid,
+        DomId(1)
+    );
+    s2.sender().send(Bytes::from_static(b"hi")).unwrap();
+    assert_eq!(s1.receiver().recv().unwrap(), "hi");
 }

@@ -79,6 +79,11 @@ pub enum StoreOp {
         /// The node.
         path: String,
     },
+    /// GET_PERMS; replies [`StoreReply::Perms`] (the owner first).
+    GetPerms {
+        /// The node.
+        path: String,
+    },
     /// SET_PERMS.
     SetPerms {
         /// The node.
@@ -117,6 +122,7 @@ impl StoreOp {
             StoreOp::Write { .. } => "write",
             StoreOp::Mkdir { .. } => "mkdir",
             StoreOp::Rm { .. } => "rm",
+            StoreOp::GetPerms { .. } => "get-perms",
             StoreOp::SetPerms { .. } => "set-perms",
             StoreOp::Watch { .. } => "watch",
             StoreOp::Unwatch { .. } => "unwatch",
@@ -132,6 +138,8 @@ pub enum StoreReply {
     Done,
     /// The value of a READ.
     Value(Vec<u8>),
+    /// The permissions of a GET_PERMS, the owner first.
+    Perms(Vec<Perm>),
 }
 
 /// A failed xenstore operation, as far as the strawman needs to distinguish.
@@ -159,6 +167,7 @@ impl fmt::Display for StoreOp {
             StoreOp::Write { path, value } => write!(f, "write {path} = {value:?}"),
             StoreOp::Mkdir { path } => write!(f, "mkdir {path}"),
             StoreOp::Rm { path } => write!(f, "rm {path}"),
+            StoreOp::GetPerms { path } => write!(f, "get-perms {path}"),
             StoreOp::SetPerms { path, perms, .. } => {
                 write!(f, "set-perms {path}")?;
                 for p in perms {

@@ -206,6 +206,11 @@ impl Store {
                 fired.push(path.clone());
                 Ok(StoreReply::Done)
             }
+            StoreOp::GetPerms { path } => match self.nodes.get(path) {
+                None => Err(StoreError::NotFound),
+                Some(_) if !self.can_read(dom, path) => Err(StoreError::PermissionDenied),
+                Some(n) => Ok(StoreReply::Perms(n.perms.clone())),
+            },
             StoreOp::SetPerms {
                 path,
                 perms,

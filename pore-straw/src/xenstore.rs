@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
+use pore_core::DomId;
 use pore_xenstore::{Client, Error};
 
 use crate::manager::{StoreClient, WatchEvent};
@@ -163,6 +164,21 @@ fn perms(p: &[Perm]) -> Vec<pore_xenstore::Perm> {
         .collect()
 }
 
+fn from_perms(p: &[pore_xenstore::Perm]) -> Vec<Perm> {
+    p.iter()
+        .map(|p| Perm {
+            // A domid beyond u16 names no domain we know: it matches none.
+            domid: DomId(u16::try_from(p.domid).unwrap_or(u16::MAX)),
+            access: match p.access {
+                pore_xenstore::Access::None => Access::None,
+                pore_xenstore::Access::Read => Access::Read,
+                pore_xenstore::Access::Write => Access::Write,
+                pore_xenstore::Access::Both => Access::Both,
+            },
+        })
+        .collect()
+}
+
 fn best_effort(r: Result<(), Error>, best_effort: bool) -> Result<(), Error> {
     match r {
         Err(e) if best_effort && e.is_access_denied() => Ok(()),
@@ -180,6 +196,12 @@ impl StoreClient for XsAdapter {
             StoreOp::Write { path, value } => c.write(path, value.as_bytes()),
             StoreOp::Mkdir { path } => c.mkdir(path),
             StoreOp::Rm { path } => c.rm(path),
+            StoreOp::GetPerms { path } => {
+                return c
+                    .get_perms(path)
+                    .map(|p| StoreReply::Perms(from_perms(&p)))
+                    .map_err(|e| map_err(&e))
+            }
             StoreOp::SetPerms {
                 path,
                 perms: p,
