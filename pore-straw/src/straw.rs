@@ -5,8 +5,15 @@
 //! [`Receiver`] for two threads. Frames larger than the ring stream through it. With the JSON
 //! format, [`Sender::send_to`] wraps a message in the seed's envelope `{"addr": ..., "msg": ...}`
 //! and [`Receiver::dispatch`] delivers incoming envelopes to the [`Mailbox`] registered under
-//! their address (unknown addresses and malformed frames are logged and dropped, the straw lives
-//! on).
+//! their address (unknown addresses, malformed frames, envelopes over
+//! [`StrawConfig::max_json_frame`] and messages for a full mailbox are logged and dropped, the
+//! straw lives on).
+//!
+//! The peer is another domain and may be hostile: a length prefix never drives an allocation
+//! by itself (the receive buffer grows as the payload arrives), every receive call does bounded
+//! work and keeps its deadline, and a ring the peer broke (a bad index) ends the straw with
+//! [`StrawIoError::PeerGone`] after the first error; a managed straw then tells its manager,
+//! which tears it down.
 //!
 //! A straw made by the [manager](crate::manager) is closed through the handshake machine (the
 //! seed's close chart); a straw made directly from a pore ([`Straw::new`], for tests and custom
