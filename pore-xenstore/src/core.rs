@@ -178,6 +178,9 @@ impl ClientCore {
                 if let Ok(Ok(Reply::TransactionId(id))) =
                     Reply::decode(MsgType::TransactionStart, &msg)
                 {
+                    // The daemon did open it: it counts as open until the caller's abort
+                    // (a TRANSACTION_END, which decrements when answered or cancelled).
+                    self.open_tx += 1;
                     return Incoming::OrphanTransaction(id);
                 }
             }
@@ -329,6 +332,29 @@ mod tests {
 
     /// Starts that time out while the daemon never replies are remembered up to a cap,
     /// oldest forgotten first (they accumulated forever before).
+    #[test]
+    fn an_orphan_transaction_counts_as_open_until_its_abort_is_answered() {
+        let mut c = ClientCore::new(Limits::SOCKET, 8);
+        let mut out = vec![];
+        let start = c.begin(&Request::TransactionStart, 0, &mut out).unwrap();
+        c.cancel(start); // the caller timed out
+        assert_eq!(c.open_transactions(), 0);
+        match reply(&mut c, MsgType::TransactionStart, start, 0, b"17\0") {
+            Incoming::OrphanTransaction(17) => {}
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(c.open_transactions(), 1, "open on the daemon until aborted");
+        let end = c
+            .begin(&Request::TransactionEnd { commit: false }, 17, &mut out)
+            .unwrap();
+        assert_eq!(c.open_transactions(), 1);
+        assert!(matches!(
+            reply(&mut c, MsgType::TransactionEnd, end, 17, b"OK\0"),
+            Incoming::Reply { result: Ok(_), .. }
+        ));
+        assert_eq!(c.open_transactions(), 0, "decremented exactly once");
+    }
+
     #[test]
     fn cancelled_starts_are_bounded() {
         let mut c = ClientCore::new(Limits::SOCKET, 8);
