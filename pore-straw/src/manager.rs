@@ -85,6 +85,10 @@ pub struct ManagerConfig {
     /// knock beyond it is ignored, an open fails. Every straw costs granted pages and a thread,
     /// and a hostile domain can knock under many names.
     pub max_straws: usize,
+    /// The most knocks from one domain whose handshake runs at once (any of its endpoint
+    /// names): a knock beyond it is ignored, so one domain knocking under many names cannot
+    /// fill [`ManagerConfig::max_straws`] and lock the others out.
+    pub max_knocks_per_domain: usize,
 }
 
 impl Default for ManagerConfig {
@@ -93,6 +97,7 @@ impl Default for ManagerConfig {
             handshake: Config::default(),
             straw: StrawConfig::default(),
             max_straws: 256,
+            max_knocks_per_domain: 8,
         }
     }
 }
@@ -552,6 +557,21 @@ where
         if st.straws.contains_key(&(peer.clone(), role)) || (role == Role::Opener && connected_back)
         {
             return Err(ManagerError::Exists);
+        }
+        if role == Role::Listener {
+            let pending = st
+                .straws
+                .iter()
+                .filter(|((p, r), e)| {
+                    p.domid == peer.domid
+                        && *r == Role::Listener
+                        && matches!(e.slot, Slot::Handshaking)
+                })
+                .count();
+            if pending >= self.cfg.max_knocks_per_domain {
+                tracing::warn!(me = %self.me, %peer, pending, "strawman: too many knocks from one domain");
+                return Err(ManagerError::TooMany);
+            }
         }
         if st.straws.len() >= self.cfg.max_straws {
             tracing::warn!(me = %self.me, %peer, "strawman: too many straws");

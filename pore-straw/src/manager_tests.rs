@@ -86,6 +86,7 @@ fn cfg(format: Format) -> ManagerConfig {
             ..StrawConfig::default()
         },
         max_straws: 8,
+        max_knocks_per_domain: 4,
     }
 }
 
@@ -444,6 +445,47 @@ fn the_observer_sees_every_step() {
     drop(m2);
 }
 
+/// Domain `dom` knocks on domain 1 under `count` names of its own.
+fn knock_flood(world: &Arc<(Mutex<Store>, Condvar)>, dom: u16, count: usize) {
+    let xs = Xs::new(world, dom);
+    for i in 0..count {
+        let ident = format!("{dom}-n{i}");
+        // It even says InitWait, so each knock costs us pages until the handshake times out.
+        let fake = Endpoint::new(DomId(dom), &format!("n{i}")).unwrap();
+        for op in crate::handshake::setup_ops(&fake) {
+            xs.perform(&op).unwrap();
+        }
+        let state = StoreOp::Write {
+            path: format!("/local/domain/{dom}/data/warts-n{i}/1/state"),
+            value: "2".to_string(),
+        };
+        xs.perform(&state).unwrap();
+        let op = StoreOp::Write {
+            path: format!("/local/domain/1/data/straw/{ident}/warts"),
+            value: format!("/local/domain/{dom}/data/warts-n{i}/1"),
+        };
+        xs.perform(&op).unwrap();
+    }
+}
+
+/// One domain knocking under many names of its own gets `max_knocks_per_domain` handshakes,
+/// and other domains still get in.
+#[test]
+fn one_domains_knock_flood_does_not_lock_others_out() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let (m1, _) = manager(&xen, &world, 1);
+    knock_flood(&world, 5, 40);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(m1.peers().len(), 4, "{:?}", m1.peers());
+    let (m2, _) = manager(&xen, &world, 2);
+    let _s = m2.open(&Endpoint::seed(DomId(1))).unwrap();
+    assert_eq!(
+        m1.accept(Duration::from_secs(2)).unwrap().peer(),
+        &Endpoint::seed(DomId(2))
+    );
+}
+
 #[test]
 fn a_knock_flood_is_bounded() {
     let xen = Loopback::new();
@@ -454,26 +496,9 @@ fn a_knock_flood_is_bounded() {
     m1.observe(Some(Arc::new(move |peer: &Endpoint, a: &crate::Action| {
         s2.lock().unwrap().push(format!("{peer}: {a:?}"));
     })));
-    // A hostile domain 5 knocks under many names (it need not run a manager).
-    let xs5 = Xs::new(&world, 5);
-    for i in 0..40 {
-        let ident = format!("5-n{i}");
-        // It even says InitWait, so each knock costs us pages until the handshake times out.
-        let fake = Endpoint::new(DomId(5), &format!("n{i}")).unwrap();
-        for op in crate::handshake::setup_ops(&fake) {
-            xs5.perform(&op).unwrap();
-        }
-        let state = StoreOp::Write {
-            path: format!("/local/domain/5/data/warts-n{i}/1/state"),
-            value: "2".to_string(),
-        };
-        xs5.perform(&state).unwrap();
-        let op = StoreOp::Write {
-            path: format!("/local/domain/1/data/straw/{ident}/warts"),
-            value: format!("/local/domain/5/data/warts-n{i}/1"),
-        };
-        xs5.perform(&op).unwrap();
-    }
+    // Hostile domains 5 and 6 knock under many names (they need not run a manager).
+    knock_flood(&world, 5, 40);
+    knock_flood(&world, 6, 40);
     thread::sleep(Duration::from_millis(300));
     let log = seen.lock().unwrap().clone();
     assert_eq!(m1.peers().len(), 8, "{:#?}", &log[..log.len().min(20)]);
