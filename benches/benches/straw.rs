@@ -137,7 +137,7 @@ fn straw_rx(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("accepting: {e}"))?;
     process::report(&format!("accepted {:?}", straw.layout()));
     while let Some((size, count)) = next_command() {
-        let before = straw.stats();
+        let (before, cpu) = (straw.stats(), cpu_nanos());
         for i in 0..count {
             let frame = straw
                 .receiver()
@@ -153,9 +153,10 @@ fn straw_rx(args: &[String]) -> Result<(), String> {
             .map_err(|e| format!("acknowledging: {e}"))?;
         let after = straw.stats();
         process::report(&format!(
-            "rx {} {}",
+            "rx {} {} {}",
             after.notifies - before.notifies,
-            after.sleeps - before.sleeps
+            after.sleeps - before.sleeps,
+            cpu_nanos() - cpu
         ));
     }
     // The sender closes first; we see the end of its stream.
@@ -180,7 +181,7 @@ fn straw_tx(args: &[String]) -> Result<(), String> {
     process::report(&format!("opened {:?}", straw.layout()));
     while let Some((size, count)) = next_command() {
         let body = Bytes::from(vec![0xa5u8; size]);
-        let before = straw.stats();
+        let (before, cpu) = (straw.stats(), cpu_nanos());
         let t = Instant::now();
         for i in 0..count {
             straw
@@ -198,14 +199,21 @@ fn straw_tx(args: &[String]) -> Result<(), String> {
         }
         let after = straw.stats();
         process::report(&format!(
-            "tx {nanos} {} {}",
+            "tx {nanos} {} {} {}",
             after.notifies - before.notifies,
-            after.sleeps - before.sleeps
+            after.sleeps - before.sleeps,
+            cpu_nanos() - cpu
         ));
     }
     straw.close().map_err(|e| format!("closing: {e}"))?;
     manager.shutdown();
     Ok(())
+}
+
+/// This process's CPU time (all threads, user and system), in nanoseconds.
+fn cpu_nanos() -> u128 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128
 }
 
 /// A message as the socket and pipe senders write it: 4-byte length, payload.
@@ -268,11 +276,12 @@ fn sock_rx(args: &[String]) -> Result<(), String> {
     let _ = std::fs::remove_file(&path);
     let mut reader = BufReader::with_capacity(read_buffer(), &stream);
     while let Some((size, count)) = next_command() {
+        let cpu = cpu_nanos();
         read_messages(&mut reader, size, count)?;
         (&stream)
             .write_all(b"A")
             .map_err(|e| format!("acknowledging: {e}"))?;
-        process::report("rx 0 0");
+        process::report(&format!("rx 0 0 {}", cpu_nanos() - cpu));
     }
     Ok(())
 }
@@ -285,8 +294,9 @@ fn sock_tx(args: &[String]) -> Result<(), String> {
     let rcv = rustix::net::sockopt::socket_recv_buffer_size(&stream).unwrap_or(0);
     process::report(&format!("connected sndbuf {snd} rcvbuf {rcv}"));
     while let Some((size, count)) = next_command() {
+        let cpu = cpu_nanos();
         let nanos = write_messages(&mut &stream, &mut &stream, size, count)?;
-        process::report(&format!("tx {nanos} 0 0"));
+        process::report(&format!("tx {nanos} 0 0 {}", cpu_nanos() - cpu));
     }
     Ok(())
 }
@@ -300,10 +310,11 @@ fn pipe_rx(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("ack fifo: {e}"))?;
     let mut reader = BufReader::with_capacity(read_buffer(), data);
     while let Some((size, count)) = next_command() {
+        let cpu = cpu_nanos();
         read_messages(&mut reader, size, count)?;
         ack.write_all(b"A")
             .map_err(|e| format!("acknowledging: {e}"))?;
-        process::report("rx 0 0");
+        process::report(&format!("rx 0 0 {}", cpu_nanos() - cpu));
     }
     Ok(())
 }
@@ -319,8 +330,9 @@ fn pipe_tx(args: &[String]) -> Result<(), String> {
     let size = rustix::pipe::fcntl_getpipe_size(&data).unwrap_or(0);
     process::report(&format!("connected pipe {size}"));
     while let Some((size, count)) = next_command() {
+        let cpu = cpu_nanos();
         let nanos = write_messages(&mut data, &mut ack, size, count)?;
-        process::report(&format!("tx {nanos} 0 0"));
+        process::report(&format!("tx {nanos} 0 0 {}", cpu_nanos() - cpu));
     }
     Ok(())
 }
@@ -346,6 +358,8 @@ struct Sample {
     rx_events: u64,
     tx_sleeps: u64,
     rx_sleeps: u64,
+    /// CPU nanoseconds of the busier process.
+    cpu: u128,
 }
 
 fn report_of(p: &mut DomainProcess, who: &str) -> Result<String, String> {
@@ -374,7 +388,9 @@ impl Pair {
         self.tx.tell(&go).map_err(|e| e.to_string())?;
         let tx = numbers(&report_of(&mut self.tx, &self.name)?, "tx ")?;
         let rx = numbers(&report_of(&mut self.rx, &self.name)?, "rx ")?;
-        let (&[nanos, tx_events, tx_sleeps], &[rx_events, rx_sleeps]) = (&tx[..], &rx[..]) else {
+        let (&[nanos, tx_events, tx_sleeps, tx_cpu], &[rx_events, rx_sleeps, rx_cpu]) =
+            (&tx[..], &rx[..])
+        else {
             return Err(format!("{}: malformed reports {tx:?} {rx:?}", self.name));
         };
         Ok(Sample {
@@ -383,6 +399,7 @@ impl Pair {
             rx_events: rx_events as u64,
             tx_sleeps: tx_sleeps as u64,
             rx_sleeps: rx_sleeps as u64,
+            cpu: tx_cpu.max(rx_cpu),
         })
     }
 
@@ -553,12 +570,18 @@ fn bench(smoke: bool, dir: &Path) -> Result<(), String> {
         }
     }
     let took = started.elapsed();
-    let mut medians: HashMap<(usize, usize), f64> = HashMap::new();
-    for (k, v) in &samples {
-        let mut secs: Vec<f64> = v.iter().map(|s| s.nanos as f64 / 1e9).collect();
-        secs.sort_by(f64::total_cmp);
-        medians.insert(*k, secs[secs.len() / 2]);
-    }
+    let median = |f: fn(&Sample) -> u128| -> HashMap<(usize, usize), f64> {
+        samples
+            .iter()
+            .map(|(k, v)| {
+                let mut secs: Vec<f64> = v.iter().map(|s| f(s) as f64 / 1e9).collect();
+                secs.sort_by(f64::total_cmp);
+                (*k, secs[secs.len() / 2])
+            })
+            .collect()
+    };
+    let medians = median(|s| s.nanos);
+    let cpu_medians = median(|s| s.cpu);
 
     println!("# pore straw: streaming between two processes\n");
     println!(
@@ -604,6 +627,27 @@ fn bench(smoke: bool, dir: &Path) -> Result<(), String> {
             pair.buffer,
             cells.join(" | ")
         );
+    }
+    println!("\nPer CPU-second of the busier process (its CPU time, all threads, user and system, over the cell; preemption by other load does not count): GB/s of payload · ratio to the unix socket pair, medians.\n");
+    println!(
+        "| contender | {} |\n|---|{}",
+        head.join(" | "),
+        "---|".repeat(CELLS.len())
+    );
+    for (i, pair) in pairs.iter().enumerate() {
+        let cells: Vec<String> = CELLS
+            .iter()
+            .enumerate()
+            .map(|(c, &(size, _))| {
+                let secs = cpu_medians[&(i, c)];
+                format!(
+                    "{:.2} GB/s · {:.2}×",
+                    (counts[c] * size as u64) as f64 / secs / 1e9,
+                    cpu_medians[&(sock, c)] / secs
+                )
+            })
+            .collect();
+        println!("| {} | {} |", pair.name, cells.join(" | "));
     }
     println!("\nEvents per message (straws; sum over all rounds / messages): sender → receiver (\"data\") + receiver → sender (\"room\"), and sleeps per message of each side.\n");
     println!(
