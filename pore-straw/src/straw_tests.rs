@@ -290,3 +290,53 @@ fn receive_calls_are_bounded_by_their_deadline() {
     assert_eq!(sb.receiver().dispatch(Duration::ZERO).unwrap(), 1);
     assert!(sb.receiver().dispatch(Duration::from_secs(1)).unwrap() > 1);
 }
+
+/// Finding 6: the v2 geometry is read once and what the ring is attached with is the
+/// validated geometry: a peer flipping its control page's orders during the open gets an
+/// error, never a ring of another size than negotiated.
+#[test]
+fn a_v2_geometry_changed_during_the_open_is_refused() {
+    let xen = Loopback::new();
+    let (a, b) = (xen.domain(DomId(1)), xen.domain(DomId(2)));
+    let layout = Layout::V2 { ring_pages: 2 };
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..300 {
+        let (pa, grant) = open_active(&a, DomId(2), layout).unwrap();
+        let refs = pa.all_refs();
+        let mem = pa.pore.clone();
+        let stop = AtomicBool::new(false);
+        let flips = AtomicUsize::new(0);
+        let wrong = thread::scope(|s| {
+            s.spawn(|| {
+                let mut order = 0u8;
+                while !stop.load(Ordering::Relaxed) {
+                    order ^= 1;
+                    mem.store_u8(v2::A2P_ORDER, order, Ordering::Relaxed);
+                    mem.store_u8(v2::P2A_ORDER, order, Ordering::Relaxed);
+                    flips.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            while flips.load(Ordering::Relaxed) < 2 {
+                std::hint::spin_loop();
+            }
+            let r = open_passive_v2_all(&b, DomId(1), 2, &refs, grant.port);
+            stop.store(true, Ordering::Relaxed);
+            match r {
+                Ok(sp) => {
+                    ok += 1;
+                    let caps = (RingReader::capacity(&sp.rx), RingWriter::capacity(&sp.tx));
+                    (caps != (2 * 4096, 2 * 4096)).then_some(caps)
+                }
+                Err(_) => {
+                    refused += 1;
+                    None
+                }
+            }
+        });
+        assert_eq!(
+            wrong, None,
+            "attached with another geometry than negotiated"
+        );
+    }
+    assert!(refused > 0, "the flips were seen ({ok} opened)");
+}
