@@ -29,6 +29,8 @@
 //! # Ok::<(), pore_straw::straw::StrawIoError>(())
 //! ```
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -36,6 +38,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use pore_core::Backend;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::PollSender;
 
 use crate::straw::{Straw, StrawIoError};
 
@@ -254,6 +257,101 @@ impl AsyncReceiver {
                 Poll::Ready(None)
             }
             other => other,
+        }
+    }
+}
+
+impl futures_core::Stream for AsyncReceiver {
+    type Item = Result<Bytes, StrawIoError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_recv(cx)
+    }
+}
+
+impl AsyncSender {
+    /// This sender as a [`Sink`](futures_sink::Sink) of frames: `poll_ready` waits for room in
+    /// the bridge's queue, `poll_flush` for nothing more (frames are handed over in order), and
+    /// `poll_close` closes the straw gracefully once everything queued was sent (D17).
+    pub fn into_sink(self) -> FrameSink {
+        FrameSink {
+            tx: PollSender::new(self.tx.clone()),
+            sender: self,
+            closing: None,
+        }
+    }
+}
+
+/// A [`Sink`](futures_sink::Sink) of frames over a straw (see [`AsyncSender::into_sink`]).
+#[derive(Debug)]
+pub struct FrameSink {
+    tx: PollSender<Cmd>,
+    sender: AsyncSender,
+    closing: Option<oneshot::Receiver<Result<(), StrawIoError>>>,
+}
+
+impl FrameSink {
+    fn failed(&self) -> StrawIoError {
+        self.sender.error().unwrap_or(StrawIoError::Closed)
+    }
+}
+
+impl futures_sink::Sink<Bytes> for FrameSink {
+    type Error = StrawIoError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), StrawIoError>> {
+        let this = self.get_mut();
+        if let Some(e) = this.sender.error() {
+            return Poll::Ready(Err(e));
+        }
+        match this.tx.poll_reserve(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(this.failed())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> Result<(), StrawIoError> {
+        let this = self.get_mut();
+        this.tx
+            .send_item(Cmd::Frame(frame))
+            .map_err(|_| this.failed())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), StrawIoError>> {
+        let this = self.get_mut();
+        Poll::Ready(match this.sender.error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        })
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), StrawIoError>> {
+        let this = self.get_mut();
+        if this.closing.is_none() {
+            match this.tx.poll_reserve(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(this.failed())),
+                Poll::Pending => return Poll::Pending,
+            }
+            let (reply, done) = oneshot::channel();
+            if this.tx.send_item(Cmd::Close(reply)).is_err() {
+                return Poll::Ready(Err(this.failed()));
+            }
+            this.closing = Some(done);
+        }
+        let Some(done) = this.closing.as_mut() else {
+            return Poll::Ready(Err(StrawIoError::Closed));
+        };
+        match Pin::new(done).poll(cx) {
+            Poll::Ready(r) => {
+                let r = r.unwrap_or(Err(StrawIoError::Closed));
+                Poll::Ready(match this.sender.error() {
+                    Some(e) => Err(e),
+                    None => r,
+                })
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }
