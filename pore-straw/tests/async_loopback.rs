@@ -114,7 +114,11 @@ fn stream_and_sink_carry_frames_then_end() {
         }
         // Without a manager the close cannot run the xenstore protocol: the peer sees the
         // stream end as its port closing (PeerGone) after every frame sent before it.
-        assert!(got[N].is_err(), "the stream ends with the close: {:?}", got[N]);
+        assert!(
+            got[N].is_err(),
+            "the stream ends with the close: {:?}",
+            got[N]
+        );
         sender.await.unwrap();
     });
 }
