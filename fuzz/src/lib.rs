@@ -3,50 +3,25 @@
 
 use std::sync::atomic::Ordering;
 
-use pore_core::loopback::{Loopback, LoopbackGrant};
-use pore_core::{DomId, Grants, SharedAccess, SharedMemory, SharedRing, SharedView, PAGE_SIZE};
+use pore_core::{SharedAccess, SharedRing, SharedView};
 
-/// Guard bytes on each side of the ring region.
-pub const GUARD: usize = 512;
-const PATTERN: u8 = 0x5a;
-
-/// `len` bytes of shared memory with guard bytes around it.
-pub struct Guarded {
-    grant: LoopbackGrant,
-    len: usize,
-}
+/// Shared memory with guard bytes around it; `check` is the fuzz finding if a guard changed.
+pub struct Guarded(pore_core::loopback::GuardedRegion);
 
 impl Guarded {
     /// Zeroed region of `len` bytes.
     pub fn new(len: usize) -> Self {
-        let pages = (len + 2 * GUARD).div_ceil(PAGE_SIZE);
-        let grant = Loopback::new()
-            .domain(DomId(1))
-            .grant(DomId(2), pages)
-            .expect("grant");
-        let g = Guarded { grant, len };
-        let all = g.grant.view();
-        for i in (0..GUARD).chain(GUARD + len..all.len()) {
-            all.store_u8(i, PATTERN, Ordering::Relaxed);
-        }
-        g
+        Guarded(pore_core::loopback::GuardedRegion::new(len))
     }
 
     /// The region.
     pub fn view(&self) -> SharedView<'_> {
-        self.grant.view().subview(GUARD, self.len).expect("fits")
+        self.0.view()
     }
 
     /// Crashes (a fuzz finding) if a guard byte changed.
     pub fn check(&self) {
-        let all = self.grant.view();
-        for i in (0..GUARD).chain(GUARD + self.len..all.len()) {
-            assert_eq!(
-                all.load_u8(i, Ordering::Relaxed),
-                PATTERN,
-                "write outside the ring at {i}"
-            );
-        }
+        self.0.assert_guards();
     }
 }
 

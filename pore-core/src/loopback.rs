@@ -12,6 +12,7 @@ use std::ptr::NonNull;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::SharedAccess as _;
 use crate::{
     CoreError, DomId, ErrorKind, EventChannel, Events, GrantRef, GrantedPages, Grants, MappedPages,
     Maps, NoStore, Port, SharedMemory, StoreAccess, UnmapNotify, WaitOutcome, PAGE_SIZE,
@@ -641,10 +642,98 @@ impl core::fmt::Debug for LoopbackDomain {
     }
 }
 
+/// A region of loopback shared memory with guard bytes of a known pattern on each side: hand
+/// [`GuardedRegion::view`] to code that faces a hostile peer (a ring, a decoder), then
+/// [`GuardedRegion::assert_guards`] proves it never wrote outside the region.
+///
+/// ```
+/// use core::sync::atomic::Ordering;
+/// use pore_core::loopback::GuardedRegion;
+/// use pore_core::SharedAccess;
+///
+/// let region = GuardedRegion::new(100);
+/// region.view().write_bytes(0, &[1; 100]);
+/// region.assert_guards(); // writes inside the region leave the guards alone
+/// ```
+pub struct GuardedRegion {
+    grant: LoopbackGrant,
+    len: usize,
+}
+
+impl GuardedRegion {
+    /// Guard bytes before and after the region.
+    pub const GUARD: usize = 512;
+    const PATTERN: u8 = 0x5a;
+
+    /// A zeroed region of `len` bytes between two guards.
+    ///
+    /// # Panics
+    ///
+    /// If the loopback allocation fails (a test helper: out of memory ends the test).
+    pub fn new(len: usize) -> Self {
+        let pages = (len + 2 * Self::GUARD).div_ceil(PAGE_SIZE);
+        let grant = Loopback::new()
+            .domain(DomId(1))
+            .grant(DomId(2), pages.max(1))
+            .expect("loopback grant");
+        let region = GuardedRegion { grant, len };
+        let all = region.grant.view();
+        for i in (0..Self::GUARD).chain(Self::GUARD + len..all.len()) {
+            all.store_u8(i, Self::PATTERN, core::sync::atomic::Ordering::Relaxed);
+        }
+        region
+    }
+
+    /// The region between the guards.
+    pub fn view(&self) -> crate::SharedView<'_> {
+        self.grant
+            .view()
+            .subview(Self::GUARD, self.len)
+            .expect("the region fits its pages")
+    }
+
+    /// The offset of the first guard byte that changed, if any.
+    pub fn damaged_guard(&self) -> Option<usize> {
+        let all = self.grant.view();
+        (0..Self::GUARD)
+            .chain(Self::GUARD + self.len..all.len())
+            .find(|&i| all.load_u8(i, core::sync::atomic::Ordering::Relaxed) != Self::PATTERN)
+    }
+
+    /// Panics if a guard byte changed (something wrote outside the region).
+    pub fn assert_guards(&self) {
+        if let Some(i) = self.damaged_guard() {
+            panic!("write outside the region: guard byte {i} changed");
+        }
+    }
+}
+
+impl core::fmt::Debug for GuardedRegion {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GuardedRegion")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{Error, Pore, SharedAccess};
+
+    #[test]
+    fn guarded_region_detects_writes_outside() {
+        let region = GuardedRegion::new(64);
+        region.view().write_bytes(0, &[0xff; 64]);
+        assert_eq!(region.damaged_guard(), None);
+        // Write just past the region through the whole grant.
+        region.grant.view().store_u8(
+            GuardedRegion::GUARD + 64,
+            0,
+            core::sync::atomic::Ordering::Relaxed,
+        );
+        assert_eq!(region.damaged_guard(), Some(GuardedRegion::GUARD + 64));
+    }
     use core::sync::atomic::Ordering;
 
     fn pair() -> (Loopback, LoopbackDomain, LoopbackDomain) {
