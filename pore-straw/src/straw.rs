@@ -179,69 +179,61 @@ enum Rx<B: Backend> {
     V2(v2::Consumer<Mem<B>>),
 }
 
+/// Forwards a call to whichever layout a `Tx` or `Rx` holds.
 macro_rules! delegate {
-    ($self:ident, $r:ident => $e:expr) => {
+    ($enum:ident, $self:ident, $r:ident => $e:expr) => {
         match $self {
-            Tx::Ling($r) => $e,
-            Tx::V2($r) => $e,
+            $enum::Ling($r) => $e,
+            $enum::V2($r) => $e,
         }
     };
 }
 
 impl<B: Backend> RingWriter for Tx<B> {
     fn capacity(&self) -> usize {
-        delegate!(self, r => r.capacity())
+        delegate!(Tx, self, r => r.capacity())
     }
     fn writable(&self) -> Result<usize, RingError> {
-        delegate!(self, r => r.writable())
+        delegate!(Tx, self, r => r.writable())
     }
     fn write_deferred(&mut self, buf: &[u8]) -> Result<usize, RingError> {
-        delegate!(self, r => r.write_deferred(buf))
+        delegate!(Tx, self, r => r.write_deferred(buf))
     }
     fn commit(&mut self) -> Result<(), RingError> {
-        delegate!(self, r => r.commit())
+        delegate!(Tx, self, r => r.commit())
     }
     fn take_notify(&mut self) -> bool {
-        delegate!(self, r => RingWriter::take_notify(r))
+        delegate!(Tx, self, r => RingWriter::take_notify(r))
     }
     fn prepare_wait(&mut self) -> Result<bool, RingError> {
-        delegate!(self, r => RingWriter::prepare_wait(r))
+        delegate!(Tx, self, r => RingWriter::prepare_wait(r))
     }
     fn is_broken(&self) -> bool {
-        delegate!(self, r => RingWriter::is_broken(r))
+        delegate!(Tx, self, r => RingWriter::is_broken(r))
     }
-}
-
-macro_rules! delegate_rx {
-    ($self:ident, $r:ident => $e:expr) => {
-        match $self {
-            Rx::Ling($r) => $e,
-            Rx::V2($r) => $e,
-        }
-    };
 }
 
 impl<B: Backend> RingReader for Rx<B> {
     fn capacity(&self) -> usize {
-        delegate_rx!(self, r => r.capacity())
+        delegate!(Rx, self, r => r.capacity())
     }
     fn readable(&self) -> Result<usize, RingError> {
-        delegate_rx!(self, r => r.readable())
+        delegate!(Rx, self, r => r.readable())
     }
     fn read_deferred(&mut self, buf: &mut [u8]) -> Result<usize, RingError> {
-        delegate_rx!(self, r => r.read_deferred(buf))
+        delegate!(Rx, self, r => r.read_deferred(buf))
     }
     fn release(&mut self) -> Result<(), RingError> {
-        delegate_rx!(self, r => r.release())
+        delegate!(Rx, self, r => r.release())
     }
     fn take_notify(&mut self) -> bool {
-        delegate_rx!(self, r => RingReader::take_notify(r))
+        delegate!(Rx, self, r => RingReader::take_notify(r))
     }
     fn prepare_wait(&mut self) -> Result<bool, RingError> {
-        delegate_rx!(self, r => RingReader::prepare_wait(r))
+        delegate!(Rx, self, r => RingReader::prepare_wait(r))
     }
     fn is_broken(&self) -> bool {
-        delegate_rx!(self, r => RingReader::is_broken(r))
+        delegate!(Rx, self, r => RingReader::is_broken(r))
     }
 }
 

@@ -232,6 +232,22 @@ fn tx_aware(t: MsgType) -> bool {
 }
 
 impl Store {
+    /// The guest a RELEASE or RESUME names, checked as C checks it: only a privileged caller
+    /// (EACCES), never domain 0 (EINVAL), only an introduced domain (ENOENT).
+    fn introduced_guest(&self, privileged: bool, p: &[u8]) -> Res<u32> {
+        if !privileged {
+            return Err(ErrorName::EACCES);
+        }
+        let domid = path::atoi(onearg(p)?) as u32;
+        if domid == 0 {
+            return Err(ErrorName::EINVAL);
+        }
+        if !self.domains.contains_key(&domid) {
+            return Err(ErrorName::ENOENT);
+        }
+        Ok(domid)
+    }
+
     /// An empty store (C's initial tree: `/`, `/tool`, `/tool/xenstored`).
     pub fn new(config: Config) -> Self {
         let special_perms = SPECIALS
@@ -714,30 +730,12 @@ impl Store {
                 ok()
             }
             Release => {
-                if !who.privileged {
-                    return Err(ErrorName::EACCES);
-                }
-                let domid = path::atoi(onearg(p)?) as u32;
-                if domid == 0 {
-                    return Err(ErrorName::EINVAL);
-                }
-                if !self.domains.contains_key(&domid) {
-                    return Err(ErrorName::ENOENT);
-                }
+                let domid = self.introduced_guest(who.privileged, p)?;
                 self.release_domain(domid, hooks, out);
                 ok()
             }
             Resume => {
-                if !who.privileged {
-                    return Err(ErrorName::EACCES);
-                }
-                let domid = path::atoi(onearg(p)?) as u32;
-                if domid == 0 {
-                    return Err(ErrorName::EINVAL);
-                }
-                if !self.domains.contains_key(&domid) {
-                    return Err(ErrorName::ENOENT);
-                }
+                self.introduced_guest(who.privileged, p)?;
                 ok()
             }
             GetDomainPath => {
