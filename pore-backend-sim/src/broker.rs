@@ -1,9 +1,13 @@
 //! The broker: the simulated hypervisor reached by domain processes over a unix socket (D19).
 //!
-//! One thread accepts connections; one thread per connection serves its domain's requests.
-//! The first message of a connection is a hello naming the domain; the reply carries its domid
+//! One thread accepts connections; one thread per connection serves its process's requests.
+//! The first message of a connection is a hello naming a new domain, or a join naming a live
+//! domain the process becomes one more context of; the reply carries the domid, the context id
 //! and the event table's memfd. When the connection closes (the process exited, crashed or was
-//! killed), the domain dies: [`crate::hv::Hv::domain_died`] releases all it held.
+//! killed), its context ends ([`crate::hv::Hv::context_ended`]): a domain's creator takes the
+//! domain with it ([`crate::hv::Hv::domain_died`] releases all it held); a joined process
+//! releases only its own grants, mappings and ports, firing their unmap notifications
+//! ([`crate::hv::Hv::context_died`]), and the domain lives on.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -15,7 +19,7 @@ use std::time::Duration;
 use pore_core::{DomId, ErrorKind};
 
 use crate::error::{Result, SimError};
-use crate::hv::Hv;
+use crate::hv::{CtxId, Hv, DOMAIN_CTX};
 use crate::proto::{self, Op, Reply};
 use crate::sys::socket;
 
@@ -151,69 +155,76 @@ fn reply(conn: &OwnedFd, buf: &mut Vec<u8>, r: Result<Reply>) -> bool {
 
 fn serve(hv: Arc<Hv>, conn: OwnedFd, stop: Arc<AtomicBool>) {
     let mut buf = Vec::new();
-    // Hello: the domain names itself and learns its domid.
+    // Hello (a new domain names itself) or join (one more process of a live domain); the
+    // reply carries the domid, the context id and the event table.
     if next_message(&conn, &mut buf, &stop).is_none() {
         return;
     }
-    let dom = match proto::decode_request(&buf) {
-        Ok(req) if req.op == Op::Hello => {
+    let first = proto::decode_request(&buf).and_then(|req| match req.op {
+        Op::Hello => {
             let name = String::from_utf8_lossy(&req.tail).into_owned();
-            let created = hv.create_domain(&name).and_then(|dom| {
-                let table = hv
-                    .table
-                    .fd()
-                    .try_clone_to_owned()
-                    .map_err(SimError::os("sharing the event table"));
-                match table {
-                    Ok(fd) => Ok((dom, fd)),
-                    Err(e) => {
-                        hv.domain_died(dom);
-                        Err(e)
-                    }
-                }
-            });
-            match created {
-                Ok((dom, fd)) => {
-                    let ok = reply(
-                        &conn,
-                        &mut buf,
-                        Ok(Reply {
-                            words: vec![dom.0 as u32],
-                            fds: vec![fd],
-                        }),
-                    );
-                    if !ok {
-                        hv.domain_died(dom);
-                        return;
-                    }
-                    dom
-                }
-                Err(e) => {
-                    reply(&conn, &mut buf, Err(e));
-                    return;
-                }
+            hv.create_domain(&name).map(|dom| (dom, DOMAIN_CTX))
+        }
+        Op::Join => {
+            let dom = match req.args.as_slice() {
+                [d] => u16::try_from(*d).map(DomId).ok(),
+                _ => None,
             }
+            .ok_or_else(|| SimError::refused(ErrorKind::InvalidInput, "a join names one domain"))?;
+            hv.join_domain(dom).map(|ctx| (dom, ctx))
         }
-        Ok(_) => {
-            let e = SimError::refused(ErrorKind::Protocol, "the first message must be a hello");
-            reply(&conn, &mut buf, Err(e));
-            return;
-        }
+        _ => Err(SimError::refused(
+            ErrorKind::Protocol,
+            "the first message must be a hello or a join",
+        )),
+    });
+    let (dom, ctx) = match first {
+        Ok(welcome) => welcome,
         Err(e) => {
             reply(&conn, &mut buf, Err(e));
             return;
         }
     };
-    serve_domain(&hv, dom, &conn, &mut buf, &stop);
-    hv.domain_died(dom);
+    let table = hv
+        .table
+        .fd()
+        .try_clone_to_owned()
+        .map_err(SimError::os("sharing the event table"));
+    let welcomed = match table {
+        Ok(fd) => reply(
+            &conn,
+            &mut buf,
+            Ok(Reply {
+                words: vec![u32::from(dom.0), ctx],
+                fds: vec![fd],
+            }),
+        ),
+        Err(e) => {
+            reply(&conn, &mut buf, Err(e));
+            false
+        }
+    };
+    if welcomed {
+        serve_domain(&hv, dom, ctx, &conn, &mut buf, &stop);
+    }
+    // The connection is the process: its end ends the context (and, for the domain's
+    // creator, the domain).
+    hv.context_ended(dom, ctx);
     socket::shutdown(conn.as_fd());
 }
 
-fn serve_domain(hv: &Hv, dom: DomId, conn: &OwnedFd, buf: &mut Vec<u8>, stop: &AtomicBool) {
+fn serve_domain(
+    hv: &Hv,
+    dom: DomId,
+    ctx: CtxId,
+    conn: &OwnedFd,
+    buf: &mut Vec<u8>,
+    stop: &AtomicBool,
+) {
     while let Some(fds) = next_message(conn, buf, stop) {
         // Domains send no descriptors; any that arrive are dropped (closed) here.
         drop(fds);
-        let r = proto::decode_request(buf).and_then(|req| hv.handle(dom, &req));
+        let r = proto::decode_request(buf).and_then(|req| hv.handle(dom, ctx, &req));
         if !reply(conn, buf, r) {
             return;
         }

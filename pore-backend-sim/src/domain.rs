@@ -15,7 +15,7 @@ use pore_core::{
 use rustix::thread::futex;
 
 use crate::error::{Result, SimError};
-use crate::hv::Hv;
+use crate::hv::{CtxId, Hv, DOMAIN_CTX};
 use crate::proto::{self, Op, Reply, Request, NONE};
 use crate::sys::mmap::Mmap;
 use crate::sys::socket;
@@ -32,9 +32,11 @@ enum Transport {
     Remote { sock: OwnedFd, buf: Mutex<Vec<u8>> },
 }
 
-/// What every handle of one domain shares.
+/// What every handle made from one [`SimDomain`] shares: one resource context of a domain.
 pub(crate) struct DomCtx {
     id: DomId,
+    /// Which context of the domain this is ([`DOMAIN_CTX`] for its creator and dom0 handles).
+    context: CtxId,
     transport: Transport,
     table: Arc<Table>,
     dead: AtomicBool,
@@ -43,15 +45,25 @@ pub(crate) struct DomCtx {
 
 impl std::fmt::Debug for DomCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DomCtx").field("id", &self.id).finish()
+        f.debug_struct("DomCtx")
+            .field("id", &self.id)
+            .field("context", &self.context)
+            .finish()
     }
 }
 
 impl DomCtx {
+    /// The creator context of a domain of this process (or a dom0 handle).
     pub(crate) fn local(id: DomId, hv: Arc<Hv>) -> Arc<DomCtx> {
+        Self::local_context(id, DOMAIN_CTX, hv)
+    }
+
+    /// Context `context` of domain `id`, in this process.
+    pub(crate) fn local_context(id: DomId, context: CtxId, hv: Arc<Hv>) -> Arc<DomCtx> {
         let table = hv.table.clone();
         Arc::new(DomCtx {
             id,
+            context,
             transport: Transport::Local(hv),
             table,
             dead: AtomicBool::new(false),
@@ -59,23 +71,28 @@ impl DomCtx {
         })
     }
 
-    fn remote(path: &Path, name: &str) -> Result<Arc<DomCtx>> {
+    /// A context of this process reached through the broker at `path`, which `first` (a
+    /// hello or a join) asks for.
+    fn remote(path: &Path, first: &Request) -> Result<Arc<DomCtx>> {
         let sock = socket::connect(path).map_err(SimError::os("connecting to the sim broker"))?;
-        let mut hello = Request::new(Op::Hello, &[]);
-        hello.tail = name.as_bytes().to_vec();
         let mut buf = Vec::new();
-        let reply = exchange(sock.as_fd(), &mut buf, &hello)?;
-        let (Some(&id), Some(table_fd)) = (reply.words.first(), reply.fds.into_iter().next())
+        let reply = exchange(sock.as_fd(), &mut buf, first)?;
+        let (&[id, context], Some(table_fd)) =
+            (reply.words.as_slice(), reply.fds.into_iter().next())
         else {
             return Err(SimError::refused(
                 ErrorKind::Protocol,
-                "the broker's hello reply lacks a domid or the event table",
+                "the broker's welcome lacks a domid, a context or the event table",
             ));
         };
+        let id = u16::try_from(id).map_err(|_| {
+            SimError::refused(ErrorKind::Protocol, "the broker sent a domid out of range")
+        })?;
         let table = Table::from_fd(table_fd).map_err(SimError::os("mapping the event table"))?;
-        tracing::debug!(domid = id, "connected to the sim broker");
+        tracing::debug!(domid = id, context, "connected to the sim broker");
         Ok(Arc::new(DomCtx {
-            id: DomId(id as u16),
+            id: DomId(id),
+            context,
             transport: Transport::Remote {
                 sock,
                 buf: Mutex::new(buf),
@@ -92,7 +109,7 @@ impl DomCtx {
         }
         let req = Request::new(op, args);
         match &self.transport {
-            Transport::Local(hv) => hv.handle(self.id, &req),
+            Transport::Local(hv) => hv.handle(self.id, self.context, &req),
             Transport::Remote { sock, buf } => {
                 let mut buf = buf.lock().unwrap_or_else(|p| p.into_inner());
                 exchange(sock.as_fd(), &mut buf, &req)
@@ -105,7 +122,7 @@ impl DomCtx {
             return;
         }
         match &self.transport {
-            Transport::Local(hv) => hv.domain_died(self.id),
+            Transport::Local(hv) => hv.context_ended(self.id, self.context),
             Transport::Remote { sock, .. } => socket::shutdown(sock.as_fd()),
         }
     }
@@ -123,6 +140,15 @@ impl Drop for DomCtx {
             }
         }
     }
+}
+
+fn socket_from_env() -> Result<std::ffi::OsString> {
+    std::env::var_os(crate::SOCKET_ENV).ok_or_else(|| {
+        SimError::refused(
+            ErrorKind::NotFound,
+            "PORE_SIM_SOCKET is not set: no simulated hypervisor to connect to",
+        )
+    })
 }
 
 /// One request/response exchange with the broker.
@@ -170,38 +196,82 @@ fn end_from(words: &[u32]) -> Result<(u32, EndRef)> {
 /// domain**: its ports close (peers see `PeerGone`), its grants are ended or deferred, its
 /// mappings released and its unmap notifications fire. Handles made from it (channels, pages)
 /// stay memory-safe afterwards; their operations fail with [`ErrorKind::Closed`].
+///
+/// A handle can also *join* a live domain ([`crate::Hypervisor::join_domain`],
+/// [`SimDomain::join`], or [`SimDomain::connect`] in a process spawned with
+/// [`crate::DomainCommand::join`]): it is then one more process of that domain, with grants,
+/// mappings and ports of its own, as a process on real Xen has its own gntdev, gntalloc and
+/// evtchn files. Dropping a joined handle (or the joined process exiting or being killed)
+/// releases only what it holds, firing its unmap notifications; the domain, its other
+/// contexts and its xenstore nodes stay. When the domain dies, its joined handles' operations
+/// fail with [`ErrorKind::Closed`].
 #[derive(Debug)]
 pub struct SimDomain {
     ctx: Arc<DomCtx>,
-    owner: bool,
+    /// Whether dropping this handle ends its context: kills the domain for its creator,
+    /// releases its own resources for a joined handle; nothing for dom0 handles.
+    ends_context: bool,
 }
 
 impl SimDomain {
-    pub(crate) fn new(ctx: Arc<DomCtx>, owner: bool) -> Self {
-        SimDomain { ctx, owner }
+    pub(crate) fn new(ctx: Arc<DomCtx>, ends_context: bool) -> Self {
+        SimDomain { ctx, ends_context }
     }
 
-    /// Connects this process, as a new domain named by `PORE_SIM_NAME` (default `"domain"`), to
-    /// the broker whose socket `PORE_SIM_SOCKET` names (see [`crate::Hypervisor::start`]).
+    /// Connects this process to the broker whose socket `PORE_SIM_SOCKET` names (see
+    /// [`crate::Hypervisor::start`]): as a new domain named by `PORE_SIM_NAME` (default
+    /// `"domain"`), or, if `PORE_SIM_JOIN` holds a domid (a process spawned with
+    /// [`crate::DomainCommand::join`]), as one more process of that live domain
+    /// ([`SimDomain::join`]).
     pub fn connect() -> Result<SimDomain> {
-        let path = std::env::var_os(crate::SOCKET_ENV).ok_or_else(|| {
-            SimError::refused(
-                ErrorKind::NotFound,
-                "PORE_SIM_SOCKET is not set: no simulated hypervisor to connect to",
-            )
-        })?;
+        let path = socket_from_env()?;
+        if let Some(join) = std::env::var_os(crate::JOIN_ENV) {
+            let dom = join
+                .to_str()
+                .and_then(|d| d.trim().parse::<u16>().ok())
+                .ok_or_else(|| {
+                    SimError::refused(
+                        ErrorKind::InvalidInput,
+                        "PORE_SIM_JOIN does not hold a domain id",
+                    )
+                })?;
+            return Self::join_to(Path::new(&path), DomId(dom));
+        }
         let name = std::env::var(crate::NAME_ENV).unwrap_or_else(|_| "domain".into());
         Self::connect_to(Path::new(&path), &name)
     }
 
     /// Connects to the broker at `path` as a new domain called `name`.
     pub fn connect_to(path: &Path, name: &str) -> Result<SimDomain> {
-        Ok(SimDomain::new(DomCtx::remote(path, name)?, true))
+        let mut hello = Request::new(Op::Hello, &[]);
+        hello.tail = name.as_bytes().to_vec();
+        Ok(SimDomain::new(DomCtx::remote(path, &hello)?, true))
+    }
+
+    /// Joins the live domain `dom` as one more process of it, through the broker whose socket
+    /// `PORE_SIM_SOCKET` names. What this handle grants, maps and binds is its own: when it
+    /// drops or this process dies, only that is released (its unmap notifications fire) and
+    /// the domain lives on. Joining a domain that does not exist is `NotFound`; dom0 cannot be
+    /// joined (`PermissionDenied`).
+    pub fn join(dom: DomId) -> Result<SimDomain> {
+        let path = socket_from_env()?;
+        Self::join_to(Path::new(&path), dom)
+    }
+
+    /// As [`SimDomain::join`], through the broker at `path`.
+    pub fn join_to(path: &Path, dom: DomId) -> Result<SimDomain> {
+        let join = Request::new(Op::Join, &[u32::from(dom.0)]);
+        Ok(SimDomain::new(DomCtx::remote(path, &join)?, true))
     }
 
     /// This domain's id.
     pub fn id(&self) -> DomId {
         self.ctx.id
+    }
+
+    /// Whether this handle joined a domain someone else created (see [`SimDomain::join`]).
+    pub fn is_joined(&self) -> bool {
+        self.ctx.context != DOMAIN_CTX
     }
 
     /// Drains the readiness eventfd (see [`Events::readiness_fd`]) after it polled readable.
@@ -226,9 +296,13 @@ impl SimDomain {
 
 impl Drop for SimDomain {
     fn drop(&mut self) {
-        if self.owner {
+        if self.ends_context {
             if std::thread::panicking() {
-                tracing::debug!(dom = %self.ctx.id, "domain thread panicked: the domain dies");
+                tracing::debug!(
+                    dom = %self.ctx.id,
+                    joined = self.is_joined(),
+                    "domain thread panicked: its context ends"
+                );
             }
             self.ctx.die();
         }

@@ -28,6 +28,18 @@ const MAX_GRANTS_PER_DOMAIN: usize = 64 * 1024;
 const MAX_PORTS_PER_DOMAIN: usize = 4096;
 /// Most pages in one grant or one map request.
 const MAX_PAGES_PER_REQUEST: usize = 16 * 1024;
+/// Most contexts joined to one domain at once (further processes or handles of it).
+const MAX_JOINED_PER_DOMAIN: usize = 256;
+
+/// A resource context of a domain: what one process of a real Xen guest holds through its own
+/// gntdev, gntalloc and evtchn files. Grants, mappings, ports and their unmap notifications
+/// belong to the context that made them; only it may end, unmap, close or re-arm them.
+pub(crate) type CtxId = u32;
+
+/// The context of a domain's creator: the handle of [`crate::Hypervisor::create_domain`] or
+/// the process of [`crate::SimDomain::connect`], and every dom0 handle. It lives as long as
+/// the domain. Contexts that join a domain later get other (never reused) ids.
+pub(crate) const DOMAIN_CTX: CtxId = 0;
 
 /// A memfd of pages.
 #[derive(Debug)]
@@ -80,6 +92,7 @@ struct Notify {
 #[derive(Debug)]
 struct GrantHandle {
     owner: DomId,
+    ctx: CtxId,
     refs: Vec<u32>,
     block: Arc<Block>,
     notify: Notify,
@@ -88,6 +101,7 @@ struct GrantHandle {
 #[derive(Debug)]
 struct Mapping {
     mapper: DomId,
+    ctx: CtxId,
     granter: DomId,
     refs: Vec<u32>,
     pages: Vec<(Arc<Block>, usize)>,
@@ -97,6 +111,7 @@ struct Mapping {
 #[derive(Debug)]
 struct PortEntry {
     end: EndRef,
+    ctx: CtxId,
     /// The domain allowed to bind (allocator end) or the domain bound to (binder end).
     remote: DomId,
     /// The other end, once bound.
@@ -129,6 +144,9 @@ struct State {
     grant_handles: HashMap<u32, GrantHandle>,
     mappings: HashMap<u32, Mapping>,
     next_handle: u32,
+    /// Contexts that joined a domain and are still there, with their domain.
+    joined: HashMap<CtxId, DomId>,
+    next_ctx: CtxId,
 }
 
 /// The hypervisor shared by the `Hypervisor` handle, in-process domains and the broker.
@@ -248,7 +266,7 @@ impl Hv {
                     system: true,
                 },
             );
-            let (port, _) = match self.alloc_port(&mut st, dom, DomId::DOM0, true) {
+            let (port, _) = match self.alloc_port(&mut st, dom, DOMAIN_CTX, DomId::DOM0, true) {
                 Ok(p) => p,
                 Err(e) => {
                     st.grants.remove(&(dom, STORE_REF));
@@ -307,7 +325,7 @@ impl Hv {
                 return None;
             }
         };
-        let (local, end) = match self.bind_port(st, DomId::DOM0, dom, port, true) {
+        let (local, end) = match self.bind_port(st, DomId::DOM0, DOMAIN_CTX, dom, port, true) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, %dom, "binding a store port for dom0 failed");
@@ -366,8 +384,107 @@ impl Hv {
             .collect()
     }
 
-    /// The domain died: its mappings and grants are released (unmap-notify fires first), its
-    /// ports closed (peers see PeerGone), its store connection released.
+    /// A new context of the live domain `dom` (a further process or handle of it, with
+    /// resources of its own). Dom0 cannot be joined: it is the toolstack's own.
+    pub(crate) fn join_domain(&self, dom: DomId) -> Result<CtxId> {
+        if dom == DomId::DOM0 {
+            return Err(refused(
+                ErrorKind::PermissionDenied,
+                "dom0 cannot be joined (it is the toolstack's own)",
+            ));
+        }
+        let mut st = self.lock();
+        if !st.domains.contains_key(&dom.0) {
+            return Err(refused(
+                ErrorKind::NotFound,
+                "joining a domain that does not exist",
+            ));
+        }
+        if st.joined.values().filter(|&&d| d == dom).count() >= MAX_JOINED_PER_DOMAIN {
+            return Err(refused(
+                ErrorKind::ResourceExhausted,
+                "too many contexts joined to the domain",
+            ));
+        }
+        let ctx = loop {
+            st.next_ctx = st.next_ctx.wrapping_add(1);
+            let c = st.next_ctx;
+            if c != DOMAIN_CTX && !st.joined.contains_key(&c) {
+                break c;
+            }
+        };
+        st.joined.insert(ctx, dom);
+        tracing::debug!(%dom, ctx, "a context joined a simulated domain");
+        Ok(ctx)
+    }
+
+    /// How many contexts joined `dom` and are still there.
+    pub(crate) fn joined_contexts(&self, dom: DomId) -> usize {
+        self.lock().joined.values().filter(|&&d| d == dom).count()
+    }
+
+    /// Context `ctx` of `dom` ended (its process exited, its handle dropped): the domain's
+    /// creator context takes the domain with it ([`Hv::domain_died`]); a joined one releases
+    /// only what it holds ([`Hv::context_died`]).
+    pub(crate) fn context_ended(&self, dom: DomId, ctx: CtxId) {
+        if ctx == DOMAIN_CTX {
+            self.domain_died(dom);
+        } else {
+            self.context_died(dom, ctx);
+        }
+    }
+
+    /// A joined context ended while its domain lives on: its mappings and grants are released
+    /// (its unmap notifications fire first), its ports closed (peers see PeerGone). The domain,
+    /// its other contexts and its store connection stay as they were.
+    pub(crate) fn context_died(&self, dom: DomId, ctx: CtxId) {
+        let mut st = self.lock();
+        // Gone already if the domain died first (and its domid may have been reused since).
+        if ctx == DOMAIN_CTX || st.joined.get(&ctx) != Some(&dom) {
+            return;
+        }
+        st.joined.remove(&ctx);
+        tracing::debug!(%dom, ctx, "a joined context of a simulated domain ended");
+        self.release(&mut st, dom, Some(ctx));
+    }
+
+    /// Releases what `dom` holds (only what context `only` holds, if given): mappings and
+    /// grants first, firing their unmap notifications while the ports are still open (as when
+    /// a process exits and its gntdev/gntalloc files are released before its evtchn file),
+    /// then the ports.
+    fn release(&self, st: &mut State, dom: DomId, only: Option<CtxId>) {
+        let mine = |d: DomId, c: CtxId| d == dom && only.is_none_or(|o| o == c);
+        let maps: Vec<u32> = st
+            .mappings
+            .iter()
+            .filter(|(_, m)| mine(m.mapper, m.ctx))
+            .map(|(&h, _)| h)
+            .collect();
+        for h in maps {
+            self.unmap_handle(st, h);
+        }
+        let grants: Vec<u32> = st
+            .grant_handles
+            .iter()
+            .filter(|(_, g)| mine(g.owner, g.ctx))
+            .map(|(&h, _)| h)
+            .collect();
+        for h in grants {
+            let _ = self.end_handle(st, h, true);
+        }
+        let ports: Vec<u32> = st
+            .ports
+            .iter()
+            .filter(|(&(d, _), e)| mine(d, e.ctx))
+            .map(|(&(_, p), _)| p)
+            .collect();
+        for p in ports {
+            let _ = self.close_port(st, dom, p);
+        }
+    }
+
+    /// The domain died: all its contexts' mappings and grants are released (unmap-notify
+    /// fires first), their ports closed (peers see PeerGone), its store connection released.
     pub(crate) fn domain_died(&self, dom: DomId) {
         if dom == DomId::DOM0 {
             return;
@@ -378,35 +495,8 @@ impl Hv {
                 return;
             }
             tracing::debug!(%dom, "simulated domain died");
-            // Unmap-notify fires while the domain's ports are still open, as when a process
-            // exits and its gntdev/gntalloc files are released before its evtchn file.
-            let maps: Vec<u32> = st
-                .mappings
-                .iter()
-                .filter(|(_, m)| m.mapper == dom)
-                .map(|(&h, _)| h)
-                .collect();
-            for h in maps {
-                self.unmap_handle(&mut st, h);
-            }
-            let grants: Vec<u32> = st
-                .grant_handles
-                .iter()
-                .filter(|(_, g)| g.owner == dom)
-                .map(|(&h, _)| h)
-                .collect();
-            for h in grants {
-                let _ = self.end_handle(&mut st, h, true);
-            }
-            let ports: Vec<u32> = st
-                .ports
-                .keys()
-                .filter(|(d, _)| *d == dom)
-                .map(|&(_, p)| p)
-                .collect();
-            for p in ports {
-                let _ = self.close_port(&mut st, dom, p);
-            }
+            self.release(&mut st, dom, None);
+            st.joined.retain(|_, d| *d != dom);
             // The store page: revoked now unless someone still maps it.
             if let Some(g) = st.grants.get_mut(&(dom, STORE_REF)) {
                 if g.maps == 0 {
@@ -426,22 +516,28 @@ impl Hv {
     // ----------------------------------------------------------------------------------------
     // Requests
 
-    /// Handles one request from `dom`.
-    pub(crate) fn handle(&self, dom: DomId, req: &Request) -> Result<Reply> {
+    /// Handles one request from context `ctx` of `dom`.
+    pub(crate) fn handle(&self, dom: DomId, ctx: CtxId, req: &Request) -> Result<Reply> {
         let mut args = Args(req.args.iter());
         let mut st = self.lock();
         if !st.domains.contains_key(&dom.0) {
             return Err(refused(ErrorKind::Closed, "the calling domain is dead"));
         }
+        if ctx != DOMAIN_CTX && st.joined.get(&ctx) != Some(&dom) {
+            return Err(refused(
+                ErrorKind::Closed,
+                "the calling context has left its domain",
+            ));
+        }
         match req.op {
-            Op::Hello => Err(refused(
+            Op::Hello | Op::Join => Err(refused(
                 ErrorKind::InvalidInput,
-                "hello is only valid as a connection's first message",
+                "hello and join are only valid as a connection's first message",
             )),
             Op::Grant => {
                 let remote = args.dom()?;
                 let pages = args.next()? as usize;
-                self.grant(&mut st, dom, remote, pages)
+                self.grant(&mut st, dom, ctx, remote, pages)
             }
             Op::GrantNotify | Op::MapNotify => {
                 let handle = args.next()?;
@@ -450,6 +546,7 @@ impl Hv {
                 self.set_notify(
                     &mut st,
                     dom,
+                    ctx,
                     req.op,
                     handle,
                     Notify {
@@ -462,7 +559,7 @@ impl Hv {
                 let handle = args.next()?;
                 let defer = args.next()? != 0;
                 match st.grant_handles.get(&handle) {
-                    Some(g) if g.owner == dom => {}
+                    Some(g) if g.owner == dom && g.ctx == ctx => {}
                     _ => {
                         return Err(refused(
                             ErrorKind::NotFound,
@@ -476,12 +573,12 @@ impl Hv {
             Op::Map => {
                 let remote = args.dom()?;
                 let refs = args.rest();
-                self.map(&mut st, dom, remote, &refs)
+                self.map(&mut st, dom, ctx, remote, &refs)
             }
             Op::Unmap => {
                 let handle = args.next()?;
                 match st.mappings.get(&handle) {
-                    Some(m) if m.mapper == dom => {}
+                    Some(m) if m.mapper == dom && m.ctx == ctx => {}
                     _ => {
                         return Err(refused(
                             ErrorKind::NotFound,
@@ -494,13 +591,13 @@ impl Hv {
             }
             Op::AllocUnbound => {
                 let remote = args.dom()?;
-                let (port, end) = self.alloc_port(&mut st, dom, remote, false)?;
+                let (port, end) = self.alloc_port(&mut st, dom, ctx, remote, false)?;
                 Ok(Reply::words(vec![port, end.slot, end.side, end.gen]))
             }
             Op::Bind => {
                 let remote = args.dom()?;
                 let remote_port = args.next()?;
-                let (port, end) = self.bind_port(&mut st, dom, remote, remote_port, false)?;
+                let (port, end) = self.bind_port(&mut st, dom, ctx, remote, remote_port, false)?;
                 Ok(Reply::words(vec![port, end.slot, end.side, end.gen]))
             }
             Op::Close => {
@@ -511,6 +608,10 @@ impl Hv {
                     Some(e) if e.system && dom != DomId::DOM0 => Err(refused(
                         ErrorKind::PermissionDenied,
                         "the store port belongs to the toolstack",
+                    )),
+                    Some(e) if e.ctx != ctx && !e.system => Err(refused(
+                        ErrorKind::PermissionDenied,
+                        "closing a port another context of the domain holds",
                     )),
                     Some(_) => self
                         .close_port(&mut st, dom, port)
@@ -545,7 +646,14 @@ impl Hv {
         }
     }
 
-    fn grant(&self, st: &mut State, dom: DomId, remote: DomId, pages: usize) -> Result<Reply> {
+    fn grant(
+        &self,
+        st: &mut State,
+        dom: DomId,
+        ctx: CtxId,
+        remote: DomId,
+        pages: usize,
+    ) -> Result<Reply> {
         if pages == 0 {
             return Err(refused(ErrorKind::InvalidInput, "granting zero pages"));
         }
@@ -587,6 +695,7 @@ impl Hv {
             handle,
             GrantHandle {
                 owner: dom,
+                ctx,
                 refs,
                 block,
                 notify: Notify::default(),
@@ -623,18 +732,23 @@ impl Hv {
         &self,
         st: &mut State,
         dom: DomId,
+        ctx: CtxId,
         op: Op,
         handle: u32,
         notify: Notify,
     ) -> Result<Reply> {
         let (len, slot) = if op == Op::GrantNotify {
             match st.grant_handles.get_mut(&handle) {
-                Some(g) if g.owner == dom => (g.refs.len() * PAGE_SIZE, &mut g.notify),
+                Some(g) if g.owner == dom && g.ctx == ctx => {
+                    (g.refs.len() * PAGE_SIZE, &mut g.notify)
+                }
                 _ => return Err(refused(ErrorKind::NotFound, "no such grant handle")),
             }
         } else {
             match st.mappings.get_mut(&handle) {
-                Some(m) if m.mapper == dom => (m.pages.len() * PAGE_SIZE, &mut m.notify),
+                Some(m) if m.mapper == dom && m.ctx == ctx => {
+                    (m.pages.len() * PAGE_SIZE, &mut m.notify)
+                }
                 _ => return Err(refused(ErrorKind::NotFound, "no such mapping")),
             }
         };
@@ -702,7 +816,14 @@ impl Hv {
         Ok(())
     }
 
-    fn map(&self, st: &mut State, dom: DomId, remote: DomId, refs: &[u32]) -> Result<Reply> {
+    fn map(
+        &self,
+        st: &mut State,
+        dom: DomId,
+        ctx: CtxId,
+        remote: DomId,
+        refs: &[u32],
+    ) -> Result<Reply> {
         if refs.is_empty() {
             return Err(refused(ErrorKind::InvalidInput, "mapping zero pages"));
         }
@@ -767,6 +888,7 @@ impl Hv {
             handle,
             Mapping {
                 mapper: dom,
+                ctx,
                 granter: remote,
                 refs: refs.to_vec(),
                 pages,
@@ -835,6 +957,7 @@ impl Hv {
         &self,
         st: &mut State,
         dom: DomId,
+        ctx: CtxId,
         remote: DomId,
         system: bool,
     ) -> Result<(u32, EndRef)> {
@@ -846,6 +969,7 @@ impl Hv {
             (dom, port),
             PortEntry {
                 end,
+                ctx,
                 remote,
                 peer: None,
                 system,
@@ -858,6 +982,7 @@ impl Hv {
         &self,
         st: &mut State,
         dom: DomId,
+        ctx: CtxId,
         remote: DomId,
         remote_port: u32,
         system: bool,
@@ -888,6 +1013,7 @@ impl Hv {
             (dom, port),
             PortEntry {
                 end,
+                ctx,
                 remote,
                 peer: Some((remote, remote_port)),
                 system,

@@ -19,6 +19,12 @@
 //!   including when its domain dies.
 //! * **Domain death**: dropping a [`SimDomain`] (or its thread panicking, or its process exiting
 //!   or being killed) releases its mappings, grants and ports; peers see it.
+//! * **Several processes of one domain**: a handle or process can *join* a live domain
+//!   ([`Hypervisor::join_domain`], [`SimDomain::join`], [`DomainCommand::join`]) and holds its
+//!   grants, mappings and ports as its own, as a process of a real guest does through its own
+//!   gntdev, gntalloc and evtchn files. When it goes, only its resources are released and its
+//!   unmap notifications fire; the domain and its xenstore nodes stay. Its peers learn of it
+//!   only through the data path (the port closing, the unmap-notify byte and event), D8.
 //! * **The store**: each domain has a xenstore page and a store port for dom0 ([`store`]);
 //!   with the `xenstored` feature (default), pore-xenstore's server is a [`StoreService`]:
 //!   the toolstack introduces every domain to it and releases it when the domain dies.
@@ -93,6 +99,9 @@ pub use store::{StoreLink, StoreService};
 pub const SOCKET_ENV: &str = "PORE_SIM_SOCKET";
 /// Environment variable naming a domain process (its `name` in the toolstack).
 pub const NAME_ENV: &str = "PORE_SIM_NAME";
+/// Environment variable holding the domid a process joins instead of creating a domain (set by
+/// [`DomainCommand::join`], read by [`SimDomain::connect`]).
+pub const JOIN_ENV: &str = "PORE_SIM_JOIN";
 
 /// How many wake-up syscalls (`futex` wakes) this process has made for simulated event
 /// channels so far, all hypervisors together: a probe for tests that the doorbell makes no
@@ -210,6 +219,25 @@ impl Hypervisor {
         ))
     }
 
+    /// Another handle of the live domain `dom`, as a second process of it would be: what it
+    /// grants, maps and binds is its own and only it may end, unmap or close it. Dropping it
+    /// (or its thread panicking) releases only that, firing its unmap notifications; the
+    /// domain, its other handles' resources and its xenstore nodes stay. `NotFound` if `dom`
+    /// is not alive; dom0 cannot be joined (`PermissionDenied`, use [`Hypervisor::dom0`]).
+    pub fn join_domain(&self, dom: DomId) -> Result<SimDomain> {
+        let ctx = self.hv.join_domain(dom)?;
+        Ok(SimDomain::new(
+            domain::DomCtx::local_context(dom, ctx, self.hv.clone()),
+            true,
+        ))
+    }
+
+    /// How many handles or processes that joined `dom` are still there (a killed joined
+    /// process counts until the broker has noticed and released what it held).
+    pub fn joined_contexts(&self, dom: DomId) -> usize {
+        self.hv.joined_contexts(dom)
+    }
+
     /// A handle acting as dom0 (the privileged domain). Dropping it kills nothing.
     pub fn dom0(&self) -> SimDomain {
         SimDomain::new(domain::DomCtx::local(DomId::DOM0, self.hv.clone()), false)
@@ -274,7 +302,8 @@ impl Hypervisor {
         self.hv.outstanding(None)
     }
 
-    /// What `dom` still holds (its grants, its mappings, its ports).
+    /// What `dom` still holds (its grants, its mappings, its ports), all its contexts
+    /// together.
     pub fn outstanding_of(&self, dom: DomId) -> Outstanding {
         self.hv.outstanding(Some(dom))
     }

@@ -124,7 +124,9 @@ impl DomainCommand {
         let exe =
             std::env::current_exe().map_err(SimError::os("finding the current executable"))?;
         let mut cmd = Command::new(exe);
-        cmd.env(crate::SOCKET_ENV, socket)
+        // A child of a joined process must not join by accident: `join` sets it explicitly.
+        cmd.env_remove(crate::JOIN_ENV)
+            .env(crate::SOCKET_ENV, socket)
             .env(ROLE_ENV, role)
             .env(crate::NAME_ENV, role)
             .stdin(Stdio::piped())
@@ -153,6 +155,15 @@ impl DomainCommand {
     /// Names the domain (default: the role).
     pub fn name(mut self, name: &str) -> Self {
         self.cmd.env(crate::NAME_ENV, name);
+        self
+    }
+
+    /// Makes the child one more process of the live domain `dom` instead of a new domain:
+    /// its [`crate::SimDomain::connect`] joins `dom` (through [`crate::JOIN_ENV`]). When the
+    /// child exits or is killed, only its own grants, mappings and ports are released and its
+    /// unmap notifications fire; the domain lives on.
+    pub fn join(mut self, dom: pore_core::DomId) -> Self {
+        self.cmd.env(crate::JOIN_ENV, dom.0.to_string());
         self
     }
 

@@ -3,7 +3,9 @@
 //! In-process domains hand a [`Request`] to the hypervisor directly; domain processes send it
 //! over the broker socket. Both take the same path through [`crate::hv::Hv::handle`], so the two
 //! modes share every rule. Message: `[op or status: u32][n: u32][n words][tail bytes]`, little
-//! endian; the tail carries a domain name (hello) or an error message (refusals).
+//! endian; the tail carries a domain name (hello) or an error message (refusals). A connection
+//! opens with a hello (a new domain) or a join (one more context of an existing domain, its
+//! domid the only word); either reply carries the domid, the context id and the event table.
 
 use std::os::fd::OwnedFd;
 
@@ -26,6 +28,7 @@ pub(crate) enum Op {
     Bind = 9,
     Close = 10,
     OpenStore = 11,
+    Join = 12,
 }
 
 impl Op {
@@ -42,6 +45,7 @@ impl Op {
             9 => Op::Bind,
             10 => Op::Close,
             11 => Op::OpenStore,
+            12 => Op::Join,
             _ => return None,
         })
     }

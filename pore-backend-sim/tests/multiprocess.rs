@@ -343,6 +343,92 @@ fn select_over_channels_to_several_processes() {
     }
 }
 
+/// A second process of a live domain (D8): killed, it releases exactly its own grants and port,
+/// its unmap-notify fires (byte cleared, event), and the domain with its creator's pore and its
+/// store connection lives on.
+#[test]
+fn a_killed_joined_process_releases_only_its_own_and_fires_its_unmap_notify() {
+    run_child_role(child);
+    let hv = Hypervisor::start_unexported().unwrap();
+    let store = Arc::new(RecordingStore::default());
+    hv.set_store_service(store.clone());
+    let a = hv.create_domain("a").unwrap();
+    let b = hv.create_domain("b").unwrap();
+    // The creator of `a` (this process) holds one pore to `b`.
+    let ax = Pore::open_active(&a, b.id(), 2).unwrap();
+    let bx = Pore::open_passive(&b, a.id(), &ax.info().refs, ax.info().port).unwrap();
+    let creator_only = hv.outstanding_of(a.id());
+    assert_eq!(
+        (
+            creator_only.grants,
+            creator_only.mappings,
+            creator_only.ports
+        ),
+        (2, 0, 1)
+    );
+    // A child process joins `a` and grants 3 pages to `b`, live byte and event armed.
+    let mut p = hv
+        .domain_command("active")
+        .unwrap()
+        .test("a_killed_joined_process_releases_only_its_own_and_fires_its_unmap_notify")
+        .join(a.id())
+        .arg(b.id().0.to_string())
+        .arg("3")
+        .arg("hang")
+        .spawn()
+        .unwrap();
+    let info = parse_info(&p.read_report(WAIT).unwrap());
+    assert_eq!(
+        info.dom,
+        a.id(),
+        "the child joined the domain, it made none"
+    );
+    assert_eq!(hv.joined_contexts(a.id()), 1);
+    let by = Pore::open_passive(&b, a.id(), &info.refs, info.port).unwrap();
+    assert_eq!(by.load_u8(LIVE, Ordering::Acquire), 1);
+    let both = hv.outstanding_of(a.id());
+    assert_eq!((both.grants, both.mappings, both.ports), (2 + 3, 0, 1 + 1));
+
+    p.kill().unwrap();
+    assert!(p.wait_timeout(WAIT).unwrap().is_some());
+    let deadline = Instant::now() + WAIT;
+    while hv.joined_contexts(a.id()) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the broker never noticed the kill"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The domain lives on; only the data path tells `b`: the live byte is clear, the event of
+    // the unmap-notify came before the port closed.
+    assert!(hv.is_alive(a.id()));
+    assert_eq!(by.load_u8(LIVE, Ordering::Acquire), 0);
+    assert_eq!(by.channel().wait(WAIT).unwrap(), WaitOutcome::Event);
+    wait_peer_gone(by.channel());
+    // The dead process's grants wait on the revoke-later list only because `b` maps them.
+    let after = hv.outstanding_of(a.id());
+    assert_eq!(
+        (
+            after.grants,
+            after.revoke_later,
+            after.mappings,
+            after.ports
+        ),
+        (2 + 3, 3, 0, 1)
+    );
+    by.close().unwrap();
+    assert_eq!(hv.outstanding_of(a.id()), creator_only);
+    // The creator's pore is untouched and the store service never released the domain.
+    ax.store_u32(0, 9, Ordering::Release);
+    ax.poke().unwrap();
+    assert_eq!(bx.channel().wait(WAIT).unwrap(), WaitOutcome::Event);
+    assert_eq!(bx.load_u32(0, Ordering::Acquire), 9);
+    assert!(store.released.lock().unwrap().is_empty());
+    bx.close().unwrap();
+    ax.close().unwrap();
+    hv.assert_cleaned_up();
+}
+
 #[derive(Default)]
 struct RecordingStore {
     introduced: Mutex<Vec<StoreLink>>,
