@@ -3,10 +3,10 @@
 //!
 //! The wire format is pore-ring's framing (a 4-byte big-endian length, then the payload). Unlike
 //! [`pore_ring::frame::FrameReader`], which needs a caller buffer as long as the frame before
-//! it copies any of its payload, the [`Reassembler`] grows its buffer only as the payload
-//! arrives: a length prefix from the peer never drives an allocation by itself (DESIGN, "Memory
-//! a peer can write"). After a frame larger than the resting buffer the grown buffer leaves
-//! with the frame (no copy) and a fresh small one takes its place.
+//! it copies any of its payload, the [`Reassembler`] copies each payload byte once, into a
+//! buffer that becomes the frame's [`Bytes`]. A length prefix from the peer never drives an
+//! allocation past `RESTING` (64 KiB) by itself (DESIGN, "Memory a peer can write"): a longer frame's
+//! buffer grows only as its payload arrives.
 
 use std::vec::Vec;
 
@@ -18,8 +18,9 @@ use pore_ring::{RingError, RingReader};
 /// copy with its header.
 const AHEAD: usize = 256;
 
-/// The receive buffer's resting capacity: frames up to this size are copied out of it, larger
-/// ones take the grown buffer with them.
+/// The most a length prefix alone makes us allocate: a frame up to this size gets a buffer of
+/// exactly its length when its header arrives; a larger one starts with this much and grows
+/// only as its payload arrives. Either way the buffer leaves with the frame (no copy).
 pub(crate) const RESTING: usize = 64 * 1024;
 
 /// What [`Reassembler::recv`] produced.
@@ -92,7 +93,7 @@ impl Reassembler {
             max,
             header: [0; HEADER_LEN],
             state: State::Header { got: 0 },
-            buf: Vec::with_capacity(RESTING),
+            buf: Vec::new(),
             ahead: Ahead {
                 bytes: [0; AHEAD],
                 pos: 0,
@@ -163,10 +164,11 @@ impl Reassembler {
                     }
                     // The header is a private copy now: parse it.
                     let len = u32::from_be_bytes(self.header);
-                    self.buf.clear();
                     self.state = if len as usize > self.max {
                         State::Skip { len, left: len }
                     } else {
+                        // The frame's own buffer: exact up to the bound, then grown by arrival.
+                        self.buf = Vec::with_capacity((len as usize).min(RESTING));
                         State::Body { len: len as usize }
                     };
                 }
@@ -178,26 +180,25 @@ impl Reassembler {
                         if avail == 0 {
                             return Ok(None);
                         }
-                        let take = (len - got).min(avail);
+                        // In chunks of a quarter ring, each released at once: the peer refills
+                        // the ring while we copy the rest (a frame as large as the ring would
+                        // otherwise leave the writer idle for a whole copy).
+                        let chunk = (ring.capacity() / 4).max(4096);
+                        let take = (len - got).min(avail).min(chunk);
                         self.reserve(got + take, len);
                         self.buf.resize(got + take, 0);
                         let n = self.ahead.pull(ring, &mut self.buf[got..])?;
                         self.buf.truncate(got + n);
                         if got + n < len {
-                            return Ok(None);
+                            if n == 0 {
+                                return Ok(None);
+                            }
+                            ring.release()?;
+                            continue;
                         }
                     }
                     self.state = State::Header { got: 0 };
-                    let frame = if self.buf.capacity() > RESTING {
-                        Bytes::from(core::mem::replace(
-                            &mut self.buf,
-                            Vec::with_capacity(RESTING),
-                        ))
-                    } else {
-                        let f = Bytes::copy_from_slice(&self.buf);
-                        self.buf.clear();
-                        f
-                    };
+                    let frame = Bytes::from(core::mem::take(&mut self.buf));
                     return Ok(Some(Got::Frame(frame)));
                 }
                 State::Skip { len, left } => {
