@@ -84,7 +84,11 @@ pub struct StrawConfig {
     pub close_timeout: Duration,
     /// The longest single sleep: how often a blocked call re-checks for a lost peer.
     pub slice: Duration,
-    /// Spin this long before sleeping on the event channel (zero: sleep at once).
+    /// How long a blocking call spins on the ring before it asks the peer for an event and
+    /// sleeps (zero: sleep at once; no spin on a single CPU). A peer that answers within the
+    /// spin costs neither side an event nor a sleep: the 64 KiB streaming bench runs about 3×
+    /// faster with the default 20 µs than with none. An idle blocked call spins once per
+    /// `slice`, so the cost at rest is about `spin / slice` of a CPU (0.02 %).
     pub spin: Duration,
 }
 
@@ -98,7 +102,7 @@ impl Default for StrawConfig {
             io_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(5),
             slice: Duration::from_millis(100),
-            spin: Duration::ZERO,
+            spin: Duration::from_micros(20),
         }
     }
 }
@@ -501,6 +505,12 @@ const PEER_GONE: u8 = 2;
 const CLOSING: u8 = 3;
 const CLOSED: u8 = 4;
 
+/// Whether spinning can help: only with more than one CPU to run the peer meanwhile.
+fn spin_worthwhile() -> bool {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())) > 1
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -578,6 +588,32 @@ impl<B: Backend> Shared<B> {
         lock(&self.pore)
             .as_ref()
             .is_some_and(|p| p.load_u8(theirs, Ordering::Acquire) == v2::LIVE_GONE)
+    }
+
+    /// Spins (up to [`StrawConfig::spin`], never past `deadline`) until `ready` says the ring
+    /// has what we wait for: `true` if it did. Called before arming the ring's wake-up, so a
+    /// peer that answers within the spin costs neither side an event nor a sleep. No spin on a
+    /// single CPU, where the peer cannot run while we spin.
+    fn spin_until(
+        &self,
+        deadline: Instant,
+        mut ready: impl FnMut() -> Result<bool, RingError>,
+    ) -> Result<bool, RingError> {
+        if self.cfg.spin.is_zero() || !spin_worthwhile() {
+            return Ok(false);
+        }
+        let end = (Instant::now() + self.cfg.spin).min(deadline);
+        loop {
+            for _ in 0..64 {
+                if ready()? {
+                    return Ok(true);
+                }
+                core::hint::spin_loop();
+            }
+            if Instant::now() >= end || self.status.load(Ordering::Acquire) != OPEN {
+                return Ok(false);
+            }
+        }
     }
 
     fn ring_bell(&self) {
@@ -1068,7 +1104,7 @@ impl<B: Backend> Sender<B> {
         let mut frame = Some(frame);
         loop {
             let seen = self.sh.bell_seq();
-            match self.step(&mut frame)? {
+            match self.step(&mut frame, Some(deadline))? {
                 true => return Ok(()),
                 false => match self.wait(seen, deadline) {
                     // Taken, partly in the ring: it will be finished, never resend it.
@@ -1089,7 +1125,7 @@ impl<B: Backend> Sender<B> {
             return Err(StrawIoError::TooLarge(frame.len()));
         }
         let mut frame = Some(frame);
-        self.step(&mut frame)?;
+        self.step(&mut frame, None)?;
         match frame {
             None => Ok(()),
             Some(_) => Err(StrawIoError::WouldBlock),
@@ -1102,7 +1138,7 @@ impl<B: Backend> Sender<B> {
         let mut none = None;
         loop {
             let seen = self.sh.bell_seq();
-            if self.step(&mut none)? {
+            if self.step(&mut none, Some(deadline))? {
                 return Ok(());
             }
             self.wait(seen, deadline)?;
@@ -1116,9 +1152,14 @@ impl<B: Backend> Sender<B> {
         self.send(Bytes::from(bytes))
     }
 
-    /// One non-blocking step: finish the pending frame, then start `frame` (taken when it is
-    /// entirely or partly in the ring). `true`: nothing is pending and `frame` was taken.
-    fn step(&self, frame: &mut Option<Bytes>) -> Result<bool, StrawIoError> {
+    /// One step: finish the pending frame, then start `frame` (taken when it is entirely or
+    /// partly in the ring). `true`: nothing is pending and `frame` was taken. With a
+    /// `deadline` (a blocking call) it spins for room before giving up.
+    fn step(
+        &self,
+        frame: &mut Option<Bytes>,
+        deadline: Option<Instant>,
+    ) -> Result<bool, StrawIoError> {
         if self.sh.finished.load(Ordering::Acquire) && frame.is_some() {
             return Err(StrawIoError::Closed);
         }
@@ -1134,7 +1175,7 @@ impl<B: Backend> Sender<B> {
             return Err(self.sh.status_error().unwrap_or(StrawIoError::PeerGone));
         }
         let mut notify = false;
-        let r = self.pump(st, frame, &mut notify);
+        let r = self.pump(st, frame, &mut notify, deadline);
         drop(guard);
         let finished = r.map_err(|e| self.sh.ring_failed(e))?;
         if notify {
@@ -1149,6 +1190,7 @@ impl<B: Backend> Sender<B> {
         st: &mut TxState<B>,
         frame: &mut Option<Bytes>,
         notify: &mut bool,
+        spin: Option<Instant>,
     ) -> Result<bool, RingError> {
         loop {
             let mut done = true;
@@ -1180,6 +1222,14 @@ impl<B: Backend> Sender<B> {
             *notify |= st.ring.take_notify();
             if done {
                 return Ok(true);
+            }
+            if let Some(deadline) = spin {
+                if self
+                    .sh
+                    .spin_until(deadline, || Ok(st.ring.writable()? > 0))?
+                {
+                    continue;
+                }
             }
             // About to wait for room: ask to be woken, then re-check.
             if !st.ring.prepare_wait()? {
@@ -1401,6 +1451,13 @@ impl<B: Backend> Receiver<B> {
                             return Err(e);
                         }
                         continue;
+                    }
+                    if let Some(deadline) = deadline {
+                        match self.sh.spin_until(deadline, || Ok(st.ring.readable()? > 0)) {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            Err(e) => return Err(self.sh.ring_failed(e)),
+                        }
                     }
                     match st.ring.prepare_wait() {
                         Ok(true) => continue,
