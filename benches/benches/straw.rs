@@ -9,10 +9,11 @@
 //!
 //! * straws between two domains of the simulated Xen (the parent runs the broker and the embedded
 //!   xenstored; each domain reaches xenstore through its own store ring), opened by the straw
-//!   managers' handshake, raw format, blocking sends and receives (`StrawConfig::spin` zero
-//!   unless `PORE_BENCH_STRAW_SPIN_US` says otherwise): the LING layout (16 KiB per
-//!   direction), v2 with 8 data pages (32 KiB), with 16 (64 KiB) and with 64 (256 KiB, about
-//!   the socket's default send buffer);
+//!   managers' handshake, raw format, blocking sends and receives with the default
+//!   `StrawConfig` (a 20 µs spin before sleeping): the LING layout (16 KiB per direction), v2
+//!   with 8 data pages (32 KiB), with 16 (64 KiB) and with 64 (256 KiB, about the socket's
+//!   default send buffer); and v2 with 16 and 64 pages without the spin (`spin` zero: every
+//!   wait sleeps on the event channel at once);
 //! * a connected unix stream socket pair with its default buffers (the receiver listens on a
 //!   path, the sender connects: the same kernel object as `socketpair(2)`);
 //! * a pipe (a FIFO, the same kernel object as `pipe(2)`, 64 KiB by default), with a second
@@ -30,7 +31,9 @@
 //!
 //! `cargo bench -p pore-benches --bench straw`; without `--bench` (`cargo test --benches`) a
 //! smoke run of a few messages per cell. `PORE_BENCH_ROUNDS` and `PORE_BENCH_SCALE` (divides
-//! the volumes) override the defaults.
+//! the volumes) override the defaults; `PORE_BENCH_STRAW_PAGES=16,64` keeps only those straws
+//! (and the socket, which every ratio needs; not the pipe) and `PORE_BENCH_SIZES=65536` only
+//! those message sizes, e.g. to run one cell under a profiler.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -55,8 +58,16 @@ use pore_xenstore::{Client, Config as ClientConfig};
 const LONG: Duration = Duration::from_secs(120);
 /// Message sizes and the bytes moved per cell at each.
 const CELLS: [(usize, u64); 3] = [(16, 16 << 20), (4 << 10, 64 << 20), (64 << 10, 256 << 20)];
-/// The straws measured: v2 data pages per direction, 0 for the LING layout.
-const STRAW_PAGES: [u32; 4] = [0, 8, 16, 64];
+/// The straws measured: v2 data pages per direction (0 for the LING layout), and the spin
+/// before sleeping in µs (`None`: the default `StrawConfig::spin`).
+const STRAWS: [(u32, Option<u64>); 6] = [
+    (0, None),
+    (8, None),
+    (16, None),
+    (64, None),
+    (16, Some(0)),
+    (64, Some(0)),
+];
 
 // ---------------------------------------------------------------------------------------------
 // The children
@@ -90,6 +101,14 @@ fn next_command() -> Option<(usize, u64)> {
     Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
 }
 
+/// A spin argument: µs, or `default`.
+fn spin_arg(args: &[String], i: usize) -> Result<Option<u64>, String> {
+    match args.get(i).map(String::as_str) {
+        Some("default") => Ok(None),
+        _ => arg(args, i).map(Some),
+    }
+}
+
 fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> Result<T, String> {
     args.get(i)
         .and_then(|a| a.parse().ok())
@@ -99,16 +118,13 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> Result<T, String> {
 type BenchManager = Manager<SimDomain, XsAdapter>;
 
 /// This domain's straw manager, on xenstore reached through its own store ring.
-fn start_manager(pages: u32) -> Result<(BenchManager, Endpoint), String> {
+fn start_manager(pages: u32, spin_us: Option<u64>) -> Result<(BenchManager, Endpoint), String> {
     let dom = SimDomain::connect().map_err(|e| format!("reaching the hypervisor: {e}"))?;
     let ring = RingTransport::open_store(&dom).map_err(|e| format!("store ring: {e}"))?;
     let client = Client::with_transport(Box::new(ring), ClientConfig::default())
         .map_err(|e| format!("xenstore client: {e}"))?;
     let me = Endpoint::seed(dom.id());
-    let spin_us = std::env::var("PORE_BENCH_STRAW_SPIN_US")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let defaults = StrawConfig::default();
     let cfg = ManagerConfig {
         handshake: Config {
             v2_pages: (pages > 0).then_some(pages),
@@ -117,7 +133,7 @@ fn start_manager(pages: u32) -> Result<(BenchManager, Endpoint), String> {
         },
         straw: StrawConfig {
             io_timeout: LONG,
-            spin: Duration::from_micros(spin_us),
+            spin: spin_us.map_or(defaults.spin, Duration::from_micros),
             ..StrawConfig::default()
         },
         ..ManagerConfig::default()
@@ -130,7 +146,7 @@ fn start_manager(pages: u32) -> Result<(BenchManager, Endpoint), String> {
 /// The receiving domain: `straw-rx <pages>`. Accepts one straw, then per command receives the
 /// messages and acknowledges them; reports `rx <events sent> <sleeps>`.
 fn straw_rx(args: &[String]) -> Result<(), String> {
-    let (manager, me) = start_manager(arg(args, 0)?)?;
+    let (manager, me) = start_manager(arg(args, 0)?, spin_arg(args, 1)?)?;
     process::report(&format!("ready {}", me.domid.0));
     let straw = manager
         .accept(LONG)
@@ -174,7 +190,7 @@ fn straw_rx(args: &[String]) -> Result<(), String> {
 /// <sleeps>`.
 fn straw_tx(args: &[String]) -> Result<(), String> {
     let peer = DomId(arg(args, 0)?);
-    let (manager, _me) = start_manager(arg(args, 1)?)?;
+    let (manager, _me) = start_manager(arg(args, 1)?, spin_arg(args, 2)?)?;
     let straw = manager
         .open(&Endpoint::seed(peer))
         .map_err(|e| format!("opening a straw to dom{}: {e}", peer.0))?;
@@ -416,12 +432,14 @@ impl Pair {
     }
 }
 
-fn straw_pair(hv: &Hypervisor, pages: u32) -> Result<Pair, String> {
+fn straw_pair(hv: &Hypervisor, pages: u32, spin_us: Option<u64>) -> Result<Pair, String> {
     let e = |e: pore_backend_sim::SimError| e.to_string();
+    let spin = spin_us.map_or("default".to_string(), |us| us.to_string());
     let mut rx = hv
         .domain_command("straw-rx")
         .map_err(e)?
         .arg(pages.to_string())
+        .arg(spin.clone())
         .spawn()
         .map_err(e)?;
     let ready = report_of(&mut rx, "straw receiver")?;
@@ -434,6 +452,7 @@ fn straw_pair(hv: &Hypervisor, pages: u32) -> Result<Pair, String> {
         .map_err(e)?
         .arg(id.to_string())
         .arg(pages.to_string())
+        .arg(spin)
         .spawn()
         .map_err(e)?;
     let opened = report_of(&mut tx, "straw sender")?;
@@ -445,10 +464,15 @@ fn straw_pair(hv: &Hypervisor, pages: u32) -> Result<Pair, String> {
     if opened != format!("opened {want:?}") || accepted != format!("accepted {want:?}") {
         return Err(format!("wanted {want:?}, got {opened:?} / {accepted:?}"));
     }
-    let (name, buffer) = match pages {
+    let (mut name, buffer) = match pages {
         0 => ("straw LING".to_string(), "16 KiB".to_string()),
         n => (format!("straw v2, {n} pages"), format!("{} KiB", n * 4)),
     };
+    match spin_us {
+        Some(0) => name.push_str(", no spin"),
+        Some(us) => name.push_str(&format!(", {us} µs spin")),
+        None => {}
+    }
     Ok(Pair {
         name,
         buffer,
@@ -525,6 +549,12 @@ fn pipe_pair(hv: &Hypervisor, dir: &Path) -> Result<Pair, String> {
     })
 }
 
+/// A comma-separated list of numbers from the environment.
+fn env_list(name: &str) -> Option<Vec<u64>> {
+    let v = std::env::var(name).ok()?;
+    Some(v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+}
+
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -544,25 +574,41 @@ fn bench(smoke: bool, dir: &Path) -> Result<(), String> {
     let rounds = env_or("PORE_BENCH_ROUNDS", if smoke { 1 } else { 3 }).max(1) as usize;
     let scale = env_or("PORE_BENCH_SCALE", if smoke { 1024 } else { 1 }).max(1);
     let hv = Hypervisor::start_unexported().map_err(|e| format!("simulated Xen: {e}"))?;
+    // `PORE_BENCH_STRAW_PAGES=0,64` and `PORE_BENCH_SIZES=65536` narrow the run (e.g. for a
+    // profiler); the unix socket pair always runs, as the baseline of every ratio.
+    let straw_pages = env_list("PORE_BENCH_STRAW_PAGES");
+    let sizes = env_list("PORE_BENCH_SIZES");
+    let cells: Vec<(usize, u64)> = CELLS
+        .iter()
+        .copied()
+        .filter(|(size, _)| sizes.as_ref().is_none_or(|s| s.contains(&(*size as u64))))
+        .collect();
     let mut pairs = Vec::new();
-    for pages in STRAW_PAGES {
-        pairs.push(straw_pair(&hv, pages)?);
+    for (pages, spin) in STRAWS {
+        if straw_pages
+            .as_ref()
+            .is_none_or(|p| p.contains(&u64::from(pages)))
+        {
+            pairs.push(straw_pair(&hv, pages, spin)?);
+        }
     }
     pairs.push(sock_pair(&hv, dir)?);
-    pairs.push(pipe_pair(&hv, dir)?);
+    if std::env::var_os("PORE_BENCH_STRAW_PAGES").is_none() {
+        pairs.push(pipe_pair(&hv, dir)?);
+    }
     let sock = pairs
         .iter()
         .position(|p| p.name.starts_with("unix"))
         .unwrap_or(0);
     // (pair, cell) -> samples
     let mut samples: HashMap<(usize, usize), Vec<Sample>> = HashMap::new();
-    let counts: Vec<u64> = CELLS
+    let counts: Vec<u64> = cells
         .iter()
         .map(|&(size, bytes)| (bytes / scale / size as u64).max(4))
         .collect();
     let started = Instant::now();
     for _ in 0..rounds {
-        for (c, &(size, _)) in CELLS.iter().enumerate() {
+        for (c, &(size, _)) in cells.iter().enumerate() {
             for (i, pair) in pairs.iter_mut().enumerate() {
                 let s = pair.run(size, counts[c])?;
                 samples.entry((i, c)).or_default().push(s);
@@ -588,7 +634,7 @@ fn bench(smoke: bool, dir: &Path) -> Result<(), String> {
         "{} CPUs, processes not pinned; median of {rounds} rounds, contenders interleaved; {:.1} s of streaming. Volume per cell: {}. Cells: messages/s · GB/s of payload (wall clock, first send to the acknowledgement) · ratio to the unix socket pair.\n",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         took.as_secs_f64(),
-        CELLS
+        cells
             .iter()
             .zip(&counts)
             .map(|(&(size, _), &n)| format!(
@@ -599,14 +645,14 @@ fn bench(smoke: bool, dir: &Path) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let head: Vec<String> = CELLS.iter().map(|&(s, _)| size_name(s)).collect();
+    let head: Vec<String> = cells.iter().map(|&(s, _)| size_name(s)).collect();
     println!(
         "| contender | buffer per direction | {} |\n|---|---|{}",
         head.join(" | "),
-        "---|".repeat(CELLS.len())
+        "---|".repeat(cells.len())
     );
     for (i, pair) in pairs.iter().enumerate() {
-        let cells: Vec<String> = CELLS
+        let cells: Vec<String> = cells
             .iter()
             .enumerate()
             .map(|(c, &(size, _))| {
@@ -632,10 +678,10 @@ fn bench(smoke: bool, dir: &Path) -> Result<(), String> {
     println!(
         "| contender | {} |\n|---|{}",
         head.join(" | "),
-        "---|".repeat(CELLS.len())
+        "---|".repeat(cells.len())
     );
     for (i, pair) in pairs.iter().enumerate() {
-        let cells: Vec<String> = CELLS
+        let cells: Vec<String> = cells
             .iter()
             .enumerate()
             .map(|(c, &(size, _))| {
@@ -653,10 +699,10 @@ fn bench(smoke: bool, dir: &Path) -> Result<(), String> {
     println!(
         "| straw | {} |\n|---|{}",
         head.join(" | "),
-        "---|".repeat(CELLS.len())
+        "---|".repeat(cells.len())
     );
     for (i, pair) in pairs.iter().enumerate().filter(|(_, p)| p.straw) {
-        let cells: Vec<String> = (0..CELLS.len())
+        let cells: Vec<String> = (0..cells.len())
             .map(|c| {
                 let v = &samples[&(i, c)];
                 let n = (counts[c] * v.len() as u64) as f64;
@@ -675,10 +721,10 @@ fn bench(smoke: bool, dir: &Path) -> Result<(), String> {
     println!(
         "\nEvery round (GB/s of payload, in the order run):\n\n| contender | {} |\n|---|{}",
         head.join(" | "),
-        "---|".repeat(CELLS.len())
+        "---|".repeat(cells.len())
     );
     for (i, pair) in pairs.iter().enumerate() {
-        let cells: Vec<String> = CELLS
+        let cells: Vec<String> = cells
             .iter()
             .enumerate()
             .map(|(c, &(size, _))| {
@@ -691,11 +737,11 @@ fn bench(smoke: bool, dir: &Path) -> Result<(), String> {
             .collect();
         println!("| {} | {} |", pair.name, cells.join(" | "));
     }
-    let big = CELLS.len() - 1;
     println!();
+    let big = cells.iter().position(|&(size, _)| size == 64 << 10);
     for pages in [16, 64] {
         let name = format!("straw v2, {pages} pages");
-        if let Some(v2) = pairs.iter().position(|p| p.name == name) {
+        if let (Some(v2), Some(big)) = (pairs.iter().position(|p| p.name == name), big) {
             let ratio = medians[&(sock, big)] / medians[&(v2, big)];
             println!(
                 "Goal (issue 6): v2 ≥ 1.5× the unix socket pair at 64 KiB; {name}: {ratio:.2}× — {}{}",
