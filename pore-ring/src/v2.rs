@@ -316,6 +316,42 @@ impl V2Geometry {
 /// As for [`V2Geometry::read`], and [`RingError::InvalidInput`] if `out` is too short.
 pub fn read_grants(control: &impl SharedAccess, out: &mut [GrantRef]) -> Result<usize, RingError> {
     let g = V2Geometry::read(control)?;
+    grants_of(control, g, out)
+}
+
+/// As [`read_grants`], for a reader that already agreed the geometry elsewhere (a straw
+/// negotiates it in xenstore): the control page is read once, and a geometry other than
+/// `want` is refused rather than used.
+///
+/// # Errors
+///
+/// As for [`read_grants`], and [`RingError::BadHeader`] if the control page advertises
+/// another geometry.
+pub fn read_grants_expecting(
+    control: &impl SharedAccess,
+    want: V2Geometry,
+    out: &mut [GrantRef],
+) -> Result<usize, RingError> {
+    let g = V2Geometry::read(control)?;
+    expect_geometry(g, want)?;
+    grants_of(control, g, out)
+}
+
+fn expect_geometry(found: V2Geometry, want: V2Geometry) -> Result<(), RingError> {
+    if found == want {
+        Ok(())
+    } else {
+        Err(RingError::BadHeader(
+            "control page geometry differs from the agreed one",
+        ))
+    }
+}
+
+fn grants_of(
+    control: &impl SharedAccess,
+    g: V2Geometry,
+    out: &mut [GrantRef],
+) -> Result<usize, RingError> {
     let n = g.data_pages();
     if out.len() < n {
         return Err(RingError::InvalidInput("grant ref buffer too short"));
@@ -414,6 +450,24 @@ impl<A: SharedAccess + Clone> V2Ring<A> {
     /// [`RingError::BadIndex`] if the indices found are inconsistent.
     pub fn attach(mem: A) -> Result<Self, RingError> {
         let geometry = V2Geometry::read(&mem)?;
+        Self::attach_with(mem, geometry)
+    }
+
+    /// As [`V2Ring::attach`], for a side that agreed the geometry elsewhere (a straw negotiates
+    /// it in xenstore, and sized the mapping from it): the header is read once and a geometry
+    /// other than `want` is refused, never attached with another size.
+    ///
+    /// # Errors
+    ///
+    /// As for [`V2Ring::attach`], and [`RingError::BadHeader`] if the control page advertises
+    /// another geometry.
+    pub fn attach_expecting(mem: A, want: V2Geometry) -> Result<Self, RingError> {
+        let geometry = V2Geometry::read(&mem)?;
+        expect_geometry(geometry, want)?;
+        Self::attach_with(mem, geometry)
+    }
+
+    fn attach_with(mem: A, geometry: V2Geometry) -> Result<Self, RingError> {
         let need = geometry.region_len();
         if mem.len() < need {
             return Err(RingError::RegionTooSmall {
@@ -549,6 +603,34 @@ mod tests {
         );
         assert!(V2Geometry::symmetric_bytes(3 * 4096).is_err());
         assert!(read_grants(&v, &mut [GrantRef(0); 2]).is_err());
+        g.assert_guards();
+    }
+
+    #[test]
+    fn an_agreed_geometry_is_checked_not_trusted() {
+        let geo = V2Geometry::new(1, 0).unwrap();
+        let g = Guarded::new(geo.region_len());
+        let v = g.view();
+        V2Ring::create(v, geo, &refs(geo)).unwrap();
+        let mut out = [GrantRef(0); 3];
+        assert_eq!(read_grants_expecting(&v, geo, &mut out).unwrap(), 3);
+        assert_eq!(out, [GrantRef(100), GrantRef(101), GrantRef(102)]);
+        // The peer advertises a smaller ring than agreed: refused, however the region looks.
+        let other = V2Geometry::new(0, 0).unwrap();
+        for (want, found) in [(other, geo), (geo, other)] {
+            v.store_u32(A2P_ORDER, found.a2p_order() as u32, Ordering::Relaxed);
+            v.store_u32(P2A_ORDER, found.p2a_order() as u32, Ordering::Relaxed);
+            assert!(matches!(
+                read_grants_expecting(&v, want, &mut out),
+                Err(RingError::BadHeader(_))
+            ));
+            assert!(matches!(
+                V2Ring::attach_expecting(v, want),
+                Err(RingError::BadHeader(_))
+            ));
+            // Plain attach follows whatever the header says.
+            assert_eq!(V2Ring::attach(v).unwrap().geometry(), found);
+        }
         g.assert_guards();
     }
 
