@@ -292,10 +292,7 @@ pub fn open_passive_v2_all<B: Backend>(
     let mut pore =
         Pore::open_passive(backend, peer, all_refs, port).map_err(StrawIoError::backend)?;
     let mut listed = vec![GrantRef(0); want.data_pages()];
-    let check = check_geometry(&pore.memory(), want).map(|()| {
-        read_grants(&pore.memory(), &mut listed);
-    });
-    let check = check.and_then(|()| {
+    let check = v2::read_grants_expecting(&pore.memory(), want, &mut listed).and_then(|_| {
         if listed[..] == all_refs[1..] {
             Ok(())
         } else {
@@ -308,7 +305,7 @@ pub fn open_passive_v2_all<B: Backend>(
     }
     arm_unmap_notify(&mut pore, Some(v2::PASSIVE_LIVE));
     let pore = Arc::new(pore);
-    let (tx, rx) = attach_v2(pore.clone(), want)?.split();
+    let (tx, rx) = V2Ring::attach_expecting(pore.clone(), want)?.split();
     Ok(StrawPore {
         pore,
         tx: Tx::V2(tx),
@@ -316,40 +313,6 @@ pub fn open_passive_v2_all<B: Backend>(
         layout: Layout::V2 { ring_pages },
         live: Some((v2::PASSIVE_LIVE, v2::ACTIVE_LIVE)),
     })
-}
-
-/// Reads the peer's v2 geometry once and checks it against the one negotiated in xenstore.
-fn check_geometry(control: &impl SharedAccess, want: V2Geometry) -> Result<(), RingError> {
-    match V2Geometry::read(control) {
-        Ok(g) if g == want => Ok(()),
-        Ok(_) => Err(RingError::BadHeader(
-            "control page geometry differs from ring-pages",
-        )),
-        Err(e) => Err(e),
-    }
-}
-
-/// Reads the data pages' grant refs from the control page, as many as `out` holds: `out` is
-/// sized from the validated geometry, never from a second read of the peer's header (which
-/// the peer may have changed since; `pore_ring::v2::read_grants` re-reads it).
-fn read_grants(control: &impl SharedAccess, out: &mut [GrantRef]) {
-    for (i, r) in out.iter_mut().enumerate() {
-        *r = GrantRef(control.load_u32(v2::GRANTS + 4 * i, Ordering::Relaxed));
-    }
-}
-
-/// Attaches to a v2 region whose geometry was validated as `want`. `V2Ring::attach` reads the
-/// header again (pore-ring offers no attach with a given geometry); it validates what it reads
-/// against the mapped region, so it stays in bounds, and a geometry that changed since our
-/// check is refused here rather than used.
-fn attach_v2<B: Backend>(pore: Mem<B>, want: V2Geometry) -> Result<V2Ring<Mem<B>>, RingError> {
-    let ring = V2Ring::attach(pore)?;
-    if ring.geometry() != want {
-        return Err(RingError::BadHeader(
-            "control page geometry changed during the attach",
-        ));
-    }
-    Ok(ring)
 }
 
 fn geometry(ring_pages: u32) -> Result<V2Geometry, StrawIoError> {
@@ -473,10 +436,8 @@ pub fn open_passive<B: Backend>(
             };
             let mut all = vec![GrantRef(0); 1 + want.data_pages()];
             all[0] = *ctrl;
-            // The geometry is read once; the grant list is sized from the validated one.
-            let read = check_geometry(&control.view(), want).map(|()| {
-                read_grants(&control.view(), &mut all[1..]);
-            });
+            // The geometry is read once; the grant list is sized from the negotiated one.
+            let read = v2::read_grants_expecting(&control.view(), want, &mut all[1..]);
             if let Err(e) = control.unmap() {
                 tracing::debug!(error = %e, "straw: unmapping the control page");
             }
@@ -485,7 +446,7 @@ pub fn open_passive<B: Backend>(
                 Pore::open_passive(backend, peer, &all, port).map_err(StrawIoError::backend)?;
             arm_unmap_notify(&mut pore, Some(v2::PASSIVE_LIVE));
             let pore = Arc::new(pore);
-            let (tx, rx) = attach_v2(pore.clone(), want)?.split();
+            let (tx, rx) = V2Ring::attach_expecting(pore.clone(), want)?.split();
             Ok(StrawPore {
                 pore,
                 tx: Tx::V2(tx),
