@@ -345,6 +345,12 @@ fn role_hostile_listener() -> Result<(), String> {
         drop(held.take());
         let paths = StrawPaths::new(&opener, &me);
         wait_value(&xs, &paths.straw("warts"), None)?;
+        // The opener's own directory is narrowed to the pair: we may read, never write (D18).
+        xs.read(&paths.warts("state"))
+            .map_err(|e| format!("reading the opener's state: {e}"))?;
+        if xs.write(&paths.warts("state"), b"4").is_ok() {
+            return Err("wrote into the opener's warts directory".into());
+        }
         let keys = hostile_listener_keys(&case, &dom, opener.domid, &mut held)?;
         if case == "vanish" {
             xs.rm(&paths.straw_dir).map_err(|e| format!("rm: {e}"))?;
