@@ -193,8 +193,9 @@ fn end_from(words: &[u32]) -> Result<(u32, EndRef)> {
 ///
 /// Made by [`crate::Hypervisor::create_domain`] (a domain in this process) or
 /// [`SimDomain::connect`] (this process is the domain). **Dropping the handle kills the
-/// domain**: its ports close (peers see `PeerGone`), its grants are ended or deferred, its
-/// mappings released and its unmap notifications fire. Handles made from it (channels, pages)
+/// domain**: its mappings are released and its grants ended or deferred, their unmap
+/// notifications fire, then its ports close (peers see `PeerGone`, or nothing under
+/// [`crate::PeerClose::Silent`], as on Xen). Handles made from it (channels, pages)
 /// stay memory-safe afterwards; their operations fail with [`ErrorKind::Closed`].
 ///
 /// A handle can also *join* a live domain ([`crate::Hypervisor::join_domain`],
@@ -401,7 +402,8 @@ impl SimChannel {
     fn check(&self, consume: bool) -> Result<bool> {
         match self.ctx.table.end_state(self.end, consume) {
             EndState::Fired => Ok(true),
-            EndState::Idle => Ok(false),
+            // Silently unbound (PeerClose::Silent): nothing will ever fire, as on Xen.
+            EndState::Idle | EndState::Unbound => Ok(false),
             EndState::PeerGone => Err(SimError::refused(
                 ErrorKind::PeerGone,
                 "the peer closed its port or died",
@@ -414,7 +416,10 @@ impl SimChannel {
     }
 
     fn ready(&self) -> bool {
-        !matches!(self.ctx.table.end_state(self.end, false), EndState::Idle)
+        !matches!(
+            self.ctx.table.end_state(self.end, false),
+            EndState::Idle | EndState::Unbound
+        )
     }
 
     fn shut(&mut self) -> Result<()> {
@@ -451,7 +456,13 @@ impl EventChannel for SimChannel {
                     "the peer closed its port or died",
                 ))
             }
-            _ => {}
+            // The peer closed silently (PeerClose::Silent): Xen drops a send on an unbound
+            // port and returns success.
+            EndState::Unbound => return Ok(()),
+            // An event may be pending for us while the peer is already gone: no kick into a
+            // dead end (its domid may even be reused).
+            EndState::Fired if t.peer_closed_silently(self.end) => return Ok(()),
+            EndState::Fired | EndState::Idle => {}
         }
         if !t.is_bound(self.end) {
             return Err(SimError::refused(

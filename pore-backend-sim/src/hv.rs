@@ -16,7 +16,7 @@ use crate::proto::{Op, Reply, Request, NONE};
 use crate::store::{StoreLink, StoreService};
 use crate::sys::mmap::{memfd, Mmap};
 use crate::table::{EndRef, Table, MAX_CHANNELS, MAX_DOMAINS};
-use crate::Outstanding;
+use crate::{Outstanding, PeerClose};
 
 /// Grant refs below this are reserved, as in Xen (`GNTTAB_NR_RESERVED_ENTRIES`).
 const FIRST_USER_REF: u32 = 8;
@@ -147,6 +147,8 @@ struct State {
     /// Contexts that joined a domain and are still there, with their domain.
     joined: HashMap<CtxId, DomId>,
     next_ctx: CtxId,
+    /// What a port's close tells the remote end.
+    peer_close: PeerClose,
 }
 
 /// The hypervisor shared by the `Hypervisor` handle, in-process domains and the broker.
@@ -418,6 +420,17 @@ impl Hv {
         Ok(ctx)
     }
 
+    /// Sets what a port's close tells the remote end from now on.
+    pub(crate) fn set_peer_close(&self, mode: PeerClose) {
+        self.lock().peer_close = mode;
+        tracing::debug!(?mode, "simulated peer-close mode");
+    }
+
+    /// What a port's close tells the remote end.
+    pub(crate) fn peer_close(&self) -> PeerClose {
+        self.lock().peer_close
+    }
+
     /// How many contexts joined `dom` and are still there.
     pub(crate) fn joined_contexts(&self, dom: DomId) -> usize {
         self.lock().joined.values().filter(|&&d| d == dom).count()
@@ -435,8 +448,9 @@ impl Hv {
     }
 
     /// A joined context ended while its domain lives on: its mappings and grants are released
-    /// (its unmap notifications fire first), its ports closed (peers see PeerGone). The domain,
-    /// its other contexts and its store connection stay as they were.
+    /// (its unmap notifications fire first), its ports closed (peers see PeerGone, or nothing
+    /// with [`PeerClose::Silent`]). The domain, its other contexts and its store connection
+    /// stay as they were.
     pub(crate) fn context_died(&self, dom: DomId, ctx: CtxId) {
         let mut st = self.lock();
         // Gone already if the domain died first (and its domid may have been reused since).
@@ -484,7 +498,8 @@ impl Hv {
     }
 
     /// The domain died: all its contexts' mappings and grants are released (unmap-notify
-    /// fires first), their ports closed (peers see PeerGone), its store connection released.
+    /// fires first), their ports closed (peers see PeerGone, or nothing with
+    /// [`PeerClose::Silent`]), its store connection released.
     pub(crate) fn domain_died(&self, dom: DomId) {
         if dom == DomId::DOM0 {
             return;
@@ -771,8 +786,16 @@ impl Hv {
         }
         if let Some(port) = notify.port {
             if let Some(e) = st.ports.get(&(dom, port)) {
-                if let Some((peer, _)) = e.peer {
-                    self.table.kick(e.end.slot, 1 - e.end.side, peer);
+                // Only into a live remote end: a port whose peer already closed is unbound
+                // (Xen drops the send), and the peer's domid may have been reused since.
+                if let Some((peer, peer_port)) = e.peer {
+                    let bound = st
+                        .ports
+                        .get(&(peer, peer_port))
+                        .is_some_and(|pe| pe.end.slot == e.end.slot);
+                    if bound {
+                        self.table.kick(e.end.slot, 1 - e.end.side, peer);
+                    }
                 }
             }
         }
@@ -1033,13 +1056,16 @@ impl Hv {
                 "closing a port that is not open",
             ));
         };
-        self.table.set_closed(e.end.slot, e.end.side);
+        let silent = st.peer_close == PeerClose::Silent;
+        self.table.set_closed(e.end.slot, e.end.side, silent);
         let peer_alive = e.peer.is_some_and(|(pd, pp)| {
             st.ports
                 .get(&(pd, pp))
                 .is_some_and(|pe| pe.end.slot == e.end.slot)
         });
-        if let Some((pd, _)) = e.peer {
+        // Reported: the remote's sleepers wake to see PeerGone. Silent (Xen): its port just
+        // turns unbound and nothing is sent.
+        if let Some((pd, _)) = e.peer.filter(|_| !silent) {
             self.table.wake(pd);
         }
         self.table.wake(dom);

@@ -12,9 +12,12 @@
 //!   the peer still maps them fails with `Busy`; dropping the handle then defers the revocation
 //!   to a revoke-later list (XSA-396), reported by [`Hypervisor::outstanding`].
 //! * **Event channels**: allocate unbound for a peer, bind interdomain (only the domain it was
-//!   offered to may bind), notify, close. A closed or dead peer is reported as `PeerGone`;
-//!   closing twice, notifying a closed port: `Closed`; notifying an unbound port: `NotFound`.
-//!   Waits consume the event and re-arm the port; spurious wake-ups are allowed (D6).
+//!   offered to may bind), notify, close. A closed or dead peer is reported as `PeerGone` by
+//!   default ([`PeerClose::Reported`], a simulator affordance); with
+//!   [`Hypervisor::set_peer_close`]`(`[`PeerClose::Silent`]`)` the remote port is left unbound
+//!   but open as on Xen, and nothing reports the close. Closing twice, notifying a closed port:
+//!   `Closed`; notifying a port never bound: `NotFound`. Waits consume the event and re-arm the
+//!   port; spurious wake-ups are allowed (D6).
 //! * **Unmap-notify** (D8): clear a byte and/or signal a port when a grant or mapping goes away,
 //!   including when its domain dies.
 //! * **Domain death**: dropping a [`SimDomain`] (or its thread panicking, or its process exiting
@@ -24,7 +27,8 @@
 //!   grants, mappings and ports as its own, as a process of a real guest does through its own
 //!   gntdev, gntalloc and evtchn files. When it goes, only its resources are released and its
 //!   unmap notifications fire; the domain and its xenstore nodes stay. Its peers learn of it
-//!   only through the data path (the port closing, the unmap-notify byte and event), D8.
+//!   only through the data path (the unmap-notify byte and event, and in the default
+//!   [`PeerClose::Reported`] mode its port closing), D8.
 //! * **The store**: each domain has a xenstore page and a store port for dom0 ([`store`]);
 //!   with the `xenstored` feature (default), pore-xenstore's server is a [`StoreService`]:
 //!   the toolstack introduces every domain to it and releases it when the domain dies.
@@ -134,6 +138,32 @@ impl Outstanding {
     }
 }
 
+/// What the remote end of an interdomain event channel learns when one end's port closes
+/// (closed explicitly, or released because its process, joined context or domain died).
+///
+/// Set with [`Hypervisor::set_peer_close`]; the hypervisor applies it when the port closes, so
+/// it holds alike for domains of this process and for domain processes reached through the
+/// broker (they read the outcome from the shared event table; nothing to configure in the
+/// child). Unmap notifications fire before a dying context's ports close in both modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PeerClose {
+    /// The simulator's affordance (the default): once the peer's port is gone, the remote
+    /// end's `wait`, `try_wait`, `select` and `notify` fail with
+    /// [`pore_core::ErrorKind::PeerGone`] (a pending event is delivered first), and the remote
+    /// domain's sleeping threads are woken to see it. Convenient, but real Xen does not do it:
+    /// a driver that relies on it may not notice a dead peer on Xen.
+    #[default]
+    Reported,
+    /// What Xen does (`evtchn_close`): the remote port becomes unbound but stays open, and
+    /// nothing is sent. Its `notify` succeeds and does nothing (Xen drops a send on an unbound
+    /// port), its waits and selects time out as usual and never report `PeerGone`, and its
+    /// owner still closes it (counted in [`Hypervisor::outstanding`] until then). A peer's death
+    /// is then learned only as on Xen: from xenstore, or from its unmap-notify (byte cleared,
+    /// event sent) which fires before its ports close. Re-binding the now unbound port from the
+    /// closing domain, which Xen allows, is not modelled (`PermissionDenied`).
+    Silent,
+}
+
 /// A simulated Xen: creates domains, runs the broker for domain processes, keeps the accounts.
 ///
 /// Dropping it stops the broker (domain processes then lose their connection and die); domains
@@ -230,6 +260,20 @@ impl Hypervisor {
             domain::DomCtx::local_context(dom, ctx, self.hv.clone()),
             true,
         ))
+    }
+
+    /// Chooses what the remote end of an event channel learns when a port closes, from now on
+    /// (ports closed earlier keep what they were told): [`PeerClose::Reported`] (the default,
+    /// `PeerGone`) or [`PeerClose::Silent`] (Xen's behaviour: nothing). It covers every domain
+    /// of this hypervisor, in this process or in a domain process reached through the broker;
+    /// set it before the test's domains start for a run that is faithful throughout.
+    pub fn set_peer_close(&self, mode: PeerClose) {
+        self.hv.set_peer_close(mode);
+    }
+
+    /// The current [`PeerClose`] mode (see [`Hypervisor::set_peer_close`]).
+    pub fn peer_close(&self) -> PeerClose {
+        self.hv.peer_close()
     }
 
     /// How many handles or processes that joined `dom` are still there (a killed joined

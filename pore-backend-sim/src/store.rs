@@ -24,7 +24,9 @@ use crate::domain::{SimChannel, SimStorePage};
 pub trait StoreService: Send + Sync + 'static {
     /// A new domain exists; `link` is dom0's end of its xenstore connection.
     fn domain_introduced(&self, link: StoreLink);
-    /// The domain died; its store channel already reports `PeerGone`.
+    /// The domain died; its store channel already reports `PeerGone` (with the default
+    /// [`crate::PeerClose::Reported`]; with [`crate::PeerClose::Silent`] it just stays quiet, as
+    /// on Xen, and this call is how the service learns of it).
     fn domain_released(&self, domid: DomId);
 }
 

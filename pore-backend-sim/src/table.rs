@@ -51,6 +51,12 @@ const C_GEN: usize = 2;
 const C_BOUND: usize = 3;
 const C_PENDING: usize = SLOT / 4; // + side, on the second cache line
 
+// Values of a closed word: open, closed with the peer told (`PeerGone`), closed silently (Xen:
+// the peer's port just turns unbound).
+const OPEN: u32 = 0;
+const CLOSED_REPORTED: u32 = 1;
+const CLOSED_SILENT: u32 = 2;
+
 /// Sleeps longer than this rely on the ticker instead of a kernel timer (see [`Table::sleep`]).
 const UNTIMED_OVER: Duration = Duration::from_secs(1);
 /// The ticker's period.
@@ -111,8 +117,12 @@ pub(crate) enum EndState {
     Fired,
     /// Nothing pending; the peer is there (or not bound yet).
     Idle,
-    /// Nothing pending and the peer closed its end (or died).
+    /// Nothing pending and the peer closed its end (or died), reported
+    /// ([`crate::PeerClose::Reported`]).
     PeerGone,
+    /// Nothing pending and the peer closed its end (or died) silently
+    /// ([`crate::PeerClose::Silent`]): our port is unbound but open; sends are dropped.
+    Unbound,
     /// Our own end was closed by the hypervisor (our domain died) or the slot was reused.
     Closed,
 }
@@ -230,10 +240,16 @@ impl Table {
         self.chan(slot, C_BOUND).store(1, Ordering::Release);
     }
 
-    /// Marks one end closed.
-    pub(crate) fn set_closed(&self, slot: u32, side: Side) {
+    /// Marks one end closed; `silent` when the other end must not be told (it then sees
+    /// [`EndState::Unbound`] instead of [`EndState::PeerGone`]).
+    pub(crate) fn set_closed(&self, slot: u32, side: Side, silent: bool) {
+        let how = if silent {
+            CLOSED_SILENT
+        } else {
+            CLOSED_REPORTED
+        };
         self.chan(slot, C_CLOSED + side as usize)
-            .store(1, Ordering::SeqCst);
+            .store(how, Ordering::SeqCst);
     }
 
     /// Looks at (and with `consume`, takes) the pending event of an end.
@@ -242,7 +258,7 @@ impl Table {
             || self
                 .chan(end.slot, C_CLOSED + end.side as usize)
                 .load(Ordering::Acquire)
-                != 0
+                != OPEN
         {
             return EndState::Closed;
         }
@@ -251,16 +267,25 @@ impl Table {
         let fired = pending.load(Ordering::Acquire) != 0
             && (!consume || pending.swap(0, Ordering::Acquire) != 0);
         if fired {
-            EndState::Fired
-        } else if self
+            return EndState::Fired;
+        }
+        match self
             .chan(end.slot, C_CLOSED + (1 - end.side) as usize)
             .load(Ordering::Acquire)
-            != 0
         {
-            EndState::PeerGone
-        } else {
-            EndState::Idle
+            OPEN => EndState::Idle,
+            CLOSED_SILENT => EndState::Unbound,
+            // CLOSED_REPORTED, or anything a hostile process wrote there.
+            _ => EndState::PeerGone,
         }
+    }
+
+    /// Whether the other end of `end`'s channel closed silently ([`EndState::Unbound`]), whatever
+    /// is pending for `end`.
+    pub(crate) fn peer_closed_silently(&self, end: EndRef) -> bool {
+        self.chan(end.slot, C_CLOSED + (1 - end.side) as usize)
+            .load(Ordering::Acquire)
+            == CLOSED_SILENT
     }
 
     /// Whether the slot still belongs to `end` and both ends are bound.
