@@ -135,7 +135,7 @@ fn child(role: &str, args: &[String]) -> i32 {
         "listener" => role_listener(args),
         "both-ways" => role_both_ways(args),
         "mute" => role_mute(),
-        "saboteur" => role_saboteur(),
+        "saboteur" => role_saboteur(args),
         "hostile-listener" => role_hostile_listener(),
         "hostile-opener" => role_hostile_opener(),
         other => Err(format!("unknown role {other}")),
@@ -268,9 +268,9 @@ fn role_mute() -> Result<(), String> {
     Ok(())
 }
 
-/// `saboteur`: accepts a straw, sends "alive", then writes garbage into its own `state` key of
-/// the connected straw.
-fn role_saboteur() -> Result<(), String> {
+/// `saboteur MODE`: accepts a straw, sends "alive", then breaks its own directory of the
+/// connected straw: `garbage` or `reconfiguring` in its `state`, or `rmdir` the directory.
+fn role_saboteur(args: &[String]) -> Result<(), String> {
     let (m, me, xs) = child_manager(config(Some(4), Format::Raw, Duration::from_secs(5)))?;
     let s = m.accept(WAIT).map_err(|e| format!("accept: {e}"))?;
     s.sender()
@@ -285,8 +285,14 @@ fn role_saboteur() -> Result<(), String> {
         }
         thread::sleep(Duration::from_millis(5));
     }
-    xs.write(&state, b"banana")
-        .map_err(|e| format!("write: {e}"))?;
+    let dir = StrawPaths::new(s.peer(), &me).straw_dir;
+    match args.first().map(String::as_str) {
+        Some("garbage") => xs.write(&state, b"banana"),
+        Some("reconfiguring") => xs.write(&state, b"7"),
+        Some("rmdir") => xs.rm(&dir),
+        other => return Err(format!("bad mode {other:?}")),
+    }
+    .map_err(|e| format!("sabotage: {e}"))?;
     process::report("sabotaged");
     let r = s.receiver().recv_timeout(WAIT);
     process::report(&format!("ended {r:?}"));
@@ -1073,37 +1079,40 @@ fn a_hostile_opener_is_an_error_not_a_crash() {
     eprintln!("hostile opener, {} cases: {:?}", cases.len(), t0.elapsed());
 }
 
-/// A peer that writes garbage into its `state` while connected ends the straw: our receiver
-/// sees the peer gone within a second, the manager forgets it, and nothing leaks.
+/// A peer that writes garbage or an unexpected state into its `state` while connected, or
+/// removes its directory, ends the straw: our receiver sees the peer gone within a second, the
+/// manager forgets it, and nothing leaks.
 #[test]
-fn garbage_state_on_a_connected_straw_ends_it() {
+fn a_connected_peer_breaking_its_directory_ends_the_straw() {
     run_child_role(child);
     let w = World::new("sab");
     let (ma, a) = w.manager(config(Some(4), Format::Raw, Duration::from_secs(5)));
-    let (mut b, eb) = w.spawn(
-        "garbage_state_on_a_connected_straw_ends_it",
-        "saboteur",
-        &[],
-    );
-    let s = ma.open(&eb).unwrap();
-    assert_eq!(s.receiver().recv_timeout(WAIT).unwrap(), "alive");
-    expect_report(&mut b, "sabotaged");
-    let t = Instant::now();
-    let r = s.receiver().recv_timeout(WAIT);
-    let took = t.elapsed();
-    assert_eq!(r, Err(StrawIoError::PeerGone));
-    assert!(took < Duration::from_secs(1), "{took:?}");
-    drop(s);
-    wait_forgotten(&ma, &eb);
-    assert!(w.gone(&StrawPaths::new(&a, &eb).warts_dir));
-    // The saboteur's side ends too: by our close, or by our unmapping first.
-    let ended = b.read_report(WAIT).unwrap();
-    assert!(
-        ended == "ended Err(Eof)" || ended == "ended Err(PeerGone)",
-        "{ended}"
-    );
-    expect_report(&mut b, "done");
-    expect_exit_ok(&mut b);
+    for mode in ["garbage", "reconfiguring", "rmdir"] {
+        let (mut b, eb) = w.spawn(
+            "a_connected_peer_breaking_its_directory_ends_the_straw",
+            "saboteur",
+            &[mode.to_string()],
+        );
+        let s = ma.open(&eb).unwrap();
+        assert_eq!(s.receiver().recv_timeout(WAIT).unwrap(), "alive");
+        expect_report(&mut b, "sabotaged");
+        let t = Instant::now();
+        let r = s.receiver().recv_timeout(WAIT);
+        let took = t.elapsed();
+        assert_eq!(r, Err(StrawIoError::PeerGone), "{mode}");
+        assert!(took < Duration::from_secs(1), "{mode}: {took:?}");
+        drop(s);
+        wait_forgotten(&ma, &eb);
+        assert!(w.gone(&StrawPaths::new(&a, &eb).warts_dir), "{mode}");
+        // The saboteur's side ends too: by our close, or by our unmapping first.
+        let ended = b.read_report(WAIT).unwrap();
+        assert!(
+            ended == "ended Err(Eof)" || ended == "ended Err(PeerGone)",
+            "{mode}: {ended}"
+        );
+        expect_report(&mut b, "done");
+        expect_exit_ok(&mut b);
+    }
     ma.shutdown();
     let o = w.settled();
     assert!(o.is_clean(), "{o:?}");
