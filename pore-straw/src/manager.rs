@@ -819,18 +819,20 @@ where
                 tracing::warn!(me = %self.inner.me, %peer, error = %e, "strawman: straw ended")
             }
         }
-        if let Some(sh) = self.shared.take() {
-            sh.finished(result.clone());
-        }
-        if let (Some(reply), Err(e)) = (self.reply.take(), &result) {
-            let _ = reply.send(Err(ManagerError::Straw(e.clone())));
-        }
+        // Forget the straw before anyone hears of its end: a caller woken below may open to
+        // the same peer at once, and must not find the old entry (`Exists`).
         let mut st = lock(&self.inner.state);
         let role = self.machine.role();
         st.straws.remove(&(peer.clone(), role));
         st.unclaimed
             .retain(|s| !(s.peer() == peer && s.role() == role));
         drop(st);
+        if let Some(sh) = self.shared.take() {
+            sh.finished(result.clone());
+        }
+        if let (Some(reply), Err(e)) = (self.reply.take(), &result) {
+            let _ = reply.send(Err(ManagerError::Straw(e.clone())));
+        }
         self.inner.changed.notify_all();
     }
 }
