@@ -44,6 +44,9 @@ pub struct XsAdapter {
     client: Arc<Client>,
     queue: Arc<Queue>,
     watches: Mutex<HashMap<(String, String), Forwarder>>,
+    /// Forwarders told to stop and not yet ended (each ends within its 100 ms poll and
+    /// removes its watch from xenstored): `unwatch` does not wait for them.
+    retiring: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl core::fmt::Debug for XsAdapter {
@@ -59,6 +62,7 @@ impl XsAdapter {
             client,
             queue: Arc::new(Queue::default()),
             watches: Mutex::new(HashMap::new()),
+            retiring: Mutex::new(Vec::new()),
         }
     }
 
@@ -120,8 +124,13 @@ impl XsAdapter {
         let f = lock(&self.watches).remove(&(String::from(path), String::from(token)));
         match f {
             Some(f) => {
+                // Waiting for the forwarder would cost every straw's end up to its poll
+                // (100 ms). An event it still forwards meanwhile is a spurious one, which the
+                // manager ignores or re-checks (D6).
                 f.stop.store(true, Ordering::Release);
-                let _ = f.thread.join();
+                let mut retiring = lock(&self.retiring);
+                retiring.retain(|t| !t.is_finished());
+                retiring.push(f.thread);
                 Ok(StoreReply::Done)
             }
             None => Err(StoreError::NotFound),
@@ -131,9 +140,13 @@ impl XsAdapter {
 
 impl Drop for XsAdapter {
     fn drop(&mut self) {
+        let mut threads: Vec<JoinHandle<()>> = lock(&self.retiring).drain(..).collect();
         for (_, f) in lock(&self.watches).drain() {
             f.stop.store(true, Ordering::Release);
-            let _ = f.thread.join();
+            threads.push(f.thread);
+        }
+        for t in threads {
+            let _ = t.join();
         }
     }
 }
