@@ -60,6 +60,7 @@ use pore_ring::{RingError, RingReader, RingWriter};
 
 use crate::handshake::{Closed, Input, PoreGrant, Role, StrawError};
 use crate::reasm::{Got, Reassembler};
+use crate::spin::SpinBudget;
 use crate::{Endpoint, Format, Layout};
 
 /// Settings of a straw's data path.
@@ -84,11 +85,12 @@ pub struct StrawConfig {
     pub close_timeout: Duration,
     /// The longest single sleep: how often a blocked call re-checks for a lost peer.
     pub slice: Duration,
-    /// How long a blocking call spins on the ring before it asks the peer for an event and
+    /// The longest a blocking call spins on the ring before it asks the peer for an event and
     /// sleeps (zero: sleep at once; no spin on a single CPU). A peer that answers within the
-    /// spin costs neither side an event nor a sleep: the 64 KiB streaming bench runs about 3×
-    /// faster with the default 20 µs than with none. An idle blocked call spins once per
-    /// `slice`, so the cost at rest is about `spin / slice` of a CPU (0.02 %).
+    /// spin costs neither side an event nor a sleep: the 64 KiB streaming bench runs 2–3×
+    /// faster with the default 20 µs than with none. The spin adapts (see the `spin` module):
+    /// spins that run out halve the next one, down to none, so a peer that shares our CPU
+    /// is not starved by them. An idle blocked call spins at most once per `slice`.
     pub spin: Duration,
 }
 
@@ -466,12 +468,6 @@ const PEER_GONE: u8 = 2;
 const CLOSING: u8 = 3;
 const CLOSED: u8 = 4;
 
-/// Whether spinning can help: only with more than one CPU to run the peer meanwhile.
-fn spin_worthwhile() -> bool {
-    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())) > 1
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -528,6 +524,9 @@ pub(crate) struct Shared<B: Backend> {
     peer_finished: AtomicBool,
     vanishing: AtomicBool,
     users: AtomicUsize,
+    /// The spin budgets of the sending and the receiving half.
+    spin_tx: SpinBudget,
+    spin_rx: SpinBudget,
     done: Mutex<Option<Result<Closed, StrawError>>>,
     done_cv: Condvar,
 }
@@ -551,27 +550,31 @@ impl<B: Backend> Shared<B> {
             .is_some_and(|p| p.load_u8(theirs, Ordering::Acquire) == v2::LIVE_GONE)
     }
 
-    /// Spins (up to [`StrawConfig::spin`], never past `deadline`) until `ready` says the ring
+    /// Spins (up to `budget`'s next spin, never past `deadline`) until `ready` says the ring
     /// has what we wait for: `true` if it did. Called before arming the ring's wake-up, so a
-    /// peer that answers within the spin costs neither side an event nor a sleep. No spin on a
-    /// single CPU, where the peer cannot run while we spin.
+    /// peer that answers within the spin costs neither side an event nor a sleep (see
+    /// [`crate::spin`]).
     fn spin_until(
         &self,
+        budget: &SpinBudget,
         deadline: Instant,
         mut ready: impl FnMut() -> Result<bool, RingError>,
     ) -> Result<bool, RingError> {
-        if self.cfg.spin.is_zero() || !spin_worthwhile() {
+        let spin = budget.next(self.cfg.spin);
+        if spin.is_zero() {
             return Ok(false);
         }
-        let end = (Instant::now() + self.cfg.spin).min(deadline);
+        let end = (Instant::now() + spin).min(deadline);
         loop {
             for _ in 0..64 {
                 if ready()? {
+                    budget.succeeded();
                     return Ok(true);
                 }
                 core::hint::spin_loop();
             }
             if Instant::now() >= end || self.status.load(Ordering::Acquire) != OPEN {
+                budget.failed();
                 return Ok(false);
             }
         }
@@ -928,6 +931,8 @@ impl<B: Backend> Straw<B> {
                 ring: rx,
                 framer: Reassembler::new(max),
             })),
+            spin_tx: SpinBudget::new(cfg.spin),
+            spin_rx: SpinBudget::new(cfg.spin),
             bell: Bell::default(),
             status: AtomicU8::new(OPEN),
             peer,
@@ -1187,7 +1192,7 @@ impl<B: Backend> Sender<B> {
             if let Some(deadline) = spin {
                 if self
                     .sh
-                    .spin_until(deadline, || Ok(st.ring.writable()? > 0))?
+                    .spin_until(&self.sh.spin_tx, deadline, || Ok(st.ring.writable()? > 0))?
                 {
                     continue;
                 }
@@ -1208,7 +1213,9 @@ impl<B: Backend> Sender<B> {
             self.sh.peer_vanished();
             return Ok(());
         }
-        self.sh.sleep(seen, deadline - now)
+        self.sh.sleep(seen, deadline - now)?;
+        self.sh.spin_tx.slept(now.elapsed(), self.sh.cfg.spin);
+        Ok(())
     }
 
     /// Finishes a partly sent frame and waits (up to `timeout`) until the peer has consumed
@@ -1335,6 +1342,7 @@ impl<B: Backend> Receiver<B> {
                 continue;
             }
             self.sh.sleep(seen, deadline - now)?;
+            self.sh.spin_rx.slept(now.elapsed(), self.sh.cfg.spin);
         }
     }
 
@@ -1414,7 +1422,10 @@ impl<B: Backend> Receiver<B> {
                         continue;
                     }
                     if let Some(deadline) = deadline {
-                        match self.sh.spin_until(deadline, || Ok(st.ring.readable()? > 0)) {
+                        match self
+                            .sh
+                            .spin_until(&self.sh.spin_rx, deadline, || Ok(st.ring.readable()? > 0))
+                        {
                             Ok(true) => continue,
                             Ok(false) => {}
                             Err(e) => return Err(self.sh.ring_failed(e)),
