@@ -5,7 +5,9 @@
 //! `pore_backend_sim::process`): a sender that writes `count` messages of one size, one send per
 //! message, then waits for a one-byte acknowledgement, and a receiver that takes each message
 //! whole and acknowledges the last. The sender's clock runs from its first send to the
-//! acknowledgement. Contenders:
+//! acknowledgement. Senders are pinned to CPU 0 and receivers to CPU 1, every contender alike
+//! (`PORE_BENCH_NO_PIN=1` leaves placement to the scheduler: on this 2-vCPU VM the straws'
+//! spin then wins or loses by where the two processes land). Contenders:
 //!
 //! * straws between two domains of the simulated Xen (the parent runs the broker and the embedded
 //!   xenstored; each domain reaches xenstore through its own store ring), opened by the straw
@@ -73,6 +75,9 @@ const STRAWS: [(u32, Option<u64>); 6] = [
 // The children
 
 fn child_role(role: &str, args: &[String]) -> i32 {
+    // Senders on CPU 0, receivers on CPU 1, every contender alike, so that the scheduler's
+    // placement does not decide a cell (`PORE_BENCH_NO_PIN=1` leaves it to the scheduler).
+    pore_benches::pin(if role.ends_with("-tx") { 0 } else { 1 });
     let result = match role {
         "straw-rx" => straw_rx(args),
         "straw-tx" => straw_tx(args),
@@ -422,10 +427,19 @@ impl Pair {
     fn quit(mut self) -> Result<(), String> {
         let _ = self.tx.tell("quit");
         let _ = self.rx.tell("quit");
-        for p in [&mut self.tx, &mut self.rx] {
+        for (what, p) in [("sender", &mut self.tx), ("receiver", &mut self.rx)] {
             match p.wait_timeout(Duration::from_secs(20)) {
                 Ok(Some(s)) if s.success() => {}
-                other => return Err(format!("{}: a process ended with {other:?}", self.name)),
+                other => {
+                    // A failing child reports why before it exits.
+                    let said = p
+                        .read_report(Duration::from_millis(100))
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "{}: the {what} ended with {other:?}: {said}",
+                        self.name
+                    ));
+                }
             }
         }
         Ok(())
@@ -631,8 +645,13 @@ fn bench(smoke: bool, dir: &Path) -> Result<(), String> {
 
     println!("# pore straw: streaming between two processes\n");
     println!(
-        "{} CPUs, processes not pinned; median of {rounds} rounds, contenders interleaved; {:.1} s of streaming. Volume per cell: {}. Cells: messages/s · GB/s of payload (wall clock, first send to the acknowledgement) · ratio to the unix socket pair.\n",
+        "{} CPUs, {}; median of {rounds} rounds, contenders interleaved; {:.1} s of streaming. Volume per cell: {}. Cells: messages/s · GB/s of payload (wall clock, first send to the acknowledgement) · ratio to the unix socket pair.\n",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
+        if std::env::var_os("PORE_BENCH_NO_PIN").is_some() {
+            "processes not pinned"
+        } else {
+            "senders pinned to CPU 0, receivers to CPU 1"
+        },
         took.as_secs_f64(),
         cells
             .iter()
