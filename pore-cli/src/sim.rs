@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use pore_backend_sim::Hypervisor;
+use pore_backend_sim::{Hypervisor, PeerClose};
 
 /// Arguments of `pore sim`.
 #[derive(Args, Debug)]
@@ -30,6 +30,19 @@ pub struct SimArgs {
     /// beside the broker's socket). Domains always reach it through their own store rings.
     #[arg(long, value_name = "PATH")]
     xenstored_socket: Option<PathBuf>,
+    /// What the remote end of an event channel sees when its peer closes it (or dies):
+    /// `reported` (the simulator's affordance: `PeerGone`) or `silent` (as Xen: nothing; the
+    /// death shows only in xenstore and through unmap-notify).
+    #[arg(long, value_name = "MODE", default_value = "reported", value_parser = parse_peer_close)]
+    peer_close: PeerClose,
+}
+
+fn parse_peer_close(s: &str) -> Result<PeerClose, String> {
+    match s {
+        "reported" => Ok(PeerClose::Reported),
+        "silent" => Ok(PeerClose::Silent),
+        other => Err(format!("{other:?}: expected `reported` or `silent`")),
+    }
 }
 
 /// Runs `pore sim`.
@@ -41,6 +54,7 @@ pub fn run(args: SimArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    hv.set_peer_close(args.peer_close);
     let Some(path) = hv.socket_path() else {
         eprintln!("pore sim: the broker has no socket");
         return ExitCode::FAILURE;

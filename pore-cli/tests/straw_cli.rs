@@ -30,18 +30,37 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn listen_and_connect_pipe_both_ways_and_exit_zero() {
-    pipe_case(300_000, 200_000);
+    pipe_case(&[], 300_000, 200_000);
 }
 
 #[test]
 fn an_empty_stdin_still_receives_everything() {
-    pipe_case(150_000, 0);
+    pipe_case(&[], 150_000, 0);
 }
 
-fn pipe_case(connector_sends: usize, listener_sends: usize) {
+/// With Xen's close semantics the graceful end works the same: it never relied on the
+/// simulator reporting a closed port.
+#[test]
+fn both_ways_on_a_sim_with_xen_faithful_close() {
+    pipe_case(&["--peer-close", "silent"], 200_000, 100_000);
+}
+
+#[test]
+fn a_bad_peer_close_mode_is_refused() {
+    let out = Command::new(PORE)
+        .args(["sim", "--peer-close", "loud", "--duration", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected `reported` or `silent`"), "{err}");
+}
+
+fn pipe_case(sim_args: &[&str], connector_sends: usize, listener_sends: usize) {
     let mut sim = Reaper(
         Command::new(PORE)
             .args(["sim", "--duration", "60"])
+            .args(sim_args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("pore sim starts"),
