@@ -4,7 +4,9 @@
 //! peer for an event and sleeps: a peer running on another CPU usually answers within
 //! microseconds, and then neither side pays an event or a sleep. A spin only helps while the
 //! peer runs meanwhile; when it shares our CPU (or its vCPU is descheduled) every spin is time
-//! taken from it. So each half of a straw keeps a [`SpinBudget`], in the manner of adaptive
+//! taken from it. So a spin yields the CPU between rounds of polling (a peer on our CPU runs at
+//! once; alone on it, the yield returns at once), and each half of a straw keeps a
+//! [`SpinBudget`], in the manner of adaptive
 //! mutexes: [`FAILURES_TO_HALVE`] spins in a row that run out halve the next one, down to none
 //! (a lone miss while streaming costs little; a peer that cannot run while we spin makes every
 //! spin miss); a sleep that the peer ended within the maximum ([`StrawConfig::spin`](crate::straw::StrawConfig::spin)) shows

@@ -577,6 +577,9 @@ impl<B: Backend> Shared<B> {
                 budget.failed();
                 return Ok(false);
             }
+            // A peer that shares our CPU runs now rather than after our spin (with nothing
+            // else runnable here this returns at once).
+            std::thread::yield_now();
         }
     }
 
