@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Args;
 use pore_backend_sim::process::{self, DomainProcess};
+use pore_backend_sim::PeerClose;
 use pore_backend_sim::{Hypervisor, SimDomain};
 use pore_core::DomId;
 use pore_straw::handshake::{Action, Config};
@@ -353,8 +354,10 @@ fn demo_in(args: &DemoArgs, dir: &std::path::Path) -> Result<(), String> {
     // /local/domain/<id> and a store ring to it, D19).
     let hv = Hypervisor::start_at(Some(&dir.join("hypervisor.sock")))
         .map_err(|e| format!("starting the simulated hypervisor: {e}"))?;
+    // Event channels close as on Xen: nothing tells a peer; the close chart runs in xenstore.
+    hv.set_peer_close(PeerClose::Silent);
     println!(
-        "  simulated hypervisor broker on {}",
+        "  simulated hypervisor broker on {} (event channels close as on Xen)",
         dir.join("hypervisor.sock").display()
     );
     let server = hv
