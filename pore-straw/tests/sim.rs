@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pore_backend_sim::{Hypervisor, SimDomain};
+use pore_backend_sim::{Hypervisor, PeerClose, SimDomain};
 use pore_straw::handshake::Config;
 use pore_straw::manager::{Manager, ManagerConfig};
 use pore_straw::straw::StrawIoError;
@@ -154,47 +154,92 @@ fn a_domain_killed_mid_stream_is_peer_gone_within_a_second() {
     for v2 in [false, true] {
         let env = Env::new(if v2 { "kv2" } else { "kling" });
         let hv = Hypervisor::start_unexported().unwrap();
-        let a = hv.create_domain("a").unwrap();
-        let ea = Endpoint::seed(a.id());
-        let ma = Manager::start(a, env.xs(), ea.clone(), cfg(v2)).unwrap();
-        let mut child = hv
-            .domain_command("listener")
-            .unwrap()
-            .test("a_domain_killed_mid_stream_is_peer_gone_within_a_second")
-            .arg(env.sock.to_string_lossy().to_string())
-            .arg(if v2 { "v2" } else { "ling" })
-            .spawn()
-            .unwrap();
-        let id: u16 = child
-            .read_report(Duration::from_secs(10))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let sa = ma.open(&Endpoint::seed(pore_core::DomId(id))).unwrap();
-        assert_eq!(sa.receiver().recv().unwrap(), "alive");
-        let reader = thread::spawn(move || {
-            let t0 = Instant::now();
-            let r = sa.receiver().recv_timeout(Duration::from_secs(10));
-            (r, t0.elapsed(), sa)
-        });
-        thread::sleep(Duration::from_millis(100));
-        // SIGKILL: no close protocol; xenstore still says Connected, only the pore can tell.
-        child.kill().unwrap();
-        let (r, took, sa) = reader.join().unwrap();
-        assert_eq!(r, Err(StrawIoError::PeerGone), "v2={v2}");
-        assert!(took < Duration::from_secs(1), "v2={v2}: {took:?}");
-        drop(sa);
-        ma.shutdown();
-        // Nothing leaked on our side: our mappings or grants and our port are gone.
-        assert!(hv.wait_dead(pore_core::DomId(id), Duration::from_secs(5)));
-        let end = Instant::now() + Duration::from_secs(2);
-        while !hv.outstanding().is_clean() && Instant::now() < end {
-            thread::sleep(Duration::from_millis(10));
-        }
-        let o = hv.outstanding();
-        assert!(o.is_clean(), "v2={v2}: {o:?}");
+        // A xenstored of its own, which the hypervisor does not tell of deaths: xenstore still
+        // says Connected after the kill, only the pore can tell (the simulator reports the
+        // dead domain's closed port).
+        killed_mid_stream(
+            &hv,
+            &env.sock,
+            env.xs(),
+            v2,
+            "a_domain_killed_mid_stream_is_peer_gone_within_a_second",
+        );
     }
+}
+
+/// As on Xen: the dead domain's port closes silently (`PeerClose::Silent`) and the toolstack
+/// removes its nodes from xenstore (the hypervisor's own xenstored). A v2 straw learns it from
+/// the live byte its unmap-notify cleared, a LING straw from xenstore, both within a second.
+#[test]
+fn a_domain_killed_mid_stream_is_peer_gone_within_a_second_with_xen_faithful_close() {
+    pore_backend_sim::process::run_child_role(child_role);
+    for v2 in [false, true] {
+        let env = Env::new(if v2 { "ksv2" } else { "ksling" });
+        let hv = Hypervisor::start_unexported().unwrap();
+        hv.set_peer_close(PeerClose::Silent);
+        let sock = env.dir.join("hv-xenstored.sock");
+        let listener = hv.xenstored().unwrap().listen_unix(&sock).unwrap();
+        let xs = XsAdapter::new(Arc::new(Client::connect_unix(&sock).unwrap()));
+        killed_mid_stream(
+            &hv,
+            &sock,
+            xs,
+            v2,
+            "a_domain_killed_mid_stream_is_peer_gone_within_a_second_with_xen_faithful_close",
+        );
+        drop(hv);
+        listener.join();
+    }
+}
+
+/// Domain A opens a straw to a child domain process, which SIGKILL ends mid-stream; `test`
+/// names the calling test (the child re-runs it in its role).
+fn killed_mid_stream(hv: &Hypervisor, sock: &std::path::Path, xs: XsAdapter, v2: bool, test: &str) {
+    let how = if hv.peer_close() == PeerClose::Silent {
+        "silent close"
+    } else {
+        "reported close"
+    };
+    let a = hv.create_domain("a").unwrap();
+    let ea = Endpoint::seed(a.id());
+    let ma = Manager::start(a, xs, ea.clone(), cfg(v2)).unwrap();
+    let mut child = hv
+        .domain_command("listener")
+        .unwrap()
+        .test(test)
+        .arg(sock.to_string_lossy().to_string())
+        .arg(if v2 { "v2" } else { "ling" })
+        .spawn()
+        .unwrap();
+    let id: u16 = child
+        .read_report(Duration::from_secs(10))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let sa = ma.open(&Endpoint::seed(pore_core::DomId(id))).unwrap();
+    assert_eq!(sa.receiver().recv().unwrap(), "alive");
+    let reader = thread::spawn(move || {
+        let t0 = Instant::now();
+        let r = sa.receiver().recv_timeout(Duration::from_secs(10));
+        (r, t0.elapsed(), sa)
+    });
+    thread::sleep(Duration::from_millis(100));
+    // SIGKILL: no close protocol.
+    child.kill().unwrap();
+    let (r, took, sa) = reader.join().unwrap();
+    assert_eq!(r, Err(StrawIoError::PeerGone), "{how}, v2={v2}");
+    assert!(took < Duration::from_secs(1), "{how}, v2={v2}: {took:?}");
+    drop(sa);
+    ma.shutdown();
+    // Nothing leaked on our side: our mappings or grants and our port are gone.
+    assert!(hv.wait_dead(pore_core::DomId(id), Duration::from_secs(5)));
+    let end = Instant::now() + Duration::from_secs(2);
+    while !hv.outstanding().is_clean() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let o = hv.outstanding();
+    assert!(o.is_clean(), "{how}, v2={v2}: {o:?}");
 }
 
 /// Every frame sent before `close()` arrives: a million small frames (the bar).
