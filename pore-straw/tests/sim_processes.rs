@@ -334,9 +334,9 @@ fn next_case() -> Result<Option<(String, Endpoint)>, String> {
     }
 }
 
-/// `hostile-listener`: a domain with straw directories that, when knocked, publishes garbage
-/// (or real pages with lies about them) in the straw directory the opener reads.
-fn role_hostile_listener() -> Result<(), String> {
+/// A hostile role's domain: its store client and directories (made by hand, as the seed's
+/// `setup_ops`, with no manager to follow the rules), reported ready to the parent.
+fn hostile_domain() -> Result<(SimDomain, Arc<Client>, Endpoint, XsAdapter), String> {
     let dom = SimDomain::connect().map_err(|e| format!("broker: {e}"))?;
     let xs = guest_client(&dom)?;
     let me = Endpoint::seed(dom.id());
@@ -345,6 +345,13 @@ fn role_hostile_listener() -> Result<(), String> {
         adapter.perform(&op).map_err(|e| format!("{op}: {e}"))?;
     }
     process::report(&format!("ready {}", me.domid.0));
+    Ok((dom, xs, me, adapter))
+}
+
+/// `hostile-listener`: a domain with straw directories that, when knocked, publishes garbage
+/// (or real pages with lies about them) in the straw directory the opener reads.
+fn role_hostile_listener() -> Result<(), String> {
+    let (dom, xs, me, _adapter) = hostile_domain()?;
     let mut held: Option<StrawPore<SimDomain>> = None;
     while let Some((case, opener)) = next_case()? {
         // The previous case's real pages go now.
@@ -481,14 +488,7 @@ fn hostile_listener_keys(
 /// `hostile-opener`: knocks on the parent's domain with a warts directory full of garbage (or
 /// a valid one, and then misbehaves).
 fn role_hostile_opener() -> Result<(), String> {
-    let dom = SimDomain::connect().map_err(|e| format!("broker: {e}"))?;
-    let xs = guest_client(&dom)?;
-    let me = Endpoint::seed(dom.id());
-    let adapter = XsAdapter::new(xs.clone());
-    for op in setup_ops(&me) {
-        adapter.perform(&op).map_err(|e| format!("{op}: {e}"))?;
-    }
-    process::report(&format!("ready {}", me.domid.0));
+    let (_dom, xs, me, _adapter) = hostile_domain()?;
     while let Some((case, target)) = next_case()? {
         let paths = StrawPaths::new(&me, &target);
         let _ = xs.rm(&paths.warts_dir);
