@@ -383,7 +383,7 @@ where
     }
 
     fn close_wait(&self) -> Duration {
-        self.inner.cfg.handshake.close_timeout * 2 + Duration::from_secs(1)
+        self.inner.close_wait()
     }
 
     /// Closes every straw (the seed's `terminate(shutdown)`), removes the endpoint's nodes and
@@ -443,9 +443,9 @@ impl<B: Backend + Send + Sync + 'static, X: StoreClient> Drop for Manager<B, X> 
             for i in inputs {
                 let _ = i.send(Input::Close);
             }
-            if let Some(e) = self.events.take() {
-                let _ = e.join();
-            }
+            // Not joined: the events thread still routes the watch events of the straws in
+            // their close chart, and ends by itself once they are gone (see `route_events`).
+            drop(self.events.take());
         }
     }
 }
@@ -462,12 +462,33 @@ where
         self.origin.elapsed()
     }
 
+    /// How long closing every straw may take at most (the close chart, twice bounded).
+    fn close_wait(&self) -> Duration {
+        self.cfg.handshake.close_timeout * 2 + Duration::from_secs(1)
+    }
+
     fn route_events(self: Arc<Self>) {
-        while !self.stop.load(Ordering::Acquire) {
+        let mut stopping: Option<Instant> = None;
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                // Shutting down: a straw in its close chart still learns its peer's steps from
+                // our watch events (the listener waits for the opener's Closed, the opener for
+                // the listener's). Stopping the routing before those straws are done would
+                // leave them waiting for the close timeout, and their peers fail with it
+                // (`timed out during the Close`). So keep routing until the last straw is
+                // gone (no new one starts once `stop` is set), bounded by the close wait.
+                let since = *stopping.get_or_insert_with(Instant::now);
+                if lock(&self.state).straws.is_empty() || since.elapsed() >= self.close_wait() {
+                    break;
+                }
+            }
             let Some(ev) = self.store.next_event(Duration::from_millis(100)) else {
                 continue;
             };
             if ev.token == self.top_token {
+                if self.stop.load(Ordering::Acquire) {
+                    continue; // no new straw while shutting down
+                }
                 if let Some(peer) = parse_knock(&self.me, &ev.path) {
                     let known = lock(&self.state)
                         .straws

@@ -681,3 +681,72 @@ fn knocks_are_taken_where_the_owner_cannot_tell() {
     s2.sender().send(Bytes::from_static(b"hi")).unwrap();
     assert_eq!(s1.receiver().recv().unwrap(), "hi");
 }
+
+/// A store client that holds back one domain's write of `Closed` (`6`) to its state key, so
+/// that the peer sees our `Closing` (and the end of the stream) well before our `Closed`.
+#[derive(Clone)]
+struct SlowClosed {
+    xs: Xs,
+    delay: Duration,
+}
+
+impl StoreClient for SlowClosed {
+    fn perform(&self, op: &StoreOp) -> Result<StoreReply, StoreError> {
+        if let StoreOp::Write { path, value } = op {
+            if path.ends_with("/state") && value == "6" {
+                thread::sleep(self.delay);
+            }
+        }
+        self.xs.perform(op)
+    }
+
+    fn next_event(&self, timeout: Duration) -> Option<WatchEvent> {
+        self.xs.next_event(timeout)
+    }
+}
+
+/// The bench's end (seen as `timed out during the Close` on the opener): the listener sees the
+/// opener's `Closing`, its receiver ends (`Eof`), and its owner shuts the manager down at once,
+/// before the opener (which unmaps first) has written `Closed`. The listener's straw is still
+/// in the close chart and waits for that `Closed`: the manager must keep routing its watch
+/// events until its straws are done, or the listener never hears it and both sides time out.
+#[test]
+fn shutting_down_right_after_eof_still_completes_the_close_chart() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let slow = SlowClosed {
+        xs: Xs::new(&world, 1),
+        delay: Duration::from_millis(300),
+    };
+    let m1 = Manager::start(
+        xen.domain(DomId(1)),
+        slow,
+        Endpoint::seed(DomId(1)),
+        cfg(Format::Raw),
+    )
+    .unwrap();
+    let (m2, _) = manager(&xen, &world, 2);
+    let s1 = m1.open(&Endpoint::seed(DomId(2))).unwrap();
+    let s2 = m2.accept(Duration::from_secs(2)).unwrap();
+    s1.sender().send(Bytes::from_static(b"last")).unwrap();
+    let listener = thread::spawn(move || {
+        assert_eq!(s2.receiver().recv().unwrap(), "last");
+        let eof = s2.receiver().recv_timeout(Duration::from_secs(3));
+        drop(s2);
+        m2.shutdown();
+        eof
+    });
+    let t = Instant::now();
+    let closed = s1.close();
+    assert_eq!(listener.join().unwrap(), Err(StrawIoError::Eof));
+    assert_eq!(closed, Ok(()));
+    // The close timeout is 1 s: a close that completed never waited for it.
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    m1.shutdown();
+    let o = xen.outstanding();
+    assert_eq!((o.grants, o.mappings, o.ports), (0, 0, 0), "{o:?}");
+}
