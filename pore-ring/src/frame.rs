@@ -292,6 +292,22 @@ impl FrameReader {
         self.state != State::Header { got: 0 } || self.carry_pos < self.carry_len
     }
 
+    /// Fast path: a whole frame (within the maximum, fitting `buf`) already in the read-ahead
+    /// bytes is delivered at once; otherwise nothing changes.
+    #[inline]
+    fn whole_from_carry(&mut self, buf: &mut [u8]) -> Option<Received> {
+        let ahead = &self.carry[self.carry_pos..self.carry_len];
+        let (header, rest) = ahead.split_first_chunk::<HEADER_LEN>()?;
+        // A private copy: parsing it is safe from the peer.
+        let len = u32::from_be_bytes(*header) as usize;
+        if len > self.max || len > buf.len() || len > rest.len() {
+            return None;
+        }
+        buf[..len].copy_from_slice(&rest[..len]);
+        self.carry_pos += HEADER_LEN + len;
+        Some(Received::Frame(len))
+    }
+
     /// Fills `dst` from the read-ahead bytes, then from the ring; returns how many.
     fn pull<R: RingReader + ?Sized>(
         &mut self,
@@ -331,6 +347,11 @@ impl FrameReader {
         loop {
             match self.state {
                 State::Header { got } => {
+                    if got == 0 {
+                        if let Some(done) = self.whole_from_carry(buf) {
+                            return Ok(Some(done));
+                        }
+                    }
                     if got == 0 && self.carry_pos == self.carry_len {
                         // Read ahead: a small frame then leaves the ring in one copy.
                         self.carry_pos = 0;
@@ -538,6 +559,42 @@ mod tests {
         );
         assert_eq!(fr.max_frame(), 2000);
         assert_eq!(fr.skipped_bytes(), 0);
+    }
+
+    #[test]
+    fn frames_in_the_read_ahead_keep_the_rules() {
+        // Three small frames reach the reader in one read-ahead: one over the maximum, one too
+        // large for the first buffer, one that fits.
+        let g = Guarded::new(4096);
+        let mut c = XenstoreRing::client(g.view()).unwrap();
+        let mut s = XenstoreRing::server(g.view()).unwrap();
+        let mut fw = FrameWriter::new(100);
+        for payload in [&[7u8; 30][..], &[8u8; 20], &[9u8; 5]] {
+            assert_eq!(fw.send(c.writer(), payload).unwrap(), Progress::Done);
+        }
+        let mut fr = FrameReader::new(25);
+        let mut small = [0u8; 10];
+        assert_eq!(
+            fr.recv(s.reader(), &mut small).unwrap(),
+            Some(Received::Skipped(30))
+        );
+        assert!(matches!(
+            fr.recv(s.reader(), &mut small),
+            Err(RingError::BufferTooSmall { len: 20, .. })
+        ));
+        let mut big = [0u8; 25];
+        assert_eq!(
+            fr.recv(s.reader(), &mut big).unwrap(),
+            Some(Received::Frame(20))
+        );
+        assert_eq!(big[..20], [8u8; 20]);
+        assert_eq!(
+            fr.recv(s.reader(), &mut small).unwrap(),
+            Some(Received::Frame(5))
+        );
+        assert_eq!(small[..5], [9u8; 5]);
+        assert_eq!(fr.recv(s.reader(), &mut small).unwrap(), None);
+        assert_eq!(fr.skipped_frames(), 1);
     }
 
     proptest! {
