@@ -205,7 +205,10 @@ fn end_from(words: &[u32]) -> Result<(u32, EndRef)> {
 /// evtchn files. Dropping a joined handle (or the joined process exiting or being killed)
 /// releases only what it holds, firing its unmap notifications; the domain, its other
 /// contexts and its xenstore nodes stay. When the domain dies, its joined handles' operations
-/// fail with [`ErrorKind::Closed`].
+/// fail with [`ErrorKind::Closed`]. The store ring has one driver, the domain's creator: a
+/// joined handle's [`StoreAccess::open_store`] is refused ([`ErrorKind::Unsupported`]; Linux
+/// multiplexes its processes in the xenbus driver, the sim does not), so it reaches xenstored
+/// through its socket.
 #[derive(Debug)]
 pub struct SimDomain {
     ctx: Arc<DomCtx>,

@@ -638,6 +638,15 @@ impl Hv {
                 }
             }
             Op::OpenStore => {
+                // One ring, one driver: a second process driving it would interleave requests
+                // and steal replies (Linux multiplexes processes in its xenbus driver; the
+                // sim does not).
+                if ctx != DOMAIN_CTX {
+                    return Err(refused(
+                        ErrorKind::Unsupported,
+                        "a joined context has no store ring: the domain's creator drives it; reach xenstored through its socket",
+                    ));
+                }
                 let store = st.domains.get(&dom.0).and_then(|r| r.store.as_ref());
                 let Some(store) = store else {
                     return Err(refused(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use pore_backend_sim::{Hypervisor, Outstanding, SimDomain, StoreLink, StoreService};
 use pore_core::{
     DomId, Error, ErrorKind, EventChannel, GrantedPages, Grants, Pore, SharedAccess, SharedMemory,
-    UnmapNotify, WaitOutcome, PAGE_SIZE,
+    StoreAccess, UnmapNotify, WaitOutcome, PAGE_SIZE,
 };
 
 const SEC: Duration = Duration::from_secs(5);
@@ -177,6 +177,12 @@ fn joining_needs_a_live_domain_other_than_dom0() {
     assert_eq!(remote.id(), a.id());
     assert!(remote.is_joined());
     assert_eq!(hv.joined_contexts(a.id()), 1);
+    // The store ring has one driver, the domain's creator: a second would corrupt it.
+    assert_eq!(
+        StoreAccess::open_store(&remote).unwrap_err().kind(),
+        ErrorKind::Unsupported
+    );
+    assert!(StoreAccess::open_store(&a).is_ok());
     let g = remote.grant(DomId::DOM0, 4).unwrap();
     assert_eq!(hv.outstanding_of(a.id()).grants, 4);
     drop(remote);
