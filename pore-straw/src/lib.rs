@@ -24,6 +24,23 @@
 //!   client;
 //! * `asynch` (feature `tokio`): a straw's halves bridged to tokio channels.
 //!
+//! # How a lost peer is noticed
+//!
+//! Xen tells nobody when a peer closes its event channel or dies, so a straw learns of it two
+//! ways, each within about a second, whichever comes first:
+//!
+//! * **xenstore**: the manager watches the peer's straw directory; a peer whose state leaves
+//!   Connected, or whose directory (or whole domain, removed by the toolstack) disappears, is
+//!   [`StrawError::PeerGone`].
+//! * **the data path** (D8): each side arms unmap-notify on the pore. With the v2 layout the
+//!   dying side's unmap clears its live byte in the control page and sends an event, so even a
+//!   process of a domain that lives on (its xenstore nodes unchanged) is seen gone. The LING
+//!   layout has no spare byte for that: its unmap-notify only sends an event, and a straw that
+//!   finds its ring unchanged cannot tell it from a spurious wake-up. On real Xen a LING straw
+//!   therefore notices a dead peer *domain* through xenstore, but not a dead peer *process*
+//!   of a domain that lives on (its receives and sends time out instead).
+//!   `pore_backend_sim::PeerClose::Silent` reproduces exactly that in tests.
+//!
 //! ```no_run
 //! # #[cfg(feature = "xenstore")] {
 //! use std::sync::Arc;
