@@ -89,8 +89,9 @@ pub struct StrawConfig {
     /// sleeps (zero: sleep at once; no spin on a single CPU). A peer that answers within the
     /// spin costs neither side an event nor a sleep: the 64 KiB streaming bench runs 2–3×
     /// faster with the default 20 µs than with none. The spin adapts (see the `spin` module):
-    /// spins that run out halve the next one, down to none, so a peer that shares our CPU
-    /// is not starved by them. An idle blocked call spins at most once per `slice`.
+    /// it yields the CPU between polling rounds, spins that keep running out shrink it down
+    /// to none, and sleeps the peer ends early grow it back, so a peer that shares our CPU is
+    /// not starved. An idle blocked call spins at most once per `slice`.
     pub spin: Duration,
 }
 
