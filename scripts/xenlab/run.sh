@@ -15,6 +15,8 @@
 # Exit status: the payload's; 124 timed out twice; 125 the lab did not come up or crashed
 # (the tail of the console is printed); 126 bad usage or a missing prerequisite.
 #
+# XENLAB_DOMU=1 adds what dom0 needs to start domUs with xenlab-domu (see there).
+#
 # Knobs: XENLAB_LOG (full console log with timestamps, default LABDIR/console.log; a timed-out
 # first attempt is kept as LOG.1), XENLAB_VERBOSE=1 (stream the whole console),
 # XENLAB_MEM (MiB of the machine, 1024), XENLAB_DOM0_MEM (MiB, 512), XENLAB_SMP (vCPUs, 2),
@@ -77,7 +79,12 @@ while [ "${#queue[@]}" -gt 0 ]; do
 done
 (cd "$tree" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) >"$tmp/payload.cpio" ||
   die "cpio failed"
-cat "$lab/dom0-initrd.img" "$tmp/payload.cpio" >"$tmp/initrd.img"
+guest=()
+if [ "${XENLAB_DOMU:-0}" = 1 ]; then
+  [ -s "$lab/domu.cpio" ] || die "$lab/domu.cpio is missing (run scripts/xenlab/build.sh $lab)"
+  guest=("$lab/domu.cpio")
+fi
+cat "$lab/dom0-initrd.img" "${guest[@]}" "$tmp/payload.cpio" >"$tmp/initrd.img"
 echo "xenlab run: payload $(basename "$payload")${XENLAB_FILES:+ + ${XENLAB_FILES}}" \
   "($(du -h "$tmp/payload.cpio" | cut -f1) unpacked), hard timeout ${limit} s"
 
@@ -119,7 +126,7 @@ boot() { # ATTEMPT -> sets status, kind (ok|timeout|crash)
   qrc=${PIPESTATUS[0]}
   local line
   line=$(tr -d '\r' <"$log" | grep -a -o 'PORE-XENLAB-[A-Z-]*=.*' | tail -n 1)
-  echo "xenlab run: boot $1: $((SECONDS - started)) s wall; since QEMU start: Xen $(when '(XEN) Xen version')," \
+  echo "xenlab run: attempt $1: $((SECONDS - started)) s wall; since QEMU start: Xen $(when '(XEN) Xen version')," \
     "dom0 kernel $(when 'Linux version'), dom0 ready $(when 'xen user space up')," \
     "payload end $(when 'payload end'), QEMU exit $(tail -n 1 "$log" | awk '{ print $1 }') s"
   case "$line" in
@@ -141,7 +148,7 @@ boot() { # ATTEMPT -> sets status, kind (ok|timeout|crash)
 boot 1
 if [ "$kind" = timeout ]; then
   mv "$log" "$log.1"
-  echo "xenlab run: RETRY: boot 1 timed out (its console: $log.1)"
+  echo "xenlab run: RETRY: attempt 1 timed out (its console: $log.1)"
   boot 2
 fi
 if [ "$kind" != ok ] || [ "$status" != 0 ]; then
