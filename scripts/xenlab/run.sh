@@ -10,8 +10,9 @@
 # of debug info, and the shared libraries they need that dom0 lacks are copied from this host
 # into /xenlab/lib (on LD_LIBRARY_PATH there): programs built here with glibc 2.36 run as is.
 #
-# TIMEOUT (default 300 s) is a hard limit on the whole boot; the payload itself gets 80% of it
-# inside dom0. A boot that times out is retried once; any other failure is final.
+# TIMEOUT (default 300 s) is a hard limit on the whole boot; inside, dom0 stops the payload
+# max(20 s, 10%) before it, so that the end is reported. A boot that times out is retried once; any other
+# failure is final.
 # Exit status: the payload's; 124 timed out twice; 125 the lab did not come up or crashed
 # (the tail of the console is printed); 126 bad usage or a missing prerequisite.
 #
@@ -99,7 +100,10 @@ xen_args+=" dom0_max_vcpus=$smp smap=0 bootscrub=0 spec-ctrl=no loglvl=all guest
 xen_args+=" ${XENLAB_XEN_ARGS:-}"
 # mitigations=off, cryptomgr.notests: less work for the emulated CPU; nothing here is secret.
 dom0_args="console=hvc0 earlyprintk=xen loglevel=5 mitigations=off cryptomgr.notests"
-dom0_args+=" xenlab.timeout=$((limit * 4 / 5))"
+# The payload must end this many seconds after dom0's clock started (Xen boots before it, and
+# reporting and powering off take a while on a busy machine).
+margin=$((limit / 10 > 20 ? limit / 10 : 20))
+dom0_args+=" xenlab.deadline=$((limit - margin))"
 dom0_args+=" ${XENLAB_DOM0_ARGS:-}"
 qemu=(qemu-system-x86_64 -accel tcg -cpu max -m "${XENLAB_MEM:-1024}" -smp "$smp"
   -nographic -no-reboot -net none
@@ -141,6 +145,8 @@ boot() { # ATTEMPT -> sets status, kind (ok|timeout|crash)
       else
         kind=crash status=125
         echo "xenlab run: QEMU exited (status $qrc) without a status line: Xen or dom0 crashed?"
+        grep -a -m 3 -e 'Panic on CPU' -e 'Dom0 crashed' -e 'Kernel panic' -e 'Initramfs unpacking failed' \
+          "$log" | sed 's/^/xenlab run:   /'
       fi ;;
   esac
 }
