@@ -4,7 +4,12 @@
 #   boot 1 (dom0): a smoke check of the Xen devices and the real C xenstored, then every test
 #                  binary of pore-backend-linux with PORE_REQUIRE_XEN=1;
 #   boot 2 (domU): a PV domU started with `xl create` greets dom0 through the real xenstored
-#                  (domU writes, dom0 reads and answers, the domU reads the answer).
+#                  (domU writes, dom0 reads and answers, the domU reads the answer), then runs
+#                  pore-backend-linux's unit tests (a dynamically linked Rust binary in a domU);
+#                  then pore-backend-linux's test binaries named xen_domu* run in dom0, with
+#                  PORE_REQUIRE_XEN=1 and PORE_XENLAB_DOMU=xenlab-domu: they start their own
+#                  domU peers with it (`xenlab-domu start NAME DIR TIMEOUT ARGS`, see
+#                  scripts/xenlab/xenlab-domu; the binaries are in /xenlab/payload/tests-domu/).
 # A lab that cannot be built or booted fails the phase: nothing here is skipped.
 # Knobs: XENLAB_CACHE (downloads and images, default /var/cache/pore-xenlab), XENLAB_TIMEOUT
 # (hard limit per boot in seconds, default 600: a busy 2-CPU machine needed 150 s for boot 2;
@@ -33,8 +38,8 @@ trap 'rm -rf "$tmp"' EXIT
 t=$SECONDS
 cargo test -p pore-backend-linux --tests --no-run --message-format=json >"$tmp/cargo.json" ||
   fail "cargo could not build pore-backend-linux's tests"
-mkdir -p "$tmp/tests"
-python3 - "$tmp/cargo.json" "$tmp/tests" <<'EOF' || fail "cannot list the test binaries"
+mkdir -p "$tmp/tests" "$tmp/tests-domu"
+python3 - "$tmp/cargo.json" "$tmp/tests" "$tmp/tests-domu" <<'EOF' || fail "cannot list the test binaries"
 import json, os, shutil, sys
 found = 0
 for line in open(sys.argv[1]):
@@ -48,12 +53,13 @@ for line in open(sys.argv[1]):
         continue
     target = msg["target"]
     name = target["name"] if "lib" not in target["kind"] else "unit-" + target["name"]
-    shutil.copy(msg["executable"], os.path.join(sys.argv[2], name))
+    where = sys.argv[3] if name.startswith("xen_domu") else sys.argv[2]
+    shutil.copy(msg["executable"], os.path.join(where, name))
     found += 1
 if found == 0:
     sys.exit("no test binary found in cargo's output")
 EOF
-echo "60-xenlab: test binaries built in $((SECONDS - t)) s: $(ls "$tmp/tests" | tr '\n' ' ')"
+echo "60-xenlab: test binaries built in $((SECONDS - t)) s: $(ls "$tmp/tests" "$tmp/tests-domu" | tr '\n' ' ')"
 
 # ---- boot 1: dom0
 cat >"$tmp/dom0.sh" <<'EOF'
@@ -95,7 +101,8 @@ echo "60-xenlab: boot 1 (dom0 tests): $boot1 s, status $status"
 [ "$status" = 0 ] || fail "dom0 tests (status $status; console: $cache/logs/dom0.log)"
 
 # ---- boot 2: a PV domU talks to dom0 through the real xenstored
-mkdir -p "$tmp/domu"
+mkdir -p "$tmp/domu/tests"
+cp "$tmp/tests/unit-pore_backend_linux" "$tmp/domu/tests/"
 cat >"$tmp/domu/run" <<'EOF'
 #!/bin/sh
 # Runs in the domU. Relative xenstore paths are under /local/domain/<our domid>/.
@@ -111,6 +118,10 @@ until [ "$(xenstore-read data/pore-lab/answer 2>/dev/null)" = "hello domU $domid
     sleep 0.2
 done
 echo "domU $domid: dom0 answered"
+for test in tests/*; do
+    echo "== domU: $test (PORE_REQUIRE_XEN=1)"
+    PORE_REQUIRE_XEN=1 RUST_BACKTRACE=1 "./$test" || { echo "== domU: $test FAILED"; exit 1; }
+done
 EOF
 chmod 755 "$tmp/domu/run"
 cat >"$tmp/domu.sh" <<'EOF'
@@ -125,12 +136,20 @@ until [ "$(xenstore-read "/local/domain/$domid/data/pore-lab/hello" 2>/dev/null)
 done
 echo "dom0: domain $domid greeted us"
 xenstore-write "/local/domain/$domid/data/pore-lab/answer" "hello domU $domid" || exit 1
-xenlab-domu wait hello 300
+xenlab-domu wait hello 300 || exit 1
+failed=""
+export PORE_REQUIRE_XEN=1 PORE_XENLAB_DOMU=xenlab-domu RUST_BACKTRACE=1
+for test in tests-domu/*; do
+    [ -e "$test" ] || continue
+    echo "== $test (PORE_REQUIRE_XEN=1, PORE_XENLAB_DOMU=xenlab-domu)"
+    "./$test" || failed="$failed ${test#tests-domu/}"
+done
+if [ -n "$failed" ]; then echo "== FAILED:$failed"; exit 1; fi
 EOF
 
 t=$SECONDS
 status=0
-XENLAB_DOMU=1 XENLAB_FILES="$tmp/domu" XENLAB_LOG="$cache/logs/domu.log" \
+XENLAB_DOMU=1 XENLAB_FILES="$tmp/domu $tmp/tests-domu" XENLAB_LOG="$cache/logs/domu.log" \
   bash scripts/xenlab/run.sh "$lab" "$tmp/domu.sh" "$limit" || status=$?
 boot2=$((SECONDS - t))
 echo "60-xenlab: boot 2 (dom0 <-> domU): $boot2 s, status $status"

@@ -131,8 +131,8 @@ boot() { # ATTEMPT -> sets status, kind (ok|timeout|crash)
   local line
   line=$(tr -d '\r' <"$log" | grep -a -o 'PORE-XENLAB-[A-Z-]*=.*' | tail -n 1)
   echo "xenlab run: attempt $1: $((SECONDS - started)) s wall; since QEMU start: Xen $(when '(XEN) Xen version')," \
-    "dom0 kernel $(when 'Linux version'), dom0 ready $(when 'xen user space up')," \
-    "payload end $(when 'payload end'), QEMU exit $(tail -n 1 "$log" | awk '{ print $1 }') s"
+    "dom0 kernel $(when 'Linux version'), dom0 ready $(when 'xenlab-dom0: .*xen user space up')," \
+    "payload end $(when 'xenlab-dom0: .*payload end'), QEMU exit $(tail -n 1 "$log" | awk '{ print $1 }') s"
   case "$line" in
     PORE-XENLAB-STATUS=124) kind=timeout status=124 ;;
     PORE-XENLAB-STATUS=*) kind=ok status=${line#*=} ;;
