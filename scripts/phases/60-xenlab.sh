@@ -24,6 +24,9 @@ for tool in qemu-system-x86_64 cpio readelf objcopy perl python3 apt-get; do
   command -v "$tool" >/dev/null || fail "$tool is missing (scripts/install-deps.sh installs it)"
 done
 cache=${XENLAB_CACHE:-/var/cache/pore-xenlab}
+if [ -z "${XENLAB_CACHE:-}" ] && ! { [ -w /var/cache/pore-xenlab ] || [ -w /var/cache ]; }; then
+  cache=${XDG_CACHE_HOME:-$HOME/.cache}/pore-xenlab # as build.sh does when not root
+fi
 lab=$cache/lab
 limit=${XENLAB_TIMEOUT:-600}
 
@@ -59,7 +62,8 @@ for line in open(sys.argv[1]):
 if found == 0:
     sys.exit("no test binary found in cargo's output")
 EOF
-echo "60-xenlab: test binaries built in $((SECONDS - t)) s: $(ls "$tmp/tests" "$tmp/tests-domu" | tr '\n' ' ')"
+echo "60-xenlab: test binaries built in $((SECONDS - t)) s:" \
+  "$(find "$tmp/tests" "$tmp/tests-domu" -type f -printf '%f ')"
 
 # ---- boot 1: dom0
 cat >"$tmp/dom0.sh" <<'EOF'

@@ -19,13 +19,17 @@
 #                    libgcc_s (so dynamically linked Rust binaries run there too), /init (domu-init)
 #   dom0-files.txt   every path in dom0's initramfs (run.sh uses it to add only missing libs)
 #
-# Knobs: XENLAB_CACHE (default /var/cache/pore-xenlab; the .debs go to its debs/),
+# Knobs: XENLAB_CACHE (default /var/cache/pore-xenlab, or ~/.cache/pore-xenlab when that is not
+#        writable; the .debs go to its debs/),
 #        XENLAB_KVER (kernel ABI, default: what linux-image-amd64 depends on).
 # A second run with the same packages and scripts reuses LABDIR (about a second).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${XENLAB_CACHE:-/var/cache/pore-xenlab}
+if [ -z "${XENLAB_CACHE:-}" ] && ! { [ -w /var/cache/pore-xenlab ] || [ -w /var/cache ]; }; then
+  cache=${XDG_CACHE_HOME:-$HOME/.cache}/pore-xenlab # not root
+fi
 lab=$(realpath -m "${1:-$cache/lab}")
 debs=$cache/debs
 xenver=4.17
