@@ -14,10 +14,10 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# The Xen lab (scripts/xenlab, phase 60): QEMU, and the tools build.sh/run.sh use on the host.
-# busybox-static is for the host's own checks; the lab downloads its own copy by name.
+# The Xen lab (scripts/xenlab, phase 60): QEMU, and the tools build.sh/run.sh use on the host
+# (busybox, the kernel, Xen and its tools are downloaded by the lab itself, not installed).
 need_lab=()
-for pkg in qemu-system-x86 busybox-static cpio binutils perl xz-utils; do
+for pkg in qemu-system-x86 cpio binutils perl xz-utils; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_lab+=("$pkg")
 done
 if [ "${#need_lab[@]}" -gt 0 ]; then

@@ -120,6 +120,11 @@ else
   cp "$work/vmlinuz" "$work/dom0-kernel"
 fi
 
+# The init scripts run under this busybox: check their syntax here rather than at boot.
+for script in dom0-init domu-init xenlab-domu; do
+  "$pkgroot/bin/busybox" sh -n "$here/$script" || die "$script: syntax error"
+done
+
 # ---- 4. helpers to fill an initramfs tree from the unpacked packages
 libdirs=(/lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu /lib64 /usr/lib)
 lib_path() { # SONAME -> path inside the packages
