@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use crate::perms::Perm;
 
 use super::path;
-use super::tree::{Node, Tree, View};
+use super::tree::{strip_acl, Node, Tree, View};
 use super::watch::Change;
 
 /// An open transaction.
@@ -144,14 +144,7 @@ impl Transaction {
             n.forget_domain(domid);
         }
         for perms in self.order.iter_mut().filter_map(|(_, p)| p.as_mut()) {
-            let mut i = 1;
-            while i < perms.len() {
-                if perms[i].domid == domid {
-                    perms.remove(i);
-                } else {
-                    i += 1;
-                }
-            }
+            strip_acl(perms, domid);
         }
     }
 

@@ -50,14 +50,7 @@ impl Node {
         if self.listed.is_none() {
             self.listed = Some(self.perms.clone());
         }
-        let mut i = 1;
-        while i < self.perms.len() {
-            if self.perms[i].domid == domid {
-                self.perms.remove(i);
-            } else {
-                i += 1;
-            }
-        }
+        strip_acl(&mut self.perms, domid);
     }
 
     pub(crate) fn owner(&self) -> u32 {
@@ -76,6 +69,12 @@ impl Node {
     pub(crate) fn children_len(&self) -> usize {
         self.children.iter().map(|c| c.len() + 1).sum()
     }
+}
+
+/// Removes the entries after the owner's that name `domid`.
+pub(crate) fn strip_acl(perms: &mut Vec<Perm>, domid: u32) {
+    let mut owner = true;
+    perms.retain(|p| std::mem::take(&mut owner) || p.domid != domid);
 }
 
 /// The live tree.
@@ -352,6 +351,25 @@ mod tests {
         assert!(t.get("/a/b").is_none());
         assert_eq!(t.get("/").unwrap().children, ["tool"]);
         assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn forgetting_a_domain_keeps_the_owner_and_the_listing() {
+        let p = |a, d| Perm::new(a, d);
+        let set = vec![
+            p(Access::None, 7),
+            p(Access::Read, 7),
+            p(Access::Write, 3),
+            p(Access::Both, 7),
+        ];
+        let mut n = Node::new(vec![], set.clone());
+        n.forget_domain(7);
+        assert_eq!(n.perms, [p(Access::None, 7), p(Access::Write, 3)]);
+        assert_eq!(n.listed_perms(), set);
+        assert_eq!(n.record_size(), 24 + 8 * 4);
+        n.forget_domain(3);
+        assert_eq!(n.perms, [p(Access::None, 7)]);
+        assert_eq!(n.listed_perms(), set);
     }
 
     #[test]
