@@ -20,6 +20,17 @@
 //! # drop(file); Ok(()) }
 //! ```
 //!
+//! **Caution (Linux 6.1, seen in the lab):** the device deadlocks the domain's whole xenstore
+//! connection if a `WATCH` or `UNWATCH` is written on a file while the reply to another request
+//! written on that same file has not been delivered yet. The writer of the (un)watch holds the
+//! file's `msgbuffer_mutex` while the kernel waits for xenstored's answer to it; the kernel's
+//! single `xenbus` thread, delivering the earlier reply first, blocks on that mutex
+//! (`xenbus_dev_queue_reply`), so neither answer is ever delivered and both tasks hang in
+//! state D. A client that pipelines requests from several threads over one open of the device
+//! must therefore hold back (un)watches until no reply is outstanding (libxenstore never has
+//! two requests in flight on one handle), or use xenstored's unix socket in dom0
+//! (`/var/run/xenstored/socket`).
+//!
 //! ## The store page (`StoreAccess`)
 //! A Linux process is a xenstore *client* through the kernel (the device above), never
 //! through the ring: the kernel owns its domain's ring. What a process can reach is the other
