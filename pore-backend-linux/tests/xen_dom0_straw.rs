@@ -11,10 +11,12 @@
 //! for that mutex). A multi-threaded client must not pipeline requests around (un)watches on
 //! that device.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pore_backend_linux::{LinuxXen, Outstanding};
@@ -138,5 +140,138 @@ fn straw_between_two_named_endpoints_in_dom0() {
         mb.shutdown();
         assert_eq!(a.outstanding(), Outstanding::default(), "{tag}");
         assert_eq!(b.outstanding(), Outstanding::default(), "{tag}");
+    }
+}
+
+fn cfg(v2: bool) -> ManagerConfig {
+    ManagerConfig {
+        handshake: Config {
+            v2_pages: v2.then_some(4),
+            handshake_timeout: Duration::from_secs(20),
+            close_timeout: Duration::from_secs(5),
+            ..Config::default()
+        },
+        ..ManagerConfig::default()
+    }
+}
+
+/// The child process of [`a_killed_endpoint_process_is_peer_gone_within_a_second`]: a second
+/// process of dom0 running endpoint `name`, which accepts from or opens to `peer` and echoes
+/// every frame until killed. Does nothing unless run by that test (env `PORE_STRAW_CHILD`).
+#[test]
+fn child_echo_endpoint() {
+    let Ok(args) = std::env::var("PORE_STRAW_CHILD") else {
+        return;
+    };
+    let args: Vec<&str> = args.split(' ').collect();
+    let [name, layout, mode, peer] = args[..] else {
+        panic!("bad PORE_STRAW_CHILD {args:?}");
+    };
+    let me = Endpoint::new(DomId::DOM0, name).unwrap();
+    let peer = Endpoint::new(DomId::DOM0, peer).unwrap();
+    let m = Manager::start(
+        LinuxXen::open().unwrap(),
+        XsAdapter::new(client()),
+        me,
+        cfg(layout == "v2"),
+    )
+    .unwrap();
+    println!("READY");
+    let straw = if mode == "open" {
+        m.open(&peer).unwrap()
+    } else {
+        m.accept(Duration::from_secs(30)).unwrap()
+    };
+    while let Ok(f) = straw.receiver().recv_timeout(Duration::from_secs(60)) {
+        straw.sender().send(f).unwrap();
+    }
+}
+
+/// Two processes of dom0: this one runs endpoint x, a child runs endpoint y; frames echo
+/// through y until the child is SIGKILLed mid-stream. dom0 lives on and xenstore does not
+/// change, so only the data path can tell: y's unmap notification (live byte cleared, event
+/// sent) fired by the kernel as the dead process's files close. A v2 straw must end with
+/// "peer gone" within a second, whichever side granted the pages.
+#[test]
+fn a_killed_endpoint_process_is_peer_gone_within_a_second() {
+    if !on_xen() {
+        return;
+    }
+    for y_listens in [true, false] {
+        let pid = std::process::id();
+        let tag = if y_listens { "l" } else { "o" };
+        let (x_name, y_name) = (format!("x{tag}{pid}"), format!("y{tag}{pid}"));
+        // x is up before y starts, so y may open to it at once.
+        let a = LinuxXen::open().unwrap();
+        let x = Endpoint::new(DomId::DOM0, &x_name).unwrap();
+        let y = Endpoint::new(DomId::DOM0, &y_name).unwrap();
+        let m = Manager::start(a.clone(), XsAdapter::new(client()), x, cfg(true)).unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "child_echo_endpoint",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(
+                "PORE_STRAW_CHILD",
+                format!(
+                    "{y_name} v2 {} {x_name}",
+                    if y_listens { "accept" } else { "open" }
+                ),
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("READY") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child endpoint never became ready");
+        }
+        let s = if y_listens {
+            m.open(&y).unwrap()
+        } else {
+            m.accept(Duration::from_secs(30)).unwrap()
+        };
+        assert_eq!(s.layout(), Layout::V2 { ring_pages: 4 });
+        let streamer = thread::spawn(move || {
+            let mut i = 0usize;
+            loop {
+                let f = frame(i, 1000);
+                if let Err(e) = s.sender().send(f.clone()) {
+                    return (e, Instant::now(), i, s);
+                }
+                match s.receiver().recv_timeout(Duration::from_secs(10)) {
+                    Ok(got) => assert_eq!(got, f, "frame {i}"),
+                    Err(e) => return (e, Instant::now(), i, s),
+                }
+                i += 1;
+            }
+        });
+        thread::sleep(Duration::from_millis(500));
+        let killed = Instant::now();
+        child.kill().unwrap();
+        let (err, at, frames, s) = streamer.join().unwrap();
+        child.wait().unwrap();
+        let took = at.saturating_duration_since(killed);
+        println!("y listens {y_listens}: {err:?} {took:?} after the kill, {frames} frames echoed");
+        assert!(frames > 0, "the kill came mid-stream");
+        assert_eq!(err, StrawIoError::PeerGone);
+        assert!(
+            took < Duration::from_secs(1),
+            "peer gone seen after {took:?}"
+        );
+        drop(s);
+        m.shutdown();
+        assert_eq!(a.outstanding(), Outstanding::default());
     }
 }
