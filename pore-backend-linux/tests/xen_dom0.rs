@@ -398,6 +398,63 @@ fn xen_refuses_what_was_not_offered() {
     cc.notify().unwrap();
 }
 
+#[test]
+fn grant_limits_and_foreign_grants_are_errors() {
+    if !on_xen() {
+        return;
+    }
+    let (a, b) = (open(), open());
+    // gntalloc's `limit` (1024 grants by default) caps an allocation.
+    let e = a.grant(DOM0, 4096).unwrap_err();
+    println!("granting 4096 pages: {e}");
+    assert_eq!(e.kind(), ErrorKind::ResourceExhausted);
+    assert_clean(&a);
+    // Pages granted to another domain (here one that does not exist) cannot be mapped by us.
+    let foreign = a.grant(DomId(0x7000), 1).unwrap();
+    let e = b.map(DOM0, foreign.refs()).unwrap_err();
+    println!(
+        "mapping a grant made to another domain: {e} ({:?})",
+        e.kind()
+    );
+    assert!(
+        matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied),
+        "{e}"
+    );
+    assert_clean(&b);
+    foreign.end_access().unwrap();
+    assert_clean(&a);
+}
+
+#[test]
+fn rearming_a_grant_notification_moves_it() {
+    if !on_xen() {
+        return;
+    }
+    let (a, b) = (open(), open());
+    let mut grant = a.grant(DOM0, 2).unwrap();
+    let (old, new) = (PAGE_SIZE + 5, 3);
+    grant.view().store_u8(old, 1, Ordering::Relaxed);
+    grant.view().store_u8(new, 1, Ordering::Relaxed);
+    // Armed on page 1, then re-armed on page 0: only the new byte may be cleared (the kernel
+    // keeps one notification per page; the old page's must be disarmed).
+    for byte in [old, new] {
+        grant
+            .set_unmap_notify(UnmapNotify {
+                clear_byte: Some(byte),
+                send_event: None,
+            })
+            .unwrap();
+    }
+    let mapping = b.map(DOM0, grant.refs()).unwrap();
+    drop(grant);
+    let deadline = Instant::now() + EVENT;
+    while mapping.view().load_u8(new, Ordering::Acquire) != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(mapping.view().load_u8(new, Ordering::Acquire), 0);
+    assert_eq!(mapping.view().load_u8(old, Ordering::Acquire), 1);
+}
+
 /// The child half of [`peer_death_is_seen_through_unmap_notify`]: does nothing unless run by
 /// it (env `PORE_DOM0_CHILD=1`).
 #[test]
