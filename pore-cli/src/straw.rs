@@ -11,16 +11,16 @@ use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::{Args, Subcommand, ValueEnum};
-use pore_backend_sim::SimDomain;
+use clap::{Args, Subcommand};
 use pore_core::{Backend, DomId};
 use pore_straw::handshake::Config;
 use pore_straw::manager::{Manager, ManagerConfig};
 use pore_straw::straw::{Straw, StrawIoError};
 use pore_straw::xenstore::XsAdapter;
 use pore_straw::{Endpoint, Format};
-use pore_xenstore::transport::RingTransport;
-use pore_xenstore::{Client, Config as ClientConfig};
+use pore_xenstore::Client;
+
+use crate::backend::{self, BackendChoice};
 
 /// Largest frame made of one stdin read.
 const CHUNK: usize = 64 << 10;
@@ -30,9 +30,10 @@ const CHUNK: usize = 64 << 10;
 pub struct StrawArgs {
     #[command(subcommand)]
     command: StrawCommand,
-    /// Which Xen to use: the simulated one (found through PORE_SIM_SOCKET, see `pore sim`) or
-    /// real Xen from Linux user space.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Sim, global = true)]
+    /// Which Xen to use: real Xen through /dev/xen, the simulated one (found through
+    /// PORE_SIM_SOCKET, see `pore sim`), or auto: real Xen where /dev/xen/evtchn exists, else the
+    /// simulated one.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, global = true)]
     backend: BackendChoice,
     /// Endpoint name (D14): `data/straw-<name>`; empty keeps the seed's paths.
     #[arg(long, default_value = "", global = true)]
@@ -61,15 +62,6 @@ enum StrawCommand {
     },
 }
 
-/// The backends `pore straw` can run on.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum BackendChoice {
-    /// The simulated Xen (`pore sim`).
-    Sim,
-    /// Real Xen through /dev/xen (not implemented yet).
-    Linux,
-}
-
 /// Runs `pore straw`.
 pub fn run(args: StrawArgs) -> ExitCode {
     match straw(&args) {
@@ -82,18 +74,16 @@ pub fn run(args: StrawArgs) -> ExitCode {
 }
 
 fn straw(args: &StrawArgs) -> Result<(), String> {
-    if args.backend == BackendChoice::Linux {
-        return Err(
-            "the Linux backend (/dev/xen) is not implemented yet; use --backend sim".into(),
-        );
+    match args.backend.resolve()? {
+        BackendChoice::Linux => {
+            let (xen, domid, client) = backend::open_linux()?;
+            straw_on(args, xen, domid, client)
+        }
+        _ => {
+            let (dom, domid, client) = backend::open_sim()?;
+            straw_on(args, dom, domid, client)
+        }
     }
-    let dom = SimDomain::connect().map_err(|e| format!("reaching the simulated Xen: {e}"))?;
-    let ring = RingTransport::open_store(&dom)
-        .map_err(|e| format!("opening the xenstore ring page: {e}"))?;
-    let client = Client::with_transport(Box::new(ring), ClientConfig::default())
-        .map_err(|e| format!("reaching xenstored: {e}"))?;
-    let domid = dom.id();
-    straw_on(args, dom, domid, client)
 }
 
 /// Runs one straw on any backend, given a xenstore client of the domain `domid`.
