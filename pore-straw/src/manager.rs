@@ -14,7 +14,7 @@
 //!
 //! The manager reaches xenstore through the small [`StoreClient`] trait.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::string::String;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use pore_core::Backend;
+use pore_core::{Backend, DomId};
 
 use crate::endpoint::parse_knock;
 use crate::handshake::{
@@ -89,6 +89,17 @@ pub struct ManagerConfig {
     /// names): a knock beyond it is ignored, so one domain knocking under many names cannot
     /// fill [`ManagerConfig::max_straws`] and lock the others out.
     pub max_knocks_per_domain: usize,
+    /// The most straws one domain may hold at once of those it opened to us (any of its
+    /// endpoint names): in the handshake, connected and waiting for [`Manager::accept`], and
+    /// accepted, together. A knock beyond it is ignored (the peer's handshake times out).
+    ///
+    /// The guarantee: one domain never holds more than this many of the
+    /// [`ManagerConfig::max_straws`] slots, so at least `max_straws - max_straws_per_domain`
+    /// stay for the others (and `k` domains acting together hold at most
+    /// `k * max_straws_per_domain`). [`Manager::start`] refuses a value of 0 or one not below
+    /// `max_straws`. Straws we open ([`Manager::open`]) do not count here: they are the local
+    /// user's choice, bounded by `max_straws` alone.
+    pub max_straws_per_domain: usize,
 }
 
 impl Default for ManagerConfig {
@@ -98,6 +109,7 @@ impl Default for ManagerConfig {
             straw: StrawConfig::default(),
             max_straws: 256,
             max_knocks_per_domain: 8,
+            max_straws_per_domain: 32,
         }
     }
 }
@@ -131,6 +143,27 @@ pub enum ManagerError {
     /// [`ManagerConfig::max_straws`] straws exist already.
     #[error("too many straws")]
     TooMany,
+    /// The [`ManagerConfig`] cannot keep its promises.
+    #[error("bad manager configuration: {0}")]
+    Config(&'static str),
+}
+
+/// What a manager holds and what it refused ([`Manager::accounting`]), e.g. for monitoring.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accounting {
+    /// Straws in the handshake (either role).
+    pub handshaking: usize,
+    /// Connected straws a peer opened that wait for [`Manager::accept`] or [`Manager::get`].
+    pub unclaimed: usize,
+    /// Connected straws handed out (or opened by us).
+    pub connected: usize,
+    /// Per peer domain, the straws it opened to us that it holds (handshaking, unclaimed and
+    /// accepted), bounded by [`ManagerConfig::max_straws_per_domain`].
+    pub by_domain: BTreeMap<DomId, usize>,
+    /// Knocks ignored because their domain was over one of its bounds
+    /// ([`ManagerConfig::max_knocks_per_domain`], [`ManagerConfig::max_straws_per_domain`]) or
+    /// the table was full.
+    pub refused_knocks: u64,
 }
 
 enum Slot<B: Backend> {
@@ -151,6 +184,7 @@ struct State<B: Backend> {
     straws: HashMap<(Endpoint, Role), Entry<B>>,
     unclaimed: VecDeque<Straw<B>>,
     threads: Vec<JoinHandle<()>>,
+    refused_knocks: u64,
 }
 
 struct Inner<B: Backend, X: StoreClient> {
@@ -211,6 +245,11 @@ where
         me: Endpoint,
         cfg: ManagerConfig,
     ) -> Result<Self, ManagerError> {
+        if cfg.max_straws_per_domain == 0 || cfg.max_straws_per_domain >= cfg.max_straws {
+            return Err(ManagerError::Config(
+                "max_straws_per_domain must be at least 1 and below max_straws",
+            ));
+        }
         for op in setup_ops(&me) {
             store.perform(&op).map_err(|error| ManagerError::Setup {
                 op: op.name(),
@@ -237,6 +276,7 @@ where
                 straws: HashMap::new(),
                 unclaimed: VecDeque::new(),
                 threads: Vec::new(),
+                refused_knocks: 0,
             }),
             observer: Mutex::new(None),
             admission: Mutex::new(None),
@@ -360,6 +400,27 @@ where
             .map(|((p, _), _)| p.clone())
             .collect();
         set.into_iter().collect()
+    }
+
+    /// What the manager holds now, per state and per peer domain, and what it refused.
+    pub fn accounting(&self) -> Accounting {
+        let st = lock(&self.inner.state);
+        let mut a = Accounting {
+            unclaimed: st.unclaimed.len(),
+            refused_knocks: st.refused_knocks,
+            ..Accounting::default()
+        };
+        for ((peer, role), e) in &st.straws {
+            match e.slot {
+                Slot::Handshaking => a.handshaking += 1,
+                Slot::Live(_) => a.connected += 1,
+            }
+            if *role == Role::Listener {
+                *a.by_domain.entry(peer.domid).or_default() += 1;
+            }
+        }
+        a.connected = a.connected.saturating_sub(a.unclaimed);
+        a
     }
 
     /// Closes the straws with `peer` (both directions) without draining (use [`Straw::close`]
@@ -500,6 +561,9 @@ where
                         tracing::debug!(me = %self.me, %peer, "strawman: knock");
                         if let Err(e) = self.clone().spawn(peer, Role::Listener, None) {
                             tracing::debug!(error = %e, "strawman: knock ignored");
+                            if e == ManagerError::TooMany {
+                                lock(&self.state).refused_knocks += 1;
+                            }
                         }
                     }
                 }
@@ -591,6 +655,15 @@ where
                 .count();
             if pending >= self.cfg.max_knocks_per_domain {
                 tracing::warn!(me = %self.me, %peer, pending, "strawman: too many knocks from one domain");
+                return Err(ManagerError::TooMany);
+            }
+            let held = st
+                .straws
+                .keys()
+                .filter(|(p, r)| p.domid == peer.domid && *r == Role::Listener)
+                .count();
+            if held >= self.cfg.max_straws_per_domain {
+                tracing::warn!(me = %self.me, %peer, held, "strawman: knock refused: its domain holds its share of straws");
                 return Err(ManagerError::TooMany);
             }
         }

@@ -19,6 +19,8 @@ use crate::{Endpoint, Format, Layout};
 struct Xs {
     shared: Arc<(Mutex<Store>, Condvar)>,
     dom: DomId,
+    /// Several managers of one domain: each takes only the events of its own tokens.
+    tokens: Option<String>,
 }
 
 impl Xs {
@@ -35,6 +37,15 @@ impl Xs {
         Xs {
             shared: shared.clone(),
             dom: DomId(dom),
+            tokens: None,
+        }
+    }
+
+    /// The connection of endpoint `me`'s manager, one of several of its domain.
+    fn of(shared: &Arc<(Mutex<Store>, Condvar)>, me: &Endpoint) -> Self {
+        Xs {
+            tokens: Some(format!("pore-straw/{}/", me.ident())),
+            ..Xs::new(shared, me.domid.0)
         }
     }
 
@@ -55,7 +66,10 @@ impl StoreClient for Xs {
         let end = Instant::now() + timeout;
         let mut st = self.shared.0.lock().unwrap();
         loop {
-            if let Some(i) = st.events.iter().position(|e| e.0 == self.dom) {
+            let mine = |e: &(DomId, String, String)| {
+                e.0 == self.dom && self.tokens.as_ref().is_none_or(|t| e.2.starts_with(t))
+            };
+            if let Some(i) = st.events.iter().position(mine) {
                 let (_, path, token) = st.events.remove(i);
                 return Some(WatchEvent { path, token });
             }
@@ -87,6 +101,7 @@ fn cfg(format: Format) -> ManagerConfig {
         },
         max_straws: 8,
         max_knocks_per_domain: 4,
+        max_straws_per_domain: 4,
     }
 }
 
@@ -749,4 +764,66 @@ fn shutting_down_right_after_eof_still_completes_the_close_chart() {
     m1.shutdown();
     let o = xen.outstanding();
     assert_eq!((o.grants, o.mappings, o.ports), (0, 0, 0), "{o:?}");
+}
+
+/// Issue 10, item 5: straws that completed but were never accepted count against their
+/// domain. Domain 5 opens straws to us under 8 names, one after the other (so its handshakes
+/// never run at once); before the per-domain bound they all completed, filled `max_straws`
+/// and domain 2's open timed out. Now domain 5 holds at most `max_straws_per_domain`.
+#[test]
+fn completed_unaccepted_straws_of_one_domain_do_not_lock_others_out() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let (m1, _) = manager(&xen, &world, 1);
+    let us = Endpoint::seed(DomId(1));
+    let backend5 = Arc::new(xen.domain(DomId(5)));
+    let mut cfg5 = cfg(Format::Raw);
+    // Its refused opens need not keep the test waiting.
+    cfg5.handshake.handshake_timeout = Duration::from_millis(500);
+    let m5: Vec<Mgr> = (0..8)
+        .map(|i| {
+            let me = Endpoint::new(DomId(5), &format!("n{i}")).unwrap();
+            Manager::start_shared(backend5.clone(), Xs::of(&world, &me), me, cfg5.clone()).unwrap()
+        })
+        .collect();
+    let opened: Vec<_> = m5.iter().map(|m| m.open(&us)).collect();
+    let ok = opened.iter().filter(|r| r.is_ok()).count();
+    // Domain 2 still gets in.
+    let (m2, _) = manager(&xen, &world, 2);
+    let s2 = m2.open(&us).unwrap();
+    // (The listener's side joins the unclaimed queue just after it told the opener.)
+    let end = Instant::now() + Duration::from_secs(2);
+    let s1 = loop {
+        match m1.get(&Endpoint::seed(DomId(2))) {
+            Err(ManagerError::NotFound) if Instant::now() < end => {
+                thread::sleep(Duration::from_millis(5))
+            }
+            r => break r.unwrap(),
+        }
+    };
+    assert_eq!(ok, 4, "{opened:?}");
+    let a = m1.accounting();
+    assert_eq!(a.by_domain.get(&DomId(5)), Some(&4), "{a:?}");
+    assert_eq!(a.unclaimed, 4, "{a:?}");
+    assert!(a.refused_knocks >= 4, "{a:?}");
+    drop((s1, s2, opened));
+}
+
+#[test]
+fn a_per_domain_bound_that_cannot_protect_anyone_is_refused() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    for per in [0, 8, 9] {
+        let c = ManagerConfig {
+            max_straws_per_domain: per,
+            ..cfg(Format::Raw)
+        };
+        let r = Manager::start(
+            xen.domain(DomId(1)),
+            Xs::new(&world, 1),
+            Endpoint::seed(DomId(1)),
+            c,
+        );
+        assert!(matches!(r, Err(ManagerError::Config(_))), "{per}: {r:?}");
+    }
 }
