@@ -188,8 +188,12 @@ struct State<B: Backend> {
 }
 
 struct Inner<B: Backend, X: StoreClient> {
-    backend: Arc<B>,
+    // Field order is drop order: the xenstore client goes before the backend. The client may
+    // ride on the domain's own store ring (the simulator, a stub domain), and a domain that
+    // ends first closes that ring under the client's readers, which then report a lost
+    // connection (and its watches a stop) at the end of a perfectly normal run.
     store: X,
+    backend: Arc<B>,
     me: Endpoint,
     cfg: ManagerConfig,
     origin: Instant,

@@ -98,6 +98,11 @@ impl XsAdapter {
                             queue.cv.notify_all();
                         }
                         Err(Error::Timeout) => {}
+                        // Told to stop meanwhile: the connection going is the normal end.
+                        Err(e) if stop2.load(Ordering::Acquire) => {
+                            tracing::debug!(error = %e, "straw: watch ended with its connection");
+                            return;
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "straw: watch stopped");
                             return;
