@@ -100,6 +100,20 @@ pub struct ManagerConfig {
     /// `max_straws`. Straws we open ([`Manager::open`]) do not count here: they are the local
     /// user's choice, bounded by `max_straws` alone.
     pub max_straws_per_domain: usize,
+    /// The most pages one domain may leave on the backend's revoke-later list: pages we
+    /// granted to it for straws that ended (a handshake that timed out, a close) while it still
+    /// mapped them. Their revocation must wait for its unmap (XSA-396), and on Linux they keep
+    /// counting against gntalloc's limit until then, so a domain that maps and abandons pages
+    /// could otherwise make every later grant fail. A knock from a domain at or over the bound
+    /// is refused ([`ManagerError::PagesStillMapped`], logged and counted in
+    /// [`Accounting::refused_knocks`]) before any page is granted.
+    ///
+    /// The guarantee: a domain parks at most this many pages plus those of the straws it held
+    /// when it reached the bound (at most [`ManagerConfig::max_straws_per_domain`] straws).
+    /// The count ([`Accounting::parked_pages`]) lasts for the manager's life, since no backend
+    /// tells when the peer finally unmaps; [`Manager::forget_parked`] clears it, e.g. once
+    /// the domain is gone.
+    pub max_parked_pages_per_domain: usize,
 }
 
 impl Default for ManagerConfig {
@@ -110,6 +124,7 @@ impl Default for ManagerConfig {
             max_straws: 256,
             max_knocks_per_domain: 8,
             max_straws_per_domain: 32,
+            max_parked_pages_per_domain: 64,
         }
     }
 }
@@ -143,6 +158,19 @@ pub enum ManagerError {
     /// [`ManagerConfig::max_straws`] straws exist already.
     #[error("too many straws")]
     TooMany,
+    /// The domain still maps [`ManagerConfig::max_parked_pages_per_domain`] or more pages we
+    /// granted it for straws that ended: it gets no more until it unmaps them.
+    #[error(
+        "domain {domid} still maps {pages} pages of straws that ended (at most {max}): refused"
+    )]
+    PagesStillMapped {
+        /// The domain.
+        domid: u16,
+        /// The pages it still maps.
+        pages: usize,
+        /// The bound.
+        max: usize,
+    },
     /// The [`ManagerConfig`] cannot keep its promises.
     #[error("bad manager configuration: {0}")]
     Config(&'static str),
@@ -160,9 +188,13 @@ pub struct Accounting {
     /// Per peer domain, the straws it opened to us that it holds (handshaking, unclaimed and
     /// accepted), bounded by [`ManagerConfig::max_straws_per_domain`].
     pub by_domain: BTreeMap<DomId, usize>,
+    /// Per peer domain, the pages we granted it for straws that ended and that it still maps
+    /// (left on the backend's revoke-later list), bounded by
+    /// [`ManagerConfig::max_parked_pages_per_domain`].
+    pub parked_pages: BTreeMap<DomId, usize>,
     /// Knocks ignored because their domain was over one of its bounds
-    /// ([`ManagerConfig::max_knocks_per_domain`], [`ManagerConfig::max_straws_per_domain`]) or
-    /// the table was full.
+    /// ([`ManagerConfig::max_knocks_per_domain`], [`ManagerConfig::max_straws_per_domain`],
+    /// [`ManagerConfig::max_parked_pages_per_domain`]) or the table was full.
     pub refused_knocks: u64,
 }
 
@@ -185,6 +217,8 @@ struct State<B: Backend> {
     unclaimed: VecDeque<Straw<B>>,
     threads: Vec<JoinHandle<()>>,
     refused_knocks: u64,
+    /// Pages per peer domain left on the backend's revoke-later list.
+    parked: BTreeMap<DomId, usize>,
 }
 
 struct Inner<B: Backend, X: StoreClient> {
@@ -281,6 +315,7 @@ where
                 unclaimed: VecDeque::new(),
                 threads: Vec::new(),
                 refused_knocks: 0,
+                parked: BTreeMap::new(),
             }),
             observer: Mutex::new(None),
             admission: Mutex::new(None),
@@ -412,6 +447,7 @@ where
         let mut a = Accounting {
             unclaimed: st.unclaimed.len(),
             refused_knocks: st.refused_knocks,
+            parked_pages: st.parked.clone(),
             ..Accounting::default()
         };
         for ((peer, role), e) in &st.straws {
@@ -425,6 +461,13 @@ where
         }
         a.connected = a.connected.saturating_sub(a.unclaimed);
         a
+    }
+
+    /// Forgets the pages `domid` was counted to keep mapped
+    /// ([`ManagerConfig::max_parked_pages_per_domain`]), e.g. once the domain is gone (its
+    /// mappings went with it): its knocks are taken again.
+    pub fn forget_parked(&self, domid: DomId) {
+        lock(&self.inner.state).parked.remove(&domid);
     }
 
     /// Closes the straws with `peer` (both directions) without draining (use [`Straw::close`]
@@ -565,7 +608,10 @@ where
                         tracing::debug!(me = %self.me, %peer, "strawman: knock");
                         if let Err(e) = self.clone().spawn(peer, Role::Listener, None) {
                             tracing::debug!(error = %e, "strawman: knock ignored");
-                            if e == ManagerError::TooMany {
+                            if matches!(
+                                e,
+                                ManagerError::TooMany | ManagerError::PagesStillMapped { .. }
+                            ) {
                                 lock(&self.state).refused_knocks += 1;
                             }
                         }
@@ -670,6 +716,16 @@ where
                 tracing::warn!(me = %self.me, %peer, held, "strawman: knock refused: its domain holds its share of straws");
                 return Err(ManagerError::TooMany);
             }
+            let parked = st.parked.get(&peer.domid).copied().unwrap_or(0);
+            if parked >= self.cfg.max_parked_pages_per_domain {
+                let e = ManagerError::PagesStillMapped {
+                    domid: peer.domid.0,
+                    pages: parked,
+                    max: self.cfg.max_parked_pages_per_domain,
+                };
+                tracing::warn!(me = %self.me, %peer, "strawman: knock refused: {e}");
+                return Err(e);
+            }
         }
         if st.straws.len() >= self.cfg.max_straws {
             tracing::warn!(me = %self.me, %peer, "strawman: too many straws");
@@ -710,6 +766,17 @@ where
                 Err(ManagerError::ShutDown)
             }
         }
+    }
+
+    /// Counts `pages` granted to `domid` that it still maps after their straw ended.
+    fn park(&self, domid: DomId, pages: usize) {
+        if pages == 0 {
+            return;
+        }
+        let mut st = lock(&self.state);
+        let total = st.parked.entry(domid).or_default();
+        *total = total.saturating_add(pages);
+        tracing::debug!(me = %self.me, domid = domid.0, pages, total = *total, "strawman: pages left mapped by the peer");
     }
 
     fn wait_gone(&self, peer: &Endpoint, timeout: Duration) -> Result<(), ManagerError> {
@@ -858,10 +925,14 @@ where
                 Some(Err(_)) => sh.peer_left(false),
                 _ => {}
             }
-            sh.shutdown_pore(Duration::from_millis(200));
+            let parked = sh.shutdown_pore(Duration::from_millis(200));
+            self.inner.park(self.machine.peer().domid, parked);
         }
-        // A pore opened but never handed out closes when dropped.
-        drop(self.pore.take());
+        // A pore opened but never handed out (the handshake failed after it was opened).
+        if let Some(pore) = self.pore.take() {
+            let parked = pore.close_counting_parked();
+            self.inner.park(self.machine.peer().domid, parked);
+        }
     }
 
     fn connected(&mut self, conn: crate::handshake::Connection) {

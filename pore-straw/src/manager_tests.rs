@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pore_core::loopback::{Loopback, LoopbackDomain};
-use pore_core::DomId;
+use pore_core::{DomId, GrantRef, Maps};
 
 use crate::handshake::{Config, StrawError};
 use crate::manager::{Manager, ManagerConfig, ManagerError, StoreClient, WatchEvent};
@@ -102,6 +102,7 @@ fn cfg(format: Format) -> ManagerConfig {
         max_straws: 8,
         max_knocks_per_domain: 4,
         max_straws_per_domain: 4,
+        max_parked_pages_per_domain: 64,
     }
 }
 
@@ -826,4 +827,93 @@ fn a_per_domain_bound_that_cannot_protect_anyone_is_refused() {
         );
         assert!(matches!(r, Err(ManagerError::Config(_))), "{per}: {r:?}");
     }
+}
+
+/// Issue 10, item 6: a domain that knocks, maps the pages we grant and lets each handshake
+/// time out used to grow the backend's revoke-later list by 32 pages a round (4 knocks of 8
+/// LING pages) without end. Now a domain over `max_parked_pages_per_domain` is refused before
+/// anything is granted, and the accounting says how much it holds.
+#[test]
+fn pages_a_peer_maps_and_abandons_are_bounded_per_domain() {
+    let xen = Loopback::new();
+    let world = Xs::world();
+    let mut c = cfg(Format::Raw);
+    c.handshake.handshake_timeout = Duration::from_millis(400);
+    c.max_parked_pages_per_domain = 16;
+    let xs1 = Xs::new(&world, 1);
+    let m1 = Manager::start(
+        xen.domain(DomId(1)),
+        xs1.clone(),
+        Endpoint::seed(DomId(1)),
+        c,
+    )
+    .unwrap();
+    let hostile = xen.domain(DomId(5));
+    let xs5 = Xs::new(&world, 5);
+    let mut mapped = Vec::new();
+    let mut rounds = Vec::new();
+    for round in 0..3 {
+        let names: Vec<String> = (0..4).map(|i| format!("r{round}n{i}")).collect();
+        for n in &names {
+            let fake = Endpoint::new(DomId(5), n).unwrap();
+            for op in crate::handshake::setup_ops(&fake) {
+                xs5.perform(&op).unwrap();
+            }
+            let warts = format!("{}/1", fake.warts_top());
+            xs5.perform(&StoreOp::Write {
+                path: format!("{warts}/state"),
+                value: "2".into(),
+            })
+            .unwrap();
+            xs5.perform(&StoreOp::Write {
+                path: format!("/local/domain/1/data/straw/5-{n}/warts"),
+                value: warts,
+            })
+            .unwrap();
+        }
+        // Map every LING ring we are given, and never answer.
+        let end = Instant::now() + Duration::from_millis(350);
+        let mut pending = names.clone();
+        while !pending.is_empty() && Instant::now() < end {
+            pending.retain(|n| {
+                let dir = format!("/local/domain/1/data/straw/5-{n}");
+                if xs1.get(&format!("{dir}/state")).as_deref() != Some("3") {
+                    return true;
+                }
+                let refs: Vec<GrantRef> = (1..=8)
+                    .map(|i| {
+                        GrantRef(
+                            xs1.get(&format!("{dir}/ring-ref-{i}"))
+                                .unwrap()
+                                .parse()
+                                .unwrap(),
+                        )
+                    })
+                    .collect();
+                mapped.push(hostile.map(DomId(1), &refs).unwrap());
+                false
+            });
+            thread::sleep(Duration::from_millis(5));
+        }
+        // The handshakes time out with our pages still mapped.
+        let end = Instant::now() + Duration::from_secs(3);
+        while !m1.peers().is_empty() && Instant::now() < end {
+            thread::sleep(Duration::from_millis(10));
+        }
+        rounds.push(xen.outstanding().revoke_later);
+    }
+    // The first round parked 32 pages (4 straws of 8, admitted while under the bound of 16);
+    // then nothing more was granted.
+    assert_eq!(rounds, [32, 32, 32], "revoke-later after each round");
+    assert_eq!(mapped.len(), 4);
+    let a = m1.accounting();
+    assert_eq!(a.parked_pages.get(&DomId(5)), Some(&32), "{a:?}");
+    assert_eq!(a.refused_knocks, 8, "{a:?}");
+    // Another domain is not affected.
+    let (m2, _) = manager(&xen, &world, 2);
+    let _s = m2.open(&Endpoint::seed(DomId(1))).unwrap();
+    // Once forgotten (say the domain is gone), its knocks are taken again.
+    m1.forget_parked(DomId(5));
+    assert_eq!(m1.accounting().parked_pages.get(&DomId(5)), None);
+    drop(mapped);
 }
