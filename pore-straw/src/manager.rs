@@ -13,11 +13,28 @@
 //! graceful close), and the manager forgets it and removes its nodes.
 //!
 //! The manager reaches xenstore through the small [`StoreClient`] trait.
+//!
+//! # What a hostile domain can make a manager hold
+//!
+//! Every domain may knock (write in our straw top), so the manager bounds, per peer domain
+//! (whatever endpoint names it knocks under), and reports in [`Manager::accounting`]:
+//!
+//! * the handshakes it runs at once ([`ManagerConfig::max_knocks_per_domain`]);
+//! * the straws it holds: in the handshake, connected and never accepted, or accepted
+//!   ([`ManagerConfig::max_straws_per_domain`], below [`ManagerConfig::max_straws`]): one
+//!   domain can never take the slots of the others;
+//! * the pages we granted it for straws that ended and that it still maps, which wait on the
+//!   backend's revoke-later list ([`ManagerConfig::max_parked_pages_per_domain`]): over it,
+//!   its knocks are refused before anything is granted.
+//!
+//! And it keeps the straw top itself usable: junk children are removed, and a top that junk
+//! we cannot remove poisons or that is full is rebuilt without losing the straws in it
+//! ([`ManagerConfig::top_check_interval`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::string::String;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
@@ -29,7 +46,7 @@ use crate::handshake::{
     setup_ops, teardown_ops, Action, Closed, Config, Input, PoreGrant, PoreRequest, Role,
     StrawError, StrawMachine,
 };
-use crate::ops::{StoreError, StoreOp, StoreReply};
+use crate::ops::{Access, Perm, StoreError, StoreOp, StoreReply};
 use crate::straw::{
     open_active, open_passive, Shared, Straw, StrawConfig, StrawIoError, StrawPore,
 };
@@ -114,6 +131,18 @@ pub struct ManagerConfig {
     /// tells when the peer finally unmaps; [`Manager::forget_parked`] clears it, e.g. once
     /// the domain is gone.
     pub max_parked_pages_per_domain: usize,
+    /// How often the manager checks its straw top, which every domain may write in: children
+    /// that are no peer's straw directory (junk) or stale ones are removed, and a top that
+    /// junk we cannot remove poisons, or that is full (C xenstored limits a node with its
+    /// child names to 2048 bytes, and a full top refuses every opener), is rebuilt in one
+    /// transaction, carrying over the directories of the straws in progress or connected.
+    /// An event naming junk brings the next check forward (to 100 ms after the last one).
+    ///
+    /// The guarantee: junk in our top blocks new straws for at most about twice this
+    /// interval (stale directories need two checks), and no straw in progress or connected
+    /// is lost to a rebuild (a knock arriving during the rebuild itself may be, and its opener
+    /// sees its directory go: `PeerGone`).
+    pub top_check_interval: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -125,6 +154,7 @@ impl Default for ManagerConfig {
             max_knocks_per_domain: 8,
             max_straws_per_domain: 32,
             max_parked_pages_per_domain: 64,
+            top_check_interval: Duration::from_secs(1),
         }
     }
 }
@@ -196,6 +226,10 @@ pub struct Accounting {
     /// ([`ManagerConfig::max_knocks_per_domain`], [`ManagerConfig::max_straws_per_domain`],
     /// [`ManagerConfig::max_parked_pages_per_domain`]) or the table was full.
     pub refused_knocks: u64,
+    /// Children of our straw top removed as junk (see [`ManagerConfig::top_check_interval`]).
+    pub junk_removed: u64,
+    /// Rebuilds of our straw top, full or holding junk we could not remove.
+    pub top_rebuilds: u64,
 }
 
 enum Slot<B: Backend> {
@@ -217,6 +251,8 @@ struct State<B: Backend> {
     unclaimed: VecDeque<Straw<B>>,
     threads: Vec<JoinHandle<()>>,
     refused_knocks: u64,
+    junk_removed: u64,
+    rebuilds: u64,
     /// Pages per peer domain left on the backend's revoke-later list.
     parked: BTreeMap<DomId, usize>,
 }
@@ -238,6 +274,9 @@ struct Inner<B: Backend, X: StoreClient> {
     admission: Mutex<Option<Admission>>,
     changed: Condvar,
     stop: AtomicBool,
+    /// Held (shared) by every straw's xenstore operation, and exclusively by a rebuild of the
+    /// straw top.
+    store_gate: RwLock<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -315,12 +354,15 @@ where
                 unclaimed: VecDeque::new(),
                 threads: Vec::new(),
                 refused_knocks: 0,
+                junk_removed: 0,
+                rebuilds: 0,
                 parked: BTreeMap::new(),
             }),
             observer: Mutex::new(None),
             admission: Mutex::new(None),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
+            store_gate: RwLock::new(()),
         });
         let i2 = inner.clone();
         let events = std::thread::Builder::new()
@@ -447,6 +489,8 @@ where
         let mut a = Accounting {
             unclaimed: st.unclaimed.len(),
             refused_knocks: st.refused_knocks,
+            junk_removed: st.junk_removed,
+            top_rebuilds: st.rebuilds,
             parked_pages: st.parked.clone(),
             ..Accounting::default()
         };
@@ -560,6 +604,42 @@ impl<B: Backend + Send + Sync + 'static, X: StoreClient> Drop for Manager<B, X> 
 
 type OpenReply<B> = mpsc::Sender<Result<Straw<B>, ManagerError>>;
 
+/// The child of our straw top that [`Inner::top_is_full`] makes and removes (no peer's ident).
+const PROBE: &str = "_pore-probe";
+
+/// The keys of a listener's straw directory a rebuild of the top carries over: the knock,
+/// everything the listener publishes, and its half-close.
+const STRAW_KEYS: [&str; 16] = [
+    "warts",
+    "state",
+    "ring-ref-1",
+    "ring-ref-2",
+    "ring-ref-3",
+    "ring-ref-4",
+    "ring-ref-5",
+    "ring-ref-6",
+    "ring-ref-7",
+    "ring-ref-8",
+    "ring-ref",
+    "ring-pages",
+    "straw-layout",
+    "event-channel",
+    "format",
+    "straw-eof",
+];
+
+/// A child name for the logs, cut short (junk names can be 2 KiB long).
+struct Short<'a>(&'a str);
+
+impl core::fmt::Display for Short<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0.char_indices().nth(40) {
+            Some((i, _)) => write!(f, "{}... ({} bytes)", &self.0[..i], self.0.len()),
+            None => f.write_str(self.0),
+        }
+    }
+}
+
 impl<B, X> Inner<B, X>
 where
     B: Backend + Send + Sync + 'static,
@@ -577,7 +657,22 @@ where
 
     fn route_events(self: Arc<Self>) {
         let mut stopping: Option<Instant> = None;
+        let mut checked: Option<Instant> = None;
+        let mut check_soon = false;
+        let mut stale = BTreeSet::new();
         loop {
+            if !self.stop.load(Ordering::Acquire) {
+                let since = checked.map(|c| c.elapsed());
+                let due = since.is_none_or(|s| {
+                    s >= self.cfg.top_check_interval
+                        || (check_soon && s >= Duration::from_millis(100))
+                });
+                if due {
+                    self.check_top(&mut stale);
+                    checked = Some(Instant::now());
+                    check_soon = false;
+                }
+            }
             if self.stop.load(Ordering::Acquire) {
                 // Shutting down: a straw in its close chart still learns its peer's steps from
                 // our watch events (the listener waits for the opener's Closed, the opener for
@@ -596,6 +691,9 @@ where
             if ev.token == self.top_token {
                 if self.stop.load(Ordering::Acquire) {
                     continue; // no new straw while shutting down
+                }
+                if self.is_junk_event(&ev.path) {
+                    check_soon = true;
                 }
                 if let Some(peer) = parse_knock(&self.me, &ev.path) {
                     let known = lock(&self.state)
@@ -622,6 +720,194 @@ where
             let st = lock(&self.state);
             if let Some(e) = st.straws.values().find(|e| e.token == ev.token) {
                 let _ = e.input.send(Input::Watch);
+            }
+        }
+    }
+
+    /// Whether a watch event of our straw top names a child that cannot be a peer's straw
+    /// directory (see [`Inner::check_top`]).
+    fn is_junk_event(&self, path: &str) -> bool {
+        let top = self.me.straw_top();
+        let Some(rest) = path
+            .strip_prefix(top.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return false;
+        };
+        let name = rest.split('/').next().unwrap_or("");
+        name != PROBE && !self.is_peer_ident(name)
+    }
+
+    fn is_peer_ident(&self, name: &str) -> bool {
+        Endpoint::parse_ident(name).is_ok_and(|p| p != self.me)
+    }
+
+    /// Keeps our straw top usable (issue 10, item 7). Everyone may write in it (the seed's
+    /// `b<me>`), so a domain can leave children there that are no peer's straw directory, or
+    /// fill it: C xenstored limits a node's record, child names included, to 2048 bytes, and a
+    /// full top refuses every opener's `mkdir` (ENOSPC). And a child whose creator narrowed its
+    /// permissions cannot be removed by us. So, every [`ManagerConfig::top_check_interval`]
+    /// (sooner after an event naming such a child):
+    ///
+    /// 1. list the top; a child whose name is no peer's ident is junk: remove it. A child
+    ///    named as a peer's that is neither one of our straws nor a knock being taken (it is
+    ///    still there at the next check) is stale: remove it too.
+    /// 2. If some junk could not be removed (poisoned), or if the top is full (a probe
+    ///    `mkdir` fails), rebuild the top: the owner of a node may remove it with everything
+    ///    below, whatever its children's permissions. One transaction removes the top,
+    ///    creates it again and carries over the directories of our straws (handshaking or
+    ///    connected) and of genuine knocks not taken yet, with their keys, while our straws'
+    ///    own xenstore operations wait: their peers, who watch those directories, see the
+    ///    same values before and after. The directories carried over are ours afterwards
+    ///    (`n<me> b<peer>`, keys `n<me> r<peer>`), still visible to the pair only.
+    fn check_top(&self, stale: &mut BTreeSet<String>) {
+        let top = self.me.straw_top();
+        let names = match self.list_top() {
+            Some(n) => n,
+            None => return,
+        };
+        let ours: BTreeSet<String> = lock(&self.state)
+            .straws
+            .keys()
+            .filter(|(_, r)| *r == Role::Listener)
+            .map(|(p, _)| p.ident())
+            .collect();
+        let (mut poisoned, mut unknown) = (false, false);
+        let mut next_stale = BTreeSet::new();
+        for name in &names {
+            if ours.contains(name) {
+                continue;
+            }
+            unknown = true;
+            if self.is_peer_ident(name) && !stale.contains(name) {
+                // A knock on its way in, or an opener making its directory: look again later.
+                next_stale.insert(name.clone());
+                continue;
+            }
+            let path = std::format!("{top}/{name}");
+            match self.store.perform(&StoreOp::Rm { path }) {
+                Ok(_) | Err(StoreError::NotFound) => {
+                    tracing::info!(me = %self.me, child = %Short(name), "strawman: junk removed from the straw top");
+                    lock(&self.state).junk_removed += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(me = %self.me, child = %Short(name), error = %e, "strawman: junk in the straw top cannot be removed");
+                    poisoned = true;
+                }
+            }
+        }
+        *stale = next_stale;
+        let full = unknown && !poisoned && self.top_is_full(&top);
+        if poisoned || full {
+            self.rebuild_top(if poisoned { "poisoned" } else { "full" });
+        }
+    }
+
+    fn list_top(&self) -> Option<Vec<String>> {
+        match self.store.perform(&StoreOp::Directory {
+            path: self.me.straw_top(),
+        }) {
+            Ok(StoreReply::Children(n)) => Some(n),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(me = %self.me, error = %e, "strawman: cannot list the straw top");
+                None
+            }
+        }
+    }
+
+    /// Whether a new child cannot be made in our top (what an opener's `mkdir` would meet).
+    fn top_is_full(&self, top: &str) -> bool {
+        let probe = std::format!("{top}/{PROBE}");
+        match self.store.perform(&StoreOp::Mkdir {
+            path: probe.clone(),
+        }) {
+            Ok(_) => {
+                let _ = self.store.perform(&StoreOp::Rm { path: probe });
+                false
+            }
+            Err(StoreError::Other | StoreError::PermissionDenied) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Rebuilds our straw top (see [`Inner::check_top`]).
+    fn rebuild_top(&self, why: &str) {
+        // Our straws' own operations wait meanwhile: nothing they write can be lost.
+        let _gate = self.store_gate.write().unwrap_or_else(|p| p.into_inner());
+        let Some(names) = self.list_top() else {
+            return;
+        };
+        let ours: BTreeSet<String> = lock(&self.state)
+            .straws
+            .keys()
+            .filter(|(_, r)| *r == Role::Listener)
+            .map(|(p, _)| p.ident())
+            .collect();
+        let top = self.me.straw_top();
+        let me = self.me.domid;
+        let narrow = |path: String, peer: DomId, access: Access| StoreOp::SetPerms {
+            path,
+            perms: std::vec![Perm::new(Access::None, me), Perm::new(access, peer)],
+            best_effort: true,
+        };
+        let mut ops = std::vec![
+            StoreOp::Rm { path: top.clone() },
+            StoreOp::Mkdir { path: top.clone() },
+            StoreOp::SetPerms {
+                path: top.clone(),
+                perms: std::vec![Perm::new(Access::Both, me)],
+                best_effort: false,
+            },
+        ];
+        let mut kept = 0usize;
+        for name in &names {
+            let Ok(peer) = Endpoint::parse_ident(name) else {
+                continue;
+            };
+            if peer == self.me {
+                continue;
+            }
+            let dir = std::format!("{top}/{name}");
+            let ours = ours.contains(name);
+            if !ours {
+                // A knock not taken yet: only a genuine one (the directory is the peer's).
+                match self.store.perform(&StoreOp::GetPerms { path: dir.clone() }) {
+                    Ok(StoreReply::Perms(p)) if p.first().map(|p| p.domid) == Some(peer.domid) => {}
+                    _ => continue,
+                }
+            }
+            let mut keys = Vec::new();
+            for key in STRAW_KEYS {
+                let path = std::format!("{dir}/{key}");
+                if let Ok(StoreReply::Value(v)) = self.store.perform(&StoreOp::Read { path }) {
+                    if let Ok(v) = String::from_utf8(v) {
+                        keys.push((key, v));
+                    }
+                }
+            }
+            if !ours && !keys.iter().any(|(k, _)| *k == "warts") {
+                continue;
+            }
+            kept += 1;
+            ops.push(StoreOp::Mkdir { path: dir.clone() });
+            ops.push(narrow(dir.clone(), peer.domid, Access::Both));
+            for (key, value) in keys {
+                let path = std::format!("{dir}/{key}");
+                ops.push(StoreOp::Write {
+                    path: path.clone(),
+                    value,
+                });
+                ops.push(narrow(path, peer.domid, Access::Read));
+            }
+        }
+        match self.store.perform(&StoreOp::Transaction(ops)) {
+            Ok(_) => {
+                tracing::warn!(me = %self.me, why, kept, dropped = names.len() - kept, "strawman: straw top rebuilt");
+                lock(&self.state).rebuilds += 1;
+            }
+            Err(e) => {
+                tracing::warn!(me = %self.me, why, error = %e, "strawman: rebuilding the straw top failed");
             }
         }
     }
@@ -842,7 +1128,15 @@ where
             match action {
                 Action::Store(op) => {
                     let op = self.rewrite_token(op);
-                    let r = self.inner.store.perform(&op);
+                    let r = {
+                        // Not while the straw top is rebuilt (see `Inner::check_top`).
+                        let _gate = self
+                            .inner
+                            .store_gate
+                            .read()
+                            .unwrap_or_else(|p| p.into_inner());
+                        self.inner.store.perform(&op)
+                    };
                     self.machine.handle(Input::Store(r), self.inner.now());
                 }
                 Action::OpenPore(req) => {

@@ -214,6 +214,12 @@ impl StoreClient for XsAdapter {
             StoreOp::Write { path, value } => c.write(path, value.as_bytes()),
             StoreOp::Mkdir { path } => c.mkdir(path),
             StoreOp::Rm { path } => c.rm(path),
+            StoreOp::Directory { path } => {
+                return c
+                    .directory(path)
+                    .map(StoreReply::Children)
+                    .map_err(|e| map_err(&e))
+            }
             StoreOp::GetPerms { path } => {
                 return c
                     .get_perms(path)
