@@ -222,9 +222,10 @@ pub struct Accounting {
     /// (left on the backend's revoke-later list), bounded by
     /// [`ManagerConfig::max_parked_pages_per_domain`].
     pub parked_pages: BTreeMap<DomId, usize>,
-    /// Knocks ignored because their domain was over one of its bounds
+    /// Refusals of knocks because their domain was over one of its bounds
     /// ([`ManagerConfig::max_knocks_per_domain`], [`ManagerConfig::max_straws_per_domain`],
-    /// [`ManagerConfig::max_parked_pages_per_domain`]) or the table was full.
+    /// [`ManagerConfig::max_parked_pages_per_domain`]) or the table was full (a knock still
+    /// there at the next check of the straw top is taken again, and may count twice).
     pub refused_knocks: u64,
     /// Children of our straw top removed as junk (see [`ManagerConfig::top_check_interval`]).
     pub junk_removed: u64,
@@ -659,7 +660,7 @@ where
         let mut stopping: Option<Instant> = None;
         let mut checked: Option<Instant> = None;
         let mut check_soon = false;
-        let mut stale = BTreeSet::new();
+        let mut stale = BTreeMap::new();
         loop {
             if !self.stop.load(Ordering::Acquire) {
                 let since = checked.map(|c| c.elapsed());
@@ -696,30 +697,45 @@ where
                     check_soon = true;
                 }
                 if let Some(peer) = parse_knock(&self.me, &ev.path) {
-                    let known = lock(&self.state)
-                        .straws
-                        .contains_key(&(peer.clone(), Role::Listener));
-                    let admitted = lock(&self.admission).as_ref().is_none_or(|a| a(&peer));
-                    if !admitted {
-                        tracing::debug!(me = %self.me, %peer, "strawman: knock refused");
-                    } else if !known && self.knock_is_genuine(&peer) {
-                        tracing::debug!(me = %self.me, %peer, "strawman: knock");
-                        if let Err(e) = self.clone().spawn(peer, Role::Listener, None) {
-                            tracing::debug!(error = %e, "strawman: knock ignored");
-                            if matches!(
-                                e,
-                                ManagerError::TooMany | ManagerError::PagesStillMapped { .. }
-                            ) {
-                                lock(&self.state).refused_knocks += 1;
-                            }
-                        }
-                    }
+                    self.take_knock(peer);
                 }
                 continue;
             }
             let st = lock(&self.state);
             if let Some(e) = st.straws.values().find(|e| e.token == ev.token) {
                 let _ = e.input.send(Input::Watch);
+            }
+        }
+    }
+
+    /// Answers a knock from `peer` (unless refused); whether a straw with it runs now.
+    fn take_knock(self: &Arc<Self>, peer: Endpoint) -> bool {
+        let known = lock(&self.state)
+            .straws
+            .contains_key(&(peer.clone(), Role::Listener));
+        if known {
+            return true;
+        }
+        let admitted = lock(&self.admission).as_ref().is_none_or(|a| a(&peer));
+        if !admitted {
+            tracing::debug!(me = %self.me, %peer, "strawman: knock refused");
+            return false;
+        }
+        if !self.knock_is_genuine(&peer) {
+            return false;
+        }
+        tracing::debug!(me = %self.me, %peer, "strawman: knock");
+        match self.clone().spawn(peer, Role::Listener, None) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "strawman: knock ignored");
+                if matches!(
+                    e,
+                    ManagerError::TooMany | ManagerError::PagesStillMapped { .. }
+                ) {
+                    lock(&self.state).refused_knocks += 1;
+                }
+                false
             }
         }
     }
@@ -750,8 +766,9 @@ where
     /// (sooner after an event naming such a child):
     ///
     /// 1. list the top; a child whose name is no peer's ident is junk: remove it. A child
-    ///    named as a peer's that is neither one of our straws nor a knock being taken (it is
-    ///    still there at the next check) is stale: remove it too.
+    ///    named as a peer's that is not one of our straws for a whole interval is stale: its
+    ///    knock (if it has one, and the knock's event was late or lost) is taken now, else
+    ///    (no knock, or refused) it is removed, and its opener, if any, sees it go.
     /// 2. If some junk could not be removed (poisoned), or if the top is full (a probe
     ///    `mkdir` fails), rebuild the top: the owner of a node may remove it with everything
     ///    below, whatever its children's permissions. One transaction removes the top,
@@ -760,7 +777,7 @@ where
     ///    own xenstore operations wait: their peers, who watch those directories, see the
     ///    same values before and after. The directories carried over are ours afterwards
     ///    (`n<me> b<peer>`, keys `n<me> r<peer>`), still visible to the pair only.
-    fn check_top(&self, stale: &mut BTreeSet<String>) {
+    fn check_top(self: &Arc<Self>, stale: &mut BTreeMap<String, Instant>) {
         let top = self.me.straw_top();
         let names = match self.list_top() {
             Some(n) => n,
@@ -773,18 +790,33 @@ where
             .map(|(p, _)| p.ident())
             .collect();
         let (mut poisoned, mut unknown) = (false, false);
-        let mut next_stale = BTreeSet::new();
+        let mut next_stale = BTreeMap::new();
         for name in &names {
             if ours.contains(name) {
                 continue;
             }
             unknown = true;
-            if self.is_peer_ident(name) && !stale.contains(name) {
-                // A knock on its way in, or an opener making its directory: look again later.
-                next_stale.insert(name.clone());
-                continue;
-            }
             let path = std::format!("{top}/{name}");
+            if let Ok(peer) = Endpoint::parse_ident(name).map_err(drop).and_then(|p| {
+                if p == self.me {
+                    Err(())
+                } else {
+                    Ok(p)
+                }
+            }) {
+                let since = stale.get(name).copied().unwrap_or_else(Instant::now);
+                if since.elapsed() < self.cfg.top_check_interval {
+                    // A knock on its way in, or an opener making its directory: look later.
+                    next_stale.insert(name.clone(), since);
+                    continue;
+                }
+                let knock = std::format!("{path}/warts");
+                if self.store.perform(&StoreOp::Read { path: knock }).is_ok()
+                    && self.take_knock(peer)
+                {
+                    continue;
+                }
+            }
             match self.store.perform(&StoreOp::Rm { path }) {
                 Ok(_) | Err(StoreError::NotFound) => {
                     tracing::info!(me = %self.me, child = %Short(name), "strawman: junk removed from the straw top");
