@@ -840,7 +840,7 @@ fn pages_a_peer_maps_and_abandons_are_bounded_per_domain() {
     let xen = Loopback::new();
     let world = Xs::world();
     let mut c = cfg(Format::Raw);
-    c.handshake.handshake_timeout = Duration::from_millis(400);
+    c.handshake.handshake_timeout = Duration::from_secs(1);
     c.max_parked_pages_per_domain = 16;
     let xs1 = Xs::new(&world, 1);
     let m1 = Manager::start(
@@ -873,8 +873,8 @@ fn pages_a_peer_maps_and_abandons_are_bounded_per_domain() {
             })
             .unwrap();
         }
-        // Map every LING ring we are given, and never answer.
-        let end = Instant::now() + Duration::from_millis(350);
+        // Map every LING ring we are given (before the handshake times out), and never answer.
+        let end = Instant::now() + Duration::from_millis(900);
         let mut pending = names.clone();
         while !pending.is_empty() && Instant::now() < end {
             pending.retain(|n| {
