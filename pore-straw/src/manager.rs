@@ -108,7 +108,9 @@ pub struct ManagerConfig {
     pub max_knocks_per_domain: usize,
     /// The most straws one domain may hold at once of those it opened to us (any of its
     /// endpoint names): in the handshake, connected and waiting for [`Manager::accept`], and
-    /// accepted, together. A knock beyond it is ignored (the peer's handshake times out).
+    /// accepted, together. A knock beyond it is refused: no page is granted, and its directory
+    /// is removed at a later check of the straw top ([`ManagerConfig::top_check_interval`]),
+    /// where the opener sees it go (`PeerGone`).
     ///
     /// The guarantee: one domain never holds more than this many of the
     /// [`ManagerConfig::max_straws`] slots, so at least `max_straws - max_straws_per_domain`
@@ -138,10 +140,16 @@ pub struct ManagerConfig {
     /// transaction, carrying over the directories of the straws in progress or connected.
     /// An event naming junk brings the next check forward (to 100 ms after the last one).
     ///
-    /// The guarantee: junk in our top blocks new straws for at most about twice this
-    /// interval (stale directories need two checks), and no straw in progress or connected
-    /// is lost to a rebuild (a knock arriving during the rebuild itself may be, and its opener
-    /// sees its directory go: `PeerGone`).
+    /// A child named as a peer's straw directory is left alone for a whole interval (an
+    /// opener may be making it, or its knock's event be on its way); if it is still not one
+    /// of our straws then, its knock is taken if it has one, else it is removed.
+    ///
+    /// The guarantee: junk in our top blocks new straws for at most about one interval
+    /// (children named as peers': two), plus the time of the check, and no straw in progress
+    /// or connected is lost to a rebuild (a knock arriving during the rebuild itself may be,
+    /// and its opener sees its directory go: `PeerGone`). The limit: the rebuild is one
+    /// transaction, which xenstored bounds (C: 1024 nodes touched); a domain that puts most of
+    /// its node quota (1000) under our top can make it fail, and the failure is logged.
     pub top_check_interval: Duration,
 }
 
