@@ -246,6 +246,39 @@ fn role_junk() -> Result<(), String> {
                 }
                 process::report(&format!("poisoned {filled}"));
             }
+            "crowd" => {
+                // Children named as J's own endpoints, all at once, filling the top (C's
+                // record again): nothing A could call junk by its name.
+                let perms = xs.get_perms(&top).map_err(|e| format!("perms: {e}"))?;
+                let children = xs.directory(&top).map_err(|e| format!("directory: {e}"))?;
+                let used =
+                    24 + 8 * perms.len() + children.iter().map(|c| c.len() + 1).sum::<usize>();
+                // A child of length l fits while l + 1 < gap.
+                let mut gap = 2048 - used;
+                let prefix = format!("{}-", me.0);
+                let width = 40 - prefix.len() - 1;
+                let mut names = Vec::new();
+                while gap > 42 {
+                    names.push(format!("{prefix}c{:0width$}", names.len()));
+                    gap -= 41;
+                }
+                // The last one leaves no room for any other.
+                let last = gap - 2;
+                if last > prefix.len() {
+                    names.push(format!("{prefix}d{}", "0".repeat(last - prefix.len() - 1)));
+                }
+                xs.transaction(|t| {
+                    for n in &names {
+                        t.mkdir(&format!("{top}/{n}"))?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| format!("crowding: {e}"))?;
+                if xs.mkdir(&format!("{top}/{prefix}z")).is_ok() {
+                    return Err("the crowded top still takes a child".into());
+                }
+                process::report(&format!("crowded {}", names.len()));
+            }
             other => return Err(format!("bad verb {other}")),
         }
     }
@@ -353,9 +386,9 @@ fn echo(s: &pore_straw::straw::Straw<SimDomain>, i: u8) {
 }
 
 /// Domain A listens with a connected straw (from B) and a handshake halfway (from C) when a
-/// hostile domain J litters its straw top, then fills it with a child it narrows to itself.
-/// A removes the litter, rebuilds the poisoned top, keeps B's straw and C's handshake, and a
-/// new opener D gets in.
+/// hostile domain J litters its straw top, fills it with a child it narrows to itself, then
+/// with children named as its own endpoints. A removes the litter, rebuilds the poisoned top,
+/// then the full one, keeps B's straw and C's handshake, and a new opener D gets in.
 #[test]
 fn junk_in_the_straw_top_does_not_block_the_listener() {
     run_child_role(child);
@@ -377,7 +410,7 @@ fn junk_in_the_straw_top_does_not_block_the_listener() {
     assert!(published.starts_with("published "), "{published}");
 
     // Litter A can remove.
-    let (mut j, _) = w.spawn("junk");
+    let (mut j, ej) = w.spawn("junk");
     j.tell(&format!("litter {}", a.domid.0)).unwrap();
     expect_report(&mut j, "littered");
     assert!(
@@ -396,6 +429,23 @@ fn junk_in_the_straw_top_does_not_block_the_listener() {
         "A's straw top is still poisoned: no opener can get in"
     );
     settled_accounting(&ma, |a| a.top_rebuilds >= 1);
+
+    // A crowd of children named as J's endpoints, filling the top at once: A finds the top
+    // full (a probe child cannot be made) and rebuilds it at its next check, without waiting
+    // for them to be stale.
+    let before = ma.accounting();
+    j.tell(&format!("crowd {}", a.domid.0)).unwrap();
+    let crowded = j.read_report(WAIT).unwrap();
+    assert!(crowded.starts_with("crowded "), "{crowded}");
+    let rebuilt = settled_accounting(&ma, |a| a.top_rebuilds > before.top_rebuilds);
+    assert_eq!(rebuilt.junk_removed, before.junk_removed, "{rebuilt:?}");
+    let crowd = format!("{}-", ej.domid.0);
+    assert!(w
+        .dom0
+        .directory(&top)
+        .unwrap()
+        .iter()
+        .all(|c| !c.starts_with(&crowd)));
 
     // The connected straw and the handshake in progress survived the rebuild.
     echo(&sb, 2);
