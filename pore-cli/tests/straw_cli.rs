@@ -63,9 +63,30 @@ fn a_bad_peer_close_mode_is_refused() {
     assert!(err.contains("expected `reported` or `silent`"), "{err}");
 }
 
-/// With `echo`, the listener runs `--echo` (its stdin is unused) and the connector must get back
-/// what it sent.
-fn pipe_case(sim_args: &[&str], echo: bool, connector_sends: usize, listener_sends: usize) {
+/// Issue 10, item 9: a normal end is not a warning. Both commands used to print
+/// `xenstore connection lost ... the port was closed (its domain died)` and
+/// `straw: watch stopped` at WARN on their way out (the domain went before its xenstore
+/// connection).
+#[test]
+fn a_clean_end_prints_no_warning() {
+    let (listener, connector) = pipe_case(&[], false, 10_000, 10_000);
+    for (name, err) in [("listener", listener), ("connector", connector)] {
+        assert!(
+            !err.contains("WARN") && !err.contains("ERROR"),
+            "{name} said:\n{err}"
+        );
+    }
+}
+
+/// Runs `pore sim`, `pore straw listen` and `pore straw connect` piping data both ways;
+/// returns what the listener and the connector printed on stderr. With `echo`, the listener
+/// runs `--echo` (its stdin is unused) and the connector must get back what it sent.
+fn pipe_case(
+    sim_args: &[&str],
+    echo: bool,
+    connector_sends: usize,
+    listener_sends: usize,
+) -> (String, String) {
     let mut sim = Reaper(
         Command::new(PORE)
             .args(["sim", "--duration", "60"])
@@ -131,6 +152,17 @@ fn pipe_case(sim_args: &[&str], echo: bool, connector_sends: usize, listener_sen
         feed(&mut connector.0, to_connector.clone()),
     );
     let (d1, d2) = (drain(&mut listener.0), drain(&mut connector.0));
+    let mut connector_err = connector.0.stderr.take().unwrap();
+    let e2 = thread::spawn(move || {
+        let mut s = String::new();
+        connector_err.read_to_string(&mut s).unwrap();
+        s
+    });
+    let e1 = thread::spawn(move || {
+        let mut s = String::new();
+        listener_err.read_to_string(&mut s).unwrap();
+        s
+    });
     f1.join().unwrap();
     f2.join().unwrap();
     let (got_by_listener, got_by_connector) = (d1.join().unwrap(), d2.join().unwrap());
@@ -167,6 +199,7 @@ fn pipe_case(sim_args: &[&str], echo: bool, connector_sends: usize, listener_sen
         "connector got {} bytes",
         got_by_connector.len()
     );
+    (e1.join().unwrap(), e2.join().unwrap())
 }
 
 /// On a machine without Xen (this one; the lab runs the real thing), `--backend linux` names

@@ -50,8 +50,8 @@ use std::vec::Vec;
 
 use bytes::Bytes;
 use pore_core::{
-    Backend, DomId, ErrorKind, EventChannel, GrantRef, MappedPages, Pore, Port, SharedAccess,
-    SharedMemory, UnmapNotify, WaitOutcome,
+    Backend, DomId, Error as _, ErrorKind, EventChannel, GrantRef, MappedPages, Pore, PoreRole,
+    Port, SharedAccess, SharedMemory, UnmapNotify, WaitOutcome,
 };
 use pore_ring::frame::{FrameWriter, Progress};
 use pore_ring::ling::{LingConsumer, LingProducer, LingRing, LING_PAGES};
@@ -269,6 +269,18 @@ impl<B: Backend> StrawPore<B> {
         self.layout
     }
 
+    /// Closes the pore (as [`Straw`] would, had it become one) and returns how many of our
+    /// granted pages the peer still maps: they wait on the backend's revoke-later list.
+    pub(crate) fn close_counting_parked(self) -> usize {
+        let StrawPore { pore, tx, rx, .. } = self;
+        drop((tx, rx));
+        match Arc::try_unwrap(pore) {
+            Ok(p) => close_counting_parked(p),
+            // Not reached (the rings were its only other holders); closed quietly when dropped.
+            Err(_) => 0,
+        }
+    }
+
     /// Every grant ref of the pore in page order (an active pore; empty for a passive one).
     /// For v2 the data refs also sit in the control page, where the peer reads them.
     pub fn all_refs(&self) -> Vec<GrantRef> {
@@ -326,6 +338,25 @@ fn geometry(ring_pages: u32) -> Result<V2Geometry, StrawIoError> {
     }
     let order = ring_pages.trailing_zeros() as u8;
     Ok(V2Geometry::new(order, order)?)
+}
+
+/// Closes `pore` (the port, then the pages) and returns how many of its pages were left on
+/// the backend's revoke-later list because the peer still maps them (XSA-396: never freed
+/// under the peer). Only granted pages can be left so.
+pub(crate) fn close_counting_parked<B: Backend>(pore: Pore<B>) -> usize {
+    let granted = pore.role() == PoreRole::Active;
+    let (pages, peer) = (pore.pages(), pore.peer());
+    match pore.close() {
+        Ok(()) => 0,
+        Err(e) if granted && e.kind() == ErrorKind::Busy => {
+            tracing::debug!(peer = %peer, pages, "straw: the peer still maps our pages: revoked later");
+            pages
+        }
+        Err(e) => {
+            tracing::debug!(peer = %peer, error = %e, "straw: closing the pore");
+            0
+        }
+    }
 }
 
 fn arm_unmap_notify<B: Backend>(pore: &mut Pore<B>, live: Option<usize>) {
@@ -724,8 +755,9 @@ impl<B: Backend> Shared<B> {
 
     /// Stops the data path and closes the pore (the close chart's "unmap refs" / "end access").
     /// Waits up to `grace` for blocked calls to let go of the pore; if they do not, the pore is
-    /// closed quietly when the last of them does.
-    pub(crate) fn shutdown_pore(&self, grace: Duration) {
+    /// closed quietly when the last of them does. Returns how many of our granted pages the
+    /// peer still maps (left on the backend's revoke-later list; 0 when closed later).
+    pub(crate) fn shutdown_pore(&self, grace: Duration) -> usize {
         if let Some((mine, _)) = self.live {
             if let Some(p) = lock(&self.pore).as_ref() {
                 p.store_u8(mine, v2::LIVE_GONE, Ordering::Release);
@@ -736,23 +768,18 @@ impl<B: Backend> Shared<B> {
         drop(lock(&self.rx).take());
         let pore = lock(&self.pore).take();
         self.ring_bell();
-        let Some(mut pore) = pore else { return };
+        let Some(mut pore) = pore else { return 0 };
         let end = Instant::now() + grace;
         loop {
             match Arc::try_unwrap(pore) {
-                Ok(p) => {
-                    if let Err(e) = p.close() {
-                        tracing::debug!(peer = %self.peer, error = %e, "straw: closing the pore");
-                    }
-                    return;
-                }
+                Ok(p) => return close_counting_parked(p),
                 Err(p) if Instant::now() < end => {
                     pore = p;
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 Err(_) => {
                     tracing::debug!(peer = %self.peer, "straw: pore still in use; closed later");
-                    return;
+                    return 0;
                 }
             }
         }
