@@ -40,7 +40,7 @@
 //! # Ok::<(), pore_straw::straw::StrawIoError>(())
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::string::{String, ToString};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
@@ -59,7 +59,7 @@ use pore_ring::v2::{self, V2Geometry, V2Ring};
 use pore_ring::{RingError, RingReader, RingWriter};
 
 use crate::handshake::{Closed, Input, PoreGrant, Role, StrawError};
-use crate::reasm::{Got, Reassembler};
+use crate::reasm::{Got, Reassembler, AHEAD};
 use crate::spin::SpinBudget;
 use crate::{Endpoint, Format, Layout};
 
@@ -540,6 +540,10 @@ pub(crate) struct Shared<B: Backend> {
     pore: Mutex<Option<Mem<B>>>,
     tx: Mutex<Option<TxState<B>>>,
     rx: Mutex<Option<RxState<B>>>,
+    /// Whole frames the receiver had taken out of the ring (its read-ahead) or that still sat
+    /// in it when the pore closed: delivered before the end of the stream (see
+    /// [`Shared::shutdown_pore`]). Locked after `rx`.
+    leftover: Mutex<VecDeque<Bytes>>,
     bell: Bell,
     status: AtomicU8,
     peer: Endpoint,
@@ -765,7 +769,14 @@ impl<B: Backend> Shared<B> {
             }
         }
         drop(lock(&self.tx).take());
-        drop(lock(&self.rx).take());
+        {
+            let mut rx = lock(&self.rx);
+            if let Some(mut st) = rx.take() {
+                // Under the rx lock: a receive sees the ring or the salvaged frames, never
+                // neither.
+                self.salvage(&mut st);
+            }
+        }
         let pore = lock(&self.pore).take();
         self.ring_bell();
         let Some(mut pore) = pore else { return 0 };
@@ -782,6 +793,34 @@ impl<B: Backend> Shared<B> {
                     return 0;
                 }
             }
+        }
+    }
+
+    /// Before the pore goes: keeps the whole frames the receiver already took out of the ring
+    /// (its read-ahead) or that still sit in it, so that the application receives them before
+    /// the end of the stream. A peer drains its ring before it closes, but the bytes it saw
+    /// consumed may sit in our read-ahead, not yet received: without this they were lost when
+    /// the close chart closed our pore. Bounded by what the ring holds (a peer still writing
+    /// cannot keep us here), and skipped for a broken ring.
+    fn salvage(&self, st: &mut RxState<B>) {
+        if st.ring.is_broken() {
+            return;
+        }
+        let budget = st.ring.capacity().saturating_add(AHEAD);
+        let mut taken = 0usize;
+        let mut leftover = lock(&self.leftover);
+        while taken < budget {
+            match st.framer.recv(&mut st.ring) {
+                Ok(Some(Got::Frame(f))) => {
+                    taken = taken.saturating_add(f.len() + 4);
+                    leftover.push_back(f);
+                }
+                Ok(Some(Got::Skipped(n))) => taken = taken.saturating_add(n as usize + 4),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if !leftover.is_empty() {
+            tracing::debug!(peer = %self.peer, frames = leftover.len(), "straw: frames kept past the pore's close");
         }
     }
 
@@ -962,6 +1001,7 @@ impl<B: Backend> Straw<B> {
                 ring: rx,
                 framer: Reassembler::new(max),
             })),
+            leftover: Mutex::new(VecDeque::new()),
             spin_tx: SpinBudget::new(cfg.spin),
             spin_rx: SpinBudget::new(cfg.spin),
             bell: Bell::default(),
@@ -1391,6 +1431,17 @@ impl<B: Backend> Receiver<B> {
     fn step(&self, deadline: Option<Instant>) -> Result<Step, StrawIoError> {
         let mut guard = lock(&self.sh.rx);
         let Some(st) = guard.as_mut() else {
+            if let Some(f) = lock(&self.sh.leftover).pop_front() {
+                self.sh
+                    .stats
+                    .frames_received
+                    .fetch_add(1, Ordering::Relaxed);
+                self.sh
+                    .stats
+                    .bytes_received
+                    .fetch_add(f.len() as u64, Ordering::Relaxed);
+                return Ok(Step::Frame(f));
+            }
             return Err(self.sh.status_error().unwrap_or(StrawIoError::Closed));
         };
         if st.ring.is_broken() {
