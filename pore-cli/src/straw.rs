@@ -34,7 +34,8 @@ pub struct StrawArgs {
     /// real Xen from Linux user space.
     #[arg(long, value_enum, default_value_t = BackendChoice::Sim, global = true)]
     backend: BackendChoice,
-    /// Endpoint name (D14): `data/straw-<name>`; empty keeps the seed's paths.
+    /// Endpoint name: the straw lives under `data/straw-<name>`; empty keeps LING's
+    /// `data/straw` (and talks to LING domains).
     #[arg(long, default_value = "", global = true)]
     name: String,
     /// Seconds to wait for the handshake.

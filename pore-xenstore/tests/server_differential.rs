@@ -233,7 +233,7 @@ fn sync(c: &mut Conn) -> Vec<Vec<u8>> {
             }
             got.push(n);
         } else if m[0] == 22 {
-            // The generation is the daemon's own number (golden-intro.md (c)).
+            // The generation is the daemon's own number (`tests/data/README.md`, item 3).
             let nul = m[16..]
                 .iter()
                 .position(|&b| b == 0)

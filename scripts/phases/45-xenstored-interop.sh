@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# pore's xenstored (pore-xenstore::server, issue 5) against Debian's real clients and its
+# pore's xenstored (pore-xenstore::server) against Debian's real clients and its
 # C xenstored: golden traces replayed byte for byte, xenstore-utils and a libxenstore C
 # program (compiled here with gcc) on our server and on C xenstored with identical
 # output, a random differential test (sockets + a guest ring, transactions, watches), and
