@@ -32,12 +32,15 @@ fail() {
   exit 1
 }
 
-# Builds nohv.so once per source change. Several tests may start daemons at the same time:
-# each compiles to a file of its own and renames it into place, so nobody loads half a file.
+# Builds nohv.so once per version of nohv.c (the file name holds a hash of the source, so
+# clones with different versions never share one). Several tests may start daemons at the same
+# time: each compiles to a file of its own and renames it into place, so nobody loads half a file.
 shim() {
   local dir=${PORE_XS_SHIM_DIR:-${TMPDIR:-/tmp}/pore-nohv-$(id -u)}
-  local so=$dir/nohv.so
-  if [ ! -f "$so" ] || [ "$here/nohv.c" -nt "$so" ]; then
+  local hash so
+  hash=$(sha256sum "$here/nohv.c" | cut -c1-16) || fail "cannot read $here/nohv.c"
+  so=$dir/nohv-$hash.so
+  if [ ! -f "$so" ]; then
     mkdir -p "$dir" || fail "cannot create $dir"
     gcc -shared -fPIC -O2 -Wall -o "$so.$$" "$here/nohv.c" -ldl >&2 ||
       fail "cannot build nohv.so (gcc and libxen-dev are needed)"
@@ -132,7 +135,7 @@ case "${1:-}" in
 start) shift && start "$@" ;;
 stop) shift && stop "$@" ;;
 *)
-  sed -n '2,24p' "$0" >&2
+  sed -n '2,25p' "$0" >&2
   exit 2
   ;;
 esac
