@@ -15,6 +15,31 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The Xen lab (scripts/xenlab, phase 60): QEMU, and the tools build.sh/run.sh use on the host.
+# busybox-static is for the host's own checks; the lab downloads its own copy by name.
+need_lab=()
+for pkg in qemu-system-x86 busybox-static cpio binutils perl xz-utils; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_lab+=("$pkg")
+done
+if [ "${#need_lab[@]}" -gt 0 ]; then
+  echo "install-deps: apt-get install ${need_lab[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  # An image may already hold a newer qemu-utils (bookworm-backports) that Breaks bookworm's
+  # qemu-system-common; then install qemu-utils at the version of the qemu-system-x86 we get.
+  qemu_pin=()
+  if [[ " ${need_lab[*]} " == *" qemu-system-x86 "* ]] && dpkg -s qemu-utils >/dev/null 2>&1; then
+    want=$(apt-cache policy qemu-system-x86 | sed -n 's/^ *Candidate: //p')
+    have=$(dpkg-query -W -f '${Version}' qemu-utils)
+    if [ -n "$want" ] && [ "$want" != "$have" ] &&
+      apt-cache madison qemu-utils | awk -F'|' '{ gsub(/ /, "", $2); print $2 }' | grep -qxF "$want"; then
+      echo "install-deps: qemu-utils $have -> $want (to match qemu-system-x86)"
+      qemu_pin=(--allow-downgrades "qemu-utils=$want")
+    fi
+  fi
+  apt-get install -y -qq "${qemu_pin[@]}" "${need_lab[@]}" >/dev/null
+fi
+
 have_component() { rustup component list --installed --toolchain "$1" 2>/dev/null | grep -q "^$2"; }
 for comp in rustfmt clippy; do
   have_component stable "$comp" || rustup component add --toolchain stable "$comp"

@@ -10,7 +10,10 @@
 //! * **Grants**: a domain grants fresh zeroed pages to one peer; only that peer may map them
 //!   (`PermissionDenied` otherwise, `NotFound` for refs that do not exist). Ending access while
 //!   the peer still maps them fails with `Busy`; dropping the handle then defers the revocation
-//!   to a revoke-later list (XSA-396), reported by [`Hypervisor::outstanding`].
+//!   to a revoke-later list (XSA-396), reported by [`Hypervisor::outstanding`]. Every page
+//!   lives in a memfd sealed against shrinking and growing before any domain sees it, and only
+//!   such sealed memfds are ever mapped: a hostile domain process cannot truncate pages under
+//!   its peer or the hypervisor (which would be SIGBUS, not an error).
 //! * **Event channels**: allocate unbound for a peer, bind interdomain (only the domain it was
 //!   offered to may bind), notify, close. A closed or dead peer is reported as `PeerGone` by
 //!   default ([`PeerClose::Reported`], a simulator affordance); with

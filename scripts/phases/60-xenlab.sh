@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Real Xen in CI (issue 12, DESIGN.md D22): boots Xen 4.17 with a Debian Linux 6.1 PV dom0 under
+# QEMU (software emulation) from Debian packages (scripts/xenlab), and runs there, as root:
+#   boot 1 (dom0): a smoke check of the Xen devices and the real C xenstored, then every test
+#                  binary of pore-backend-linux with PORE_REQUIRE_XEN=1;
+#   boot 2 (domU): a PV domU started with `xl create` greets dom0 through the real xenstored
+#                  (domU writes, dom0 reads and answers, the domU reads the answer).
+# A lab that cannot be built or booted fails the phase: nothing here is skipped.
+# Knobs: XENLAB_CACHE (downloads and images, default /var/cache/pore-xenlab), XENLAB_TIMEOUT
+# (hard limit per boot in seconds, default 600: a busy 2-CPU machine needed 150 s for boot 2;
+# a boot that times out is retried once).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+phase_start=$SECONDS
+fail() { echo "60-xenlab: FAILED: $*" >&2; exit 1; }
+
+for tool in qemu-system-x86_64 cpio readelf objcopy perl python3 apt-get; do
+  command -v "$tool" >/dev/null || fail "$tool is missing (scripts/install-deps.sh installs it)"
+done
+cache=${XENLAB_CACHE:-/var/cache/pore-xenlab}
+lab=$cache/lab
+limit=${XENLAB_TIMEOUT:-600}
+
+t=$SECONDS
+bash scripts/xenlab/build.sh "$lab" || fail "the lab could not be built"
+echo "60-xenlab: lab ready in $((SECONDS - t)) s"
+
+tmp=$(mktemp -d /tmp/pore-xenlab-phase.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+
+# ---- the test binaries of pore-backend-linux (built here, run in dom0)
+t=$SECONDS
+cargo test -p pore-backend-linux --tests --no-run --message-format=json >"$tmp/cargo.json" ||
+  fail "cargo could not build pore-backend-linux's tests"
+mkdir -p "$tmp/tests"
+python3 - "$tmp/cargo.json" "$tmp/tests" <<'EOF' || fail "cannot list the test binaries"
+import json, os, shutil, sys
+found = 0
+for line in open(sys.argv[1]):
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") != "compiler-artifact" or not msg.get("executable"):
+        continue
+    if not msg["manifest_path"].endswith("/pore-backend-linux/Cargo.toml"):
+        continue
+    target = msg["target"]
+    name = target["name"] if "lib" not in target["kind"] else "unit-" + target["name"]
+    shutil.copy(msg["executable"], os.path.join(sys.argv[2], name))
+    found += 1
+if found == 0:
+    sys.exit("no test binary found in cargo's output")
+EOF
+echo "60-xenlab: test binaries built in $((SECONDS - t)) s: $(ls "$tmp/tests" | tr '\n' ' ')"
+
+# ---- boot 1: dom0
+cat >"$tmp/dom0.sh" <<'EOF'
+#!/bin/sh
+# Runs in the lab's dom0 (busybox sh) as root.
+failed=""
+echo "== smoke: Xen devices and the C xenstored"
+for dev in evtchn gntalloc gntdev privcmd xenbus; do
+    if [ -c "/dev/xen/$dev" ]; then echo "ok   /dev/xen/$dev"; else echo "FAIL /dev/xen/$dev missing"; failed="$failed smoke"; fi
+done
+if xenstore-write /pore-lab/smoke "hello from dom0" &&
+    [ "$(xenstore-read /pore-lab/smoke)" = "hello from dom0" ] && xenstore-rm /pore-lab; then
+    echo "ok   xenstore-write/read/rm"
+else
+    echo "FAIL xenstore-write/read/rm"; failed="$failed smoke"
+fi
+if xl list | grep -q '^Domain-0 '; then echo "ok   xl list"; else echo "FAIL xl list"; failed="$failed smoke"; fi
+
+export PORE_REQUIRE_XEN=1 RUST_BACKTRACE=1
+for test in tests/*; do
+    name=${test#tests/}
+    start=$(cut -d' ' -f1 /proc/uptime)
+    echo "== $name (PORE_REQUIRE_XEN=1)"
+    "./$test"
+    rc=$?
+    echo "== $name: exit status $rc after $(awk -v a="$start" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }') s"
+    [ "$rc" = 0 ] || failed="$failed $name"
+done
+if [ -n "$failed" ]; then echo "== FAILED in dom0:$failed"; exit 1; fi
+echo "== all passed in dom0"
+EOF
+
+t=$SECONDS
+status=0
+XENLAB_FILES="$tmp/tests" XENLAB_LOG="$cache/logs/dom0.log" \
+  bash scripts/xenlab/run.sh "$lab" "$tmp/dom0.sh" "$limit" || status=$?
+boot1=$((SECONDS - t))
+echo "60-xenlab: boot 1 (dom0 tests): $boot1 s, status $status"
+[ "$status" = 0 ] || fail "dom0 tests (status $status; console: $cache/logs/dom0.log)"
+
+# ---- boot 2: a PV domU talks to dom0 through the real xenstored
+mkdir -p "$tmp/domu"
+cat >"$tmp/domu/run" <<'EOF'
+#!/bin/sh
+# Runs in the domU. Relative xenstore paths are under /local/domain/<our domid>/.
+for dev in evtchn gntalloc gntdev xenbus; do
+    [ -c "/dev/xen/$dev" ] || { echo "domU: /dev/xen/$dev missing"; exit 1; }
+done
+domid=$(xenstore-read domid) || { echo "domU: cannot read my domid"; exit 1; }
+xenstore-write data/pore-lab/hello "hello from domU $domid" || exit 1
+i=0
+until [ "$(xenstore-read data/pore-lab/answer 2>/dev/null)" = "hello domU $domid" ]; do
+    i=$((i + 1))
+    [ "$i" -le 600 ] || { echo "domU: no answer from dom0 in 120 s"; exit 1; }
+    sleep 0.2
+done
+echo "domU $domid: dom0 answered"
+EOF
+chmod 755 "$tmp/domu/run"
+cat >"$tmp/domu.sh" <<'EOF'
+#!/bin/sh
+# Runs in dom0: starts the domU, answers its greeting, waits for it to finish.
+domid=$(xenlab-domu start hello ./domu 300) || exit 1
+i=0
+until [ "$(xenstore-read "/local/domain/$domid/data/pore-lab/hello" 2>/dev/null)" = "hello from domU $domid" ]; do
+    i=$((i + 1))
+    [ "$i" -le 600 ] || { echo "dom0: no greeting from domain $domid in 300 s"; xl destroy hello; xenlab-domu wait hello 5; exit 1; }
+    sleep 0.5
+done
+echo "dom0: domain $domid greeted us"
+xenstore-write "/local/domain/$domid/data/pore-lab/answer" "hello domU $domid" || exit 1
+xenlab-domu wait hello 300
+EOF
+
+t=$SECONDS
+status=0
+XENLAB_DOMU=1 XENLAB_FILES="$tmp/domu" XENLAB_LOG="$cache/logs/domu.log" \
+  bash scripts/xenlab/run.sh "$lab" "$tmp/domu.sh" "$limit" || status=$?
+boot2=$((SECONDS - t))
+echo "60-xenlab: boot 2 (dom0 <-> domU): $boot2 s, status $status"
+[ "$status" = 0 ] || fail "dom0 <-> domU (status $status; console: $cache/logs/domu.log)"
+
+echo "60-xenlab: ok; boots $((boot1 + boot2)) s (dom0 $boot1 s, domU $boot2 s), lab total $((SECONDS - phase_start)) s"
