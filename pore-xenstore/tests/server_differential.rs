@@ -704,7 +704,7 @@ fn start_pair(
     let sock = dir.join("sock");
     let listener = ours_srv.listen_unix(&sock).unwrap();
     let cd = CDaemon::start(c_args).expect("C xenstored did not start");
-    let fx = cd.fakexen_dir();
+    let fx = cd.xen_dir();
     let ours = setup(&sock, &dir, None);
     let c = setup(&cd.sock, &fx, Some(fx.join("evtchn")));
     (ours, c, (ours_srv, listener, cd, dir))
