@@ -71,6 +71,9 @@
 //! ## Grants the peer still maps
 //! See [`grant`]: the kernel defers the release of pages a peer still maps (XSA-396); ending
 //! access never frees them under the peer.
+//!
+//! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
+//! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 
 #![cfg(target_os = "linux")]
 #![deny(unsafe_code)]

@@ -548,7 +548,7 @@ fn store_page_of_dom0_is_reachable() {
     assert!(port.0 > 0);
     let page = pore_backend_linux::LinuxStorePage::open(Path::new("/proc/xen/xsd_kva")).unwrap();
     assert_eq!(page.len(), PAGE_SIZE);
-    // It is a live xenstore ring (ANCHORS §5.3): the indices are consistent.
+    // It is a live xenstore ring (`docs/protocol-facts.md` §5.3): the indices are consistent.
     let v = page.view();
     let (req_cons, req_prod) = (
         v.load_u32(2048, Ordering::Acquire),

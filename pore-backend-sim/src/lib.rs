@@ -42,7 +42,7 @@
 //! ## No syscall while the peer is awake
 //! A notify sets the peer's pending word, fences, and calls `futex` wake only if a thread of
 //! the peer domain is asleep; a waiter registers as sleeping, fences, re-checks, then sleeps on
-//! the futex with a timeout (`reference/PERF.md`'s doorbell). The futex word and the pending
+//! the futex with a timeout (the doorbell of `docs/perf.md`). The futex word and the pending
 //! words live in one memfd shared by all domains, threads and processes alike.
 //!
 //! Sleeps with more than a second left arm no kernel timer (the timer is most of what a timed
@@ -77,6 +77,9 @@
 //! For domains as processes, [`Hypervisor::start`] also runs the broker on a unix socket;
 //! children spawned with [`Hypervisor::domain_command`] connect with [`SimDomain::connect`]
 //! (see [`process`] and `TESTING.md`).
+//!
+//! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
+//! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 
 #![cfg(target_os = "linux")]
 

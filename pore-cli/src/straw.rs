@@ -35,7 +35,8 @@ pub struct StrawArgs {
     /// simulated one.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto, global = true)]
     backend: BackendChoice,
-    /// Endpoint name (D14): `data/straw-<name>`; empty keeps the seed's paths.
+    /// Endpoint name: the straw lives under `data/straw-<name>`; empty keeps LING's
+    /// `data/straw` (and talks to LING domains).
     #[arg(long, default_value = "", global = true)]
     name: String,
     /// Seconds to wait for the handshake.

@@ -1,11 +1,11 @@
 //! Differential test: random operation sequences over several connections (three dom0
 //! sockets and guest domain 5 on its shared ring), with transactions and watches, sent to
 //! our server and to Debian's C xenstored; every reply and watch event must be the same
-//! after normalising only what behaviours.md documents as the daemon's own choice
+//! after normalising only what docs/xenstored-behaviours.md documents as the daemon's own choice
 //! (DIRECTORY child order).
 //!
 //! The guest's ring is a 4096-byte file on both sides: C xenstored maps it through the
-//! kit's fakexen shim, our server through a test [`DomainConnector`] reading and writing
+//! launcher's shim (`scripts/xenstored/nohv.c`), our server through a test [`DomainConnector`] reading and writing
 //! the file; the test plays the guest with positioned reads and writes on the same file.
 #![cfg(feature = "std")]
 
@@ -54,7 +54,7 @@ impl RingAccess for FilePage {
     }
 }
 
-/// Guests poll their rings (as under fakexen): no notifications, short sleeps.
+/// Guests poll their rings (as under the nohv shim): no notifications, short sleeps.
 struct Polling;
 
 impl GuestEvents for Polling {
@@ -105,7 +105,7 @@ fn u32_at(f: &File, off: u64) -> u32 {
 impl Conn {
     fn kick(kick: &Option<PathBuf>) {
         if let Some(fifo) = kick {
-            // C xenstored under fakexen: the port it bound for the guest wakes it up.
+            // C xenstored under the nohv shim: the port it bound for the guest wakes it up.
             use std::os::unix::fs::OpenOptionsExt;
             let port: u32 = std::fs::read_to_string(fifo.with_file_name("dom5.port"))
                 .ok()
@@ -233,7 +233,7 @@ fn sync(c: &mut Conn) -> Vec<Vec<u8>> {
             }
             got.push(n);
         } else if m[0] == 22 {
-            // The generation is the daemon's own number (golden-intro.md (c)).
+            // The generation is the daemon's own number (`tests/data/README.md`, item 3).
             let nul = m[16..]
                 .iter()
                 .position(|&b| b == 0)
@@ -358,8 +358,8 @@ struct Side {
     txs: Vec<Vec<u32>>,
 }
 
-fn setup(sock: &Path, fakexen: &Path, kick: Option<PathBuf>) -> Side {
-    let ring = fakexen.join("dom5.ring");
+fn setup(sock: &Path, xen: &Path, kick: Option<PathBuf>) -> Side {
+    let ring = xen.join("dom5.ring");
     std::fs::write(&ring, vec![0u8; 4096]).unwrap();
     let mut conns: Vec<Conn> = (0..3)
         .map(|_| Conn::Sock(UnixStream::connect(sock).unwrap(), Vec::new()))
@@ -603,7 +603,7 @@ fn random_sequences_same_as_c() {
     let sock = dir.join("sock");
     let listener = ours_srv.listen_unix(&sock).unwrap();
     let cd = CDaemon::start(&[]).expect("C xenstored did not start");
-    let fx = cd.fakexen_dir();
+    let fx = cd.xen_dir();
     let mut ours = setup(&sock, &dir, None);
     let mut c = setup(&cd.sock, &fx, Some(fx.join("evtchn")));
     let steps: usize = std::env::var("PORE_DIFF_STEPS")
@@ -645,7 +645,7 @@ fn transaction_node_quota_same_as_c() {
     let sock = dir.join("sock");
     let listener = ours_srv.listen_unix(&sock).unwrap();
     let cd = CDaemon::start(&["-Q", "transaction-nodes=6"]).expect("C xenstored did not start");
-    let fx = cd.fakexen_dir();
+    let fx = cd.xen_dir();
     let mut ours = setup(&sock, &dir, None);
     let mut c = setup(&cd.sock, &fx, Some(fx.join("evtchn")));
     // (connection (3 = the guest), type, payload, in its newest transaction)
@@ -704,7 +704,7 @@ fn start_pair(
     let sock = dir.join("sock");
     let listener = ours_srv.listen_unix(&sock).unwrap();
     let cd = CDaemon::start(c_args).expect("C xenstored did not start");
-    let fx = cd.fakexen_dir();
+    let fx = cd.xen_dir();
     let ours = setup(&sock, &dir, None);
     let c = setup(&cd.sock, &fx, Some(fx.join("evtchn")));
     (ours, c, (ours_srv, listener, cd, dir))

@@ -401,8 +401,8 @@ mod tests {
     use core::mem::offset_of;
     use rustix::ioctl::{opcode, Direction};
 
-    /// The numbers as the kernel's uapi headers give them on x86_64 (ANCHORS §4, checked
-    /// with gcc against linux-libc-dev 6.1).
+    /// The numbers as the kernel's uapi headers give them on x86_64 (`docs/protocol-facts.md`
+    /// §4, checked with gcc against linux-libc-dev 6.1).
     #[test]
     fn numbers_match_the_kernel_headers() {
         assert_eq!(IOCTL_EVTCHN_BIND_VIRQ, 0x0004_4500);

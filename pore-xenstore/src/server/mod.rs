@@ -1,7 +1,7 @@
 //! A xenstored: the node tree with owners and permissions, transactions with C
 //! xenstored's conflict detection, watches, per-domain quotas, and domains introduced
 //! through a [`DomainConnector`] given by the embedder (D13). It answers like Debian's C
-//! `xenstored` 4.17 (reply names included; `reference/xenstored/behaviours.md`).
+//! `xenstored` 4.17 (reply names included; `docs/xenstored-behaviours.md`).
 //!
 //! * [`Store`]: the sans-IO core. Feed it request [`Message`](crate::codec::Message)s
 //!   per connection, get reply and watch-event bytes per connection back.

@@ -1,5 +1,5 @@
-//! Per-domain quotas with C xenstored's defaults (behaviours.md §10) and the server's
-//! configuration.
+//! Per-domain quotas with C xenstored's defaults (`docs/xenstored-behaviours.md` §10) and the
+//! server's configuration.
 
 /// Quotas applied to unprivileged domains, with C xenstored's defaults. Going over one
 /// gets C's error name (never `EQUOTA`, D13).

@@ -1,7 +1,7 @@
 //! Transactions with C xenstored's conflict rule: every node the transaction read,
 //! wrote, created or deleted (parents whose child list it changed, and nodes it found
 //! missing, included) is remembered with the generation it had; at commit, any of them
-//! changed by someone else means `EAGAIN` (behaviours.md §8).
+//! changed by someone else means `EAGAIN` (`docs/xenstored-behaviours.md` §8).
 //!
 //! Like C, the transaction keeps a copy of each node at its first access: later reads in
 //! the transaction see that copy (or its own changes), not what others did since.
