@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks; idempotent and quiet when everything is present.
 # Never runs `rustup update` (D22); adds only missing components/targets.
+# (Dn: decision n of docs/decisions.md.)
 set -euo pipefail
 
 need_apt=()

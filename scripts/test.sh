@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (README): installs what a fresh machine lacks, then runs every
-# phase in scripts/phases/ in name order, fast phases first (DESIGN.md D22), printing the
+# phase in scripts/phases/ in name order, fast phases first (docs/decisions.md D22), printing the
 # duration of each. Exits non-zero on the first failing phase.
 #
 #   bash scripts/test.sh            # everything
@@ -9,14 +9,13 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PORE_ROOT="$root"
-export PORE_SHARED="${PORE_SHARED:-$(cd "$root/.." && pwd)/shared}"
 export CARGO_TERM_COLOR=never
-# Keep the build cache outside the clone so CI's fresh clone reuses it (D22).
+# Keep the build cache outside the clone so CI's fresh clone reuses it (docs/decisions.md D22).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pore-target}"
 
-# oxenstored rotates its logs by renaming them; pointed at /dev/null (as the xenstored kit does
-# with XENSTORED_TRACE=0) it leaves a regular file there, which breaks cargo and every
-# redirection. Repair a machine where that happened before anything runs.
+# oxenstored rotates its logs by renaming them; pointed at /dev/null it leaves a regular file
+# there, which breaks cargo and every redirection (scripts/xenstored/launch.sh never does that,
+# but other launchers did). Repair a machine where that happened before anything runs.
 if [ ! -c /dev/null ] && [ "$(id -u)" = 0 ]; then
   echo "test.sh: /dev/null is not a character device; recreating it"
   rm -f /dev/null && mknod -m 666 /dev/null c 1 3

@@ -29,7 +29,7 @@
 //! Cells are a fixed volume per message size (256 MiB at 64 KiB, 64 MiB at 4 KiB, 16 MiB at
 //! 16 B); contenders are interleaved in rounds (3 by default) and the median is printed, with the
 //! ratio to the socket and, for straws, the events (notifications) per message each way.
-//! Goal (issue 6): v2 ≥ 1.5× the socket at 64 KiB.
+//! Goal: v2 ≥ 1.5× the socket at 64 KiB.
 //!
 //! `cargo bench -p pore-benches --bench straw`; without `--bench` (`cargo test --benches`) a
 //! smoke run of a few messages per cell. `PORE_BENCH_ROUNDS` and `PORE_BENCH_SCALE` (divides
@@ -763,9 +763,13 @@ fn bench(smoke: bool, dir: &Path) -> Result<(), String> {
         if let (Some(v2), Some(big)) = (pairs.iter().position(|p| p.name == name), big) {
             let ratio = medians[&(sock, big)] / medians[&(v2, big)];
             println!(
-                "Goal (issue 6): v2 ≥ 1.5× the unix socket pair at 64 KiB; {name}: {ratio:.2}× — {}{}",
+                "Goal: v2 ≥ 1.5× the unix socket pair at 64 KiB; {name}: {ratio:.2}× — {}{}",
                 if ratio >= 1.5 { "met" } else { "NOT met" },
-                if smoke { " (smoke run: not a measurement)" } else { "" }
+                if smoke {
+                    " (smoke run: not a measurement)"
+                } else {
+                    ""
+                }
             );
         }
     }

@@ -8,8 +8,8 @@
 //! ```
 //!
 //! The daemon is C xenstored from `$PORE_XENSTORED_C_SOCKET` if set, else started here
-//! with the reference kit's `start-xenstored.sh` (`$PORE_SHARED`, or `../shared` next to
-//! the workspace) with its trace off, and stopped by PID at the end. A `raw-socket` row
+//! with the repository's `scripts/xenstored/launch.sh` with its trace off, and stopped by
+//! PID at the end. A `raw-socket` row
 //! (pre-encoded request, bare socket, no client at all) gives the daemon's own cost, so
 //! what each client adds per operation is its time minus that row. Without a daemon or
 //! without libxenstore the bench says so and measures nothing.
@@ -161,10 +161,7 @@ impl Daemon {
                 _dir: None,
             });
         }
-        let shared = std::env::var_os("PORE_SHARED")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-        let script = shared.join("reference/xenstored/start-xenstored.sh");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/xenstored/launch.sh");
         if !script.exists() {
             eprintln!(
                 "xenstore_client bench: no {} and no PORE_XENSTORED_C_SOCKET",
@@ -179,7 +176,7 @@ impl Daemon {
             .arg("start")
             .arg(&socket)
             .arg("c")
-            .env("XENSTORED_TRACE", "0")
+            .env("PORE_XS_QUIET", "1")
             .output()
             .ok()?;
         if !out.status.success() {

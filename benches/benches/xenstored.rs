@@ -9,10 +9,9 @@
 //! cargo bench -p pore-benches --bench xenstored
 //! ```
 //!
-//! The C and OCaml daemons come from the reference kit's `start-xenstored.sh`
-//! (`$PORE_SHARED`, or `../shared` next to the workspace) with `XENSTORED_TRACE=0` (trace
-//! and logs off), and are stopped by PID at the end; ours is this executable re-run as a
-//! server. A missing daemon is reported and left out. The client is a bare socket with
+//! The C and OCaml daemons are started by the repository's `scripts/xenstored/launch.sh`
+//! with `PORE_XS_QUIET=1` (trace and logs off), and are stopped by PID at the end; ours
+//! is this executable re-run as a server. A missing daemon is reported and left out. The client is a bare socket with
 //! pre-encoded requests, so the rows are the daemons' own costs. A summary table (the
 //! daemons taking turns, so that a change of machine load hits all of them) with our
 //! time over the best other daemon's is printed at the end.
@@ -112,33 +111,19 @@ impl Drop for Daemon {
     }
 }
 
-fn kit_script() -> PathBuf {
-    std::env::var_os("PORE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
-        .join("reference/xenstored/start-xenstored.sh")
+fn launcher() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/xenstored/launch.sh")
 }
 
-fn start_kit(name: &'static str, kind: &str, dir: &Path) -> Option<Daemon> {
-    let script = kit_script();
+fn start_debian(name: &'static str, kind: &str, dir: &Path) -> Option<Daemon> {
+    let script = launcher();
     let sock = dir.join(format!("{kind}.sock"));
     let out = Command::new("bash")
         .arg(&script)
         .arg("start")
         .arg(&sock)
         .arg(kind)
-        .env("XENSTORED_TRACE", "0")
-        // With XENSTORED_TRACE=0 the kit points oxenstored's access log at /dev/null, and
-        // oxenstored rotates its logs by renaming them: it would replace /dev/null with a
-        // regular file. Keep the access log in our own directory instead (the later key wins).
-        .env(
-            "OXENSTORED_EXTRA_CONF",
-            format!(
-                "access-log-file = {}",
-                dir.join(format!("{kind}-access.log")).display()
-            ),
-        )
-        .env("FAKEXEN_BUILD_DIR", dir.join("shim"))
+        .env("PORE_XS_QUIET", "1")
         .output()
         .ok()?;
     if !out.status.success() {
@@ -387,8 +372,8 @@ fn main() {
     let _ = std::fs::create_dir_all(&dir);
     let mut daemons = Vec::new();
     daemons.extend(start_ours(&dir));
-    daemons.extend(start_kit("C xenstored", "c", &dir));
-    daemons.extend(start_kit("oxenstored", "ocaml", &dir));
+    daemons.extend(start_debian("C xenstored", "c", &dir));
+    daemons.extend(start_debian("oxenstored", "ocaml", &dir));
     let mut crit = Criterion::default()
         .configure_from_args()
         .warm_up_time(Duration::from_millis(500))

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use pore_xenstore::codec::{parse_frame, Parser, Progress, Reply, Request, WatchEvent};
 use pore_xenstore::MsgType;
 
-/// The largest payload a socket peer may send us (D11).
+/// The largest payload a socket peer may send us (docs/decisions.md D11).
 const MAX_PAYLOAD: usize = 64 * 1024;
 
 fuzz_target!(|data: &[u8]| {

@@ -157,10 +157,11 @@ fn serve(hv: Arc<Hv>, conn: OwnedFd, stop: Arc<AtomicBool>) {
     let mut buf = Vec::new();
     // Hello (a new domain names itself) or join (one more process of a live domain); the
     // reply carries the domid, the context id and the event table.
-    if next_message(&conn, &mut buf, &stop).is_none() {
+    let Some(fds) = next_message(&conn, &mut buf, &stop) else {
         return;
-    }
-    let first = proto::decode_request(&buf).and_then(|req| match req.op {
+    };
+    let first = no_descriptors(fds).and_then(|()| proto::decode_request(&buf));
+    let first = first.and_then(|req| match req.op {
         Op::Hello => {
             let name = String::from_utf8_lossy(&req.tail).into_owned();
             hv.create_domain(&name).map(|dom| (dom, DOMAIN_CTX))
@@ -222,11 +223,25 @@ fn serve_domain(
     stop: &AtomicBool,
 ) {
     while let Some(fds) = next_message(conn, buf, stop) {
-        // Domains send no descriptors; any that arrive are dropped (closed) here.
-        drop(fds);
-        let r = proto::decode_request(buf).and_then(|req| hv.handle(dom, ctx, &req));
+        let r = no_descriptors(fds)
+            .and_then(|()| proto::decode_request(buf))
+            .and_then(|req| hv.handle(dom, ctx, &req));
         if !reply(conn, buf, r) {
             return;
         }
     }
+}
+
+/// Requests carry no descriptors: the broker never uses one a domain process sends (it could
+/// be anything, e.g. a memfd its sender can still shrink). Any that arrive are closed here and
+/// the request is refused.
+fn no_descriptors(fds: Vec<OwnedFd>) -> Result<()> {
+    if fds.is_empty() {
+        return Ok(());
+    }
+    drop(fds);
+    Err(SimError::refused(
+        ErrorKind::Protocol,
+        "a request to the simulated hypervisor carries no descriptors",
+    ))
 }

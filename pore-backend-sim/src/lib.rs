@@ -10,7 +10,10 @@
 //! * **Grants**: a domain grants fresh zeroed pages to one peer; only that peer may map them
 //!   (`PermissionDenied` otherwise, `NotFound` for refs that do not exist). Ending access while
 //!   the peer still maps them fails with `Busy`; dropping the handle then defers the revocation
-//!   to a revoke-later list (XSA-396), reported by [`Hypervisor::outstanding`].
+//!   to a revoke-later list (XSA-396), reported by [`Hypervisor::outstanding`]. Every page
+//!   lives in a memfd sealed against shrinking and growing before any domain sees it, and only
+//!   such sealed memfds are ever mapped: a hostile domain process cannot truncate pages under
+//!   its peer or the hypervisor (which would be SIGBUS, not an error).
 //! * **Event channels**: allocate unbound for a peer, bind interdomain (only the domain it was
 //!   offered to may bind), notify, close. A closed or dead peer is reported as `PeerGone` by
 //!   default ([`PeerClose::Reported`], a simulator affordance); with
@@ -39,7 +42,7 @@
 //! ## No syscall while the peer is awake
 //! A notify sets the peer's pending word, fences, and calls `futex` wake only if a thread of
 //! the peer domain is asleep; a waiter registers as sleeping, fences, re-checks, then sleeps on
-//! the futex with a timeout (`reference/PERF.md`'s doorbell). The futex word and the pending
+//! the futex with a timeout (the doorbell of `docs/perf.md`). The futex word and the pending
 //! words live in one memfd shared by all domains, threads and processes alike.
 //!
 //! Sleeps with more than a second left arm no kernel timer (the timer is most of what a timed
@@ -74,6 +77,9 @@
 //! For domains as processes, [`Hypervisor::start`] also runs the broker on a unix socket;
 //! children spawned with [`Hypervisor::domain_command`] connect with [`SimDomain::connect`]
 //! (see [`process`] and `TESTING.md`).
+//!
+//! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
+//! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 
 #![cfg(target_os = "linux")]
 

@@ -7,7 +7,7 @@
 //! * one 128-byte slot per event channel: a closed word per end, the slot's generation and
 //!   whether it is bound on one cache line, a pending word per end on the next.
 //!
-//! Signalling is the doorbell of `reference/PERF.md`: the notifier sets the peer's pending word,
+//! Signalling is the doorbell of `docs/perf.md`: the notifier sets the peer's pending word,
 //! fences, and makes a syscall (`futex` wake) only if a thread of the peer domain sleeps. A
 //! waiter registers as sleeping, fences, re-checks, then sleeps on the futex with a timeout.
 //! The futex word lives in a `MAP_SHARED` memfd, so the same code wakes threads and processes.

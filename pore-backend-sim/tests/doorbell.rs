@@ -1,4 +1,4 @@
-//! The doorbell makes no syscall while the peer is awake (reference/PERF.md). Alone in its test
+//! The doorbell makes no syscall while the peer is awake (docs/perf.md). Alone in its test
 //! binary, because the probe counts the whole process's wake-ups.
 
 use std::sync::atomic::{AtomicBool, Ordering};

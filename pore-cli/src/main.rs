@@ -1,9 +1,13 @@
 //! `pore`: the command-line face of the pore crates.
+//!
+//! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
+//! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod backend;
 mod demo;
 mod sim;
 mod straw;

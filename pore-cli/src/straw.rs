@@ -11,16 +11,16 @@ use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::{Args, Subcommand, ValueEnum};
-use pore_backend_sim::SimDomain;
-use pore_core::DomId;
+use clap::{Args, Subcommand};
+use pore_core::{Backend, DomId};
 use pore_straw::handshake::Config;
 use pore_straw::manager::{Manager, ManagerConfig};
 use pore_straw::straw::{Straw, StrawIoError};
 use pore_straw::xenstore::XsAdapter;
 use pore_straw::{Endpoint, Format};
-use pore_xenstore::transport::RingTransport;
-use pore_xenstore::{Client, Config as ClientConfig};
+use pore_xenstore::Client;
+
+use crate::backend::{self, BackendChoice};
 
 /// Largest frame made of one stdin read.
 const CHUNK: usize = 64 << 10;
@@ -30,16 +30,22 @@ const CHUNK: usize = 64 << 10;
 pub struct StrawArgs {
     #[command(subcommand)]
     command: StrawCommand,
-    /// Which Xen to use: the simulated one (found through PORE_SIM_SOCKET, see `pore sim`) or
-    /// real Xen from Linux user space.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Sim, global = true)]
+    /// Which Xen to use: real Xen through /dev/xen, the simulated one (found through
+    /// PORE_SIM_SOCKET, see `pore sim`), or auto: real Xen where /dev/xen/evtchn exists, else the
+    /// simulated one.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, global = true)]
     backend: BackendChoice,
-    /// Endpoint name (D14): `data/straw-<name>`; empty keeps the seed's paths.
+    /// Endpoint name: the straw lives under `data/straw-<name>`; empty keeps LING's
+    /// `data/straw` (and talks to LING domains).
     #[arg(long, default_value = "", global = true)]
     name: String,
     /// Seconds to wait for the handshake.
     #[arg(long, default_value_t = 10.0, global = true)]
     timeout: f64,
+    /// Send every received frame back instead of piping stdin/stdout (a test peer for other
+    /// implementations of the strawman); ends once the peer half-closes.
+    #[arg(long, global = true)]
+    echo: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -57,15 +63,6 @@ enum StrawCommand {
     },
 }
 
-/// The backends `pore straw` can run on.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum BackendChoice {
-    /// The simulated Xen (`pore sim`).
-    Sim,
-    /// Real Xen through /dev/xen (not implemented yet).
-    Linux,
-}
-
 /// Runs `pore straw`.
 pub fn run(args: StrawArgs) -> ExitCode {
     match straw(&args) {
@@ -78,19 +75,28 @@ pub fn run(args: StrawArgs) -> ExitCode {
 }
 
 fn straw(args: &StrawArgs) -> Result<(), String> {
-    if args.backend == BackendChoice::Linux {
-        return Err(
-            "the Linux backend (/dev/xen) is not implemented yet; use --backend sim".into(),
-        );
+    match args.backend.resolve()? {
+        BackendChoice::Linux => {
+            let (xen, domid, client) = backend::open_linux()?;
+            straw_on(args, xen, domid, client)
+        }
+        _ => {
+            let (dom, domid, client) = backend::open_sim()?;
+            straw_on(args, dom, domid, client)
+        }
     }
+}
+
+/// Runs one straw on any backend, given a xenstore client of the domain `domid`.
+fn straw_on<B: Backend + Send + Sync + 'static>(
+    args: &StrawArgs,
+    dom: B,
+    domid: DomId,
+    client: Client,
+) -> Result<(), String> {
     let timeout = Duration::try_from_secs_f64(args.timeout)
         .map_err(|e| format!("bad --timeout {}: {e}", args.timeout))?;
-    let dom = SimDomain::connect().map_err(|e| format!("reaching the simulated Xen: {e}"))?;
-    let ring = RingTransport::open_store(&dom)
-        .map_err(|e| format!("opening the xenstore ring page: {e}"))?;
-    let client = Client::with_transport(Box::new(ring), ClientConfig::default())
-        .map_err(|e| format!("reaching xenstored: {e}"))?;
-    let me = Endpoint::new(dom.id(), &args.name).map_err(|e| format!("bad --name: {e:?}"))?;
+    let me = Endpoint::new(domid, &args.name).map_err(|e| format!("bad --name: {e:?}"))?;
     let cfg = ManagerConfig {
         handshake: Config {
             handshake_timeout: timeout,
@@ -123,16 +129,16 @@ fn straw(args: &StrawArgs) -> Result<(), String> {
         straw.layout(),
         straw.format()
     );
-    let result = pipe(straw);
+    let result = if args.echo { echo(straw) } else { pipe(straw) };
     manager.shutdown();
     result
 }
 
-fn accept_from(
-    manager: &Manager<SimDomain, XsAdapter>,
+fn accept_from<B: Backend + Send + Sync + 'static>(
+    manager: &Manager<B, XsAdapter>,
     from: Option<u16>,
     timeout: Duration,
-) -> Result<Straw<SimDomain>, String> {
+) -> Result<Straw<B>, String> {
     if let Some(d) = from {
         // Refuse other domains' knocks before any page is granted to them.
         manager.admit(Some(Arc::new(move |peer: &Endpoint| {
@@ -144,12 +150,39 @@ fn accept_from(
         .map_err(|e| format!("waiting for a straw: {e}"))
 }
 
+/// Sends every frame received back to the peer until the peer half-closes, then half-closes and
+/// closes.
+fn echo<B: Backend + Send + Sync + 'static>(straw: Straw<B>) -> Result<(), String> {
+    let (sender, receiver) = straw.split();
+    let mut frames = 0u64;
+    loop {
+        match receiver.recv() {
+            Ok(frame) => {
+                frames += 1;
+                sender
+                    .send(frame)
+                    .map_err(|e| format!("echoing frame {frames}: {e}"))?
+            }
+            Err(StrawIoError::Eof) => break,
+            Err(e) => return Err(format!("receiving frame {}: {e}", frames + 1)),
+        }
+    }
+    eprintln!("pore straw: echoed {frames} frames");
+    sender
+        .finish()
+        .map_err(|e| format!("half-closing after the peer's end: {e}"))?;
+    match sender.close() {
+        Ok(()) | Err(StrawIoError::Eof | StrawIoError::Closed) => Ok(()),
+        Err(e) => Err(format!("closing: {e}")),
+    }
+}
+
 /// Pipes stdin into the straw and the straw into stdout until both directions are drained.
 ///
 /// End of stdin half-closes our direction ([`pore_straw::straw::Sender::finish`]: the peer
 /// consumes everything, then its receiver ends); the straw is closed once the peer has
 /// half-closed too (our receiver ended).
-fn pipe(straw: Straw<SimDomain>) -> Result<(), String> {
+fn pipe<B: Backend + Send + Sync + 'static>(straw: Straw<B>) -> Result<(), String> {
     let (sender, receiver) = straw.split();
     let writer = thread::spawn(move || -> Result<_, String> {
         let mut stdin = std::io::stdin().lock();

@@ -124,7 +124,7 @@ impl Signals {
     /// Waits up to `timeout` for one of the signals; its number if one came.
     fn wait(&self, timeout: Duration) -> Option<i32> {
         let ts = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_sec: timeout.as_secs().min(i32::MAX as u64) as _,
             tv_nsec: timeout.subsec_nanos() as libc::c_long,
         };
         // SAFETY: `self.0` and `ts` are valid for the duration of the call; a null

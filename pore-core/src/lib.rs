@@ -39,6 +39,9 @@
 //! # }
 //! # Ok::<(), pore_core::CoreError>(())
 //! ```
+//!
+//! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
+//! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

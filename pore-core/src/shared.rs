@@ -1,4 +1,4 @@
-//! The one audited way to touch memory a peer can write (DESIGN.md D1, D2).
+//! The one audited way to touch memory a peer can write (D1, D2; `docs/peer-memory.md`).
 //!
 //! Memory granted to or mapped from another domain can change under our feet at any moment,
 //! so it is never put behind a Rust `&`/`&mut` reference to plain data. Instead:

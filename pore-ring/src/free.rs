@@ -1,10 +1,10 @@
 //! SPSC halves over free-running `u32` indices masked by a power-of-two size: the engine of the
 //! xenstore ring and of the v2 straw ring.
 //!
-//! Each half keeps its own index privately (the shared copy is write-only for it, ANCHORS §6
-//! rule 2) and a cached copy of the peer's index, refreshed (read once, validated) only when the
-//! cache says the ring is full or empty. A peer index outside the window the protocol allows
-//! breaks the half for good.
+//! Each half keeps its own index privately (the shared copy is write-only for it:
+//! `docs/protocol-facts.md` §6, rule 2) and a cached copy of the peer's index, refreshed (read
+//! once, validated) only when the cache says the ring is full or empty. A peer index outside
+//! the window the protocol allows breaks the half for good.
 
 use core::cell::Cell;
 use core::sync::atomic::Ordering;

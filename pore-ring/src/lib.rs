@@ -1,7 +1,7 @@
 //! # pore-ring
 //!
 //! Single-producer single-consumer byte rings living in memory shared with another Xen domain,
-//! reached only through [`pore_core::SharedAccess`] (DESIGN.md D1, D2):
+//! reached only through [`pore_core::SharedAccess`] (D1, D2):
 //!
 //! * [`xenstore`]: the Xen ABI `xenstore_domain_interface` (1 KiB request and response rings),
 //!   client and server sides;
@@ -23,9 +23,12 @@
 //! * `write_deferred` / `read_deferred` then `commit` / `release`: one index store and one check
 //!   for a whole batch.
 //!
-//! The peer is untrusted (ANCHORS §6): each index it controls is read once per operation and
-//! validated; a bad one breaks the ring ([`RingError`] of kind `Protocol`), never panics and
-//! never leads to an access outside the ring.
+//! The peer is untrusted (`docs/protocol-facts.md` §6): each index it controls is read once per
+//! operation and validated; a bad one breaks the ring ([`RingError`] of kind `Protocol`), never
+//! panics and never leads to an access outside the ring.
+//!
+//! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
+//! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 //!
 //! ```
 //! use pore_core::{loopback::Loopback, DomId, Grants, SharedMemory, SharedRing};

@@ -1,4 +1,4 @@
-//! The LING straw ring, bit-exact with the original (ANCHORS §0.2, D3).
+//! The LING straw ring, bit-exact with the original (`docs/protocol-facts.md` §0.2, D3).
 //!
 //! Eight contiguous pages: a header of four `int32` indices `in_prod, in_cons, out_cons,
 //! out_prod` (offsets 0, 4, 8, 12), then `input[16376]` at 16 and `output[16376]` at 16392.

@@ -1,4 +1,4 @@
-//! Blocking on a ring: spin briefly, then sleep on the event channel (PERF.md lesson 4).
+//! Blocking on a ring: spin briefly, then sleep on the event channel (`docs/perf.md`, lesson 4).
 //!
 //! [`Waiter::wait`] returns once the ring is readable (or writable) or the timeout elapses.
 //! It first checks; then, if a spin budget is configured, spins re-checking (worthwhile only when

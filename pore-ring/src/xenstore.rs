@@ -1,5 +1,6 @@
 //! The xenstore ring: Xen's `struct xenstore_domain_interface` (`xen/include/public/io/xs_wire.h`,
-//! ANCHORS §5.3), one 4 KiB page shared by a guest (the client) and xenstored (the server).
+//! `docs/protocol-facts.md` §5.3), one 4 KiB page shared by a guest (the client) and xenstored
+//! (the server).
 //!
 //! The client produces requests into `req` and consumes replies and watch events from `rsp`;
 //! the server does the reverse. Indices are free-running `u32` (byte `x` lives at `x % 1024`);

@@ -992,7 +992,7 @@ impl StrawMachine {
                     Ok(()) => self.protocol("straw-layout", ParseError::BadToken),
                     Err(e) => self.protocol("straw-layout", e),
                 },
-                Ok(StoreReply::Done | StoreReply::Perms(_)) => {
+                Ok(StoreReply::Done | StoreReply::Perms(_) | StoreReply::Children(_)) => {
                     self.protocol("straw-layout", ParseError::Empty)
                 }
                 Err(e) => fail_store(self, "read", e),
@@ -1095,7 +1095,7 @@ impl StrawMachine {
                         self.protocol("warts", ParseError::BadPath);
                     }
                 }
-                Ok(StoreReply::Done | StoreReply::Perms(_)) => {
+                Ok(StoreReply::Done | StoreReply::Perms(_) | StoreReply::Children(_)) => {
                     self.protocol("warts", ParseError::Empty)
                 }
                 Err(e) => fail_store(self, "read", e),
@@ -1112,7 +1112,9 @@ impl StrawMachine {
                 let offers_v2 = match r {
                     Err(StoreError::NotFound) => Ok(false),
                     Ok(StoreReply::Value(v)) => parse::layouts_offer_v2(&v),
-                    Ok(StoreReply::Done | StoreReply::Perms(_)) => Err(ParseError::Empty),
+                    Ok(StoreReply::Done | StoreReply::Perms(_) | StoreReply::Children(_)) => {
+                        Err(ParseError::Empty)
+                    }
                     Err(e) => return fail_store(self, "read", e),
                 };
                 match offers_v2 {
@@ -1143,7 +1145,7 @@ impl StrawMachine {
                     Ok(st) => self.on_peer_state(Some(st)),
                     Err(e) => self.protocol("state", e),
                 },
-                Ok(StoreReply::Done | StoreReply::Perms(_)) => {
+                Ok(StoreReply::Done | StoreReply::Perms(_) | StoreReply::Children(_)) => {
                     self.protocol("state", ParseError::Empty)
                 }
                 // Not written yet (or, on a racing xenstored, not yet narrowed for us), or is
@@ -1247,7 +1249,7 @@ impl StrawMachine {
                 self.protocol(key, ParseError::TooLong);
                 None
             }
-            Ok(StoreReply::Done | StoreReply::Perms(_)) => {
+            Ok(StoreReply::Done | StoreReply::Perms(_) | StoreReply::Children(_)) => {
                 self.protocol(key, ParseError::Empty);
                 None
             }

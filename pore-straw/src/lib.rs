@@ -61,6 +61,9 @@
 //! straw.close().unwrap();
 //! # let _ = reply; }
 //! ```
+//!
+//! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
+//! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 

@@ -13,23 +13,40 @@
 //! graceful close), and the manager forgets it and removes its nodes.
 //!
 //! The manager reaches xenstore through the small [`StoreClient`] trait.
+//!
+//! # What a hostile domain can make a manager hold
+//!
+//! Every domain may knock (write in our straw top), so the manager bounds, per peer domain
+//! (whatever endpoint names it knocks under), and reports in [`Manager::accounting`]:
+//!
+//! * the handshakes it runs at once ([`ManagerConfig::max_knocks_per_domain`]);
+//! * the straws it holds: in the handshake, connected and never accepted, or accepted
+//!   ([`ManagerConfig::max_straws_per_domain`], below [`ManagerConfig::max_straws`]): one
+//!   domain can never take the slots of the others;
+//! * the pages we granted it for straws that ended and that it still maps, which wait on the
+//!   backend's revoke-later list ([`ManagerConfig::max_parked_pages_per_domain`]): over it,
+//!   its knocks are refused before anything is granted.
+//!
+//! And it keeps the straw top itself usable: junk children are removed, and a top that junk
+//! we cannot remove poisons or that is full is rebuilt without losing the straws in it
+//! ([`ManagerConfig::top_check_interval`]).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::string::String;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use pore_core::Backend;
+use pore_core::{Backend, DomId};
 
 use crate::endpoint::parse_knock;
 use crate::handshake::{
     setup_ops, teardown_ops, Action, Closed, Config, Input, PoreGrant, PoreRequest, Role,
     StrawError, StrawMachine,
 };
-use crate::ops::{StoreError, StoreOp, StoreReply};
+use crate::ops::{Access, Perm, StoreError, StoreOp, StoreReply};
 use crate::straw::{
     open_active, open_passive, Shared, Straw, StrawConfig, StrawIoError, StrawPore,
 };
@@ -89,6 +106,51 @@ pub struct ManagerConfig {
     /// names): a knock beyond it is ignored, so one domain knocking under many names cannot
     /// fill [`ManagerConfig::max_straws`] and lock the others out.
     pub max_knocks_per_domain: usize,
+    /// The most straws one domain may hold at once of those it opened to us (any of its
+    /// endpoint names): in the handshake, connected and waiting for [`Manager::accept`], and
+    /// accepted, together. A knock beyond it is refused: no page is granted, and its directory
+    /// is removed at a later check of the straw top ([`ManagerConfig::top_check_interval`]),
+    /// where the opener sees it go (`PeerGone`).
+    ///
+    /// The guarantee: one domain never holds more than this many of the
+    /// [`ManagerConfig::max_straws`] slots, so at least `max_straws - max_straws_per_domain`
+    /// stay for the others (and `k` domains acting together hold at most
+    /// `k * max_straws_per_domain`). [`Manager::start`] refuses a value of 0 or one not below
+    /// `max_straws`. Straws we open ([`Manager::open`]) do not count here: they are the local
+    /// user's choice, bounded by `max_straws` alone.
+    pub max_straws_per_domain: usize,
+    /// The most pages one domain may leave on the backend's revoke-later list: pages we
+    /// granted to it for straws that ended (a handshake that timed out, a close) while it still
+    /// mapped them. Their revocation must wait for its unmap (XSA-396), and on Linux they keep
+    /// counting against gntalloc's limit until then, so a domain that maps and abandons pages
+    /// could otherwise make every later grant fail. A knock from a domain at or over the bound
+    /// is refused ([`ManagerError::PagesStillMapped`], logged and counted in
+    /// [`Accounting::refused_knocks`]) before any page is granted.
+    ///
+    /// The guarantee: a domain parks at most this many pages plus those of the straws it held
+    /// when it reached the bound (at most [`ManagerConfig::max_straws_per_domain`] straws).
+    /// The count ([`Accounting::parked_pages`]) lasts for the manager's life, since no backend
+    /// tells when the peer finally unmaps; [`Manager::forget_parked`] clears it, e.g. once
+    /// the domain is gone.
+    pub max_parked_pages_per_domain: usize,
+    /// How often the manager checks its straw top, which every domain may write in: children
+    /// that are no peer's straw directory (junk) or stale ones are removed, and a top that
+    /// junk we cannot remove poisons, or that is full (C xenstored limits a node with its
+    /// child names to 2048 bytes, and a full top refuses every opener), is rebuilt in one
+    /// transaction, carrying over the directories of the straws in progress or connected.
+    /// An event naming junk brings the next check forward (to 100 ms after the last one).
+    ///
+    /// A child named as a peer's straw directory is left alone for a whole interval (an
+    /// opener may be making it, or its knock's event be on its way); if it is still not one
+    /// of our straws then, its knock is taken if it has one, else it is removed.
+    ///
+    /// The guarantee: junk in our top blocks new straws for at most about one interval
+    /// (children named as peers': two), plus the time of the check, and no straw in progress
+    /// or connected is lost to a rebuild (a knock arriving during the rebuild itself may be,
+    /// and its opener sees its directory go: `PeerGone`). The limit: the rebuild is one
+    /// transaction, which xenstored bounds (C: 1024 nodes touched); a domain that puts most of
+    /// its node quota (1000) under our top can make it fail, and the failure is logged.
+    pub top_check_interval: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -98,6 +160,9 @@ impl Default for ManagerConfig {
             straw: StrawConfig::default(),
             max_straws: 256,
             max_knocks_per_domain: 8,
+            max_straws_per_domain: 32,
+            max_parked_pages_per_domain: 64,
+            top_check_interval: Duration::from_secs(1),
         }
     }
 }
@@ -131,6 +196,49 @@ pub enum ManagerError {
     /// [`ManagerConfig::max_straws`] straws exist already.
     #[error("too many straws")]
     TooMany,
+    /// The domain still maps [`ManagerConfig::max_parked_pages_per_domain`] or more pages we
+    /// granted it for straws that ended: it gets no more until it unmaps them.
+    #[error(
+        "domain {domid} still maps {pages} pages of straws that ended (at most {max}): refused"
+    )]
+    PagesStillMapped {
+        /// The domain.
+        domid: u16,
+        /// The pages it still maps.
+        pages: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The [`ManagerConfig`] cannot keep its promises.
+    #[error("bad manager configuration: {0}")]
+    Config(&'static str),
+}
+
+/// What a manager holds and what it refused ([`Manager::accounting`]), e.g. for monitoring.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accounting {
+    /// Straws in the handshake (either role).
+    pub handshaking: usize,
+    /// Connected straws a peer opened that wait for [`Manager::accept`] or [`Manager::get`].
+    pub unclaimed: usize,
+    /// Connected straws handed out (or opened by us).
+    pub connected: usize,
+    /// Per peer domain, the straws it opened to us that it holds (handshaking, unclaimed and
+    /// accepted), bounded by [`ManagerConfig::max_straws_per_domain`].
+    pub by_domain: BTreeMap<DomId, usize>,
+    /// Per peer domain, the pages we granted it for straws that ended and that it still maps
+    /// (left on the backend's revoke-later list), bounded by
+    /// [`ManagerConfig::max_parked_pages_per_domain`].
+    pub parked_pages: BTreeMap<DomId, usize>,
+    /// Refusals of knocks because their domain was over one of its bounds
+    /// ([`ManagerConfig::max_knocks_per_domain`], [`ManagerConfig::max_straws_per_domain`],
+    /// [`ManagerConfig::max_parked_pages_per_domain`]) or the table was full (a knock still
+    /// there at the next check of the straw top is taken again, and may count twice).
+    pub refused_knocks: u64,
+    /// Children of our straw top removed as junk (see [`ManagerConfig::top_check_interval`]).
+    pub junk_removed: u64,
+    /// Rebuilds of our straw top, full or holding junk we could not remove.
+    pub top_rebuilds: u64,
 }
 
 enum Slot<B: Backend> {
@@ -151,11 +259,20 @@ struct State<B: Backend> {
     straws: HashMap<(Endpoint, Role), Entry<B>>,
     unclaimed: VecDeque<Straw<B>>,
     threads: Vec<JoinHandle<()>>,
+    refused_knocks: u64,
+    junk_removed: u64,
+    rebuilds: u64,
+    /// Pages per peer domain left on the backend's revoke-later list.
+    parked: BTreeMap<DomId, usize>,
 }
 
 struct Inner<B: Backend, X: StoreClient> {
-    backend: Arc<B>,
+    // Field order is drop order: the xenstore client goes before the backend. The client may
+    // ride on the domain's own store ring (the simulator, a stub domain), and a domain that
+    // ends first closes that ring under the client's readers, which then report a lost
+    // connection (and its watches a stop) at the end of a perfectly normal run.
     store: X,
+    backend: Arc<B>,
     me: Endpoint,
     cfg: ManagerConfig,
     origin: Instant,
@@ -166,6 +283,9 @@ struct Inner<B: Backend, X: StoreClient> {
     admission: Mutex<Option<Admission>>,
     changed: Condvar,
     stop: AtomicBool,
+    /// Held (shared) by every straw's xenstore operation, and exclusively by a rebuild of the
+    /// straw top.
+    store_gate: RwLock<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -211,6 +331,11 @@ where
         me: Endpoint,
         cfg: ManagerConfig,
     ) -> Result<Self, ManagerError> {
+        if cfg.max_straws_per_domain == 0 || cfg.max_straws_per_domain >= cfg.max_straws {
+            return Err(ManagerError::Config(
+                "max_straws_per_domain must be at least 1 and below max_straws",
+            ));
+        }
         for op in setup_ops(&me) {
             store.perform(&op).map_err(|error| ManagerError::Setup {
                 op: op.name(),
@@ -237,11 +362,16 @@ where
                 straws: HashMap::new(),
                 unclaimed: VecDeque::new(),
                 threads: Vec::new(),
+                refused_knocks: 0,
+                junk_removed: 0,
+                rebuilds: 0,
+                parked: BTreeMap::new(),
             }),
             observer: Mutex::new(None),
             admission: Mutex::new(None),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
+            store_gate: RwLock::new(()),
         });
         let i2 = inner.clone();
         let events = std::thread::Builder::new()
@@ -362,6 +492,37 @@ where
         set.into_iter().collect()
     }
 
+    /// What the manager holds now, per state and per peer domain, and what it refused.
+    pub fn accounting(&self) -> Accounting {
+        let st = lock(&self.inner.state);
+        let mut a = Accounting {
+            unclaimed: st.unclaimed.len(),
+            refused_knocks: st.refused_knocks,
+            junk_removed: st.junk_removed,
+            top_rebuilds: st.rebuilds,
+            parked_pages: st.parked.clone(),
+            ..Accounting::default()
+        };
+        for ((peer, role), e) in &st.straws {
+            match e.slot {
+                Slot::Handshaking => a.handshaking += 1,
+                Slot::Live(_) => a.connected += 1,
+            }
+            if *role == Role::Listener {
+                *a.by_domain.entry(peer.domid).or_default() += 1;
+            }
+        }
+        a.connected = a.connected.saturating_sub(a.unclaimed);
+        a
+    }
+
+    /// Forgets the pages `domid` was counted to keep mapped
+    /// ([`ManagerConfig::max_parked_pages_per_domain`]), e.g. once the domain is gone (its
+    /// mappings went with it): its knocks are taken again.
+    pub fn forget_parked(&self, domid: DomId) {
+        lock(&self.inner.state).parked.remove(&domid);
+    }
+
     /// Closes the straws with `peer` (both directions) without draining (use [`Straw::close`]
     /// to drain first) and waits for the close chart (bounded).
     pub fn close(&self, peer: &Endpoint) -> Result<(), ManagerError> {
@@ -452,6 +613,42 @@ impl<B: Backend + Send + Sync + 'static, X: StoreClient> Drop for Manager<B, X> 
 
 type OpenReply<B> = mpsc::Sender<Result<Straw<B>, ManagerError>>;
 
+/// The child of our straw top that [`Inner::top_is_full`] makes and removes (no peer's ident).
+const PROBE: &str = "_pore-probe";
+
+/// The keys of a listener's straw directory a rebuild of the top carries over: the knock,
+/// everything the listener publishes, and its half-close.
+const STRAW_KEYS: [&str; 16] = [
+    "warts",
+    "state",
+    "ring-ref-1",
+    "ring-ref-2",
+    "ring-ref-3",
+    "ring-ref-4",
+    "ring-ref-5",
+    "ring-ref-6",
+    "ring-ref-7",
+    "ring-ref-8",
+    "ring-ref",
+    "ring-pages",
+    "straw-layout",
+    "event-channel",
+    "format",
+    "straw-eof",
+];
+
+/// A child name for the logs, cut short (junk names can be 2 KiB long).
+struct Short<'a>(&'a str);
+
+impl core::fmt::Display for Short<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0.char_indices().nth(40) {
+            Some((i, _)) => write!(f, "{}... ({} bytes)", &self.0[..i], self.0.len()),
+            None => f.write_str(self.0),
+        }
+    }
+}
+
 impl<B, X> Inner<B, X>
 where
     B: Backend + Send + Sync + 'static,
@@ -469,7 +666,22 @@ where
 
     fn route_events(self: Arc<Self>) {
         let mut stopping: Option<Instant> = None;
+        let mut checked: Option<Instant> = None;
+        let mut check_soon = false;
+        let mut stale = BTreeMap::new();
         loop {
+            if !self.stop.load(Ordering::Acquire) {
+                let since = checked.map(|c| c.elapsed());
+                let due = since.is_none_or(|s| {
+                    s >= self.cfg.top_check_interval
+                        || (check_soon && s >= Duration::from_millis(100))
+                });
+                if due {
+                    self.check_top(&mut stale);
+                    checked = Some(Instant::now());
+                    check_soon = false;
+                }
+            }
             if self.stop.load(Ordering::Acquire) {
                 // Shutting down: a straw in its close chart still learns its peer's steps from
                 // our watch events (the listener waits for the opener's Closed, the opener for
@@ -489,25 +701,253 @@ where
                 if self.stop.load(Ordering::Acquire) {
                     continue; // no new straw while shutting down
                 }
+                if self.is_junk_event(&ev.path) {
+                    check_soon = true;
+                }
                 if let Some(peer) = parse_knock(&self.me, &ev.path) {
-                    let known = lock(&self.state)
-                        .straws
-                        .contains_key(&(peer.clone(), Role::Listener));
-                    let admitted = lock(&self.admission).as_ref().is_none_or(|a| a(&peer));
-                    if !admitted {
-                        tracing::debug!(me = %self.me, %peer, "strawman: knock refused");
-                    } else if !known && self.knock_is_genuine(&peer) {
-                        tracing::debug!(me = %self.me, %peer, "strawman: knock");
-                        if let Err(e) = self.clone().spawn(peer, Role::Listener, None) {
-                            tracing::debug!(error = %e, "strawman: knock ignored");
-                        }
-                    }
+                    self.take_knock(peer);
                 }
                 continue;
             }
             let st = lock(&self.state);
             if let Some(e) = st.straws.values().find(|e| e.token == ev.token) {
                 let _ = e.input.send(Input::Watch);
+            }
+        }
+    }
+
+    /// Answers a knock from `peer` (unless refused); whether a straw with it runs now.
+    fn take_knock(self: &Arc<Self>, peer: Endpoint) -> bool {
+        let known = lock(&self.state)
+            .straws
+            .contains_key(&(peer.clone(), Role::Listener));
+        if known {
+            return true;
+        }
+        let admitted = lock(&self.admission).as_ref().is_none_or(|a| a(&peer));
+        if !admitted {
+            tracing::debug!(me = %self.me, %peer, "strawman: knock refused");
+            return false;
+        }
+        if !self.knock_is_genuine(&peer) {
+            return false;
+        }
+        tracing::debug!(me = %self.me, %peer, "strawman: knock");
+        match self.clone().spawn(peer, Role::Listener, None) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "strawman: knock ignored");
+                if matches!(
+                    e,
+                    ManagerError::TooMany | ManagerError::PagesStillMapped { .. }
+                ) {
+                    lock(&self.state).refused_knocks += 1;
+                }
+                false
+            }
+        }
+    }
+
+    /// Whether a watch event of our straw top names a child that cannot be a peer's straw
+    /// directory (see [`Inner::check_top`]).
+    fn is_junk_event(&self, path: &str) -> bool {
+        let top = self.me.straw_top();
+        let Some(rest) = path
+            .strip_prefix(top.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return false;
+        };
+        let name = rest.split('/').next().unwrap_or("");
+        name != PROBE && !self.is_peer_ident(name)
+    }
+
+    fn is_peer_ident(&self, name: &str) -> bool {
+        Endpoint::parse_ident(name).is_ok_and(|p| p != self.me)
+    }
+
+    /// Keeps our straw top usable (issue 10, item 7). Everyone may write in it (the seed's
+    /// `b<me>`), so a domain can leave children there that are no peer's straw directory, or
+    /// fill it: C xenstored limits a node's record, child names included, to 2048 bytes, and a
+    /// full top refuses every opener's `mkdir` (ENOSPC). And a child whose creator narrowed its
+    /// permissions cannot be removed by us. So, every [`ManagerConfig::top_check_interval`]
+    /// (sooner after an event naming such a child):
+    ///
+    /// 1. list the top; a child whose name is no peer's ident is junk: remove it. A child
+    ///    named as a peer's that is not one of our straws for a whole interval is stale: its
+    ///    knock (if it has one, and the knock's event was late or lost) is taken now, else
+    ///    (no knock, or refused) it is removed, and its opener, if any, sees it go.
+    /// 2. If some junk could not be removed (poisoned), or if the top is full (a probe
+    ///    `mkdir` fails), rebuild the top: the owner of a node may remove it with everything
+    ///    below, whatever its children's permissions. One transaction removes the top,
+    ///    creates it again and carries over the directories of our straws (handshaking or
+    ///    connected) and of genuine knocks not taken yet, with their keys, while our straws'
+    ///    own xenstore operations wait: their peers, who watch those directories, see the
+    ///    same values before and after. The directories carried over are ours afterwards
+    ///    (`n<me> b<peer>`, keys `n<me> r<peer>`), still visible to the pair only.
+    fn check_top(self: &Arc<Self>, stale: &mut BTreeMap<String, Instant>) {
+        let top = self.me.straw_top();
+        let names = match self.list_top() {
+            Some(n) => n,
+            None => return,
+        };
+        let ours: BTreeSet<String> = lock(&self.state)
+            .straws
+            .keys()
+            .filter(|(_, r)| *r == Role::Listener)
+            .map(|(p, _)| p.ident())
+            .collect();
+        let (mut poisoned, mut unknown) = (false, false);
+        let mut next_stale = BTreeMap::new();
+        for name in &names {
+            if ours.contains(name) {
+                continue;
+            }
+            unknown = true;
+            let path = std::format!("{top}/{name}");
+            if let Ok(peer) = Endpoint::parse_ident(name).map_err(drop).and_then(|p| {
+                if p == self.me {
+                    Err(())
+                } else {
+                    Ok(p)
+                }
+            }) {
+                let since = stale.get(name).copied().unwrap_or_else(Instant::now);
+                if since.elapsed() < self.cfg.top_check_interval {
+                    // A knock on its way in, or an opener making its directory: look later.
+                    next_stale.insert(name.clone(), since);
+                    continue;
+                }
+                let knock = std::format!("{path}/warts");
+                if self.store.perform(&StoreOp::Read { path: knock }).is_ok()
+                    && self.take_knock(peer)
+                {
+                    continue;
+                }
+            }
+            match self.store.perform(&StoreOp::Rm { path }) {
+                Ok(_) | Err(StoreError::NotFound) => {
+                    tracing::info!(me = %self.me, child = %Short(name), "strawman: junk removed from the straw top");
+                    lock(&self.state).junk_removed += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(me = %self.me, child = %Short(name), error = %e, "strawman: junk in the straw top cannot be removed");
+                    poisoned = true;
+                }
+            }
+        }
+        *stale = next_stale;
+        let full = unknown && !poisoned && self.top_is_full(&top);
+        if poisoned || full {
+            self.rebuild_top(if poisoned { "poisoned" } else { "full" });
+        }
+    }
+
+    fn list_top(&self) -> Option<Vec<String>> {
+        match self.store.perform(&StoreOp::Directory {
+            path: self.me.straw_top(),
+        }) {
+            Ok(StoreReply::Children(n)) => Some(n),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(me = %self.me, error = %e, "strawman: cannot list the straw top");
+                None
+            }
+        }
+    }
+
+    /// Whether a new child cannot be made in our top (what an opener's `mkdir` would meet).
+    fn top_is_full(&self, top: &str) -> bool {
+        let probe = std::format!("{top}/{PROBE}");
+        match self.store.perform(&StoreOp::Mkdir {
+            path: probe.clone(),
+        }) {
+            Ok(_) => {
+                let _ = self.store.perform(&StoreOp::Rm { path: probe });
+                false
+            }
+            Err(StoreError::Other | StoreError::PermissionDenied) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Rebuilds our straw top (see [`Inner::check_top`]).
+    fn rebuild_top(&self, why: &str) {
+        // Our straws' own operations wait meanwhile: nothing they write can be lost.
+        let _gate = self.store_gate.write().unwrap_or_else(|p| p.into_inner());
+        let Some(names) = self.list_top() else {
+            return;
+        };
+        let ours: BTreeSet<String> = lock(&self.state)
+            .straws
+            .keys()
+            .filter(|(_, r)| *r == Role::Listener)
+            .map(|(p, _)| p.ident())
+            .collect();
+        let top = self.me.straw_top();
+        let me = self.me.domid;
+        let narrow = |path: String, peer: DomId, access: Access| StoreOp::SetPerms {
+            path,
+            perms: std::vec![Perm::new(Access::None, me), Perm::new(access, peer)],
+            best_effort: true,
+        };
+        let mut ops = std::vec![
+            StoreOp::Rm { path: top.clone() },
+            StoreOp::Mkdir { path: top.clone() },
+            StoreOp::SetPerms {
+                path: top.clone(),
+                perms: std::vec![Perm::new(Access::Both, me)],
+                best_effort: false,
+            },
+        ];
+        let mut kept = 0usize;
+        for name in &names {
+            let Ok(peer) = Endpoint::parse_ident(name) else {
+                continue;
+            };
+            if peer == self.me {
+                continue;
+            }
+            let dir = std::format!("{top}/{name}");
+            let ours = ours.contains(name);
+            if !ours {
+                // A knock not taken yet: only a genuine one (the directory is the peer's).
+                match self.store.perform(&StoreOp::GetPerms { path: dir.clone() }) {
+                    Ok(StoreReply::Perms(p)) if p.first().map(|p| p.domid) == Some(peer.domid) => {}
+                    _ => continue,
+                }
+            }
+            let mut keys = Vec::new();
+            for key in STRAW_KEYS {
+                let path = std::format!("{dir}/{key}");
+                if let Ok(StoreReply::Value(v)) = self.store.perform(&StoreOp::Read { path }) {
+                    if let Ok(v) = String::from_utf8(v) {
+                        keys.push((key, v));
+                    }
+                }
+            }
+            if !ours && !keys.iter().any(|(k, _)| *k == "warts") {
+                continue;
+            }
+            kept += 1;
+            ops.push(StoreOp::Mkdir { path: dir.clone() });
+            ops.push(narrow(dir.clone(), peer.domid, Access::Both));
+            for (key, value) in keys {
+                let path = std::format!("{dir}/{key}");
+                ops.push(StoreOp::Write {
+                    path: path.clone(),
+                    value,
+                });
+                ops.push(narrow(path, peer.domid, Access::Read));
+            }
+        }
+        match self.store.perform(&StoreOp::Transaction(ops)) {
+            Ok(_) => {
+                tracing::warn!(me = %self.me, why, kept, dropped = names.len() - kept, "strawman: straw top rebuilt");
+                lock(&self.state).rebuilds += 1;
+            }
+            Err(e) => {
+                tracing::warn!(me = %self.me, why, error = %e, "strawman: rebuilding the straw top failed");
             }
         }
     }
@@ -593,6 +1033,25 @@ where
                 tracing::warn!(me = %self.me, %peer, pending, "strawman: too many knocks from one domain");
                 return Err(ManagerError::TooMany);
             }
+            let held = st
+                .straws
+                .keys()
+                .filter(|(p, r)| p.domid == peer.domid && *r == Role::Listener)
+                .count();
+            if held >= self.cfg.max_straws_per_domain {
+                tracing::warn!(me = %self.me, %peer, held, "strawman: knock refused: its domain holds its share of straws");
+                return Err(ManagerError::TooMany);
+            }
+            let parked = st.parked.get(&peer.domid).copied().unwrap_or(0);
+            if parked >= self.cfg.max_parked_pages_per_domain {
+                let e = ManagerError::PagesStillMapped {
+                    domid: peer.domid.0,
+                    pages: parked,
+                    max: self.cfg.max_parked_pages_per_domain,
+                };
+                tracing::warn!(me = %self.me, %peer, "strawman: knock refused: {e}");
+                return Err(e);
+            }
         }
         if st.straws.len() >= self.cfg.max_straws {
             tracing::warn!(me = %self.me, %peer, "strawman: too many straws");
@@ -633,6 +1092,17 @@ where
                 Err(ManagerError::ShutDown)
             }
         }
+    }
+
+    /// Counts `pages` granted to `domid` that it still maps after their straw ended.
+    fn park(&self, domid: DomId, pages: usize) {
+        if pages == 0 {
+            return;
+        }
+        let mut st = lock(&self.state);
+        let total = st.parked.entry(domid).or_default();
+        *total = total.saturating_add(pages);
+        tracing::debug!(me = %self.me, domid = domid.0, pages, total = *total, "strawman: pages left mapped by the peer");
     }
 
     fn wait_gone(&self, peer: &Endpoint, timeout: Duration) -> Result<(), ManagerError> {
@@ -698,7 +1168,15 @@ where
             match action {
                 Action::Store(op) => {
                     let op = self.rewrite_token(op);
-                    let r = self.inner.store.perform(&op);
+                    let r = {
+                        // Not while the straw top is rebuilt (see `Inner::check_top`).
+                        let _gate = self
+                            .inner
+                            .store_gate
+                            .read()
+                            .unwrap_or_else(|p| p.into_inner());
+                        self.inner.store.perform(&op)
+                    };
                     self.machine.handle(Input::Store(r), self.inner.now());
                 }
                 Action::OpenPore(req) => {
@@ -781,10 +1259,14 @@ where
                 Some(Err(_)) => sh.peer_left(false),
                 _ => {}
             }
-            sh.shutdown_pore(Duration::from_millis(200));
+            let parked = sh.shutdown_pore(Duration::from_millis(200));
+            self.inner.park(self.machine.peer().domid, parked);
         }
-        // A pore opened but never handed out closes when dropped.
-        drop(self.pore.take());
+        // A pore opened but never handed out (the handshake failed after it was opened).
+        if let Some(pore) = self.pore.take() {
+            let parked = pore.close_counting_parked();
+            self.inner.park(self.machine.peer().domid, parked);
+        }
     }
 
     fn connected(&mut self, conn: crate::handshake::Connection) {

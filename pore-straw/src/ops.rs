@@ -79,6 +79,11 @@ pub enum StoreOp {
         /// The node.
         path: String,
     },
+    /// DIRECTORY; replies [`StoreReply::Children`] (names, not paths).
+    Directory {
+        /// The node.
+        path: String,
+    },
     /// GET_PERMS; replies [`StoreReply::Perms`] (the owner first).
     GetPerms {
         /// The node.
@@ -109,7 +114,7 @@ pub enum StoreOp {
         token: String,
     },
     /// TRANSACTION_START, the given operations inside it (writes, mkdirs, rms, set-perms; never
-    /// nested transactions nor watches), then TRANSACTION_END commit. The driver retries the
+    /// reads, nested transactions nor watches), then TRANSACTION_END commit. The driver retries the
     /// whole transaction on EAGAIN (a bounded number of times, D12) and replies once.
     Transaction(Vec<StoreOp>),
 }
@@ -122,6 +127,7 @@ impl StoreOp {
             StoreOp::Write { .. } => "write",
             StoreOp::Mkdir { .. } => "mkdir",
             StoreOp::Rm { .. } => "rm",
+            StoreOp::Directory { .. } => "directory",
             StoreOp::GetPerms { .. } => "get-perms",
             StoreOp::SetPerms { .. } => "set-perms",
             StoreOp::Watch { .. } => "watch",
@@ -140,6 +146,8 @@ pub enum StoreReply {
     Value(Vec<u8>),
     /// The permissions of a GET_PERMS, the owner first.
     Perms(Vec<Perm>),
+    /// The child names of a DIRECTORY.
+    Children(Vec<String>),
 }
 
 /// A failed xenstore operation, as far as the strawman needs to distinguish.
@@ -167,6 +175,7 @@ impl fmt::Display for StoreOp {
             StoreOp::Write { path, value } => write!(f, "write {path} = {value:?}"),
             StoreOp::Mkdir { path } => write!(f, "mkdir {path}"),
             StoreOp::Rm { path } => write!(f, "rm {path}"),
+            StoreOp::Directory { path } => write!(f, "directory {path}"),
             StoreOp::GetPerms { path } => write!(f, "get-perms {path}"),
             StoreOp::SetPerms { path, perms, .. } => {
                 write!(f, "set-perms {path}")?;

@@ -88,7 +88,7 @@ pub fn ring_pages(v: &[u8], max: u32) -> Result<u32, ParseError> {
     Ok(n)
 }
 
-/// The XenbusState of a straw side (`public/io/xenbus.h`, ANCHORS §5.4).
+/// The XenbusState of a straw side (`public/io/xenbus.h`; `docs/protocol-facts.md` §5.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum XenbusState {
     /// 0.

@@ -16,7 +16,7 @@ use pore_ring::{RingError, RingReader};
 
 /// Bytes read ahead from the ring at the start of a frame: a small frame leaves the ring in one
 /// copy with its header.
-const AHEAD: usize = 256;
+pub(crate) const AHEAD: usize = 256;
 
 /// The most a length prefix alone makes us allocate: a frame up to this size gets a buffer of
 /// exactly its length when its header arrives; a larger one starts with this much and grows

@@ -40,7 +40,7 @@
 //! # Ok::<(), pore_straw::straw::StrawIoError>(())
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::string::{String, ToString};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
@@ -50,8 +50,8 @@ use std::vec::Vec;
 
 use bytes::Bytes;
 use pore_core::{
-    Backend, DomId, ErrorKind, EventChannel, GrantRef, MappedPages, Pore, Port, SharedAccess,
-    SharedMemory, UnmapNotify, WaitOutcome,
+    Backend, DomId, Error as _, ErrorKind, EventChannel, GrantRef, MappedPages, Pore, PoreRole,
+    Port, SharedAccess, SharedMemory, UnmapNotify, WaitOutcome,
 };
 use pore_ring::frame::{FrameWriter, Progress};
 use pore_ring::ling::{LingConsumer, LingProducer, LingRing, LING_PAGES};
@@ -59,7 +59,7 @@ use pore_ring::v2::{self, V2Geometry, V2Ring};
 use pore_ring::{RingError, RingReader, RingWriter};
 
 use crate::handshake::{Closed, Input, PoreGrant, Role, StrawError};
-use crate::reasm::{Got, Reassembler};
+use crate::reasm::{Got, Reassembler, AHEAD};
 use crate::spin::SpinBudget;
 use crate::{Endpoint, Format, Layout};
 
@@ -269,6 +269,18 @@ impl<B: Backend> StrawPore<B> {
         self.layout
     }
 
+    /// Closes the pore (as [`Straw`] would, had it become one) and returns how many of our
+    /// granted pages the peer still maps: they wait on the backend's revoke-later list.
+    pub(crate) fn close_counting_parked(self) -> usize {
+        let StrawPore { pore, tx, rx, .. } = self;
+        drop((tx, rx));
+        match Arc::try_unwrap(pore) {
+            Ok(p) => close_counting_parked(p),
+            // Not reached (the rings were its only other holders); closed quietly when dropped.
+            Err(_) => 0,
+        }
+    }
+
     /// Every grant ref of the pore in page order (an active pore; empty for a passive one).
     /// For v2 the data refs also sit in the control page, where the peer reads them.
     pub fn all_refs(&self) -> Vec<GrantRef> {
@@ -326,6 +338,25 @@ fn geometry(ring_pages: u32) -> Result<V2Geometry, StrawIoError> {
     }
     let order = ring_pages.trailing_zeros() as u8;
     Ok(V2Geometry::new(order, order)?)
+}
+
+/// Closes `pore` (the port, then the pages) and returns how many of its pages were left on
+/// the backend's revoke-later list because the peer still maps them (XSA-396: never freed
+/// under the peer). Only granted pages can be left so.
+pub(crate) fn close_counting_parked<B: Backend>(pore: Pore<B>) -> usize {
+    let granted = pore.role() == PoreRole::Active;
+    let (pages, peer) = (pore.pages(), pore.peer());
+    match pore.close() {
+        Ok(()) => 0,
+        Err(e) if granted && e.kind() == ErrorKind::Busy => {
+            tracing::debug!(peer = %peer, pages, "straw: the peer still maps our pages: revoked later");
+            pages
+        }
+        Err(e) => {
+            tracing::debug!(peer = %peer, error = %e, "straw: closing the pore");
+            0
+        }
+    }
 }
 
 fn arm_unmap_notify<B: Backend>(pore: &mut Pore<B>, live: Option<usize>) {
@@ -509,6 +540,10 @@ pub(crate) struct Shared<B: Backend> {
     pore: Mutex<Option<Mem<B>>>,
     tx: Mutex<Option<TxState<B>>>,
     rx: Mutex<Option<RxState<B>>>,
+    /// Whole frames the receiver had taken out of the ring (its read-ahead) or that still sat
+    /// in it when the pore closed: delivered before the end of the stream (see
+    /// [`Shared::shutdown_pore`]). Locked after `rx`.
+    leftover: Mutex<VecDeque<Bytes>>,
     bell: Bell,
     status: AtomicU8,
     peer: Endpoint,
@@ -724,8 +759,9 @@ impl<B: Backend> Shared<B> {
 
     /// Stops the data path and closes the pore (the close chart's "unmap refs" / "end access").
     /// Waits up to `grace` for blocked calls to let go of the pore; if they do not, the pore is
-    /// closed quietly when the last of them does.
-    pub(crate) fn shutdown_pore(&self, grace: Duration) {
+    /// closed quietly when the last of them does. Returns how many of our granted pages the
+    /// peer still maps (left on the backend's revoke-later list; 0 when closed later).
+    pub(crate) fn shutdown_pore(&self, grace: Duration) -> usize {
         if let Some((mine, _)) = self.live {
             if let Some(p) = lock(&self.pore).as_ref() {
                 p.store_u8(mine, v2::LIVE_GONE, Ordering::Release);
@@ -733,28 +769,58 @@ impl<B: Backend> Shared<B> {
             }
         }
         drop(lock(&self.tx).take());
-        drop(lock(&self.rx).take());
+        {
+            let mut rx = lock(&self.rx);
+            if let Some(mut st) = rx.take() {
+                // Under the rx lock: a receive sees the ring or the salvaged frames, never
+                // neither.
+                self.salvage(&mut st);
+            }
+        }
         let pore = lock(&self.pore).take();
         self.ring_bell();
-        let Some(mut pore) = pore else { return };
+        let Some(mut pore) = pore else { return 0 };
         let end = Instant::now() + grace;
         loop {
             match Arc::try_unwrap(pore) {
-                Ok(p) => {
-                    if let Err(e) = p.close() {
-                        tracing::debug!(peer = %self.peer, error = %e, "straw: closing the pore");
-                    }
-                    return;
-                }
+                Ok(p) => return close_counting_parked(p),
                 Err(p) if Instant::now() < end => {
                     pore = p;
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 Err(_) => {
                     tracing::debug!(peer = %self.peer, "straw: pore still in use; closed later");
-                    return;
+                    return 0;
                 }
             }
+        }
+    }
+
+    /// Before the pore goes: keeps the whole frames the receiver already took out of the ring
+    /// (its read-ahead) or that still sit in it, so that the application receives them before
+    /// the end of the stream. A peer drains its ring before it closes, but the bytes it saw
+    /// consumed may sit in our read-ahead, not yet received: without this they were lost when
+    /// the close chart closed our pore. Bounded by what the ring holds (a peer still writing
+    /// cannot keep us here), and skipped for a broken ring.
+    fn salvage(&self, st: &mut RxState<B>) {
+        if st.ring.is_broken() {
+            return;
+        }
+        let budget = st.ring.capacity().saturating_add(AHEAD);
+        let mut taken = 0usize;
+        let mut leftover = lock(&self.leftover);
+        while taken < budget {
+            match st.framer.recv(&mut st.ring) {
+                Ok(Some(Got::Frame(f))) => {
+                    taken = taken.saturating_add(f.len() + 4);
+                    leftover.push_back(f);
+                }
+                Ok(Some(Got::Skipped(n))) => taken = taken.saturating_add(n as usize + 4),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if !leftover.is_empty() {
+            tracing::debug!(peer = %self.peer, frames = leftover.len(), "straw: frames kept past the pore's close");
         }
     }
 
@@ -935,6 +1001,7 @@ impl<B: Backend> Straw<B> {
                 ring: rx,
                 framer: Reassembler::new(max),
             })),
+            leftover: Mutex::new(VecDeque::new()),
             spin_tx: SpinBudget::new(cfg.spin),
             spin_rx: SpinBudget::new(cfg.spin),
             bell: Bell::default(),
@@ -1364,6 +1431,17 @@ impl<B: Backend> Receiver<B> {
     fn step(&self, deadline: Option<Instant>) -> Result<Step, StrawIoError> {
         let mut guard = lock(&self.sh.rx);
         let Some(st) = guard.as_mut() else {
+            if let Some(f) = lock(&self.sh.leftover).pop_front() {
+                self.sh
+                    .stats
+                    .frames_received
+                    .fetch_add(1, Ordering::Relaxed);
+                self.sh
+                    .stats
+                    .bytes_received
+                    .fetch_add(f.len() as u64, Ordering::Relaxed);
+                return Ok(Step::Frame(f));
+            }
             return Err(self.sh.status_error().unwrap_or(StrawIoError::Closed));
         };
         if st.ring.is_broken() {

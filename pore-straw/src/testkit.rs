@@ -206,6 +206,21 @@ impl Store {
                 fired.push(path.clone());
                 Ok(StoreReply::Done)
             }
+            StoreOp::Directory { path } => match self.nodes.get(path) {
+                None => Err(StoreError::NotFound),
+                Some(_) if !self.can_read(dom, path) => Err(StoreError::PermissionDenied),
+                Some(_) => {
+                    let prefix = alloc::format!("{path}/");
+                    let names = self
+                        .nodes
+                        .keys()
+                        .filter_map(|k| k.strip_prefix(prefix.as_str()))
+                        .filter(|rest| !rest.contains('/'))
+                        .map(String::from)
+                        .collect();
+                    Ok(StoreReply::Children(names))
+                }
+            },
             StoreOp::GetPerms { path } => match self.nodes.get(path) {
                 None => Err(StoreError::NotFound),
                 Some(_) if !self.can_read(dom, path) => Err(StoreError::PermissionDenied),

@@ -98,6 +98,11 @@ impl XsAdapter {
                             queue.cv.notify_all();
                         }
                         Err(Error::Timeout) => {}
+                        // Told to stop meanwhile: the connection going is the normal end.
+                        Err(e) if stop2.load(Ordering::Acquire) => {
+                            tracing::debug!(error = %e, "straw: watch ended with its connection");
+                            return;
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "straw: watch stopped");
                             return;
@@ -209,6 +214,12 @@ impl StoreClient for XsAdapter {
             StoreOp::Write { path, value } => c.write(path, value.as_bytes()),
             StoreOp::Mkdir { path } => c.mkdir(path),
             StoreOp::Rm { path } => c.rm(path),
+            StoreOp::Directory { path } => {
+                return c
+                    .directory(path)
+                    .map(StoreReply::Children)
+                    .map_err(|e| map_err(&e))
+            }
             StoreOp::GetPerms { path } => {
                 return c
                     .get_perms(path)

@@ -456,3 +456,48 @@ fn latency_sanity() {
         mb.shutdown();
     }
 }
+
+/// Frames the receiver already took out of the ring (its read-ahead) but the application has
+/// not received yet survive the peer's close: the sender's drain sees its ring empty at once,
+/// and the close chart then closes the receiver's pore before the application reads on. (They
+/// were lost: the cause of `a_million_frames_then_close_lose_nothing` failing under load.)
+#[test]
+fn frames_read_ahead_before_the_peer_closes_are_still_received() {
+    for v2 in [false, true] {
+        let env = Env::new(if v2 { "ra2" } else { "ra1" });
+        let hv = Hypervisor::new().unwrap();
+        let (a, b) = (
+            hv.create_domain("a").unwrap(),
+            hv.create_domain("b").unwrap(),
+        );
+        let (ea, eb) = (Endpoint::seed(a.id()), Endpoint::seed(b.id()));
+        let ma = Manager::start(a, env.xs(), ea, cfg(v2)).unwrap();
+        let mb = Manager::start(b, env.xs(), eb.clone(), cfg(v2)).unwrap();
+        let sa = ma.open(&eb).unwrap();
+        let sb = mb.accept(Duration::from_secs(5)).unwrap();
+        for i in 0u32..10 {
+            sa.sender()
+                .send(Bytes::copy_from_slice(&i.to_be_bytes()))
+                .unwrap();
+        }
+        // One receive reads all ten small frames out of the ring (read-ahead) and returns one.
+        let f = sb.receiver().recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(f, &0u32.to_be_bytes()[..]);
+        // The ring is empty: the sender's close drains at once and runs the close chart.
+        sa.close().unwrap();
+        let mut got = 1u32;
+        loop {
+            match sb.receiver().recv_timeout(Duration::from_secs(5)) {
+                Ok(f) => {
+                    assert_eq!(f, &got.to_be_bytes()[..]);
+                    got += 1;
+                }
+                Err(StrawIoError::Eof) => break,
+                Err(e) => panic!("v2={v2} after {got}: {e}"),
+            }
+        }
+        assert_eq!(got, 10, "v2={v2}: frames sent before close were lost");
+        ma.shutdown();
+        mb.shutdown();
+    }
+}

@@ -34,6 +34,9 @@
 //!     .unwrap();
 //! # }
 //! ```
+//!
+//! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
+//! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 

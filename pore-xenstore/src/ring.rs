@@ -1,5 +1,5 @@
 //! The guest side of the xenstore shared ring (`struct xenstore_domain_interface`,
-//! ANCHORS §5.3), over a small accessor trait so that it needs no `unsafe`.
+//! `docs/protocol-facts.md` §5.3), over a small accessor trait so that it needs no `unsafe`.
 //!
 //! Peer-owned indices are read once per operation and validated
 //! (`prod - cons <= 1024`, free-running u32); our own indices live in private memory

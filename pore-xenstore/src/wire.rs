@@ -1,7 +1,8 @@
 //! The fixed part of the wire format: the 16-byte header, message types and limits.
 //!
 //! Every xenstore message is a [`WireHeader`] (four little-endian `u32`: type, request id,
-//! transaction id, payload length) followed by `len` payload bytes (ANCHORS §5.2).
+//! transaction id, payload length) followed by `len` payload bytes
+//! (`docs/protocol-facts.md` §5.2).
 
 use zerocopy::little_endian::U32;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};

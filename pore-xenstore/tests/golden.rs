@@ -1,5 +1,5 @@
 //! The golden traces recorded from Debian's C xenstored and oxenstored
-//! (`tests/data/*.json`, copied from the project's reference kit) checked byte for byte:
+//! (`tests/data/*.json`, see `tests/data/README.md`) checked byte for byte:
 //! every recorded request that is well-formed re-encodes to the same bytes, the
 //! deliberately malformed ones are exactly those our parser refuses, and every recorded
 //! reply and watch event decodes.

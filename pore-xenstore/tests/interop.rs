@@ -1,12 +1,13 @@
 //! The client against Debian's real daemons: C `xenstored` and `oxenstored`.
 //!
-//! `scripts/phases/40-xenstore-interop.sh` starts both (on unix sockets, through the
-//! reference kit's `start-xenstored.sh`) and exports `PORE_XENSTORED_C_SOCKET` and
+//! `scripts/phases/40-xenstore-interop.sh` starts both (on unix sockets, through
+//! `scripts/xenstored/launch.sh`) and exports `PORE_XENSTORED_C_SOCKET` and
 //! `PORE_XENSTORED_OCAML_SOCKET`. Without them these tests are skipped, unless
 //! `PORE_REQUIRE_INTEROP=1`, in which case a missing daemon is a failure.
 //!
 //! Guest tests act as an unprivileged domain over the shared ring page that the
-//! reference kit's LD_PRELOAD shim turns into a file (`<socket>.d/fakexen/dom<N>.ring`):
+//! launcher's LD_PRELOAD shim (`scripts/xenstored/nohv.c`) turns into a file
+//! (`<socket>.d/xen/dom<N>.ring`):
 //! the page is mmapped here (test-only `unsafe`), seen as a pore-core `SharedAccess`
 //! and driven by the crate's `RingTransport` (pore-ring's xenstore ring); events are faked by writing the port number into the shim's FIFO.
 
@@ -576,7 +577,7 @@ fn libc_o_nonblock() -> i32 {
 
 /// Introduces guest `domid` (from dom0 on `dom0`) and connects to its ring.
 fn guest(sock: &Path, dom0: &Client, domid: u32, config: Config) -> Client {
-    let fx = PathBuf::from(format!("{}.d/fakexen", sock.display()));
+    let fx = PathBuf::from(format!("{}.d/xen", sock.display()));
     let ring = RingFile::create(&fx.join(format!("dom{domid}.ring")));
     let _ = std::fs::remove_file(fx.join(format!("dom{domid}.port")));
     dom0.introduce(domid, 1234, 7).expect("introduce");

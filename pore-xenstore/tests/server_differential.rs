@@ -1,11 +1,11 @@
 //! Differential test: random operation sequences over several connections (three dom0
 //! sockets and guest domain 5 on its shared ring), with transactions and watches, sent to
 //! our server and to Debian's C xenstored; every reply and watch event must be the same
-//! after normalising only what behaviours.md documents as the daemon's own choice
+//! after normalising only what docs/xenstored-behaviours.md documents as the daemon's own choice
 //! (DIRECTORY child order).
 //!
 //! The guest's ring is a 4096-byte file on both sides: C xenstored maps it through the
-//! kit's fakexen shim, our server through a test [`DomainConnector`] reading and writing
+//! launcher's shim (`scripts/xenstored/nohv.c`), our server through a test [`DomainConnector`] reading and writing
 //! the file; the test plays the guest with positioned reads and writes on the same file.
 #![cfg(feature = "std")]
 
@@ -54,7 +54,7 @@ impl RingAccess for FilePage {
     }
 }
 
-/// Guests poll their rings (as under fakexen): no notifications, short sleeps.
+/// Guests poll their rings (as under the nohv shim): no notifications, short sleeps.
 struct Polling;
 
 impl GuestEvents for Polling {
@@ -105,7 +105,7 @@ fn u32_at(f: &File, off: u64) -> u32 {
 impl Conn {
     fn kick(kick: &Option<PathBuf>) {
         if let Some(fifo) = kick {
-            // C xenstored under fakexen: the port it bound for the guest wakes it up.
+            // C xenstored under the nohv shim: the port it bound for the guest wakes it up.
             use std::os::unix::fs::OpenOptionsExt;
             let port: u32 = std::fs::read_to_string(fifo.with_file_name("dom5.port"))
                 .ok()
@@ -233,7 +233,7 @@ fn sync(c: &mut Conn) -> Vec<Vec<u8>> {
             }
             got.push(n);
         } else if m[0] == 22 {
-            // The generation is the daemon's own number (golden-intro.md (c)).
+            // The generation is the daemon's own number (`tests/data/README.md`, item 3).
             let nul = m[16..]
                 .iter()
                 .position(|&b| b == 0)
@@ -358,8 +358,8 @@ struct Side {
     txs: Vec<Vec<u32>>,
 }
 
-fn setup(sock: &Path, fakexen: &Path, kick: Option<PathBuf>) -> Side {
-    let ring = fakexen.join("dom5.ring");
+fn setup(sock: &Path, xen: &Path, kick: Option<PathBuf>) -> Side {
+    let ring = xen.join("dom5.ring");
     std::fs::write(&ring, vec![0u8; 4096]).unwrap();
     let mut conns: Vec<Conn> = (0..3)
         .map(|_| Conn::Sock(UnixStream::connect(sock).unwrap(), Vec::new()))
@@ -522,6 +522,74 @@ fn compare(seed: u64, steps: usize, ours: &mut Side, c: &mut Side) -> usize {
     compared
 }
 
+/// Where a scripted request goes.
+#[derive(Clone, Copy, Debug)]
+enum In {
+    /// Outside transactions.
+    Live,
+    /// In the connection's newest open transaction.
+    Newest,
+    /// In its `i`-th open transaction (in the order they were opened).
+    Tx(usize),
+}
+
+/// One scripted step: (connection (3 = the guest), type, payload, where).
+type Step = (usize, u32, Vec<u8>, In);
+
+/// Sends each step to both sides and asserts that every connection gets the same
+/// replies and events from both; returns what each connection got from ours, per step.
+fn run_steps(ours: &mut Side, c: &mut Side, steps: Vec<Step>) -> Vec<HashMap<usize, Vec<Vec<u8>>>> {
+    let mut all = Vec::new();
+    for (step, (who, ty, payload, in_tx)) in steps.into_iter().enumerate() {
+        let req_id = step as u32 + 1;
+        let mut results = Vec::new();
+        for side in [&mut *ours, &mut *c] {
+            let pos = match in_tx {
+                In::Live => None,
+                In::Newest => Some(
+                    side.txs[who]
+                        .len()
+                        .checked_sub(1)
+                        .expect("an open transaction"),
+                ),
+                In::Tx(i) => Some(i),
+            };
+            let tx_id = pos.map_or(0, |i| side.txs[who][i]);
+            side.conns[who].send(&msg(ty, req_id, tx_id, &payload));
+            let mut per_conn = HashMap::new();
+            per_conn.insert(who, sync(&mut side.conns[who]));
+            for (i, conn) in side.conns.iter_mut().enumerate() {
+                if i != who {
+                    per_conn.insert(i, sync(conn));
+                }
+            }
+            let reply = per_conn[&who]
+                .iter()
+                .find(|m| u32::from_le_bytes(m[4..8].try_into().unwrap()) == req_id)
+                .cloned()
+                .expect("a reply");
+            if ty == 6 && reply[0] == 6 {
+                let id = std::str::from_utf8(&reply[16..reply.len() - 1]).unwrap();
+                side.txs[who].push(id.parse().unwrap());
+            } else if let (7, Some(i)) = (ty, pos) {
+                side.txs[who].remove(i);
+            }
+            results.push(per_conn);
+        }
+        let show = |m: &Vec<u8>| format!("{}:{}", m[0], String::from_utf8_lossy(&m[16..]));
+        for i in 0..4 {
+            assert_eq!(
+                results[0][&i].iter().map(show).collect::<Vec<_>>(),
+                results[1][&i].iter().map(show).collect::<Vec<_>>(),
+                "step {step}: connection {i} differs (ours, C) after conn {who} sent type {ty} {:?}",
+                String::from_utf8_lossy(&payload)
+            );
+        }
+        all.push(results.swap_remove(0));
+    }
+    all
+}
+
 #[test]
 fn random_sequences_same_as_c() {
     if !have("Debian's C xenstored", c_daemon_available()) {
@@ -535,7 +603,7 @@ fn random_sequences_same_as_c() {
     let sock = dir.join("sock");
     let listener = ours_srv.listen_unix(&sock).unwrap();
     let cd = CDaemon::start(&[]).expect("C xenstored did not start");
-    let fx = cd.fakexen_dir();
+    let fx = cd.xen_dir();
     let mut ours = setup(&sock, &dir, None);
     let mut c = setup(&cd.sock, &fx, Some(fx.join("evtchn")));
     let steps: usize = std::env::var("PORE_DIFF_STEPS")
@@ -577,80 +645,170 @@ fn transaction_node_quota_same_as_c() {
     let sock = dir.join("sock");
     let listener = ours_srv.listen_unix(&sock).unwrap();
     let cd = CDaemon::start(&["-Q", "transaction-nodes=6"]).expect("C xenstored did not start");
-    let fx = cd.fakexen_dir();
+    let fx = cd.xen_dir();
     let mut ours = setup(&sock, &dir, None);
     let mut c = setup(&cd.sock, &fx, Some(fx.join("evtchn")));
     // (connection (3 = the guest), type, payload, in its newest transaction)
-    let mut steps: Vec<(usize, u32, Vec<u8>, bool)> = vec![
-        (0, 4, z(&["/local/domain/5", "w"]), false),
-        (3, 6, z(&[""]), false),
-        (3, 2, z(&["data/m1"]), true), // data/m1, data, home: 3 nodes
-        (3, 2, z(&["data/m2"]), true),
-        (3, 2, z(&["data/m3"]), true),
-        (3, 11, [z(&["data/m1"]), b"v".to_vec()].concat(), true),
-        (3, 2, z(&["data/m1"]), true),
-        (3, 2, z(&["data/m4"]), true), // the 6th node
-        (3, 2, z(&["data/m5"]), true), // one too many
-        (3, 11, [z(&["data/m6"]), b"v".to_vec()].concat(), true),
-        (3, 2, z(&["data/m1"]), true),
-        (3, 1, z(&["data"]), true),
-        (3, 7, z(&["T"]), true),
-        (3, 2, z(&["data/m1"]), false),
-        (3, 6, z(&[""]), false),
-        (3, 11, [z(&["data/k"]), b"1".to_vec()].concat(), true),
-        (3, 7, z(&["T"]), true),
-        (0, 6, z(&[""]), false),
+    let mut steps: Vec<Step> = vec![
+        (0, 4, z(&["/local/domain/5", "w"]), In::Live),
+        (3, 6, z(&[""]), In::Live),
+        (3, 2, z(&["data/m1"]), In::Newest), // data/m1, data, home: 3 nodes
+        (3, 2, z(&["data/m2"]), In::Newest),
+        (3, 2, z(&["data/m3"]), In::Newest),
+        (3, 11, [z(&["data/m1"]), b"v".to_vec()].concat(), In::Newest),
+        (3, 2, z(&["data/m1"]), In::Newest),
+        (3, 2, z(&["data/m4"]), In::Newest), // the 6th node
+        (3, 2, z(&["data/m5"]), In::Newest), // one too many
+        (3, 11, [z(&["data/m6"]), b"v".to_vec()].concat(), In::Newest),
+        (3, 2, z(&["data/m1"]), In::Newest),
+        (3, 1, z(&["data"]), In::Newest),
+        (3, 7, z(&["T"]), In::Newest),
+        (3, 2, z(&["data/m1"]), In::Live),
+        (3, 6, z(&[""]), In::Live),
+        (3, 11, [z(&["data/k"]), b"1".to_vec()].concat(), In::Newest),
+        (3, 7, z(&["T"]), In::Newest),
+        (0, 6, z(&[""]), In::Live),
     ];
     for i in 0..10 {
-        steps.push((0, 2, z(&[&format!("/q/{i}")]), true));
+        steps.push((0, 2, z(&[&format!("/q/{i}")]), In::Newest));
     }
-    steps.push((0, 7, z(&["T"]), true));
-    for (step, (who, ty, payload, in_tx)) in steps.into_iter().enumerate() {
-        let req_id = step as u32 + 1;
-        let mut results = Vec::new();
-        for side in [&mut ours, &mut c] {
-            let tx_id = if in_tx {
-                *side.txs[who].last().expect("an open transaction")
-            } else {
-                0
-            };
-            side.conns[who].send(&msg(ty, req_id, tx_id, &payload));
-            let mut per_conn = HashMap::new();
-            per_conn.insert(who, sync(&mut side.conns[who]));
-            for (i, conn) in side.conns.iter_mut().enumerate() {
-                if i != who {
-                    per_conn.insert(i, sync(conn));
-                }
-            }
-            let reply = per_conn[&who]
-                .iter()
-                .find(|m| u32::from_le_bytes(m[4..8].try_into().unwrap()) == req_id)
-                .cloned()
-                .expect("a reply");
-            if ty == 6 && reply[0] == 6 {
-                let id = std::str::from_utf8(&reply[16..reply.len() - 1]).unwrap();
-                side.txs[who].push(id.parse().unwrap());
-            } else if ty == 7 {
-                side.txs[who].pop();
-            }
-            results.push(per_conn);
-        }
-        let show = |m: &Vec<u8>| format!("{}:{}", m[0], String::from_utf8_lossy(&m[16..]));
-        for i in 0..4 {
-            assert_eq!(
-                results[0][&i].iter().map(show).collect::<Vec<_>>(),
-                results[1][&i].iter().map(show).collect::<Vec<_>>(),
-                "step {step}: connection {i} differs (ours, C) after conn {who} sent type {ty} {:?}",
-                String::from_utf8_lossy(&payload)
-            );
-        }
-        if step == 8 {
-            let r = &results[0][&who];
-            assert!(r.iter().any(|m| m[16..].starts_with(b"ENOSPC")), "{r:?}");
-        }
-    }
+    steps.push((0, 7, z(&["T"]), In::Newest));
+    let results = run_steps(&mut ours, &mut c, steps);
+    let r = &results[8][&3];
+    assert!(r.iter().any(|m| m[16..].starts_with(b"ENOSPC")), "{r:?}");
     drop(ours);
     ours_srv.shutdown();
     listener.join();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts our server and C's with the same quotas (`c_args` for C), both set up as
+/// [`setup`] does; returns (ours, C, what to keep alive).
+fn start_pair(
+    tag: &str,
+    quotas: Quotas,
+    c_args: &[&str],
+) -> (
+    Side,
+    Side,
+    (Server, pore_xenstore::server::Listener, CDaemon, PathBuf),
+) {
+    let dir = temp_dir(tag);
+    let ours_srv = Server::new(
+        Config {
+            quotas,
+            ..Config::default()
+        },
+        Some(Arc::new(FileConnector(dir.clone())) as Arc<dyn DomainConnector>),
+    );
+    let sock = dir.join("sock");
+    let listener = ours_srv.listen_unix(&sock).unwrap();
+    let cd = CDaemon::start(c_args).expect("C xenstored did not start");
+    let fx = cd.xen_dir();
+    let ours = setup(&sock, &dir, None);
+    let c = setup(&cd.sock, &fx, Some(fx.join("evtchn")));
+    (ours, c, (ours_srv, listener, cd, dir))
+}
+
+fn stop_pair(ours: Side, keep: (Server, pore_xenstore::server::Listener, CDaemon, PathBuf)) {
+    let (srv, listener, cd, dir) = keep;
+    drop(ours);
+    srv.shutdown();
+    listener.join();
+    drop(cd);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn write(path: &str, value: &str) -> Vec<u8> {
+    [z(&[path]), value.as_bytes().to_vec()].concat()
+}
+
+/// Issue 10 item 3: the node quota (`-E 20`) holds across parallel transactions of the
+/// guest: a request in a transaction is checked against what the guest owns outside it,
+/// and a commit that would leave the guest owning 20 nodes or more is `ENOSPC` (C's
+/// `transaction_fix_domains`). Every reply and event the same as C's.
+#[test]
+fn node_quota_at_commit_same_as_c() {
+    if !have("Debian's C xenstored", c_daemon_available()) {
+        return;
+    }
+    let quotas = Quotas {
+        nodes_per_domain: 20,
+        ..Quotas::default()
+    };
+    let (mut ours, mut c, keep) = start_pair("nq", quotas, &["-E", "20"]);
+    let mut steps: Vec<Step> = Vec::new();
+    // The guest owns its home and 10 more nodes.
+    for i in 0..10 {
+        steps.push((3, 11, write(&format!("n{i}"), ""), In::Live));
+    }
+    // Ten transactions, 9 new nodes each (in different places: no conflicts).
+    for _ in 0..10 {
+        steps.push((3, 6, z(&[""]), In::Live));
+    }
+    for t in 0..10 {
+        for i in 0..9 {
+            steps.push((3, 11, write(&format!("n{t}/{i}"), ""), In::Tx(t)));
+        }
+    }
+    for _ in 0..10 {
+        steps.push((3, 7, z(&["T"]), In::Tx(0)));
+    }
+    // More nodes in one transaction than the quota leaves.
+    steps.push((3, 6, z(&[""]), In::Live));
+    for i in 0..12 {
+        steps.push((3, 12, z(&[&format!("n2/big/{i}")]), In::Newest));
+    }
+    steps.push((3, 7, z(&["T"]), In::Newest));
+    // Two in parallel: to 19 nodes, then one more.
+    steps.push((3, 6, z(&[""]), In::Live));
+    steps.push((3, 6, z(&[""]), In::Live));
+    for i in 0..8 {
+        steps.push((3, 11, write(&format!("n0/a{i}"), "x"), In::Tx(0)));
+    }
+    steps.push((3, 12, z(&["n1/b"]), In::Tx(1)));
+    steps.push((3, 7, z(&["T"]), In::Tx(0)));
+    steps.push((3, 7, z(&["T"]), In::Tx(0)));
+    // No node created: not checked. Outside transactions, the 20th node is allowed.
+    steps.push((3, 6, z(&[""]), In::Live));
+    steps.push((3, 11, write("n0/a0", "y"), In::Newest));
+    steps.push((3, 7, z(&["T"]), In::Newest));
+    steps.push((3, 11, write("c", ""), In::Live));
+    steps.push((3, 11, write("d", ""), In::Live));
+    steps.push((0, 1, z(&["/local/domain/5"]), In::Live));
+    let n = steps.len();
+    let results = run_steps(&mut ours, &mut c, steps);
+    let enospc = |r: &HashMap<usize, Vec<Vec<u8>>>| {
+        r[&3]
+            .iter()
+            .any(|m| m[0] == 16 && m[16..].starts_with(b"ENOSPC"))
+    };
+    // All ten commits are refused, and the 21st node.
+    assert!(results[10 + 10 + 90..10 + 10 + 90 + 10].iter().all(enospc));
+    assert!(enospc(&results[n - 2]));
+    stop_pair(ours, keep);
+}
+
+/// Issue 10 item 4: an event longer than the 4096-byte payload (a 3000-byte token on a
+/// watch, a change 1838 bytes deep) is not sent, by both; shorter ones are.
+#[test]
+fn oversized_watch_events_dropped_same_as_c() {
+    if !have("Debian's C xenstored", c_daemon_available()) {
+        return;
+    }
+    let (mut ours, mut c, keep) = start_pair("ev", Quotas::default(), &[]);
+    let token = "t".repeat(3000);
+    let long = format!("data/{}", vec!["a".repeat(100); 18].join("/"));
+    let steps: Vec<Step> = vec![
+        (0, 4, z(&["/local/domain/5", &token]), In::Live),
+        (1, 4, z(&["/local/domain/5", "short"]), In::Live),
+        (3, 11, write(&long, "v"), In::Live),
+        (3, 11, write("data/x", "v"), In::Live),
+    ];
+    let results = run_steps(&mut ours, &mut c, steps);
+    // The long change reached the short token's watcher only.
+    assert!(results[2][&0].is_empty(), "{:?}", results[2][&0]);
+    assert_eq!(results[2][&1].len(), 1);
+    assert_eq!(results[3][&0].len(), 1);
+    stop_pair(ours, keep);
 }

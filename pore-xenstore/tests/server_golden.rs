@@ -1,6 +1,6 @@
 //! Replays the golden traces recorded from Debian's C xenstored (tests/data/c-*.json)
 //! against our server's sans-IO core and compares every reply and watch event byte for
-//! byte, per connection, after normalising only what golden-intro.md lists: DIRECTORY
+//! byte, per connection, after normalising only what `tests/data/README.md` lists: DIRECTORY
 //! child order and the generation in DIRECTORY_PART replies. (Transaction ids need no
 //! normalising: ours count per connection from 1, as C's do.) The one step with
 //! undefined behaviour in C (a path without its NUL) must get EINVAL from us.

@@ -151,3 +151,25 @@ fn dropping_the_last_handle_stops_it() {
     assert!(!sock.exists(), "socket removed");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 10 item 9: a server that stops removes its socket path only if the socket
+/// there is still the one it created. A second server that took the path over (a quick
+/// restart) keeps its socket file and its clients can still connect.
+#[test]
+fn a_stopping_server_leaves_its_successors_socket() {
+    let dir = temp_dir("succ");
+    let sock = dir.join("sock");
+    let first = pore_xenstore::server::Server::new(Config::default(), None);
+    let first_listener = first.listen_unix(&sock).unwrap();
+    let second = pore_xenstore::server::Server::new(Config::default(), None);
+    let second_listener = second.listen_unix(&sock).unwrap();
+    first.shutdown();
+    first_listener.join();
+    assert!(sock.exists(), "the successor's socket file was removed");
+    let c = Client::connect_unix(&sock).unwrap();
+    c.write("/x", b"1").unwrap();
+    second.shutdown();
+    second_listener.join();
+    assert!(!sock.exists(), "its own socket is removed");
+    let _ = std::fs::remove_dir_all(&dir);
+}

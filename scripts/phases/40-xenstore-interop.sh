@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
 # pore-xenstore's client against Debian's real daemons (C xenstored and oxenstored),
-# started on unix sockets under a temp dir with the reference kit (DESIGN.md D20), and
+# started on unix sockets under a temp dir with scripts/xenstored/launch.sh, and
 # stopped by PID whatever happens. Tests that need a daemon fail (not skip) here.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-shared="${PORE_SHARED:-$(cd "$root/.." && pwd)/shared}"
-kit="$shared/reference/xenstored"
-start="$kit/start-xenstored.sh"
-[ -x "$start" ] || [ -f "$start" ] || { echo "40-xenstore-interop: $start missing" >&2; exit 1; }
+start="$root/scripts/xenstored/launch.sh"
 
 tmp=$(mktemp -d /tmp/pore-xs-interop.XXXXXX)
-export FAKEXEN_BUILD_DIR="$tmp/shim"
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do bash "$start" stop "$pid" >/dev/null 2>&1 || true; done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# pore's xenstored (pore-xenstore::server, issue 5) against Debian's real clients and its
+# pore's xenstored (pore-xenstore::server) against Debian's real clients and its
 # C xenstored: golden traces replayed byte for byte, xenstore-utils and a libxenstore C
 # program (compiled here with gcc) on our server and on C xenstored with identical
 # output, a random differential test (sockets + a guest ring, transactions, watches), and
@@ -9,7 +9,6 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-export PORE_SHARED="${PORE_SHARED:-$(cd "$root/.." && pwd)/shared}"
 export PORE_REQUIRE_INTEROP=1
 
 for tool in xenstore-write xenstore-read xenstore-ls xenstore-list xenstore-rm \
@@ -29,7 +28,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# The tests start (and stop, by PID) C xenstored themselves through the kit's script.
+# The tests start (and stop, by PID) C xenstored themselves through scripts/xenstored/launch.sh.
 cargo test -p pore-xenstore --test server_golden --test server_utils \
   --test server_libxenstore --test server_differential -- --test-threads=2
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Miri (D22): pore-core's audited `shared` module and pore-ring, with few proptest cases.
+# Miri (docs/decisions.md D22): pore-core's audited `shared` module and pore-ring, with few
+# proptest cases.
 set -euo pipefail
 # Miri's weak-memory emulation panics (an ICE) on the mixed-size atomics of `shared`'s word-wise
 # copies (u8 head/tail and u64 words over the same bytes across calls); data-race detection stays on.

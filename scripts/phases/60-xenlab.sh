@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Real Xen in CI (issue 12, DESIGN.md D22): boots Xen 4.17 with a Debian Linux 6.1 PV dom0 under
+# Real Xen in CI (docs/decisions.md D22): boots Xen 4.17 with a Debian Linux 6.1 PV dom0 under
 # QEMU (software emulation) from Debian packages (scripts/xenlab), and runs there, as root:
 #   boot 1 (dom0): a smoke check of the Xen devices and the real C xenstored, then every test
 #                  binary of pore-backend-linux with PORE_REQUIRE_XEN=1;

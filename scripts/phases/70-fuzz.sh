@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fuzz targets (D22): each pore-ring consumer facing a hostile peer, the frame decoder, the
-# xenstore codec and the strawman handshake,
+# Fuzz targets (docs/decisions.md D22): each pore-ring consumer facing a hostile peer, the frame
+# decoder, the xenstore codec and the strawman handshake,
 # ~20 s each. Override with PORE_FUZZ_SECONDS.
 set -euo pipefail
 secs="${PORE_FUZZ_SECONDS:-20}"

@@ -5,6 +5,13 @@
 //! SCM_RIGHTS). A [`Mmap`] owns one contiguous mapping; it is only ever accessed through
 //! atomics (`SharedView`, or the `&AtomicU32`/`&AtomicU8` it hands out), never through
 //! references to plain data, because another domain may write it at any time.
+//!
+//! A memfd is shared with domain processes, which may be hostile: one that shrank its memfd
+//! would turn every other mapping of the lost pages into SIGBUS on the next touch, killing the
+//! peer or the simulated hypervisor itself. So every memfd is sealed against shrinking and
+//! growing (and against further seals) before anyone else sees it, and [`Mmap`] maps only
+//! descriptors that carry those seals and are long enough: whatever descriptor arrives, from
+//! wherever, a mapping of it can never lose its pages.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -12,18 +19,56 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU8};
 
 use pore_core::PAGE_SIZE;
-use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+use rustix::fs::{fcntl_add_seals, fcntl_get_seals, fstat, ftruncate, memfd_create};
+use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
 
-/// Creates a memfd of `pages` zero-filled pages.
+/// The seals every memfd of the simulator carries, and every descriptor it maps must carry:
+/// its size is fixed for good (no shrink, no grow) and no other seal can be added (a later
+/// `F_SEAL_WRITE` or `F_SEAL_FUTURE_WRITE` would make further writable mappings fail).
+const SEALS: SealFlags = SealFlags::SHRINK
+    .union(SealFlags::GROW)
+    .union(SealFlags::SEAL);
+
+/// Creates a memfd of `pages` zero-filled pages, sealed ([`SEALS`]) before it is returned.
 pub(crate) fn memfd(name: &str, pages: usize) -> io::Result<OwnedFd> {
     let len = pages
         .checked_mul(PAGE_SIZE)
         .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let fd = memfd_create(name, MemfdFlags::CLOEXEC)?;
+    let fd = memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     // A fresh memfd is empty; growing it with ftruncate gives zero-filled pages.
     ftruncate(&fd, len as u64)?;
+    fcntl_add_seals(&fd, SEALS)?;
     Ok(fd)
+}
+
+/// Checks that `fd` is a sealed memfd ([`SEALS`]) of at least `len` bytes, so that a mapping
+/// of its first `len` bytes can never lose pages (SIGBUS). A descriptor that cannot carry
+/// seals (not a memfd: `EINVAL`), one without them, or one too short is refused with
+/// `PermissionDenied` or `InvalidData`.
+pub(crate) fn check_sealed(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    // Seals first: they are never removed, so once `SHRINK` is seen, the size read after it
+    // can only stay (a size read before could still have shrunk in between).
+    let seals = fcntl_get_seals(fd).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("refusing to map a descriptor that cannot be sealed ({e})"),
+        )
+    })?;
+    if !seals.contains(SEALS) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "refusing to map a memfd not sealed against shrinking",
+        ));
+    }
+    let size = fstat(fd)?.st_size;
+    if u64::try_from(size).map_or(true, |size| size < len) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "refusing to map pages beyond the end of a memfd",
+        ));
+    }
+    Ok(())
 }
 
 /// One contiguous read-write shared mapping, unmapped on drop.
@@ -54,7 +99,7 @@ impl Mmap {
     }
 
     /// Maps runs of pages `(fd, first page, page count)` back to back into one contiguous
-    /// region, in order.
+    /// region, in order. Every fd must be a sealed memfd holding its run ([`check_sealed`]).
     pub(crate) fn map_pages(runs: &[(BorrowedFd<'_>, usize, usize)]) -> io::Result<Mmap> {
         let total: usize = runs.iter().map(|r| r.2).sum();
         let len = total
@@ -70,6 +115,13 @@ impl Mmap {
                     .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
             })
             .collect::<io::Result<_>>()?;
+        for (&(fd, _, pages), &offset) in runs.iter().zip(&offsets) {
+            let end = pages
+                .checked_mul(PAGE_SIZE)
+                .and_then(|l| offset.checked_add(l as u64))
+                .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+            check_sealed(fd, end)?;
+        }
         if let [(fd, _, _)] = runs {
             // SAFETY: a fresh mapping chosen by the kernel (null hint, no MAP_FIXED) aliases no
             // existing Rust object; `len > 0`; the fd is valid for the call.
@@ -189,5 +241,48 @@ mod tests {
         assert!(mixed.u32_at(2 * PAGE_SIZE).is_none());
         assert!(mixed.u32_at(2).is_none());
         assert_eq!(whole_a.u8_at(0).unwrap().load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn memfds_are_sealed_against_resizing() {
+        let fd = memfd("t", 1).unwrap();
+        let map = Mmap::map_fd(fd.as_fd(), 0, 1).unwrap();
+        assert!(ftruncate(&fd, 0).is_err());
+        assert!(ftruncate(&fd, 2 * PAGE_SIZE as u64).is_err());
+        // No seal can be added or removed (F_SEAL_SEAL): not even one that would stop writes.
+        assert!(fcntl_add_seals(&fd, SealFlags::FUTURE_WRITE).is_err());
+        map.u32_at(PAGE_SIZE - 4)
+            .unwrap()
+            .store(3, Ordering::SeqCst);
+        assert_eq!(fstat(&fd).unwrap().st_size, PAGE_SIZE as i64);
+    }
+
+    #[test]
+    fn only_sealed_memfds_long_enough_are_mapped() {
+        // An unsealed memfd (one a hostile process made itself): a peer could shrink it.
+        let unsealed = memfd_create("t", MemfdFlags::CLOEXEC).unwrap();
+        ftruncate(&unsealed, PAGE_SIZE as u64).unwrap();
+        let e = Mmap::map_fd(unsealed.as_fd(), 0, 1).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        // Sealing allowed but only against growing: still refused.
+        let grow_only = memfd_create("t", MemfdFlags::ALLOW_SEALING).unwrap();
+        ftruncate(&grow_only, PAGE_SIZE as u64).unwrap();
+        fcntl_add_seals(&grow_only, SealFlags::GROW | SealFlags::SEAL).unwrap();
+        let e = Mmap::map_fd(grow_only.as_fd(), 0, 1).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        // Not a memfd at all.
+        let (pipe, _w) = rustix::pipe::pipe().unwrap();
+        let e = Mmap::map_fd(pipe.as_fd(), 0, 1).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        // Sealed, but shorter than the pages asked for (beyond its end would SIGBUS).
+        let short = memfd("t", 1).unwrap();
+        let e = Mmap::map_fd(short.as_fd(), 0, 2).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        let e = Mmap::map_fd(short.as_fd(), 1, 1).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        let other = memfd("t", 1).unwrap();
+        let e = Mmap::map_pages(&[(other.as_fd(), 0, 1), (short.as_fd(), 1, 1)]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(Mmap::map_fd(short.as_fd(), 0, 1).is_ok());
     }
 }

@@ -1,7 +1,7 @@
 //! A xenstored: the node tree with owners and permissions, transactions with C
 //! xenstored's conflict detection, watches, per-domain quotas, and domains introduced
 //! through a [`DomainConnector`] given by the embedder (D13). It answers like Debian's C
-//! `xenstored` 4.17 (reply names included; `reference/xenstored/behaviours.md`).
+//! `xenstored` 4.17 (reply names included; `docs/xenstored-behaviours.md`).
 //!
 //! * [`Store`]: the sans-IO core. Feed it request [`Message`](crate::codec::Message)s
 //!   per connection, get reply and watch-event bytes per connection back.
@@ -20,8 +20,15 @@
 //! quota (requests are handled one at a time per connection, and a connection whose
 //! replies cannot be delivered is not read); the memory quota only counts what a
 //! connection's transactions hold and answers `ENOMEM` (C counts more and stops reading
-//! the ring); a SET_PERMS owner need not exist (C asks the hypervisor); DIRECTORY_PART
-//! generations are our own numbers. The differential test (random sequences over sockets and a guest
+//! the ring); a SET_PERMS owner need not exist, and an entry naming a domain not (yet)
+//! introduced counts (C asks the hypervisor, and ignores entries naming a domain that
+//! does not exist); DIRECTORY_PART generations are our own numbers. Entries naming a
+//! released domain are ignored from its release on, in the tree and in open
+//! transactions' copies (C decides by generation when it reads a node, but commits a
+//! transaction's copy unchecked). RELEASE of the target of a stub domain releases it and
+//! ends the relation (C acknowledges it but keeps the domain introduced until a second
+//! RELEASE). A watch event over 4096 bytes is not sent, as in C, but also counted
+//! ([`Store::oversized_events_dropped`]). The differential test (random sequences over sockets and a guest
 //! ring, compared with C) passes 6000 steps; longer runs end when C itself aborts
 //! (`consider_message: Assertion 'conn->in == NULL'`).
 //!

@@ -1,11 +1,15 @@
-//! Per-domain quotas with C xenstored's defaults (behaviours.md §10) and the server's
-//! configuration.
+//! Per-domain quotas with C xenstored's defaults (`docs/xenstored-behaviours.md` §10) and the
+//! server's configuration.
 
 /// Quotas applied to unprivileged domains, with C xenstored's defaults. Going over one
 /// gets C's error name (never `EQUOTA`, D13).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Quotas {
-    /// Nodes a domain may own, its home included (`-E`, 1000; over: `ENOSPC`).
+    /// Nodes a domain may own, its home included (`-E`, 1000; over: `ENOSPC`). As in C,
+    /// a creation in a transaction is checked against what the domain owns outside it,
+    /// and the commit of a transaction that created nodes is refused (`ENOSPC`) if the
+    /// domain would then own this many nodes or more (one fewer than outside
+    /// transactions), so parallel transactions cannot add up past the quota.
     pub nodes_per_domain: usize,
     /// Size of a node record: 24 bytes + 8 per permission + value + child names must
     /// stay below this (`-S`, 2048; over: `ENOSPC`).

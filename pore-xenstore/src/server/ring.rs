@@ -1,6 +1,6 @@
 //! The server side of a guest's xenstore ring (`struct xenstore_domain_interface`,
-//! ANCHORS §5.3): we consume the request ring and produce the response ring. The guest's
-//! indices are read once per operation and validated; ours live in private memory.
+//! `docs/protocol-facts.md` §5.3): we consume the request ring and produce the response ring.
+//! The guest's indices are read once per operation and validated; ours live in private memory.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -154,6 +154,8 @@ pub struct Store {
     targets: HashMap<u32, u32>,
     config: Config,
     next_conn: u64,
+    /// Watch events not sent because their payload would exceed 4096 bytes.
+    oversized_events: std::cell::Cell<u64>,
 }
 
 fn encode(ty: u32, req_id: u32, tx_id: u32, payload: &[u8]) -> Vec<u8> {
@@ -263,6 +265,7 @@ impl Store {
             targets: HashMap::new(),
             config,
             next_conn: 1,
+            oversized_events: std::cell::Cell::new(0),
         }
     }
 
@@ -323,6 +326,12 @@ impl Store {
         Some((t.nodes(), t.pending_events(), t.mem()))
     }
 
+    /// Watch events dropped because their payload (path, token and their NULs) would
+    /// exceed the protocol's 4096 bytes, as C xenstored drops them.
+    pub fn oversized_events_dropped(&self) -> u64 {
+        self.oversized_events.get()
+    }
+
     /// Number of nodes in the tree.
     pub fn node_count(&self) -> usize {
         self.tree.len()
@@ -336,13 +345,35 @@ impl Store {
         }
     }
 
-    fn event_bytes(path: &str, token: &[u8]) -> Vec<u8> {
-        let mut p = Vec::with_capacity(path.len() + token.len() + 2);
+    /// The watch event `path\0token\0` for `conn`, or nothing if its payload would
+    /// exceed [`PAYLOAD_MAX`]: like C's `send_event`, such an event is not sent (a guest's
+    /// xenbus would refuse it and lose its place in the stream); it is counted.
+    fn event(&self, conn: ConnId, path: &str, token: &[u8]) -> Option<Outgoing> {
+        let len = path.len() + token.len() + 2;
+        if len > PAYLOAD_MAX {
+            let n = self.oversized_events.get() + 1;
+            self.oversized_events.set(n);
+            // Logged at 1, 2, 4, 8, ... drops: a guest must not be able to flood the log.
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    conn = conn.0,
+                    len,
+                    dropped = n,
+                    "watch event longer than the payload limit not sent"
+                );
+            }
+            return None;
+        }
+        let mut p = Vec::with_capacity(len);
         p.extend_from_slice(path.as_bytes());
         p.push(0);
         p.extend_from_slice(token);
         p.push(0);
-        encode(MsgType::WatchEvent.as_u32(), 0, 0, &p)
+        Some(Outgoing {
+            conn,
+            kind: OutKind::Event,
+            bytes: encode(MsgType::WatchEvent.as_u32(), 0, 0, &p),
+        })
     }
 
     fn deliver(&self, fired: Vec<Fired>, out: &mut Vec<Outgoing>) {
@@ -364,11 +395,7 @@ impl Store {
                     continue;
                 }
             }
-            out.push(Outgoing {
-                conn: f.conn,
-                kind: OutKind::Event,
-                bytes: Self::event_bytes(&f.path, &f.token),
-            });
+            out.extend(self.event(f.conn, &f.path, &f.token));
         }
     }
 
@@ -544,7 +571,7 @@ impl Store {
                         return Err(ErrorName::ENOENT);
                     }
                     let n = v.get(&path).ok_or(ErrorName::ENOENT)?;
-                    Ok((perms_payload(&n.perms), Vec::new()))
+                    Ok((perms_payload(n.listed_perms()), Vec::new()))
                 })
             }
             Write => {
@@ -634,11 +661,8 @@ impl Store {
                 {
                     return Err(ErrorName::E2BIG);
                 }
-                after.push(Outgoing {
-                    conn,
-                    kind: OutKind::Event,
-                    bytes: Self::event_bytes(given, &token),
-                });
+                // Never over the limit: the request carried the same strings.
+                after.extend(self.event(conn, given, &token));
                 self.watches.add(
                     canon,
                     watch::Watch {
@@ -691,6 +715,9 @@ impl Store {
                 if commit && t.failed() {
                     // C: a transaction that hit a quota cannot commit.
                     return Err(ErrorName::ENOMEM);
+                }
+                if commit && t.created() && !who.privileged {
+                    self.check_node_quota(&t)?;
                 }
                 if commit {
                     let committed = t.commit(&mut self.tree).map_err(|_| ErrorName::EAGAIN)?;
@@ -947,6 +974,26 @@ impl Store {
         )
     }
 
+    /// The node quota at the commit of a transaction that created nodes (C's
+    /// `transaction_fix_domains`): `ENOSPC` if an unprivileged domain whose count it
+    /// changes would own `nodes_per_domain` nodes or more with the transaction applied.
+    /// Like C this allows one node fewer than outside transactions (where a domain may
+    /// reach the quota), and checks before the conflicts (`EAGAIN`).
+    fn check_node_quota(&self, t: &Transaction) -> Res<()> {
+        let limit = self.config.quotas.nodes_per_domain;
+        for (domid, delta) in t.owned_delta() {
+            if self.who(domid).privileged {
+                continue;
+            }
+            let live = i64::try_from(self.tree.owned(domid)).unwrap_or(i64::MAX);
+            let after = usize::try_from(live.saturating_add(delta)).unwrap_or(0);
+            if after >= limit {
+                return Err(ErrorName::ENOSPC);
+            }
+        }
+        Ok(())
+    }
+
     fn set_perms(
         &mut self,
         conn: ConnId,
@@ -987,7 +1034,7 @@ impl Store {
                 return Err(ErrorName::EPERM);
             }
             if !who.privileged {
-                let size = n.record_size() - 8 * n.perms.len() + 8 * perms.len();
+                let size = n.record_size() - 8 * n.listed_perms().len() + 8 * perms.len();
                 if size >= q.entry_size {
                     return Err(ErrorName::ENOSPC);
                 }
@@ -1009,7 +1056,10 @@ impl Store {
 
     /// Releases domain `domid` (RELEASE, or the domain died): its connection goes, with
     /// its watches and transactions, the nodes it owns are deleted and `@releaseDomain`
-    /// fires. Events are appended to `out`. False if it was not introduced.
+    /// fires. Permission entries naming it grant nothing from then on, to a later domain
+    /// with the same id either (they stay listed, as in C), and a stub domain whose
+    /// target it was loses that relation. Events are appended to `out`. False if it was
+    /// not introduced.
     pub fn release_domain(
         &mut self,
         domid: u32,
@@ -1022,7 +1072,21 @@ impl Store {
         tracing::info!(domid, "domain released");
         self.disconnect(d.conn);
         hooks.release(d.conn, domid);
+        // A stub domain whose target this was loses the target's rights: a later domain
+        // with this id is not its target. (C 4.17 instead keeps a released target alive
+        // while a stub refers to it: RELEASE is acknowledged, the domain stays
+        // introduced until a second RELEASE.)
         self.targets.remove(&domid);
+        self.targets.retain(|_, target| *target != domid);
+        // Permission entries naming it grant nothing any more, in the tree and in every
+        // transaction's copies (C 4.17 ignores entries naming a domain younger than the
+        // node: `domain_adjust_node_perms`); they stay listed.
+        self.tree.forget_domain(domid);
+        for c in self.conns.values_mut() {
+            for t in c.txs.values_mut() {
+                t.forget_domain(domid);
+            }
+        }
         // C walks the tree from `/` in order and removes each node the domain owns
         // (with its subtree), firing watches as it goes.
         let mut changes = Vec::new();
@@ -1144,9 +1208,10 @@ fn create_node(
 ) -> Res<Change> {
     let mut missing = vec![p.to_owned()];
     let mut cur = path::parent(p);
-    let (mut perms, parent_size) = loop {
+    // The ancestor's perms, ignored entries included (C copies them with their flag).
+    let (mut perms, mut listed, parent_size) = loop {
         if let Some(n) = v.get(cur) {
-            break (n.perms.clone(), n.record_size());
+            break (n.perms.clone(), n.listed.clone(), n.record_size());
         }
         missing.push(cur.to_owned());
         if cur == "/" {
@@ -1154,13 +1219,17 @@ fn create_node(
         }
         cur = path::parent(cur);
     };
+    v.creating();
     if !who.privileged {
         perms[0].domid = who.domid;
-        if v.owned(who.domid) + missing.len() > q.nodes_per_domain {
+        if let Some(l) = listed.as_mut() {
+            l[0].domid = who.domid;
+        }
+        if v.quota_count(who.domid) + missing.len() > q.nodes_per_domain {
             return Err(ErrorName::ENOSPC);
         }
         let top = missing.last().map_or("", |s| path::basename(s));
-        let leaf = 24 + 8 * perms.len() + value.len();
+        let leaf = 24 + 8 * listed.as_ref().unwrap_or(&perms).len() + value.len();
         if leaf >= q.entry_size || parent_size + top.len() + 1 >= q.entry_size {
             return Err(ErrorName::ENOSPC);
         }
@@ -1172,7 +1241,9 @@ fn create_node(
         } else {
             Vec::new()
         };
-        v.create(m, Node::new(val, perms.clone()));
+        let mut node = Node::new(val, perms.clone());
+        node.listed = listed.clone();
+        v.create(m, node);
     }
     let parent_perms = v.peek(path::parent(p)).map(|n| n.perms.clone());
     Ok(Change::Node {

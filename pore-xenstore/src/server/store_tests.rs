@@ -978,3 +978,221 @@ fn transaction_memory_quota() {
         "OK\0"
     );
 }
+
+impl T {
+    fn write(&mut self, c: ConnId, path: &str, value: &[u8], tx: u32) -> String {
+        self.req(c, Request::Write { path, value }, tx)
+    }
+
+    fn set_perms(&mut self, c: ConnId, path: &str, perms: &[Perm]) -> String {
+        self.req(
+            c,
+            Request::SetPerms {
+                path,
+                perms: perms.to_vec().into(),
+            },
+            0,
+        )
+    }
+}
+
+/// Issue 10 item 2 (the XSA-322 class): ACL entries naming a domain that was released
+/// give nothing to a later domain with the same id, as in C xenstored 4.17 (where such
+/// entries are ignored, yet still listed by GET_PERMS); the node's children inherit the
+/// ignored entry; a transaction that copied the node before the release does not bring
+/// the entry back at commit; perms set again name the new domain.
+#[test]
+fn acl_entries_of_a_released_domain_give_nothing_to_its_successor() {
+    let mut t = T::new(Config::default());
+    let d0 = t.dom0;
+    let r7 = [Perm::new(Access::None, 0), Perm::new(Access::Read, 7)];
+    for p in ["/secret", "/shared", "/in-tx"] {
+        assert_eq!(t.write(d0, p, b"s", 0), "OK\0");
+        assert_eq!(t.set_perms(d0, p, &r7), "OK\0");
+    }
+    let old = t.guest(7);
+    assert_eq!(t.req(old, Request::Read("/secret"), 0), "s");
+    // dom0 copies /in-tx into a transaction while the old domain 7 lives.
+    assert_eq!(t.req(d0, Request::TransactionStart, 0), "1\0");
+    assert_eq!(t.write(d0, "/in-tx", b"t", 1), "OK\0");
+    assert_eq!(t.req(d0, Request::Release(7), 0), "OK\0");
+    let new = t.guest(7);
+    assert_eq!(
+        t.req(d0, Request::TransactionEnd { commit: true }, 1),
+        "OK\0"
+    );
+    assert_eq!(t.req(new, Request::Read("/secret"), 0), "!EACCES");
+    assert_eq!(t.req(new, Request::Read("/in-tx"), 0), "!EACCES");
+    // Still listed, like C.
+    assert_eq!(t.req(d0, Request::GetPerms("/secret"), 0), "n0\0r7\0");
+    // Rewriting the node does not revive the entry.
+    assert_eq!(t.write(d0, "/secret", b"u", 0), "OK\0");
+    assert_eq!(t.req(new, Request::Read("/secret"), 0), "!EACCES");
+    // A child inherits the entry, ignored too.
+    assert_eq!(t.write(d0, "/shared/kid", b"k", 0), "OK\0");
+    assert_eq!(t.req(d0, Request::GetPerms("/shared/kid"), 0), "n0\0r7\0");
+    assert_eq!(t.req(new, Request::Read("/shared/kid"), 0), "!EACCES");
+    // Perms set after the new domain came name the new domain.
+    assert_eq!(t.set_perms(d0, "/shared", &r7), "OK\0");
+    assert_eq!(t.req(new, Request::Read("/shared"), 0), "s");
+    t.s.check_tree().unwrap();
+}
+
+/// Issue 10 item 2, the target relation: a stub domain whose target is released has no
+/// rights over a later domain with the target's id. (C 4.17 keeps a released target
+/// alive while a stub refers to it: its first RELEASE is acknowledged but the domain
+/// stays introduced; we release it and end the relation.)
+#[test]
+fn a_stub_domain_loses_its_released_target() {
+    let mut t = T::new(Config::default());
+    let d0 = t.dom0;
+    t.guest(5);
+    let stub = t.guest(6);
+    assert_eq!(
+        t.req(
+            d0,
+            Request::SetTarget {
+                domid: 6,
+                target: 5
+            },
+            0
+        ),
+        "OK\0"
+    );
+    assert_eq!(t.req(stub, Request::Read("/local/domain/5"), 0), "");
+    assert_eq!(t.req(d0, Request::Release(5), 0), "OK\0");
+    assert_eq!(t.req(d0, Request::IsDomainIntroduced(5), 0), "F\0");
+    t.guest(5);
+    assert_eq!(t.req(stub, Request::Read("/local/domain/5"), 0), "!EACCES");
+    assert_eq!(
+        t.req(
+            stub,
+            Request::Write {
+                path: "/local/domain/5/x",
+                value: b"1"
+            },
+            0
+        ),
+        "!EACCES"
+    );
+}
+
+/// Issue 10 item 3: the node quota holds across parallel transactions. Like C 4.17
+/// (`transaction_fix_domains`), a request in a transaction is checked against the
+/// nodes the domain owns outside it, and the commit of a transaction that created nodes
+/// fails with `ENOSPC` when the domain would then own `nodes_per_domain` nodes or more
+/// (one fewer than outside transactions, as in C).
+#[test]
+fn parallel_transactions_cannot_exceed_the_node_quota() {
+    let mut t = T::new(Config {
+        quotas: Quotas {
+            nodes_per_domain: 20,
+            ..Quotas::default()
+        },
+        ..Config::default()
+    });
+    let g = t.guest(5);
+    for i in 0..10 {
+        assert_eq!(t.write(g, &format!("n{i}"), b"", 0), "OK\0");
+    }
+    // 11 nodes (the home too). Ten transactions of 9 new nodes each, in different
+    // places (no conflicts between them).
+    for tx in 1..=10u32 {
+        assert_eq!(t.req(g, Request::TransactionStart, 0), format!("{tx}\0"));
+        for i in 0..9 {
+            assert_eq!(t.write(g, &format!("n{}/{i}", tx - 1), b"", tx), "OK\0");
+        }
+    }
+    for tx in 1..=10u32 {
+        assert_eq!(
+            t.req(g, Request::TransactionEnd { commit: true }, tx),
+            "!ENOSPC",
+            "transaction {tx}"
+        );
+    }
+    assert_eq!(t.s.node_count(), 3 + 2 + 11);
+    // A request in a transaction only sees what the domain owns outside it (C).
+    assert_eq!(t.req(g, Request::TransactionStart, 0), "11\0");
+    for i in 0..12 {
+        assert_eq!(t.write(g, &format!("n2/big/{i}"), b"", 11), "OK\0");
+    }
+    assert_eq!(
+        t.req(g, Request::TransactionEnd { commit: true }, 11),
+        "!ENOSPC"
+    );
+    // Two in parallel: the first brings the domain to 19 nodes, the second would
+    // bring it to 20.
+    assert_eq!(t.req(g, Request::TransactionStart, 0), "12\0");
+    assert_eq!(t.req(g, Request::TransactionStart, 0), "13\0");
+    for i in 0..8 {
+        assert_eq!(t.write(g, &format!("n0/a{i}"), b"", 12), "OK\0");
+    }
+    assert_eq!(t.write(g, "n1/b", b"", 13), "OK\0");
+    assert_eq!(
+        t.req(g, Request::TransactionEnd { commit: true }, 12),
+        "OK\0"
+    );
+    assert_eq!(
+        t.req(g, Request::TransactionEnd { commit: true }, 13),
+        "!ENOSPC"
+    );
+    // A transaction that creates nothing is not checked; outside one, 20 is allowed.
+    assert_eq!(t.req(g, Request::TransactionStart, 0), "14\0");
+    assert_eq!(t.write(g, "n0/a0", b"v", 14), "OK\0");
+    assert_eq!(
+        t.req(g, Request::TransactionEnd { commit: true }, 14),
+        "OK\0"
+    );
+    assert_eq!(t.write(g, "c", b"", 0), "OK\0");
+    assert_eq!(t.write(g, "d", b"", 0), "!ENOSPC");
+    t.s.check_tree().unwrap();
+}
+
+/// Issue 10 item 4: a watch event whose payload would exceed 4096 bytes is not sent
+/// (C's `send_event` drops it), and it is counted; shorter events still go.
+#[test]
+fn oversized_watch_events_are_dropped_and_counted() {
+    let mut t = T::new(Config::default());
+    let d0 = t.dom0;
+    let g = t.guest(5);
+    let token = "t".repeat(3000);
+    let out = t.raw(
+        d0,
+        &msg(
+            &Request::Watch {
+                path: "/local/domain/5",
+                token: &token,
+            },
+            0,
+        ),
+    );
+    assert_eq!(T::events(&out, d0).len(), 1, "the registration event");
+    let long = format!("data/{}", vec!["a".repeat(100); 18].join("/"));
+    let out = t.raw(
+        g,
+        &msg(
+            &Request::Write {
+                path: &long,
+                value: b"v",
+            },
+            0,
+        ),
+    );
+    assert_eq!(T::events(&out, d0), Vec::<String>::new());
+    assert_eq!(t.s.oversized_events_dropped(), 1);
+    let out = t.raw(
+        g,
+        &msg(
+            &Request::Write {
+                path: "data/short",
+                value: b"v",
+            },
+            0,
+        ),
+    );
+    assert_eq!(
+        T::events(&out, d0),
+        [format!("/local/domain/5/data/short {token} ")]
+    );
+    assert_eq!(t.s.oversized_events_dropped(), 1);
+}

@@ -1,7 +1,7 @@
 //! Transactions with C xenstored's conflict rule: every node the transaction read,
 //! wrote, created or deleted (parents whose child list it changed, and nodes it found
 //! missing, included) is remembered with the generation it had; at commit, any of them
-//! changed by someone else means `EAGAIN` (behaviours.md §8).
+//! changed by someone else means `EAGAIN` (`docs/xenstored-behaviours.md` §8).
 //!
 //! Like C, the transaction keeps a copy of each node at its first access: later reads in
 //! the transaction see that copy (or its own changes), not what others did since.
@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use crate::perms::Perm;
 
 use super::path;
-use super::tree::{Node, Tree, View};
+use super::tree::{strip_acl, Node, Tree, View};
 use super::watch::Change;
 
 /// An open transaction.
@@ -36,6 +36,9 @@ pub(crate) struct Transaction {
     mem: usize,
     /// A request was refused for a quota (C's `trans->fail`): commit fails (`ENOMEM`).
     failed: bool,
+    /// A node creation was attempted (C's `node_created`): the commit checks the node
+    /// quota.
+    created: bool,
     /// Why the current request was refused, if it was.
     refused: Option<Refusal>,
 }
@@ -65,6 +68,17 @@ impl Transaction {
     /// True once a request was refused for a quota: the commit will fail.
     pub(crate) fn failed(&self) -> bool {
         self.failed
+    }
+
+    /// True if a node creation was attempted in this transaction.
+    pub(crate) fn created(&self) -> bool {
+        self.created
+    }
+
+    /// The change this transaction makes to the count of nodes each domain owns (every
+    /// domain whose count it touched, even back to zero: C's `changed_domains`).
+    pub(crate) fn owned_delta(&self) -> impl Iterator<Item = (u32, i64)> + '_ {
+        self.owned_delta.iter().map(|(&d, &n)| (d, n))
     }
 
     /// Starts a request: forgets the refusal of the previous one.
@@ -120,6 +134,18 @@ impl Transaction {
     #[cfg(test)]
     pub(crate) fn pending_events(&self) -> usize {
         self.fire.len()
+    }
+
+    /// Ignores the permission entries naming `domid` (released) in every node copy this
+    /// transaction holds, as in the tree: its commit must not bring them back.
+    pub(crate) fn forget_domain(&mut self, domid: u32) {
+        let copies = self.snapshot.values_mut().chain(self.overlay.values_mut());
+        for n in copies.flatten() {
+            n.forget_domain(domid);
+        }
+        for perms in self.order.iter_mut().filter_map(|(_, p)| p.as_mut()) {
+            strip_acl(perms, domid);
+        }
     }
 
     /// Applies the transaction to `tree` if nothing it touched changed meanwhile.
@@ -292,8 +318,9 @@ impl View for TxView<'_> {
         let mut sizes = None;
         if let Some(n) = self.node_mut(p) {
             let old = n.owner();
-            sizes = Some((8 * n.perms.len(), 8 * perms.len()));
+            sizes = Some((8 * n.listed_perms().len(), 8 * perms.len()));
             n.perms = perms;
+            n.listed = None;
             owners = Some((old, n.owner()));
         }
         if let Some((old, new)) = sizes {
@@ -367,6 +394,14 @@ impl View for TxView<'_> {
         let base = self.tree.owned(domid) as i64;
         let d = self.tx.owned_delta.get(&domid).copied().unwrap_or(0);
         usize::try_from(base + d).unwrap_or(0)
+    }
+
+    fn quota_count(&self, domid: u32) -> usize {
+        self.tree.owned(domid)
+    }
+
+    fn creating(&mut self) {
+        self.tx.created = true;
     }
 }
 

@@ -18,6 +18,11 @@ pub(crate) struct Node {
     pub(crate) children: Vec<String>,
     /// Changes whenever the node changes (value, perms, child list); 0 never occurs.
     pub(crate) generation: u64,
+    /// The permissions as set, when `perms` lacks some of them: an entry naming a
+    /// domain that was released since is ignored (C 4.17's `XS_PERM_IGNORE`), so that a
+    /// later domain with the same id does not inherit it (XSA-322), yet GET_PERMS still
+    /// lists it and the record size still counts it, as in C.
+    pub(crate) listed: Option<Vec<Perm>>,
 }
 
 impl Node {
@@ -27,7 +32,25 @@ impl Node {
             perms,
             children: Vec::new(),
             generation: 0,
+            listed: None,
         }
+    }
+
+    /// The permissions as set (what GET_PERMS lists), ignored entries included.
+    pub(crate) fn listed_perms(&self) -> &[Perm] {
+        self.listed.as_deref().unwrap_or(&self.perms)
+    }
+
+    /// Ignores the entries after the owner that name `domid` (released): they stay
+    /// listed but grant nothing. The owner entry is left alone, as in C.
+    pub(crate) fn forget_domain(&mut self, domid: u32) {
+        if !self.perms.iter().skip(1).any(|p| p.domid == domid) {
+            return;
+        }
+        if self.listed.is_none() {
+            self.listed = Some(self.perms.clone());
+        }
+        strip_acl(&mut self.perms, domid);
     }
 
     pub(crate) fn owner(&self) -> u32 {
@@ -37,7 +60,7 @@ impl Node {
     /// Size of C's node record: 24-byte header, 8 bytes per permission, the value and the
     /// NUL-terminated child names (`-S` quota).
     pub(crate) fn record_size(&self) -> usize {
-        24 + 8 * self.perms.len()
+        24 + 8 * self.listed_perms().len()
             + self.value.len()
             + self.children.iter().map(|c| c.len() + 1).sum::<usize>()
     }
@@ -46,6 +69,12 @@ impl Node {
     pub(crate) fn children_len(&self) -> usize {
         self.children.iter().map(|c| c.len() + 1).sum()
     }
+}
+
+/// Removes the entries after the owner's that name `domid`.
+pub(crate) fn strip_acl(perms: &mut Vec<Perm>, domid: u32) {
+    let mut owner = true;
+    perms.retain(|p| std::mem::take(&mut owner) || p.domid != domid);
 }
 
 /// The live tree.
@@ -143,6 +172,14 @@ impl Tree {
         Ok(())
     }
 
+    /// Ignores every permission entry naming `domid` (released) after a node's owner
+    /// entry; the nodes' generations do not change.
+    pub(crate) fn forget_domain(&mut self, domid: u32) {
+        for n in self.nodes.values_mut() {
+            n.forget_domain(domid);
+        }
+    }
+
     /// Replaces (or inserts, or with `None` deletes) a node as it is, children included,
     /// giving it a new generation. Used by transaction commit; the caller keeps the tree
     /// consistent.
@@ -177,6 +214,13 @@ pub(crate) trait View {
     fn remove(&mut self, p: &str, removed: &mut Vec<(String, Vec<Perm>)>);
     /// Nodes owned by `domid` as this view sees them.
     fn owned(&self, domid: u32) -> usize;
+    /// Nodes owned by `domid` as the node quota counts them when a node is created: the
+    /// live tree's count, in a transaction too (C's `domain_entry`); a transaction that
+    /// created nodes is checked again at commit.
+    fn quota_count(&self, domid: u32) -> usize;
+    /// Notes that a node is being created (C's `ta_node_created`): the commit of a
+    /// transaction that did checks the node quota.
+    fn creating(&mut self) {}
     /// True if every child listed exists and every node is listed by its parent (the
     /// live tree); a transaction's copies may be stale.
     fn always_consistent(&self) -> bool {
@@ -208,6 +252,7 @@ impl View for Tree {
         };
         let old = n.owner();
         n.perms = perms;
+        n.listed = None;
         n.generation = g;
         let new = n.owner();
         if old != new {
@@ -262,6 +307,10 @@ impl View for Tree {
         self.owned.get(&domid).copied().unwrap_or(0)
     }
 
+    fn quota_count(&self, domid: u32) -> usize {
+        self.owned(domid)
+    }
+
     fn always_consistent(&self) -> bool {
         true
     }
@@ -302,6 +351,25 @@ mod tests {
         assert!(t.get("/a/b").is_none());
         assert_eq!(t.get("/").unwrap().children, ["tool"]);
         assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn forgetting_a_domain_keeps_the_owner_and_the_listing() {
+        let p = |a, d| Perm::new(a, d);
+        let set = vec![
+            p(Access::None, 7),
+            p(Access::Read, 7),
+            p(Access::Write, 3),
+            p(Access::Both, 7),
+        ];
+        let mut n = Node::new(vec![], set.clone());
+        n.forget_domain(7);
+        assert_eq!(n.perms, [p(Access::None, 7), p(Access::Write, 3)]);
+        assert_eq!(n.listed_perms(), set);
+        assert_eq!(n.record_size(), 24 + 8 * 4);
+        n.forget_domain(3);
+        assert_eq!(n.perms, [p(Access::None, 7)]);
+        assert_eq!(n.listed_perms(), set);
     }
 
     #[test]

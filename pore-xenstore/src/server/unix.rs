@@ -122,8 +122,16 @@ fn serve(inner: Arc<Inner>, stream: UnixStream) {
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
+/// Device and inode of the file at `p` (not following a symlink).
+fn file_id(p: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p)?;
+    Ok((m.dev(), m.ino()))
+}
+
 impl Server {
-    /// Listens on a unix socket at `path` (a stale socket file there is replaced).
+    /// Listens on a unix socket at `path` (a stale socket file there is replaced). When
+    /// the server stops, the socket file is removed if it is still the one created here.
     pub fn listen_unix(&self, path: impl AsRef<Path>) -> io::Result<Listener> {
         let path = path.as_ref().to_path_buf();
         if let Ok(meta) = std::fs::symlink_metadata(&path) {
@@ -134,6 +142,9 @@ impl Server {
         }
         let listener = UnixListener::bind(&path)?;
         listener.set_nonblocking(true)?;
+        // The socket file we created: on the way out we remove the path only if it is
+        // still this file (a server started on the same path since has its own).
+        let ours = file_id(&path)?;
         let inner = self.inner.clone();
         let p2 = path.clone();
         let handle = std::thread::Builder::new()
@@ -167,7 +178,15 @@ impl Server {
                         }
                     }
                 }
-                let _ = std::fs::remove_file(&p2);
+                match file_id(&p2) {
+                    Ok(id) if id == ours => {
+                        let _ = std::fs::remove_file(&p2);
+                    }
+                    _ => tracing::debug!(
+                        path = %p2.display(),
+                        "socket path taken over by another: left in place"
+                    ),
+                }
                 tracing::debug!("listener stopped");
             })?;
         tracing::info!(path = %path.display(), "xenstored listening");

@@ -1,5 +1,6 @@
 //! Helpers shared by the server's integration tests: our server on a unix socket, Debian's
-//! C xenstored (through `start-xenstored.sh`), and running xenstore-utils against either.
+//! C xenstored (through the repository's `scripts/xenstored/launch.sh`), and running
+//! xenstore-utils against either.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -25,12 +26,9 @@ pub fn have(what: &str, ok: bool) -> bool {
     ok
 }
 
-/// The read-only kit of real xenstoreds (`../shared/reference/xenstored`).
-pub fn kit_dir() -> PathBuf {
-    if let Ok(s) = std::env::var("PORE_SHARED") {
-        return Path::new(&s).join("reference/xenstored");
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/xenstored")
+/// The repository's launcher of Debian's xenstore daemons (`scripts/xenstored/launch.sh`).
+pub fn launcher() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/xenstored/launch.sh")
 }
 
 /// A fresh private directory under /tmp (short: socket paths must fit in sun_path).
@@ -80,7 +78,7 @@ impl Drop for Ours {
     }
 }
 
-/// Debian's C xenstored, started with the kit's script; stopped (by PID) on drop.
+/// Debian's C xenstored, started with the launcher; stopped (by PID) on drop.
 pub struct CDaemon {
     pid: String,
     pub sock: PathBuf,
@@ -89,7 +87,7 @@ pub struct CDaemon {
 
 pub fn c_daemon_available() -> bool {
     Path::new("/usr/lib/xen-4.17/bin/xenstored").exists()
-        && kit_dir().join("start-xenstored.sh").exists()
+        && launcher().exists()
         && Path::new("/usr/bin/gcc").exists()
 }
 
@@ -100,13 +98,13 @@ impl CDaemon {
         let sock = dir.join("sock");
         let out = Command::new("timeout")
             .arg("30")
-            .arg(kit_dir().join("start-xenstored.sh"))
+            .arg("bash")
+            .arg(launcher())
             .arg("start")
             .arg(&sock)
             .arg("c")
             .args(args)
-            .env("FAKEXEN_BUILD_DIR", dir.join("shim"))
-            .env("XENSTORED_TRACE", "0")
+            .env("PORE_XS_QUIET", "1")
             .stderr(Stdio::inherit())
             .output()
             .ok()?;
@@ -117,9 +115,9 @@ impl CDaemon {
         Some(CDaemon { pid, sock, dir })
     }
 
-    /// The fake hypervisor's directory (guest ring files, event FIFO).
-    pub fn fakexen_dir(&self) -> PathBuf {
-        PathBuf::from(format!("{}.d/fakexen", self.sock.display()))
+    /// The stand-in for Xen (guest ring files, event FIFO; `scripts/xenstored/nohv.c`).
+    pub fn xen_dir(&self) -> PathBuf {
+        PathBuf::from(format!("{}.d/xen", self.sock.display()))
     }
 }
 
@@ -127,7 +125,8 @@ impl Drop for CDaemon {
     fn drop(&mut self) {
         let _ = Command::new("timeout")
             .arg("10")
-            .arg(kit_dir().join("start-xenstored.sh"))
+            .arg("bash")
+            .arg(launcher())
             .arg("stop")
             .arg(&self.pid)
             .status();
