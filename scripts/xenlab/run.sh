@@ -11,8 +11,8 @@
 # into /xenlab/lib (on LD_LIBRARY_PATH there): programs built here with glibc 2.36 run as is.
 #
 # TIMEOUT (default 300 s) is a hard limit on the whole boot; inside, dom0 stops the payload
-# max(20 s, 10%) before it, so that the end is reported. A boot that times out is retried once; any other
-# failure is final.
+# max(20 s, 10%) before it, so that the end is reported. A boot that times out is retried once;
+# any other failure is final.
 # Exit status: the payload's; 124 timed out twice; 125 the lab did not come up or crashed
 # (the tail of the console is printed); 126 bad usage or a missing prerequisite.
 #
