@@ -14,6 +14,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -243,9 +244,12 @@ fn a_killed_endpoint_process_is_peer_gone_within_a_second() {
             m.accept(Duration::from_secs(30)).unwrap()
         };
         assert_eq!(s.layout(), Layout::V2 { ring_pages: 4 });
+        let echoed = Arc::new(AtomicUsize::new(0));
+        let counter = echoed.clone();
         let streamer = thread::spawn(move || {
             let mut i = 0usize;
             loop {
+                counter.store(i, Ordering::Relaxed);
                 let f = frame(i, 1000);
                 if let Err(e) = s.sender().send(f.clone()) {
                     return (e, Instant::now(), i, s);
@@ -257,7 +261,12 @@ fn a_killed_endpoint_process_is_peer_gone_within_a_second() {
                 i += 1;
             }
         });
-        thread::sleep(Duration::from_millis(500));
+        // Kill mid-stream: once a few frames have made the round trip (a fixed sleep saw none
+        // on a loaded machine under emulation).
+        let waiting = Instant::now();
+        while echoed.load(Ordering::Relaxed) < 3 && waiting.elapsed() < Duration::from_secs(60) {
+            thread::sleep(Duration::from_millis(10));
+        }
         let killed = Instant::now();
         child.kill().unwrap();
         let (err, at, frames, s) = streamer.join().unwrap();
