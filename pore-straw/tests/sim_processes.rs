@@ -268,23 +268,24 @@ fn role_mute() -> Result<(), String> {
     Ok(())
 }
 
-/// `saboteur MODE`: accepts a straw, sends "alive", then breaks its own directory of the
-/// connected straw: `garbage` or `reconfiguring` in its `state`, or `rmdir` the directory.
+/// `saboteur MODE`: accepts a straw, sends "alive", and once told `break` breaks its own
+/// directory of the connected straw: `garbage` or `reconfiguring` in its `state`, or `rmdir`
+/// the directory.
 fn role_saboteur(args: &[String]) -> Result<(), String> {
     let (m, me, xs) = child_manager(config(Some(4), Format::Raw, Duration::from_secs(5)))?;
     let s = m.accept(WAIT).map_err(|e| format!("accept: {e}"))?;
     s.sender()
         .send(Bytes::from_static(b"alive"))
         .map_err(|e| format!("send: {e}"))?;
-    let state = StrawPaths::new(s.peer(), &me).straw("state");
-    // Wait until the opener confirmed the connection before breaking it.
-    let end = Instant::now() + WAIT;
-    while xs.read(&state).map_err(|e| format!("read: {e}"))? != b"4" {
-        if Instant::now() >= end {
-            return Err("never connected".into());
-        }
-        thread::sleep(Duration::from_millis(5));
+    // Break it only once the opener has its straw and our "alive". Nothing in xenstore says
+    // so: the opener writes nothing after it read our Connected (our own `state` already said
+    // 4 when `accept` returned), so a break any earlier fails its `open` (garbage, or a gone
+    // directory, where it waits for our Connected) or drops "alive" with the lost straw.
+    let line = process::listen(WAIT).map_err(|e| e.to_string())?;
+    if line != "break" {
+        return Err(format!("bad line {line}"));
     }
+    let state = StrawPaths::new(s.peer(), &me).straw("state");
     let dir = StrawPaths::new(s.peer(), &me).straw_dir;
     match args.first().map(String::as_str) {
         Some("garbage") => xs.write(&state, b"banana"),
@@ -1095,6 +1096,8 @@ fn a_connected_peer_breaking_its_directory_ends_the_straw() {
         );
         let s = ma.open(&eb).unwrap();
         assert_eq!(s.receiver().recv_timeout(WAIT).unwrap(), "alive");
+        // Connected on both sides, "alive" taken: now the peer may break its directory.
+        b.tell("break").unwrap();
         expect_report(&mut b, "sabotaged");
         let t = Instant::now();
         let r = s.receiver().recv_timeout(WAIT);
