@@ -1156,14 +1156,11 @@ impl StrawMachine {
                     let path = self.peer_dir();
                     self.store(Op::ReadPeerDir, StoreOp::Read { path });
                 }
-                Err(StoreError::NotFound) => {
-                    if matches!(self.phase, Phase::AwaitPeer(_)) {
-                        // Not written yet, or the whole directory is gone?
-                        let path = self.peer_dir();
-                        self.store(Op::ReadPeerDir, StoreOp::Read { path });
-                    } else {
-                        self.on_peer_state(None);
-                    }
+                // Gone. A missing node under an ancestor we may not read is EACCES, not ENOENT
+                // (C xenstored): so reads the state of a peer whose manager removed its straw
+                // top, or whose domain is gone. A normal end, not a warning.
+                Err(StoreError::NotFound | StoreError::PermissionDenied) => {
+                    self.on_peer_state(None);
                 }
                 Err(e) => match self.phase {
                     Phase::Connected | Phase::CloseAwaitPeer => {

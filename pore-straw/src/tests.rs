@@ -556,3 +556,62 @@ fn finish_tells_the_peer_and_keeps_the_straw() {
         assert!(w.doms[1 - finisher].outcome(other).unwrap().done.is_some());
     }
 }
+
+/// Counts the WARN and ERROR events logged while it is the thread's subscriber.
+#[cfg(feature = "std")]
+struct Warnings(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+#[cfg(feature = "std")]
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn core::fmt::Debug) {
+                self.0.push_str(&alloc::format!("{}={v:?} ", f.name()));
+            }
+        }
+        if *event.metadata().level() <= tracing::Level::WARN {
+            let mut text = Text(String::new());
+            event.record(&mut text);
+            self.0.lock().unwrap().push(text.0);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A normal close is not a warning when the peer's state can no longer be read because its
+/// directory is gone: C xenstored answers EACCES, not ENOENT, for a missing node whose
+/// nearest existing ancestor we may not read (the peer's straw top, removed when its manager
+/// shut down, leaves its unreadable `data`). Here the listener is gone (it acts no more) and
+/// every read of its state is refused when the opener closes and waits for its Closed.
+#[cfg(feature = "std")]
+#[test]
+fn a_peer_state_we_may_no_longer_read_ends_a_close_quietly() {
+    let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+    connect(&mut w, &a, &b);
+    let narrow = StoreOp::SetPerms {
+        path: "/local/domain/2/data/straw/1/state".to_string(),
+        perms: alloc::vec![Perm::new(Access::None, DomId(2))],
+        best_effort: false,
+    };
+    w.store.perform(DomId(2), &narrow).unwrap();
+    w.doms[1].frozen = true;
+    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    tracing::subscriber::with_default(Warnings(warnings.clone()), || {
+        w.close(0, &b);
+        w.run(TICK, Duration::from_millis(500));
+    });
+    let o = w.doms[0].outcome(&b).unwrap();
+    assert_eq!(o.done, Some(Ok(Closed::Locally)), "{o:?}");
+    assert!(!o.pore_open);
+    assert_eq!(*warnings.lock().unwrap(), Vec::<String>::new());
+}

@@ -268,23 +268,24 @@ fn role_mute() -> Result<(), String> {
     Ok(())
 }
 
-/// `saboteur MODE`: accepts a straw, sends "alive", then breaks its own directory of the
-/// connected straw: `garbage` or `reconfiguring` in its `state`, or `rmdir` the directory.
+/// `saboteur MODE`: accepts a straw, sends "alive", and once told `break` breaks its own
+/// directory of the connected straw: `garbage` or `reconfiguring` in its `state`, or `rmdir`
+/// the directory.
 fn role_saboteur(args: &[String]) -> Result<(), String> {
     let (m, me, xs) = child_manager(config(Some(4), Format::Raw, Duration::from_secs(5)))?;
     let s = m.accept(WAIT).map_err(|e| format!("accept: {e}"))?;
     s.sender()
         .send(Bytes::from_static(b"alive"))
         .map_err(|e| format!("send: {e}"))?;
-    let state = StrawPaths::new(s.peer(), &me).straw("state");
-    // Wait until the opener confirmed the connection before breaking it.
-    let end = Instant::now() + WAIT;
-    while xs.read(&state).map_err(|e| format!("read: {e}"))? != b"4" {
-        if Instant::now() >= end {
-            return Err("never connected".into());
-        }
-        thread::sleep(Duration::from_millis(5));
+    // Break it only once the opener has its straw and our "alive". Nothing in xenstore says
+    // so: the opener writes nothing after it read our Connected (our own `state` already said
+    // 4 when `accept` returned), so a break any earlier fails its `open` (garbage, or a gone
+    // directory, where it waits for our Connected) or drops "alive" with the lost straw.
+    let line = process::listen(WAIT).map_err(|e| e.to_string())?;
+    if line != "break" {
+        return Err(format!("bad line {line}"));
     }
+    let state = StrawPaths::new(s.peer(), &me).straw("state");
     let dir = StrawPaths::new(s.peer(), &me).straw_dir;
     match args.first().map(String::as_str) {
         Some("garbage") => xs.write(&state, b"banana"),
@@ -826,6 +827,8 @@ fn a_peer_that_never_answers_times_out() {
     let (mut live, el) = w.spawn(TEST, "listener", &listener_args);
     signal(&stopped, "STOP");
     let (ma, a_id) = (Arc::new(ma), a.domid);
+    // The hung opens begin after this, so neither can time out before `spawned + hs`.
+    let spawned = Instant::now();
     let hung: Vec<_> = [em.clone(), es.clone()]
         .into_iter()
         .map(|ep| {
@@ -836,15 +839,23 @@ fn a_peer_that_never_answers_times_out() {
             })
         })
         .collect();
-    thread::sleep(Duration::from_millis(100));
-    // A live peer is not held up by the two hung handshakes.
+    // Both hung handshakes are under way (a fixed sleep does not say so on a loaded machine).
+    let end = Instant::now() + WAIT;
+    while !(ma.peers().contains(&em) && ma.peers().contains(&es)) {
+        assert!(Instant::now() < end, "the hung opens never started");
+        thread::sleep(Duration::from_millis(1));
+    }
+    // A live peer is not held up by the two hung handshakes: its open, begun while both are
+    // under way, ends before either of them can.
     let t = Instant::now();
     let s = ma.open(&el).unwrap();
-    let took = t.elapsed();
-    assert!(took < hs / 2, "stalled: {took:?}");
+    let (took, since_spawned) = (t.elapsed(), spawned.elapsed());
+    eprintln!("never answers: the live open took {took:?}");
+    assert!(since_spawned < hs, "stalled: {took:?} ({since_spawned:?})");
     assert_eq!(exchange(s, a_id, &[0, 100, 70_000]), Ok(70_100));
     for h in hung {
         let (r, took) = h.join().unwrap();
+        eprintln!("never answers: the hung open ended after {took:?}");
         assert_eq!(
             r,
             Err(ManagerError::Straw(StrawError::Timeout(Stage::Handshake)))
@@ -1095,12 +1106,15 @@ fn a_connected_peer_breaking_its_directory_ends_the_straw() {
         );
         let s = ma.open(&eb).unwrap();
         assert_eq!(s.receiver().recv_timeout(WAIT).unwrap(), "alive");
+        // Connected on both sides, "alive" taken: now the peer may break its directory.
+        b.tell("break").unwrap();
         expect_report(&mut b, "sabotaged");
         let t = Instant::now();
         let r = s.receiver().recv_timeout(WAIT);
         let took = t.elapsed();
         assert_eq!(r, Err(StrawIoError::PeerGone), "{mode}");
         assert!(took < Duration::from_secs(1), "{mode}: {took:?}");
+        eprintln!("{mode}: peer gone {took:?} after the sabotage");
         drop(s);
         wait_forgotten(&ma, &eb);
         assert!(w.gone(&StrawPaths::new(&a, &eb).warts_dir), "{mode}");
