@@ -2,3 +2,4 @@
 //!
 //! This crate is part of the `pore` family; see the workspace README.
 #![cfg_attr(not(feature = "std"), no_std)]
+#![cfg_attr(docsrs, feature(doc_cfg))]

@@ -77,6 +77,7 @@
 
 #![cfg(target_os = "linux")]
 #![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
 pub mod evtchn;

@@ -82,6 +82,7 @@
 //! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 
 #![cfg(target_os = "linux")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod broker;
 mod domain;
