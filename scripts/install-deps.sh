@@ -44,11 +44,11 @@ have_component() { rustup component list --installed --toolchain "$1" 2>/dev/nul
 for comp in rustfmt clippy; do
   have_component stable "$comp" || rustup component add --toolchain stable "$comp"
 done
-if rustup toolchain list | grep -q '^nightly'; then
-  for comp in miri rust-src; do
-    have_component nightly "$comp" || rustup component add --toolchain nightly "$comp"
-  done
-fi
+# Nightly: docs as docs.rs builds them (phase 25), miri (50) and the fuzzers (70).
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+for comp in miri rust-src; do
+  have_component nightly "$comp" || rustup component add --toolchain nightly "$comp"
+done
 rustup target list --installed --toolchain stable | grep -q '^x86_64-unknown-none$' \
   || rustup target add --toolchain stable x86_64-unknown-none
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked -q cargo-fuzz

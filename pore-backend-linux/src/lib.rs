@@ -1,53 +1,4 @@
-//! # pore-backend-linux
-//!
-//! Real Xen from Linux user space: the pore-core capability traits over the kernel's Xen
-//! device files, so pore-xenstore and pore-straw run on a real hypervisor unchanged.
-//!
-//! | capability | device | kernel module |
-//! |---|---|---|
-//! | [`Events`]: alloc unbound, bind interdomain, notify, wait, select | `/dev/xen/evtchn` | `xen-evtchn` |
-//! | [`Grants`]: N zeroed pages granted to a peer, unmap-notify | `/dev/xen/gntalloc` | `xen-gntalloc` |
-//! | [`Maps`]: map a peer's grant refs, unmap-notify | `/dev/xen/gntdev` | `xen-gntdev` |
-//! | [`StoreAccess`]: the store page of the domain running xenstored | `/proc/xen/xsd_kva`, `/proc/xen/xsd_port` | `xenfs` |
-//! | a xenstore client's transport ([`open_xenbus`]) | `/dev/xen/xenbus` | built in |
-//!
-//! ## Setting up a domain
-//! On Debian's kernels the device drivers are modules. As root:
-//!
-//! ```text
-//! modprobe xen-evtchn xen-gntdev xen-gntalloc
-//! modprobe xenfs && mount -t xenfs xenfs /proc/xen    # only for StoreAccess
-//! ```
-//!
-//! (Debian's `xen-utils-common` loads them at boot in dom0.) The device files are owned by
-//! root with mode 0600 by default, so the process needs **root**, or a udev rule giving its
-//! group access to `/dev/xen/*`. A missing device or module gives an error that says so
-//! (`/dev/xen/gntalloc: not found — is this a Xen domain? is the xen-gntalloc module loaded
-//! (modprobe xen-gntalloc)?`), never a panic. Devices are opened lazily: only
-//! `/dev/xen/evtchn` at [`LinuxXen::open`], the grant devices at the first grant or map.
-//!
-//! ## Example
-//! Two processes of dom0 (or two domains) share a page and signal each other. Here both ends
-//! live in one process, as in the lab's loopback test:
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use pore_backend_linux::LinuxXen;
-//! use pore_core::{DomId, EventChannel, Pore, SharedAccess, WaitOutcome};
-//!
-//! let (a, b) = (LinuxXen::open()?, LinuxXen::open()?);
-//! // Active end: grant 2 pages to dom0 (ourselves) and offer it a port.
-//! let active = Pore::open_active(&a, DomId::DOM0, 2)?;
-//! let info = active.info();
-//! // Passive end: map the refs and bind the port, as a peer told them through xenstore would.
-//! let passive = Pore::open_passive(&b, DomId::DOM0, &info.refs, info.port)?;
-//! active.write_bytes(0, b"hello");
-//! active.poke()?;
-//! assert_eq!(passive.channel().wait(Duration::from_secs(1))?, WaitOutcome::Event);
-//! passive.close()?;
-//! active.close()?;
-//! # Ok::<(), pore_backend_linux::LinuxError>(())
-//! ```
+#![doc = include_str!("../README.md")]
 //!
 //! ## Event channels and readiness
 //! One [`LinuxXen`] holds one open `/dev/xen/evtchn` that multiplexes all its ports. Waits
@@ -77,6 +28,7 @@
 
 #![cfg(target_os = "linux")]
 #![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
 pub mod evtchn;

@@ -1,9 +1,4 @@
-//! # pore-backend-sim
-//!
-//! A simulated Xen on plain Linux: the embedded default backend of `pore` and the model of how
-//! to write one. Domains are threads of one process or processes of their own; grants are memfd
-//! pages; event channels are shared words plus futex/eventfd wake-ups. Everything above the
-//! backends runs on it through the same code paths it takes on real Xen.
+#![doc = include_str!("../README.md")]
 //!
 //! ## Xen's rules, enforced
 //! * **Domains** have domids; 0 is dom0 (the hypervisor's own, privileged, never dies).
@@ -53,27 +48,8 @@
 //! readiness watcher per domain.
 //!
 //! ## Two modes
-//! ```
-//! use std::time::Duration;
-//! use pore_backend_sim::Hypervisor;
-//! use pore_core::{EventChannel, Pore, SharedAccess, WaitOutcome};
-//!
-//! let hv = Hypervisor::new()?;
-//! let (a, b) = (hv.create_domain("front")?, hv.create_domain("back")?);
-//! let active = Pore::open_active(&a, b.id(), 2)?;
-//! let info = active.info();
-//! let passive = Pore::open_passive(&b, a.id(), &info.refs, info.port)?;
-//! active.write_bytes(0, b"hello");
-//! active.poke()?;
-//! assert_eq!(passive.channel().wait(Duration::from_secs(1))?, WaitOutcome::Event);
-//! let mut got = [0u8; 5];
-//! passive.read_bytes(0, &mut got);
-//! assert_eq!(&got, b"hello");
-//! passive.close()?;
-//! active.close()?;
-//! hv.assert_cleaned_up();
-//! # Ok::<(), pore_backend_sim::SimError>(())
-//! ```
+//! In one process, as in the example above, [`Hypervisor::new`] and
+//! [`Hypervisor::create_domain`].
 //! For domains as processes, [`Hypervisor::start`] also runs the broker on a unix socket;
 //! children spawned with [`Hypervisor::domain_command`] connect with [`SimDomain::connect`]
 //! (see [`process`] and `TESTING.md`).
@@ -82,6 +58,7 @@
 //! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 
 #![cfg(target_os = "linux")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod broker;
 mod domain;

@@ -1,7 +1,6 @@
-//! # pore-core
+#![doc = include_str!("../README.md")]
 //!
-//! The **pore** of the LING project: a set of pages shared between two Xen domains plus one
-//! event channel. This crate holds what every other `pore` crate stands on:
+//! ## Contents
 //!
 //! * ids and page constants ([`DomId`], [`Port`], [`GrantRef`], [`PAGE_SIZE`]);
 //! * an error contract that lets a backend bring its own error type ([`Error`], [`ErrorKind`]);
@@ -12,33 +11,8 @@
 //! * [`SharedRing`]: the trait the rings of `pore-ring` implement;
 //! * [`shared`]: the one audited way to touch memory a peer can write.
 //!
-//! With the `test-utils` feature, [`loopback`] provides a tiny in-memory backend for doc
+//! With the `test-utils` feature, `loopback` provides a tiny in-memory backend for doc
 //! examples and first tests.
-//!
-//! ```
-//! # #[cfg(feature = "test-utils")] {
-//! use core::time::Duration;
-//! use pore_core::{loopback::Loopback, DomId, EventChannel, Pore, SharedAccess, WaitOutcome};
-//!
-//! let xen = Loopback::new();
-//! let (a, b) = (xen.domain(DomId(1)), xen.domain(DomId(2)));
-//!
-//! // Domain 1 grants two pages to domain 2 and allocates an unbound port for it ...
-//! let active = Pore::open_active(&a, DomId(2), 2)?;
-//! let info = active.info();
-//! // ... which domain 2 maps and binds, as the strawman handshake would tell it to.
-//! let passive = Pore::open_passive(&b, DomId(1), &info.refs, info.port)?;
-//!
-//! active.store_u32(0, 0xfeed, core::sync::atomic::Ordering::Release);
-//! active.poke()?;
-//! assert_eq!(passive.channel().wait(Duration::from_secs(1))?, WaitOutcome::Event);
-//! assert_eq!(passive.load_u32(0, core::sync::atomic::Ordering::Acquire), 0xfeed);
-//!
-//! passive.close()?;
-//! active.close()?;
-//! # }
-//! # Ok::<(), pore_core::CoreError>(())
-//! ```
 //!
 //! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
 //! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.

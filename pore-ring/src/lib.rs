@@ -1,15 +1,8 @@
-//! # pore-ring
+#![doc = include_str!("../README.md")]
 //!
-//! Single-producer single-consumer byte rings living in memory shared with another Xen domain,
-//! reached only through [`pore_core::SharedAccess`] (D1, D2):
+//! ## Rings and publication
 //!
-//! * [`xenstore`]: the Xen ABI `xenstore_domain_interface` (1 KiB request and response rings),
-//!   client and server sides;
-//! * [`ling`]: the original LING straw ring (two wrapped 16 376-byte rings over 8 pages);
-//! * [`v2`]: our straw ring: a control page plus 2^k data pages per direction, free-running
-//!   indices on separate cache lines, notification suppression and batched publication;
-//! * [`frame`]: 4-byte big-endian length-prefixed frames over any of them;
-//! * [`wait`]: a spin-then-sleep blocking helper over an event channel.
+//! Modules: [`xenstore`], [`ling`], [`v2`], [`frame`], [`wait`].
 //!
 //! Every ring half implements [`RingWriter`] or [`RingReader`] and pore-core's
 //! [`SharedRing`](pore_core::SharedRing); each full ring implements `SharedRing` and splits into a
@@ -29,23 +22,6 @@
 //!
 //! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
 //! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
-//!
-//! ```
-//! use pore_core::{loopback::Loopback, DomId, Grants, SharedMemory, SharedRing};
-//! use pore_ring::xenstore::XenstoreRing;
-//!
-//! let xen = Loopback::new();
-//! let page = xen.domain(DomId(1)).grant(DomId(0), 1)?;
-//! let view = page.view();
-//! let mut guest = XenstoreRing::client(view)?;
-//! let mut xenstored = XenstoreRing::server(view)?;
-//! assert_eq!(guest.write(b"hello")?, 5);
-//! assert!(guest.take_notify());
-//! let mut buf = [0u8; 16];
-//! assert_eq!(xenstored.read(&mut buf)?, 5);
-//! assert_eq!(&buf[..5], b"hello");
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -1,28 +1,14 @@
-//! # pore-straw
+#![doc = include_str!("../README.md")]
 //!
-//! The strawman channel of the LING project, in Rust: two Xen domains find each other through
-//! xenstore and exchange framed messages over a pore (shared pages plus one event channel).
+//! ## Contents
 //!
-//! * [`handshake`]: the xenstore handshake and close protocol as a sans-IO state machine
-//!   (`no_std` + `alloc`, D10): exactly the seed's keys, paths, transactions and states for the
-//!   empty endpoint name, named endpoints (D14), layout negotiation (D15), formats (D16), the
-//!   close chart (D17) and narrowed permissions (D18).
-//! * [`endpoint`]: endpoints `(domid, name)` and their paths; [`parse`]: strict parsers for every
-//!   value a peer writes; [`ops`]: the xenstore operations the machine asks for.
-//! * [`fuzz`]: a deterministic entry point for a cargo-fuzz target
-//!   ([`fuzz::drive_handshake`]).
-//!
-//! With the `std` feature (default):
-//!
-//! * [`straw`]: [`straw::Straw`], frames ([`bytes::Bytes`]) over a LING or v2 ring from
-//!   `pore-ring`: blocking with timeouts or not at all, split into a sender and a receiver,
-//!   frames larger than the ring streamed, the JSON envelope delivered to mailboxes, a close
-//!   that drains first, peer-loss detection;
-//! * [`manager`]: [`manager::Manager`], one per endpoint, a thread per straw, generic over a
-//!   small [`manager::StoreClient`] trait;
-//! * `xenstore` (feature `xenstore`): `XsAdapter`, the `StoreClient` of pore-xenstore's
-//!   client;
-//! * `asynch` (feature `tokio`): a straw's halves bridged to tokio channels.
+//! * [`handshake`]: the handshake and close protocol (sans-IO, D10): the seed's keys, paths,
+//!   transactions and states for the empty endpoint name, named endpoints (D14), layout
+//!   negotiation (D15), formats (D16), the close chart (D17) and narrowed permissions (D18).
+//! * [`endpoint`], [`parse`], [`ops`]; [`fuzz`]: a deterministic entry point for a cargo-fuzz
+//!   target ([`fuzz::drive_handshake`]).
+//! * With `std`: `straw` (the JSON envelope delivered to mailboxes, too) and `manager`, generic
+//!   over a small `StoreClient` trait; `xenstore` and `asynch` behind their features.
 //!
 //! # How a lost peer is noticed
 //!
@@ -41,31 +27,11 @@
 //!   of a domain that lives on (its receives and sends time out instead).
 //!   `pore_backend_sim::PeerClose::Silent` reproduces exactly that in tests.
 //!
-//! ```no_run
-//! # #[cfg(feature = "xenstore")] {
-//! use std::sync::Arc;
-//! use std::time::Duration;
-//! use bytes::Bytes;
-//! use pore_core::DomId;
-//! use pore_straw::manager::{Manager, ManagerConfig};
-//! use pore_straw::xenstore::XsAdapter;
-//! use pore_straw::Endpoint;
-//!
-//! # fn backend() -> pore_core::loopback::LoopbackDomain { unimplemented!() }
-//! let xs = XsAdapter::new(Arc::new(pore_xenstore::Client::open_default().unwrap()));
-//! let me = Endpoint::new(DomId(1), "chat").unwrap();
-//! let m = Manager::start(backend(), xs, me, ManagerConfig::default()).unwrap();
-//! let straw = m.open(&Endpoint::new(DomId(2), "chat").unwrap()).unwrap();
-//! straw.sender().send(Bytes::from_static(b"hello")).unwrap();
-//! let reply = straw.receiver().recv_timeout(Duration::from_secs(5)).unwrap();
-//! straw.close().unwrap();
-//! # let _ = reply; }
-//! ```
-//!
 //! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
 //! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 extern crate alloc;
 

@@ -62,6 +62,15 @@ if [ "$status" = 0 ]; then
   cli_check "$tmp/c.sock" || status=1
   cli_check "$tmp/o.sock" || status=1
 fi
+# pore-xenstore's example client (examples/xs_client.rs) on both daemons.
+if [ "$status" = 0 ]; then
+  cargo build -q -p pore-xenstore --example xs_client
+  for sock in "$tmp/c.sock" "$tmp/o.sock"; do
+    timeout 20 "${CARGO_TARGET_DIR:-$root/target}/debug/examples/xs_client" "$sock" >/dev/null ||
+      { echo "40-xenstore-interop: examples/xs_client failed on $sock"; status=1; }
+  done
+  [ "$status" != 0 ] || echo "40-xenstore-interop: examples/xs_client ran on both daemons"
+fi
 if [ "$status" != 0 ]; then
   echo "--- C xenstored out.log"; tail -n 20 "$tmp/c.sock.d/out.log" 2>/dev/null || true
   echo "--- oxenstored out.log"; tail -n 20 "$tmp/o.sock.d/out.log" 2>/dev/null || true
