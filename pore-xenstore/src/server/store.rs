@@ -18,6 +18,10 @@ use super::tree::{Node, Tree, View};
 use super::watch::{self, Change, Fired, Vis, Watches};
 use super::ConnId;
 
+#[cfg(feature = "fuzzing")]
+#[path = "fuzzing.rs"]
+pub mod fuzzing;
+
 const PERM_READ: u8 = 1;
 const PERM_WRITE: u8 = 2;
 const PERM_OWNER: u8 = 4;
