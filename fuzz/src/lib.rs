@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
+pub mod straw_json;
 pub mod xenstored;
 
 use pore_core::{SharedAccess, SharedRing, SharedView};

@@ -2,7 +2,7 @@
 # Fuzz targets (D22): each pore-ring consumer facing a hostile peer, the frame decoder, the
 # xenstore codec, the strawman handshake, and pore's xenstored facing hostile guests (its
 # state recounted after every step; the _diff target adds a first-principles permission
-# model). ~20 s each (override with PORE_FUZZ_SECONDS); seeds in fuzz/seeds/<target> are
+# model), a straw's JSON envelopes and mailboxes against a model. ~20 s each (override with PORE_FUZZ_SECONDS); seeds in fuzz/seeds/<target> are
 # replayed first (the hand-written regression scenarios). The fuzz crate is its own
 # workspace: formatted and linted here too.
 set -euo pipefail
@@ -13,7 +13,7 @@ echo "fuzz: fmt + clippy of the fuzz crate"
 cargo +nightly fmt --check
 cargo +nightly clippy --all-targets -- -D warnings
 for t in ring_xenstore ring_ling ring_v2 frame_decoder xenstore_codec straw_handshake \
-  xenstored xenstored_diff; do
+  xenstored xenstored_diff straw_json; do
   echo "fuzz: $t for ${secs}s"
   corpus=("corpus/$t")
   mkdir -p "corpus/$t"
