@@ -138,8 +138,8 @@ pub enum PathSel {
     Rel(Comps),
     /// A special `@` path.
     Special(u8),
-    /// A component repeated (path and size limits).
-    Long(Dom, u8, u16),
+    /// Below a domain's home, components then one repeated (path and size limits).
+    Long(Dom, Comps, u8, u16),
     /// Any bytes.
     Raw(Vec<u8>),
 }
@@ -195,12 +195,16 @@ impl PathSel {
             }
             PathSel::Rel(c) => comps(c.names()).into_bytes(),
             PathSel::Special(i) => SPECIAL[usize::from(*i) % SPECIAL.len()].as_bytes().to_vec(),
-            PathSel::Long(d, c, n) => {
+            PathSel::Long(d, pre, c, n) => {
                 let name = NAMES[usize::from(*c) % NAMES.len()];
                 let name = if name.is_empty() { "q" } else { name };
                 let n = usize::from(*n % 700) + 1;
                 let long = vec![name; n].join(if c & 0x80 != 0 { "/" } else { "" });
-                format!("/local/domain/{}/{long}", d.id()).into_bytes()
+                let mut pre = comps(pre.names());
+                if !pre.is_empty() {
+                    pre.push('/');
+                }
+                format!("/local/domain/{}/{pre}{long}", d.id()).into_bytes()
             }
             PathSel::Raw(b) => b.clone(),
         }
@@ -1570,9 +1574,10 @@ impl Encode for PathSel {
                 variant(out, 3, 6);
                 i.enc(out);
             }
-            PathSel::Long(d, c, n) => {
+            PathSel::Long(d, pre, c, n) => {
                 variant(out, 4, 6);
                 d.enc(out);
+                pre.enc(out);
                 c.enc(out);
                 n.enc(out);
             }
@@ -1888,6 +1893,30 @@ pub fn seeds() -> Vec<Scenario> {
                 txreq(2, Req::TxEnd(true)),
                 txreq(2, Req::TxEnd(true)),
                 req(2, Req::Directory(PathSel::Rel(c(1, [3, 0, 0, 0])))),
+            ],
+        },
+        // A guest creates a node and a missing parent whose record (the child's long
+        // name) is over the entry size quota.
+        Scenario {
+            limits: Limits {
+                entry: 200,
+                path_max: 299,
+                ..lim()
+            },
+            priv_dom: None,
+            moves: vec![
+                Move::Toolstack {
+                    dom: Dom(1),
+                    fail: false,
+                },
+                req(
+                    2,
+                    Req::Write(
+                        PathSel::Long(Dom(1), c(1, [13, 0, 0, 0]), 0, 249),
+                        small(b'l'),
+                    ),
+                ),
+                req(2, Req::Directory(PathSel::Rel(c(1, [13, 0, 0, 0])))),
             ],
         },
         // Watches of a guest on its home and on dom0's nodes; oversized events; reset.

@@ -2,9 +2,9 @@
 # Fuzz targets (D22): each pore-ring consumer facing a hostile peer, the frame decoder, the
 # xenstore codec, the strawman handshake, and pore's xenstored facing hostile guests (its
 # state recounted after every step; the _diff target adds a first-principles permission
-# model), a straw's JSON envelopes and mailboxes against a model. ~20 s each (override with PORE_FUZZ_SECONDS); seeds in fuzz/seeds/<target> are
-# replayed first (the hand-written regression scenarios). The fuzz crate is its own
-# workspace: formatted and linted here too.
+# model), and a straw's JSON envelopes and mailboxes against a model. ~20 s each (override
+# with PORE_FUZZ_SECONDS); seeds in fuzz/seeds/<target> are replayed first (the hand-written
+# regression scenarios). The fuzz crate is its own workspace: formatted and linted here too.
 set -euo pipefail
 secs="${PORE_FUZZ_SECONDS:-20}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pore-target}/fuzz"
