@@ -592,6 +592,8 @@ struct Harness {
     last_req: Option<String>,
     /// The entries of the current move's SET_PERMS, if all well-formed.
     last_perms: Option<Vec<Perm>>,
+    /// The length of the current move's WRITE value (0 for MKDIR).
+    last_value: usize,
     /// The stub and target of the current move's SET_TARGET.
     last_target: Option<(u32, u32)>,
 }
@@ -600,6 +602,7 @@ impl Harness {
     fn note(&mut self, mv: &Move) {
         self.last_req = None;
         self.last_perms = None;
+        self.last_value = 0;
         self.last_target = None;
         if let Move::Req { req, .. } = mv {
             if let Some(p) = req.path() {
@@ -612,6 +615,9 @@ impl Harness {
                     .iter()
                     .map(PermSel::parsed)
                     .collect();
+            }
+            if let Req::Write(_, v) = req {
+                self.last_value = v.bytes().len();
             }
             if let Req::SetTarget(a, b) = req {
                 self.last_target = Some((a.id(), b.id()));
@@ -1126,6 +1132,28 @@ impl Harness {
         self.model.nodes.retain(|p, _| post.nodes.contains_key(p));
     }
 
+    /// Whether creating `path` (and its missing ancestors) with a value of `value` bytes
+    /// takes domain `domid` over a quota.
+    fn creation_over_quota(&self, pre: &Snapshot, domid: u32, path: &str, value: usize) -> bool {
+        let mut missing = vec![path];
+        let mut cur = parent(path);
+        while !pre.nodes.contains_key(cur) {
+            missing.push(cur);
+            cur = parent(cur);
+        }
+        let anc = &pre.nodes[cur];
+        let base = |p: &str| p[p.rfind('/').map_or(0, |i| i + 1)..].len();
+        let entry = 24 + 8 * anc.listed.len();
+        let owned = pre.owned.get(&domid).copied().unwrap_or(0);
+        let top = missing.last().map_or(0, |p| base(p));
+        owned + missing.len() > self.q.nodes_per_domain
+            || entry + value >= self.q.entry_size
+            || missing
+                .windows(2)
+                .any(|w| entry + base(w[0]) + 1 >= self.q.entry_size)
+            || record_size(anc) + top + 1 >= self.q.entry_size
+    }
+
     fn model_targets_after(
         &self,
         kind: &Step,
@@ -1228,7 +1256,25 @@ impl Harness {
         }
         let outcomes = self.model.decide(pre, who, &path, need);
         let node = pre.nodes.get(&path);
-        let fits = |e: &ErrorName| !who.privileged && *e == ErrorName::ENOSPC;
+        // The quotas of an unprivileged caller, predicted as C applies them: the record of
+        // every node written (24 bytes, 8 per listed entry, value, child names) stays
+        // under the entry size; the caller's nodes, the new ones included, within its
+        // node quota.
+        let q = &self.q;
+        let unpriv = !who.privileged;
+        let value = self.last_value;
+        let new_perms = self.last_perms.as_ref().map_or(0, Vec::len);
+        let write_full =
+            node.is_some_and(|n| unpriv && record_size(n) - n.value.len() + value >= q.entry_size);
+        let perms_full = node.is_some_and(|n| {
+            unpriv && record_size(n) - 8 * n.listed.len() + 8 * new_perms >= q.entry_size
+        });
+        let create_full = unpriv && self.creation_over_quota(pre, domid, &path, value);
+        let nospc = |r: &Answer, full: bool| match r {
+            Ok(_) => !full,
+            Err(ErrorName::ENOSPC) => full,
+            _ => false,
+        };
         let good = outcomes.iter().any(|o| match (o, ty, ans) {
             (Outcome::Denied, _, Err(ErrorName::EACCES)) => true,
             (Outcome::Denied, _, _) => false,
@@ -1253,17 +1299,18 @@ impl Harness {
                 Err(ErrorName::E2BIG),
             ) => true,
             (Outcome::Allowed, T::DirectoryPart, Ok(_)) => true,
-            (Outcome::Allowed, T::Write | T::Mkdir, Ok(_)) => true,
-            (Outcome::Allowed, T::Write, Err(e)) => fits(e),
+            (Outcome::Allowed, T::Mkdir, Ok(_)) => true,
+            (Outcome::Allowed, T::Write, r) => nospc(r, write_full),
             (Outcome::Allowed, T::Rm, Ok(_)) => path != "/",
             (Outcome::Allowed, T::Rm, Err(ErrorName::EINVAL)) => path == "/",
-            (Outcome::Allowed, T::SetPerms, Ok(_)) => {
+            (Outcome::Allowed, T::SetPerms, r @ (Ok(_) | Err(ErrorName::ENOSPC))) => {
                 let new_owner = self
                     .last_perms
                     .as_ref()
                     .and_then(|v| v.first())
                     .map(|p| p.domid);
-                who.privileged || new_owner == node.map(|n| n.perms[0].domid)
+                (who.privileged || new_owner == node.map(|n| n.perms[0].domid))
+                    && nospc(r, perms_full)
             }
             (Outcome::Allowed, T::SetPerms, Err(ErrorName::EPERM)) => {
                 let new_owner = self
@@ -1273,14 +1320,12 @@ impl Harness {
                     .map(|p| p.domid);
                 !who.privileged && new_owner != node.map(|n| n.perms[0].domid)
             }
-            (Outcome::Allowed, T::SetPerms, Err(e)) => fits(e),
             (
                 Outcome::Missing,
                 T::Read | T::Directory | T::DirectoryPart | T::GetPerms | T::SetPerms,
                 Err(ErrorName::ENOENT),
             ) => true,
-            (Outcome::Missing, T::Write | T::Mkdir, Ok(_)) => true,
-            (Outcome::Missing, T::Write | T::Mkdir, Err(e)) => fits(e),
+            (Outcome::Missing, T::Write | T::Mkdir, r) => nospc(r, create_full),
             (Outcome::Missing, T::Rm, Ok(_)) => pre.nodes.contains_key(parent(&path)),
             (Outcome::Missing, T::Rm, Err(ErrorName::ENOENT)) => {
                 !pre.nodes.contains_key(parent(&path))
@@ -1470,6 +1515,7 @@ impl Harness {
             model: Model::default(),
             last_req: None,
             last_perms: None,
+            last_value: 0,
             last_target: None,
         }
     }
