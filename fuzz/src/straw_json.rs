@@ -165,6 +165,9 @@ struct Harness {
     cfg: StrawConfig,
     /// Mailboxes we hold, by address index.
     boxes: BTreeMap<usize, (Mailbox, Model)>,
+    /// Mailboxes we dropped whose address is still registered: the straw keeps their
+    /// queued bytes (the messages go when the address is registered again).
+    dropped: BTreeMap<usize, usize>,
     too_large: u64,
     full: u64,
     _xen: Loopback,
@@ -216,6 +219,7 @@ impl Harness {
             us,
             cfg,
             boxes: BTreeMap::new(),
+            dropped: BTreeMap::new(),
             too_large: 0,
             full: 0,
             _xen: xen,
@@ -234,6 +238,14 @@ impl Harness {
         let Some(i) = ADDRS.iter().position(|a| *a == addr) else {
             return false;
         };
+        if let Some(&queued) = self.dropped.get(&i) {
+            // The straw still holds the dropped mailbox's bytes: over its byte bound the
+            // message counts as "mailbox full", otherwise it is refused uncounted.
+            if queued + frame.len() > self.cfg.mailbox_bytes && queued > 0 {
+                self.full += 1;
+            }
+            return false;
+        }
         let Some((_, m)) = self.boxes.get_mut(&i) else {
             return false;
         };
@@ -278,9 +290,13 @@ impl Harness {
                 let i = usize::from(*a) % ADDRS.len();
                 let mb = self.us.mailbox(ADDRS[i]);
                 self.boxes.insert(i, (mb, Model::default()));
+                self.dropped.remove(&i);
             }
             Move::Drop(a) => {
-                self.boxes.remove(&(usize::from(*a) % ADDRS.len()));
+                let i = usize::from(*a) % ADDRS.len();
+                if let Some((_, m)) = self.boxes.remove(&i) {
+                    self.dropped.insert(i, m.queue.iter().map(|(_, l)| l).sum());
+                }
             }
             Move::Drain(a, n) => {
                 if let Some((mb, m)) = self.boxes.get_mut(&(usize::from(*a) % ADDRS.len())) {
@@ -321,4 +337,19 @@ pub fn run(data: &[u8]) {
         };
         h.play(&mv);
     }
+}
+
+/// The bounds and moves `data` encodes (to read a crash).
+pub fn decode(data: &[u8]) -> String {
+    let mut u = arbitrary::Unstructured::new(data);
+    let Ok(b) = Bounds::arbitrary(&mut u) else {
+        return String::new();
+    };
+    let mut s = format!("{b:?}\n");
+    if let Ok(moves) = u.arbitrary_iter::<Move>() {
+        for m in moves.take(100).map_while(Result::ok) {
+            s.push_str(&format!("  {m:?}\n"));
+        }
+    }
+    s
 }

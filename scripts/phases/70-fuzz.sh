@@ -19,6 +19,7 @@ for t in ring_xenstore ring_ling ring_v2 frame_decoder xenstore_codec straw_hand
   mkdir -p "corpus/$t"
   case "$t" in
     xenstored*) corpus+=(seeds/xenstored); opts=(-max_len=4096 -len_control=0) ;;
+    straw_json) corpus+=(seeds/straw_json); opts=() ;;
     *) opts=() ;;
   esac
   cargo +nightly fuzz run "$t" "${corpus[@]}" -- -max_total_time="$secs" -rss_limit_mb=2048 \
