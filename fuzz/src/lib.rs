@@ -3,6 +3,9 @@
 
 use std::sync::atomic::Ordering;
 
+pub mod straw_json;
+pub mod xenstored;
+
 use pore_core::{SharedAccess, SharedRing, SharedView};
 
 /// Shared memory with guard bytes around it; `check` is the fuzz finding if a guard changed.

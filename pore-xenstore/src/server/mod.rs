@@ -59,6 +59,8 @@ mod store_tests;
 pub use quota::{Config, Quotas};
 pub use ring::{GuestEvents, GuestLink, GuestRing, ServerRing};
 pub use service::{ConnectError, DomainConnector, Server};
+#[cfg(feature = "fuzzing")]
+pub use store::fuzzing;
 pub use store::{AcceptDomains, DomainHooks, OutKind, Outgoing, Store};
 pub use unix::Listener;
 

@@ -18,6 +18,10 @@ use super::tree::{Node, Tree, View};
 use super::watch::{self, Change, Fired, Vis, Watches};
 use super::ConnId;
 
+#[cfg(feature = "fuzzing")]
+#[path = "fuzzing.rs"]
+pub mod fuzzing;
+
 const PERM_READ: u8 = 1;
 const PERM_WRITE: u8 = 2;
 const PERM_OWNER: u8 = 4;
@@ -1229,8 +1233,19 @@ fn create_node(
             return Err(ErrorName::ENOSPC);
         }
         let top = missing.last().map_or("", |s| path::basename(s));
-        let leaf = 24 + 8 * listed.as_ref().unwrap_or(&perms).len() + value.len();
-        if leaf >= q.entry_size || parent_size + top.len() + 1 >= q.entry_size {
+        let perms_size = 8 * listed.as_ref().unwrap_or(&perms).len();
+        let leaf = 24 + perms_size + value.len();
+        // Like C, which writes (and so size-checks) every node it creates: each missing
+        // ancestor's record lists the next missing node as its only child.
+        let ancestor = missing[..missing.len() - 1]
+            .iter()
+            .map(|m| 24 + perms_size + path::basename(m).len() + 1)
+            .max()
+            .unwrap_or(0);
+        if leaf >= q.entry_size
+            || ancestor >= q.entry_size
+            || parent_size + top.len() + 1 >= q.entry_size
+        {
             return Err(ErrorName::ENOSPC);
         }
     }

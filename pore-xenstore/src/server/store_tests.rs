@@ -1196,3 +1196,38 @@ fn oversized_watch_events_are_dropped_and_counted() {
     );
     assert_eq!(t.s.oversized_events_dropped(), 1);
 }
+
+/// Found by the `xenstored` fuzz target: like C (which writes, and so size-checks, every
+/// node it creates), a missing ancestor created for a guest is refused when its record —
+/// the next component's name as its only child — would reach the entry size quota.
+#[test]
+fn created_ancestors_respect_the_entry_size_quota() {
+    let mut t = T::new(Config {
+        quotas: Quotas {
+            entry_size: 100,
+            ..Quotas::default()
+        },
+        ..Config::default()
+    });
+    let g = t.guest(5);
+    // "x"'s record: 24 + 8 (one perm) + 70 + 1 >= 100.
+    let long = format!("x/{}", "a".repeat(70));
+    fn w(path: &str) -> Request<'_> {
+        Request::Write { path, value: b"" }
+    }
+    assert_eq!(t.req(g, w(&long), 0), "!ENOSPC");
+    assert_eq!(t.req(g, Request::Read("x"), 0), "!ENOENT");
+    // Shorter fits: 24 + 8 + 66 + 1 = 99 < 100.
+    let fits = format!("x/{}", "a".repeat(66));
+    assert_eq!(t.req(g, w(&fits), 0), "OK\0");
+    // In a transaction too.
+    let tx = t.req(g, Request::TransactionStart, 0);
+    let tx: u32 = tx.trim_end_matches('\0').parse().unwrap();
+    assert_eq!(t.req(g, w(&format!("y/{}", "b".repeat(70))), tx), "!ENOSPC");
+    // dom0 has no quota.
+    let d0 = t.dom0;
+    assert_eq!(
+        t.req(d0, w(&format!("/local/domain/5/z/{long}")), 0),
+        "OK\0"
+    );
+}

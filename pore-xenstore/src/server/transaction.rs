@@ -125,7 +125,7 @@ impl Transaction {
     }
 
     /// Number of distinct nodes this transaction accessed.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn nodes(&self) -> usize {
         self.accessed.len()
     }
@@ -134,6 +134,24 @@ impl Transaction {
     #[cfg(test)]
     pub(crate) fn pending_events(&self) -> usize {
         self.fire.len()
+    }
+
+    /// Bytes this transaction really holds, counted from its maps (paths, node records,
+    /// perms copies): the fuzz targets check that [`Transaction::mem`] does not
+    /// undercount it.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn held_bytes(&self) -> usize {
+        let node = |n: &Option<Node>| n.as_ref().map_or(0, Node::record_size);
+        let accessed: usize = self.accessed.keys().map(String::len).sum();
+        let order: usize = self
+            .order
+            .iter()
+            .map(|(p, perms)| p.len() + 8 * perms.as_ref().map_or(0, Vec::len))
+            .sum();
+        let snapshot: usize = self.snapshot.iter().map(|(p, n)| p.len() + node(n)).sum();
+        let overlay: usize = self.overlay.iter().map(|(p, n)| p.len() + node(n)).sum();
+        let fire: usize = self.fire.keys().map(String::len).sum();
+        accessed + order + snapshot + overlay + fire
     }
 
     /// Ignores the permission entries naming `domid` (released) in every node copy this

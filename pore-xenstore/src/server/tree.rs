@@ -172,6 +172,18 @@ impl Tree {
         Ok(())
     }
 
+    /// Every node with its path (fuzz targets' invariant checks).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn nodes(&self) -> impl Iterator<Item = (&str, &Node)> {
+        self.nodes.iter().map(|(p, n)| (p.as_str(), n))
+    }
+
+    /// The count of nodes each domain owns, as kept (fuzz targets' invariant checks).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn owned_counts(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+        self.owned.iter().map(|(&d, &n)| (d, n))
+    }
+
     /// Ignores every permission entry naming `domid` (released) after a node's owner
     /// entry; the nodes' generations do not change.
     pub(crate) fn forget_domain(&mut self, domid: u32) {

@@ -129,6 +129,14 @@ impl Watches {
         true
     }
 
+    /// Every watch: connection, canonical path, token (fuzz targets' invariant checks).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn all(&self) -> impl Iterator<Item = (ConnId, &str, &[u8])> {
+        self.per_conn
+            .iter()
+            .flat_map(|(&c, v)| v.iter().map(move |w| (c, w.path.as_str(), &w.token[..])))
+    }
+
     /// Removes every watch of `conn`.
     pub(crate) fn remove_conn(&mut self, conn: ConnId) {
         self.per_conn.remove(&conn);

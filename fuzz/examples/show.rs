@@ -1,0 +1,15 @@
+//! Prints the moves of xenstored (or straw_json) fuzz inputs: `cargo run --example show -- FILE...`.
+
+fn main() {
+    for f in std::env::args().skip(1) {
+        let data = std::fs::read(&f).expect("readable input");
+        println!("{f}:");
+        if f.contains("straw_json") {
+            print!("{}", pore_fuzz::straw_json::decode(&data));
+            continue;
+        }
+        for m in pore_fuzz::xenstored::decode(&data) {
+            println!("  {m:?}");
+        }
+    }
+}
