@@ -1,8 +1,16 @@
 //! `pore straw listen|connect`: one straw, piped to stdin and stdout.
 //!
 //! Each read from stdin (up to 64 KiB) becomes one raw frame; every frame received is written to
-//! stdout. End of stdin starts a graceful close; the command exits 0 once both directions are
+//! stdout. With `--framed`, stdin and stdout carry whole frames instead, each as a 4-byte
+//! little-endian length and its bytes (so empty frames and frames of megabytes pass intact).
+//! End of stdin starts a graceful close; the command exits 0 once both directions are
 //! drained (everything we sent was consumed and the peer closed its side).
+//!
+//! `--layout ling` forces the seed's 8-page LING layout (a listener then grants LING, an
+//! opener offers nothing else); `--layout v2` (the default) offers or chooses our v2 layout
+//! with `--ring-pages` data pages per direction. An error of the data path (e.g. "peer gone")
+//! is printed as soon as it is seen, before the straw manager shuts down. On real Xen the
+//! command fails if grants, mappings or ports are still held once the manager is down.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -11,7 +19,7 @@ use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use pore_core::{Backend, DomId};
 use pore_straw::handshake::Config;
 use pore_straw::manager::{Manager, ManagerConfig};
@@ -24,6 +32,19 @@ use crate::backend::{self, BackendChoice};
 
 /// Largest frame made of one stdin read.
 const CHUNK: usize = 64 << 10;
+
+/// Largest frame accepted from stdin with `--framed` (pore-straw's default `max_frame`).
+const MAX_FRAMED: usize = 16 << 20;
+
+/// The ring layouts `pore straw` can ask for.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutChoice {
+    /// Our v2 layout (D15), `--ring-pages` data pages per direction; a LING-only peer still
+    /// gets LING.
+    V2,
+    /// The seed's LING layout only (8 pages, bit-exact with the strawman).
+    Ling,
+}
 
 /// Options of `pore straw`.
 #[derive(Args, Debug)]
@@ -45,6 +66,15 @@ pub struct StrawArgs {
     /// implementations of the strawman); ends once the peer half-closes.
     #[arg(long, global = true)]
     echo: bool,
+    /// Ring layout to offer (connect) or choose (listen).
+    #[arg(long, value_enum, default_value_t = LayoutChoice::V2, global = true)]
+    layout: LayoutChoice,
+    /// Data pages per direction of the v2 layout (a power of two).
+    #[arg(long, default_value_t = 16, global = true)]
+    ring_pages: u32,
+    /// stdin and stdout carry whole frames, each a 4-byte little-endian length and its bytes.
+    #[arg(long, global = true)]
+    framed: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -73,11 +103,37 @@ pub fn run(args: StrawArgs) -> ExitCode {
     }
 }
 
+/// The handshake's `v2_pages` for `--layout` and `--ring-pages`.
+fn v2_pages(args: &StrawArgs) -> Result<Option<u32>, String> {
+    match args.layout {
+        LayoutChoice::V2 if args.ring_pages.is_power_of_two() => Ok(Some(args.ring_pages)),
+        LayoutChoice::V2 => Err(format!(
+            "bad --ring-pages {}: not a power of two",
+            args.ring_pages
+        )),
+        LayoutChoice::Ling => Ok(None),
+    }
+}
+
 fn straw(args: &StrawArgs) -> Result<(), String> {
+    v2_pages(args)?;
     match args.backend.resolve()? {
         BackendChoice::Linux => {
             let (xen, domid, client) = backend::open_linux()?;
-            straw_on(args, xen, domid, client)
+            let result = straw_on(args, xen.clone(), domid, client);
+            let held = xen.outstanding();
+            match result {
+                Ok(()) if !held.is_clean() => {
+                    Err(format!("still held after the manager shut down: {held:?}"))
+                }
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    if !held.is_clean() {
+                        eprintln!("pore straw: still held after the manager shut down: {held:?}");
+                    }
+                    Err(e)
+                }
+            }
         }
         _ => {
             let (dom, domid, client) = backend::open_sim()?;
@@ -96,10 +152,12 @@ fn straw_on<B: Backend + Send + Sync + 'static>(
     let timeout = Duration::try_from_secs_f64(args.timeout)
         .map_err(|e| format!("bad --timeout {}: {e}", args.timeout))?;
     let me = Endpoint::new(domid, &args.name).map_err(|e| format!("bad --name: {e:?}"))?;
+    let v2_pages = v2_pages(args)?;
     let cfg = ManagerConfig {
         handshake: Config {
             handshake_timeout: timeout,
             format: Format::Raw,
+            v2_pages,
             ..Config::default()
         },
         ..ManagerConfig::default()
@@ -128,9 +186,18 @@ fn straw_on<B: Backend + Send + Sync + 'static>(
         straw.layout(),
         straw.format()
     );
-    let result = if args.echo { echo(straw) } else { pipe(straw) };
+    let result = if args.echo {
+        echo(straw)
+    } else {
+        pipe(straw, args.framed)
+    };
+    if let Err(e) = &result {
+        // Now, not after the shutdown below (bounded by the close timeout): a script timing
+        // how fast a dead peer is noticed reads this line.
+        eprintln!("pore straw: {e}");
+    }
     manager.shutdown();
-    result
+    result.map_err(|_| "the straw failed".to_string())
 }
 
 fn accept_from<B: Backend + Send + Sync + 'static>(
@@ -176,26 +243,61 @@ fn echo<B: Backend + Send + Sync + 'static>(straw: Straw<B>) -> Result<(), Strin
     }
 }
 
+/// The next frame of a `--framed` input: `None` at a clean end (between two frames).
+fn read_framed(input: &mut impl Read) -> Result<Option<Bytes>, String> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < len.len() {
+        match input.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err("stdin ended inside a frame's length".into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading stdin: {e}")),
+        }
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAMED {
+        return Err(format!(
+            "a frame of {len} bytes on stdin: more than {MAX_FRAMED}"
+        ));
+    }
+    let mut frame = vec![0u8; len];
+    input
+        .read_exact(&mut frame)
+        .map_err(|e| format!("reading a frame of {len} bytes from stdin: {e}"))?;
+    Ok(Some(Bytes::from(frame)))
+}
+
 /// Pipes stdin into the straw and the straw into stdout until both directions are drained.
 ///
 /// End of stdin half-closes our direction ([`pore_straw::straw::Sender::finish`]: the peer
 /// consumes everything, then its receiver ends); the straw is closed once the peer has
 /// half-closed too (our receiver ended).
-fn pipe<B: Backend + Send + Sync + 'static>(straw: Straw<B>) -> Result<(), String> {
+fn pipe<B: Backend + Send + Sync + 'static>(straw: Straw<B>, framed: bool) -> Result<(), String> {
     let (sender, receiver) = straw.split();
     let writer = thread::spawn(move || -> Result<_, String> {
         let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; CHUNK];
+        let mut frames = 0u64;
         loop {
-            let n = match stdin.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("reading stdin: {e}")),
+            let frame = if framed {
+                match read_framed(&mut stdin)? {
+                    Some(f) => f,
+                    None => break,
+                }
+            } else {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => Bytes::copy_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(format!("reading stdin: {e}")),
+                }
             };
+            frames += 1;
             sender
-                .send(Bytes::copy_from_slice(&buf[..n]))
-                .map_err(|e| format!("sending: {e}"))?;
+                .send(frame)
+                .map_err(|e| format!("sending frame {frames}: {e}"))?;
         }
         sender
             .finish()
@@ -203,14 +305,21 @@ fn pipe<B: Backend + Send + Sync + 'static>(straw: Straw<B>) -> Result<(), Strin
         Ok(sender)
     });
     let mut stdout = std::io::stdout().lock();
+    let mut frames = 0u64;
     loop {
         match receiver.recv() {
-            Ok(frame) => stdout
-                .write_all(&frame)
-                .and_then(|_| stdout.flush())
-                .map_err(|e| format!("writing stdout: {e}"))?,
+            Ok(frame) => {
+                frames += 1;
+                let len = u32::try_from(frame.len()).map_err(|_| "a frame over 4 GiB")?;
+                let head = if framed { &len.to_le_bytes()[..] } else { &[] };
+                stdout
+                    .write_all(head)
+                    .and_then(|_| stdout.write_all(&frame))
+                    .and_then(|_| stdout.flush())
+                    .map_err(|e| format!("writing stdout: {e}"))?
+            }
             Err(StrawIoError::Eof) => break,
-            Err(e) => return Err(format!("receiving: {e}")),
+            Err(e) => return Err(format!("receiving frame {}: {e}", frames + 1)),
         }
     }
     let sender = writer

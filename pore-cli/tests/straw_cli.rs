@@ -63,9 +63,62 @@ fn a_bad_peer_close_mode_is_refused() {
     assert!(err.contains("expected `reported` or `silent`"), "{err}");
 }
 
+/// `--framed --layout ling`: whole frames (0 B to 1 MiB, each a 4-byte length and its bytes
+/// on stdin and stdout) over the seed's LING layout, echoed back byte for byte.
+#[test]
+fn framed_frames_over_a_forced_ling_layout_come_back_whole() {
+    let mut input = Vec::new();
+    for (i, len) in [0usize, 1, 100, 0, 5000, 70_000, 1 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        input.extend_from_slice(&(len as u32).to_le_bytes());
+        input.extend_from_slice(&data(len, i as u8));
+    }
+    let err = pipe_io(
+        &["--peer-close", "silent"],
+        &["--framed", "--layout", "ling"],
+        true,
+        input,
+        Vec::new(),
+    );
+    assert!(err.contains("Ling"), "the connector said {err:?}");
+}
+
+/// `--layout v2` with a bad `--ring-pages` is refused before anything is opened.
+#[test]
+fn ring_pages_must_be_a_power_of_two() {
+    let out = Command::new(PORE)
+        .args(["straw", "--backend", "sim", "--ring-pages", "3", "listen"])
+        .env("PORE_SIM_SOCKET", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad --ring-pages 3"), "{err}");
+}
+
 /// With `echo`, the listener runs `--echo` (its stdin is unused) and the connector must get back
 /// what it sent.
 fn pipe_case(sim_args: &[&str], echo: bool, connector_sends: usize, listener_sends: usize) {
+    pipe_io(
+        sim_args,
+        &[],
+        echo,
+        data(connector_sends, 1),
+        data(listener_sends, 2),
+    );
+}
+
+/// Runs a listener and a connector (both with `straw_args`) fed with these inputs; returns
+/// what the connector printed on stderr.
+fn pipe_io(
+    sim_args: &[&str],
+    straw_args: &[&str],
+    echo: bool,
+    to_connector: Vec<u8>,
+    to_listener: Vec<u8>,
+) -> String {
     let mut sim = Reaper(
         Command::new(PORE)
             .args(["sim", "--duration", "60"])
@@ -83,10 +136,10 @@ fn pipe_case(sim_args: &[&str], echo: bool, connector_sends: usize, listener_sen
     }
     assert_eq!(env[0].0, "PORE_SIM_SOCKET");
 
-    let (to_connector, to_listener) = (data(connector_sends, 1), data(listener_sends, 2));
     let mut listener = Reaper(
         Command::new(PORE)
             .args(["straw", "listen"])
+            .args(straw_args)
             .args(echo.then_some("--echo"))
             .envs(env.iter().cloned())
             .stdin(Stdio::piped())
@@ -107,6 +160,7 @@ fn pipe_case(sim_args: &[&str], echo: bool, connector_sends: usize, listener_sen
     let mut connector = Reaper(
         Command::new(PORE)
             .args(["straw", "connect", &domid.to_string()])
+            .args(straw_args)
             .envs(env.iter().cloned())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -167,6 +221,15 @@ fn pipe_case(sim_args: &[&str], echo: bool, connector_sends: usize, listener_sen
         "connector got {} bytes",
         got_by_connector.len()
     );
+    let mut err = String::new();
+    connector
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    err
 }
 
 /// On a machine without Xen (this one; the lab runs the real thing), `--backend linux` names
