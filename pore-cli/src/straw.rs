@@ -23,7 +23,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use pore_core::{Backend, DomId};
 use pore_straw::handshake::Config;
 use pore_straw::manager::{Manager, ManagerConfig};
-use pore_straw::straw::{Straw, StrawIoError};
+use pore_straw::straw::{Receiver, Sender, Straw, StrawConfig, StrawIoError};
 use pore_straw::xenstore::XsAdapter;
 use pore_straw::{Endpoint, Format};
 use pore_xenstore::Client;
@@ -75,6 +75,10 @@ pub struct StrawArgs {
     /// stdin and stdout carry whole frames, each a 4-byte little-endian length and its bytes.
     #[arg(long, global = true)]
     framed: bool,
+    /// Seconds one blocked send or receive waits before it looks at the straw again. A live
+    /// peer is waited for as long as it lives, however slow (a dead one is "peer gone").
+    #[arg(long, default_value_t = 30.0, global = true)]
+    io_timeout: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,6 +155,10 @@ fn straw_on<B: Backend + Send + Sync + 'static>(
 ) -> Result<(), String> {
     let timeout = Duration::try_from_secs_f64(args.timeout)
         .map_err(|e| format!("bad --timeout {}: {e}", args.timeout))?;
+    let io_timeout = Duration::try_from_secs_f64(args.io_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("bad --io-timeout {}", args.io_timeout))?;
     let me = Endpoint::new(domid, &args.name).map_err(|e| format!("bad --name: {e:?}"))?;
     let v2_pages = v2_pages(args)?;
     let cfg = ManagerConfig {
@@ -159,6 +167,10 @@ fn straw_on<B: Backend + Send + Sync + 'static>(
             format: Format::Raw,
             v2_pages,
             ..Config::default()
+        },
+        straw: StrawConfig {
+            io_timeout,
+            ..StrawConfig::default()
         },
         ..ManagerConfig::default()
     };
@@ -216,17 +228,58 @@ fn accept_from<B: Backend + Send + Sync + 'static>(
         .map_err(|e| format!("waiting for a straw: {e}"))
 }
 
+/// The next frame, waiting as long as the peer lives (each wait is bounded by the straw's
+/// `io_timeout`, after which the straw is looked at again: a lost peer ends the wait).
+fn recv_patiently<B: Backend + Send + Sync + 'static>(
+    receiver: &Receiver<B>,
+) -> Result<Bytes, StrawIoError> {
+    loop {
+        match receiver.recv() {
+            Err(StrawIoError::TimedOut) => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Sends `frame`, waiting for room as long as the peer lives. A frame the ring took in part
+/// ([`StrawIoError::Queued`]) is finished by the next send or by the half-close.
+fn send_patiently<B: Backend + Send + Sync + 'static>(
+    sender: &Sender<B>,
+    frame: Bytes,
+) -> Result<(), StrawIoError> {
+    loop {
+        match sender.send(frame.clone()) {
+            Ok(()) | Err(StrawIoError::Queued) => return Ok(()),
+            // Nothing of it was taken: offer it again.
+            Err(StrawIoError::TimedOut) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Half-closes once the peer has consumed everything we sent, however long that takes while
+/// it lives.
+fn finish_patiently<B: Backend + Send + Sync + 'static>(
+    sender: &Sender<B>,
+) -> Result<(), StrawIoError> {
+    loop {
+        match sender.finish() {
+            Err(StrawIoError::TimedOut) => continue,
+            r => return r,
+        }
+    }
+}
+
 /// Sends every frame received back to the peer until the peer half-closes, then half-closes and
 /// closes.
 fn echo<B: Backend + Send + Sync + 'static>(straw: Straw<B>) -> Result<(), String> {
     let (sender, receiver) = straw.split();
     let mut frames = 0u64;
     loop {
-        match receiver.recv() {
+        match recv_patiently(&receiver) {
             Ok(frame) => {
                 frames += 1;
-                sender
-                    .send(frame)
+                send_patiently(&sender, frame)
                     .map_err(|e| format!("echoing frame {frames}: {e}"))?
             }
             Err(StrawIoError::Eof) => break,
@@ -234,9 +287,7 @@ fn echo<B: Backend + Send + Sync + 'static>(straw: Straw<B>) -> Result<(), Strin
         }
     }
     eprintln!("pore straw: echoed {frames} frames");
-    sender
-        .finish()
-        .map_err(|e| format!("half-closing after the peer's end: {e}"))?;
+    finish_patiently(&sender).map_err(|e| format!("half-closing after the peer's end: {e}"))?;
     match sender.close() {
         Ok(()) | Err(StrawIoError::Eof | StrawIoError::Closed) => Ok(()),
         Err(e) => Err(format!("closing: {e}")),
@@ -295,19 +346,15 @@ fn pipe<B: Backend + Send + Sync + 'static>(straw: Straw<B>, framed: bool) -> Re
                 }
             };
             frames += 1;
-            sender
-                .send(frame)
-                .map_err(|e| format!("sending frame {frames}: {e}"))?;
+            send_patiently(&sender, frame).map_err(|e| format!("sending frame {frames}: {e}"))?;
         }
-        sender
-            .finish()
-            .map_err(|e| format!("half-closing after end of stdin: {e}"))?;
+        finish_patiently(&sender).map_err(|e| format!("half-closing after end of stdin: {e}"))?;
         Ok(sender)
     });
     let mut stdout = std::io::stdout().lock();
     let mut frames = 0u64;
     loop {
-        match receiver.recv() {
+        match recv_patiently(&receiver) {
             Ok(frame) => {
                 frames += 1;
                 let len = u32::try_from(frame.len()).map_err(|_| "a frame over 4 GiB")?;

@@ -79,10 +79,30 @@ fn framed_frames_over_a_forced_ling_layout_come_back_whole() {
         &["--peer-close", "silent"],
         &["--framed", "--layout", "ling"],
         true,
-        input,
+        (input, None),
         Vec::new(),
     );
     assert!(err.contains("Ling"), "the connector said {err:?}");
+}
+
+/// A live peer is waited for however long it is silent: a pause in the connector's input
+/// far longer than `--io-timeout` leaves both sides waiting, not failing (they gave up
+/// with "timed out" before, which a slow emulated Xen hit with the default 30 s).
+#[test]
+fn a_silent_live_peer_is_waited_for_past_the_io_timeout() {
+    let mut input = Vec::new();
+    for (i, len) in [100usize, 70_000, 3].into_iter().enumerate() {
+        input.extend_from_slice(&(len as u32).to_le_bytes());
+        input.extend_from_slice(&data(len, i as u8));
+    }
+    let first = 4 + 100;
+    pipe_io(
+        &["--peer-close", "silent"],
+        &["--framed", "--io-timeout", "0.1"],
+        true,
+        (input, Some((first, Duration::from_millis(1500)))),
+        Vec::new(),
+    );
 }
 
 /// `--layout v2` with a bad `--ring-pages` is refused before anything is opened.
@@ -105,18 +125,19 @@ fn pipe_case(sim_args: &[&str], echo: bool, connector_sends: usize, listener_sen
         sim_args,
         &[],
         echo,
-        data(connector_sends, 1),
+        (data(connector_sends, 1), None),
         data(listener_sends, 2),
     );
 }
 
-/// Runs a listener and a connector (both with `straw_args`) fed with these inputs; returns
-/// what the connector printed on stderr.
+/// Runs a listener and a connector (both with `straw_args`) fed with these inputs (the
+/// connector's with an optional pause after its first N bytes); returns what the connector
+/// printed on stderr.
 fn pipe_io(
     sim_args: &[&str],
     straw_args: &[&str],
     echo: bool,
-    to_connector: Vec<u8>,
+    (to_connector, pause): (Vec<u8>, Option<(usize, Duration)>),
     to_listener: Vec<u8>,
 ) -> String {
     let mut sim = Reaper(
@@ -168,9 +189,15 @@ fn pipe_io(
             .spawn()
             .unwrap(),
     );
-    let feed = |child: &mut Child, bytes: Vec<u8>| {
+    let feed = |child: &mut Child, bytes: Vec<u8>, pause: Option<(usize, Duration)>| {
         let mut stdin = child.stdin.take().unwrap();
-        thread::spawn(move || stdin.write_all(&bytes).unwrap())
+        thread::spawn(move || {
+            let (at, nap) = pause.unwrap_or((0, Duration::ZERO));
+            stdin.write_all(&bytes[..at]).unwrap();
+            stdin.flush().unwrap();
+            thread::sleep(nap);
+            stdin.write_all(&bytes[at..]).unwrap()
+        })
     };
     let drain = |child: &mut Child| {
         let mut out = child.stdout.take().unwrap();
@@ -181,8 +208,8 @@ fn pipe_io(
         })
     };
     let (f1, f2) = (
-        feed(&mut listener.0, to_listener.clone()),
-        feed(&mut connector.0, to_connector.clone()),
+        feed(&mut listener.0, to_listener.clone(), None),
+        feed(&mut connector.0, to_connector.clone(), pause),
     );
     let (d1, d2) = (drain(&mut listener.0), drain(&mut connector.0));
     f1.join().unwrap();
