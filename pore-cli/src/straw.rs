@@ -1,8 +1,16 @@
 //! `pore straw listen|connect`: one straw, piped to stdin and stdout.
 //!
 //! Each read from stdin (up to 64 KiB) becomes one raw frame; every frame received is written to
-//! stdout. End of stdin starts a graceful close; the command exits 0 once both directions are
+//! stdout. With `--framed`, stdin and stdout carry whole frames instead, each as a 4-byte
+//! little-endian length and its bytes (so empty frames and frames of megabytes pass intact).
+//! End of stdin starts a graceful close; the command exits 0 once both directions are
 //! drained (everything we sent was consumed and the peer closed its side).
+//!
+//! `--layout ling` forces the seed's 8-page LING layout (a listener then grants LING, an
+//! opener offers nothing else); `--layout v2` (the default) offers or chooses our v2 layout
+//! with `--ring-pages` data pages per direction. An error of the data path (e.g. "peer gone")
+//! is printed as soon as it is seen, before the straw manager shuts down. On real Xen the
+//! command fails if grants, mappings or ports are still held once the manager is down.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -11,11 +19,11 @@ use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use pore_core::{Backend, DomId};
 use pore_straw::handshake::Config;
 use pore_straw::manager::{Manager, ManagerConfig};
-use pore_straw::straw::{Straw, StrawIoError};
+use pore_straw::straw::{Receiver, Sender, Straw, StrawConfig, StrawIoError};
 use pore_straw::xenstore::XsAdapter;
 use pore_straw::{Endpoint, Format};
 use pore_xenstore::Client;
@@ -24,6 +32,19 @@ use crate::backend::{self, BackendChoice};
 
 /// Largest frame made of one stdin read.
 const CHUNK: usize = 64 << 10;
+
+/// Largest frame accepted from stdin with `--framed` (pore-straw's default `max_frame`).
+const MAX_FRAMED: usize = 16 << 20;
+
+/// The ring layouts `pore straw` can ask for.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutChoice {
+    /// Our v2 layout (D15), `--ring-pages` data pages per direction; a LING-only peer still
+    /// gets LING.
+    V2,
+    /// The seed's LING layout only (8 pages, bit-exact with the strawman).
+    Ling,
+}
 
 /// Options of `pore straw`.
 #[derive(Args, Debug)]
@@ -46,6 +67,19 @@ pub struct StrawArgs {
     /// implementations of the strawman); ends once the peer half-closes.
     #[arg(long, global = true)]
     echo: bool,
+    /// Ring layout to offer (connect) or choose (listen).
+    #[arg(long, value_enum, default_value_t = LayoutChoice::V2, global = true)]
+    layout: LayoutChoice,
+    /// Data pages per direction of the v2 layout (a power of two).
+    #[arg(long, default_value_t = 16, global = true)]
+    ring_pages: u32,
+    /// stdin and stdout carry whole frames, each a 4-byte little-endian length and its bytes.
+    #[arg(long, global = true)]
+    framed: bool,
+    /// Seconds one blocked send or receive waits before it looks at the straw again. A live
+    /// peer is waited for as long as it lives, however slow (a dead one is "peer gone").
+    #[arg(long, default_value_t = 30.0, global = true)]
+    io_timeout: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -74,11 +108,37 @@ pub fn run(args: StrawArgs) -> ExitCode {
     }
 }
 
+/// The handshake's `v2_pages` for `--layout` and `--ring-pages`.
+fn v2_pages(args: &StrawArgs) -> Result<Option<u32>, String> {
+    match args.layout {
+        LayoutChoice::V2 if args.ring_pages.is_power_of_two() => Ok(Some(args.ring_pages)),
+        LayoutChoice::V2 => Err(format!(
+            "bad --ring-pages {}: not a power of two",
+            args.ring_pages
+        )),
+        LayoutChoice::Ling => Ok(None),
+    }
+}
+
 fn straw(args: &StrawArgs) -> Result<(), String> {
+    v2_pages(args)?;
     match args.backend.resolve()? {
         BackendChoice::Linux => {
             let (xen, domid, client) = backend::open_linux()?;
-            straw_on(args, xen, domid, client)
+            let result = straw_on(args, xen.clone(), domid, client);
+            let held = xen.outstanding();
+            match result {
+                Ok(()) if !held.is_clean() => {
+                    Err(format!("still held after the manager shut down: {held:?}"))
+                }
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    if !held.is_clean() {
+                        eprintln!("pore straw: still held after the manager shut down: {held:?}");
+                    }
+                    Err(e)
+                }
+            }
         }
         _ => {
             let (dom, domid, client) = backend::open_sim()?;
@@ -96,12 +156,22 @@ fn straw_on<B: Backend + Send + Sync + 'static>(
 ) -> Result<(), String> {
     let timeout = Duration::try_from_secs_f64(args.timeout)
         .map_err(|e| format!("bad --timeout {}: {e}", args.timeout))?;
+    let io_timeout = Duration::try_from_secs_f64(args.io_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("bad --io-timeout {}", args.io_timeout))?;
     let me = Endpoint::new(domid, &args.name).map_err(|e| format!("bad --name: {e:?}"))?;
+    let v2_pages = v2_pages(args)?;
     let cfg = ManagerConfig {
         handshake: Config {
             handshake_timeout: timeout,
             format: Format::Raw,
+            v2_pages,
             ..Config::default()
+        },
+        straw: StrawConfig {
+            io_timeout,
+            ..StrawConfig::default()
         },
         ..ManagerConfig::default()
     };
@@ -129,9 +199,18 @@ fn straw_on<B: Backend + Send + Sync + 'static>(
         straw.layout(),
         straw.format()
     );
-    let result = if args.echo { echo(straw) } else { pipe(straw) };
+    let result = if args.echo {
+        echo(straw)
+    } else {
+        pipe(straw, args.framed)
+    };
+    if let Err(e) = &result {
+        // Now, not after the shutdown below (bounded by the close timeout): a script timing
+        // how fast a dead peer is noticed reads this line.
+        eprintln!("pore straw: {e}");
+    }
     manager.shutdown();
-    result
+    result.map_err(|_| "the straw failed".to_string())
 }
 
 fn accept_from<B: Backend + Send + Sync + 'static>(
@@ -150,17 +229,58 @@ fn accept_from<B: Backend + Send + Sync + 'static>(
         .map_err(|e| format!("waiting for a straw: {e}"))
 }
 
+/// The next frame, waiting as long as the peer lives (each wait is bounded by the straw's
+/// `io_timeout`, after which the straw is looked at again: a lost peer ends the wait).
+fn recv_patiently<B: Backend + Send + Sync + 'static>(
+    receiver: &Receiver<B>,
+) -> Result<Bytes, StrawIoError> {
+    loop {
+        match receiver.recv() {
+            Err(StrawIoError::TimedOut) => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Sends `frame`, waiting for room as long as the peer lives. A frame the ring took in part
+/// ([`StrawIoError::Queued`]) is finished by the next send or by the half-close.
+fn send_patiently<B: Backend + Send + Sync + 'static>(
+    sender: &Sender<B>,
+    frame: Bytes,
+) -> Result<(), StrawIoError> {
+    loop {
+        match sender.send(frame.clone()) {
+            Ok(()) | Err(StrawIoError::Queued) => return Ok(()),
+            // Nothing of it was taken: offer it again.
+            Err(StrawIoError::TimedOut) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Half-closes once the peer has consumed everything we sent, however long that takes while
+/// it lives.
+fn finish_patiently<B: Backend + Send + Sync + 'static>(
+    sender: &Sender<B>,
+) -> Result<(), StrawIoError> {
+    loop {
+        match sender.finish() {
+            Err(StrawIoError::TimedOut) => continue,
+            r => return r,
+        }
+    }
+}
+
 /// Sends every frame received back to the peer until the peer half-closes, then half-closes and
 /// closes.
 fn echo<B: Backend + Send + Sync + 'static>(straw: Straw<B>) -> Result<(), String> {
     let (sender, receiver) = straw.split();
     let mut frames = 0u64;
     loop {
-        match receiver.recv() {
+        match recv_patiently(&receiver) {
             Ok(frame) => {
                 frames += 1;
-                sender
-                    .send(frame)
+                send_patiently(&sender, frame)
                     .map_err(|e| format!("echoing frame {frames}: {e}"))?
             }
             Err(StrawIoError::Eof) => break,
@@ -168,13 +288,37 @@ fn echo<B: Backend + Send + Sync + 'static>(straw: Straw<B>) -> Result<(), Strin
         }
     }
     eprintln!("pore straw: echoed {frames} frames");
-    sender
-        .finish()
-        .map_err(|e| format!("half-closing after the peer's end: {e}"))?;
+    finish_patiently(&sender).map_err(|e| format!("half-closing after the peer's end: {e}"))?;
     match sender.close() {
         Ok(()) | Err(StrawIoError::Eof | StrawIoError::Closed) => Ok(()),
         Err(e) => Err(format!("closing: {e}")),
     }
+}
+
+/// The next frame of a `--framed` input: `None` at a clean end (between two frames).
+fn read_framed(input: &mut impl Read) -> Result<Option<Bytes>, String> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < len.len() {
+        match input.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err("stdin ended inside a frame's length".into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading stdin: {e}")),
+        }
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAMED {
+        return Err(format!(
+            "a frame of {len} bytes on stdin: more than {MAX_FRAMED}"
+        ));
+    }
+    let mut frame = vec![0u8; len];
+    input
+        .read_exact(&mut frame)
+        .map_err(|e| format!("reading a frame of {len} bytes from stdin: {e}"))?;
+    Ok(Some(Bytes::from(frame)))
 }
 
 /// Pipes stdin into the straw and the straw into stdout until both directions are drained.
@@ -182,36 +326,48 @@ fn echo<B: Backend + Send + Sync + 'static>(straw: Straw<B>) -> Result<(), Strin
 /// End of stdin half-closes our direction ([`pore_straw::straw::Sender::finish`]: the peer
 /// consumes everything, then its receiver ends); the straw is closed once the peer has
 /// half-closed too (our receiver ended).
-fn pipe<B: Backend + Send + Sync + 'static>(straw: Straw<B>) -> Result<(), String> {
+fn pipe<B: Backend + Send + Sync + 'static>(straw: Straw<B>, framed: bool) -> Result<(), String> {
     let (sender, receiver) = straw.split();
     let writer = thread::spawn(move || -> Result<_, String> {
         let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; CHUNK];
+        let mut frames = 0u64;
         loop {
-            let n = match stdin.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("reading stdin: {e}")),
+            let frame = if framed {
+                match read_framed(&mut stdin)? {
+                    Some(f) => f,
+                    None => break,
+                }
+            } else {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => Bytes::copy_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(format!("reading stdin: {e}")),
+                }
             };
-            sender
-                .send(Bytes::copy_from_slice(&buf[..n]))
-                .map_err(|e| format!("sending: {e}"))?;
+            frames += 1;
+            send_patiently(&sender, frame).map_err(|e| format!("sending frame {frames}: {e}"))?;
         }
-        sender
-            .finish()
-            .map_err(|e| format!("half-closing after end of stdin: {e}"))?;
+        finish_patiently(&sender).map_err(|e| format!("half-closing after end of stdin: {e}"))?;
         Ok(sender)
     });
     let mut stdout = std::io::stdout().lock();
+    let mut frames = 0u64;
     loop {
-        match receiver.recv() {
-            Ok(frame) => stdout
-                .write_all(&frame)
-                .and_then(|_| stdout.flush())
-                .map_err(|e| format!("writing stdout: {e}"))?,
+        match recv_patiently(&receiver) {
+            Ok(frame) => {
+                frames += 1;
+                let len = u32::try_from(frame.len()).map_err(|_| "a frame over 4 GiB")?;
+                let head = if framed { &len.to_le_bytes()[..] } else { &[] };
+                stdout
+                    .write_all(head)
+                    .and_then(|_| stdout.write_all(&frame))
+                    .and_then(|_| stdout.flush())
+                    .map_err(|e| format!("writing stdout: {e}"))?
+            }
             Err(StrawIoError::Eof) => break,
-            Err(e) => return Err(format!("receiving: {e}")),
+            Err(e) => return Err(format!("receiving frame {}: {e}", frames + 1)),
         }
     }
     let sender = writer

@@ -63,7 +63,62 @@ fn a_bad_peer_close_mode_is_refused() {
     assert!(err.contains("expected `reported` or `silent`"), "{err}");
 }
 
-/// Issue 10, item 9: a normal end is not a warning. Both commands used to print
+/// `--framed --layout ling`: whole frames (0 B to 1 MiB, each a 4-byte length and its bytes
+/// on stdin and stdout) over the seed's LING layout, echoed back byte for byte.
+#[test]
+fn framed_frames_over_a_forced_ling_layout_come_back_whole() {
+    let mut input = Vec::new();
+    for (i, len) in [0usize, 1, 100, 0, 5000, 70_000, 1 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        input.extend_from_slice(&(len as u32).to_le_bytes());
+        input.extend_from_slice(&data(len, i as u8));
+    }
+    let (_, err) = pipe_io(
+        &["--peer-close", "silent"],
+        &["--framed", "--layout", "ling"],
+        true,
+        (input, None),
+        Vec::new(),
+    );
+    assert!(err.contains("Ling"), "the connector said {err:?}");
+}
+
+/// A live peer is waited for however long it is silent: a pause in the connector's input
+/// far longer than `--io-timeout` leaves both sides waiting, not failing (they gave up
+/// with "timed out" before, which a slow emulated Xen hit with the default 30 s).
+#[test]
+fn a_silent_live_peer_is_waited_for_past_the_io_timeout() {
+    let mut input = Vec::new();
+    for (i, len) in [100usize, 70_000, 3].into_iter().enumerate() {
+        input.extend_from_slice(&(len as u32).to_le_bytes());
+        input.extend_from_slice(&data(len, i as u8));
+    }
+    let first = 4 + 100;
+    pipe_io(
+        &["--peer-close", "silent"],
+        &["--framed", "--io-timeout", "0.1"],
+        true,
+        (input, Some((first, Duration::from_millis(1500)))),
+        Vec::new(),
+    );
+}
+
+/// `--layout v2` with a bad `--ring-pages` is refused before anything is opened.
+#[test]
+fn ring_pages_must_be_a_power_of_two() {
+    let out = Command::new(PORE)
+        .args(["straw", "--backend", "sim", "--ring-pages", "3", "listen"])
+        .env("PORE_SIM_SOCKET", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad --ring-pages 3"), "{err}");
+}
+
+/// A normal end is not a warning. Both commands used to print
 /// `xenstore connection lost ... the port was closed (its domain died)` and
 /// `straw: watch stopped` at WARN on their way out (the domain went before its xenstore
 /// connection).
@@ -78,14 +133,32 @@ fn a_clean_end_prints_no_warning() {
     }
 }
 
-/// Runs `pore sim`, `pore straw listen` and `pore straw connect` piping data both ways;
-/// returns what the listener and the connector printed on stderr. With `echo`, the listener
-/// runs `--echo` (its stdin is unused) and the connector must get back what it sent.
+/// With `echo`, the listener runs `--echo` (its stdin is unused) and the connector must get back
+/// what it sent. Returns what the listener and the connector printed on stderr.
 fn pipe_case(
     sim_args: &[&str],
     echo: bool,
     connector_sends: usize,
     listener_sends: usize,
+) -> (String, String) {
+    pipe_io(
+        sim_args,
+        &[],
+        echo,
+        (data(connector_sends, 1), None),
+        data(listener_sends, 2),
+    )
+}
+
+/// Runs a listener and a connector (both with `straw_args`) fed with these inputs (the
+/// connector's with an optional pause after its first N bytes); returns what the listener and
+/// the connector printed on stderr.
+fn pipe_io(
+    sim_args: &[&str],
+    straw_args: &[&str],
+    echo: bool,
+    (to_connector, pause): (Vec<u8>, Option<(usize, Duration)>),
+    to_listener: Vec<u8>,
 ) -> (String, String) {
     let mut sim = Reaper(
         Command::new(PORE)
@@ -104,10 +177,10 @@ fn pipe_case(
     }
     assert_eq!(env[0].0, "PORE_SIM_SOCKET");
 
-    let (to_connector, to_listener) = (data(connector_sends, 1), data(listener_sends, 2));
     let mut listener = Reaper(
         Command::new(PORE)
             .args(["straw", "listen"])
+            .args(straw_args)
             .args(echo.then_some("--echo"))
             .envs(env.iter().cloned())
             .stdin(Stdio::piped())
@@ -124,10 +197,16 @@ fn pipe_case(
         .nth(5)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("listener said {first:?}"));
+    let listener_rest = thread::spawn(move || {
+        let mut rest = String::new();
+        listener_err.read_to_string(&mut rest).unwrap();
+        rest
+    });
 
     let mut connector = Reaper(
         Command::new(PORE)
             .args(["straw", "connect", &domid.to_string()])
+            .args(straw_args)
             .envs(env.iter().cloned())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -135,9 +214,15 @@ fn pipe_case(
             .spawn()
             .unwrap(),
     );
-    let feed = |child: &mut Child, bytes: Vec<u8>| {
+    let feed = |child: &mut Child, bytes: Vec<u8>, pause: Option<(usize, Duration)>| {
         let mut stdin = child.stdin.take().unwrap();
-        thread::spawn(move || stdin.write_all(&bytes).unwrap())
+        thread::spawn(move || {
+            let (at, nap) = pause.unwrap_or((0, Duration::ZERO));
+            stdin.write_all(&bytes[..at]).unwrap();
+            stdin.flush().unwrap();
+            thread::sleep(nap);
+            stdin.write_all(&bytes[at..]).unwrap()
+        })
     };
     let drain = |child: &mut Child| {
         let mut out = child.stdout.take().unwrap();
@@ -148,21 +233,10 @@ fn pipe_case(
         })
     };
     let (f1, f2) = (
-        feed(&mut listener.0, to_listener.clone()),
-        feed(&mut connector.0, to_connector.clone()),
+        feed(&mut listener.0, to_listener.clone(), None),
+        feed(&mut connector.0, to_connector.clone(), pause),
     );
     let (d1, d2) = (drain(&mut listener.0), drain(&mut connector.0));
-    let mut connector_err = connector.0.stderr.take().unwrap();
-    let e2 = thread::spawn(move || {
-        let mut s = String::new();
-        connector_err.read_to_string(&mut s).unwrap();
-        s
-    });
-    let e1 = thread::spawn(move || {
-        let mut s = String::new();
-        listener_err.read_to_string(&mut s).unwrap();
-        s
-    });
     f1.join().unwrap();
     f2.join().unwrap();
     let (got_by_listener, got_by_connector) = (d1.join().unwrap(), d2.join().unwrap());
@@ -199,7 +273,15 @@ fn pipe_case(
         "connector got {} bytes",
         got_by_connector.len()
     );
-    (e1.join().unwrap(), e2.join().unwrap())
+    let mut err = String::new();
+    connector
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (first + &listener_rest.join().unwrap(), err)
 }
 
 /// On a machine without Xen (this one; the lab runs the real thing), `--backend linux` names

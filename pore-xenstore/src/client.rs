@@ -5,6 +5,13 @@
 //! whatever arrives, routes replies by request id and watch events by token, wakes the
 //! others and, once its own answer is there, hands the reader role on. A single caller
 //! thus pays one write and one read per request, like libxenstore's unthreaded path.
+//!
+//! Requests are pipelined (several in flight, matched by id) unless the transport says
+//! [`Transport::one_request_at_a_time`] (the Linux xenbus device, where pipelining can
+//! deadlock the kernel: see [`XenbusTransport`](crate::transport::XenbusTransport)); then a
+//! request is written only once every earlier one has been answered, and the thread that
+//! waits for its turn reads the connection meanwhile (the reply it waits for may be one
+//! nobody else awaits any more).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +23,7 @@ use crate::core::{ClientCore, Incoming, DEFAULT_MAX_OPEN_TRANSACTIONS};
 use crate::error::{CodecError, Error, ErrorName};
 use crate::perms::Perm;
 use crate::transport::{StoreLocation, Transport, TransportReader, TransportWriter};
-use crate::wire::{Limits, HEADER_LEN};
+use crate::wire::{Limits, MsgType, HEADER_LEN};
 
 /// Client settings.
 #[derive(Clone, Debug)]
@@ -75,11 +82,16 @@ struct State {
     reader_busy: bool,
     closed: bool,
     orphans: Vec<u32>,
+    /// Requests written whose reply has not been read yet (including those given up on:
+    /// the daemon still answers them).
+    in_flight: usize,
 }
 
 /// A xenstore client. `Sync`: share it between threads by reference or in an `Arc`.
 pub struct Client {
     config: Config,
+    /// At most one request in flight ([`Transport::one_request_at_a_time`]).
+    serial: bool,
     state: Mutex<State>,
     cv: Condvar,
     reader: Mutex<ReaderHalf>,
@@ -103,6 +115,7 @@ impl Client {
     /// A client over `transport`.
     pub fn with_transport(transport: Box<dyn Transport>, config: Config) -> Result<Self, Error> {
         let limits: Limits = transport.limits();
+        let serial = transport.one_request_at_a_time();
         let (rd, wr) = transport.split()?;
         Ok(Self {
             state: Mutex::new(State {
@@ -114,7 +127,9 @@ impl Client {
                 reader_busy: false,
                 closed: false,
                 orphans: Vec::new(),
+                in_flight: 0,
             }),
+            serial,
             cv: Condvar::new(),
             reader: Mutex::new(ReaderHalf {
                 rd,
@@ -177,6 +192,10 @@ impl Client {
     }
 
     fn dispatch(&self, st: &mut State, msg: crate::codec::Message) {
+        if msg.ty != MsgType::WatchEvent.as_u32() {
+            // Every request gets exactly one reply; anything but an event is one.
+            st.in_flight = st.in_flight.saturating_sub(1);
+        }
         match st.core.handle(msg) {
             Incoming::Reply { req_id, result } => {
                 if st.discard.remove(&req_id) {
@@ -243,15 +262,25 @@ impl Client {
                 }
             }
             self.cv.notify_all();
-            if !st.orphans.is_empty() {
-                let orphans = std::mem::take(&mut st.orphans);
-                drop(st);
-                for id in orphans {
-                    self.fire_and_forget(&Request::TransactionEnd { commit: false }, id);
-                }
-                st = lock(&self.state);
-            }
+            st = self.abort_orphans(st);
         }
+    }
+
+    /// True if a request may be written now.
+    fn may_send(&self, st: &State) -> bool {
+        !self.serial || st.in_flight == 0
+    }
+
+    /// Aborts the transactions that timed-out starts opened (as many as may be sent now;
+    /// the others wait for the next chance).
+    fn abort_orphans<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        while !st.orphans.is_empty() && self.may_send(&st) {
+            let id = st.orphans.remove(0);
+            drop(st);
+            self.fire_and_forget(&Request::TransactionEnd { commit: false }, id);
+            st = lock(&self.state);
+        }
+        st
     }
 
     /// Gives up fire-and-forget requests past their time, and the oldest ones beyond
@@ -270,17 +299,24 @@ impl Client {
 
     /// Sends `req` without waiting for its reply (dropped when it comes; given up after
     /// the timeout, or when [`MAX_FORGOTTEN_REQUESTS`] newer ones are outstanding).
+    /// Only a transaction's abort is sent so: when another request is in flight on a
+    /// one-at-a-time transport, it is queued with the orphans and sent later.
     fn fire_and_forget(&self, req: &Request<'_>, tx: u32) {
         let mut buf = Vec::new();
         let now = Instant::now();
         let deadline = now + self.config.timeout;
         let id = {
             let mut st = lock(&self.state);
+            if !self.may_send(&st) {
+                st.orphans.push(tx);
+                return;
+            }
             Self::give_up_forgotten(&mut st, now, MAX_FORGOTTEN_REQUESTS.saturating_sub(1));
             match st.core.begin(req, tx, &mut buf) {
                 Ok(id) => {
                     st.discard.insert(id);
                     st.forgotten.push_back((id, deadline));
+                    st.in_flight += 1;
                     id
                 }
                 Err(_) => return,
@@ -291,6 +327,7 @@ impl Client {
             st.core.cancel(id);
             st.discard.remove(&id);
             st.forgotten.retain(|&(i, _)| i != id);
+            st.in_flight = st.in_flight.saturating_sub(1);
         }
     }
 
@@ -304,6 +341,19 @@ impl Client {
                 if st.closed {
                     return Err(Error::Closed);
                 }
+                if !self.may_send(&st) {
+                    // Our turn comes when the reply in flight has been read: read it
+                    // ourselves if nobody else is reading.
+                    drop(st);
+                    self.wait(deadline, |st| self.may_send(st).then_some(()))?;
+                    st = lock(&self.state);
+                    continue;
+                }
+                if !st.orphans.is_empty() {
+                    // Aborts of orphan transactions go first (one at a time, if serial).
+                    st = self.abort_orphans(st);
+                    continue;
+                }
                 match st.core.begin(req, tx, &mut buf) {
                     Err(Error::TooManyTransactions(n)) => {
                         let now = Instant::now();
@@ -316,7 +366,11 @@ impl Client {
                             .unwrap_or_else(|p| p.into_inner())
                             .0;
                     }
-                    r => break r?,
+                    r => {
+                        let id = r?;
+                        st.in_flight += 1;
+                        break id;
+                    }
                 }
             }
         };

@@ -45,6 +45,13 @@ pub trait Transport: Send {
     fn limits(&self) -> Limits;
     /// Splits into a reader and a writer.
     fn split(self: Box<Self>) -> io::Result<(Box<dyn TransportReader>, Box<dyn TransportWriter>)>;
+    /// True if the client must have at most one request in flight: it then writes a
+    /// request only once the reply to every earlier one has been read (libxenstore's
+    /// discipline). The default is false: requests are pipelined and matched by id.
+    /// [`XenbusTransport`] says true (see there why).
+    fn one_request_at_a_time(&self) -> bool {
+        false
+    }
 }
 
 fn timed_out() -> io::Error {
@@ -154,6 +161,28 @@ impl Transport for UnixTransport {
 /// The Linux `/dev/xen/xenbus` device (a guest's or dom0's kernel relays to xenstored).
 ///
 /// Requests are written as whole packets of at most 4080 payload bytes (D11).
+///
+/// **One request in flight.** The client sends a request on this device only once the
+/// reply to every earlier request of the same open file has been read
+/// ([`Transport::one_request_at_a_time`]), as libxenstore does (its `xs_talkv` holds the
+/// handle's request lock from the write to the reply). Pipelining is not safe here: in
+/// Linux's `drivers/xen/xenbus/xenbus_dev_frontend.c` (6.1, the asynchronous device of
+/// 4.11 and later), `xenbus_file_write` holds the file's `msgbuffer_mutex` while a WATCH
+/// or UNWATCH is carried out synchronously (`xenbus_write_watch` →
+/// `register_xenbus_watch`/`unregister_xenbus_watch` → `xs_watch`/`xs_unwatch` →
+/// `xs_talkv`, which waits for xenstored's answer). Every answer is delivered by the
+/// kernel's single xenbus thread (`xenbus_thread` → `process_msg` → the request's
+/// callback), and for a request written on this device that callback is
+/// `xenbus_dev_queue_reply`, which takes the same `msgbuffer_mutex`. So when the reply to
+/// an earlier request of this file reaches the xenbus thread while the (UN)WATCH waits,
+/// the xenbus thread blocks on the mutex, the watch's answer is never delivered, and the
+/// whole domain's xenstore connection hangs with unkillable tasks (seen in the lab:
+/// pore-straw's watch thread unwatching while another thread's READ was answered). The
+/// weaker rule "no (UN)WATCH while a reply is outstanding" needs the same bookkeeping (a
+/// count of unanswered requests and a reservation so nothing slips in before the
+/// (UN)WATCH), and pipelining buys little here: xenstored answers one connection's
+/// requests in order and the kernel funnels the whole domain through one ring. A reply
+/// that is late (its caller timed out) still counts as outstanding until it is read.
 #[derive(Debug)]
 pub struct XenbusTransport {
     file: File,
@@ -230,6 +259,10 @@ impl TransportWriter for XenbusWriter {
 impl Transport for XenbusTransport {
     fn limits(&self) -> Limits {
         Limits::XENBUS_DEV
+    }
+
+    fn one_request_at_a_time(&self) -> bool {
+        true
     }
 
     fn split(self: Box<Self>) -> io::Result<(Box<dyn TransportReader>, Box<dyn TransportWriter>)> {
