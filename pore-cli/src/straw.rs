@@ -39,7 +39,7 @@ const MAX_FRAMED: usize = 16 << 20;
 /// The ring layouts `pore straw` can ask for.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayoutChoice {
-    /// Our v2 layout (D15), `--ring-pages` data pages per direction; a LING-only peer still
+    /// Our v2 layout, `--ring-pages` data pages per direction; a LING-only peer still
     /// gets LING.
     V2,
     /// The seed's LING layout only (8 pages, bit-exact with the strawman).
