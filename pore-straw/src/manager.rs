@@ -1143,9 +1143,15 @@ where
 {
     fn run(&mut self) {
         let peer = self.machine.peer().clone();
+        // The data path's re-read requests (`Shared::peer_vanished`) answered once the watch
+        // input being handled is: its re-read of the peer's state comes after them.
+        let mut answering = None;
         loop {
             let now = self.inner.now();
             let Some(action) = self.machine.poll_action(now) else {
+                if let (Some(sh), Some(asked)) = (&self.shared, answering.take()) {
+                    sh.vanish_answered(asked);
+                }
                 let wait = self
                     .machine
                     .deadline()
@@ -1153,7 +1159,12 @@ where
                     .unwrap_or(Duration::from_millis(500))
                     .min(Duration::from_millis(500));
                 match self.input.recv_timeout(wait) {
-                    Ok(i) => self.machine.handle(i, self.inner.now()),
+                    Ok(i) => {
+                        if i == Input::Watch {
+                            answering = self.shared.as_ref().map(|sh| sh.vanish_asked());
+                        }
+                        self.machine.handle(i, self.inner.now())
+                    }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
                         self.machine.handle(Input::Close, self.inner.now())

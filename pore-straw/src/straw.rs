@@ -533,8 +533,13 @@ struct Bell {
 pub(crate) type Hook = Box<dyn Fn(Input) + Send + Sync>;
 
 /// How long a managed straw whose event channel died waits for the manager to learn from
-/// xenstore whether the peer closed gracefully (end of stream) or vanished (peer gone).
+/// xenstore whether the peer closed gracefully (end of stream) or vanished (peer gone): at
+/// least this long, and until the manager has re-read the peer's state since we asked.
 const VANISH_GRACE: Duration = Duration::from_millis(250);
+
+/// The longest a managed straw waits for that answer (a manager starved of CPU for longer:
+/// the straw decides alone that the peer is gone).
+const VANISH_MAX_WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) struct Shared<B: Backend> {
     pore: Mutex<Option<Mem<B>>>,
@@ -559,6 +564,10 @@ pub(crate) struct Shared<B: Backend> {
     finished: AtomicBool,
     peer_finished: AtomicBool,
     vanishing: AtomicBool,
+    /// Re-reads of the peer's state the data path asked the manager for, and the last one it
+    /// answered (see [`Shared::peer_vanished`]).
+    vanish_asked: AtomicU64,
+    vanish_answered: AtomicU64,
     users: AtomicUsize,
     /// The spin budgets of the sending and the receiving half.
     spin_tx: SpinBudget,
@@ -690,7 +699,9 @@ impl<B: Backend> Shared<B> {
 
     /// The data path saw the peer go (its port closed, its live byte cleared). A managed straw
     /// first asks the manager to re-read the peer's state: a graceful close unbinds the port
-    /// just before it writes Closed, and that must end the stream, not fail it.
+    /// just before it writes Closed, and that must end the stream, not fail it. It waits
+    /// [`VANISH_GRACE`] and until the manager answered (on a loaded machine the manager may
+    /// take longer than the grace: a fixed wait turned graceful closes into peer gone).
     fn peer_vanished(&self) {
         if self.status.load(Ordering::Acquire) != OPEN
             || self.vanishing.swap(true, Ordering::AcqRel)
@@ -698,9 +709,15 @@ impl<B: Backend> Shared<B> {
             return;
         }
         if let Some(hook) = &self.hook {
+            let asked = self.vanish_asked.fetch_add(1, Ordering::AcqRel) + 1;
             hook(Input::Watch);
-            let end = Instant::now() + VANISH_GRACE;
-            while self.status.load(Ordering::Acquire) == OPEN && Instant::now() < end {
+            let start = Instant::now();
+            while self.status.load(Ordering::Acquire) == OPEN {
+                let waited = start.elapsed();
+                let answered = self.vanish_answered.load(Ordering::Acquire) >= asked;
+                if (answered && waited >= VANISH_GRACE) || waited >= VANISH_MAX_WAIT {
+                    break;
+                }
                 std::thread::sleep(Duration::from_millis(5));
             }
             if self.status.load(Ordering::Acquire) == OPEN {
@@ -822,6 +839,18 @@ impl<B: Backend> Shared<B> {
         if !leftover.is_empty() {
             tracing::debug!(peer = %self.peer, frames = leftover.len(), "straw: frames kept past the pore's close");
         }
+    }
+
+    /// How many re-reads of the peer's state the data path asked for so far (the manager
+    /// loads it when it takes a watch input, before it re-reads the state).
+    pub(crate) fn vanish_asked(&self) -> u64 {
+        self.vanish_asked.load(Ordering::Acquire)
+    }
+
+    /// The manager handled a watch input it took after the data path's `asked`-th request
+    /// (it re-read the peer's state and acted on it).
+    pub(crate) fn vanish_answered(&self, asked: u64) {
+        self.vanish_answered.fetch_max(asked, Ordering::AcqRel);
     }
 
     pub(crate) fn peer_finished(&self) {
@@ -1019,6 +1048,8 @@ impl<B: Backend> Straw<B> {
             finished: AtomicBool::new(false),
             peer_finished: AtomicBool::new(false),
             vanishing: AtomicBool::new(false),
+            vanish_asked: AtomicU64::new(0),
+            vanish_answered: AtomicU64::new(0),
             users: AtomicUsize::new(2),
             done: Mutex::new(None),
             done_cv: Condvar::new(),

@@ -340,3 +340,47 @@ fn a_v2_geometry_changed_during_the_open_is_refused() {
     }
     assert!(refused > 0, "the flips were seen ({ok} opened)");
 }
+
+/// The data path says the peer went while the manager, slow on a loaded machine, learns only
+/// after the vanish grace that the peer closed gracefully: the stream ends (end of stream),
+/// it is not failed with peer gone. (The straw waited a fixed 250 ms for the manager's
+/// answer, then marked the peer gone: a graceful close seen as a loss under load.)
+#[test]
+fn a_graceful_close_the_manager_confirms_late_is_end_of_stream() {
+    let xen = Loopback::new();
+    let slot: Arc<Mutex<Option<Arc<Shared<Lb>>>>> = Arc::new(Mutex::new(None));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let hook: Hook = Box::new({
+        let (slot, asked) = (slot.clone(), asked.clone());
+        move |i| {
+            if i == Input::Watch && asked.fetch_add(1, Ordering::AcqRel) == 0 {
+                // The manager reads the peer's Closing only after 400 ms.
+                let slot = slot.clone();
+                thread::spawn(move || {
+                    thread::sleep(Duration::from_millis(400));
+                    if let Some(sh) = lock(&slot).as_ref() {
+                        sh.peer_left(true);
+                    }
+                });
+            }
+        }
+    });
+    let cfg = StrawConfig::default();
+    let (sa, sb, mem) = pair(&xen, Format::Raw, cfg.clone(), cfg, Some(hook));
+    // `sa`'s close closes its pore (its port: `sb`'s waits report the peer gone) only once
+    // nobody else holds it.
+    drop(mem);
+    *lock(&slot) = Some(sb.shared());
+    sa.sender().send(Bytes::from_static(b"last")).unwrap();
+    let closer = thread::spawn(move || sa.close());
+    assert_eq!(
+        sb.receiver().recv_timeout(Duration::from_secs(5)).unwrap(),
+        "last"
+    );
+    assert_eq!(
+        sb.receiver().recv_timeout(Duration::from_secs(5)),
+        Err(StrawIoError::Eof)
+    );
+    assert!(asked.load(Ordering::Acquire) >= 1, "the manager was asked");
+    closer.join().unwrap().unwrap();
+}
