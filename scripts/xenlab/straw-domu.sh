@@ -11,7 +11,7 @@
 #   xs       pore xs against xenstore-utils here, over /dev/xen/xenbus
 #   e1, e2   two straws left streaming (we listen on e1, v2; we connect to dom0's e2, LING)
 #            until dom0 destroys this domain
-now() { cut -d' ' -f1 /proc/uptime; }
+now() { read -r up _ </proc/uptime; echo "$up"; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 note() { echo "straw-domu: [$(now) s] $*"; }
 res() { # NAME RESULT
