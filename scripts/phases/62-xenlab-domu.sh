@@ -53,7 +53,9 @@ EOF
 
 t=$SECONDS
 status=0
-XENLAB_DOMU=1 XENLAB_LOG="$cache/logs/domu-straw.log" \
+# One vCPU: on a busy 2-CPU machine QEMU TCG boots dom0 and the domU several times faster
+# with -smp 1 (payload start 5 s instead of 26 s, xl create 3 s instead of 18 s).
+XENLAB_SMP=${XENLAB_SMP:-1} XENLAB_DOMU=1 XENLAB_LOG="$cache/logs/domu-straw.log" \
   XENLAB_FILES="$tmp/pore $tmp/frames.bin scripts/xenlab/xs-compare.sh scripts/xenlab/straw-domu.sh" \
   bash scripts/xenlab/run.sh "$lab" scripts/xenlab/straw-dom0.sh "$limit" || status=$?
 boot=$((SECONDS - t))

@@ -24,11 +24,12 @@ note() { echo "straw-dom0: [$(now) s] $*"; }
 failed=""
 pass() { note "PASS $*"; }
 fail() { note "FAIL $*"; failed="$failed $1"; }
-wait_node() { # PATH SECONDS: until the node exists
-    i=0
+secs() { read -r up _ </proc/uptime; echo "${up%.*}"; }
+wait_node() { # PATH SECONDS: until the node exists (a deadline, not a count of tries: a
+    # crashing `sleep` must not shorten the wait)
+    end=$(($(secs) + $2))
     until xenstore-exists "$1" 2>/dev/null; do
-        i=$((i + 1))
-        [ "$i" -le $(($2 * 5)) ] || return 1
+        [ "$(secs)" -lt "$end" ] || return 1
         sleep 0.2
     done
 }

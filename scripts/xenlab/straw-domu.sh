@@ -18,11 +18,12 @@ res() { # NAME RESULT
     note "$1: $2"
     xenstore-write "data/xenlab/res-$1" "$2"
 }
-wait_go() { # NAME: dom0's listener NAME is up
-    i=0
+wait_go() { # NAME: dom0's listener NAME is up (a deadline of 300 s)
+    read -r up _ </proc/uptime
+    end=$((${up%.*} + 300))
     until xenstore-exists "data/xenlab/go-$1" 2>/dev/null; do
-        i=$((i + 1))
-        [ "$i" -le 1500 ] || return 1
+        read -r up _ </proc/uptime
+        [ "${up%.*}" -lt "$end" ] || return 1
         sleep 0.2
     done
 }
