@@ -44,6 +44,10 @@ stamp() { # prefixes each line with dom0's uptime
 export RUST_BACKTRACE=1
 ulimit -c 0
 
+# libxl's lock for `xl destroy` lives in /var/run/xen, which the lab's dom0 (a plain /var/run
+# directory, not a link to /run) lacks: without it the destroy fails with "cannot open lockfile
+# /var/run/xen/domid-history.lock" and leaves the domain paused.
+mkdir -p /var/run/xen
 mkdir -p domu
 cp straw-domu.sh domu/run
 cp pore frames.bin xs-compare.sh domu/
