@@ -51,5 +51,8 @@ for comp in miri rust-src; do
 done
 rustup target list --installed --toolchain stable | grep -q '^x86_64-unknown-none$' \
   || rustup target add --toolchain stable x86_64-unknown-none
+# The static pore for lab domUs (phase 62): cargo build --release -p pore-cli --target x86_64-unknown-linux-musl
+rustup target list --installed --toolchain stable | grep -q '^x86_64-unknown-linux-musl$' \
+  || rustup target add --toolchain stable x86_64-unknown-linux-musl
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked -q cargo-fuzz
 exit 0
