@@ -343,8 +343,12 @@ fn one_case(v2: bool, y_listens: bool, mode: PeerClose) -> Measured {
         );
     } else {
         assert_eq!(err, StrawIoError::PeerGone, "{case}");
+        // About a second: typically 260 ms (printed); up to 1.4 s was seen with both CPUs
+        // busy, where the straw waits for its manager's re-read of the peer's state. Still far
+        // below what a timeout would take (the straw decides alone after 5 s; the receive
+        // waits 10 s).
         assert!(
-            took < Duration::from_secs(1),
+            took < Duration::from_secs(2),
             "{case}: peer gone after {took:?}"
         );
     }
