@@ -256,10 +256,15 @@ impl EvtchnDevice {
             got?;
         }
         drop(t);
+        // Unmask every fired port even if one write fails: a port left masked loses its next
+        // event. The first failure is reported.
+        let mut first_err = None;
         for &i in fired.iter() {
-            self.unmask(ports[i])?;
+            if let Err(e) = self.unmask(ports[i]) {
+                first_err.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 }
 
