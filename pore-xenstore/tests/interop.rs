@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pore_core::SharedAccess;
-use pore_xenstore::transport::{RingNotify, RingTransport, UnixTransport};
+use pore_core::{CoreError, ErrorKind, EventChannel, Port, WaitOutcome};
+use pore_xenstore::transport::{RingTransport, UnixTransport};
 use pore_xenstore::{Access, Client, Config, Error, ErrorName, Perm};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,7 +243,7 @@ fn watches(_k: Kind, sock: &Path) {
     // nothing pending: a short wait times out
     assert!(matches!(
         w.next_event(Duration::from_millis(100)),
-        Err(Error::Timeout)
+        Err(Error::TimedOut)
     ));
     assert_eq!(w.dropped(), 0);
     drop((w, wd, ws));
@@ -449,7 +450,7 @@ fn wait_for_value(_k: Kind, sock: &Path) {
     let e = xs
         .wait_for(&p, |v| v == Some(&b"never"[..]), Duration::from_millis(200))
         .unwrap_err();
-    assert!(matches!(e, Error::Timeout));
+    assert!(matches!(e, Error::TimedOut));
     xs.rm(&b).unwrap();
 }
 
@@ -548,8 +549,8 @@ struct FifoKick {
     port: std::sync::OnceLock<u32>,
 }
 
-impl RingNotify for FifoKick {
-    fn notify(&self) -> std::io::Result<()> {
+impl FifoKick {
+    fn kick(&self) -> std::io::Result<()> {
         use std::io::Write;
         let port = match self.port.get() {
             Some(p) => *p,
@@ -568,6 +569,29 @@ impl RingNotify for FifoKick {
             .custom_flags(libc_o_nonblock())
             .open(&self.fifo)?;
         f.write_all(&port.to_ne_bytes())
+    }
+}
+
+/// The daemon's events are not delivered to the guest (the shim has no way back): `wait`
+/// sleeps and the transport re-checks the ring.
+impl EventChannel for FifoKick {
+    type Error = CoreError;
+    fn port(&self) -> Port {
+        Port(0)
+    }
+    fn notify(&self) -> Result<(), CoreError> {
+        self.kick()
+            .map_err(|_| CoreError::new(ErrorKind::Io, "writing the shim's event FIFO"))
+    }
+    fn try_wait(&self) -> Result<bool, CoreError> {
+        Ok(false)
+    }
+    fn wait(&self, timeout: Duration) -> Result<WaitOutcome, CoreError> {
+        std::thread::sleep(timeout);
+        Ok(WaitOutcome::Timeout)
+    }
+    fn close(self) -> Result<(), CoreError> {
+        Ok(())
     }
 }
 

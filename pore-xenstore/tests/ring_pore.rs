@@ -129,7 +129,13 @@ fn hostile_index_is_an_error_not_a_panic() {
     let rsp_prod = core::mem::offset_of!(pore_ring::xenstore::XenstoreDomainInterface, rsp_prod);
     server.store_u32(rsp_prod, 5000, Ordering::Release);
     let e = xs.read("/a").unwrap_err();
-    assert!(matches!(e, Error::Closed), "{e:?}");
+    // The connection ends; its cause is pore-ring's verdict on the index.
+    assert!(
+        matches!(&e, Error::Closed(Some(c)) if matches!(**c, Error::Ring(_))),
+        "{e:?}"
+    );
+    assert_eq!(pore_core::Error::kind(&e), pore_core::ErrorKind::Closed);
+    assert!(!pore_core::Error::is_peer_gone(&e));
 }
 
 #[test]

@@ -57,7 +57,7 @@ mod watch;
 mod store_tests;
 
 pub use quota::{Config, Quotas};
-pub use ring::{GuestEvents, GuestLink, GuestRing, ServerRing};
+pub use ring::GuestLink;
 pub use service::{ConnectError, DomainConnector, Server};
 #[cfg(feature = "fuzzing")]
 pub use store::fuzzing;

@@ -16,7 +16,7 @@ use crate::wire::{WireHeader, HEADER_LEN, PAYLOAD_MAX};
 
 use super::conn::{Outbox, Sink};
 use super::quota::Config;
-use super::ring::{GuestLink, GuestRing, RingSink};
+use super::ring::{GuestLink, RingSink};
 use super::store::{DomainHooks, OutKind, Outgoing, Store};
 use super::ConnId;
 
@@ -113,12 +113,8 @@ impl DomainHooks for Hooks<'_> {
                 return Ok(());
             }
         };
-        let ring = link.ring.clone();
         let outbox = Arc::new(Outbox::new(
-            Box::new(RingSink {
-                ring: ring.clone(),
-                events: link.events.clone(),
-            }),
+            Box::new(RingSink { link: link.clone() }),
             self.inner.max_events,
         ));
         self.outboxes.insert(conn, outbox.clone());
@@ -127,7 +123,7 @@ impl DomainHooks for Hooks<'_> {
         let inner = self.inner.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("xsd-dom{domid}"))
-            .spawn(move || guest_loop(inner, conn, domid, ring, link, outbox, stop));
+            .spawn(move || guest_loop(inner, conn, domid, link, outbox, stop));
         match spawned {
             Ok(h) => {
                 self.inner.threads().push(h);
@@ -271,7 +267,6 @@ fn guest_loop(
     inner: Arc<Inner>,
     conn: ConnId,
     domid: u32,
-    ring: Arc<dyn GuestRing>,
     link: GuestLink,
     outbox: Arc<Outbox>,
     stop: Arc<AtomicBool>,
@@ -284,12 +279,12 @@ fn guest_loop(
         let pending = outbox.flush();
         let mut progressed = false;
         if !pending && filled < buf.len() {
-            match ring.read(&mut buf[filled..]) {
+            match link.read(&mut buf[filled..]) {
                 Ok(0) => {}
                 Ok(n) => {
                     filled += n;
                     progressed = true;
-                    let _ = link.events.notify();
+                    let _ = link.notify();
                 }
                 Err(e) => {
                     tracing::warn!(domid, error = %e, "guest ring broken; no longer served");
@@ -304,7 +299,7 @@ fn guest_loop(
                         len = h.len.get(),
                         "guest message too long; ring closed"
                     );
-                    ring.protocol_error();
+                    link.protocol_error();
                     break;
                 }
             }
@@ -314,14 +309,14 @@ fn guest_loop(
                     filled -= used;
                 }
                 Err(()) => {
-                    ring.protocol_error();
+                    link.protocol_error();
                     break;
                 }
             }
         }
         if !progressed {
-            if let Err(e) = link.events.wait(POLL_INTERVAL) {
-                if e.kind() == std::io::ErrorKind::ConnectionAborted {
+            if let Err(e) = link.wait(POLL_INTERVAL) {
+                if pore_core::Error::is_peer_gone(&e) {
                     tracing::debug!(domid, "guest gone: its event channel closed");
                 } else {
                     tracing::warn!(domid, error = %e, "guest event channel failed");
