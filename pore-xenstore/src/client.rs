@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use pore_core::{DomId, Port};
+
 use crate::codec::{Parser, Progress, Reply, Request, WatchEvent};
 use crate::error::{CodecError, Error, ErrorName};
 use crate::perms::Perm;
@@ -574,31 +576,32 @@ impl Client {
     }
 
     /// The home path of a domain (`/local/domain/<domid>`).
-    pub fn get_domain_path(&self, domid: u32) -> Result<String, Error> {
-        match self.call(&Request::GetDomainPath(domid), 0)? {
+    pub fn get_domain_path(&self, domid: DomId) -> Result<String, Error> {
+        match self.call(&Request::GetDomainPath(u32::from(domid.0)), 0)? {
             Reply::Path(p) => Ok(p),
             _ => Err(unexpected()),
         }
     }
 
     /// Introduces a domain whose store page is `gfn` and event channel `port` (dom0).
-    pub fn introduce(&self, domid: u32, gfn: u64, port: u32) -> Result<(), Error> {
+    pub fn introduce(&self, domid: DomId, gfn: u64, port: Port) -> Result<(), Error> {
+        let (domid, port) = (u32::from(domid.0), port.0);
         Self::expect_ok(self.call(&Request::Introduce { domid, gfn, port }, 0)?)
     }
 
     /// Releases a domain (dom0).
-    pub fn release(&self, domid: u32) -> Result<(), Error> {
-        Self::expect_ok(self.call(&Request::Release(domid), 0)?)
+    pub fn release(&self, domid: DomId) -> Result<(), Error> {
+        Self::expect_ok(self.call(&Request::Release(u32::from(domid.0)), 0)?)
     }
 
     /// Clears a domain's shutdown flag (dom0).
-    pub fn resume(&self, domid: u32) -> Result<(), Error> {
-        Self::expect_ok(self.call(&Request::Resume(domid), 0)?)
+    pub fn resume(&self, domid: DomId) -> Result<(), Error> {
+        Self::expect_ok(self.call(&Request::Resume(u32::from(domid.0)), 0)?)
     }
 
     /// True if the domain is introduced.
-    pub fn is_domain_introduced(&self, domid: u32) -> Result<bool, Error> {
-        match self.call(&Request::IsDomainIntroduced(domid), 0)? {
+    pub fn is_domain_introduced(&self, domid: DomId) -> Result<bool, Error> {
+        match self.call(&Request::IsDomainIntroduced(u32::from(domid.0)), 0)? {
             Reply::Bool(b) => Ok(b),
             _ => Err(unexpected()),
         }

@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::Ordering;
 
-use pore_core::{CoreError, EventChannel, Port, SharedAccess, WaitOutcome};
+use pore_core::{CoreError, DomId, EventChannel, Port, SharedAccess, WaitOutcome};
 use pore_ring::xenstore::XenstoreRing;
-use pore_xenstore::server::{Config, ConnectError, DomainConnector, GuestLink, Quotas, Server};
+use pore_xenstore::server::{Config, DomainConnector, GuestLink, Quotas, Server};
+use pore_xenstore::Error;
 use server_common::*;
 
 const REQ_CONS: u64 = 2048;
@@ -110,19 +111,12 @@ impl EventChannel for Polling {
 struct FileConnector(PathBuf);
 
 impl DomainConnector for FileConnector {
-    fn connect(&self, domid: u32, _gfn: u64, _port: u32) -> Result<GuestLink, ConnectError> {
+    fn connect(&self, domid: DomId, _gfn: u64, _port: Port) -> Result<GuestLink, Error> {
         let f = OpenOptions::new()
             .read(true)
             .write(true)
-            .open(self.0.join(format!("dom{domid}.ring")))
-            .map_err(|e| ConnectError {
-                domid,
-                reason: e.to_string(),
-            })?;
-        let ring = XenstoreRing::server(FilePage(Arc::new(f))).map_err(|e| ConnectError {
-            domid,
-            reason: e.to_string(),
-        })?;
+            .open(self.0.join(format!("dom{}.ring", domid.0)))?;
+        let ring = XenstoreRing::server(FilePage(Arc::new(f)))?;
         Ok(GuestLink::new(ring, Polling))
     }
 }

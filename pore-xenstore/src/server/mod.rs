@@ -58,7 +58,7 @@ mod store_tests;
 
 pub use quota::{Config, Quotas};
 pub use ring::GuestLink;
-pub use service::{ConnectError, DomainConnector, Server};
+pub use service::{DomainConnector, Server};
 #[cfg(feature = "fuzzing")]
 pub use store::fuzzing;
 pub use store::{AcceptDomains, DomainHooks, OutKind, Outgoing, Store};
