@@ -251,7 +251,12 @@ impl pore_core::Error for Error {
                 ErrorName::ENOSYS => ErrorKind::Unsupported,
                 _ => ErrorKind::Other,
             },
-            Error::Codec(CodecError::InvalidArgument(_)) => ErrorKind::InvalidInput,
+            // A call returns a codec error for its own request (too large, a bad argument)
+            // or for its reply (malformed); the stream's framing errors close the
+            // connection (`Closed`).
+            Error::Codec(CodecError::InvalidArgument(_) | CodecError::PayloadTooLarge { .. }) => {
+                ErrorKind::InvalidInput
+            }
             Error::Codec(_) => ErrorKind::Protocol,
             Error::TimedOut => ErrorKind::TimedOut,
             Error::Closed(None) => ErrorKind::PeerGone,

@@ -365,8 +365,9 @@ fn check_page<A: SharedAccess>(ring: &XenstoreRing<A>) -> Result<(), Error> {
     Ok(())
 }
 
-/// One half of the client's side of the page: the other half of the same ring is not used
-/// through it.
+/// A client view of the page used in one direction only: the reader's view only consumes
+/// replies, the writer's only produces requests (each keeps its own index, as
+/// `XenstoreRing::split` would, and can still read the page's `error` and `connection`).
 struct RingHalf<A: SharedAccess, C> {
     ring: XenstoreRing<A>,
     channel: Arc<C>,

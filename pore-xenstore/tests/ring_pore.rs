@@ -146,3 +146,23 @@ fn server_error_field_stops_the_transport() {
     let r = Client::with_transport(Box::new(RingTransport::from_pore(client)), config());
     assert!(r.is_err(), "a ring the server marked broken is refused");
 }
+
+#[test]
+fn a_gone_server_is_peer_gone_at_this_layer() {
+    let (server, client) = pair();
+    let xs = Client::with_transport(Box::new(RingTransport::from_pore(client)), config()).unwrap();
+    // The server's side goes away (its port closes) without answering.
+    drop(server);
+    let e = xs.read("/a").unwrap_err();
+    assert!(pore_core::Error::is_peer_gone(&e), "{e:?}");
+    // The backend's error is kept as the source.
+    let mut source = std::error::Error::source(&e);
+    let mut found = false;
+    while let Some(s) = source {
+        found |= s.downcast_ref::<pore_core::CoreError>().is_some();
+        source = s.source();
+    }
+    assert!(found, "the loopback's error is in the chain: {e:?}");
+    // Later calls say the same.
+    assert!(pore_core::Error::is_peer_gone(&xs.read("/b").unwrap_err()));
+}
