@@ -104,6 +104,7 @@ impl fmt::Display for ErrorName {
 
 /// A message that cannot be framed, encoded or decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CodecError {
     /// A header announces more payload than the limit allows (checked before allocating).
     #[error("payload of {len} bytes exceeds the limit of {max}")]
@@ -133,11 +134,30 @@ pub enum CodecError {
     /// An argument that cannot be put on the wire (e.g. a path containing NUL).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
+    /// An error raised by a generic layer (pore-core).
+    #[error(transparent)]
+    Core(#[from] CoreError),
 }
 
 impl CodecError {
     pub(crate) fn malformed(what: &'static str) -> Self {
         CodecError::Malformed { what }
+    }
+}
+
+/// What came off the wire is the peer's: `Protocol`, a payload over the limit included (a
+/// request the caller made too large is classified `InvalidInput` by [`Error`], which knows
+/// which side it came from).
+impl pore_core::Error for CodecError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            CodecError::PayloadTooLarge { .. }
+            | CodecError::UnknownType(_)
+            | CodecError::UnexpectedType { .. }
+            | CodecError::Malformed { .. } => ErrorKind::Protocol,
+            CodecError::InvalidArgument(_) => ErrorKind::InvalidInput,
+            CodecError::Core(e) => pore_core::Error::kind(e),
+        }
     }
 }
 
@@ -257,7 +277,7 @@ impl pore_core::Error for Error {
             Error::Codec(CodecError::InvalidArgument(_) | CodecError::PayloadTooLarge { .. }) => {
                 ErrorKind::InvalidInput
             }
-            Error::Codec(_) => ErrorKind::Protocol,
+            Error::Codec(e) => pore_core::Error::kind(e),
             Error::TimedOut => ErrorKind::TimedOut,
             Error::Closed(None) => ErrorKind::PeerGone,
             Error::Closed(Some(e)) if pore_core::Error::is_peer_gone(&**e) => ErrorKind::PeerGone,
@@ -387,6 +407,16 @@ mod tests {
         assert!(Error::Closed(None).is_peer_gone());
         let local = Error::Closed(Some(Arc::new(Error::TimedOut)));
         assert_eq!(local.kind(), ErrorKind::Closed);
+        let big = CodecError::PayloadTooLarge {
+            len: 5000,
+            max: 4096,
+        };
+        assert_eq!(big.kind(), ErrorKind::Protocol);
+        assert_eq!(Error::Codec(big).kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            Error::Codec(CodecError::malformed("reply")).kind(),
+            ErrorKind::Protocol
+        );
         let bad = Error::from(pore_ring::RingError::Broken);
         assert_eq!(bad.kind(), ErrorKind::Protocol);
     }
