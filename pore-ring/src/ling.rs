@@ -12,7 +12,8 @@
 //! no batching benefit beyond the copies).
 //!
 //! ```
-//! use pore_core::{loopback::Loopback, DomId, Grants, SharedMemory, SharedRing};
+//! use pore_core::{loopback::Loopback, DomId, Grants, SharedMemory};
+//! use pore_ring::prelude::*;
 //! use pore_ring::ling::{LingRing, LING_REGION};
 //!
 //! let xen = Loopback::new();
@@ -20,10 +21,10 @@
 //! assert_eq!(pages.len(), LING_REGION);
 //! let mut granter = LingRing::active(pages.view())?;
 //! let mut mapper = LingRing::passive(pages.view())?;
-//! granter.write(b"ping")?;
+//! granter.writer().write(b"ping")?;
 //! let mut buf = [0u8; 8];
-//! assert_eq!(mapper.read(&mut buf)?, 4);
-//! assert!(mapper.take_notify(), "LING pokes after every read");
+//! assert_eq!(mapper.reader().read(&mut buf)?, 4);
+//! assert!(mapper.reader().take_notify(), "LING pokes after every read");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -34,7 +35,7 @@ use core::sync::atomic::Ordering;
 use pore_core::{SharedAccess, PAGE_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::{RingError, RingReader, RingWriter};
+use crate::{DuplexRing, RingError, RingReader, RingWriter};
 
 /// Pages of a LING straw (`NUM_STRAW_REFS`).
 pub const LING_PAGES: usize = 8;
@@ -177,6 +178,8 @@ impl<A: SharedAccess> LingProducer<A> {
 }
 
 impl<A: SharedAccess> RingWriter for LingProducer<A> {
+    type Error = RingError;
+
     fn capacity(&self) -> usize {
         LING_RING_SIZE - 1
     }
@@ -262,6 +265,8 @@ impl<A: SharedAccess> LingConsumer<A> {
 }
 
 impl<A: SharedAccess> RingReader for LingConsumer<A> {
+    type Error = RingError;
+
     fn capacity(&self) -> usize {
         LING_RING_SIZE - 1
     }
@@ -414,11 +419,6 @@ impl<A: SharedAccess + Clone> LingRing<A> {
             },
         })
     }
-
-    /// Splits into the producer and the consumer half.
-    pub fn split(self) -> (LingProducer<A>, LingConsumer<A>) {
-        (self.tx, self.rx)
-    }
 }
 
 impl<A: SharedAccess> LingRing<A> {
@@ -426,27 +426,30 @@ impl<A: SharedAccess> LingRing<A> {
     pub fn role(&self) -> LingRole {
         self.role
     }
+}
 
-    /// The producer half.
-    pub fn writer(&mut self) -> &mut LingProducer<A> {
+impl<A: SharedAccess> DuplexRing for LingRing<A> {
+    type Writer = LingProducer<A>;
+    type Reader = LingConsumer<A>;
+
+    fn writer(&mut self) -> &mut LingProducer<A> {
         &mut self.tx
     }
 
-    /// The consumer half.
-    pub fn reader(&mut self) -> &mut LingConsumer<A> {
+    fn reader(&mut self) -> &mut LingConsumer<A> {
         &mut self.rx
     }
-}
 
-crate::impl_shared_ring_for_writer!(LingProducer);
-crate::impl_shared_ring_for_reader!(LingConsumer);
-crate::impl_shared_ring_for_pair!(LingRing);
+    fn split(self) -> (LingProducer<A>, LingConsumer<A>) {
+        (self.tx, self.rx)
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::{cases, max_ops, Guarded};
-    use pore_core::{Error as _, ErrorKind, SharedRing};
+    use pore_core::{Error as _, ErrorKind};
     use proptest::prelude::*;
     use std::collections::VecDeque;
     use std::vec;
@@ -475,23 +478,23 @@ mod tests {
         let mut a = LingRing::active(v).unwrap();
         let mut p = LingRing::passive(v).unwrap();
         let big = vec![3u8; 20000];
-        assert_eq!(SharedRing::write(&mut a, &big).unwrap(), 16375);
+        assert_eq!(a.writer().write(&big).unwrap(), 16375);
         // The granting side wrote `output` and `out_prod`.
         assert_eq!(v.load_u32(OUT_PROD, Ordering::Relaxed), 16375);
         assert_eq!(v.load_u8(OUTPUT, Ordering::Relaxed), 3);
         assert_eq!(v.load_u32(IN_PROD, Ordering::Relaxed), 0);
-        assert!(SharedRing::take_notify(&mut a));
+        assert!(a.take_notify());
         let mut buf = vec![0u8; 20000];
-        assert_eq!(SharedRing::read(&mut p, &mut buf).unwrap(), 16375);
+        assert_eq!(p.reader().read(&mut buf).unwrap(), 16375);
         assert_eq!(v.load_u32(OUT_CONS, Ordering::Relaxed), 16375);
         // Wrap around.
-        assert_eq!(SharedRing::write(&mut a, &big[..100]).unwrap(), 100);
+        assert_eq!(a.writer().write(&big[..100]).unwrap(), 100);
         assert_eq!(v.load_u32(OUT_PROD, Ordering::Relaxed), 99);
-        assert_eq!(SharedRing::read(&mut p, &mut buf).unwrap(), 100);
+        assert_eq!(p.reader().read(&mut buf).unwrap(), 100);
         // The mapping side writes `input`.
-        assert_eq!(SharedRing::write(&mut p, b"back").unwrap(), 4);
+        assert_eq!(p.writer().write(b"back").unwrap(), 4);
         assert_eq!(v.load_u32(IN_PROD, Ordering::Relaxed), 4);
-        assert_eq!(SharedRing::read(&mut a, &mut buf).unwrap(), 4);
+        assert_eq!(a.reader().read(&mut buf).unwrap(), 4);
         assert_eq!(&buf[..4], b"back");
         assert_eq!(a.role(), LingRole::Active);
         g.assert_guards();
@@ -504,11 +507,11 @@ mod tests {
         let mut a = LingRing::active(v).unwrap();
         v.store_u32(IN_PROD, 16376, Ordering::Relaxed);
         let mut buf = [0u8; 8];
-        let e = SharedRing::read(&mut a, &mut buf).unwrap_err();
+        let e = a.reader().read(&mut buf).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol);
-        assert_eq!(SharedRing::read(&mut a, &mut buf), Err(RingError::Broken));
+        assert_eq!(a.reader().read(&mut buf), Err(RingError::Broken));
         v.store_u32(OUT_CONS, u32::MAX, Ordering::Relaxed);
-        assert!(SharedRing::writable(&a).is_err());
+        assert!(a.writer().writable().is_err());
         // A passive side opening over a garbage header refuses it.
         assert!(LingRing::passive(v).is_err());
         g.assert_guards();
@@ -539,12 +542,12 @@ mod tests {
                 let (w, r, model) = if a_to_p { (&mut a, &mut p, &mut out) } else { (&mut p, &mut a, &mut inp) };
                 if write {
                     let data: Vec<u8> = (0..len).map(|_| { counter = counter.wrapping_add(1); counter }).collect();
-                    let n = SharedRing::write(w, &data).unwrap();
+                    let n = w.writer().write(&data).unwrap();
                     prop_assert_eq!(n, len.min(LING_RING_SIZE - 1 - model.len()));
                     model.extend(&data[..n]);
                 } else {
                     let mut buf = vec![0u8; len];
-                    let n = SharedRing::read(r, &mut buf).unwrap();
+                    let n = r.reader().read(&mut buf).unwrap();
                     prop_assert_eq!(n, len.min(model.len()));
                     let want: Vec<u8> = model.drain(..n).collect();
                     prop_assert_eq!(&buf[..n], &want[..]);
@@ -566,8 +569,8 @@ mod tests {
                 match op {
                     0 => v.store_u32(IN_PROD, value, Ordering::Relaxed),
                     1 => v.store_u32(OUT_CONS, value, Ordering::Relaxed),
-                    2 => { if let Ok(n) = SharedRing::write(&mut a, &buf[..len]) { prop_assert!(n <= len); } }
-                    _ => { if let Ok(n) = SharedRing::read(&mut a, &mut buf[..len]) { prop_assert!(n <= len); } }
+                    2 => { if let Ok(n) = a.writer().write(&buf[..len]) { prop_assert!(n <= len); } }
+                    _ => { if let Ok(n) = a.reader().read(&mut buf[..len]) { prop_assert!(n <= len); } }
                 }
             }
             g.assert_guards();

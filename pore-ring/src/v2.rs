@@ -42,9 +42,9 @@
 //! validates the header again against the region and sets `passive_live = 1`.
 //!
 //! ```
-//! use pore_core::{loopback::Loopback, DomId, GrantRef, Grants, SharedMemory, SharedRing};
+//! use pore_core::{loopback::Loopback, DomId, GrantRef, Grants, SharedMemory};
+//! use pore_ring::prelude::*;
 //! use pore_ring::v2::{V2Geometry, V2Ring};
-//! use pore_ring::RingWriter;
 //!
 //! let xen = Loopback::new();
 //! let geometry = V2Geometry::new(1, 0)?; // 2 pages a2p, 1 page p2a
@@ -60,7 +60,7 @@
 //! active.writer().commit()?;
 //! assert!(!active.take_notify(), "nobody asked to be woken");
 //! let mut buf = [0u8; 32];
-//! assert_eq!(passive.read(&mut buf)?, 11);
+//! assert_eq!(passive.reader().read(&mut buf)?, 11);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -71,7 +71,7 @@ use pore_core::{GrantRef, SharedAccess, PAGE_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::free::FreeLayout;
-use crate::{ByteConsumer, ByteProducer, RingError};
+use crate::{ByteConsumer, ByteProducer, DuplexRing, RingError};
 
 /// The producer half of a v2 ring.
 pub type Producer<A> = ByteProducer<A>;
@@ -503,11 +503,6 @@ impl<A: SharedAccess + Clone> V2Ring<A> {
             geometry,
         })
     }
-
-    /// Splits into the producer and the consumer half (each `Send`, one per thread).
-    pub fn split(self) -> (Producer<A>, Consumer<A>) {
-        (self.tx, self.rx)
-    }
 }
 
 impl<A: SharedAccess> V2Ring<A> {
@@ -519,16 +514,6 @@ impl<A: SharedAccess> V2Ring<A> {
     /// The geometry.
     pub fn geometry(&self) -> V2Geometry {
         self.geometry
-    }
-
-    /// The producer half.
-    pub fn writer(&mut self) -> &mut Producer<A> {
-        &mut self.tx
-    }
-
-    /// The consumer half.
-    pub fn reader(&mut self) -> &mut Consumer<A> {
-        &mut self.rx
     }
 
     fn live_offsets(&self) -> (usize, usize) {
@@ -549,23 +534,31 @@ impl<A: SharedAccess> V2Ring<A> {
         self.mem
             .store_u8(self.live_offsets().0, value, Ordering::Release)
     }
-
-    /// Whether the peer must be notified for what either half did since the last call.
-    pub fn take_notify(&mut self) -> bool {
-        let tx = crate::RingWriter::take_notify(&mut self.tx);
-        let rx = crate::RingReader::take_notify(&mut self.rx);
-        tx | rx
-    }
 }
 
-crate::impl_shared_ring_for_pair!(V2Ring);
+impl<A: SharedAccess> DuplexRing for V2Ring<A> {
+    type Writer = ByteProducer<A>;
+    type Reader = ByteConsumer<A>;
+
+    fn writer(&mut self) -> &mut ByteProducer<A> {
+        &mut self.tx
+    }
+
+    fn reader(&mut self) -> &mut ByteConsumer<A> {
+        &mut self.rx
+    }
+
+    fn split(self) -> (ByteProducer<A>, ByteConsumer<A>) {
+        (self.tx, self.rx)
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::{cases, max_ops, Guarded};
     use crate::{RingReader, RingWriter};
-    use pore_core::{Error as _, ErrorKind, Interest};
+    use pore_core::{Error as _, ErrorKind};
     use proptest::prelude::*;
     use std::collections::VecDeque;
     use std::vec;
@@ -700,7 +693,6 @@ mod tests {
         let big = vec![1u8; 5000];
         while atx.write(&big).unwrap() > 0 {}
         assert!(!RingWriter::prepare_wait(&mut atx).unwrap());
-        assert!(pore_core::SharedRing::prepare_wait(&mut atx, Interest::Readable).is_err());
         assert_eq!(prx.read(&mut buf).unwrap(), 8);
         // Threshold: a waiting producer is woken once half the ring is free, not before.
         assert!(!RingReader::take_notify(&mut prx));
@@ -724,19 +716,14 @@ mod tests {
         // Claims more than a ring's worth of data.
         v.store_u32(P2A_PROD, 4097, Ordering::Relaxed);
         assert_eq!(
-            pore_core::SharedRing::read(&mut a, &mut buf)
-                .unwrap_err()
-                .kind(),
+            a.reader().read(&mut buf).unwrap_err().kind(),
             ErrorKind::Protocol
         );
-        assert_eq!(
-            pore_core::SharedRing::read(&mut a, &mut buf),
-            Err(RingError::Broken)
-        );
+        assert_eq!(a.reader().read(&mut buf), Err(RingError::Broken));
         // Consumes bytes we never published.
         v.store_u32(A2P_CONS, 10, Ordering::Relaxed);
         assert_eq!(
-            pore_core::SharedRing::writable(&a).unwrap_err().kind(),
+            a.writer().writable().unwrap_err().kind(),
             ErrorKind::Protocol
         );
         assert!(a.writer().is_broken());
@@ -835,8 +822,8 @@ mod tests {
                     0 => v.store_u32(P2A_PROD, value, Ordering::Relaxed),
                     1 => v.store_u32(A2P_CONS, value, Ordering::Relaxed),
                     2 => v.store_u8(A2P_WANT_WRITE, value as u8, Ordering::Relaxed),
-                    3 => { if let Ok(n) = pore_core::SharedRing::write(&mut a, &buf[..len]) { prop_assert!(n <= len); } }
-                    _ => { if let Ok(n) = pore_core::SharedRing::read(&mut a, &mut buf[..len]) { prop_assert!(n <= len); } }
+                    3 => { if let Ok(n) = a.writer().write(&buf[..len]) { prop_assert!(n <= len); } }
+                    _ => { if let Ok(n) = a.reader().read(&mut buf[..len]) { prop_assert!(n <= len); } }
                 }
             }
             g.assert_guards();

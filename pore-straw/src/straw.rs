@@ -56,7 +56,7 @@ use pore_core::{
 use pore_ring::frame::{FrameWriter, Progress};
 use pore_ring::ling::{LingConsumer, LingProducer, LingRing, LING_PAGES};
 use pore_ring::v2::{self, V2Geometry, V2Ring};
-use pore_ring::{RingError, RingReader, RingWriter};
+use pore_ring::{DuplexRing, RingError, RingReader, RingWriter};
 
 use crate::handshake::{Closed, Input, PoreGrant, Role, StrawError};
 use crate::reasm::{Got, Reassembler, AHEAD};
@@ -197,6 +197,8 @@ macro_rules! delegate {
 }
 
 impl<B: Backend> RingWriter for Tx<B> {
+    type Error = RingError;
+
     fn capacity(&self) -> usize {
         delegate!(Tx, self, r => r.capacity())
     }
@@ -221,6 +223,8 @@ impl<B: Backend> RingWriter for Tx<B> {
 }
 
 impl<B: Backend> RingReader for Rx<B> {
+    type Error = RingError;
+
     fn capacity(&self) -> usize {
         delegate!(Rx, self, r => r.capacity())
     }
