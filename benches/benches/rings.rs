@@ -356,8 +356,8 @@ fn v2_pair(
     geo: V2Geometry,
 ) -> (V2Ring<SharedView<'_>>, V2Ring<SharedView<'_>>) {
     let refs: Vec<GrantRef> = (0..geo.data_pages() as u32).map(GrantRef).collect();
-    let a = V2Ring::create(view, geo, &refs).expect("create");
-    let p = V2Ring::attach(view).expect("attach");
+    let a = V2Ring::active(view, geo, &refs).expect("create");
+    let p = V2Ring::passive(view).expect("attach");
     (a, p)
 }
 
@@ -432,8 +432,8 @@ fn run_mode(who: Who, size: usize, cap: usize, window: Duration, same: bool) -> 
             let pages = loopback_pages(geo.pages());
             let view = LockOrFence(pages.view());
             let refs: Vec<GrantRef> = (0..geo.data_pages() as u32).map(GrantRef).collect();
-            let a = V2Ring::create(view, geo, &refs).expect("create");
-            let p = V2Ring::attach(view).expect("attach");
+            let a = V2Ring::active(view, geo, &refs).expect("create");
+            let p = V2Ring::passive(view).expect("attach");
             let mut tx = OurTx::new(a.split().0, 1);
             let mut rx = OurRx::new(p.split().1, 1);
             drive(&mut tx, &mut rx, size, window, same)

@@ -165,7 +165,7 @@ fn ring_producer(args: &[String]) -> i32 {
     let geometry = V2Geometry::new(order, 0).unwrap();
     let pore = Pore::open_active(&dom, parent, geometry.pages()).unwrap();
     let info = pore.info();
-    let mut ring = V2Ring::create(pore.memory(), geometry, &info.refs[1..]).unwrap();
+    let mut ring = V2Ring::active(pore.memory(), geometry, &info.refs[1..]).unwrap();
     let refs: Vec<String> = info.refs.iter().map(|r| r.0.to_string()).collect();
     process::report(&format!(
         "{} {} {}",
@@ -259,7 +259,7 @@ fn spawn_ring_peer<'a>(hv: &Hypervisor, dom: &'a SimDomain, order: u8) -> RingPe
 
 fn ring_stream(peer: &mut RingPeer<'_>, size: usize, count: u64, batched: bool) -> Duration {
     let total = size as u64 * count;
-    let mut ring = V2Ring::attach(peer.pore.memory()).unwrap();
+    let mut ring = V2Ring::passive(peer.pore.memory()).unwrap();
     let rx = ring.reader();
     let chan = peer.pore.channel();
     let waiter = Waiter::new(StdClock::new(), spin());

@@ -751,7 +751,7 @@ mod tests {
         let passive = Pore::open_passive(&b, DomId(1), &info.refs, info.port).unwrap();
         assert_eq!(passive.len(), 3 * PAGE_SIZE);
         passive.write_bytes(PAGE_SIZE * 2 + 5, b"hello");
-        passive.poke().unwrap();
+        passive.notify().unwrap();
         assert_eq!(
             active.channel().wait(Duration::from_secs(1)).unwrap(),
             WaitOutcome::Event
@@ -760,7 +760,7 @@ mod tests {
         active.read_bytes(PAGE_SIZE * 2 + 5, &mut got);
         assert_eq!(&got, b"hello");
         active.store_u32(0, 7, Ordering::Release);
-        active.poke().unwrap();
+        active.notify().unwrap();
         assert!(passive.channel().try_wait().unwrap());
         assert!(!passive.channel().try_wait().unwrap());
         assert_eq!(passive.load_u32(0, Ordering::Acquire), 7);
@@ -815,7 +815,7 @@ mod tests {
         assert_eq!(xen.outstanding().revoke_later, 2);
         // The peer still sees its memory; notifying the closed peer reports it gone.
         passive.write_bytes(0, b"still mapped");
-        assert!(passive.poke().unwrap_err().is_peer_gone());
+        assert!(passive.notify().unwrap_err().is_peer_gone());
         drop(passive);
         assert_eq!(xen.outstanding(), Outstanding::default());
     }
@@ -835,7 +835,7 @@ mod tests {
         )
         .unwrap();
         assert!(fired.is_empty());
-        q2.poke().unwrap();
+        q2.notify().unwrap();
         a.select(
             &[p1.channel(), p2.channel()],
             Duration::from_secs(1),
@@ -854,7 +854,7 @@ mod tests {
             fired
         });
         std::thread::sleep(Duration::from_millis(20));
-        q1.poke().unwrap();
+        q1.notify().unwrap();
         assert_eq!(waiter.join().unwrap(), vec![0]);
     }
 

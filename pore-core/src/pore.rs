@@ -157,8 +157,8 @@ impl<B: Backend> Pore<B> {
         }
     }
 
-    /// Notifies the peer (the seed's `pore:poke/1`).
-    pub fn poke(&self) -> Result<(), BackendError<B>> {
+    /// Notifies the peer through the pore's event channel (the seed's `pore:poke/1`).
+    pub fn notify(&self) -> Result<(), BackendError<B>> {
         self.channel.notify()
     }
 

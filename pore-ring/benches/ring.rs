@@ -218,10 +218,10 @@ fn v2(c: &mut Criterion) {
     let info = active.info();
     let passive = Pore::open_passive(&d2, DomId(1), &info.refs, info.port).expect("map");
     // The granting side writes to the mapping side.
-    let (mut tx, _) = V2Ring::create(&active, geometry, &info.refs[1..])
+    let (mut tx, _) = V2Ring::active(&active, geometry, &info.refs[1..])
         .expect("create")
         .split();
-    let (_, mut rx) = V2Ring::attach(&passive).expect("attach").split();
+    let (_, mut rx) = V2Ring::passive(&passive).expect("attach").split();
     for mode in [Mode::PerMessage, Mode::Batched] {
         let mut group = c.benchmark_group(format!("v2 16 KiB, {}", mode.name()));
         group

@@ -15,8 +15,8 @@
 //! let xen = Loopback::new();
 //! let geometry = V2Geometry::new(0, 0)?;
 //! let pages = xen.domain(DomId(1)).grant(DomId(2), geometry.pages())?;
-//! let mut active = V2Ring::create(pages.view(), geometry, &[GrantRef(1), GrantRef(2)])?;
-//! let mut passive = V2Ring::attach(pages.view())?;
+//! let mut active = V2Ring::active(pages.view(), geometry, &[GrantRef(1), GrantRef(2)])?;
+//! let mut passive = V2Ring::passive(pages.view())?;
 //!
 //! let mut tx = FrameWriter::new(1024);
 //! // Batch: two frames, one publication.
@@ -627,8 +627,8 @@ mod tests {
         fn v2_frames(sizes in proptest::collection::vec(0usize..if cfg!(miri) { 6000 } else { 12000 }, 1..max_ops(12)), max in 1usize..9000, coalesce in any::<bool>()) {
             let geo = V2Geometry::new(0, 0).unwrap();
             let g = Guarded::new(geo.region_len());
-            let mut a = V2Ring::create(g.view(), geo, &[GrantRef(1), GrantRef(2)]).unwrap();
-            let mut p = V2Ring::attach(g.view()).unwrap();
+            let mut a = V2Ring::active(g.view(), geo, &[GrantRef(1), GrantRef(2)]).unwrap();
+            let mut p = V2Ring::passive(g.view()).unwrap();
             let frames: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n]).collect();
             let fw = if coalesce { FrameWriter::coalescing(usize::MAX) } else { FrameWriter::new(usize::MAX) };
             let got = pump_with(fw, a.writer(), p.reader(), &frames, max);

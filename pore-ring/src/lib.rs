@@ -40,6 +40,19 @@ pub use error::RingError;
 pub use free::{ByteConsumer, ByteProducer};
 pub use on_pore::{OpenError, PoreRing};
 
+/// Which side of a straw ring (LING or v2) we are. The pair used across pore's API (see
+/// `docs/glossary.md` for the other names the two sides go by).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The granting side (`pore_straw:open/1`; strawman's listener): it grants the pages and
+    /// allocates the unbound port. LING: writes `output`, reads `input`; v2: writes a2p, reads
+    /// p2a.
+    Active,
+    /// The mapping side (`pore_straw:open/3`; strawman's opener): it maps the peer's pages and
+    /// binds to its port. LING: writes `input`, reads `output`; v2: writes p2a, reads a2p.
+    Passive,
+}
+
 /// The ring traits, for `use pore_ring::prelude::*;` (their methods need them in scope).
 pub mod prelude {
     pub use pore_core::{DuplexRing, RingReader, RingWriter};

@@ -35,7 +35,7 @@ use core::sync::atomic::Ordering;
 use pore_core::{SharedAccess, PAGE_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::{DuplexRing, RingError, RingReader, RingWriter};
+use crate::{DuplexRing, RingError, RingReader, RingWriter, Side};
 
 /// Pages of a LING straw (`NUM_STRAW_REFS`).
 pub const LING_PAGES: usize = 8;
@@ -86,15 +86,6 @@ const _: () = {
 };
 
 const SIZE: u32 = LING_RING_SIZE as u32;
-
-/// Which side of a LING straw we are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LingRole {
-    /// The granting side (`pore_straw:open/1`): writes `output`, reads `input`.
-    Active,
-    /// The mapping side (`pore_straw:open/3`): writes `input`, reads `output`.
-    Passive,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Dir {
@@ -331,7 +322,7 @@ impl<A: SharedAccess> RingReader for LingConsumer<A> {
 
 /// One side of a LING straw: a producer on one ring and a consumer on the other.
 pub struct LingRing<A: SharedAccess> {
-    role: LingRole,
+    role: Side,
     pub(crate) tx: LingProducer<A>,
     pub(crate) rx: LingConsumer<A>,
 }
@@ -354,7 +345,7 @@ impl<A: SharedAccess + Clone> LingRing<A> {
     /// [`RingError::RegionTooSmall`], or [`RingError::BadIndex`] if the header holds an index
     /// `>= 16376`.
     pub fn active(mem: A) -> Result<Self, RingError> {
-        Self::new(mem, LingRole::Active)
+        Self::new(mem, Side::Active)
     }
 
     /// The mapping side. See [`LingRing::active`].
@@ -363,7 +354,7 @@ impl<A: SharedAccess + Clone> LingRing<A> {
     ///
     /// As for [`LingRing::active`].
     pub fn passive(mem: A) -> Result<Self, RingError> {
-        Self::new(mem, LingRole::Passive)
+        Self::new(mem, Side::Passive)
     }
 
     /// Our side of the straw `mem`, starting from the indices the header holds (zero on fresh
@@ -372,7 +363,7 @@ impl<A: SharedAccess + Clone> LingRing<A> {
     /// # Errors
     ///
     /// As for [`LingRing::active`].
-    pub fn new(mem: A, role: LingRole) -> Result<Self, RingError> {
+    pub fn new(mem: A, role: Side) -> Result<Self, RingError> {
         if mem.len() < LING_REGION {
             return Err(RingError::RegionTooSmall {
                 need: LING_REGION,
@@ -390,8 +381,8 @@ impl<A: SharedAccess + Clone> LingRing<A> {
             cons: IN_CONS,
         };
         let (tx, rx) = match role {
-            LingRole::Active => (output, input),
-            LingRole::Passive => (input, output),
+            Side::Active => (output, input),
+            Side::Passive => (input, output),
         };
         let tx_prod = load_index(&mem, tx.prod, "producer")?;
         let tx_cons = load_index(&mem, tx.cons, "consumer")?;
@@ -423,7 +414,7 @@ impl<A: SharedAccess + Clone> LingRing<A> {
 
 impl<A: SharedAccess> LingRing<A> {
     /// Our role.
-    pub fn role(&self) -> LingRole {
+    pub fn role(&self) -> Side {
         self.role
     }
 }
@@ -496,7 +487,7 @@ mod tests {
         assert_eq!(v.load_u32(IN_PROD, Ordering::Relaxed), 4);
         assert_eq!(a.reader().read(&mut buf).unwrap(), 4);
         assert_eq!(&buf[..4], b"back");
-        assert_eq!(a.role(), LingRole::Active);
+        assert_eq!(a.role(), Side::Active);
         g.assert_guards();
     }
 

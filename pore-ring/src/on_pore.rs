@@ -100,7 +100,7 @@ impl<B: Backend> V2Ring<Arc<Pore<B>>> {
             Pore::open_active(backend, peer, geometry.pages()).map_err(OpenError::Backend)?;
         let refs = pore.info().refs;
         let pore = Arc::new(pore);
-        let ring = V2Ring::create(pore.clone(), geometry, &refs[1..])?;
+        let ring = V2Ring::active(pore.clone(), geometry, &refs[1..])?;
         Ok(PoreRing { pore, ring })
     }
 
@@ -128,7 +128,7 @@ impl<B: Backend> V2Ring<Arc<Pore<B>>> {
         let (geometry, all) = all?;
         let pore =
             Arc::new(Pore::open_passive(backend, peer, &all, port).map_err(OpenError::Backend)?);
-        let ring = V2Ring::attach_expecting(pore.clone(), geometry)?;
+        let ring = V2Ring::passive_expecting(pore.clone(), geometry)?;
         Ok(PoreRing { pore, ring })
     }
 
@@ -168,7 +168,7 @@ impl<B: Backend> V2Ring<Arc<Pore<B>>> {
             }
         };
         let pore = Arc::new(pore);
-        let ring = V2Ring::attach_expecting(pore.clone(), geometry)?;
+        let ring = V2Ring::passive_expecting(pore.clone(), geometry)?;
         Ok(PoreRing { pore, ring })
     }
 }

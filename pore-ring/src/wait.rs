@@ -26,8 +26,8 @@
 //!     let c2 = d2.bind_interdomain(DomId(1), c1.port())?;
 //!     (c1, c2)
 //! };
-//! let mut active = V2Ring::create(pages.view(), geometry, &[GrantRef(1), GrantRef(2)])?;
-//! let mut passive = V2Ring::attach(pages.view())?;
+//! let mut active = V2Ring::active(pages.view(), geometry, &[GrantRef(1), GrantRef(2)])?;
+//! let mut passive = V2Ring::passive(pages.view())?;
 //! let waiter = Waiter::new(StdClock::new(), Duration::ZERO);
 //!
 //! // Nothing to read: times out.
@@ -297,10 +297,10 @@ mod tests {
         let c2 = d2.bind_interdomain(DomId(1), c1.port()).unwrap();
         let geo = V2Geometry::new(0, 0).unwrap();
         let g = Guarded::new(geo.region_len());
-        let (mut tx, _) = V2Ring::create(g.view(), geo, &[GrantRef(1), GrantRef(2)])
+        let (mut tx, _) = V2Ring::active(g.view(), geo, &[GrantRef(1), GrantRef(2)])
             .unwrap()
             .split();
-        let (_, mut rx) = V2Ring::attach(g.view()).unwrap().split();
+        let (_, mut rx) = V2Ring::passive(g.view()).unwrap().split();
         let total = if cfg!(miri) { 4_000 } else { 400_000 };
         let timeout = Duration::from_secs(10);
         for spin in [Duration::ZERO, Duration::from_micros(50)] {

@@ -60,7 +60,7 @@ fn serve_ring<A: SharedAccess + Clone>(
             while sent < out.len() {
                 sent += ring.writer().write(&out[sent..]).unwrap();
                 if notify && ring.take_notify() {
-                    server.poke().unwrap();
+                    server.notify().unwrap();
                 }
                 if sent < out.len() {
                     std::thread::sleep(Duration::from_micros(50));
