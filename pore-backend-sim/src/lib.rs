@@ -54,6 +54,15 @@
 //! children spawned with [`Hypervisor::domain_command`] connect with [`SimDomain::connect`]
 //! (see [`process`] and `TESTING.md`).
 //!
+//! ## Inside the crate
+//! Each module uses only modules after it in this list, so the import graph is a DAG: the root
+//! (`Hypervisor`); `store` (the xenstored seam); the handles `shared`, `pages` (grants,
+//! mappings, store page), `channel`, `domain`, `ctx` (a domain's way to the hypervisor: direct,
+//! or through the `broker`); `broker`; `hv` (the hypervisor's records and rules, a submodule
+//! per concern); `readiness`; `process`; `table` (the shared event table); `proto`; `env`;
+//! `sys`; `error`. `unsafe` is only in `sys::mmap` (memfd pages, `mmap`) and `shared`
+//! (`SharedMemory` for the handles that own a mapping), with a `SAFETY` comment on each block.
+//!
 //! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
 //! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 
