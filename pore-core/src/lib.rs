@@ -31,7 +31,10 @@ mod ring;
 pub mod shared;
 mod store;
 
-#[cfg(feature = "test-utils")]
+// Documented even without the feature (docs.rs and `cargo doc` show it, labelled), compiled
+// into normal builds only with it.
+#[cfg(any(feature = "test-utils", all(doc, not(doctest), feature = "std")))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-utils")))]
 pub mod loopback;
 
 pub use backend::{Backend, BackendError};

@@ -70,3 +70,40 @@ pub trait Maps {
     /// Maps `refs` granted to us by `remote`, contiguously and in order.
     fn map(&self, remote: DomId, refs: &[GrantRef]) -> Result<Self::Mapped, Self::Error>;
 }
+
+/// Sharing a backend: `&T` and `Arc<T>` grant and map through `T`.
+impl<T: Grants + ?Sized> Grants for &T {
+    type Error = T::Error;
+    type Granted = T::Granted;
+
+    fn grant(&self, remote: DomId, pages: usize) -> Result<Self::Granted, Self::Error> {
+        (**self).grant(remote, pages)
+    }
+}
+
+impl<T: Grants + ?Sized> Grants for alloc::sync::Arc<T> {
+    type Error = T::Error;
+    type Granted = T::Granted;
+
+    fn grant(&self, remote: DomId, pages: usize) -> Result<Self::Granted, Self::Error> {
+        (**self).grant(remote, pages)
+    }
+}
+
+impl<T: Maps + ?Sized> Maps for &T {
+    type Error = T::Error;
+    type Mapped = T::Mapped;
+
+    fn map(&self, remote: DomId, refs: &[GrantRef]) -> Result<Self::Mapped, Self::Error> {
+        (**self).map(remote, refs)
+    }
+}
+
+impl<T: Maps + ?Sized> Maps for alloc::sync::Arc<T> {
+    type Error = T::Error;
+    type Mapped = T::Mapped;
+
+    fn map(&self, remote: DomId, refs: &[GrantRef]) -> Result<Self::Mapped, Self::Error> {
+        (**self).map(remote, refs)
+    }
+}
