@@ -70,7 +70,10 @@ pub trait Events {
     /// Waits until at least one of `channels` fires or `timeout` elapses.
     ///
     /// `fired` is cleared, then receives the index in `channels` of every channel whose event
-    /// was consumed; it is empty on timeout. Each fired channel is re-armed.
+    /// was consumed (all those pending); it is empty on timeout. Each fired channel is
+    /// re-armed. A channel's error (its peer gone) is returned only when none fired, so no
+    /// consumed event is lost. A backend may refuse channels that are not its own
+    /// ([`crate::ErrorKind::InvalidInput`]).
     fn select(
         &self,
         channels: &[&Self::Channel],
