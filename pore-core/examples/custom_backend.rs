@@ -1,18 +1,16 @@
 //! A complete pore backend in one file, to copy as the start of yours.
 //!
-//! `MemXen` is an in-memory "hypervisor": two domains of one process share pages and event
-//! channels through a mutex-guarded `World`. It implements pore-core's four capabilities
-//! (`Events`, `Grants`, `Maps`, `StoreAccess`) following the checklist of "Writing a backend"
-//! in pore-core's docs; `main` opens a pore active in one domain and passive in the other and
-//! exchanges events and bytes. A failed check exits non-zero.
-//!
-//! It uses pore-core's ready-made `CoreError` as its error type; a backend with richer errors
-//! brings its own type implementing `pore_core::Error` (see that trait's docs).
+//! `MemXen` is an in-memory "hypervisor": domains of one process share pages and event channels
+//! through a mutex-guarded `World`. It has pore-core's four capabilities (`Events`, `Grants`,
+//! `Maps`, `StoreAccess`), written to the checklist of "Writing a backend" in pore-core's docs;
+//! `main` opens a pore between two domains and exchanges events and bytes, exiting non-zero if a
+//! check fails. Its error type is pore-core's ready-made `CoreError`; a backend with richer
+//! errors brings its own type implementing `pore_core::Error` (see that trait's docs).
 
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -35,25 +33,35 @@ fn err<T>(kind: ErrorKind, what: &'static str) -> Result<T> {
 #[repr(C, align(4096))]
 struct Page([AtomicU64; PAGE_SIZE / 8]);
 
-/// Pages shared by a granter's handle and its peer's mappings; `R` is the rest of the handle.
-pub struct Pages<R> {
-    block: Arc<[Page]>,
-    rest: R,
+/// The pages of one grant, with its consecutive refs.
+struct Grant {
+    owner: DomId,
+    to: DomId,
+    refs: Vec<GrantRef>,
+    pages: Box<[Page]>,
+    maps: AtomicUsize,
 }
 
-// SAFETY: `block` is a heap allocation that the `Arc` keeps alive and in place while `self`
+/// One handle type for both sides of a grant: the granter's, and each mapping of it.
+pub struct Pages {
+    grant: Arc<Grant>,
+    world: Arc<World>,
+    mapping: bool,
+}
+
+// SAFETY: the pages are a heap block that the `Arc` keeps alive and in place while `self`
 // lives (moving the handle moves only the pointer); it is valid for `len()` bytes, made of
 // atomics only, and nothing takes a reference to plain data in it. `Page` is 4096-aligned.
-unsafe impl<R: Send + Sync> SharedMemory for Pages<R> {
+unsafe impl SharedMemory for Pages {
     fn as_ptr(&self) -> NonNull<u8> {
-        NonNull::from(&*self.block).cast()
+        NonNull::from(&*self.grant.pages).cast()
     }
     fn len(&self) -> usize {
-        self.block.len() * PAGE_SIZE
+        self.grant.pages.len() * PAGE_SIZE
     }
 }
 
-/// The world both domains live in: grant and port tables, and a bell for waiters.
+/// The world the domains live in: grant and port tables, and a bell for waiters.
 #[derive(Default)]
 pub struct World {
     state: Mutex<State>,
@@ -63,16 +71,8 @@ pub struct World {
 #[derive(Default)]
 struct State {
     next: u32,
-    grants: HashMap<(DomId, GrantRef), Grant>,
+    grants: HashMap<(DomId, GrantRef), Arc<Grant>>,
     ports: HashMap<(DomId, Port), PortState>,
-}
-
-struct Grant {
-    to: DomId,
-    block: Arc<[Page]>,
-    page: usize,
-    maps: usize,
-    deferred: bool, // on the revoke-later list: ended while mapped, gone at the last unmap
 }
 
 struct PortState {
@@ -85,12 +85,6 @@ struct PortState {
 impl World {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    fn domain(self: &Arc<Self>, id: DomId) -> MemXen {
-        MemXen {
-            world: self.clone(),
-            id,
-        }
     }
 }
 
@@ -129,27 +123,20 @@ fn wait_any(world: &World, chans: &[&Channel], t: Duration, fired: &mut Vec<usiz
     let deadline = Instant::now() + t;
     let mut st = world.lock();
     loop {
-        let mut failed = None;
+        let mut failed = Ok(());
         for (i, ch) in chans.iter().enumerate() {
             match ch.take(&mut st) {
                 Ok(true) => fired.push(i),
                 Ok(false) => {}
-                Err(e) => failed = failed.or(Some(e)),
+                Err(e) => failed = failed.and(Err(e)),
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        match failed {
-            _ if !fired.is_empty() => return Ok(()),
-            Some(e) => return Err(e),
-            None if left.is_zero() => return Ok(()),
-            None => {
-                st = world
-                    .bell
-                    .wait_timeout(st, left)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0
-            }
+        if !fired.is_empty() || failed.is_err() || left.is_zero() {
+            return if fired.is_empty() { failed } else { Ok(()) };
         }
+        let slept = world.bell.wait_timeout(st, left);
+        st = slept.unwrap_or_else(|p| p.into_inner()).0;
     }
 }
 
@@ -201,14 +188,16 @@ impl Drop for Channel {
 impl MemXen {
     fn open_port(&self, st: &mut State, to: DomId, peer: Option<(DomId, Port)>) -> Channel {
         st.next += 1;
-        let key = (self.id, Port(st.next));
-        let state = PortState {
-            to,
-            peer,
-            pending: false,
-            peer_closed: false,
-        };
-        st.ports.insert(key, state);
+        let (key, pending, peer_closed) = ((self.id, Port(st.next)), false, false);
+        st.ports.insert(
+            key,
+            PortState {
+                to,
+                peer,
+                pending,
+                peer_closed,
+            },
+        );
         Channel {
             world: self.world.clone(),
             key,
@@ -243,112 +232,48 @@ impl Events for MemXen {
     }
 }
 
-/// The granter's side of [`Pages`].
-pub struct Granted {
-    world: Arc<World>,
-    keys: Vec<(DomId, GrantRef)>,
-    refs: Vec<GrantRef>,
-}
-
-impl Granted {
-    /// Ends access: `Busy` while the peer maps the pages, unless `defer` (then revoked later).
+impl Pages {
+    /// Ends access (idempotent): `Busy` while the peer maps the pages, unless `defer`.
     fn end(&mut self, defer: bool) -> Result<()> {
         let mut st = self.world.lock();
-        let mapped = self
-            .keys
-            .iter()
-            .any(|k| st.grants.get(k).is_some_and(|g| g.maps > 0));
-        if mapped && !defer {
+        if self.grant.maps.load(SeqCst) > 0 && !defer {
             return err(Busy, "the peer still maps the pages");
         }
-        for k in self.keys.drain(..) {
-            match st.grants.get_mut(&k) {
-                Some(g) if g.maps > 0 => g.deferred = true, // never freed under the peer
-                _ => drop(st.grants.remove(&k)),
-            }
+        // The refs go now; pages the peer still maps live on in its mapping's `Arc` until the
+        // last unmap (this backend's revoke-later list): never freed under the peer.
+        for r in &self.grant.refs {
+            st.grants.remove(&(self.grant.owner, *r));
         }
         Ok(())
     }
 }
 
-impl Drop for Granted {
+impl Drop for Pages {
     fn drop(&mut self) {
-        let _ = self.end(true); // a no-op after `end_access` (no keys left)
+        if self.mapping {
+            self.grant.maps.fetch_sub(1, SeqCst);
+        } else {
+            let _ = self.end(true);
+        }
     }
 }
 
 const NO_NOTIFY: &str = "no unmap-notify in memory (a closed peer's port reports PeerGone)";
 
-impl GrantedPages for Pages<Granted> {
+impl GrantedPages for Pages {
     type Error = CoreError;
     fn refs(&self) -> &[GrantRef] {
-        &self.rest.refs
+        &self.grant.refs
     }
     fn set_unmap_notify(&mut self, _: UnmapNotify) -> Result<()> {
-        err(Unsupported, NO_NOTIFY)
+        err(Unsupported, NO_NOTIFY) // refused, never accepted and ignored
     }
     fn end_access(mut self) -> Result<()> {
-        self.rest.end(false) // on `Busy`, dropping `self` defers the pages
+        self.end(false) // on `Busy`, dropping `self` defers the pages
     }
 }
 
-impl Grants for MemXen {
-    type Error = CoreError;
-    type Granted = Pages<Granted>;
-    fn grant(&self, to: DomId, pages: usize) -> Result<Pages<Granted>> {
-        if pages == 0 || pages > 1024 {
-            return err(InvalidInput, "granting no pages or too many");
-        }
-        // Fresh zeroed pages: recycled ones would show the peer their old contents.
-        let zeroed = || Page([const { AtomicU64::new(0) }; PAGE_SIZE / 8]);
-        let block: Arc<[Page]> = (0..pages).map(|_| zeroed()).collect();
-        let mut st = self.world.lock();
-        let mut keys = Vec::with_capacity(pages);
-        for page in 0..pages {
-            st.next += 1;
-            let (key, block) = ((self.id, GrantRef(st.next)), block.clone());
-            let grant = Grant {
-                to,
-                block,
-                page,
-                maps: 0,
-                deferred: false,
-            };
-            st.grants.insert(key, grant);
-            keys.push(key);
-        }
-        let refs = keys.iter().map(|k| k.1).collect();
-        let rest = Granted {
-            world: self.world.clone(),
-            keys,
-            refs,
-        };
-        Ok(Pages { block, rest })
-    }
-}
-
-/// The mapper's side of [`Pages`]; dropping it unmaps.
-pub struct Mapped {
-    world: Arc<World>,
-    keys: Vec<(DomId, GrantRef)>,
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        let mut st = self.world.lock();
-        for k in &self.keys {
-            let Some(g) = st.grants.get_mut(k) else {
-                continue;
-            };
-            g.maps = g.maps.saturating_sub(1);
-            if g.deferred && g.maps == 0 {
-                st.grants.remove(k); // the last unmap revokes a deferred grant
-            }
-        }
-    }
-}
-
-impl MappedPages for Pages<Mapped> {
+impl MappedPages for Pages {
     type Error = CoreError;
     fn set_unmap_notify(&mut self, _: UnmapNotify) -> Result<()> {
         err(Unsupported, NO_NOTIFY)
@@ -358,38 +283,66 @@ impl MappedPages for Pages<Mapped> {
     }
 }
 
+impl Grants for MemXen {
+    type Error = CoreError;
+    type Granted = Pages;
+    fn grant(&self, to: DomId, pages: usize) -> Result<Pages> {
+        let n = u32::try_from(pages).ok().filter(|n| (1..=1024).contains(n));
+        let Some(n) = n else {
+            return err(InvalidInput, "granting no pages or too many");
+        };
+        // Fresh zeroed pages: recycled ones would show the peer their old contents.
+        let zeroed = |_| Page([const { AtomicU64::new(0) }; PAGE_SIZE / 8]);
+        let pages = (0..n).map(zeroed).collect();
+        let mut st = self.world.lock();
+        let refs = (st.next + 1..=st.next + n).map(GrantRef).collect();
+        st.next += n;
+        let (owner, maps) = (self.id, AtomicUsize::new(0));
+        let grant = Arc::new(Grant {
+            owner,
+            to,
+            refs,
+            pages,
+            maps,
+        });
+        for r in &grant.refs {
+            st.grants.insert((owner, *r), grant.clone());
+        }
+        let world = self.world.clone();
+        Ok(Pages {
+            grant,
+            world,
+            mapping: false,
+        })
+    }
+}
+
 impl Maps for MemXen {
     type Error = CoreError;
-    type Mapped = Pages<Mapped>;
-    fn map(&self, from: DomId, refs: &[GrantRef]) -> Result<Pages<Mapped>> {
-        let keys: Vec<_> = refs.iter().map(|r| (from, *r)).collect();
-        let mut st = self.world.lock();
-        let mut first: Option<Arc<[Page]>> = None;
-        for (i, k) in keys.iter().enumerate() {
-            let Some(g) = st.grants.get(k).filter(|g| !g.deferred) else {
-                return err(NotFound, "mapping a grant that does not exist");
-            };
-            if g.to != self.id {
-                return err(PermissionDenied, "mapping a grant made to another domain");
-            }
-            // One process cannot rearrange its memory: only a whole grant, in page order, is
-            // contiguous. Anything else is refused, never mapped in part.
-            let block = first.get_or_insert_with(|| g.block.clone());
-            if g.page != i || !Arc::ptr_eq(block, &g.block) || block.len() != refs.len() {
-                return err(Unsupported, "maps only a whole grant, in page order");
-            }
-        }
-        let Some(block) = first else {
+    type Mapped = Pages;
+    fn map(&self, from: DomId, refs: &[GrantRef]) -> Result<Pages> {
+        let st = self.world.lock();
+        let Some(first) = refs.first() else {
             return err(InvalidInput, "mapping no pages");
         };
-        for k in &keys {
-            st.grants.get_mut(k).into_iter().for_each(|g| g.maps += 1);
-        }
-        let rest = Mapped {
-            world: self.world.clone(),
-            keys,
+        let Some(grant) = st.grants.get(&(from, *first)) else {
+            return err(NotFound, "mapping a grant that does not exist or was ended");
         };
-        Ok(Pages { block, rest })
+        if grant.to != self.id {
+            return err(PermissionDenied, "mapping a grant made to another domain");
+        }
+        // One process cannot rearrange its memory: only a whole grant in page order is
+        // contiguous. Anything else is refused, never mapped in part.
+        if refs != grant.refs {
+            return err(Unsupported, "maps only a whole grant, in page order");
+        }
+        grant.maps.fetch_add(1, SeqCst);
+        let (grant, world) = (grant.clone(), self.world.clone());
+        Ok(Pages {
+            grant,
+            world,
+            mapping: true,
+        })
     }
 }
 
@@ -400,54 +353,51 @@ impl StoreAccess for MemXen {
     }
 }
 
+const SECOND: Duration = Duration::from_secs(1);
+
 fn run() -> Result<()> {
     let world = Arc::new(World::default());
-    let (a, b) = (world.domain(DomId(1)), world.domain(DomId(2)));
+    let domain = |id| MemXen {
+        world: world.clone(),
+        id,
+    };
+    let (a, b) = (domain(DomId(1)), domain(DomId(2)));
 
     // Domain 1 grants two pages and offers a port; the refs and port would travel by xenstore.
     let active = Pore::open_active(&a, DomId(2), 2)?;
     let info = active.info();
     let passive = Pore::open_passive(&b, DomId(1), &info.refs, info.port)?;
 
-    // Active -> passive: a length and bytes in page 0, then a notify.
+    // Active to passive: a length and bytes in page 0, then a notify.
     active.write_bytes(4, b"hello, pore");
-    active.store_u32(0, 11, Ordering::Release);
+    active.store_u32(0, 11, Release);
     active.poke()?;
-    assert_eq!(
-        passive.channel().wait(Duration::from_secs(5))?,
-        WaitOutcome::Event
-    );
-    assert!(
-        !passive.channel().try_wait()?,
-        "the wait consumed the event"
-    );
-    let len = passive.load_u32(0, Ordering::Acquire) as usize; // read once, then validated
+    assert_eq!(passive.channel().wait(SECOND)?, WaitOutcome::Event);
+    assert!(!passive.channel().try_wait()?, "the wait consumed it");
+    let len = passive.load_u32(0, Acquire) as usize; // read once, then validated
     assert!(len <= 64, "a length the peer wrote is checked before use");
     let mut got = vec![0; len];
     passive.read_bytes(4, &mut got);
     assert_eq!(got, b"hello, pore");
 
-    // Passive -> active, in page 1, waited for with `select`.
+    // Passive to active, in page 1, waited for with `select`.
     passive.write_bytes(PAGE_SIZE, b"ack");
     passive.poke()?;
     let mut fired = Vec::new();
-    a.select(&[active.channel()], Duration::from_secs(5), &mut fired)?;
+    a.select(&[active.channel()], SECOND, &mut fired)?;
     assert_eq!(fired, [0]);
     let mut ack = [0; 3];
     active.read_bytes(PAGE_SIZE, &mut ack);
     assert_eq!(&ack, b"ack");
 
-    // Closing while the peer maps the pages: `Busy`, and the grant is revoked later.
+    // Closing while the peer maps the pages: `Busy`, and the pages are revoked later.
     assert_eq!(active.close().map_err(|e| e.kind()), Err(Busy));
     assert!(passive.poke().is_err_and(|e| e.is_peer_gone()));
+    passive.write_bytes(8, b"still mapped"); // never freed under the peer
     passive.close()?;
     let st = world.lock();
     assert!(st.grants.is_empty() && st.ports.is_empty(), "all released");
-    println!(
-        "custom_backend: ok ({} bytes one way, {} back)",
-        len,
-        ack.len()
-    );
+    println!("custom_backend: ok");
     Ok(())
 }
 
