@@ -30,11 +30,11 @@
 //! * One error type implementing [`Error`]: a [`kind`](Error::kind) that the layers above act
 //!   on, and `From<CoreError>`, through which they raise their own errors (timeouts, protocol
 //!   violations) in it. [`CoreError`] itself does if nothing richer is needed.
-//! * The kinds: `InvalidInput` for a bad request (zero pages, say);
-//!   `NotFound` for a grant or port that does not exist; `PermissionDenied` for one offered to
-//!   another domain (where the backend can tell: on Linux such a map is `NotFound`); `Busy` for
-//!   pages the peer still maps; `PeerGone` when the backend knows that the peer closed or died;
-//!   `Closed` for a handle already closed; `Unsupported` for what the backend does not offer;
+//! * The kinds: `InvalidInput` for a bad request (zero pages, say); `NotFound` for a grant or
+//!   port that does not exist; `PermissionDenied` for one offered to another domain (where the
+//!   backend can tell: on Linux such a map is `NotFound`); `Busy` for pages the peer still
+//!   maps; `PeerGone` when the backend knows that the peer closed or died; `Closed` for a
+//!   handle already closed; `Unsupported` for what the backend does not offer;
 //!   `ResourceExhausted` for a limit that may free up. See [`ErrorKind`].
 //! * No panic on anything a peer or a caller can cause, in `Drop` least of all: it is an error
 //!   of the right kind. Every wait is bounded by its timeout.
@@ -58,9 +58,9 @@
 //!   handle) never frees them under the peer (XSA-396; D7). A backend that can tell fails with
 //!   `Busy` and keeps the pages on a revoke-later list until the peer's last unmap
 //!   (`pore-backend-sim`, [`loopback`]); one that cannot tell returns `Ok`, the layer below
-//!   deferring them (Linux, whose kernel does). Dropping the handle defers quietly. A deferred
-//!   grant cannot be mapped again (`NotFound`); where the backend sees them, its accounting
-//!   reports the deferred pages.
+//!   deferring them (Linux, whose kernel does). Dropping the handle defers quietly. Where the
+//!   backend sees deferred pages, its accounting reports them, and it refuses to map them anew
+//!   (`NotFound`).
 //! * Unmap-notify ([`UnmapNotify`], D8): armed on either handle, it fires whenever our side of
 //!   the pages goes away (ended, unmapped, dropped, or our process or domain dead): the byte is
 //!   cleared in the shared pages, then the port (one of ours) is signalled. A backend that
