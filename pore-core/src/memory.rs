@@ -33,7 +33,7 @@ pub trait GrantedPages: SharedMemory {
     /// Ends the peer's access. Never frees pages the peer still maps: a backend that can tell
     /// fails with [`crate::ErrorKind::Busy`] and defers them to its revoke-later list, released
     /// at the peer's last unmap; one that cannot tell (Linux user space, where the kernel
-    /// defers them) returns `Ok`. Either way the handle is consumed and nothing is left to do.
+    /// defers them) returns `Ok`. Either way the handle is consumed; nothing is left for the caller to do.
     fn end_access(self) -> Result<(), Self::Error>
     where
         Self: Sized;

@@ -36,11 +36,11 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 /// # Alignment
 ///
 /// Pages a backend hands out (granted, mapped, the store page) start **page-aligned**
-/// ([`crate::PAGE_SIZE`]): the shared layouts put on them (the xenstore ring, the straw rings)
-/// place their fields by offset from the page start, as Xen guarantees. Any region must be at
-/// least 4-aligned, since [`SharedView`]'s `u32` accessors panic on a misaligned address (its
-/// byte copies take any alignment). Alignment is not a safety condition (every access checks
-/// it), but a region that breaks it makes the code above panic.
+/// ([`crate::PAGE_SIZE`]), as Xen's pages do: the shared layouts put on them (the xenstore
+/// ring, the straw rings) place their fields by offset from the page start. Any region must be
+/// at least 4-aligned: [`SharedView`]'s `u32` accessors panic on a misaligned address (its byte
+/// copies take any alignment). Alignment is not a safety condition, since those accessors check
+/// it and panic rather than misbehave.
 pub unsafe trait SharedMemory: Send + Sync {
     /// Start of the region.
     fn as_ptr(&self) -> NonNull<u8>;
