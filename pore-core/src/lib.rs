@@ -36,8 +36,8 @@
 //!   maps; `PeerGone` when the backend knows that the peer closed or died; `Closed` for a
 //!   handle already closed; `Unsupported` for what the backend does not offer;
 //!   `ResourceExhausted` for a limit that may free up. See [`ErrorKind`].
-//! * No panic on anything a peer or a caller can cause, in `Drop` least of all: it is an error
-//!   of the right kind. Every wait is bounded by its timeout.
+//! * No panic on anything a peer can cause, nor on a bad request to the backend, in `Drop`
+//!   least of all: either is an error of the right kind. Every wait is bounded by its timeout.
 //!
 //! **Memory** ([`Grants`], [`Maps`], [`SharedMemory`])
 //! * [`Grants::grant`] allocates fresh pages, **zeroed** (a recycled page would show the peer
