@@ -371,7 +371,7 @@ fn run() -> Result<()> {
     // Active to passive: a length and bytes in page 0, then a notify.
     active.write_bytes(4, b"hello, pore");
     active.store_u32(0, 11, Release);
-    active.poke()?;
+    active.notify()?;
     assert_eq!(passive.channel().wait(SECOND)?, WaitOutcome::Event);
     assert!(!passive.channel().try_wait()?, "the wait consumed it");
     let len = passive.load_u32(0, Acquire) as usize; // read once, then validated
@@ -382,7 +382,7 @@ fn run() -> Result<()> {
 
     // Passive to active, in page 1, waited for with `select`.
     passive.write_bytes(PAGE_SIZE, b"ack");
-    passive.poke()?;
+    passive.notify()?;
     let mut fired = Vec::new();
     a.select(&[active.channel()], SECOND, &mut fired)?;
     assert_eq!(fired, [0]);
@@ -392,7 +392,7 @@ fn run() -> Result<()> {
 
     // Closing while the peer maps the pages: `Busy`, and the pages are revoked later.
     assert_eq!(active.close().map_err(|e| e.kind()), Err(Busy));
-    assert!(passive.poke().is_err_and(|e| e.is_peer_gone()));
+    assert!(passive.notify().is_err_and(|e| e.is_peer_gone()));
     passive.write_bytes(8, b"still mapped"); // never freed under the peer
     passive.close()?;
     let st = world.lock();

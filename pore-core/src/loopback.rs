@@ -898,7 +898,7 @@ mod tests {
         let p2 = Pore::open_active(&a, DomId(2), 1).unwrap();
         let q1 = Pore::open_passive(&b, DomId(1), &p1.info().refs, p1.info().port).unwrap();
         let q2 = Pore::open_passive(&b, DomId(1), &p2.info().refs, p2.info().port).unwrap();
-        q2.poke().unwrap();
+        q2.notify().unwrap();
         q1.close().unwrap();
         let mut fired = Vec::new();
         let channels = [p1.channel(), p2.channel()];
@@ -952,7 +952,7 @@ mod tests {
             let passive: Pore<Arc<LoopbackDomain>> =
                 Pore::open_passive(&remote, DomId(1), &info.refs, info.port).unwrap();
             passive.write_bytes(PAGE_SIZE + 1, b"via arc");
-            passive.poke().unwrap();
+            passive.notify().unwrap();
             passive
         })
         .join()
@@ -967,7 +967,7 @@ mod tests {
 
         // `select` and `open_store` forward too.
         let mut fired = Vec::new();
-        active.poke().unwrap();
+        active.notify().unwrap();
         shared
             .select(&[passive.channel()], Duration::from_secs(5), &mut fired)
             .unwrap();
