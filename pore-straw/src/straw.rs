@@ -56,7 +56,7 @@ use pore_core::{
 use pore_ring::frame::{FrameWriter, Progress};
 use pore_ring::ling::{LingConsumer, LingProducer, LingRing, LING_PAGES};
 use pore_ring::v2::{self, V2Geometry, V2Ring};
-use pore_ring::{RingError, RingReader, RingWriter};
+use pore_ring::{DuplexRing, RingError, RingReader, RingWriter};
 
 use crate::handshake::{Closed, Input, PoreGrant, Role, StrawError};
 use crate::reasm::{Got, Reassembler, AHEAD};
@@ -197,6 +197,8 @@ macro_rules! delegate {
 }
 
 impl<B: Backend> RingWriter for Tx<B> {
+    type Error = RingError;
+
     fn capacity(&self) -> usize {
         delegate!(Tx, self, r => r.capacity())
     }
@@ -221,6 +223,8 @@ impl<B: Backend> RingWriter for Tx<B> {
 }
 
 impl<B: Backend> RingReader for Rx<B> {
+    type Error = RingError;
+
     fn capacity(&self) -> usize {
         delegate!(Rx, self, r => r.capacity())
     }
@@ -320,7 +324,7 @@ pub fn open_passive_v2_all<B: Backend>(
     }
     arm_unmap_notify(&mut pore, Some(v2::PASSIVE_LIVE));
     let pore = Arc::new(pore);
-    let (tx, rx) = V2Ring::attach_expecting(pore.clone(), want)?.split();
+    let (tx, rx) = V2Ring::passive_expecting(pore.clone(), want)?.split();
     Ok(StrawPore {
         pore,
         tx: Tx::V2(tx),
@@ -405,7 +409,7 @@ pub fn open_active<B: Backend>(
             arm_unmap_notify(&mut pore, Some(v2::ACTIVE_LIVE));
             let info = pore.info();
             let pore = Arc::new(pore);
-            let ring = V2Ring::create(pore.clone(), g, &info.refs[1..])?;
+            let ring = V2Ring::active(pore.clone(), g, &info.refs[1..])?;
             let (tx, rx) = ring.split();
             let grant = PoreGrant {
                 refs: vec![info.refs[0]],
@@ -480,7 +484,7 @@ pub fn open_passive<B: Backend>(
                 Pore::open_passive(backend, peer, &all, port).map_err(StrawIoError::backend)?;
             arm_unmap_notify(&mut pore, Some(v2::PASSIVE_LIVE));
             let pore = Arc::new(pore);
-            let (tx, rx) = V2Ring::attach_expecting(pore.clone(), want)?.split();
+            let (tx, rx) = V2Ring::passive_expecting(pore.clone(), want)?.split();
             Ok(StrawPore {
                 pore,
                 tx: Tx::V2(tx),
@@ -642,7 +646,7 @@ impl<B: Backend> Shared<B> {
         self.stats.notifies.fetch_add(1, Ordering::Relaxed);
         let pore = lock(&self.pore).clone();
         match pore {
-            Some(p) => p.poke().map_err(StrawIoError::backend),
+            Some(p) => p.notify().map_err(StrawIoError::backend),
             None => Err(StrawIoError::Closed),
         }
     }
@@ -782,7 +786,7 @@ impl<B: Backend> Shared<B> {
         if let Some((mine, _)) = self.live {
             if let Some(p) = lock(&self.pore).as_ref() {
                 p.store_u8(mine, v2::LIVE_GONE, Ordering::Release);
-                let _ = p.poke();
+                let _ = p.notify();
             }
         }
         drop(lock(&self.tx).take());

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pore_core::{Backend, EventChannel, Events, Pore, Port, SharedAccess, WaitOutcome};
+use pore_ring::prelude::*;
 use pore_ring::xenstore::XenstoreRing;
 
 use crate::error::Error;

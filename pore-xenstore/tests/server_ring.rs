@@ -122,7 +122,7 @@ fn hostile_ring_hurts_no_one_else() {
     // The bad guest claims 5000 bytes of requests in a 1024-byte ring.
     let req_prod = core::mem::offset_of!(pore_ring::xenstore::XenstoreDomainInterface, req_prod);
     bad.store_u32(req_prod, 5000, Ordering::Release);
-    bad.poke().unwrap();
+    bad.notify().unwrap();
     let error = core::mem::offset_of!(pore_ring::xenstore::XenstoreDomainInterface, error);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while bad.load_u32(error, Ordering::Acquire) == 0 {
@@ -157,13 +157,19 @@ fn oversized_message_from_a_guest_closes_only_its_ring() {
     bad.write_bytes(0, &hdr);
     let req_prod = core::mem::offset_of!(pore_ring::xenstore::XenstoreDomainInterface, req_prod);
     bad.store_u32(req_prod, 16, Ordering::Release);
-    bad.poke().unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    bad.notify().unwrap();
     let error = core::mem::offset_of!(pore_ring::xenstore::XenstoreDomainInterface, error);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while bad.load_u32(error, Ordering::Acquire) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server marks the ring"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(
         bad.load_u32(error, Ordering::Acquire),
-        3,
-        "XENSTORE_ERROR_PROTO"
+        pore_ring::xenstore::XENSTORE_ERROR_PROTO
     );
     assert_eq!(good.read("name").unwrap(), b"fine");
     server.shutdown();

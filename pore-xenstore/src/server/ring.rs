@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use pore_core::{EventChannel, SharedAccess, SharedMemory, WaitOutcome};
+use pore_ring::prelude::*;
 use pore_ring::xenstore::{XenstoreRing, XENSTORE_ERROR_PROTO, XENSTORE_ERROR_RINGIDX};
 use pore_ring::RingError;
 
