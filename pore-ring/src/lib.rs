@@ -17,6 +17,7 @@
 //! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
 //! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 #![no_std]
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 extern crate alloc;
