@@ -5,7 +5,7 @@
 //! Modules: [`xenstore`], [`ling`], [`v2`], [`frame`], [`wait`].
 //!
 //! Every ring half implements pore-core's [`RingWriter`] or [`RingReader`] (re-exported here,
-//! with their error type [`RingError`]); each full ring implements [`DuplexRing`] and splits
+//! with their error type [`RingError`]); each full ring implements [`SharedRing`] and splits
 //! into a writer and a reader usable from two threads. Publication has three speeds
 //! (`write`, `write_deferred` + `publish`, `write_deferred` + `commit`, and the same on the
 //! reading side): see [`pore_core::RingWriter`].
@@ -56,9 +56,9 @@ pub enum Side {
 
 /// The ring traits, for `use pore_ring::prelude::*;` (their methods need them in scope).
 pub mod prelude {
-    pub use pore_core::{DuplexRing, RingReader, RingWriter};
+    pub use pore_core::{RingReader, RingWriter, SharedRing};
 }
-pub use pore_core::{DuplexRing, RingReader, RingWriter};
+pub use pore_core::{RingReader, RingWriter, SharedRing};
 
 #[cfg(test)]
 mod testutil;
