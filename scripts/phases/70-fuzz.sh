@@ -43,7 +43,9 @@ trap 'rm -rf "$scratch"' EXIT
 # The coverage of an input must not change from run to run, or neither would the inputs
 # libFuzzer tries next: std's HashMap keys come from getrandom(2), fixed here (hash table
 # probing is instrumented code), and address randomisation is off (cargo-fuzz's stack-depth
-# feature and libFuzzer's comparison table see addresses).
+# feature sees addresses), and so are libFuzzer's comparison-guided mutations (-use_cmp=0:
+# the operands it records include heap addresses, which vary with the timing of its own
+# threads; this costs some coverage, which scripts/fuzz-explore.sh keeps).
 cc -shared -fPIC -O2 -o "$scratch/fixed-random.so" ../scripts/fuzz-fixed-random.c
 norand=(setarch "$(uname -m)" -R)
 if ! "${norand[@]}" true 2>/dev/null; then
@@ -59,7 +61,7 @@ for t in "${fuzz_targets[@]}"; do
   start=$(date +%s)
   mkdir -p "artifacts/$t"
   if LD_PRELOAD="$scratch/fixed-random.so" "${norand[@]}" "$bin/$t" -artifact_prefix="$PWD/artifacts/$t/" \
-    -seed="$seed" -runs="$n" "${opts[@]}" "$scratch/$t" "${seeds[@]}" >"$log" 2>&1; then
+    -seed="$seed" -runs="$n" -use_cmp=0 "${opts[@]}" "$scratch/$t" "${seeds[@]}" >"$log" 2>&1; then
     # The run count, then coverage and corpus size from libFuzzer's last status line.
     done_line=$(grep -E "^Done [0-9]+ runs" "$log" | tail -n 1 || true)
     cov=$(grep -E "^#[0-9]+[[:space:]]" "$log" | tail -n 1 | grep -o -E "cov: [0-9]+ ft: [0-9]+ corp: [0-9]+" || true)
