@@ -1527,3 +1527,6 @@ pub fn teardown_ops(me: &Endpoint) -> Vec<StoreOp> {
         },
     ]
 }
+
+#[cfg(test)]
+mod tests;

@@ -57,9 +57,5 @@ pub use endpoint::{Endpoint, Name, StrawPaths};
 pub use handshake::{Action, Config, Connection, Input, Layout, Role, StrawError, StrawMachine};
 pub use parse::{Format, XenbusState};
 
-#[cfg(all(test, feature = "std"))]
-mod manager_tests;
 #[cfg(test)]
 mod testkit;
-#[cfg(test)]
-mod tests;

@@ -11,7 +11,15 @@ use pore_core::{DomId, SharedAccess};
 use pore_ring::ling;
 use pore_ring::{RingError, RingReader, RingWriter};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use pore_ring::v2;
+
+use super::open::Mem;
 use super::*;
+use crate::handshake::Input;
+use crate::{Endpoint, Format, Layout, Role};
 
 type Lb = LoopbackDomain;
 

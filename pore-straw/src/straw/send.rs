@@ -1,0 +1,276 @@
+//! The sending half of a straw.
+
+use std::string::ToString;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pore_core::Backend;
+use pore_ring::frame::Progress;
+use pore_ring::{RingError, RingWriter};
+
+use crate::handshake::Input;
+
+use super::shared::*;
+use super::*;
+
+impl<B: Backend> Sender<B> {
+    /// Counters of the straw (both halves).
+    pub fn stats(&self) -> StrawStats {
+        self.sh.stats()
+    }
+
+    /// Sends one frame, blocking up to [`StrawConfig::io_timeout`].
+    pub fn send(&self, frame: Bytes) -> Result<(), StrawIoError> {
+        self.send_timeout(frame, self.sh.cfg.io_timeout)
+    }
+
+    /// Sends one frame, blocking up to `timeout`. A frame larger than the ring streams through
+    /// it. [`StrawIoError::TimedOut`]: nothing of it was taken, send it again later.
+    /// [`StrawIoError::Queued`]: the timeout struck after the frame began; it stays queued
+    /// and the next send, [`Sender::flush_timeout`] or close finishes it first (do not resend
+    /// it).
+    pub fn send_timeout(&self, frame: Bytes, timeout: Duration) -> Result<(), StrawIoError> {
+        if frame.len() > self.sh.cfg.max_frame {
+            return Err(StrawIoError::TooLarge(frame.len()));
+        }
+        let deadline = Instant::now() + timeout;
+        let mut frame = Some(frame);
+        loop {
+            let seen = self.sh.bell_seq();
+            match self.step(&mut frame, Some(deadline))? {
+                true => return Ok(()),
+                false => match self.wait(seen, deadline) {
+                    // Taken, partly in the ring: it will be finished, never resend it.
+                    Err(StrawIoError::TimedOut) if frame.is_none() => {
+                        return Err(StrawIoError::Queued)
+                    }
+                    r => r?,
+                },
+            }
+        }
+    }
+
+    /// Sends one frame if the ring takes at least its beginning now; a frame only partly in the
+    /// ring is finished by later calls (or [`Sender::flush_timeout`]). Fails with
+    /// [`StrawIoError::WouldBlock`] (nothing sent) if the ring has no room.
+    pub fn try_send(&self, frame: Bytes) -> Result<(), StrawIoError> {
+        if frame.len() > self.sh.cfg.max_frame {
+            return Err(StrawIoError::TooLarge(frame.len()));
+        }
+        let mut frame = Some(frame);
+        self.step(&mut frame, None)?;
+        match frame {
+            None => Ok(()),
+            Some(_) => Err(StrawIoError::WouldBlock),
+        }
+    }
+
+    /// Finishes a partly sent frame, blocking up to `timeout`.
+    pub fn flush_timeout(&self, timeout: Duration) -> Result<(), StrawIoError> {
+        let deadline = Instant::now() + timeout;
+        let mut none = None;
+        loop {
+            let seen = self.sh.bell_seq();
+            if self.step(&mut none, Some(deadline))? {
+                return Ok(());
+            }
+            self.wait(seen, deadline)?;
+        }
+    }
+
+    /// Wraps `msg` in the seed's JSON envelope `{"addr": addr, "msg": msg}` and sends it.
+    pub fn send_to(&self, addr: &str, msg: &serde_json::Value) -> Result<(), StrawIoError> {
+        let v = serde_json::json!({ "addr": addr, "msg": msg });
+        let bytes = serde_json::to_vec(&v).map_err(|e| StrawIoError::Json(e.to_string()))?;
+        self.send(Bytes::from(bytes))
+    }
+
+    /// One step: finish the pending frame, then start `frame` (taken when it is entirely or
+    /// partly in the ring). `true`: nothing is pending and `frame` was taken. With a
+    /// `deadline` (a blocking call) it spins for room before giving up.
+    fn step(
+        &self,
+        frame: &mut Option<Bytes>,
+        deadline: Option<Instant>,
+    ) -> Result<bool, StrawIoError> {
+        if self.sh.finished.load(Ordering::Acquire) && frame.is_some() {
+            return Err(StrawIoError::Closed);
+        }
+        if let Some(e) = self.sh.status_error() {
+            return Err(match e {
+                StrawIoError::Eof => StrawIoError::Closed,
+                e => e,
+            });
+        }
+        let mut guard = lock(&self.sh.tx);
+        let st = guard.as_mut().ok_or(StrawIoError::Closed)?;
+        if st.ring.is_broken() {
+            return Err(self.sh.status_error().unwrap_or(StrawIoError::PeerGone));
+        }
+        let mut notify = false;
+        let r = self.pump(st, frame, &mut notify, deadline);
+        drop(guard);
+        let finished = r.map_err(|e| self.sh.ring_failed(e))?;
+        if notify {
+            self.sh.poke()?;
+        }
+        Ok(finished)
+    }
+
+    /// The ring work of [`Sender::step`].
+    fn pump(
+        &self,
+        st: &mut TxState<B>,
+        frame: &mut Option<Bytes>,
+        notify: &mut bool,
+        spin: Option<Instant>,
+    ) -> Result<bool, RingError> {
+        loop {
+            let mut done = true;
+            if let Some(p) = st.pending.clone() {
+                match st.framer.send_deferred(&mut st.ring, &p)? {
+                    Progress::Done => {
+                        st.pending = None;
+                        self.sh.count_sent(p.len());
+                    }
+                    Progress::Pending => done = false,
+                }
+            }
+            if done {
+                if let Some(f) = frame.take() {
+                    match st.framer.send_deferred(&mut st.ring, &f)? {
+                        Progress::Done => self.sh.count_sent(f.len()),
+                        Progress::Pending if st.framer.in_progress() => {
+                            st.pending = Some(f);
+                            done = false;
+                        }
+                        Progress::Pending => {
+                            *frame = Some(f);
+                            done = false;
+                        }
+                    }
+                }
+            }
+            st.ring.commit()?;
+            *notify |= st.ring.take_notify();
+            if done {
+                return Ok(true);
+            }
+            if let Some(deadline) = spin {
+                if self
+                    .sh
+                    .spin_until(&self.sh.spin_tx, deadline, || Ok(st.ring.writable()? > 0))?
+                {
+                    continue;
+                }
+            }
+            // About to wait for room: ask to be woken, then re-check.
+            if !st.ring.prepare_wait()? {
+                return Ok(false);
+            }
+        }
+    }
+
+    fn wait(&self, seen: u64, deadline: Instant) -> Result<(), StrawIoError> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(StrawIoError::TimedOut);
+        }
+        if self.sh.peer_live_gone() {
+            self.sh.peer_vanished();
+            return Ok(());
+        }
+        self.sh.sleep(seen, deadline - now)?;
+        self.sh.spin_tx.slept(now.elapsed(), self.sh.cfg.spin);
+        Ok(())
+    }
+
+    /// Finishes a partly sent frame and waits (up to `timeout`) until the peer has consumed
+    /// everything we sent; the straw stays open (e.g. wait for this, then keep receiving until
+    /// the peer closes).
+    pub fn drain_timeout(&self, timeout: Duration) -> Result<(), StrawIoError> {
+        self.drain(timeout)
+    }
+
+    fn drain(&self, timeout: Duration) -> Result<(), StrawIoError> {
+        let deadline = Instant::now() + timeout;
+        self.flush_timeout(timeout)?;
+        loop {
+            let seen = self.sh.bell_seq();
+            {
+                let mut guard = lock(&self.sh.tx);
+                let st = guard.as_mut().ok_or(StrawIoError::Closed)?;
+                let cap = st.ring.capacity();
+                let empty = st.ring.writable().and_then(|w| {
+                    Ok(w == cap || (st.ring.prepare_wait()? && st.ring.writable()? == cap))
+                });
+                drop(guard);
+                if empty.map_err(|e| self.sh.ring_failed(e))? {
+                    return Ok(());
+                }
+            }
+            if let Some(e) = self.sh.status_error() {
+                return Err(e);
+            }
+            self.wait(seen, deadline)?;
+        }
+    }
+
+    /// Half-closes: finishes a partly sent frame, waits (up to
+    /// [`StrawConfig::close_timeout`]) until the peer consumed everything, then tells the peer
+    /// that nothing more will come (its receiver then ends with [`StrawIoError::Eof`]). We can
+    /// still receive; later sends fail with [`StrawIoError::Closed`]. Close the straw once both
+    /// directions are done. Needs the manager (a straw made with [`Straw::new`] only drains).
+    pub fn finish(&self) -> Result<(), StrawIoError> {
+        self.drain(self.sh.cfg.close_timeout)?;
+        self.sh.finished.store(true, Ordering::Release);
+        if let Some(hook) = &self.sh.hook {
+            hook(Input::Finish);
+        }
+        Ok(())
+    }
+
+    /// Closes the straw gracefully; see [`Straw::close`].
+    pub fn close(&self) -> Result<(), StrawIoError> {
+        let timeout = self.sh.cfg.close_timeout;
+        let drained = match self.drain(timeout) {
+            // The peer closed first: nothing more can be delivered, and that is no failure.
+            Err(_) if self.sh.status.load(Ordering::Acquire) == PEER_CLOSED => Ok(()),
+            d => d,
+        };
+        if let Err(e) = &drained {
+            tracing::warn!(peer = %self.sh.peer, error = %e, "straw: closing without a full drain");
+        }
+        let _ = self
+            .sh
+            .status
+            .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire);
+        match &self.sh.hook {
+            None => {
+                // Standalone: close the pore ourselves.
+                self.sh.shutdown_pore(Duration::from_millis(200));
+                self.sh.mark(CLOSED);
+                drained
+            }
+            Some(hook) => {
+                if !self.sh.close_sent.swap(true, Ordering::AcqRel) {
+                    hook(Input::Close);
+                }
+                // The manager runs the close chart; wait for its verdict.
+                let wait = timeout * 2 + Duration::from_secs(1);
+                let guard = lock(&self.sh.done);
+                let (guard, _) = self
+                    .sh
+                    .done_cv
+                    .wait_timeout_while(guard, wait, |d| d.is_none())
+                    .unwrap_or_else(|p| p.into_inner());
+                match guard.clone() {
+                    Some(Ok(_)) => drained,
+                    Some(Err(e)) => Err(StrawIoError::Protocol(e)),
+                    None => Err(StrawIoError::TimedOut),
+                }
+            }
+        }
+    }
+}
