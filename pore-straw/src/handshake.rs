@@ -23,8 +23,8 @@
 //! Opener `A` → listener `B` (`SD` = `B`'s straw top + `/<A ident>`, `WD` = `A`'s warts top +
 //! `/<B ident>`; see [`StrawPaths`]):
 //!
-//! 1. `A` reads `WD` (exists: [`StrawError::Exists`]) and `B`'s straw top (absent:
-//!    [`StrawError::PeerNotFound`]); removes a stale `SD`; `mkdir SD` (fails:
+//! 1. `A` reads `WD` (exists: [`HandshakeError::Exists`]) and `B`'s straw top (absent:
+//!    [`HandshakeError::PeerNotFound`]); removes a stale `SD`; `mkdir SD` (fails:
 //!    `PeerNotFound`); narrows `SD` to `n<A> b<B>` (D18, best effort).
 //! 2. `A`, one transaction: `mkdir WD`, narrow it to `n<A> r<B>`, `WD/straw = SD`,
 //!    `WD/state = 2`, `WD/format`, `WD/straw-layouts = "ling v2"` (D15), `SD/warts = WD` (the
@@ -54,12 +54,12 @@
 //! ```
 //! use core::time::Duration;
 //! use pore_core::DomId;
-//! use pore_straw::handshake::{Action, Config, StrawMachine};
+//! use pore_straw::handshake::{Action, HandshakeConfig, StrawMachine};
 //! use pore_straw::ops::StoreOp;
 //! use pore_straw::Endpoint;
 //!
 //! let me = Endpoint::seed(DomId(1));
-//! let mut m = StrawMachine::open(Config::default(), me, Endpoint::seed(DomId(2)), Duration::ZERO);
+//! let mut m = StrawMachine::open(HandshakeConfig::default(), me, Endpoint::seed(DomId(2)), Duration::ZERO);
 //! // First the opener checks that it has no straw to domain 2 yet.
 //! match m.poll_action(Duration::ZERO) {
 //!     Some(Action::Store(StoreOp::Read { path })) => {
@@ -75,7 +75,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use pore_core::{DomId, ErrorKind, GrantRef, Port};
+use pore_core::{CoreError, DomId, ErrorKind, GrantRef, Port};
 
 use crate::endpoint::{Endpoint, StrawPaths};
 use crate::ops::{Access, Perm, StoreError, StoreOp, StoreReply};
@@ -86,7 +86,7 @@ pub const LING_PAGES: usize = 8;
 
 /// Settings of the handshake and close protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
+pub struct HandshakeConfig {
     /// How long a handshake may take (D9: 10 s).
     pub handshake_timeout: Duration,
     /// How long the close protocol may wait for the peer (D9: 5 s).
@@ -100,9 +100,9 @@ pub struct Config {
     pub max_v2_pages: u32,
 }
 
-impl Default for Config {
+impl Default for HandshakeConfig {
     fn default() -> Self {
-        Config {
+        HandshakeConfig {
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             format: Format::Json,
@@ -199,7 +199,7 @@ pub enum Stage {
 
 /// Why a straw failed or ended abnormally.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StrawError {
+pub enum HandshakeError {
     /// The opener already has a straw (a warts directory) to this peer.
     #[error("a straw to this peer already exists")]
     Exists,
@@ -208,7 +208,7 @@ pub enum StrawError {
     PeerNotFound,
     /// A deadline passed.
     #[error("timed out during the {0:?}")]
-    Timeout(Stage),
+    TimedOut(Stage),
     /// The peer's directory or state key disappeared.
     #[error("peer gone")]
     PeerGone,
@@ -232,9 +232,11 @@ pub enum StrawError {
         /// The operation.
         op: &'static str,
         /// The error.
+        #[source]
         error: StoreError,
     },
-    /// Opening the pore failed.
+    /// Opening the pore failed (its kind; the manager reports the backend's error itself as
+    /// `ManagerError::Pore`).
     #[error("opening the pore failed: {0}")]
     Pore(ErrorKind),
     /// The handshake was cancelled locally ([`Input::Close`] before it completed).
@@ -243,6 +245,31 @@ pub enum StrawError {
     /// The knock that woke the listener was gone or not addressed to it: nothing to do.
     #[error("the knock vanished")]
     Vanished,
+    /// A generic layer failed (see [`CoreError`]).
+    #[error(transparent)]
+    Core(#[from] CoreError),
+}
+
+/// The classification behind [`pore_core::Error::is_peer_gone`] and
+/// [`pore_core::Error::is_retryable`]: a peer that vanished, closed or refused the straw is
+/// gone ([`ErrorKind::PeerGone`]); a straw that already exists is [`ErrorKind::Busy`] (it may
+/// be closed later); a store failure has the kind of its [`StoreError`].
+impl pore_core::Error for HandshakeError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            HandshakeError::Exists => ErrorKind::Busy,
+            HandshakeError::PeerNotFound | HandshakeError::Vanished => ErrorKind::NotFound,
+            HandshakeError::TimedOut(_) => ErrorKind::TimedOut,
+            HandshakeError::PeerGone | HandshakeError::PeerClosed => ErrorKind::PeerGone,
+            HandshakeError::Protocol { .. } | HandshakeError::UnexpectedState(_) => {
+                ErrorKind::Protocol
+            }
+            HandshakeError::Store { error, .. } => error.kind(),
+            HandshakeError::Pore(kind) => *kind,
+            HandshakeError::Cancelled => ErrorKind::Closed,
+            HandshakeError::Core(e) => e.kind(),
+        }
+    }
 }
 
 /// Something the driver must do, or learn.
@@ -264,7 +291,7 @@ pub enum Action {
     /// closes soon ([`Action::ClosePore`]).
     PeerClosing,
     /// The machine is finished; nothing follows. Any pore was closed before this.
-    Done(Result<Closed, StrawError>),
+    Done(Result<Closed, HandshakeError>),
 }
 
 /// What the driver feeds the machine.
@@ -281,7 +308,7 @@ pub enum Input {
     /// The local user wants the straw closed (after draining, D17), or the handshake cancelled.
     Close,
     /// The data path saw the peer die (its port closed, unmap-notify) while xenstore may still
-    /// say Connected: a connected straw is lost ([`StrawError::PeerGone`]).
+    /// say Connected: a connected straw is lost ([`HandshakeError::PeerGone`]).
     PeerLost,
     /// We will send nothing more and the peer consumed everything we sent: tell the peer
     /// (half-close; writes `straw-eof = "1"` in our directory, a key LING ignores).
@@ -348,7 +375,7 @@ enum Phase {
 /// One straw's handshake, connected phase and close protocol. See the [module docs](self).
 #[derive(Debug)]
 pub struct StrawMachine {
-    cfg: Config,
+    cfg: HandshakeConfig,
     me: Endpoint,
     peer: Endpoint,
     role: Role,
@@ -381,7 +408,7 @@ pub struct StrawMachine {
     /// The steps left after the pore closes / the peer reaches Closed.
     after_close: AfterClose,
     cleanup: VecDeque<StoreOp>,
-    result: Option<Result<Closed, StrawError>>,
+    result: Option<Result<Closed, HandshakeError>>,
 }
 
 /// What to do once the pore is closed / the peer reached Closed during close.
@@ -396,7 +423,7 @@ enum AfterClose {
 }
 
 impl StrawMachine {
-    fn new(cfg: Config, me: Endpoint, peer: Endpoint, role: Role, now: Duration) -> Self {
+    fn new(cfg: HandshakeConfig, me: Endpoint, peer: Endpoint, role: Role, now: Duration) -> Self {
         let paths = match role {
             Role::Opener => StrawPaths::new(&me, &peer),
             Role::Listener => StrawPaths::new(&peer, &me),
@@ -439,7 +466,7 @@ impl StrawMachine {
     }
 
     /// The opener side (the seed's `open/1` → `do_open`): `me` opens a straw to `peer`.
-    pub fn open(cfg: Config, me: Endpoint, peer: Endpoint, now: Duration) -> Self {
+    pub fn open(cfg: HandshakeConfig, me: Endpoint, peer: Endpoint, now: Duration) -> Self {
         let mut m = Self::new(cfg, me, peer, Role::Opener, now);
         let path = m.paths.warts_dir.clone();
         m.store(Op::CheckWarts, StoreOp::Read { path });
@@ -448,7 +475,7 @@ impl StrawMachine {
 
     /// The listener side (the seed's `knock_knock`): `me` was knocked by `peer` (see
     /// [`crate::endpoint::parse_knock`]).
-    pub fn listen(cfg: Config, me: Endpoint, peer: Endpoint, now: Duration) -> Self {
+    pub fn listen(cfg: HandshakeConfig, me: Endpoint, peer: Endpoint, now: Duration) -> Self {
         let mut m = Self::new(cfg, me, peer, Role::Listener, now);
         let path = m.paths.straw("warts");
         m.store(Op::ReadKnock, StoreOp::Read { path });
@@ -487,7 +514,7 @@ impl StrawMachine {
 
     /// How the straw is ending, once that is decided (before [`Action::Done`] reports it): lets
     /// a driver tell blocked users why the pore is closing.
-    pub fn ending(&self) -> Option<&Result<Closed, StrawError>> {
+    pub fn ending(&self) -> Option<&Result<Closed, HandshakeError>> {
         self.result.as_ref()
     }
 
@@ -542,7 +569,7 @@ impl StrawMachine {
             Input::Close => self.on_close_request(),
             Input::PeerLost => {
                 if self.phase == Phase::Connected && !self.close_requested {
-                    self.lost(StrawError::PeerGone);
+                    self.lost(HandshakeError::PeerGone);
                 }
             }
             Input::Finish => {
@@ -628,7 +655,7 @@ impl StrawMachine {
     }
 
     /// Fails the straw: close the pore if open, best-effort cleanup, then `Done(Err)`.
-    fn fail(&mut self, error: StrawError) {
+    fn fail(&mut self, error: HandshakeError) {
         if matches!(self.phase, Phase::Done | Phase::Finishing) || self.result.is_some() {
             return;
         }
@@ -645,9 +672,9 @@ impl StrawMachine {
         // whose knock vanished, leaves everything alone.
         let created = !matches!(
             self.result,
-            Some(Err(StrawError::Exists
-                | StrawError::PeerNotFound
-                | StrawError::Vanished))
+            Some(Err(HandshakeError::Exists
+                | HandshakeError::PeerNotFound
+                | HandshakeError::Vanished))
         );
         if created {
             ops.push_back(StoreOp::Rm {
@@ -722,7 +749,7 @@ impl StrawMachine {
     }
 
     /// The normal end of a connected straw: unwatch and remove our directory, then `Done`.
-    fn end(&mut self, result: Result<Closed, StrawError>) {
+    fn end(&mut self, result: Result<Closed, HandshakeError>) {
         if self.result.is_none() {
             self.result = Some(result);
         }
@@ -746,7 +773,7 @@ impl StrawMachine {
         match self.phase {
             Phase::CloseAwaitPeer if self.connected => {
                 tracing::warn!(peer = %self.peer, "straw: the peer did not close in time");
-                self.result = Some(Err(StrawError::Timeout(Stage::Close)));
+                self.result = Some(Err(HandshakeError::TimedOut(Stage::Close)));
                 if !self.busy() {
                     // Stop waiting: the active side ends access now (deferred if still mapped).
                     self.end_after_peer_closed();
@@ -755,7 +782,7 @@ impl StrawMachine {
             }
             // If busy, the reply decides: `timed_out` makes it fail.
             Phase::Handshake | Phase::AwaitPeer(_) | Phase::OpeningPore if !self.busy() => {
-                self.fail(StrawError::Timeout(Stage::Handshake));
+                self.fail(HandshakeError::TimedOut(Stage::Handshake));
             }
             _ => {}
         }
@@ -785,7 +812,7 @@ impl StrawMachine {
             // If busy, the close begins once the outstanding operation returns.
             Phase::Connected if !self.busy() => self.begin_local_close(),
             Phase::Handshake | Phase::AwaitPeer(_) | Phase::OpeningPore if !self.busy() => {
-                self.fail(StrawError::Cancelled);
+                self.fail(HandshakeError::Cancelled);
             }
             _ => {}
         }
@@ -814,14 +841,14 @@ impl StrawMachine {
     fn on_pore_opened(&mut self, r: Result<PoreGrant, ErrorKind>) {
         let grant = match r {
             Ok(g) => g,
-            Err(kind) => return self.fail(StrawError::Pore(kind)),
+            Err(kind) => return self.fail(HandshakeError::Pore(kind)),
         };
         self.pore_open = true;
         if self.timed_out {
-            return self.fail(StrawError::Timeout(Stage::Handshake));
+            return self.fail(HandshakeError::TimedOut(Stage::Handshake));
         }
         if self.close_requested {
-            return self.fail(StrawError::Cancelled);
+            return self.fail(HandshakeError::Cancelled);
         }
         match self.role {
             Role::Opener => {
@@ -845,7 +872,7 @@ impl StrawMachine {
         match self.layout {
             Layout::Ling => {
                 if grant.refs.len() != LING_PAGES {
-                    return self.fail(StrawError::Pore(ErrorKind::InvalidInput));
+                    return self.fail(HandshakeError::Pore(ErrorKind::InvalidInput));
                 }
                 for (i, r) in grant.refs.iter().enumerate() {
                     write(
@@ -857,7 +884,7 @@ impl StrawMachine {
             }
             Layout::V2 { ring_pages } => {
                 let Some(ctrl) = grant.refs.first() else {
-                    return self.fail(StrawError::Pore(ErrorKind::InvalidInput));
+                    return self.fail(HandshakeError::Pore(ErrorKind::InvalidInput));
                 };
                 write(&mut ops, "straw-layout", String::from("v2"));
                 write(&mut ops, "ring-pages", alloc::format!("{ring_pages}"));
@@ -901,18 +928,18 @@ impl StrawMachine {
                 Phase::Handshake | Phase::AwaitPeer(_) | Phase::OpeningPore
             )
         {
-            return self.fail(StrawError::Timeout(Stage::Handshake));
+            return self.fail(HandshakeError::TimedOut(Stage::Handshake));
         }
         if self.close_requested && !self.connected && self.phase != Phase::Done {
-            return self.fail(StrawError::Cancelled);
+            return self.fail(HandshakeError::Cancelled);
         }
         let fail_store = |m: &mut Self, name: &'static str, e: StoreError| {
-            m.fail(StrawError::Store { op: name, error: e })
+            m.fail(HandshakeError::Store { op: name, error: e })
         };
         match op {
             // ----- opener -----
             Op::CheckWarts => match r {
-                Ok(_) => self.fail(StrawError::Exists),
+                Ok(_) => self.fail(HandshakeError::Exists),
                 Err(StoreError::NotFound) => {
                     // Does the peer endpoint run a manager? (A privileged connection could
                     // otherwise create its straw top for it, and wait in vain.)
@@ -922,7 +949,7 @@ impl StrawMachine {
                 Err(e) => fail_store(self, "read", e),
             },
             Op::CheckPeerTop => match r {
-                Err(StoreError::NotFound) => self.fail(StrawError::PeerNotFound),
+                Err(StoreError::NotFound) => self.fail(HandshakeError::PeerNotFound),
                 // Readable, or hidden from us: the mkdir below decides.
                 Ok(_) | Err(StoreError::PermissionDenied) => {
                     let path = self.paths.straw_dir.clone();
@@ -951,7 +978,7 @@ impl StrawMachine {
                     );
                 }
                 Err(StoreError::NotFound | StoreError::PermissionDenied) => {
-                    self.fail(StrawError::PeerNotFound)
+                    self.fail(HandshakeError::PeerNotFound)
                 }
                 Err(e) => fail_store(self, "mkdir", e),
             },
@@ -1077,7 +1104,7 @@ impl StrawMachine {
 
             // ----- listener -----
             Op::ReadKnock => match r {
-                Err(StoreError::NotFound) => self.fail(StrawError::Vanished),
+                Err(StoreError::NotFound) => self.fail(HandshakeError::Vanished),
                 Ok(StoreReply::Value(v)) => {
                     if v == self.paths.warts_dir.as_bytes() {
                         // The seed's plain write, wrapped with the narrowing (D18) so that the
@@ -1255,7 +1282,7 @@ impl StrawMachine {
                 None
             }
             Err(e) => {
-                self.fail(StrawError::Store {
+                self.fail(HandshakeError::Store {
                     op: "read",
                     error: e,
                 });
@@ -1267,9 +1294,9 @@ impl StrawMachine {
     fn protocol(&mut self, key: &'static str, error: ParseError) {
         tracing::warn!(peer = %self.peer, key, %error, "straw: the peer wrote garbage");
         if self.connected {
-            self.lost(StrawError::Protocol { key, error });
+            self.lost(HandshakeError::Protocol { key, error });
         } else {
-            self.fail(StrawError::Protocol { key, error });
+            self.fail(HandshakeError::Protocol { key, error });
         }
     }
 
@@ -1345,7 +1372,7 @@ impl StrawMachine {
     }
 
     /// A connected straw whose peer misbehaved or vanished.
-    fn lost(&mut self, error: StrawError) {
+    fn lost(&mut self, error: HandshakeError) {
         self.arm_close();
         tracing::warn!(peer = %self.peer, %error, "straw: connection lost");
         if self.result.is_none() {
@@ -1370,9 +1397,9 @@ impl StrawMachine {
         use XenbusState as S;
         match self.phase {
             Phase::AwaitPeer(want) => match st {
-                None => self.fail(StrawError::PeerGone),
+                None => self.fail(HandshakeError::PeerGone),
                 Some(s) if s == want => self.peer_reached(want),
-                Some(S::Closing | S::Closed) => self.fail(StrawError::PeerClosed),
+                Some(S::Closing | S::Closed) => self.fail(HandshakeError::PeerClosed),
                 // States on the way there: keep waiting.
                 Some(S::Initialising) if want == S::Initialised => self.idle_or_reread(),
                 Some(S::Initialised) if want == S::Connected && self.role == Role::Opener => {
@@ -1381,7 +1408,7 @@ impl StrawMachine {
                 Some(S::InitWait) if want == S::Connected && self.role == Role::Listener => {
                     self.idle_or_reread()
                 }
-                Some(s) => self.fail(StrawError::UnexpectedState(s)),
+                Some(s) => self.fail(HandshakeError::UnexpectedState(s)),
             },
             Phase::Connected => {
                 if self.close_requested {
@@ -1393,7 +1420,7 @@ impl StrawMachine {
                         self.store(Op::ReadPeerEof, StoreOp::Read { path });
                     }
                     Some(S::Connected) => self.connected_idle(),
-                    None => self.lost(StrawError::PeerGone),
+                    None => self.lost(HandshakeError::PeerGone),
                     Some(S::Closing) => {
                         self.arm_close();
                         tracing::debug!(peer = %self.peer, "straw: the peer is closing");
@@ -1413,7 +1440,7 @@ impl StrawMachine {
                         self.out.push_back(Action::PeerClosing);
                         self.finish_via_pore(AfterClose::WriteThenFinish);
                     }
-                    Some(s) => self.lost(StrawError::UnexpectedState(s)),
+                    Some(s) => self.lost(HandshakeError::UnexpectedState(s)),
                 }
             }
             Phase::CloseAwaitPeer => match st {
@@ -1471,7 +1498,7 @@ impl StrawMachine {
                 self.phase = Phase::Handshake;
                 self.write_state(Op::WriteConnected, XenbusState::Connected);
             }
-            _ => self.fail(StrawError::UnexpectedState(st)),
+            _ => self.fail(HandshakeError::UnexpectedState(st)),
         }
     }
 

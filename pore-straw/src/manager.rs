@@ -9,7 +9,7 @@
 //! Unlike the seed, which blocks its gen_server while it waits for a peer, every straw runs
 //! its [`StrawMachine`] on its own thread, so one slow or dead peer never stalls the manager or
 //! the other straws; every wait has a timeout. A straw whose peer leaves Connected or whose
-//! directory disappears ends with [`StrawIoError::PeerGone`] (or end of stream after a
+//! directory disappears ends with [`StrawError::PeerGone`] (or end of stream after a
 //! graceful close), and the manager forgets it and removes its nodes.
 //!
 //! The manager reaches xenstore through the small [`StoreClient`] trait.
@@ -39,17 +39,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use pore_core::{Backend, DomId};
+use pore_core::{Backend, CoreError, DomId, ErrorKind};
 
 use crate::endpoint::parse_knock;
 use crate::handshake::{
-    setup_ops, teardown_ops, Action, Closed, Config, Input, PoreGrant, PoreRequest, Role,
-    StrawError, StrawMachine,
+    setup_ops, teardown_ops, Action, Closed, HandshakeConfig, HandshakeError, Input, PoreGrant,
+    PoreRequest, Role, StrawMachine,
 };
 use crate::ops::{Access, Perm, StoreError, StoreOp, StoreReply};
-use crate::straw::{
-    open_active, open_passive, Shared, Straw, StrawConfig, StrawIoError, StrawPore,
-};
+use crate::straw::{open_active, open_passive, Shared, Straw, StrawConfig, StrawError, StrawPore};
 use crate::{Endpoint, Layout};
 
 use self::driver::Driver;
@@ -97,7 +95,7 @@ pub type Admission = Arc<dyn Fn(&Endpoint) -> bool + Send + Sync>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagerConfig {
     /// The handshake and close protocol.
-    pub handshake: Config,
+    pub handshake: HandshakeConfig,
     /// The data path of every straw.
     pub straw: StrawConfig,
     /// The most straws (connected, in the handshake or waiting to be accepted) at once: a
@@ -158,7 +156,7 @@ pub struct ManagerConfig {
 impl Default for ManagerConfig {
     fn default() -> Self {
         ManagerConfig {
-            handshake: Config::default(),
+            handshake: HandshakeConfig::default(),
             straw: StrawConfig::default(),
             max_straws: 256,
             max_knocks_per_domain: 8,
@@ -174,13 +172,17 @@ impl Default for ManagerConfig {
 pub enum ManagerError {
     /// The handshake failed (already connected, no such peer, timeout, garbage, ...).
     #[error("strawman: {0}")]
-    Straw(#[from] StrawError),
+    Handshake(#[from] HandshakeError),
+    /// Opening the pore failed during the handshake (the backend's error is its source).
+    #[error("opening the pore: {0}")]
+    Pore(#[source] StrawError),
     /// Setting up the endpoint in xenstore failed.
     #[error("xenstore {op} failed during set-up: {error}")]
     Setup {
         /// The operation.
         op: &'static str,
         /// The error.
+        #[source]
         error: StoreError,
     },
     /// No straw (yet) for that peer, or nothing to accept before the timeout.
@@ -214,6 +216,32 @@ pub enum ManagerError {
     /// The [`ManagerConfig`] cannot keep its promises.
     #[error("bad manager configuration: {0}")]
     Config(&'static str),
+    /// A generic layer failed (see [`CoreError`]).
+    #[error(transparent)]
+    Core(#[from] CoreError),
+}
+
+/// The kind of the handshake's, the pore's or xenstore's error; [`ErrorKind::NotFound`],
+/// [`ErrorKind::Busy`] (a straw that exists may be closed later), [`ErrorKind::Closed`],
+/// [`ErrorKind::TimedOut`], [`ErrorKind::ResourceExhausted`] (too many straws, pages still
+/// mapped) and [`ErrorKind::InvalidInput`] (a bad configuration) for the others.
+impl pore_core::Error for ManagerError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ManagerError::Handshake(e) => e.kind(),
+            ManagerError::Pore(e) => e.kind(),
+            ManagerError::Setup { error, .. } => error.kind(),
+            ManagerError::NotFound => ErrorKind::NotFound,
+            ManagerError::Exists => ErrorKind::Busy,
+            ManagerError::ShutDown => ErrorKind::Closed,
+            ManagerError::TimedOut => ErrorKind::TimedOut,
+            ManagerError::TooMany | ManagerError::PagesStillMapped { .. } => {
+                ErrorKind::ResourceExhausted
+            }
+            ManagerError::Config(_) => ErrorKind::InvalidInput,
+            ManagerError::Core(e) => e.kind(),
+        }
+    }
 }
 
 /// What a manager holds and what it refused ([`Manager::accounting`]), e.g. for monitoring.
@@ -1079,6 +1107,7 @@ where
                     self_input: tx,
                     reply,
                     pore: None,
+                    open_error: None,
                     shared: None,
                 };
                 d.run();

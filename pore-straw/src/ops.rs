@@ -4,7 +4,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use pore_core::DomId;
+use pore_core::{CoreError, DomId, ErrorKind};
 
 /// Rights in a xenstore permission entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -165,6 +165,30 @@ pub enum StoreError {
     /// Anything else (EINVAL, EQUOTA, a broken connection, ...).
     #[error("xenstore error")]
     Other,
+}
+
+impl pore_core::Error for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::NotFound => ErrorKind::NotFound,
+            StoreError::PermissionDenied => ErrorKind::PermissionDenied,
+            StoreError::TimedOut => ErrorKind::TimedOut,
+            StoreError::Other => ErrorKind::Other,
+        }
+    }
+}
+
+/// A generic layer's error ([`CoreError`]) as the strawman sees a xenstore error: by its kind.
+impl From<CoreError> for StoreError {
+    fn from(e: CoreError) -> Self {
+        use pore_core::Error as _;
+        match e.kind() {
+            ErrorKind::NotFound => StoreError::NotFound,
+            ErrorKind::PermissionDenied => StoreError::PermissionDenied,
+            ErrorKind::TimedOut => StoreError::TimedOut,
+            _ => StoreError::Other,
+        }
+    }
 }
 
 impl fmt::Display for StoreOp {

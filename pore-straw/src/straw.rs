@@ -12,7 +12,7 @@
 //! The peer is another domain and may be hostile: a length prefix never drives an allocation
 //! by itself (the receive buffer grows as the payload arrives), every receive call does bounded
 //! work and keeps its deadline, and a ring the peer broke (a bad index) ends the straw with
-//! [`StrawIoError::PeerGone`] after the first error; a managed straw then tells its manager,
+//! [`StrawError::PeerGone`] after the first error; a managed straw then tells its manager,
 //! which tears it down.
 //!
 //! A straw made by the [manager](crate::manager) is closed through the handshake machine (the
@@ -37,9 +37,10 @@
 //! assert_eq!(sb.receiver().recv_timeout(Duration::from_secs(1))?, "hello");
 //! sa.close()?;
 //! assert!(sb.receiver().recv_timeout(Duration::from_secs(1)).is_err());
-//! # Ok::<(), pore_straw::straw::StrawIoError>(())
+//! # Ok::<(), pore_straw::straw::StrawError>(())
 //! ```
 
+mod error;
 mod mailbox;
 mod open;
 mod recv;
@@ -49,21 +50,20 @@ mod shared;
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
-use std::string::{String, ToString};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use pore_core::{Backend, ErrorKind};
+use pore_core::Backend;
 use pore_ring::frame::FrameWriter;
-use pore_ring::RingError;
 
-use crate::handshake::{Role, StrawError};
+use crate::handshake::Role;
 use crate::reasm::Reassembler;
 use crate::spin::SpinBudget;
 use crate::{Endpoint, Format, Layout};
 
+pub use self::error::{BackendError, StrawError};
 pub use self::mailbox::{parse_envelope, Mailbox};
 pub use self::open::{open_active, open_passive, open_passive_v2_all, StrawPore};
 use self::shared::*;
@@ -113,68 +113,6 @@ impl Default for StrawConfig {
             slice: Duration::from_millis(100),
             spin: Duration::from_micros(20),
         }
-    }
-}
-
-/// Why a straw operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StrawIoError {
-    /// The timeout elapsed.
-    #[error("timed out")]
-    TimedOut,
-    /// A non-blocking call could not proceed now.
-    #[error("would block")]
-    WouldBlock,
-    /// A send timed out after its frame began: the frame stays queued and is finished by the
-    /// next send or flush (do not send it again).
-    #[error("timed out with the frame partly sent (it stays queued)")]
-    Queued,
-    /// The peer closed the straw and everything it sent has been received.
-    #[error("end of stream: the peer closed the straw")]
-    Eof,
-    /// We closed the straw.
-    #[error("the straw is closed")]
-    Closed,
-    /// The peer died, vanished from xenstore or unmapped the pages.
-    #[error("peer gone")]
-    PeerGone,
-    /// The peer broke the ring protocol (the straw is dead).
-    #[error("ring: {0}")]
-    Ring(RingError),
-    /// The backend failed.
-    #[error("backend: {kind}: {message}")]
-    Backend {
-        /// Its classification.
-        kind: ErrorKind,
-        /// Its message.
-        message: String,
-    },
-    /// A frame longer than [`StrawConfig::max_frame`].
-    #[error("frame of {0} bytes exceeds the maximum")]
-    TooLarge(usize),
-    /// A message that cannot be encoded as JSON.
-    #[error("json: {0}")]
-    Json(String),
-    /// The handshake or close protocol failed.
-    #[error("strawman: {0}")]
-    Protocol(StrawError),
-}
-
-impl StrawIoError {
-    fn backend<E: pore_core::Error>(e: E) -> Self {
-        if e.is_peer_gone() {
-            return StrawIoError::PeerGone;
-        }
-        StrawIoError::Backend {
-            kind: e.kind(),
-            message: e.to_string(),
-        }
-    }
-}
-
-impl From<RingError> for StrawIoError {
-    fn from(e: RingError) -> Self {
-        StrawIoError::Ring(e)
     }
 }
 
@@ -352,7 +290,7 @@ impl<B: Backend> Straw<B> {
     }
 
     /// Half-closes our sending direction; see [`Sender::finish`].
-    pub fn finish(&self) -> Result<(), StrawIoError> {
+    pub fn finish(&self) -> Result<(), StrawError> {
         self.tx.finish()
     }
 
@@ -370,7 +308,7 @@ impl<B: Backend> Straw<B> {
     /// [`StrawConfig::close_timeout`]) until the peer consumed everything we sent, then follows
     /// the close chart. Every frame whose `send` returned `Ok` before this reaches the peer's
     /// ring unless the peer stops reading.
-    pub fn close(self) -> Result<(), StrawIoError> {
+    pub fn close(self) -> Result<(), StrawError> {
         self.tx.close()
     }
 }

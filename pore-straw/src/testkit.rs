@@ -10,8 +10,8 @@ use core::time::Duration;
 use pore_core::{DomId, GrantRef, Port};
 
 use crate::handshake::{
-    setup_ops, Action, Closed, Config, Connection, Input, PoreGrant, PoreRequest, StrawError,
-    StrawMachine,
+    setup_ops, Action, Closed, Connection, HandshakeConfig, HandshakeError, Input, PoreGrant,
+    PoreRequest, StrawMachine,
 };
 use crate::ops::{Access, Perm, StoreError, StoreOp, StoreReply};
 use crate::Endpoint;
@@ -310,7 +310,7 @@ impl Store {
 pub struct Outcome {
     pub peer: Endpoint,
     pub connected: Option<Connection>,
-    pub done: Option<Result<Closed, StrawError>>,
+    pub done: Option<Result<Closed, HandshakeError>>,
     pub pore_open: bool,
     pub pores_opened: usize,
     pub peer_finished: bool,
@@ -318,7 +318,7 @@ pub struct Outcome {
 
 pub struct Domain {
     pub me: Endpoint,
-    pub cfg: Config,
+    pub cfg: HandshakeConfig,
     pub machines: Vec<(StrawMachine, Outcome)>,
     /// Listen for knocks (the manager's watch on the straw top).
     pub listening: bool,
@@ -332,7 +332,7 @@ pub struct Domain {
 pub const TOP_TOKEN: &str = "straw-top";
 
 impl Domain {
-    pub fn new(me: Endpoint, cfg: Config) -> Self {
+    pub fn new(me: Endpoint, cfg: HandshakeConfig) -> Self {
         Domain {
             me,
             cfg,
@@ -379,7 +379,7 @@ impl World {
     }
 
     /// Adds a domain endpoint with its manager's setup (directories, perms, top watch).
-    pub fn add(&mut self, me: Endpoint, cfg: Config) -> usize {
+    pub fn add(&mut self, me: Endpoint, cfg: HandshakeConfig) -> usize {
         if !self.store.nodes.contains_key(&me.domain_path()) {
             self.store.add_domain(me.domid.0);
         }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use pore_core::loopback::{Loopback, LoopbackDomain};
 use pore_core::DomId;
 use pore_straw::straw::{
-    open_active, open_passive, open_passive_v2_all, Straw, StrawConfig, StrawIoError,
+    open_active, open_passive, open_passive_v2_all, Straw, StrawConfig, StrawError,
 };
 use pore_straw::{Endpoint, Format, Layout, Role};
 
@@ -84,7 +84,7 @@ fn frames_of_every_size_both_ways_in_two_threads() {
         ta.close().unwrap();
         // The peer sees the end: its pore's peer is gone.
         let e = ra.try_recv().unwrap_err();
-        assert!(matches!(e, StrawIoError::Closed), "{e:?}");
+        assert!(matches!(e, StrawError::Closed), "{e:?}");
         tb.close().unwrap_or(());
         drop((ra, _rb));
         let o = xen.outstanding();
@@ -101,11 +101,11 @@ fn non_blocking_calls_and_timeouts() {
     for layout in LAYOUTS {
         let xen = Loopback::new();
         let (sa, sb) = pair(&xen, layout, Format::Raw, StrawConfig::default());
-        assert_eq!(sb.receiver().try_recv(), Err(StrawIoError::WouldBlock));
+        assert_eq!(sb.receiver().try_recv(), Err(StrawError::WouldBlock));
         let t = Instant::now();
         assert_eq!(
             sb.receiver().recv_timeout(Duration::from_millis(50)),
-            Err(StrawIoError::TimedOut)
+            Err(StrawError::TimedOut)
         );
         assert!(t.elapsed() >= Duration::from_millis(50));
         // Fill the ring without a reader.
@@ -113,7 +113,7 @@ fn non_blocking_calls_and_timeouts() {
         loop {
             match sa.sender().try_send(frame(sent, 1000)) {
                 Ok(()) => sent += 1,
-                Err(StrawIoError::WouldBlock) => break,
+                Err(StrawError::WouldBlock) => break,
                 Err(e) => panic!("{e:?}"),
             }
             assert!(sent < 100_000);
@@ -122,7 +122,7 @@ fn non_blocking_calls_and_timeouts() {
         assert_eq!(
             sa.sender()
                 .send_timeout(frame(0, 1000), Duration::from_millis(30)),
-            Err(StrawIoError::TimedOut)
+            Err(StrawError::TimedOut)
         );
         // Everything accepted arrives, in order; the last one may be partly in the ring, and a
         // flush finishes it once there is room.
@@ -214,7 +214,7 @@ fn a_dead_peer_is_noticed_within_a_second() {
         // The peer vanishes without the close protocol (its pore is dropped).
         drop(sa);
         let (r, took) = waiter.join().unwrap();
-        assert_eq!(r, Err(StrawIoError::PeerGone), "{layout:?}");
+        assert_eq!(r, Err(StrawError::PeerGone), "{layout:?}");
         assert!(took < Duration::from_secs(1), "{layout:?}: {took:?}");
     }
 }

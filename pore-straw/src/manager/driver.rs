@@ -12,6 +12,9 @@ pub(super) struct Driver<B: Backend, X: StoreClient> {
     pub(super) self_input: mpsc::Sender<Input>,
     pub(super) reply: Option<OpenReply<B>>,
     pub(super) pore: Option<StrawPore<B>>,
+    /// Why the last pore failed to open (the machine learns only its kind): reported to an
+    /// opener whose handshake ends with [`HandshakeError::Pore`].
+    pub(super) open_error: Option<StrawError>,
     pub(super) shared: Option<Arc<Shared<B>>>,
 }
 
@@ -134,11 +137,9 @@ where
             }
             Err(e) => {
                 tracing::warn!(error = %e, "strawman: opening the pore failed");
-                Err(match e {
-                    StrawIoError::Backend { kind, .. } => kind,
-                    StrawIoError::PeerGone => pore_core::ErrorKind::PeerGone,
-                    _ => pore_core::ErrorKind::Protocol,
-                })
+                let kind = pore_core::Error::kind(&e);
+                self.open_error = Some(e);
+                Err(kind)
             }
         }
     }
@@ -205,10 +206,10 @@ where
         }
     }
 
-    fn done(&mut self, peer: &Endpoint, result: Result<Closed, StrawError>) {
+    fn done(&mut self, peer: &Endpoint, result: Result<Closed, HandshakeError>) {
         match &result {
             Ok(c) => tracing::info!(me = %self.inner.me, %peer, how = ?c, "strawman: straw closed"),
-            Err(StrawError::Vanished) => tracing::debug!(%peer, "strawman: knock vanished"),
+            Err(HandshakeError::Vanished) => tracing::debug!(%peer, "strawman: knock vanished"),
             Err(e) => {
                 tracing::warn!(me = %self.inner.me, %peer, error = %e, "strawman: straw ended")
             }
@@ -225,7 +226,11 @@ where
             sh.finished(result.clone());
         }
         if let (Some(reply), Err(e)) = (self.reply.take(), &result) {
-            let _ = reply.send(Err(ManagerError::Straw(e.clone())));
+            let e = match (e, self.open_error.take()) {
+                (HandshakeError::Pore(_), Some(open)) => ManagerError::Pore(open),
+                (e, _) => ManagerError::Handshake(e.clone()),
+            };
+            let _ = reply.send(Err(e));
         }
         self.inner.changed.notify_all();
     }

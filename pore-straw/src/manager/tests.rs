@@ -8,10 +8,10 @@ use bytes::Bytes;
 use pore_core::loopback::{Loopback, LoopbackDomain};
 use pore_core::{DomId, GrantRef, Maps};
 
-use crate::handshake::{Config, StrawError};
+use crate::handshake::{HandshakeConfig, HandshakeError};
 use crate::manager::{Manager, ManagerConfig, ManagerError, StoreClient, WatchEvent};
 use crate::ops::{StoreError, StoreOp, StoreReply};
-use crate::straw::{StrawConfig, StrawIoError};
+use crate::straw::{StrawConfig, StrawError};
 use crate::testkit::{Ownership, Store};
 use crate::{Endpoint, Format, Layout};
 
@@ -86,13 +86,13 @@ type Mgr = Manager<LoopbackDomain, Xs>;
 
 fn cfg(format: Format) -> ManagerConfig {
     ManagerConfig {
-        handshake: Config {
+        handshake: HandshakeConfig {
             // The loopback maps whole grants only, so v2's control-page-first mapping is out.
             v2_pages: None,
             handshake_timeout: Duration::from_secs(2),
             close_timeout: Duration::from_secs(1),
             format,
-            ..Config::default()
+            ..HandshakeConfig::default()
         },
         straw: StrawConfig {
             io_timeout: Duration::from_secs(5),
@@ -166,9 +166,9 @@ fn open_accept_talk_and_close() {
     // The listener sees the end of the stream, and both managers forget the straw.
     assert_eq!(
         s2.receiver().recv_timeout(Duration::from_secs(2)),
-        Err(StrawIoError::Eof)
+        Err(StrawError::Eof)
     );
-    assert_eq!(rx1.try_recv(), Err(StrawIoError::Closed));
+    assert_eq!(rx1.try_recv(), Err(StrawError::Closed));
     let end = Instant::now() + Duration::from_secs(2);
     while (!m1.peers().is_empty() || !m2.peers().is_empty()) && Instant::now() < end {
         thread::sleep(Duration::from_millis(10));
@@ -195,7 +195,7 @@ fn errors_are_clear() {
     assert_eq!(m1.open(&peer2).unwrap_err(), ManagerError::Exists);
     assert_eq!(
         m1.open(&Endpoint::seed(DomId(77))).unwrap_err(),
-        ManagerError::Straw(StrawError::PeerNotFound)
+        ManagerError::Handshake(HandshakeError::PeerNotFound)
     );
     assert_eq!(
         m2.get(&Endpoint::seed(DomId(5))).unwrap_err(),
@@ -227,7 +227,7 @@ fn reopening_at_once_after_a_failed_open_or_a_close_is_not_exists() {
     for _ in 0..200 {
         assert_eq!(
             m1.open(&nobody).unwrap_err(),
-            ManagerError::Straw(StrawError::PeerNotFound)
+            ManagerError::Handshake(HandshakeError::PeerNotFound)
         );
     }
     let peer2 = Endpoint::seed(DomId(2));
@@ -239,7 +239,7 @@ fn reopening_at_once_after_a_failed_open_or_a_close_is_not_exists() {
         s1.close().unwrap();
         assert_eq!(
             s2.receiver().recv_timeout(Duration::from_secs(2)),
-            Err(StrawIoError::Eof)
+            Err(StrawError::Eof)
         );
         drop(s2);
         // The listener's side may still be finishing its close chart.
@@ -280,7 +280,7 @@ fn a_dead_peer_does_not_stall_others_and_times_out() {
     let (r, took) = hung.join().unwrap();
     assert_eq!(
         r,
-        Err(ManagerError::Straw(StrawError::Timeout(
+        Err(ManagerError::Handshake(HandshakeError::TimedOut(
             crate::handshake::Stage::Handshake
         )))
     );
@@ -314,7 +314,7 @@ fn peer_death_is_noticed_within_a_second_and_forgotten() {
     world.1.notify_all();
     drop(s2);
     let (r, _) = reader.join().unwrap();
-    assert!(matches!(r, Err(StrawIoError::PeerGone)), "{r:?}");
+    assert!(matches!(r, Err(StrawError::PeerGone)), "{r:?}");
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     let end = Instant::now() + Duration::from_secs(2);
     while !m1.peers().is_empty() && Instant::now() < end {
@@ -352,7 +352,7 @@ fn many_straws_at_once_and_shutdown_closes_them() {
     for t in &theirs {
         let r = t.receiver().recv_timeout(Duration::from_secs(3));
         assert!(
-            matches!(r, Err(StrawIoError::Eof | StrawIoError::PeerGone)),
+            matches!(r, Err(StrawError::Eof | StrawError::PeerGone)),
             "{r:?}"
         );
     }
@@ -402,7 +402,7 @@ fn dropping_a_straw_closes_it() {
     drop(s1);
     assert_eq!(
         s2.receiver().recv_timeout(Duration::from_secs(2)),
-        Err(StrawIoError::Eof)
+        Err(StrawError::Eof)
     );
     let end = Instant::now() + Duration::from_secs(2);
     while !m1.peers().is_empty() && Instant::now() < end {
@@ -477,7 +477,7 @@ fn half_close_then_close_delivers_both_directions() {
         loop {
             match s2.receiver().recv_timeout(Duration::from_secs(3)) {
                 Ok(f) => got.push(f),
-                Err(StrawIoError::Eof) => break,
+                Err(StrawError::Eof) => break,
                 Err(e) => panic!("{e}"),
             }
         }
@@ -486,7 +486,7 @@ fn half_close_then_close_delivers_both_directions() {
     s1.finish().unwrap();
     assert_eq!(
         s1.sender().send(Bytes::from_static(b"late")),
-        Err(StrawIoError::Closed)
+        Err(StrawError::Closed)
     );
     let (got, s2) = reader2.join().unwrap();
     assert_eq!(got, vec![Bytes::from_static(b"only this")]);
@@ -505,7 +505,7 @@ fn half_close_then_close_delivers_both_directions() {
     }
     assert_eq!(
         s1.receiver().recv_timeout(Duration::from_secs(3)),
-        Err(StrawIoError::Eof)
+        Err(StrawError::Eof)
     );
     let s2 = t.join().unwrap();
     // Both close (in any order); both succeed.
@@ -625,7 +625,10 @@ fn admission_refuses_unwanted_peers_before_granting() {
     let r = m2.open(&Endpoint::seed(DomId(1)));
     // The refused knock's directory is stale at our second check of the top, and removed:
     // the opener learns of it then, not at its handshake timeout.
-    assert_eq!(r.unwrap_err(), ManagerError::Straw(StrawError::PeerGone));
+    assert_eq!(
+        r.unwrap_err(),
+        ManagerError::Handshake(HandshakeError::PeerGone)
+    );
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     assert_eq!(
         xen.outstanding().grants,
@@ -668,14 +671,14 @@ fn a_bad_ring_index_closes_a_managed_straw() {
             .store_u32(off, 0xdead_beef, std::sync::atomic::Ordering::Relaxed);
     }
     let r = s2.receiver().recv_timeout(Duration::from_secs(1));
-    assert!(matches!(r, Err(StrawIoError::Ring(_))), "{r:?}");
+    assert!(matches!(r, Err(StrawError::Ring(_))), "{r:?}");
     let end = Instant::now() + Duration::from_secs(3);
     while !m2.peers().is_empty() && Instant::now() < end {
         thread::sleep(Duration::from_millis(10));
     }
     assert!(m2.peers().is_empty(), "the manager forgot the broken straw");
     assert_eq!(xs2.get(sd), None, "its xenstore nodes are gone");
-    assert_eq!(s2.receiver().try_recv(), Err(StrawIoError::PeerGone));
+    assert_eq!(s2.receiver().try_recv(), Err(StrawError::PeerGone));
     let _ = evil.unmap();
     drop((s1, s2));
 }
@@ -810,7 +813,7 @@ fn shutting_down_right_after_eof_still_completes_the_close_chart() {
     });
     let t = Instant::now();
     let closed = s1.close();
-    assert_eq!(listener.join().unwrap(), Err(StrawIoError::Eof));
+    assert_eq!(listener.join().unwrap(), Err(StrawError::Eof));
     assert_eq!(closed, Ok(()));
     // The close timeout is 10 s: a close that completed never waited for it.
     assert!(t.elapsed() < Duration::from_secs(9), "{:?}", t.elapsed());

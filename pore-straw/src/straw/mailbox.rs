@@ -32,11 +32,11 @@ impl Mailbox {
     }
 
     /// The next message, waiting up to `timeout`.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<serde_json::Value, StrawIoError> {
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<serde_json::Value, StrawError> {
         match self.rx.recv_timeout(timeout) {
             Ok(m) => Ok(self.took(m)),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(StrawIoError::TimedOut),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(StrawIoError::Closed),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(StrawError::TimedOut),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(StrawError::Closed),
         }
     }
 
@@ -69,11 +69,11 @@ impl<B: Backend> Receiver<B> {
     /// messages for a full mailbox are logged and dropped. Returns how many messages were
     /// delivered once at least one frame arrived and no other one is there (or the deadline
     /// passed), or the timeout passed (`Ok(0)`).
-    pub fn dispatch(&self, timeout: Duration) -> Result<usize, StrawIoError> {
+    pub fn dispatch(&self, timeout: Duration) -> Result<usize, StrawError> {
         let deadline = Instant::now() + timeout;
         let first = match self.recv_timeout(timeout) {
             Ok(f) => f,
-            Err(StrawIoError::TimedOut) => return Ok(0),
+            Err(StrawError::TimedOut) => return Ok(0),
             Err(e) => return Err(e),
         };
         let mut delivered = usize::from(self.deliver(&first));
@@ -83,7 +83,7 @@ impl<B: Backend> Receiver<B> {
             }
             match self.try_recv() {
                 Ok(f) => delivered += usize::from(self.deliver(&f)),
-                Err(StrawIoError::WouldBlock) => return Ok(delivered),
+                Err(StrawError::WouldBlock) => return Ok(delivered),
                 Err(e) if delivered > 0 => {
                     tracing::debug!(error = %e, "straw: dispatch stopped");
                     return Ok(delivered);

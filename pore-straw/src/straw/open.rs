@@ -140,15 +140,15 @@ pub fn open_passive_v2_all<B: Backend>(
     ring_pages: u32,
     all_refs: &[GrantRef],
     port: Port,
-) -> Result<StrawPore<B>, StrawIoError> {
+) -> Result<StrawPore<B>, StrawError> {
     let want = geometry(ring_pages)?;
     if all_refs.len() != want.pages() {
-        return Err(StrawIoError::Ring(RingError::InvalidInput(
+        return Err(StrawError::Ring(RingError::InvalidInput(
             "wrong number of v2 refs",
         )));
     }
     let mut pore =
-        Pore::open_passive(backend, peer, all_refs, port).map_err(StrawIoError::backend)?;
+        Pore::open_passive(backend, peer, all_refs, port).map_err(StrawError::backend)?;
     let mut listed = vec![GrantRef(0); want.data_pages()];
     let check = v2::read_grants_expecting(&pore.memory(), want, &mut listed).and_then(|_| {
         if listed[..] == all_refs[1..] {
@@ -173,9 +173,9 @@ pub fn open_passive_v2_all<B: Backend>(
     })
 }
 
-pub(super) fn geometry(ring_pages: u32) -> Result<V2Geometry, StrawIoError> {
+pub(super) fn geometry(ring_pages: u32) -> Result<V2Geometry, StrawError> {
     if ring_pages == 0 || !ring_pages.is_power_of_two() {
-        return Err(StrawIoError::Ring(RingError::InvalidInput(
+        return Err(StrawError::Ring(RingError::InvalidInput(
             "v2 ring pages must be a power of two",
         )));
     }
@@ -219,11 +219,11 @@ pub fn open_active<B: Backend>(
     backend: &B,
     peer: DomId,
     layout: Layout,
-) -> Result<(StrawPore<B>, PoreGrant), StrawIoError> {
+) -> Result<(StrawPore<B>, PoreGrant), StrawError> {
     match layout {
         Layout::Ling => {
             let mut pore =
-                Pore::open_active(backend, peer, LING_PAGES).map_err(StrawIoError::backend)?;
+                Pore::open_active(backend, peer, LING_PAGES).map_err(StrawError::backend)?;
             arm_unmap_notify(&mut pore, None);
             let info = pore.info();
             let pore = Arc::new(pore);
@@ -244,7 +244,7 @@ pub fn open_active<B: Backend>(
         Layout::V2 { ring_pages } => {
             let g = geometry(ring_pages)?;
             let mut pore =
-                Pore::open_active(backend, peer, g.pages()).map_err(StrawIoError::backend)?;
+                Pore::open_active(backend, peer, g.pages()).map_err(StrawError::backend)?;
             arm_unmap_notify(&mut pore, Some(v2::ACTIVE_LIVE));
             let info = pore.info();
             let pore = Arc::new(pore);
@@ -275,16 +275,16 @@ pub fn open_passive<B: Backend>(
     layout: Layout,
     refs: &[GrantRef],
     port: Port,
-) -> Result<StrawPore<B>, StrawIoError> {
+) -> Result<StrawPore<B>, StrawError> {
     match layout {
         Layout::Ling => {
             if refs.len() != LING_PAGES {
-                return Err(StrawIoError::Ring(RingError::InvalidInput(
+                return Err(StrawError::Ring(RingError::InvalidInput(
                     "LING needs 8 ring refs",
                 )));
             }
             let mut pore =
-                Pore::open_passive(backend, peer, refs, port).map_err(StrawIoError::backend)?;
+                Pore::open_passive(backend, peer, refs, port).map_err(StrawError::backend)?;
             arm_unmap_notify(&mut pore, None);
             let pore = Arc::new(pore);
             let (tx, rx) = LingRing::passive(pore.clone())?.split();
@@ -298,12 +298,12 @@ pub fn open_passive<B: Backend>(
         }
         Layout::V2 { ring_pages } => {
             let [ctrl] = refs else {
-                return Err(StrawIoError::Ring(RingError::InvalidInput(
+                return Err(StrawError::Ring(RingError::InvalidInput(
                     "v2 needs exactly the control page ref",
                 )));
             };
             // Map the control page alone to learn the data pages.
-            let control = backend.map(peer, &[*ctrl]).map_err(StrawIoError::backend)?;
+            let control = backend.map(peer, &[*ctrl]).map_err(StrawError::backend)?;
             let want = match geometry(ring_pages) {
                 Ok(g) => g,
                 Err(e) => {
@@ -320,7 +320,7 @@ pub fn open_passive<B: Backend>(
             }
             read?;
             let mut pore =
-                Pore::open_passive(backend, peer, &all, port).map_err(StrawIoError::backend)?;
+                Pore::open_passive(backend, peer, &all, port).map_err(StrawError::backend)?;
             arm_unmap_notify(&mut pore, Some(v2::PASSIVE_LIVE));
             let pore = Arc::new(pore);
             let (tx, rx) = V2Ring::attach_expecting(pore.clone(), want)?.split();

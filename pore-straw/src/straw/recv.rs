@@ -19,13 +19,13 @@ impl<B: Backend> Receiver<B> {
     }
 
     /// Receives one frame, blocking up to [`StrawConfig::io_timeout`].
-    pub fn recv(&self) -> Result<Bytes, StrawIoError> {
+    pub fn recv(&self) -> Result<Bytes, StrawError> {
         self.recv_timeout(self.sh.cfg.io_timeout)
     }
 
-    /// Receives one frame, blocking up to `timeout`. [`StrawIoError::Eof`] once the peer closed
+    /// Receives one frame, blocking up to `timeout`. [`StrawError::Eof`] once the peer closed
     /// and everything it sent was received.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Bytes, StrawIoError> {
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Bytes, StrawError> {
         let deadline = Instant::now() + timeout;
         loop {
             let seen = self.sh.bell_seq();
@@ -36,7 +36,7 @@ impl<B: Backend> Receiver<B> {
             };
             let now = Instant::now();
             if now >= deadline {
-                return Err(StrawIoError::TimedOut);
+                return Err(StrawError::TimedOut);
             }
             if busy {
                 // More bytes wait in the ring: no sleep.
@@ -51,18 +51,18 @@ impl<B: Backend> Receiver<B> {
         }
     }
 
-    /// Receives one frame if a whole one is there; [`StrawIoError::WouldBlock`] otherwise
+    /// Receives one frame if a whole one is there; [`StrawError::WouldBlock`] otherwise
     /// (also when the call's share of work, a few skipped frames, is used up).
-    pub fn try_recv(&self) -> Result<Bytes, StrawIoError> {
+    pub fn try_recv(&self) -> Result<Bytes, StrawError> {
         match self.step(None)? {
             Step::Frame(f) => Ok(f),
-            Step::Busy | Step::Empty => Err(StrawIoError::WouldBlock),
+            Step::Busy | Step::Empty => Err(StrawError::WouldBlock),
         }
     }
 
     /// One bounded step: at most [`RECV_BUDGET`] rounds without a frame, and none past
     /// `deadline` after the first.
-    fn step(&self, deadline: Option<Instant>) -> Result<Step, StrawIoError> {
+    fn step(&self, deadline: Option<Instant>) -> Result<Step, StrawError> {
         let mut guard = lock(&self.sh.rx);
         let Some(st) = guard.as_mut() else {
             if let Some(f) = lock(&self.sh.leftover).pop_front() {
@@ -76,10 +76,10 @@ impl<B: Backend> Receiver<B> {
                     .fetch_add(f.len() as u64, Ordering::Relaxed);
                 return Ok(Step::Frame(f));
             }
-            return Err(self.sh.status_error().unwrap_or(StrawIoError::Closed));
+            return Err(self.sh.status_error().unwrap_or(StrawError::Closed));
         };
         if st.ring.is_broken() {
-            return Err(self.sh.status_error().unwrap_or(StrawIoError::PeerGone));
+            return Err(self.sh.status_error().unwrap_or(StrawError::PeerGone));
         }
         let mut rounds = 0;
         loop {
@@ -129,7 +129,7 @@ impl<B: Backend> Receiver<B> {
                         && !st.framer.in_progress()
                         && readable == 0
                     {
-                        return Err(StrawIoError::Eof);
+                        return Err(StrawError::Eof);
                     }
                     if let Some(e) = self.sh.status_error() {
                         if readable == 0 {

@@ -21,18 +21,18 @@ impl<B: Backend> Sender<B> {
     }
 
     /// Sends one frame, blocking up to [`StrawConfig::io_timeout`].
-    pub fn send(&self, frame: Bytes) -> Result<(), StrawIoError> {
+    pub fn send(&self, frame: Bytes) -> Result<(), StrawError> {
         self.send_timeout(frame, self.sh.cfg.io_timeout)
     }
 
     /// Sends one frame, blocking up to `timeout`. A frame larger than the ring streams through
-    /// it. [`StrawIoError::TimedOut`]: nothing of it was taken, send it again later.
-    /// [`StrawIoError::Queued`]: the timeout struck after the frame began; it stays queued
+    /// it. [`StrawError::TimedOut`]: nothing of it was taken, send it again later.
+    /// [`StrawError::Queued`]: the timeout struck after the frame began; it stays queued
     /// and the next send, [`Sender::flush_timeout`] or close finishes it first (do not resend
     /// it).
-    pub fn send_timeout(&self, frame: Bytes, timeout: Duration) -> Result<(), StrawIoError> {
+    pub fn send_timeout(&self, frame: Bytes, timeout: Duration) -> Result<(), StrawError> {
         if frame.len() > self.sh.cfg.max_frame {
-            return Err(StrawIoError::TooLarge(frame.len()));
+            return Err(StrawError::TooLarge(frame.len()));
         }
         let deadline = Instant::now() + timeout;
         let mut frame = Some(frame);
@@ -42,9 +42,7 @@ impl<B: Backend> Sender<B> {
                 true => return Ok(()),
                 false => match self.wait(seen, deadline) {
                     // Taken, partly in the ring: it will be finished, never resend it.
-                    Err(StrawIoError::TimedOut) if frame.is_none() => {
-                        return Err(StrawIoError::Queued)
-                    }
+                    Err(StrawError::TimedOut) if frame.is_none() => return Err(StrawError::Queued),
                     r => r?,
                 },
             }
@@ -53,21 +51,21 @@ impl<B: Backend> Sender<B> {
 
     /// Sends one frame if the ring takes at least its beginning now; a frame only partly in the
     /// ring is finished by later calls (or [`Sender::flush_timeout`]). Fails with
-    /// [`StrawIoError::WouldBlock`] (nothing sent) if the ring has no room.
-    pub fn try_send(&self, frame: Bytes) -> Result<(), StrawIoError> {
+    /// [`StrawError::WouldBlock`] (nothing sent) if the ring has no room.
+    pub fn try_send(&self, frame: Bytes) -> Result<(), StrawError> {
         if frame.len() > self.sh.cfg.max_frame {
-            return Err(StrawIoError::TooLarge(frame.len()));
+            return Err(StrawError::TooLarge(frame.len()));
         }
         let mut frame = Some(frame);
         self.step(&mut frame, None)?;
         match frame {
             None => Ok(()),
-            Some(_) => Err(StrawIoError::WouldBlock),
+            Some(_) => Err(StrawError::WouldBlock),
         }
     }
 
     /// Finishes a partly sent frame, blocking up to `timeout`.
-    pub fn flush_timeout(&self, timeout: Duration) -> Result<(), StrawIoError> {
+    pub fn flush_timeout(&self, timeout: Duration) -> Result<(), StrawError> {
         let deadline = Instant::now() + timeout;
         let mut none = None;
         loop {
@@ -80,9 +78,9 @@ impl<B: Backend> Sender<B> {
     }
 
     /// Wraps `msg` in the seed's JSON envelope `{"addr": addr, "msg": msg}` and sends it.
-    pub fn send_to(&self, addr: &str, msg: &serde_json::Value) -> Result<(), StrawIoError> {
+    pub fn send_to(&self, addr: &str, msg: &serde_json::Value) -> Result<(), StrawError> {
         let v = serde_json::json!({ "addr": addr, "msg": msg });
-        let bytes = serde_json::to_vec(&v).map_err(|e| StrawIoError::Json(e.to_string()))?;
+        let bytes = serde_json::to_vec(&v).map_err(|e| StrawError::Json(e.to_string()))?;
         self.send(Bytes::from(bytes))
     }
 
@@ -93,20 +91,20 @@ impl<B: Backend> Sender<B> {
         &self,
         frame: &mut Option<Bytes>,
         deadline: Option<Instant>,
-    ) -> Result<bool, StrawIoError> {
+    ) -> Result<bool, StrawError> {
         if self.sh.finished.load(Ordering::Acquire) && frame.is_some() {
-            return Err(StrawIoError::Closed);
+            return Err(StrawError::Closed);
         }
         if let Some(e) = self.sh.status_error() {
             return Err(match e {
-                StrawIoError::Eof => StrawIoError::Closed,
+                StrawError::Eof => StrawError::Closed,
                 e => e,
             });
         }
         let mut guard = lock(&self.sh.tx);
-        let st = guard.as_mut().ok_or(StrawIoError::Closed)?;
+        let st = guard.as_mut().ok_or(StrawError::Closed)?;
         if st.ring.is_broken() {
-            return Err(self.sh.status_error().unwrap_or(StrawIoError::PeerGone));
+            return Err(self.sh.status_error().unwrap_or(StrawError::PeerGone));
         }
         let mut notify = false;
         let r = self.pump(st, frame, &mut notify, deadline);
@@ -172,10 +170,10 @@ impl<B: Backend> Sender<B> {
         }
     }
 
-    fn wait(&self, seen: u64, deadline: Instant) -> Result<(), StrawIoError> {
+    fn wait(&self, seen: u64, deadline: Instant) -> Result<(), StrawError> {
         let now = Instant::now();
         if now >= deadline {
-            return Err(StrawIoError::TimedOut);
+            return Err(StrawError::TimedOut);
         }
         if self.sh.peer_live_gone() {
             self.sh.peer_vanished();
@@ -189,18 +187,18 @@ impl<B: Backend> Sender<B> {
     /// Finishes a partly sent frame and waits (up to `timeout`) until the peer has consumed
     /// everything we sent; the straw stays open (e.g. wait for this, then keep receiving until
     /// the peer closes).
-    pub fn drain_timeout(&self, timeout: Duration) -> Result<(), StrawIoError> {
+    pub fn drain_timeout(&self, timeout: Duration) -> Result<(), StrawError> {
         self.drain(timeout)
     }
 
-    fn drain(&self, timeout: Duration) -> Result<(), StrawIoError> {
+    fn drain(&self, timeout: Duration) -> Result<(), StrawError> {
         let deadline = Instant::now() + timeout;
         self.flush_timeout(timeout)?;
         loop {
             let seen = self.sh.bell_seq();
             {
                 let mut guard = lock(&self.sh.tx);
-                let st = guard.as_mut().ok_or(StrawIoError::Closed)?;
+                let st = guard.as_mut().ok_or(StrawError::Closed)?;
                 let cap = st.ring.capacity();
                 let empty = st.ring.writable().and_then(|w| {
                     Ok(w == cap || (st.ring.prepare_wait()? && st.ring.writable()? == cap))
@@ -219,10 +217,10 @@ impl<B: Backend> Sender<B> {
 
     /// Half-closes: finishes a partly sent frame, waits (up to
     /// [`StrawConfig::close_timeout`]) until the peer consumed everything, then tells the peer
-    /// that nothing more will come (its receiver then ends with [`StrawIoError::Eof`]). We can
-    /// still receive; later sends fail with [`StrawIoError::Closed`]. Close the straw once both
+    /// that nothing more will come (its receiver then ends with [`StrawError::Eof`]). We can
+    /// still receive; later sends fail with [`StrawError::Closed`]. Close the straw once both
     /// directions are done. Needs the manager (a straw made with [`Straw::new`] only drains).
-    pub fn finish(&self) -> Result<(), StrawIoError> {
+    pub fn finish(&self) -> Result<(), StrawError> {
         self.drain(self.sh.cfg.close_timeout)?;
         self.sh.finished.store(true, Ordering::Release);
         if let Some(hook) = &self.sh.hook {
@@ -232,7 +230,7 @@ impl<B: Backend> Sender<B> {
     }
 
     /// Closes the straw gracefully; see [`Straw::close`].
-    pub fn close(&self) -> Result<(), StrawIoError> {
+    pub fn close(&self) -> Result<(), StrawError> {
         let timeout = self.sh.cfg.close_timeout;
         let drained = match self.drain(timeout) {
             // The peer closed first: nothing more can be delivered, and that is no failure.
@@ -267,8 +265,8 @@ impl<B: Backend> Sender<B> {
                     .unwrap_or_else(|p| p.into_inner());
                 match guard.clone() {
                     Some(Ok(_)) => drained,
-                    Some(Err(e)) => Err(StrawIoError::Protocol(e)),
-                    None => Err(StrawIoError::TimedOut),
+                    Some(Err(e)) => Err(StrawError::Handshake(e)),
+                    None => Err(StrawError::TimedOut),
                 }
             }
         }

@@ -12,7 +12,7 @@ use pore_ring::frame::FrameWriter;
 use pore_ring::v2::{self};
 use pore_ring::{RingError, RingReader};
 
-use crate::handshake::{Closed, Input, Role, StrawError};
+use crate::handshake::{Closed, HandshakeError, Input, Role};
 use crate::reasm::{Got, Reassembler, AHEAD};
 use crate::spin::SpinBudget;
 use crate::{Endpoint, Format, Layout};
@@ -99,17 +99,17 @@ pub(crate) struct Shared<B: Backend> {
     /// The spin budgets of the sending and the receiving half.
     pub(super) spin_tx: SpinBudget,
     pub(super) spin_rx: SpinBudget,
-    pub(super) done: Mutex<Option<Result<Closed, StrawError>>>,
+    pub(super) done: Mutex<Option<Result<Closed, HandshakeError>>>,
     pub(super) done_cv: Condvar,
 }
 
 impl<B: Backend> Shared<B> {
-    pub(super) fn status_error(&self) -> Option<StrawIoError> {
+    pub(super) fn status_error(&self) -> Option<StrawError> {
         match self.status.load(Ordering::Acquire) {
             OPEN => None,
-            PEER_CLOSED => Some(StrawIoError::Eof),
-            PEER_GONE => Some(StrawIoError::PeerGone),
-            _ => Some(StrawIoError::Closed),
+            PEER_CLOSED => Some(StrawError::Eof),
+            PEER_GONE => Some(StrawError::PeerGone),
+            _ => Some(StrawError::Closed),
         }
     }
 
@@ -165,17 +165,17 @@ impl<B: Backend> Shared<B> {
         lock(&self.bell.state).seq
     }
 
-    pub(super) fn poke(&self) -> Result<(), StrawIoError> {
+    pub(super) fn poke(&self) -> Result<(), StrawError> {
         self.stats.notifies.fetch_add(1, Ordering::Relaxed);
         let pore = lock(&self.pore).clone();
         match pore {
-            Some(p) => p.poke().map_err(StrawIoError::backend),
-            None => Err(StrawIoError::Closed),
+            Some(p) => p.poke().map_err(StrawError::backend),
+            None => Err(StrawError::Closed),
         }
     }
 
     /// Sleeps until an event may have arrived since `seen`, or `timeout` (capped by the slice).
-    pub(super) fn sleep(&self, seen: u64, timeout: Duration) -> Result<(), StrawIoError> {
+    pub(super) fn sleep(&self, seen: u64, timeout: Duration) -> Result<(), StrawError> {
         self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
         let timeout = timeout.min(self.cfg.slice);
         let mut st = lock(&self.bell.state);
@@ -199,7 +199,7 @@ impl<B: Backend> Shared<B> {
                 let mut st = lock(&self.bell.state);
                 st.on_channel = false;
                 self.bell.cv.notify_all();
-                return Err(StrawIoError::Closed);
+                return Err(StrawError::Closed);
             }
         };
         drop(pore);
@@ -213,8 +213,8 @@ impl<B: Backend> Shared<B> {
         match r {
             Ok(_) => Ok(()),
             Err(e) => {
-                let e = StrawIoError::backend(e);
-                if e == StrawIoError::PeerGone {
+                let e = StrawError::backend(e);
+                if e == StrawError::PeerGone {
                     // The caller re-checks the ring, then the status.
                     self.peer_vanished();
                     return Ok(());
@@ -260,7 +260,7 @@ impl<B: Backend> Shared<B> {
     /// (DESIGN: a bad index closes the channel). Marks the peer gone and, for a managed straw,
     /// tells the manager, which tears the straw down and cleans xenstore. Returns the error
     /// for the caller.
-    pub(super) fn ring_failed(&self, e: RingError) -> StrawIoError {
+    pub(super) fn ring_failed(&self, e: RingError) -> StrawError {
         use pore_core::Error as _;
         if e.kind() != ErrorKind::Protocol {
             return e.into();
@@ -393,7 +393,7 @@ impl<B: Backend> Shared<B> {
         lock(&self.done).is_some()
     }
 
-    pub(crate) fn finished(&self, result: Result<Closed, StrawError>) {
+    pub(crate) fn finished(&self, result: Result<Closed, HandshakeError>) {
         match &result {
             Ok(Closed::ByPeer) => self.mark(PEER_CLOSED),
             Ok(Closed::Locally) => self.mark(CLOSED),
