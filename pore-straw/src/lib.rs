@@ -8,7 +8,9 @@
 //! * [`endpoint`], [`parse`], [`ops`]. With the `fuzzing` feature (for the fuzz targets, not
 //!   part of the API), `fuzz`: a deterministic entry point for a cargo-fuzz target.
 //! * With `std`: `straw` (the JSON envelope delivered to mailboxes, too) and `manager`, generic
-//!   over a small `StoreClient` trait; `xenstore` and `asynch` behind their features.
+//!   over a small `StoreClient` trait, with two of them: `memstore`, an in-memory xenstore (a
+//!   straw without a xenstored, e.g. in tests), and `xenstore` (pore-xenstore's client,
+//!   feature `xenstore`); `asynch` (tokio) behind its feature.
 //!
 //! # How a lost peer is noticed
 //!
@@ -44,6 +46,10 @@ pub mod fuzz;
 pub mod handshake;
 #[cfg(feature = "std")]
 pub mod manager;
+#[cfg(feature = "std")]
+pub mod memstore;
+#[cfg(any(test, feature = "std"))]
+mod memtree;
 pub mod ops;
 pub mod parse;
 #[cfg(feature = "std")]

@@ -258,7 +258,7 @@ fn a_peer_that_never_answers_times_out_and_we_clean_up() {
         .store
         .watches
         .iter()
-        .all(|x| x.0 != a.domid || x.2 == "straw-top"));
+        .all(|x| x.dom != a.domid || x.token == "straw-top"));
 }
 
 #[test]
