@@ -16,14 +16,16 @@
 //! which tears it down.
 //!
 //! A straw made by the [manager](crate::manager) is closed through the handshake machine (the
-//! seed's close chart); a straw made directly from a pore ([`Straw::new`], for tests and custom
-//! set-ups) closes its pore itself.
+//! seed's close chart) and tells the end of its stream through xenstore; a straw made directly
+//! from a pore ([`Straw::new`], for tests and custom set-ups) closes its pore itself and ends
+//! its stream with a marker in the ring (see [`Sender::finish`]): either way the peer's
+//! receiver ends with [`StrawError::Eof`] after the last frame.
 //!
 //! ```
 //! use std::time::Duration;
 //! use bytes::Bytes;
 //! use pore_core::{loopback::Loopback, DomId};
-//! use pore_straw::straw::{open_active, open_passive, Straw, StrawConfig};
+//! use pore_straw::straw::{open_active, open_passive, Straw, StrawConfig, StrawError};
 //! use pore_straw::{Endpoint, Format, Layout, Role};
 //!
 //! let xen = Loopback::new();
@@ -36,7 +38,7 @@
 //! sa.sender().send(Bytes::from_static(b"hello"))?;
 //! assert_eq!(sb.receiver().recv_timeout(Duration::from_secs(1))?, "hello");
 //! sa.close()?;
-//! assert!(sb.receiver().recv_timeout(Duration::from_secs(1)).is_err());
+//! assert_eq!(sb.receiver().recv_timeout(Duration::from_secs(1)), Err(StrawError::Eof));
 //! # Ok::<(), pore_straw::straw::StrawError>(())
 //! ```
 
@@ -236,6 +238,7 @@ impl<B: Backend> Straw<B> {
             stats: Counters::default(),
             close_sent: AtomicBool::new(false),
             finished: AtomicBool::new(false),
+            end_sent: AtomicBool::new(false),
             peer_finished: AtomicBool::new(false),
             vanishing: AtomicBool::new(false),
             vanish_asked: AtomicU64::new(0),
@@ -306,8 +309,11 @@ impl<B: Backend> Straw<B> {
 
     /// Closes gracefully (D17): finishes a partly sent frame, waits (up to
     /// [`StrawConfig::close_timeout`]) until the peer consumed everything we sent, then follows
-    /// the close chart. Every frame whose `send` returned `Ok` before this reaches the peer's
-    /// ring unless the peer stops reading.
+    /// the close chart (a straw made with [`Straw::new`]: writes its end of stream, see
+    /// [`Sender::finish`], and closes its pore). Every frame whose `send` returned `Ok` before
+    /// this reaches the peer's ring unless the peer stops reading; the peer's receiver then
+    /// ends with [`StrawError::Eof`]. Either half can close: [`Sender::close`],
+    /// [`Receiver::close`].
     pub fn close(self) -> Result<(), StrawError> {
         self.tx.close()
     }

@@ -188,7 +188,7 @@ fn close_drains_everything_sent_before_it() {
                         assert_eq!(f, frame(got, 64), "frame {got}");
                         got += 1;
                     }
-                    Err(_) => return got,
+                    Err(e) => return (got, e),
                 }
             }
         });
@@ -196,7 +196,79 @@ fn close_drains_everything_sent_before_it() {
             sa.sender().send(frame(i, 64)).unwrap();
         }
         sa.close().unwrap();
-        assert_eq!(reader.join().unwrap(), N, "{layout:?}");
+        // Every frame, then the end of the stream (not a lost peer).
+        assert_eq!(reader.join().unwrap(), (N, StrawError::Eof), "{layout:?}");
+    }
+}
+
+/// A standalone straw half-closes with `finish`: the peer receives every frame, then the end
+/// of the stream, and can still answer; its close ends our stream in turn.
+#[test]
+fn finish_ends_a_standalone_stream_and_the_other_direction_lives_on() {
+    for layout in LAYOUTS {
+        let xen = Loopback::new();
+        let (sa, sb) = pair(&xen, layout, Format::Raw, StrawConfig::default());
+        let t = Duration::from_secs(5);
+        for i in 0..3 {
+            sa.sender().send(frame(i, 100)).unwrap();
+        }
+        let finisher = thread::spawn(move || {
+            sa.finish().unwrap();
+            sa
+        });
+        for i in 0..3 {
+            assert_eq!(sb.receiver().recv_timeout(t).unwrap(), frame(i, 100));
+        }
+        assert_eq!(
+            sb.receiver().recv_timeout(t),
+            Err(StrawError::Eof),
+            "{layout:?}"
+        );
+        assert_eq!(
+            sb.receiver().try_recv(),
+            Err(StrawError::Eof),
+            "it stays ended"
+        );
+        let sa = finisher.join().unwrap();
+        assert_eq!(
+            sa.sender().send(frame(9, 10)),
+            Err(StrawError::Closed),
+            "nothing after finish"
+        );
+        sb.sender().send(Bytes::from_static(b"answer")).unwrap();
+        assert_eq!(sa.receiver().recv_timeout(t).unwrap(), "answer");
+        sb.close().unwrap();
+        assert_eq!(
+            sa.receiver().recv_timeout(t),
+            Err(StrawError::Eof),
+            "{layout:?}"
+        );
+        sa.close().unwrap();
+    }
+}
+
+/// The receiving half closes the straw too: the peer sees the end of the stream, and a sending
+/// half split off sends no more.
+#[test]
+fn the_receiving_half_closes_the_straw() {
+    for layout in LAYOUTS {
+        let xen = Loopback::new();
+        let (sa, sb) = pair(&xen, layout, Format::Raw, StrawConfig::default());
+        let t = Duration::from_secs(5);
+        let (tx, rx) = sa.split();
+        tx.send(Bytes::from_static(b"last")).unwrap();
+        let reader = thread::spawn(move || {
+            let first = sb.receiver().recv_timeout(t);
+            (first, sb.receiver().recv_timeout(t))
+        });
+        rx.close().unwrap();
+        let (first, then) = reader.join().unwrap();
+        assert_eq!(first.unwrap(), "last", "{layout:?}");
+        assert_eq!(then, Err(StrawError::Eof), "{layout:?}");
+        assert_eq!(
+            tx.send(Bytes::from_static(b"more")),
+            Err(StrawError::Closed)
+        );
     }
 }
 

@@ -188,6 +188,60 @@ fn reopening_at_once_after_a_failed_open_or_a_close_is_not_exists() {
     m2.shutdown();
 }
 
+/// A managed straw's receiving half closes it: the peer receives what was sent, then the end
+/// of the stream.
+#[test]
+fn the_receiving_half_closes_a_managed_straw() {
+    let xen = Loopback::new();
+    let world = MemoryStore::new();
+    let (m1, _) = manager_with(&xen, &world, 1, roomy(Format::Raw));
+    let (m2, _) = manager_with(&xen, &world, 2, roomy(Format::Raw));
+    let s1 = m1.open(&Endpoint::seed(DomId(2))).unwrap();
+    let s2 = m2.accept(Duration::from_secs(20)).unwrap();
+    let (tx2, rx2) = s2.split();
+    tx2.send(Bytes::from_static(b"bye")).unwrap();
+    let t = Duration::from_secs(20);
+    let reader = thread::spawn(move || {
+        let first = s1.receiver().recv_timeout(t);
+        let then = s1.receiver().recv_timeout(t);
+        (first, then, s1)
+    });
+    rx2.close().unwrap();
+    let (first, then, s1) = reader.join().unwrap();
+    assert_eq!(first.unwrap(), "bye");
+    assert_eq!(then, Err(StrawError::Eof));
+    assert_eq!(
+        tx2.send(Bytes::from_static(b"more")),
+        Err(StrawError::Closed)
+    );
+    s1.close().unwrap();
+    m1.shutdown();
+    m2.shutdown();
+}
+
+/// Every layer classifies a lost peer the same way ([`pore_core::Error::is_peer_gone`]).
+#[test]
+fn manager_errors_classify_like_the_layers_below() {
+    use pore_core::{Error as _, ErrorKind};
+    assert!(ManagerError::Handshake(HandshakeError::PeerGone).is_peer_gone());
+    assert!(ManagerError::Pore(StrawError::PeerGone).is_peer_gone());
+    assert_eq!(
+        ManagerError::Handshake(HandshakeError::TimedOut(crate::handshake::Stage::Handshake))
+            .kind(),
+        ErrorKind::TimedOut
+    );
+    assert_eq!(
+        ManagerError::Setup {
+            op: "mkdir",
+            error: StoreError::PermissionDenied
+        }
+        .kind(),
+        ErrorKind::PermissionDenied
+    );
+    assert!(ManagerError::TooMany.is_retryable());
+    assert!(!ManagerError::ShutDown.is_retryable());
+}
+
 #[test]
 fn a_dead_peer_does_not_stall_others_and_times_out() {
     let xen = Loopback::new();

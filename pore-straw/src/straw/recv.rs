@@ -18,6 +18,20 @@ impl<B: Backend> Receiver<B> {
         self.sh.stats()
     }
 
+    /// Closes the straw gracefully from the receiving half, as [`Straw::close`] does: what we
+    /// sent is drained first, then the peer's receiver ends with [`StrawError::Eof`] (frames
+    /// the peer still sends us are dropped). A sending half split off fails with
+    /// [`StrawError::Closed`] from then on.
+    pub fn close(&self) -> Result<(), StrawError> {
+        // The sending half's close, through a handle that counts as one more user while it
+        // lives (its drop must not look like the last half going).
+        self.sh.users.fetch_add(1, Ordering::AcqRel);
+        Sender {
+            sh: self.sh.clone(),
+        }
+        .close()
+    }
+
     /// Receives one frame, blocking up to [`StrawConfig::io_timeout`].
     pub fn recv(&self) -> Result<Bytes, StrawError> {
         self.recv_timeout(self.sh.cfg.io_timeout)
@@ -90,9 +104,13 @@ impl<B: Backend> Receiver<B> {
             }
             rounds += 1;
             let r = st.framer.recv(&mut st.ring);
-            let notify = st.ring.take_notify();
-            if notify {
-                self.sh.poke()?;
+            if st.ring.take_notify() {
+                match self.sh.poke() {
+                    // A peer that is gone needs no wake-up, and what we just read (its last
+                    // frame, its end of stream) is still ours: the next wait notices the loss.
+                    Err(StrawError::PeerGone) | Ok(()) => {}
+                    Err(e) => return Err(e),
+                }
             }
             let got = match r {
                 Ok(got) => got,
@@ -117,6 +135,10 @@ impl<B: Backend> Receiver<B> {
                     } else {
                         tracing::debug!(peer = %self.sh.peer, len = n, "straw: skipped an oversized frame");
                     }
+                }
+                Some(Got::End) => {
+                    self.sh.peer_finished.store(true, Ordering::Release);
+                    return Err(StrawError::Eof);
                 }
                 None => {
                     let readable = match st.ring.readable() {

@@ -10,6 +10,7 @@ use pore_ring::frame::Progress;
 use pore_ring::{RingError, RingWriter};
 
 use crate::handshake::Input;
+use crate::reasm::END_OF_STREAM;
 
 use super::shared::*;
 use super::*;
@@ -31,7 +32,7 @@ impl<B: Backend> Sender<B> {
     /// and the next send, [`Sender::flush_timeout`] or close finishes it first (do not resend
     /// it).
     pub fn send_timeout(&self, frame: Bytes, timeout: Duration) -> Result<(), StrawError> {
-        if frame.len() > self.sh.cfg.max_frame {
+        if self.too_large(frame.len()) {
             return Err(StrawError::TooLarge(frame.len()));
         }
         let deadline = Instant::now() + timeout;
@@ -53,7 +54,7 @@ impl<B: Backend> Sender<B> {
     /// ring is finished by later calls (or [`Sender::flush_timeout`]). Fails with
     /// [`StrawError::WouldBlock`] (nothing sent) if the ring has no room.
     pub fn try_send(&self, frame: Bytes) -> Result<(), StrawError> {
-        if frame.len() > self.sh.cfg.max_frame {
+        if self.too_large(frame.len()) {
             return Err(StrawError::TooLarge(frame.len()));
         }
         let mut frame = Some(frame);
@@ -62,6 +63,11 @@ impl<B: Backend> Sender<B> {
             None => Ok(()),
             Some(_) => Err(StrawError::WouldBlock),
         }
+    }
+
+    /// Over [`StrawConfig::max_frame`], or as long as the end-of-stream marker says.
+    fn too_large(&self, len: usize) -> bool {
+        len > self.sh.cfg.max_frame || len >= END_OF_STREAM as usize
     }
 
     /// Finishes a partly sent frame, blocking up to `timeout`.
@@ -219,19 +225,75 @@ impl<B: Backend> Sender<B> {
     /// [`StrawConfig::close_timeout`]) until the peer consumed everything, then tells the peer
     /// that nothing more will come (its receiver then ends with [`StrawError::Eof`]). We can
     /// still receive; later sends fail with [`StrawError::Closed`]. Close the straw once both
-    /// directions are done. Needs the manager (a straw made with [`Straw::new`] only drains).
+    /// directions are done.
+    ///
+    /// A managed straw tells the peer through xenstore (`straw-eof`); a straw made with
+    /// [`Straw::new`] writes an end-of-stream marker into the ring after the last frame (a
+    /// length prefix of `0xffff_ffff`, which no frame has), which a straw made with
+    /// [`Straw::new`] on the other side reads as the end.
     pub fn finish(&self) -> Result<(), StrawError> {
-        self.drain(self.sh.cfg.close_timeout)?;
+        let timeout = self.sh.cfg.close_timeout;
+        let deadline = Instant::now() + timeout;
+        self.drain(timeout)?;
         self.sh.finished.store(true, Ordering::Release);
-        if let Some(hook) = &self.sh.hook {
-            hook(Input::Finish);
+        match &self.sh.hook {
+            Some(hook) => hook(Input::Finish),
+            None => self.send_end(deadline)?,
         }
         Ok(())
+    }
+
+    /// Writes a standalone straw's end of stream after every frame sent so far (later frames
+    /// are refused), waiting for room up to `deadline`.
+    fn send_end(&self, deadline: Instant) -> Result<(), StrawError> {
+        self.sh.finished.store(true, Ordering::Release);
+        if self.sh.end_sent.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let marker = END_OF_STREAM.to_be_bytes();
+        loop {
+            let seen = self.sh.bell_seq();
+            let mut guard = lock(&self.sh.tx);
+            let st = guard.as_mut().ok_or(StrawError::Closed)?;
+            let mut notify = false;
+            let r = (|| -> Result<bool, RingError> {
+                // A frame another thread began goes first.
+                if !self.pump(st, &mut None, &mut notify, None)? {
+                    return Ok(false);
+                }
+                let room = |st: &mut TxState<B>| -> Result<bool, RingError> {
+                    Ok(st.ring.writable()? >= marker.len())
+                };
+                if !(room(st)? || st.ring.prepare_wait()? && room(st)?) {
+                    return Ok(false);
+                }
+                st.ring.write_deferred(&marker)?;
+                st.ring.commit()?;
+                notify |= st.ring.take_notify();
+                Ok(true)
+            })();
+            drop(guard);
+            let done = r.map_err(|e| self.sh.ring_failed(e))?;
+            if done {
+                self.sh.end_sent.store(true, Ordering::Release);
+            }
+            if notify {
+                self.sh.poke()?;
+            }
+            if done {
+                return Ok(());
+            }
+            if let Some(e) = self.sh.status_error() {
+                return Err(e);
+            }
+            self.wait(seen, deadline)?;
+        }
     }
 
     /// Closes the straw gracefully; see [`Straw::close`].
     pub fn close(&self) -> Result<(), StrawError> {
         let timeout = self.sh.cfg.close_timeout;
+        let deadline = Instant::now() + timeout;
         let drained = match self.drain(timeout) {
             // The peer closed first: nothing more can be delivered, and that is no failure.
             Err(_) if self.sh.status.load(Ordering::Acquire) == PEER_CLOSED => Ok(()),
@@ -239,6 +301,12 @@ impl<B: Backend> Sender<B> {
         };
         if let Err(e) = &drained {
             tracing::warn!(peer = %self.sh.peer, error = %e, "straw: closing without a full drain");
+        }
+        if self.sh.hook.is_none() && self.sh.status.load(Ordering::Acquire) == OPEN {
+            // Standalone: the peer reads the end of the stream after our last frame.
+            if let Err(e) = self.send_end(deadline) {
+                tracing::debug!(peer = %self.sh.peer, error = %e, "straw: no end of stream written");
+            }
         }
         let _ = self
             .sh

@@ -89,6 +89,8 @@ pub(crate) struct Shared<B: Backend> {
     pub(super) stats: Counters,
     pub(super) close_sent: AtomicBool,
     pub(super) finished: AtomicBool,
+    /// A standalone straw wrote its end of stream ([`crate::reasm::END_OF_STREAM`]).
+    pub(super) end_sent: AtomicBool,
     pub(super) peer_finished: AtomicBool,
     pub(super) vanishing: AtomicBool,
     /// Re-reads of the peer's state the data path asked the manager for, and the last one it
@@ -251,6 +253,9 @@ impl<B: Backend> Shared<B> {
                 self.mark(PEER_GONE);
                 hook(Input::PeerLost);
             }
+        } else if self.peer_finished.load(Ordering::Acquire) {
+            // A standalone peer that ended its stream, then closed.
+            self.mark(PEER_CLOSED);
         } else {
             self.mark(PEER_GONE);
         }
@@ -360,6 +365,10 @@ impl<B: Backend> Shared<B> {
                     leftover.push_back(f);
                 }
                 Ok(Some(Got::Skipped(n))) => taken = taken.saturating_add(n as usize + 4),
+                Ok(Some(Got::End)) => {
+                    self.peer_finished.store(true, Ordering::Release);
+                    break;
+                }
                 Ok(None) | Err(_) => break,
             }
         }
