@@ -14,13 +14,14 @@ use bbqueue::BBBuffer;
 use pore_benches::{cell, median_rate, stream, FrameParse, Rx, Tx};
 use pore_core::loopback::{Loopback, LoopbackChannel};
 use pore_core::{
-    DomId, EventChannel, Events, GrantRef, Grants, Interest, SharedAccess, SharedMemory, SharedView,
+    DomId, EventChannel, Events, GrantRef, Grants, SharedAccess, SharedMemory, SharedView,
 };
 use pore_ring::frame::{FrameReader, FrameWriter, Progress, Received};
 use pore_ring::ling::LingRing;
+use pore_ring::prelude::*;
 use pore_ring::v2::{V2Geometry, V2Ring};
 use pore_ring::wait::{StdClock, Waiter};
-use pore_ring::{RingReader, RingWriter};
+use pore_ring::RingError;
 use ringbuf::traits::{Consumer as _, Producer as _, Split as _};
 
 const SIZES: [usize; 4] = [16, 256, 4096, 65536];
@@ -29,7 +30,7 @@ const BATCH: usize = 64;
 
 // ---- our rings -------------------------------------------------------------------------------
 
-struct OurTx<W: RingWriter + Send> {
+struct OurTx<W: RingWriter<Error = RingError> + Send> {
     w: W,
     fw: FrameWriter,
     /// Publish the index after every frame, check for a sleeping peer only at commits.
@@ -39,7 +40,7 @@ struct OurTx<W: RingWriter + Send> {
     events: Option<&'static Counting>,
 }
 
-impl<W: RingWriter + Send> OurTx<W> {
+impl<W: RingWriter<Error = RingError> + Send> OurTx<W> {
     fn new(w: W, batch: usize) -> Self {
         OurTx {
             w,
@@ -61,7 +62,7 @@ impl<W: RingWriter + Send> OurTx<W> {
     }
 }
 
-impl<W: RingWriter + Send> Tx for OurTx<W> {
+impl<W: RingWriter<Error = RingError> + Send> Tx for OurTx<W> {
     #[inline]
     fn try_send(&mut self, _frame: &[u8], payload: &[u8]) -> bool {
         match self.fw.send_deferred(&mut self.w, payload).expect("send") {
@@ -92,7 +93,7 @@ impl<W: RingWriter + Send> Tx for OurTx<W> {
     }
 }
 
-struct OurRx<R: RingReader + Send> {
+struct OurRx<R: RingReader<Error = RingError> + Send> {
     r: R,
     fr: FrameReader,
     /// Release after every frame, check for a waiting peer only at full releases.
@@ -102,7 +103,7 @@ struct OurRx<R: RingReader + Send> {
     events: Option<&'static Counting>,
 }
 
-impl<R: RingReader + Send> OurRx<R> {
+impl<R: RingReader<Error = RingError> + Send> OurRx<R> {
     fn new(r: R, batch: usize) -> Self {
         OurRx {
             r,
@@ -124,7 +125,7 @@ impl<R: RingReader + Send> OurRx<R> {
     }
 }
 
-impl<R: RingReader + Send> Rx for OurRx<R> {
+impl<R: RingReader<Error = RingError> + Send> Rx for OurRx<R> {
     #[inline]
     fn try_recv(&mut self, buf: &mut [u8]) -> bool {
         match self.fr.recv_deferred(&mut self.r, buf).expect("recv") {
@@ -355,8 +356,8 @@ fn v2_pair(
     geo: V2Geometry,
 ) -> (V2Ring<SharedView<'_>>, V2Ring<SharedView<'_>>) {
     let refs: Vec<GrantRef> = (0..geo.data_pages() as u32).map(GrantRef).collect();
-    let a = V2Ring::create(view, geo, &refs).expect("create");
-    let p = V2Ring::attach(view).expect("attach");
+    let a = V2Ring::active(view, geo, &refs).expect("create");
+    let p = V2Ring::passive(view).expect("attach");
     (a, p)
 }
 
@@ -431,8 +432,8 @@ fn run_mode(who: Who, size: usize, cap: usize, window: Duration, same: bool) -> 
             let pages = loopback_pages(geo.pages());
             let view = LockOrFence(pages.view());
             let refs: Vec<GrantRef> = (0..geo.data_pages() as u32).map(GrantRef).collect();
-            let a = V2Ring::create(view, geo, &refs).expect("create");
-            let p = V2Ring::attach(view).expect("attach");
+            let a = V2Ring::active(view, geo, &refs).expect("create");
+            let p = V2Ring::passive(view).expect("attach");
             let mut tx = OurTx::new(a.split().0, 1);
             let mut rx = OurRx::new(p.split().1, 1);
             drive(&mut tx, &mut rx, size, window, same)
@@ -547,22 +548,19 @@ impl EventChannel for Counting {
     }
 }
 
-struct Blocking<W: RingWriter + Send + pore_core::SharedRing> {
+struct Blocking<W: RingWriter<Error = pore_ring::RingError> + Send> {
     inner: OurTx<W>,
     chan: &'static Counting,
     waiter: Waiter<StdClock>,
 }
-impl<W: RingWriter + Send + pore_core::SharedRing> Tx for Blocking<W> {
+impl<W: RingWriter<Error = pore_ring::RingError> + Send> Tx for Blocking<W> {
     fn try_send(&mut self, frame: &[u8], payload: &[u8]) -> bool {
         if self.inner.try_send(frame, payload) {
             return true;
         }
-        let _ = self.waiter.wait(
-            &mut self.inner.w,
-            self.chan,
-            Interest::Writable,
-            Duration::from_millis(100),
-        );
+        let _ = self
+            .waiter
+            .wait_writable(&mut self.inner.w, self.chan, Duration::from_millis(100));
         false
     }
     fn flush(&mut self) {
@@ -572,22 +570,19 @@ impl<W: RingWriter + Send + pore_core::SharedRing> Tx for Blocking<W> {
         self.inner.finish();
     }
 }
-struct BlockingRx<R: RingReader + Send + pore_core::SharedRing> {
+struct BlockingRx<R: RingReader<Error = pore_ring::RingError> + Send> {
     inner: OurRx<R>,
     chan: &'static Counting,
     waiter: Waiter<StdClock>,
 }
-impl<R: RingReader + Send + pore_core::SharedRing> Rx for BlockingRx<R> {
+impl<R: RingReader<Error = pore_ring::RingError> + Send> Rx for BlockingRx<R> {
     fn try_recv(&mut self, buf: &mut [u8]) -> bool {
         if self.inner.try_recv(buf) {
             return true;
         }
-        let _ = self.waiter.wait(
-            &mut self.inner.r,
-            self.chan,
-            Interest::Readable,
-            Duration::from_millis(2),
-        );
+        let _ = self
+            .waiter
+            .wait_readable(&mut self.inner.r, self.chan, Duration::from_millis(2));
         false
     }
     fn flush(&mut self) {

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use pore_backend_sim::process::{self, run_child_role};
 use pore_backend_sim::{DomainProcess, Hypervisor, SimDomain};
-use pore_core::{DomId, EventChannel, Events, GrantRef, Interest, Pore, Port, WaitOutcome};
+use pore_core::{DomId, EventChannel, Events, GrantRef, Pore, Port, WaitOutcome};
+use pore_ring::prelude::*;
 use pore_ring::v2::{V2Geometry, V2Ring};
-use pore_ring::wait::{StdClock, Waiter};
-use pore_ring::RingWriter;
+use pore_ring::wait::{notify_if, StdClock, Waiter};
 use rustix::event::{eventfd, EventfdFlags};
 
 const LONG: Duration = Duration::from_secs(20);
@@ -165,7 +165,7 @@ fn ring_producer(args: &[String]) -> i32 {
     let geometry = V2Geometry::new(order, 0).unwrap();
     let pore = Pore::open_active(&dom, parent, geometry.pages()).unwrap();
     let info = pore.info();
-    let mut ring = V2Ring::create(pore.memory(), geometry, &info.refs[1..]).unwrap();
+    let mut ring = V2Ring::active(pore.memory(), geometry, &info.refs[1..]).unwrap();
     let refs: Vec<String> = info.refs.iter().map(|r| r.0.to_string()).collect();
     process::report(&format!(
         "{} {} {}",
@@ -189,17 +189,17 @@ fn ring_producer(args: &[String]) -> i32 {
                 off += n;
                 if n == 0 {
                     tx.commit().unwrap();
-                    waiter.notify_if_needed(tx, chan).unwrap();
-                    waiter.wait(tx, chan, Interest::Writable, LONG).unwrap();
+                    notify_if(tx.take_notify(), chan).unwrap();
+                    waiter.wait_writable(tx, chan, LONG).unwrap();
                 } else if !batched || tx.staged() >= tx.capacity() / 4 {
                     // Batched: publish once per quarter ring, so the consumer overlaps with us.
                     tx.commit().unwrap();
-                    waiter.notify_if_needed(tx, chan).unwrap();
+                    notify_if(tx.take_notify(), chan).unwrap();
                 }
             }
         }
         tx.commit().unwrap();
-        waiter.notify_if_needed(tx, chan).unwrap();
+        notify_if(tx.take_notify(), chan).unwrap();
     }
     0
 }
@@ -259,7 +259,7 @@ fn spawn_ring_peer<'a>(hv: &Hypervisor, dom: &'a SimDomain, order: u8) -> RingPe
 
 fn ring_stream(peer: &mut RingPeer<'_>, size: usize, count: u64, batched: bool) -> Duration {
     let total = size as u64 * count;
-    let mut ring = V2Ring::attach(peer.pore.memory()).unwrap();
+    let mut ring = V2Ring::passive(peer.pore.memory()).unwrap();
     let rx = ring.reader();
     let chan = peer.pore.channel();
     let waiter = Waiter::new(StdClock::new(), spin());
@@ -273,9 +273,9 @@ fn ring_stream(peer: &mut RingPeer<'_>, size: usize, count: u64, batched: bool) 
         let n = rx.read(&mut buf).unwrap();
         got += n as u64;
         if n > 0 {
-            waiter.notify_if_needed(rx, chan).unwrap();
+            notify_if(rx.take_notify(), chan).unwrap();
         } else {
-            waiter.wait(rx, chan, Interest::Readable, LONG).unwrap();
+            waiter.wait_readable(rx, chan, LONG).unwrap();
         }
     }
     t.elapsed()

@@ -5,6 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use pore_fuzz::Guarded;
 use pore_ring::frame::{FrameReader, Received};
+use pore_ring::prelude::*;
 use pore_ring::xenstore::XenstoreRing;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         // The peer's chunking is part of the input too.
         let step = usize::from(rest[off]) % 1024 + 1;
         let end = (off + step).min(rest.len());
-        off += peer.write(&rest[off..end]).expect("write");
+        off += peer.writer().write(&rest[off..end]).expect("write");
         while let Some(r) = reader.recv(us.reader(), &mut buf).expect("recv") {
             if let Received::Frame(n) = r {
                 assert!(n <= max);

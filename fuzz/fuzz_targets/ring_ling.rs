@@ -3,7 +3,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use pore_fuzz::{play, Guarded};
-use pore_ring::ling::{LingRing, LingRole, IN_CONS, IN_PROD, LING_REGION, OUT_CONS, OUT_PROD};
+use pore_ring::ling::{LingRing, IN_CONS, IN_PROD, LING_REGION, OUT_CONS, OUT_PROD};
+use pore_ring::Side;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else {
@@ -12,9 +13,9 @@ fuzz_target!(|data: &[u8]| {
     let g = Guarded::new(LING_REGION);
     let v = g.view();
     let role = if first & 1 == 0 {
-        LingRole::Active
+        Side::Active
     } else {
-        LingRole::Passive
+        Side::Passive
     };
     if let Ok(mut ring) = LingRing::new(v, role) {
         play(&mut ring, v, &[IN_PROD, IN_CONS, OUT_CONS, OUT_PROD], rest);

@@ -28,12 +28,12 @@ fuzz_target!(|data: &[u8]| {
     ];
     if first & 4 == 0 {
         let refs: Vec<GrantRef> = (0..geo.data_pages() as u32).map(GrantRef).collect();
-        let mut ring = V2Ring::create(v, geo, &refs).expect("create");
+        let mut ring = V2Ring::active(v, geo, &refs).expect("create");
         play(&mut ring, v, &words, rest);
     } else {
         // The peer wrote the control page: a valid header perturbed by the input.
         let refs: Vec<GrantRef> = (0..geo.data_pages() as u32).map(GrantRef).collect();
-        let _ = V2Ring::create(v, geo, &refs).expect("create");
+        let _ = V2Ring::active(v, geo, &refs).expect("create");
         let (header, moves) = rest.split_at(rest.len().min(32));
         for (i, b) in header.chunks_exact(4).enumerate() {
             let off = words[i % words.len()];
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
                 Ordering::Relaxed,
             );
         }
-        if let Ok(mut ring) = V2Ring::attach(v) {
+        if let Ok(mut ring) = V2Ring::passive(v) {
             play(&mut ring, v, &words, moves);
         }
     }

@@ -348,13 +348,13 @@ fn a_pore_round_trip_through_the_backend_traits() {
     assert_eq!(info.refs.len(), 8);
     let passive = Pore::open_passive(&b, DOM0, &info.refs, info.port).unwrap();
     active.write_bytes(7 * PAGE_SIZE, b"ping");
-    active.poke().unwrap();
+    active.notify().unwrap();
     assert_eq!(passive.channel().wait(EVENT).unwrap(), WaitOutcome::Event);
     let mut got = [0u8; 4];
     passive.read_bytes(7 * PAGE_SIZE, &mut got);
     assert_eq!(&got, b"ping");
     passive.write_bytes(0, b"pong");
-    passive.poke().unwrap();
+    passive.notify().unwrap();
     assert_eq!(active.channel().wait(EVENT).unwrap(), WaitOutcome::Event);
     active.read_bytes(0, &mut got);
     assert_eq!(&got, b"pong");

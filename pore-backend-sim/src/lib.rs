@@ -54,6 +54,15 @@
 //! children spawned with [`Hypervisor::domain_command`] connect with [`SimDomain::connect`]
 //! (see [`process`] and `TESTING.md`).
 //!
+//! ## Inside the crate
+//! Each module uses only modules after it in this list, so the import graph is a DAG: the root
+//! (`Hypervisor`); `store` (the xenstored seam); the handles `shared`, `pages` (grants,
+//! mappings, store page), `channel`, `domain`, `ctx` (a domain's way to the hypervisor: direct,
+//! or through the `broker`); `broker`; `hv` (the hypervisor's records and rules, a submodule
+//! per concern); `readiness`; `process`; `table` (the shared event table); `proto`; `env`;
+//! `sys`; `error`. `unsafe` is only in `sys::mmap` (memfd pages, `mmap`) and `shared`
+//! (`SharedMemory` for the handles that own a mapping), with a `SAFETY` comment on each block.
+//!
 //! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
 //! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 
@@ -61,11 +70,17 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod broker;
+mod channel;
+mod ctx;
 mod domain;
+mod env;
 mod error;
 mod hv;
+mod pages;
 pub mod process;
 mod proto;
+mod readiness;
+mod shared;
 pub mod store;
 mod sys;
 mod table;
@@ -77,18 +92,14 @@ use std::time::{Duration, Instant};
 
 use pore_core::DomId;
 
-pub use domain::{SimChannel, SimDomain, SimGrant, SimMapping, SimStorePage};
+pub use channel::SimChannel;
+pub use domain::SimDomain;
+pub use env::{JOIN_ENV, NAME_ENV, SOCKET_ENV};
 pub use error::{Result, SimError};
+pub use hv::{Outstanding, PeerClose};
+pub use pages::{SimGrant, SimMapping, SimStorePage};
 pub use process::{DomainCommand, DomainProcess};
 pub use store::{StoreLink, StoreService};
-
-/// Environment variable naming the broker socket (D19).
-pub const SOCKET_ENV: &str = "PORE_SIM_SOCKET";
-/// Environment variable naming a domain process (its `name` in the toolstack).
-pub const NAME_ENV: &str = "PORE_SIM_NAME";
-/// Environment variable holding the domid a process joins instead of creating a domain (set by
-/// [`DomainCommand::join`], read by [`SimDomain::connect`]).
-pub const JOIN_ENV: &str = "PORE_SIM_JOIN";
 
 /// How many wake-up syscalls (`futex` wakes) this process has made for simulated event
 /// channels so far, all hypervisors together: a probe for tests that the doorbell makes no
@@ -96,55 +107,6 @@ pub const JOIN_ENV: &str = "PORE_SIM_JOIN";
 /// none).
 pub fn wake_syscalls() -> u64 {
     table::WAKE_SYSCALLS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// What the simulated hypervisor still holds on behalf of domains, excluding the toolstack's own
-/// store pages and ports. All zero (but `domains`) once every pore was closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Outstanding {
-    /// Live domains other than dom0.
-    pub domains: usize,
-    /// Grant entries not yet revoked (one per page, deferred ones included).
-    pub grants: usize,
-    /// Mapped pages.
-    pub mappings: usize,
-    /// Open event-channel ports.
-    pub ports: usize,
-    /// Grant entries whose revocation waits for the peer to unmap (XSA-396).
-    pub revoke_later: usize,
-}
-
-impl Outstanding {
-    /// Whether no grant, mapping or port is held (domains may still be alive).
-    pub fn is_clean(&self) -> bool {
-        self.grants == 0 && self.mappings == 0 && self.ports == 0 && self.revoke_later == 0
-    }
-}
-
-/// What the remote end of an interdomain event channel learns when one end's port closes
-/// (closed explicitly, or released because its process, joined context or domain died).
-///
-/// Set with [`Hypervisor::set_peer_close`]; the hypervisor applies it when the port closes, so
-/// it holds alike for domains of this process and for domain processes reached through the
-/// broker (they read the outcome from the shared event table; nothing to configure in the
-/// child). Unmap notifications fire before a dying context's ports close in both modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PeerClose {
-    /// The simulator's affordance (the default): once the peer's port is gone, the remote
-    /// end's `wait`, `try_wait`, `select` and `notify` fail with
-    /// [`pore_core::ErrorKind::PeerGone`] (a pending event is delivered first), and the remote
-    /// domain's sleeping threads are woken to see it. Convenient, but real Xen does not do it:
-    /// a driver that relies on it may not notice a dead peer on Xen.
-    #[default]
-    Reported,
-    /// What Xen does (`evtchn_close`): the remote port becomes unbound but stays open, and
-    /// nothing is sent. Its `notify` succeeds and does nothing (Xen drops a send on an unbound
-    /// port), its waits and selects time out as usual and never report `PeerGone`, and its
-    /// owner still closes it (counted in [`Hypervisor::outstanding`] until then). A peer's death
-    /// is then learned only as on Xen: from xenstore, or from its unmap-notify (byte cleared,
-    /// event sent) which fires before its ports close. Re-binding the now unbound port from the
-    /// closing domain, which Xen allows, is not modelled (`PermissionDenied`).
-    Silent,
 }
 
 /// A simulated Xen: creates domains, runs the broker for domain processes, keeps the accounts.
@@ -227,7 +189,7 @@ impl Hypervisor {
     pub fn create_domain(&self, name: &str) -> Result<SimDomain> {
         let id = self.hv.create_domain(name)?;
         Ok(SimDomain::new(
-            domain::DomCtx::local(id, self.hv.clone()),
+            ctx::DomCtx::local(id, self.hv.clone()),
             true,
         ))
     }
@@ -240,7 +202,7 @@ impl Hypervisor {
     pub fn join_domain(&self, dom: DomId) -> Result<SimDomain> {
         let ctx = self.hv.join_domain(dom)?;
         Ok(SimDomain::new(
-            domain::DomCtx::local_context(dom, ctx, self.hv.clone()),
+            ctx::DomCtx::local_context(dom, ctx, self.hv.clone()),
             true,
         ))
     }
@@ -267,7 +229,7 @@ impl Hypervisor {
 
     /// A handle acting as dom0 (the privileged domain). Dropping it kills nothing.
     pub fn dom0(&self) -> SimDomain {
-        SimDomain::new(domain::DomCtx::local(DomId::DOM0, self.hv.clone()), false)
+        SimDomain::new(ctx::DomCtx::local(DomId::DOM0, self.hv.clone()), false)
     }
 
     /// Creates a domain and runs `f` on a new thread with it; the domain dies when `f` returns
@@ -299,7 +261,8 @@ impl Hypervisor {
     /// Installs the xenstored of the simulation (see [`store`]); every live domain is
     /// introduced to it at once, later ones when they are created.
     pub fn set_store_service(&self, service: Arc<dyn StoreService>) {
-        self.hv.set_service(Some(service));
+        self.hv
+            .set_service(Some(Arc::new(store::ServiceHook::new(service))));
     }
 
     /// Live domains, dom0 included, with their names.

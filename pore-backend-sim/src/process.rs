@@ -125,10 +125,10 @@ impl DomainCommand {
             std::env::current_exe().map_err(SimError::os("finding the current executable"))?;
         let mut cmd = Command::new(exe);
         // A child of a joined process must not join by accident: `join` sets it explicitly.
-        cmd.env_remove(crate::JOIN_ENV)
-            .env(crate::SOCKET_ENV, socket)
+        cmd.env_remove(crate::env::JOIN_ENV)
+            .env(crate::env::SOCKET_ENV, socket)
             .env(ROLE_ENV, role)
-            .env(crate::NAME_ENV, role)
+            .env(crate::env::NAME_ENV, role)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -154,7 +154,7 @@ impl DomainCommand {
 
     /// Names the domain (default: the role).
     pub fn name(mut self, name: &str) -> Self {
-        self.cmd.env(crate::NAME_ENV, name);
+        self.cmd.env(crate::env::NAME_ENV, name);
         self
     }
 
@@ -163,7 +163,7 @@ impl DomainCommand {
     /// child exits or is killed, only its own grants, mappings and ports are released and its
     /// unmap notifications fire; the domain lives on.
     pub fn join(mut self, dom: pore_core::DomId) -> Self {
-        self.cmd.env(crate::JOIN_ENV, dom.0.to_string());
+        self.cmd.env(crate::env::JOIN_ENV, dom.0.to_string());
         self
     }
 

@@ -9,9 +9,14 @@
 //! calls [`StoreService::domain_released`]. The embedded xenstored of pore-xenstore implements
 //! this trait; the simulator itself has no xenstore.
 
+use std::sync::Arc;
+
 use pore_core::DomId;
 
-use crate::domain::{SimChannel, SimStorePage};
+use crate::channel::SimChannel;
+use crate::ctx::DomCtx;
+use crate::hv::{StoreHook, StoreParts};
+use crate::pages::SimStorePage;
 
 /// What a xenstored embedded in the simulator implements (its `DomainConnector` side).
 ///
@@ -52,6 +57,40 @@ impl StoreLink {
             page,
             channel,
         }
+    }
+}
+
+/// A [`StoreService`] as the hypervisor's hook: dom0's page and port become the handles of a
+/// [`StoreLink`].
+pub(crate) struct ServiceHook(Arc<dyn StoreService>);
+
+impl ServiceHook {
+    pub(crate) fn new(service: Arc<dyn StoreService>) -> Self {
+        ServiceHook(service)
+    }
+}
+
+impl StoreHook for ServiceHook {
+    fn introduce(&self, parts: StoreParts) {
+        let StoreParts {
+            hv,
+            dom,
+            name,
+            page,
+            port,
+            end,
+        } = parts;
+        let ctx = DomCtx::local(DomId::DOM0, hv);
+        self.0.domain_introduced(StoreLink::new(
+            dom,
+            name,
+            SimStorePage::new(page),
+            SimChannel::new(ctx, port, end, dom, false),
+        ));
+    }
+
+    fn release(&self, dom: DomId) {
+        self.0.domain_released(dom);
     }
 }
 

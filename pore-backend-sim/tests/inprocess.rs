@@ -38,14 +38,14 @@ fn pore_round_trip_both_ways_and_clean_up() {
     assert_eq!((out.grants, out.mappings, out.ports), (3, 3, 2));
 
     passive.write_bytes(PAGE_SIZE * 2 + 5, b"hello");
-    passive.poke().unwrap();
+    passive.notify().unwrap();
     assert_eq!(active.channel().wait(SEC).unwrap(), WaitOutcome::Event);
     let mut got = [0u8; 5];
     active.read_bytes(PAGE_SIZE * 2 + 5, &mut got);
     assert_eq!(&got, b"hello");
 
     active.store_u32(0, 7, Ordering::Release);
-    active.poke().unwrap();
+    active.notify().unwrap();
     assert!(passive.channel().try_wait().unwrap());
     assert!(!passive.channel().try_wait().unwrap());
     assert_eq!(passive.load_u32(0, Ordering::Acquire), 7);
@@ -76,7 +76,7 @@ fn events_cross_threads_both_ways() {
             assert_eq!(passive.channel().wait(SEC).unwrap(), WaitOutcome::Event);
             assert_eq!(passive.load_u32(0, Ordering::Acquire), i);
             passive.store_u32(4, i, Ordering::Release);
-            passive.poke().unwrap();
+            passive.notify().unwrap();
         }
         passive.close().unwrap();
         drop(b);
@@ -86,7 +86,7 @@ fn events_cross_threads_both_ways() {
     for i in 1..=200u32 {
         active.store_u32(0, i, Ordering::Release);
         loop {
-            match active.poke() {
+            match active.notify() {
                 Ok(()) => break,
                 Err(e) if e.kind() == ErrorKind::NotFound && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(1))
@@ -153,7 +153,7 @@ fn xen_rules_are_enforced() {
         ErrorKind::InvalidInput
     );
     // Notifying an unbound port.
-    assert_eq!(active.poke().unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(active.notify().unwrap_err().kind(), ErrorKind::NotFound);
     // Binding twice: the second bind is refused.
     let ch1 = b.bind_interdomain(a.id(), info.port).unwrap();
     assert_eq!(
@@ -170,7 +170,7 @@ fn xen_rules_are_enforced() {
     );
     ch1.close().unwrap();
     // Notifying a peer that closed is PeerGone.
-    assert!(active.poke().unwrap_err().is_peer_gone());
+    assert!(active.notify().unwrap_err().is_peer_gone());
     // Ending access twice.
     let g = a.grant(b.id(), 1).unwrap();
     let g2_refs = g.refs().to_vec();
@@ -234,7 +234,7 @@ fn ending_access_while_mapped_is_busy_then_deferred() {
     assert_eq!(hv.outstanding_of(a.id()).grants, 2);
     // The peer still sees its memory; notifying the closed peer reports it gone.
     passive.write_bytes(0, b"still mapped");
-    assert!(passive.poke().unwrap_err().is_peer_gone());
+    assert!(passive.notify().unwrap_err().is_peer_gone());
     // Deferred grants cannot be mapped again.
     assert_eq!(
         b.map(a.id(), &info.refs).unwrap_err().kind(),
@@ -287,8 +287,8 @@ fn select_reports_which_fired_and_times_out() {
     a.select(&chans, Duration::from_millis(10), &mut fired)
         .unwrap();
     assert!(fired.is_empty());
-    q[2].poke().unwrap();
-    q[0].poke().unwrap();
+    q[2].notify().unwrap();
+    q[0].notify().unwrap();
     a.select(&chans, SEC, &mut fired).unwrap();
     assert_eq!(fired, vec![0, 2]);
     // Consumed: nothing more.
@@ -304,7 +304,7 @@ fn select_reports_which_fired_and_times_out() {
         fired
     });
     std::thread::sleep(Duration::from_millis(20));
-    q[3].poke().unwrap();
+    q[3].notify().unwrap();
     assert_eq!(waiter.join().unwrap(), vec![3]);
     drop(q);
     // Every peer closed: select reports it.
@@ -336,7 +336,7 @@ fn several_threads_of_one_domain_sleep_at_once_without_lost_wakeups() {
                         assert_eq!(p.channel().wait(SEC).unwrap(), WaitOutcome::Event);
                     }
                     p.store_u32(4, i, Ordering::Release);
-                    p.poke().unwrap();
+                    p.notify().unwrap();
                 }
             });
         }
@@ -344,7 +344,7 @@ fn several_threads_of_one_domain_sleep_at_once_without_lost_wakeups() {
             s.spawn(move || {
                 for i in 1..=rounds {
                     p.store_u32(0, i, Ordering::Release);
-                    p.poke().unwrap();
+                    p.notify().unwrap();
                     while p.load_u32(4, Ordering::Acquire) < i {
                         assert_eq!(p.channel().wait(SEC).unwrap(), WaitOutcome::Event);
                     }
@@ -375,7 +375,7 @@ fn a_panicking_domain_thread_dies_and_its_peer_sees_it() {
                     send_event: Some(passive.info().port),
                 })
                 .unwrap();
-            passive.poke().unwrap();
+            passive.notify().unwrap();
             panic!("the victim domain crashes while holding its pore");
         })
         .unwrap();
@@ -392,7 +392,7 @@ fn a_panicking_domain_thread_dies_and_its_peer_sees_it() {
     let first = active.channel().wait(SEC);
     assert!(matches!(first, Ok(WaitOutcome::Event)) || first.as_ref().unwrap_err().is_peer_gone());
     assert!(active.channel().wait(SEC).unwrap_err().is_peer_gone());
-    assert!(active.poke().unwrap_err().is_peer_gone());
+    assert!(active.notify().unwrap_err().is_peer_gone());
     assert_eq!(hv.outstanding_of(victim_id), Outstanding::default());
     active.close().unwrap();
     hv.assert_cleaned_up();
@@ -433,7 +433,7 @@ fn readiness_fd_turns_readable_on_an_event() {
     };
     let mut fds = [PollFd::new(&fd, PollFlags::IN)];
     assert_eq!(poll(&mut fds, Some(&ts)).unwrap(), 0);
-    q.poke().unwrap();
+    q.notify().unwrap();
     let ts = Timespec {
         tv_sec: 5,
         tv_nsec: 0,
@@ -481,7 +481,7 @@ fn each_domain_has_a_store_page_and_port_for_the_store_service() {
     let pore = Pore::open_store(&late).unwrap();
     assert_eq!(pore.peer(), DomId::DOM0);
     pore.write_bytes(0, b"XS_READ");
-    pore.poke().unwrap();
+    pore.notify().unwrap();
     {
         let links = store.introduced.lock().unwrap();
         let link = &links[1];

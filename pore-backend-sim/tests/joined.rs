@@ -87,7 +87,7 @@ fn a_dropped_joined_handle_releases_exactly_its_own_resources() {
         assert_eq!(peer.load_u8(LIVE, Ordering::Acquire), 0);
         assert_eq!(peer.channel().wait(SEC).unwrap(), WaitOutcome::Event);
         assert!(peer.channel().wait(SEC).unwrap_err().is_peer_gone());
-        assert!(peer.poke().unwrap_err().is_peer_gone());
+        assert!(peer.notify().unwrap_err().is_peer_gone());
     }
     // What `b` still maps of the joined context's grants waits on the revoke-later list; the
     // rest of the joined context is gone, the creator's pore untouched.
@@ -95,16 +95,16 @@ fn a_dropped_joined_handle_releases_exactly_its_own_resources() {
     by.close().unwrap();
     assert_eq!(hv.outstanding_of(a.id()), creator_only);
     // The joined handles' pores fail as closed now; dropping them is harmless.
-    assert_eq!(ay.poke().unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(ay.notify().unwrap_err().kind(), ErrorKind::Closed);
     drop((ay, az));
     assert_eq!(hv.outstanding_of(a.id()), creator_only);
 
     // The creator's pore still works both ways.
     ax.store_u32(0, 7, Ordering::Release);
-    ax.poke().unwrap();
+    ax.notify().unwrap();
     assert_eq!(bx.channel().wait(SEC).unwrap(), WaitOutcome::Event);
     assert_eq!(bx.load_u32(0, Ordering::Acquire), 7);
-    bx.poke().unwrap();
+    bx.notify().unwrap();
     assert_eq!(ax.channel().wait(SEC).unwrap(), WaitOutcome::Event);
     // The domain was never released to the store service (its xenstore nodes stay).
     assert!(store.released.lock().unwrap().is_empty());

@@ -100,12 +100,12 @@ fn active_role(args: &[String]) -> Result<(), String> {
             // Data both ways: echo the value, and a byte pattern on the last page.
             pore.write_bytes((pages - 1) * PAGE_SIZE + 100, &v.to_le_bytes());
             pore.store_u32(4, v + 1000, Ordering::Release);
-            pore.poke().map_err(|e| e.to_string())?;
+            pore.notify().map_err(|e| e.to_string())?;
         },
         "hang" => std::thread::sleep(Duration::from_secs(60)),
         "poke-once" => {
             while pore.channel().wait(WAIT).map_err(|e| e.to_string())? != WaitOutcome::Event {}
-            pore.poke().map_err(|e| e.to_string())?;
+            pore.notify().map_err(|e| e.to_string())?;
             // Stay until the parent is done with us (it closes or the test ends).
             let _ = pore.channel().wait(WAIT);
         }
@@ -135,7 +135,7 @@ fn echo_rounds(pore: &Pore<SimDomain>) -> Result<(), String> {
     let last_page = pore.len() - PAGE_SIZE;
     for i in 1..=ROUNDS {
         pore.store_u32(0, i, Ordering::Release);
-        pore.poke().map_err(|e| e.to_string())?;
+        pore.notify().map_err(|e| e.to_string())?;
         let deadline = Instant::now() + WAIT;
         while pore.load_u32(4, Ordering::Acquire) != i + 1000 {
             if Instant::now() > deadline {
@@ -150,7 +150,7 @@ fn echo_rounds(pore: &Pore<SimDomain>) -> Result<(), String> {
         }
     }
     pore.store_u32(0, STOP, Ordering::Release);
-    pore.poke().map_err(|e| e.to_string())
+    pore.notify().map_err(|e| e.to_string())
 }
 
 /// Pings the store service through the domain's own store page and port.
@@ -158,7 +158,7 @@ fn store_role() -> Result<(), String> {
     let dom = SimDomain::connect().map_err(|e| e.to_string())?;
     let pore = Pore::open_store(&dom).map_err(|e| e.to_string())?;
     pore.write_bytes(0, b"ping");
-    pore.poke().map_err(|e| e.to_string())?;
+    pore.notify().map_err(|e| e.to_string())?;
     let mut got = [0u8; 4];
     let deadline = Instant::now() + WAIT;
     loop {
@@ -281,7 +281,7 @@ fn a_killed_domain_process_is_detected_and_released() {
     // Unmap-notify fired for the dead granter, then its port closed.
     assert_eq!(pore.load_u8(LIVE, Ordering::Acquire), 0);
     wait_peer_gone(pore.channel());
-    assert!(pore.poke().unwrap_err().is_peer_gone());
+    assert!(pore.notify().unwrap_err().is_peer_gone());
     let out = hv.outstanding();
     assert_eq!((out.grants, out.revoke_later, out.ports), (1, 1, 1));
     pore.close().unwrap();
@@ -315,11 +315,11 @@ fn select_over_channels_to_several_processes() {
     a.select(&chans, Duration::from_millis(20), &mut fired)
         .unwrap();
     assert!(fired.is_empty());
-    pores[1].poke().unwrap();
+    pores[1].notify().unwrap();
     a.select(&chans, WAIT, &mut fired).unwrap();
     assert_eq!(fired, vec![1]);
-    pores[0].poke().unwrap();
-    pores[2].poke().unwrap();
+    pores[0].notify().unwrap();
+    pores[2].notify().unwrap();
     let mut seen = BTreeSet::new();
     let deadline = Instant::now() + WAIT;
     while seen.len() < 2 {
@@ -420,7 +420,7 @@ fn a_killed_joined_process_releases_only_its_own_and_fires_its_unmap_notify() {
     assert_eq!(hv.outstanding_of(a.id()), creator_only);
     // The creator's pore is untouched and the store service never released the domain.
     ax.store_u32(0, 9, Ordering::Release);
-    ax.poke().unwrap();
+    ax.notify().unwrap();
     assert_eq!(bx.channel().wait(WAIT).unwrap(), WaitOutcome::Event);
     assert_eq!(bx.load_u32(0, Ordering::Acquire), 9);
     assert!(store.released.lock().unwrap().is_empty());

@@ -157,7 +157,7 @@ fn a_dead_domain_thread_with_an_armed_unmap_notify() {
             "{what}"
         );
         assert_peer_closed(mode, &a, pa.channel(), &what);
-        let e = pb.poke().unwrap_err();
+        let e = pb.notify().unwrap_err();
         assert_eq!(
             e.kind(),
             ErrorKind::Closed,
@@ -324,7 +324,7 @@ fn a_killed_domain_process_with_an_armed_unmap_notify() {
             assert_eq!(dom == host.id(), joined, "{what}");
             let pore = Pore::open_passive(&me, dom, &[gref], port).unwrap();
             assert_eq!(pore.load_u8(LIVE, Ordering::Acquire), 1, "{what}");
-            pore.poke().unwrap();
+            pore.notify().unwrap();
 
             p.kill().unwrap();
             assert!(p.wait_timeout(WAIT).unwrap().is_some());

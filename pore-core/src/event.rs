@@ -70,7 +70,10 @@ pub trait Events {
     /// Waits until at least one of `channels` fires or `timeout` elapses.
     ///
     /// `fired` is cleared, then receives the index in `channels` of every channel whose event
-    /// was consumed; it is empty on timeout. Each fired channel is re-armed.
+    /// was consumed (all those pending); it is empty on timeout. Each fired channel is
+    /// re-armed. A channel's error (its peer gone) is returned only when none fired, so no
+    /// consumed event is lost. A backend may refuse channels that are not its own
+    /// ([`crate::ErrorKind::InvalidInput`]).
     fn select(
         &self,
         channels: &[&Self::Channel],
@@ -84,4 +87,44 @@ pub trait Events {
     fn readiness_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         None
     }
+}
+
+/// Forwards every method to `T`, so that one backend can be shared by reference or by `Arc`
+/// (e.g. `Pore<&MyXen>`, or `Pore<Arc<MyXen>>` across threads).
+macro_rules! forward_events {
+    () => {
+        type Error = T::Error;
+        type Channel = T::Channel;
+
+        fn alloc_unbound(&self, remote: DomId) -> Result<Self::Channel, Self::Error> {
+            (**self).alloc_unbound(remote)
+        }
+        fn bind_interdomain(
+            &self,
+            remote: DomId,
+            remote_port: Port,
+        ) -> Result<Self::Channel, Self::Error> {
+            (**self).bind_interdomain(remote, remote_port)
+        }
+        fn select(
+            &self,
+            channels: &[&Self::Channel],
+            timeout: Duration,
+            fired: &mut Vec<usize>,
+        ) -> Result<(), Self::Error> {
+            (**self).select(channels, timeout, fired)
+        }
+        #[cfg(all(feature = "std", unix))]
+        fn readiness_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+            (**self).readiness_fd()
+        }
+    };
+}
+
+impl<T: Events + ?Sized> Events for &T {
+    forward_events!();
+}
+
+impl<T: Events + ?Sized> Events for alloc::sync::Arc<T> {
+    forward_events!();
 }

@@ -2,7 +2,9 @@
 //!
 //! Several [`LoopbackDomain`]s share one [`Loopback`]; they grant, map and signal each other with
 //! Xen's rules (only the grantee may map a grant; ending access while mapped is `Busy`; only the
-//! domain a port was offered to may bind it; notifying a closed peer is `PeerGone`). Everything
+//! domain a port was offered to may bind it; notifying a closed peer is `PeerGone`). It maps
+//! only a whole grant in page order (anything else is `Unsupported`) and offers no unmap-notify
+//! (`Unsupported`; a closed peer shows as `PeerGone` on its port). Everything
 //! sits behind one mutex and one condition variable: simple and obviously correct, not fast.
 //! The simulated backend (`pore-backend-sim`) is the real model backend.
 
@@ -19,6 +21,11 @@ use crate::{
 };
 
 type Result<T> = core::result::Result<T, CoreError>;
+
+const NO_UNMAP_NOTIFY: CoreError = CoreError::new(
+    ErrorKind::Unsupported,
+    "the loopback backend has no unmap-notify (a closed peer shows as PeerGone on its port)",
+);
 
 /// The loopback hypervisor: create domains on it with [`Loopback::domain`].
 #[derive(Clone, Default)]
@@ -210,8 +217,10 @@ impl GrantedPages for LoopbackGrant {
     fn refs(&self) -> &[GrantRef] {
         &self.refs
     }
+    /// Not offered ([`ErrorKind::Unsupported`]): a loopback peer learns of a close from its
+    /// port ([`ErrorKind::PeerGone`]).
     fn set_unmap_notify(&mut self, _notify: UnmapNotify) -> Result<()> {
-        Ok(())
+        Err(NO_UNMAP_NOTIFY)
     }
     fn end_access(mut self) -> Result<()> {
         self.try_end()
@@ -278,8 +287,9 @@ impl LoopbackMapping {
 
 impl MappedPages for LoopbackMapping {
     type Error = CoreError;
+    /// Not offered ([`ErrorKind::Unsupported`]), as for [`LoopbackGrant`].
     fn set_unmap_notify(&mut self, _notify: UnmapNotify) -> Result<()> {
-        Ok(())
+        Err(NO_UNMAP_NOTIFY)
     }
     fn unmap(mut self) -> Result<()> {
         self.release();
@@ -483,13 +493,26 @@ impl Events for LoopbackDomain {
         let deadline = Instant::now() + timeout;
         let mut st = self.world.lock();
         loop {
+            // A channel's error is reported only when none fired: a consumed event is never
+            // dropped for another channel's error.
+            let mut failed = None;
             for (i, ch) in channels.iter().enumerate() {
-                if ch.take_pending(&mut st)?.is_some() {
-                    fired.push(i);
+                match ch.take_pending(&mut st) {
+                    Ok(Some(_)) => fired.push(i),
+                    Ok(None) => {}
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
             }
+            if !fired.is_empty() {
+                return Ok(());
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
-            if !fired.is_empty() || left.is_zero() {
+            if left.is_zero() {
                 return Ok(());
             }
             st = self
@@ -751,7 +774,7 @@ mod tests {
         let passive = Pore::open_passive(&b, DomId(1), &info.refs, info.port).unwrap();
         assert_eq!(passive.len(), 3 * PAGE_SIZE);
         passive.write_bytes(PAGE_SIZE * 2 + 5, b"hello");
-        passive.poke().unwrap();
+        passive.notify().unwrap();
         assert_eq!(
             active.channel().wait(Duration::from_secs(1)).unwrap(),
             WaitOutcome::Event
@@ -760,7 +783,7 @@ mod tests {
         active.read_bytes(PAGE_SIZE * 2 + 5, &mut got);
         assert_eq!(&got, b"hello");
         active.store_u32(0, 7, Ordering::Release);
-        active.poke().unwrap();
+        active.notify().unwrap();
         assert!(passive.channel().try_wait().unwrap());
         assert!(!passive.channel().try_wait().unwrap());
         assert_eq!(passive.load_u32(0, Ordering::Acquire), 7);
@@ -815,7 +838,7 @@ mod tests {
         assert_eq!(xen.outstanding().revoke_later, 2);
         // The peer still sees its memory; notifying the closed peer reports it gone.
         passive.write_bytes(0, b"still mapped");
-        assert!(passive.poke().unwrap_err().is_peer_gone());
+        assert!(passive.notify().unwrap_err().is_peer_gone());
         drop(passive);
         assert_eq!(xen.outstanding(), Outstanding::default());
     }
@@ -835,7 +858,7 @@ mod tests {
         )
         .unwrap();
         assert!(fired.is_empty());
-        q2.poke().unwrap();
+        q2.notify().unwrap();
         a.select(
             &[p1.channel(), p2.channel()],
             Duration::from_secs(1),
@@ -854,7 +877,7 @@ mod tests {
             fired
         });
         std::thread::sleep(Duration::from_millis(20));
-        q1.poke().unwrap();
+        q1.notify().unwrap();
         assert_eq!(waiter.join().unwrap(), vec![0]);
     }
 
@@ -866,5 +889,102 @@ mod tests {
         q.close().unwrap();
         let err = p.channel().wait(Duration::from_secs(1)).unwrap_err();
         assert!(err.is_peer_gone());
+    }
+
+    #[test]
+    fn select_reports_a_fired_channel_before_another_channels_error() {
+        let (_xen, a, b) = pair();
+        let p1 = Pore::open_active(&a, DomId(2), 1).unwrap();
+        let p2 = Pore::open_active(&a, DomId(2), 1).unwrap();
+        let q1 = Pore::open_passive(&b, DomId(1), &p1.info().refs, p1.info().port).unwrap();
+        let q2 = Pore::open_passive(&b, DomId(1), &p2.info().refs, p2.info().port).unwrap();
+        q2.notify().unwrap();
+        q1.close().unwrap();
+        let mut fired = Vec::new();
+        let channels = [p1.channel(), p2.channel()];
+        a.select(&channels, Duration::from_secs(1), &mut fired)
+            .unwrap();
+        assert_eq!(
+            fired,
+            vec![1],
+            "the event of p2 is not lost to p1's closed peer"
+        );
+        let err = a
+            .select(&channels, Duration::from_secs(1), &mut fired)
+            .unwrap_err();
+        assert!(err.is_peer_gone());
+        assert!(fired.is_empty());
+    }
+
+    #[test]
+    fn unmap_notify_is_refused_not_ignored() {
+        let (_xen, a, b) = pair();
+        let mut p = Pore::open_active(&a, DomId(2), 1).unwrap();
+        let mut q = Pore::open_passive(&b, DomId(1), &p.info().refs, p.info().port).unwrap();
+        let notify = UnmapNotify {
+            clear_byte: Some(0),
+            send_event: Some(p.info().port),
+        };
+        assert_eq!(
+            p.set_unmap_notify(notify).unwrap_err().kind(),
+            ErrorKind::Unsupported
+        );
+        assert_eq!(
+            q.set_unmap_notify(notify).unwrap_err().kind(),
+            ErrorKind::Unsupported
+        );
+    }
+
+    /// The forwarding impls: one backend shared by reference and by `Arc` (across a thread).
+    #[test]
+    fn a_backend_is_shared_by_reference_and_by_arc() {
+        fn is_backend<B: crate::Backend>(_: &B) {}
+        let (xen, a, b) = pair();
+        let by_ref: &LoopbackDomain = &a;
+        is_backend(&by_ref);
+        let shared = Arc::new(b);
+        is_backend(&shared);
+
+        let active: Pore<&LoopbackDomain> = Pore::open_active(&by_ref, DomId(2), 2).unwrap();
+        let info = active.info();
+        let remote = Arc::clone(&shared);
+        let passive = std::thread::spawn(move || {
+            let passive: Pore<Arc<LoopbackDomain>> =
+                Pore::open_passive(&remote, DomId(1), &info.refs, info.port).unwrap();
+            passive.write_bytes(PAGE_SIZE + 1, b"via arc");
+            passive.notify().unwrap();
+            passive
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            active.channel().wait(Duration::from_secs(5)).unwrap(),
+            WaitOutcome::Event
+        );
+        let mut got = [0u8; 7];
+        active.read_bytes(PAGE_SIZE + 1, &mut got);
+        assert_eq!(&got, b"via arc");
+
+        // `select` and `open_store` forward too.
+        let mut fired = Vec::new();
+        active.notify().unwrap();
+        shared
+            .select(&[passive.channel()], Duration::from_secs(5), &mut fired)
+            .unwrap();
+        assert_eq!(fired, vec![0]);
+        assert_eq!(
+            Pore::open_store(&shared).unwrap_err().kind(),
+            ErrorKind::Unsupported
+        );
+        // Granting and mapping directly through the shared handles.
+        let g = Grants::grant(&by_ref, DomId(2), 1).unwrap();
+        let m = Maps::map(&shared, DomId(1), g.refs()).unwrap();
+        m.view().store_u32(8, 5, Ordering::Release);
+        assert_eq!(g.view().load_u32(8, Ordering::Acquire), 5);
+        drop((m, g));
+
+        passive.close().unwrap();
+        active.close().unwrap();
+        assert_eq!(xen.outstanding(), Outstanding::default());
     }
 }

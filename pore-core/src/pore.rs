@@ -157,8 +157,8 @@ impl<B: Backend> Pore<B> {
         }
     }
 
-    /// Notifies the peer (the seed's `pore:poke/1`).
-    pub fn poke(&self) -> Result<(), BackendError<B>> {
+    /// Notifies the peer through the pore's event channel (the seed's `pore:poke/1`).
+    pub fn notify(&self) -> Result<(), BackendError<B>> {
         self.channel.notify()
     }
 
@@ -198,8 +198,9 @@ impl<B: Backend> Pore<B> {
     }
 
     /// Closes the pore: the port first, then the pages (end grant access / unmap). Every step is
-    /// attempted; the first failure is returned. A grant the peer still maps fails with
-    /// [`ErrorKind::Busy`] and is left on the backend's revoke-later list.
+    /// attempted; the first failure is returned. A grant the peer still maps is left on the
+    /// backend's revoke-later list, with [`ErrorKind::Busy`] on a backend that can tell (on
+    /// Linux the kernel defers it and the close succeeds).
     pub fn close(self) -> Result<(), BackendError<B>> {
         let Pore {
             channel, memory, ..

@@ -32,6 +32,15 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 /// **and across moves of the handle** (memory from `mmap`, or a heap allocation the handle points
 /// to; never a buffer stored inline in the handle). [`crate::Pore`] relies on this: it caches the
 /// address once and is moved around afterwards (into an `Arc`, a thread).
+///
+/// # Alignment
+///
+/// Pages a backend hands out (granted, mapped, the store page) start **page-aligned**
+/// ([`crate::PAGE_SIZE`]), as Xen's pages do: the shared layouts put on them (the xenstore
+/// ring, the straw rings) place their fields by offset from the page start. Any region must be
+/// at least 4-aligned: [`SharedView`]'s `u32` accessors panic on a misaligned address (its byte
+/// copies take any alignment). Alignment is not a safety condition, since those accessors check
+/// it and panic rather than misbehave.
 pub unsafe trait SharedMemory: Send + Sync {
     /// Start of the region.
     fn as_ptr(&self) -> NonNull<u8>;

@@ -13,6 +13,24 @@ pub trait StoreAccess: Events {
     fn open_store(&self) -> Result<(Self::StorePage, Self::Channel), Self::Error>;
 }
 
+/// Sharing a backend: `&T` opens the store through `T`.
+impl<T: StoreAccess + ?Sized> StoreAccess for &T {
+    type StorePage = T::StorePage;
+
+    fn open_store(&self) -> Result<(Self::StorePage, Self::Channel), Self::Error> {
+        (**self).open_store()
+    }
+}
+
+/// Sharing a backend: `Arc<T>` opens the store through `T`.
+impl<T: StoreAccess + ?Sized> StoreAccess for alloc::sync::Arc<T> {
+    type StorePage = T::StorePage;
+
+    fn open_store(&self) -> Result<(Self::StorePage, Self::Channel), Self::Error> {
+        (**self).open_store()
+    }
+}
+
 /// The store page type of a backend without one (its `open_store` returns
 /// [`crate::ErrorKind::Unsupported`]). It cannot be constructed.
 #[derive(Debug)]

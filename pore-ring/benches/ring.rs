@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use pore_core::loopback::{Loopback, LoopbackChannel};
-use pore_core::{DomId, Interest, Pore};
+use pore_core::{DomId, Pore};
 use pore_ring::frame::{FrameReader, FrameWriter, Progress, Received};
 use pore_ring::ling::{LingRing, LING_PAGES};
+use pore_ring::prelude::*;
 use pore_ring::v2::{V2Geometry, V2Ring};
-use pore_ring::wait::{Clock, Waiter};
-use pore_ring::{RingReader, RingWriter};
+use pore_ring::wait::{notify_if, Clock, Waiter};
 
 const SIZES: [usize; 4] = [16, 256, 4096, 65536];
 /// Frames per commit (writer) and per release (reader) in batched mode.
@@ -72,7 +72,7 @@ impl Mode {
 /// Sends `count` frames of `payload`, blocking on `chan` while the ring is full.
 fn produce<W>(tx: &mut W, chan: &LoopbackChannel, payload: &[u8], count: u64, mode: Mode)
 where
-    W: RingWriter + pore_core::SharedRing,
+    W: RingWriter<Error = pore_ring::RingError>,
 {
     let w = waiter();
     let mut fw = match mode {
@@ -82,12 +82,11 @@ where
     // Publishes everything accepted so far, waiting for room if the stash does not fit.
     let commit_all = |fw: &mut FrameWriter, tx: &mut W| loop {
         let all = fw.commit(tx).expect("commit");
-        w.notify_if_needed(tx, chan).expect("notify");
+        notify_if(tx.take_notify(), chan).expect("notify");
         if all {
             break;
         }
-        w.wait(tx, chan, Interest::Writable, TIMEOUT)
-            .expect("room in time");
+        w.wait_writable(tx, chan, TIMEOUT).expect("room in time");
     };
     let mut staged = 0;
     for _ in 0..count {
@@ -95,7 +94,7 @@ where
             let done = match mode {
                 Mode::PerMessage => {
                     let p = fw.send(tx, payload).expect("send");
-                    w.notify_if_needed(tx, chan).expect("notify");
+                    notify_if(tx.take_notify(), chan).expect("notify");
                     p == Progress::Done
                 }
                 Mode::Batched => fw.send_deferred(tx, payload).expect("send") == Progress::Done,
@@ -107,8 +106,7 @@ where
                 commit_all(&mut fw, tx);
                 staged = 0;
             }
-            w.wait(tx, chan, Interest::Writable, TIMEOUT)
-                .expect("room in time");
+            w.wait_writable(tx, chan, TIMEOUT).expect("room in time");
         }
         staged += 1;
         if mode == Mode::Batched && staged == BATCH {
@@ -122,7 +120,7 @@ where
 /// Receives `count` frames of `len` bytes, blocking on `chan` while the ring is empty.
 fn consume<R>(rx: &mut R, chan: &LoopbackChannel, len: usize, count: u64, mode: Mode)
 where
-    R: RingReader + pore_core::SharedRing,
+    R: RingReader<Error = pore_ring::RingError>,
 {
     let w = waiter();
     let mut fr = FrameReader::new(len);
@@ -131,13 +129,13 @@ where
     let mut unreleased = 0;
     let release = |rx: &mut R| {
         rx.release().expect("release");
-        w.notify_if_needed(rx, chan).expect("notify");
+        notify_if(rx.take_notify(), chan).expect("notify");
     };
     while got < count {
         let frame = match mode {
             Mode::PerMessage => {
                 let f = fr.recv(rx, &mut buf).expect("recv");
-                w.notify_if_needed(rx, chan).expect("notify");
+                notify_if(rx.take_notify(), chan).expect("notify");
                 f
             }
             Mode::Batched => fr.recv_deferred(rx, &mut buf).expect("recv"),
@@ -158,8 +156,7 @@ where
                     release(rx);
                     unreleased = 0;
                 }
-                w.wait(rx, chan, Interest::Readable, TIMEOUT)
-                    .expect("data in time");
+                w.wait_readable(rx, chan, TIMEOUT).expect("data in time");
             }
         }
     }
@@ -189,8 +186,8 @@ fn stream<W, R>(
     mode: Mode,
 ) -> Duration
 where
-    W: RingWriter + pore_core::SharedRing,
-    R: RingReader + pore_core::SharedRing + Send,
+    W: RingWriter<Error = pore_ring::RingError>,
+    R: RingReader<Error = pore_ring::RingError> + Send,
 {
     let start_line = Barrier::new(2);
     std::thread::scope(|s| {
@@ -221,10 +218,10 @@ fn v2(c: &mut Criterion) {
     let info = active.info();
     let passive = Pore::open_passive(&d2, DomId(1), &info.refs, info.port).expect("map");
     // The granting side writes to the mapping side.
-    let (mut tx, _) = V2Ring::create(&active, geometry, &info.refs[1..])
+    let (mut tx, _) = V2Ring::active(&active, geometry, &info.refs[1..])
         .expect("create")
         .split();
-    let (_, mut rx) = V2Ring::attach(&passive).expect("attach").split();
+    let (_, mut rx) = V2Ring::passive(&passive).expect("attach").split();
     for mode in [Mode::PerMessage, Mode::Batched] {
         let mut group = c.benchmark_group(format!("v2 16 KiB, {}", mode.name()));
         group

@@ -10,13 +10,13 @@
 //! use pore_core::{loopback::Loopback, DomId, GrantRef, Grants, SharedMemory};
 //! use pore_ring::frame::{FrameReader, FrameWriter, Progress, Received};
 //! use pore_ring::v2::{V2Geometry, V2Ring};
-//! use pore_ring::RingWriter;
+//! use pore_ring::prelude::*;
 //!
 //! let xen = Loopback::new();
 //! let geometry = V2Geometry::new(0, 0)?;
 //! let pages = xen.domain(DomId(1)).grant(DomId(2), geometry.pages())?;
-//! let mut active = V2Ring::create(pages.view(), geometry, &[GrantRef(1), GrantRef(2)])?;
-//! let mut passive = V2Ring::attach(pages.view())?;
+//! let mut active = V2Ring::active(pages.view(), geometry, &[GrantRef(1), GrantRef(2)])?;
+//! let mut passive = V2Ring::passive(pages.view())?;
 //!
 //! let mut tx = FrameWriter::new(1024);
 //! // Batch: two frames, one publication.
@@ -105,7 +105,10 @@ impl FrameWriter {
     /// # Errors
     ///
     /// Ring errors.
-    pub fn flush<W: RingWriter + ?Sized>(&mut self, ring: &mut W) -> Result<bool, RingError> {
+    pub fn flush<W: RingWriter + ?Sized>(&mut self, ring: &mut W) -> Result<bool, W::Error>
+    where
+        W::Error: From<RingError>,
+    {
         if self.stash_len > 0 {
             let n = ring.write_deferred(&self.stash[..self.stash_len])?;
             self.stash.copy_within(n..self.stash_len, 0);
@@ -120,7 +123,10 @@ impl FrameWriter {
     /// # Errors
     ///
     /// Ring errors.
-    pub fn commit<W: RingWriter + ?Sized>(&mut self, ring: &mut W) -> Result<bool, RingError> {
+    pub fn commit<W: RingWriter + ?Sized>(&mut self, ring: &mut W) -> Result<bool, W::Error>
+    where
+        W::Error: From<RingError>,
+    {
         let all = self.flush(ring)?;
         ring.commit()?;
         Ok(all)
@@ -142,14 +148,18 @@ impl FrameWriter {
         &mut self,
         ring: &mut W,
         payload: &[u8],
-    ) -> Result<Progress, RingError> {
+    ) -> Result<Progress, W::Error>
+    where
+        W::Error: From<RingError>,
+    {
         if payload.len() > self.max {
-            return Err(RingError::InvalidInput("frame longer than the maximum"));
+            return Err(RingError::InvalidInput("frame longer than the maximum").into());
         }
         if self.pos != 0 && payload.len() != self.len {
             return Err(RingError::InvalidInput(
                 "a different payload while a frame is in progress",
-            ));
+            )
+            .into());
         }
         if self.coalesce {
             let total = HEADER_LEN + payload.len();
@@ -216,7 +226,10 @@ impl FrameWriter {
         &mut self,
         ring: &mut W,
         payload: &[u8],
-    ) -> Result<Progress, RingError> {
+    ) -> Result<Progress, W::Error>
+    where
+        W::Error: From<RingError>,
+    {
         let p = self.send_deferred(ring, payload)?;
         self.commit(ring)?;
         Ok(p)
@@ -313,7 +326,7 @@ impl FrameReader {
         &mut self,
         ring: &mut R,
         dst: &mut [u8],
-    ) -> Result<usize, RingError> {
+    ) -> Result<usize, R::Error> {
         let mut n = (self.carry_len - self.carry_pos).min(dst.len());
         if n > 0 {
             dst[..n].copy_from_slice(&self.carry[self.carry_pos..self.carry_pos + n]);
@@ -343,7 +356,10 @@ impl FrameReader {
         &mut self,
         ring: &mut R,
         buf: &mut [u8],
-    ) -> Result<Option<Received>, RingError> {
+    ) -> Result<Option<Received>, R::Error>
+    where
+        R::Error: From<RingError>,
+    {
         loop {
             match self.state {
                 State::Header { got } => {
@@ -383,7 +399,8 @@ impl FrameReader {
                         return Err(RingError::BufferTooSmall {
                             len,
                             cap: buf.len(),
-                        });
+                        }
+                        .into());
                     }
                     let n = self.pull(ring, &mut buf[got..len])?;
                     if got + n < len {
@@ -426,7 +443,10 @@ impl FrameReader {
         &mut self,
         ring: &mut R,
         buf: &mut [u8],
-    ) -> Result<Option<Received>, RingError> {
+    ) -> Result<Option<Received>, R::Error>
+    where
+        R::Error: From<RingError>,
+    {
         let r = self.recv_deferred(ring, buf);
         ring.release()?;
         r
@@ -440,6 +460,7 @@ mod tests {
     use crate::testutil::{cases, max_ops, Guarded};
     use crate::v2::{V2Geometry, V2Ring};
     use crate::xenstore::XenstoreRing;
+    use crate::DuplexRing;
     use pore_core::GrantRef;
     use proptest::prelude::*;
     use std::vec;
@@ -447,7 +468,7 @@ mod tests {
 
     /// Sends `frames` through `w`→`r`, interleaving, with reader buffer `cap` and maximum `max`;
     /// returns what was received.
-    fn pump<W: RingWriter, R: RingReader>(
+    fn pump<W: RingWriter<Error = RingError>, R: RingReader<Error = RingError>>(
         w: &mut W,
         r: &mut R,
         frames: &[Vec<u8>],
@@ -456,7 +477,7 @@ mod tests {
         pump_with(FrameWriter::new(usize::MAX), w, r, frames, max)
     }
 
-    fn pump_with<W: RingWriter, R: RingReader>(
+    fn pump_with<W: RingWriter<Error = RingError>, R: RingReader<Error = RingError>>(
         mut fw: FrameWriter,
         w: &mut W,
         r: &mut R,
@@ -606,8 +627,8 @@ mod tests {
         fn v2_frames(sizes in proptest::collection::vec(0usize..if cfg!(miri) { 6000 } else { 12000 }, 1..max_ops(12)), max in 1usize..9000, coalesce in any::<bool>()) {
             let geo = V2Geometry::new(0, 0).unwrap();
             let g = Guarded::new(geo.region_len());
-            let mut a = V2Ring::create(g.view(), geo, &[GrantRef(1), GrantRef(2)]).unwrap();
-            let mut p = V2Ring::attach(g.view()).unwrap();
+            let mut a = V2Ring::active(g.view(), geo, &[GrantRef(1), GrantRef(2)]).unwrap();
+            let mut p = V2Ring::passive(g.view()).unwrap();
             let frames: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n]).collect();
             let fw = if coalesce { FrameWriter::coalescing(usize::MAX) } else { FrameWriter::new(usize::MAX) };
             let got = pump_with(fw, a.writer(), p.reader(), &frames, max);
@@ -638,7 +659,7 @@ mod tests {
             let mut buf = vec![0u8; max];
             let mut off = 0;
             while off < bytes.len() {
-                off += c.write(&bytes[off..]).unwrap();
+                off += c.writer().write(&bytes[off..]).unwrap();
                 while let Some(r) = fr.recv(s.reader(), &mut buf).unwrap() {
                     if let Received::Frame(n) = r { prop_assert!(n <= max); }
                 }

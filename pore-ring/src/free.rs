@@ -143,6 +143,8 @@ impl<A: SharedAccess> ByteProducer<A> {
 }
 
 impl<A: SharedAccess> RingWriter for ByteProducer<A> {
+    type Error = RingError;
+
     fn capacity(&self) -> usize {
         self.lay.size as usize
     }
@@ -318,6 +320,8 @@ impl<A: SharedAccess> ByteConsumer<A> {
 }
 
 impl<A: SharedAccess> RingReader for ByteConsumer<A> {
+    type Error = RingError;
+
     fn capacity(&self) -> usize {
         self.lay.size as usize
     }
@@ -409,6 +413,3 @@ impl<A: SharedAccess> RingReader for ByteConsumer<A> {
         self.broken.get()
     }
 }
-
-crate::impl_shared_ring_for_writer!(ByteProducer);
-crate::impl_shared_ring_for_reader!(ByteConsumer);

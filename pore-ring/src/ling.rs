@@ -12,7 +12,8 @@
 //! no batching benefit beyond the copies).
 //!
 //! ```
-//! use pore_core::{loopback::Loopback, DomId, Grants, SharedMemory, SharedRing};
+//! use pore_core::{loopback::Loopback, DomId, Grants, SharedMemory};
+//! use pore_ring::prelude::*;
 //! use pore_ring::ling::{LingRing, LING_REGION};
 //!
 //! let xen = Loopback::new();
@@ -20,10 +21,10 @@
 //! assert_eq!(pages.len(), LING_REGION);
 //! let mut granter = LingRing::active(pages.view())?;
 //! let mut mapper = LingRing::passive(pages.view())?;
-//! granter.write(b"ping")?;
+//! granter.writer().write(b"ping")?;
 //! let mut buf = [0u8; 8];
-//! assert_eq!(mapper.read(&mut buf)?, 4);
-//! assert!(mapper.take_notify(), "LING pokes after every read");
+//! assert_eq!(mapper.reader().read(&mut buf)?, 4);
+//! assert!(mapper.reader().take_notify(), "LING pokes after every read");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -34,7 +35,7 @@ use core::sync::atomic::Ordering;
 use pore_core::{SharedAccess, PAGE_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::{RingError, RingReader, RingWriter};
+use crate::{DuplexRing, RingError, RingReader, RingWriter, Side};
 
 /// Pages of a LING straw (`NUM_STRAW_REFS`).
 pub const LING_PAGES: usize = 8;
@@ -85,15 +86,6 @@ const _: () = {
 };
 
 const SIZE: u32 = LING_RING_SIZE as u32;
-
-/// Which side of a LING straw we are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LingRole {
-    /// The granting side (`pore_straw:open/1`): writes `output`, reads `input`.
-    Active,
-    /// The mapping side (`pore_straw:open/3`): writes `input`, reads `output`.
-    Passive,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Dir {
@@ -177,6 +169,8 @@ impl<A: SharedAccess> LingProducer<A> {
 }
 
 impl<A: SharedAccess> RingWriter for LingProducer<A> {
+    type Error = RingError;
+
     fn capacity(&self) -> usize {
         LING_RING_SIZE - 1
     }
@@ -262,6 +256,8 @@ impl<A: SharedAccess> LingConsumer<A> {
 }
 
 impl<A: SharedAccess> RingReader for LingConsumer<A> {
+    type Error = RingError;
+
     fn capacity(&self) -> usize {
         LING_RING_SIZE - 1
     }
@@ -326,7 +322,7 @@ impl<A: SharedAccess> RingReader for LingConsumer<A> {
 
 /// One side of a LING straw: a producer on one ring and a consumer on the other.
 pub struct LingRing<A: SharedAccess> {
-    role: LingRole,
+    role: Side,
     pub(crate) tx: LingProducer<A>,
     pub(crate) rx: LingConsumer<A>,
 }
@@ -349,7 +345,7 @@ impl<A: SharedAccess + Clone> LingRing<A> {
     /// [`RingError::RegionTooSmall`], or [`RingError::BadIndex`] if the header holds an index
     /// `>= 16376`.
     pub fn active(mem: A) -> Result<Self, RingError> {
-        Self::new(mem, LingRole::Active)
+        Self::new(mem, Side::Active)
     }
 
     /// The mapping side. See [`LingRing::active`].
@@ -358,7 +354,7 @@ impl<A: SharedAccess + Clone> LingRing<A> {
     ///
     /// As for [`LingRing::active`].
     pub fn passive(mem: A) -> Result<Self, RingError> {
-        Self::new(mem, LingRole::Passive)
+        Self::new(mem, Side::Passive)
     }
 
     /// Our side of the straw `mem`, starting from the indices the header holds (zero on fresh
@@ -367,7 +363,7 @@ impl<A: SharedAccess + Clone> LingRing<A> {
     /// # Errors
     ///
     /// As for [`LingRing::active`].
-    pub fn new(mem: A, role: LingRole) -> Result<Self, RingError> {
+    pub fn new(mem: A, role: Side) -> Result<Self, RingError> {
         if mem.len() < LING_REGION {
             return Err(RingError::RegionTooSmall {
                 need: LING_REGION,
@@ -385,8 +381,8 @@ impl<A: SharedAccess + Clone> LingRing<A> {
             cons: IN_CONS,
         };
         let (tx, rx) = match role {
-            LingRole::Active => (output, input),
-            LingRole::Passive => (input, output),
+            Side::Active => (output, input),
+            Side::Passive => (input, output),
         };
         let tx_prod = load_index(&mem, tx.prod, "producer")?;
         let tx_cons = load_index(&mem, tx.cons, "consumer")?;
@@ -414,39 +410,37 @@ impl<A: SharedAccess + Clone> LingRing<A> {
             },
         })
     }
-
-    /// Splits into the producer and the consumer half.
-    pub fn split(self) -> (LingProducer<A>, LingConsumer<A>) {
-        (self.tx, self.rx)
-    }
 }
 
 impl<A: SharedAccess> LingRing<A> {
     /// Our role.
-    pub fn role(&self) -> LingRole {
+    pub fn role(&self) -> Side {
         self.role
-    }
-
-    /// The producer half.
-    pub fn writer(&mut self) -> &mut LingProducer<A> {
-        &mut self.tx
-    }
-
-    /// The consumer half.
-    pub fn reader(&mut self) -> &mut LingConsumer<A> {
-        &mut self.rx
     }
 }
 
-crate::impl_shared_ring_for_writer!(LingProducer);
-crate::impl_shared_ring_for_reader!(LingConsumer);
-crate::impl_shared_ring_for_pair!(LingRing);
+impl<A: SharedAccess> DuplexRing for LingRing<A> {
+    type Writer = LingProducer<A>;
+    type Reader = LingConsumer<A>;
+
+    fn writer(&mut self) -> &mut LingProducer<A> {
+        &mut self.tx
+    }
+
+    fn reader(&mut self) -> &mut LingConsumer<A> {
+        &mut self.rx
+    }
+
+    fn split(self) -> (LingProducer<A>, LingConsumer<A>) {
+        (self.tx, self.rx)
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::{cases, max_ops, Guarded};
-    use pore_core::{Error as _, ErrorKind, SharedRing};
+    use pore_core::{Error as _, ErrorKind};
     use proptest::prelude::*;
     use std::collections::VecDeque;
     use std::vec;
@@ -475,25 +469,25 @@ mod tests {
         let mut a = LingRing::active(v).unwrap();
         let mut p = LingRing::passive(v).unwrap();
         let big = vec![3u8; 20000];
-        assert_eq!(SharedRing::write(&mut a, &big).unwrap(), 16375);
+        assert_eq!(a.writer().write(&big).unwrap(), 16375);
         // The granting side wrote `output` and `out_prod`.
         assert_eq!(v.load_u32(OUT_PROD, Ordering::Relaxed), 16375);
         assert_eq!(v.load_u8(OUTPUT, Ordering::Relaxed), 3);
         assert_eq!(v.load_u32(IN_PROD, Ordering::Relaxed), 0);
-        assert!(SharedRing::take_notify(&mut a));
+        assert!(a.take_notify());
         let mut buf = vec![0u8; 20000];
-        assert_eq!(SharedRing::read(&mut p, &mut buf).unwrap(), 16375);
+        assert_eq!(p.reader().read(&mut buf).unwrap(), 16375);
         assert_eq!(v.load_u32(OUT_CONS, Ordering::Relaxed), 16375);
         // Wrap around.
-        assert_eq!(SharedRing::write(&mut a, &big[..100]).unwrap(), 100);
+        assert_eq!(a.writer().write(&big[..100]).unwrap(), 100);
         assert_eq!(v.load_u32(OUT_PROD, Ordering::Relaxed), 99);
-        assert_eq!(SharedRing::read(&mut p, &mut buf).unwrap(), 100);
+        assert_eq!(p.reader().read(&mut buf).unwrap(), 100);
         // The mapping side writes `input`.
-        assert_eq!(SharedRing::write(&mut p, b"back").unwrap(), 4);
+        assert_eq!(p.writer().write(b"back").unwrap(), 4);
         assert_eq!(v.load_u32(IN_PROD, Ordering::Relaxed), 4);
-        assert_eq!(SharedRing::read(&mut a, &mut buf).unwrap(), 4);
+        assert_eq!(a.reader().read(&mut buf).unwrap(), 4);
         assert_eq!(&buf[..4], b"back");
-        assert_eq!(a.role(), LingRole::Active);
+        assert_eq!(a.role(), Side::Active);
         g.assert_guards();
     }
 
@@ -504,11 +498,11 @@ mod tests {
         let mut a = LingRing::active(v).unwrap();
         v.store_u32(IN_PROD, 16376, Ordering::Relaxed);
         let mut buf = [0u8; 8];
-        let e = SharedRing::read(&mut a, &mut buf).unwrap_err();
+        let e = a.reader().read(&mut buf).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol);
-        assert_eq!(SharedRing::read(&mut a, &mut buf), Err(RingError::Broken));
+        assert_eq!(a.reader().read(&mut buf), Err(RingError::Broken));
         v.store_u32(OUT_CONS, u32::MAX, Ordering::Relaxed);
-        assert!(SharedRing::writable(&a).is_err());
+        assert!(a.writer().writable().is_err());
         // A passive side opening over a garbage header refuses it.
         assert!(LingRing::passive(v).is_err());
         g.assert_guards();
@@ -539,12 +533,12 @@ mod tests {
                 let (w, r, model) = if a_to_p { (&mut a, &mut p, &mut out) } else { (&mut p, &mut a, &mut inp) };
                 if write {
                     let data: Vec<u8> = (0..len).map(|_| { counter = counter.wrapping_add(1); counter }).collect();
-                    let n = SharedRing::write(w, &data).unwrap();
+                    let n = w.writer().write(&data).unwrap();
                     prop_assert_eq!(n, len.min(LING_RING_SIZE - 1 - model.len()));
                     model.extend(&data[..n]);
                 } else {
                     let mut buf = vec![0u8; len];
-                    let n = SharedRing::read(r, &mut buf).unwrap();
+                    let n = r.reader().read(&mut buf).unwrap();
                     prop_assert_eq!(n, len.min(model.len()));
                     let want: Vec<u8> = model.drain(..n).collect();
                     prop_assert_eq!(&buf[..n], &want[..]);
@@ -566,8 +560,8 @@ mod tests {
                 match op {
                     0 => v.store_u32(IN_PROD, value, Ordering::Relaxed),
                     1 => v.store_u32(OUT_CONS, value, Ordering::Relaxed),
-                    2 => { if let Ok(n) = SharedRing::write(&mut a, &buf[..len]) { prop_assert!(n <= len); } }
-                    _ => { if let Ok(n) = SharedRing::read(&mut a, &mut buf[..len]) { prop_assert!(n <= len); } }
+                    2 => { if let Ok(n) = a.writer().write(&buf[..len]) { prop_assert!(n <= len); } }
+                    _ => { if let Ok(n) = a.reader().read(&mut buf[..len]) { prop_assert!(n <= len); } }
                 }
             }
             g.assert_guards();

@@ -33,25 +33,25 @@
 //!
 //! # Setting up
 //!
-//! The active side grants `1 + data pages` zeroed pages and calls [`V2Ring::create`] with the
+//! The active side grants `1 + data pages` zeroed pages and calls [`V2Ring::active`] with the
 //! data pages' refs: it zeroes the indices and flags, writes orders, version, live bytes and the
 //! refs, and stores the magic last (release). It tells the peer only the control page's ref
 //! (D15). The passive side maps the control page, reads the geometry with
 //! [`V2Geometry::read`] and the refs with [`read_grants`] (both validate what they find), maps
-//! the whole region contiguously (control + data), and calls [`V2Ring::attach`], which
+//! the whole region contiguously (control + data), and calls [`V2Ring::passive`], which
 //! validates the header again against the region and sets `passive_live = 1`.
 //!
 //! ```
-//! use pore_core::{loopback::Loopback, DomId, GrantRef, Grants, SharedMemory, SharedRing};
+//! use pore_core::{loopback::Loopback, DomId, GrantRef, Grants, SharedMemory};
+//! use pore_ring::prelude::*;
 //! use pore_ring::v2::{V2Geometry, V2Ring};
-//! use pore_ring::RingWriter;
 //!
 //! let xen = Loopback::new();
 //! let geometry = V2Geometry::new(1, 0)?; // 2 pages a2p, 1 page p2a
 //! let pages = xen.domain(DomId(1)).grant(DomId(2), geometry.pages())?;
 //! let data_refs = [GrantRef(11), GrantRef(12), GrantRef(13)];
-//! let mut active = V2Ring::create(pages.view(), geometry, &data_refs)?;
-//! let mut passive = V2Ring::attach(pages.view())?;
+//! let mut active = V2Ring::active(pages.view(), geometry, &data_refs)?;
+//! let mut passive = V2Ring::passive(pages.view())?;
 //!
 //! // Batched publication: three frames' bytes, one index store.
 //! for msg in [&b"one"[..], b"two", b"three"] {
@@ -60,7 +60,7 @@
 //! active.writer().commit()?;
 //! assert!(!active.take_notify(), "nobody asked to be woken");
 //! let mut buf = [0u8; 32];
-//! assert_eq!(passive.read(&mut buf)?, 11);
+//! assert_eq!(passive.reader().read(&mut buf)?, 11);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -71,7 +71,7 @@ use pore_core::{GrantRef, SharedAccess, PAGE_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::free::FreeLayout;
-use crate::{ByteConsumer, ByteProducer, RingError};
+use crate::{ByteConsumer, ByteProducer, DuplexRing, RingError, Side};
 
 /// The producer half of a v2 ring.
 pub type Producer<A> = ByteProducer<A>;
@@ -362,19 +362,10 @@ fn grants_of(
     Ok(n)
 }
 
-/// Which side of a v2 ring we are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum V2Role {
-    /// The granting side: writes a2p, reads p2a.
-    Active,
-    /// The mapping side: writes p2a, reads a2p.
-    Passive,
-}
-
 /// One side of a v2 ring: a producer on one direction and a consumer on the other.
 pub struct V2Ring<A: SharedAccess> {
     mem: A,
-    role: V2Role,
+    role: Side,
     geometry: V2Geometry,
     pub(crate) tx: ByteProducer<A>,
     pub(crate) rx: ByteConsumer<A>,
@@ -400,7 +391,7 @@ impl<A: SharedAccess + Clone> V2Ring<A> {
     ///
     /// [`RingError::RegionTooSmall`], or [`RingError::InvalidInput`] if `data_refs` does not
     /// have [`V2Geometry::data_pages`] entries.
-    pub fn create(mem: A, geometry: V2Geometry, data_refs: &[GrantRef]) -> Result<Self, RingError> {
+    pub fn active(mem: A, geometry: V2Geometry, data_refs: &[GrantRef]) -> Result<Self, RingError> {
         let need = geometry.region_len();
         if mem.len() < need {
             return Err(RingError::RegionTooSmall {
@@ -435,7 +426,7 @@ impl<A: SharedAccess + Clone> V2Ring<A> {
             tx: ByteProducer::new(mem.clone(), a2p, 0, 0),
             rx: ByteConsumer::new(mem.clone(), p2a, 0, 0),
             mem,
-            role: V2Role::Active,
+            role: Side::Active,
             geometry,
         })
     }
@@ -448,26 +439,26 @@ impl<A: SharedAccess + Clone> V2Ring<A> {
     /// [`RingError::BadHeader`] for garbage (magic, version, orders),
     /// [`RingError::RegionTooSmall`] if the region cannot hold the advertised data pages, or
     /// [`RingError::BadIndex`] if the indices found are inconsistent.
-    pub fn attach(mem: A) -> Result<Self, RingError> {
+    pub fn passive(mem: A) -> Result<Self, RingError> {
         let geometry = V2Geometry::read(&mem)?;
-        Self::attach_with(mem, geometry)
+        Self::passive_with(mem, geometry)
     }
 
-    /// As [`V2Ring::attach`], for a side that agreed the geometry elsewhere (a straw negotiates
+    /// As [`V2Ring::passive`], for a side that agreed the geometry elsewhere (a straw negotiates
     /// it in xenstore, and sized the mapping from it): the header is read once and a geometry
     /// other than `want` is refused, never attached with another size.
     ///
     /// # Errors
     ///
-    /// As for [`V2Ring::attach`], and [`RingError::BadHeader`] if the control page advertises
+    /// As for [`V2Ring::passive`], and [`RingError::BadHeader`] if the control page advertises
     /// another geometry.
-    pub fn attach_expecting(mem: A, want: V2Geometry) -> Result<Self, RingError> {
+    pub fn passive_expecting(mem: A, want: V2Geometry) -> Result<Self, RingError> {
         let geometry = V2Geometry::read(&mem)?;
         expect_geometry(geometry, want)?;
-        Self::attach_with(mem, geometry)
+        Self::passive_with(mem, geometry)
     }
 
-    fn attach_with(mem: A, geometry: V2Geometry) -> Result<Self, RingError> {
+    fn passive_with(mem: A, geometry: V2Geometry) -> Result<Self, RingError> {
         let need = geometry.region_len();
         if mem.len() < need {
             return Err(RingError::RegionTooSmall {
@@ -476,7 +467,7 @@ impl<A: SharedAccess + Clone> V2Ring<A> {
             });
         }
         let (a2p, p2a) = geometry.layouts();
-        // Our own indices start where the header says (zero after `create`); the peer's are
+        // Our own indices start where the header says (zero after `active`); the peer's are
         // validated against them.
         let a2p_cons = mem.load_u32(A2P_CONS, Ordering::Acquire);
         let a2p_prod = mem.load_u32(A2P_PROD, Ordering::Acquire);
@@ -499,20 +490,15 @@ impl<A: SharedAccess + Clone> V2Ring<A> {
             tx: ByteProducer::new(mem.clone(), p2a, p2a_prod, p2a_cons),
             rx: ByteConsumer::new(mem.clone(), a2p, a2p_cons, a2p_prod),
             mem,
-            role: V2Role::Passive,
+            role: Side::Passive,
             geometry,
         })
-    }
-
-    /// Splits into the producer and the consumer half (each `Send`, one per thread).
-    pub fn split(self) -> (Producer<A>, Consumer<A>) {
-        (self.tx, self.rx)
     }
 }
 
 impl<A: SharedAccess> V2Ring<A> {
     /// Our role.
-    pub fn role(&self) -> V2Role {
+    pub fn role(&self) -> Side {
         self.role
     }
 
@@ -521,20 +507,10 @@ impl<A: SharedAccess> V2Ring<A> {
         self.geometry
     }
 
-    /// The producer half.
-    pub fn writer(&mut self) -> &mut Producer<A> {
-        &mut self.tx
-    }
-
-    /// The consumer half.
-    pub fn reader(&mut self) -> &mut Consumer<A> {
-        &mut self.rx
-    }
-
     fn live_offsets(&self) -> (usize, usize) {
         match self.role {
-            V2Role::Active => (ACTIVE_LIVE, PASSIVE_LIVE),
-            V2Role::Passive => (PASSIVE_LIVE, ACTIVE_LIVE),
+            Side::Active => (ACTIVE_LIVE, PASSIVE_LIVE),
+            Side::Passive => (PASSIVE_LIVE, ACTIVE_LIVE),
         }
     }
 
@@ -549,23 +525,31 @@ impl<A: SharedAccess> V2Ring<A> {
         self.mem
             .store_u8(self.live_offsets().0, value, Ordering::Release)
     }
-
-    /// Whether the peer must be notified for what either half did since the last call.
-    pub fn take_notify(&mut self) -> bool {
-        let tx = crate::RingWriter::take_notify(&mut self.tx);
-        let rx = crate::RingReader::take_notify(&mut self.rx);
-        tx | rx
-    }
 }
 
-crate::impl_shared_ring_for_pair!(V2Ring);
+impl<A: SharedAccess> DuplexRing for V2Ring<A> {
+    type Writer = ByteProducer<A>;
+    type Reader = ByteConsumer<A>;
+
+    fn writer(&mut self) -> &mut ByteProducer<A> {
+        &mut self.tx
+    }
+
+    fn reader(&mut self) -> &mut ByteConsumer<A> {
+        &mut self.rx
+    }
+
+    fn split(self) -> (ByteProducer<A>, ByteConsumer<A>) {
+        (self.tx, self.rx)
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::{cases, max_ops, Guarded};
     use crate::{RingReader, RingWriter};
-    use pore_core::{Error as _, ErrorKind, Interest};
+    use pore_core::{Error as _, ErrorKind};
     use proptest::prelude::*;
     use std::collections::VecDeque;
     use std::vec;
@@ -582,19 +566,19 @@ mod tests {
         let geo = V2Geometry::new(2, 1).unwrap();
         let g = Guarded::new(geo.region_len());
         let v = g.view();
-        let a = V2Ring::create(v, geo, &refs(geo)).unwrap();
+        let a = V2Ring::active(v, geo, &refs(geo)).unwrap();
         assert_eq!(V2Geometry::read(&v).unwrap(), geo);
         let mut out = [GrantRef(0); 8];
         assert_eq!(read_grants(&v, &mut out).unwrap(), 6);
         assert_eq!(out[5], GrantRef(105));
         assert_eq!(a.peer_live(), LIVE_WAITING);
-        let p = V2Ring::attach(v).unwrap();
+        let p = V2Ring::passive(v).unwrap();
         assert_eq!(a.peer_live(), LIVE_CONNECTED);
         assert_eq!(p.peer_live(), LIVE_CONNECTED);
         p.set_live(LIVE_GONE);
         assert_eq!(a.peer_live(), LIVE_GONE);
         assert_eq!(p.geometry(), geo);
-        assert_eq!(p.role(), V2Role::Passive);
+        assert_eq!(p.role(), Side::Passive);
         assert_eq!(geo.pages(), 7);
         assert!(V2Geometry::new(9, 0).is_err());
         assert_eq!(
@@ -611,7 +595,7 @@ mod tests {
         let geo = V2Geometry::new(1, 0).unwrap();
         let g = Guarded::new(geo.region_len());
         let v = g.view();
-        V2Ring::create(v, geo, &refs(geo)).unwrap();
+        V2Ring::active(v, geo, &refs(geo)).unwrap();
         let mut out = [GrantRef(0); 3];
         assert_eq!(read_grants_expecting(&v, geo, &mut out).unwrap(), 3);
         assert_eq!(out, [GrantRef(100), GrantRef(101), GrantRef(102)]);
@@ -625,11 +609,11 @@ mod tests {
                 Err(RingError::BadHeader(_))
             ));
             assert!(matches!(
-                V2Ring::attach_expecting(v, want),
+                V2Ring::passive_expecting(v, want),
                 Err(RingError::BadHeader(_))
             ));
             // Plain attach follows whatever the header says.
-            assert_eq!(V2Ring::attach(v).unwrap().geometry(), found);
+            assert_eq!(V2Ring::passive(v).unwrap().geometry(), found);
         }
         g.assert_guards();
     }
@@ -639,26 +623,26 @@ mod tests {
         let geo = V2Geometry::new(1, 1).unwrap();
         let g = Guarded::new(geo.region_len());
         let v = g.view();
-        assert!(matches!(V2Ring::attach(v), Err(RingError::BadHeader(_))));
-        V2Ring::create(v, geo, &refs(geo)).unwrap();
+        assert!(matches!(V2Ring::passive(v), Err(RingError::BadHeader(_))));
+        V2Ring::active(v, geo, &refs(geo)).unwrap();
         v.store_u32(A2P_ORDER, 30, Ordering::Relaxed);
-        assert!(matches!(V2Ring::attach(v), Err(RingError::BadHeader(_))));
+        assert!(matches!(V2Ring::passive(v), Err(RingError::BadHeader(_))));
         v.store_u32(A2P_ORDER, 8, Ordering::Relaxed);
         assert!(matches!(
-            V2Ring::attach(v),
+            V2Ring::passive(v),
             Err(RingError::RegionTooSmall { .. })
         ));
         v.store_u32(A2P_ORDER, 1, Ordering::Relaxed);
         v.store_u32(VERSION, 2, Ordering::Relaxed);
-        assert!(matches!(V2Ring::attach(v), Err(RingError::BadHeader(_))));
+        assert!(matches!(V2Ring::passive(v), Err(RingError::BadHeader(_))));
         v.store_u32(VERSION, 1, Ordering::Relaxed);
         v.store_u32(A2P_PROD, 1 << 20, Ordering::Relaxed);
-        assert_eq!(V2Ring::attach(v).unwrap_err().kind(), ErrorKind::Protocol);
+        assert_eq!(V2Ring::passive(v).unwrap_err().kind(), ErrorKind::Protocol);
         v.store_u32(A2P_PROD, 0, Ordering::Relaxed);
-        assert!(V2Ring::attach(v).is_ok());
-        assert!(V2Ring::create(v, geo, &[]).is_err());
+        assert!(V2Ring::passive(v).is_ok());
+        assert!(V2Ring::active(v, geo, &[]).is_err());
         let small = Guarded::new(4096);
-        assert!(V2Ring::create(small.view(), geo, &refs(geo)).is_err());
+        assert!(V2Ring::active(small.view(), geo, &refs(geo)).is_err());
         g.assert_guards();
     }
 
@@ -667,8 +651,8 @@ mod tests {
         let geo = V2Geometry::new(0, 0).unwrap();
         let g = Guarded::new(geo.region_len());
         let v = g.view();
-        let (mut atx, mut arx) = V2Ring::create(v, geo, &refs(geo)).unwrap().split();
-        let (mut ptx, mut prx) = V2Ring::attach(v).unwrap().split();
+        let (mut atx, mut arx) = V2Ring::active(v, geo, &refs(geo)).unwrap().split();
+        let (mut ptx, mut prx) = V2Ring::passive(v).unwrap().split();
         let _ = (&mut ptx, &mut arx);
         // Nobody waits: no events.
         atx.write(b"abc").unwrap();
@@ -700,7 +684,6 @@ mod tests {
         let big = vec![1u8; 5000];
         while atx.write(&big).unwrap() > 0 {}
         assert!(!RingWriter::prepare_wait(&mut atx).unwrap());
-        assert!(pore_core::SharedRing::prepare_wait(&mut atx, Interest::Readable).is_err());
         assert_eq!(prx.read(&mut buf).unwrap(), 8);
         // Threshold: a waiting producer is woken once half the ring is free, not before.
         assert!(!RingReader::take_notify(&mut prx));
@@ -719,24 +702,19 @@ mod tests {
         let geo = V2Geometry::new(0, 0).unwrap();
         let g = Guarded::new(geo.region_len());
         let v = g.view();
-        let mut a = V2Ring::create(v, geo, &refs(geo)).unwrap();
+        let mut a = V2Ring::active(v, geo, &refs(geo)).unwrap();
         let mut buf = [0u8; 64];
         // Claims more than a ring's worth of data.
         v.store_u32(P2A_PROD, 4097, Ordering::Relaxed);
         assert_eq!(
-            pore_core::SharedRing::read(&mut a, &mut buf)
-                .unwrap_err()
-                .kind(),
+            a.reader().read(&mut buf).unwrap_err().kind(),
             ErrorKind::Protocol
         );
-        assert_eq!(
-            pore_core::SharedRing::read(&mut a, &mut buf),
-            Err(RingError::Broken)
-        );
+        assert_eq!(a.reader().read(&mut buf), Err(RingError::Broken));
         // Consumes bytes we never published.
         v.store_u32(A2P_CONS, 10, Ordering::Relaxed);
         assert_eq!(
-            pore_core::SharedRing::writable(&a).unwrap_err().kind(),
+            a.writer().writable().unwrap_err().kind(),
             ErrorKind::Protocol
         );
         assert!(a.writer().is_broken());
@@ -748,8 +726,8 @@ mod tests {
         let geo = V2Geometry::new(0, 0).unwrap();
         let g = Guarded::new(geo.region_len());
         let v = g.view();
-        let (mut tx, _) = V2Ring::create(v, geo, &refs(geo)).unwrap().split();
-        let (_, mut rx) = V2Ring::attach(v).unwrap().split();
+        let (mut tx, _) = V2Ring::active(v, geo, &refs(geo)).unwrap().split();
+        let (_, mut rx) = V2Ring::passive(v).unwrap().split();
         let total: usize = if cfg!(miri) { 3_000 } else { 1_000_000 };
         std::thread::scope(|s| {
             s.spawn(move || {
@@ -786,8 +764,8 @@ mod tests {
             let geo = V2Geometry::new(1, 0).unwrap();
             let g = Guarded::new(geo.region_len());
             let v = g.view();
-            let mut a = V2Ring::create(v, geo, &refs(geo)).unwrap();
-            let mut p = V2Ring::attach(v).unwrap();
+            let mut a = V2Ring::active(v, geo, &refs(geo)).unwrap();
+            let mut p = V2Ring::passive(v).unwrap();
             // Per direction: (published bytes, staged bytes, read-but-unreleased count)
             let mut models = [(VecDeque::new(), Vec::new(), 0usize), (VecDeque::new(), Vec::new(), 0usize)];
             let sizes = [geo.a2p_bytes(), geo.p2a_bytes()];
@@ -827,7 +805,7 @@ mod tests {
             let geo = V2Geometry::new(1, 0).unwrap();
             let g = Guarded::new(geo.region_len());
             let v = g.view();
-            let mut a = V2Ring::create(v, geo, &refs(geo)).unwrap();
+            let mut a = V2Ring::active(v, geo, &refs(geo)).unwrap();
             let mut buf = vec![0u8; 9000];
             for (op, value, len) in ops {
                 let value = if value % 4 == 0 { value } else { value % 16384 };
@@ -835,8 +813,8 @@ mod tests {
                     0 => v.store_u32(P2A_PROD, value, Ordering::Relaxed),
                     1 => v.store_u32(A2P_CONS, value, Ordering::Relaxed),
                     2 => v.store_u8(A2P_WANT_WRITE, value as u8, Ordering::Relaxed),
-                    3 => { if let Ok(n) = pore_core::SharedRing::write(&mut a, &buf[..len]) { prop_assert!(n <= len); } }
-                    _ => { if let Ok(n) = pore_core::SharedRing::read(&mut a, &mut buf[..len]) { prop_assert!(n <= len); } }
+                    3 => { if let Ok(n) = a.writer().write(&buf[..len]) { prop_assert!(n <= len); } }
+                    _ => { if let Ok(n) = a.reader().read(&mut buf[..len]) { prop_assert!(n <= len); } }
                 }
             }
             g.assert_guards();

@@ -11,6 +11,7 @@
 //!
 //! ```
 //! use pore_core::{loopback::Loopback, DomId, Grants, SharedMemory};
+//! use pore_ring::prelude::*;
 //! use pore_ring::xenstore::XenstoreRing;
 //!
 //! let xen = Loopback::new();
@@ -20,8 +21,8 @@
 //! let request = [7u8; 3000];
 //! let (mut sent, mut got, mut buf) = (0, 0, [0u8; 512]);
 //! while got < request.len() {
-//!     sent += client.write(&request[sent..])?;
-//!     got += server.read(&mut buf)?;
+//!     sent += client.writer().write(&request[sent..])?;
+//!     got += server.reader().read(&mut buf)?;
 //! }
 //! assert_eq!(sent, 3000);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -34,7 +35,7 @@ use pore_core::SharedAccess;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::free::FreeLayout;
-use crate::{ByteConsumer, ByteProducer, RingError};
+use crate::{ByteConsumer, ByteProducer, DuplexRing, RingError};
 
 /// Bytes of each of the two rings (`XENSTORE_RING_SIZE`).
 pub const XENSTORE_RING_SIZE: usize = 1024;
@@ -239,70 +240,12 @@ impl<A: SharedAccess + Clone> XenstoreRing<A> {
         *self = Self::new(self.mem.clone(), self.role)?;
         Ok(())
     }
-
-    /// Splits into the producer (requests for a client, replies for a server) and the consumer.
-    pub fn split(self) -> (ByteProducer<A>, ByteConsumer<A>) {
-        (self.tx, self.rx)
-    }
 }
 
 impl<A: SharedAccess> XenstoreRing<A> {
     /// Our role.
     pub fn role(&self) -> XsRole {
         self.role
-    }
-
-    /// Copies up to `buf.len()` bytes into our outgoing ring and publishes them.
-    ///
-    /// # Errors
-    ///
-    /// [`RingError::BadIndex`] / [`RingError::Broken`] if the peer broke the ring.
-    pub fn write(&mut self, buf: &[u8]) -> Result<usize, RingError> {
-        self.tx.write(buf)
-    }
-
-    /// Copies up to `buf.len()` bytes out of our incoming ring and releases them.
-    ///
-    /// # Errors
-    ///
-    /// [`RingError::BadIndex`] / [`RingError::Broken`] if the peer broke the ring.
-    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, RingError> {
-        self.rx.read(buf)
-    }
-
-    /// Bytes that can be read now.
-    ///
-    /// # Errors
-    ///
-    /// As for [`XenstoreRing::read`].
-    pub fn readable(&self) -> Result<usize, RingError> {
-        self.rx.readable()
-    }
-
-    /// Bytes that can be written now.
-    ///
-    /// # Errors
-    ///
-    /// As for [`XenstoreRing::write`].
-    pub fn writable(&self) -> Result<usize, RingError> {
-        self.tx.writable()
-    }
-
-    /// Whether the peer must be notified (a ring was updated since the last call); clears it.
-    pub fn take_notify(&mut self) -> bool {
-        let tx = self.tx.take_notify();
-        let rx = self.rx.take_notify();
-        tx | rx
-    }
-
-    /// The producer half.
-    pub fn writer(&mut self) -> &mut ByteProducer<A> {
-        &mut self.tx
-    }
-
-    /// The consumer half.
-    pub fn reader(&mut self) -> &mut ByteConsumer<A> {
-        &mut self.rx
     }
 
     /// `server_features` as the page holds it now.
@@ -342,13 +285,29 @@ impl<A: SharedAccess> XenstoreRing<A> {
     }
 }
 
-crate::impl_shared_ring_for_pair!(XenstoreRing);
+impl<A: SharedAccess> DuplexRing for XenstoreRing<A> {
+    type Writer = ByteProducer<A>;
+    type Reader = ByteConsumer<A>;
+
+    fn writer(&mut self) -> &mut ByteProducer<A> {
+        &mut self.tx
+    }
+
+    fn reader(&mut self) -> &mut ByteConsumer<A> {
+        &mut self.rx
+    }
+
+    fn split(self) -> (ByteProducer<A>, ByteConsumer<A>) {
+        (self.tx, self.rx)
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::{cases, max_ops, Guarded};
-    use pore_core::{Error as _, ErrorKind, SharedRing};
+    use crate::{RingReader, RingWriter};
+    use pore_core::{Error as _, ErrorKind};
     use proptest::prelude::*;
     use std::collections::VecDeque;
     use std::vec;
@@ -377,14 +336,14 @@ mod tests {
         let mut c = XenstoreRing::client(v).unwrap();
         let mut s = XenstoreRing::server(v).unwrap();
         let msg: Vec<u8> = (0..1024u32).map(|i| i as u8).collect();
-        assert_eq!(c.write(&msg).unwrap(), 1024);
-        assert_eq!(c.write(b"x").unwrap(), 0, "full");
+        assert_eq!(c.writer().write(&msg).unwrap(), 1024);
+        assert_eq!(c.writer().write(b"x").unwrap(), 0, "full");
         let mut buf = vec![0u8; 2000];
-        assert_eq!(s.read(&mut buf).unwrap(), 1024);
+        assert_eq!(s.reader().read(&mut buf).unwrap(), 1024);
         assert_eq!(&buf[..1024], &msg[..]);
-        assert_eq!(s.write(b"reply").unwrap(), 5);
+        assert_eq!(s.writer().write(b"reply").unwrap(), 5);
         assert!(s.take_notify());
-        assert_eq!(c.read(&mut buf).unwrap(), 5);
+        assert_eq!(c.reader().read(&mut buf).unwrap(), 5);
         assert_eq!(&buf[..5], b"reply");
         assert_eq!(
             v.load_u32(REQ_PROD, Ordering::Relaxed),
@@ -429,13 +388,13 @@ mod tests {
         let mut buf = [0u8; 64];
         // The server claims 2000 bytes of reply: more than the ring holds.
         v.store_u32(RSP_PROD, 2000, Ordering::Relaxed);
-        let e = c.read(&mut buf).unwrap_err();
+        let e = c.reader().read(&mut buf).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol);
-        assert_eq!(c.read(&mut buf), Err(RingError::Broken));
+        assert_eq!(c.reader().read(&mut buf), Err(RingError::Broken));
         // The request side is a separate half: the server fakes consumption we never published.
         v.store_u32(REQ_CONS, 77, Ordering::Relaxed);
-        assert!(c.writable().is_err());
-        assert!(SharedRing::write(&mut c, b"abc").is_err());
+        assert!(c.writer().writable().is_err());
+        assert!(c.writer().write(b"abc").is_err());
         g.assert_guards();
     }
 
@@ -456,12 +415,12 @@ mod tests {
                 let (w, r, model) = if to_server { (&mut c, &mut s, &mut req) } else { (&mut s, &mut c, &mut rsp) };
                 if write {
                     let data: Vec<u8> = (0..len).map(|_| { counter = counter.wrapping_add(1); counter }).collect();
-                    let n = w.write(&data).unwrap();
+                    let n = w.writer().write(&data).unwrap();
                     prop_assert_eq!(n, len.min(XENSTORE_RING_SIZE - model.len()));
                     model.extend(&data[..n]);
                 } else {
                     let mut buf = vec![0u8; len];
-                    let n = r.read(&mut buf).unwrap();
+                    let n = r.reader().read(&mut buf).unwrap();
                     prop_assert_eq!(n, len.min(model.len()));
                     let want: Vec<u8> = model.drain(..n).collect();
                     prop_assert_eq!(&buf[..n], &want[..]);
@@ -482,8 +441,8 @@ mod tests {
                 match op {
                     0 => v.store_u32(RSP_PROD, value, Ordering::Relaxed),
                     1 => v.store_u32(REQ_CONS, value, Ordering::Relaxed),
-                    2 => { let _ = c.write(&buf[..len]); }
-                    _ => { if let Ok(n) = c.read(&mut buf[..len]) { prop_assert!(n <= len); } }
+                    2 => { let _ = c.writer().write(&buf[..len]); }
+                    _ => { if let Ok(n) = c.reader().read(&mut buf[..len]) { prop_assert!(n <= len); } }
                 }
             }
             g.assert_guards();

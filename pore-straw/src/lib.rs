@@ -55,8 +55,6 @@ pub mod parse;
 #[cfg(feature = "std")]
 mod reasm;
 #[cfg(feature = "std")]
-mod spin;
-#[cfg(feature = "std")]
 pub mod straw;
 #[cfg(feature = "xenstore")]
 pub mod xenstore;

@@ -70,7 +70,7 @@ impl Ahead {
     }
 
     /// Fills `dst` from the read-ahead bytes, then from the ring; returns how many.
-    fn pull<R: RingReader + ?Sized>(
+    fn pull<R: RingReader<Error = RingError> + ?Sized>(
         &mut self,
         ring: &mut R,
         dst: &mut [u8],
@@ -136,7 +136,7 @@ impl Reassembler {
     /// larger than the ring streams through it over several calls). `Ok(None)`: more bytes are
     /// needed; call until it returns `Ok(None)` before waiting on the ring (a whole frame may
     /// sit in the read-ahead while the ring is empty).
-    pub(crate) fn recv<R: RingReader + ?Sized>(
+    pub(crate) fn recv<R: RingReader<Error = RingError> + ?Sized>(
         &mut self,
         ring: &mut R,
     ) -> Result<Option<Got>, RingError> {
@@ -148,7 +148,7 @@ impl Reassembler {
         Ok(got)
     }
 
-    fn recv_deferred<R: RingReader + ?Sized>(
+    fn recv_deferred<R: RingReader<Error = RingError> + ?Sized>(
         &mut self,
         ring: &mut R,
     ) -> Result<Option<Got>, RingError> {

@@ -62,8 +62,8 @@ use pore_ring::frame::FrameWriter;
 
 use crate::handshake::Role;
 use crate::reasm::Reassembler;
-use crate::spin::SpinBudget;
 use crate::{Endpoint, Format, Layout};
+use pore_ring::spin::SpinBudget;
 
 pub use self::error::{BackendError, StrawError};
 pub use self::mailbox::{parse_envelope, Mailbox};
@@ -96,7 +96,7 @@ pub struct StrawConfig {
     /// The longest a blocking call spins on the ring before it asks the peer for an event and
     /// sleeps (zero: sleep at once; no spin on a single CPU). A peer that answers within the
     /// spin costs neither side an event nor a sleep: the 64 KiB streaming bench runs 2–3×
-    /// faster with the default 20 µs than with none. The spin adapts (see the `spin` module):
+    /// faster with the default 20 µs than with none. The spin adapts (pore-ring's `spin::SpinBudget`):
     /// it yields the CPU between polling rounds, spins that keep running out shrink it down
     /// to none, and sleeps the peer ends early grow it back, so a peer that shares our CPU is
     /// not starved. An idle blocked call spins at most once per `slice`.

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use core::sync::atomic::Ordering;
 
 use pore_core::{Backend, EventChannel, Pore, SharedAccess};
+use pore_ring::prelude::*;
 use pore_ring::xenstore::{XenstoreDomainInterface, XenstoreRing};
 use pore_ring::{ByteConsumer, ByteProducer, RingError};
 

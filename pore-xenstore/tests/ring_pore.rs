@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use pore_core::loopback::Loopback;
 use pore_core::{DomId, Pore, SharedAccess};
+use pore_ring::prelude::*;
 use pore_ring::xenstore::XenstoreRing;
 use pore_xenstore::codec::{Parser, Progress, Request};
 use pore_xenstore::transport::RingTransport;
@@ -36,7 +37,7 @@ fn serve_ring<A: SharedAccess + Clone>(
     let mut buf = [0u8; 512];
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while served < n && std::time::Instant::now() < deadline {
-        let got = ring.read(&mut buf).unwrap();
+        let got = ring.reader().read(&mut buf).unwrap();
         let mut rest = &buf[..got];
         while !rest.is_empty() {
             let (used, p) = parser.feed(rest);
@@ -57,9 +58,9 @@ fn serve_ring<A: SharedAccess + Clone>(
             .to_bytes();
             let mut sent = 0;
             while sent < out.len() {
-                sent += ring.write(&out[sent..]).unwrap();
+                sent += ring.writer().write(&out[sent..]).unwrap();
                 if notify && ring.take_notify() {
-                    server.poke().unwrap();
+                    server.notify().unwrap();
                 }
                 if sent < out.len() {
                     std::thread::sleep(Duration::from_micros(50));

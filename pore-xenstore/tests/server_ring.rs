@@ -122,7 +122,7 @@ fn hostile_ring_hurts_no_one_else() {
     // The bad guest claims 5000 bytes of requests in a 1024-byte ring.
     let req_prod = core::mem::offset_of!(pore_ring::xenstore::XenstoreDomainInterface, req_prod);
     bad.store_u32(req_prod, 5000, Ordering::Release);
-    bad.poke().unwrap();
+    bad.notify().unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let error = core::mem::offset_of!(pore_ring::xenstore::XenstoreDomainInterface, error);
     assert_ne!(
@@ -151,7 +151,7 @@ fn oversized_message_from_a_guest_closes_only_its_ring() {
     bad.write_bytes(0, &hdr);
     let req_prod = core::mem::offset_of!(pore_ring::xenstore::XenstoreDomainInterface, req_prod);
     bad.store_u32(req_prod, 16, Ordering::Release);
-    bad.poke().unwrap();
+    bad.notify().unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let error = core::mem::offset_of!(pore_ring::xenstore::XenstoreDomainInterface, error);
     assert_eq!(

@@ -10,7 +10,7 @@ use pore_core::{
 };
 use pore_ring::ling::{LingConsumer, LingProducer, LingRing, LING_PAGES};
 use pore_ring::v2::{self, V2Geometry, V2Ring};
-use pore_ring::{RingError, RingReader, RingWriter};
+use pore_ring::{DuplexRing, RingError, RingReader, RingWriter};
 
 use crate::handshake::PoreGrant;
 use crate::Layout;
@@ -40,6 +40,8 @@ macro_rules! delegate {
 }
 
 impl<B: Backend> RingWriter for Tx<B> {
+    type Error = RingError;
+
     fn capacity(&self) -> usize {
         delegate!(Tx, self, r => r.capacity())
     }
@@ -64,6 +66,8 @@ impl<B: Backend> RingWriter for Tx<B> {
 }
 
 impl<B: Backend> RingReader for Rx<B> {
+    type Error = RingError;
+
     fn capacity(&self) -> usize {
         delegate!(Rx, self, r => r.capacity())
     }
@@ -163,7 +167,7 @@ pub fn open_passive_v2_all<B: Backend>(
     }
     arm_unmap_notify(&mut pore, Some(v2::PASSIVE_LIVE));
     let pore = Arc::new(pore);
-    let (tx, rx) = V2Ring::attach_expecting(pore.clone(), want)?.split();
+    let (tx, rx) = V2Ring::passive_expecting(pore.clone(), want)?.split();
     Ok(StrawPore {
         pore,
         tx: Tx::V2(tx),
@@ -248,7 +252,7 @@ pub fn open_active<B: Backend>(
             arm_unmap_notify(&mut pore, Some(v2::ACTIVE_LIVE));
             let info = pore.info();
             let pore = Arc::new(pore);
-            let ring = V2Ring::create(pore.clone(), g, &info.refs[1..])?;
+            let ring = V2Ring::active(pore.clone(), g, &info.refs[1..])?;
             let (tx, rx) = ring.split();
             let grant = PoreGrant {
                 refs: vec![info.refs[0]],
@@ -323,7 +327,7 @@ pub fn open_passive<B: Backend>(
                 Pore::open_passive(backend, peer, &all, port).map_err(StrawError::backend)?;
             arm_unmap_notify(&mut pore, Some(v2::PASSIVE_LIVE));
             let pore = Arc::new(pore);
-            let (tx, rx) = V2Ring::attach_expecting(pore.clone(), want)?.split();
+            let (tx, rx) = V2Ring::passive_expecting(pore.clone(), want)?.split();
             Ok(StrawPore {
                 pore,
                 tx: Tx::V2(tx),

@@ -14,8 +14,8 @@ use pore_ring::{RingError, RingReader};
 
 use crate::handshake::{Closed, HandshakeError, Input, Role};
 use crate::reasm::{Got, Reassembler, AHEAD};
-use crate::spin::SpinBudget;
 use crate::{Endpoint, Format, Layout};
+use pore_ring::spin::SpinBudget;
 
 use super::mailbox::MailboxTx;
 use super::open::*;
@@ -127,7 +127,7 @@ impl<B: Backend> Shared<B> {
     /// Spins (up to `budget`'s next spin, never past `deadline`) until `ready` says the ring
     /// has what we wait for: `true` if it did. Called before arming the ring's wake-up, so a
     /// peer that answers within the spin costs neither side an event nor a sleep (see
-    /// [`crate::spin`]).
+    /// [`pore_ring::spin`]).
     pub(super) fn spin_until(
         &self,
         budget: &SpinBudget,
@@ -171,7 +171,7 @@ impl<B: Backend> Shared<B> {
         self.stats.notifies.fetch_add(1, Ordering::Relaxed);
         let pore = lock(&self.pore).clone();
         match pore {
-            Some(p) => p.poke().map_err(StrawError::backend),
+            Some(p) => p.notify().map_err(StrawError::backend),
             None => Err(StrawError::Closed),
         }
     }
@@ -314,7 +314,7 @@ impl<B: Backend> Shared<B> {
         if let Some((mine, _)) = self.live {
             if let Some(p) = lock(&self.pore).as_ref() {
                 p.store_u8(mine, v2::LIVE_GONE, Ordering::Release);
-                let _ = p.poke();
+                let _ = p.notify();
             }
         }
         drop(lock(&self.tx).take());

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pore_core::{EventChannel, SharedAccess, SharedMemory, WaitOutcome};
+use pore_ring::prelude::*;
 use pore_ring::xenstore::XenstoreRing;
 use pore_ring::{ByteConsumer, ByteProducer};
 
