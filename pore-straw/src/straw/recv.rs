@@ -105,7 +105,7 @@ impl<B: Backend> Receiver<B> {
             rounds += 1;
             let r = st.framer.recv(&mut st.ring);
             if st.ring.take_notify() {
-                match self.sh.poke() {
+                match self.sh.notify() {
                     // A peer that is gone needs no wake-up, and what we just read (its last
                     // frame, its end of stream) is still ours: the next wait notices the loss.
                     Err(StrawError::PeerGone) | Ok(()) => {}

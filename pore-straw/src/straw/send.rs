@@ -117,7 +117,7 @@ impl<B: Backend> Sender<B> {
         drop(guard);
         let finished = r.map_err(|e| self.sh.ring_failed(e))?;
         if notify {
-            self.sh.poke()?;
+            self.sh.notify()?;
         }
         Ok(finished)
     }
@@ -278,7 +278,7 @@ impl<B: Backend> Sender<B> {
                 self.sh.end_sent.store(true, Ordering::Release);
             }
             if notify {
-                self.sh.poke()?;
+                self.sh.notify()?;
             }
             if done {
                 return Ok(());

@@ -167,7 +167,7 @@ impl<B: Backend> Shared<B> {
         lock(&self.bell.state).seq
     }
 
-    pub(super) fn poke(&self) -> Result<(), StrawError> {
+    pub(super) fn notify(&self) -> Result<(), StrawError> {
         self.stats.notifies.fetch_add(1, Ordering::Relaxed);
         let pore = lock(&self.pore).clone();
         match pore {

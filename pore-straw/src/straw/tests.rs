@@ -63,7 +63,7 @@ fn write_raw(s: &Straw<Lb>, bytes: &[u8]) {
         );
     }
     drop(g);
-    sh.poke().unwrap();
+    sh.notify().unwrap();
 }
 
 fn readable(s: &Straw<Lb>) -> usize {
