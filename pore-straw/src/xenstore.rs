@@ -156,6 +156,8 @@ impl Drop for XsAdapter {
     }
 }
 
+/// The strawman's classification of a client error (the machine needs no more; an error
+/// classified as `Other` is logged, the only place its details survive).
 fn map_err(e: &Error) -> StoreError {
     if e.is_not_found() {
         StoreError::NotFound
@@ -164,6 +166,7 @@ fn map_err(e: &Error) -> StoreError {
     } else if matches!(e, Error::Timeout) {
         StoreError::TimedOut
     } else {
+        tracing::debug!(error = %e, "straw: xenstore request failed");
         StoreError::Other
     }
 }
