@@ -113,10 +113,10 @@ pub fn drive_handshake(data: &[u8]) -> usize {
                     4 => Err(StoreError::NotFound),
                     5 => Err(StoreError::PermissionDenied),
                     6 => Err(StoreError::TimedOut),
-                    _ => Err(StoreError::Other),
+                    _ => Err(StoreError::Other(None)),
                 };
                 let reply = if exhausted {
-                    Err(StoreError::Other)
+                    Err(StoreError::Other(None))
                 } else {
                     reply
                 };

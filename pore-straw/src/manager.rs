@@ -896,7 +896,7 @@ where
                 let _ = self.store.perform(&StoreOp::Rm { path: probe });
                 false
             }
-            Err(StoreError::Other | StoreError::PermissionDenied) => true,
+            Err(StoreError::Other(_) | StoreError::PermissionDenied) => true,
             Err(_) => false,
         }
     }

@@ -155,7 +155,7 @@ impl Store {
                 Err(StoreError::PermissionDenied)
             };
         }
-        let p = parent(path).ok_or(StoreError::Other)?;
+        let p = parent(path).ok_or(StoreError::Other(None))?;
         if !self.nodes.contains_key(p) {
             if p.starts_with("/local/domain/") && p.matches('/').count() == 3 {
                 return Err(StoreError::NotFound); // no such domain
@@ -195,8 +195,10 @@ impl Store {
             },
             StoreOp::Write { path, value } => {
                 self.create(dom, path)?;
-                self.nodes.get_mut(path).ok_or(StoreError::Other)?.value =
-                    value.as_bytes().to_vec();
+                self.nodes
+                    .get_mut(path)
+                    .ok_or(StoreError::Other(None))?
+                    .value = value.as_bytes().to_vec();
                 fired.push(path.clone());
                 Ok(StoreReply::Done)
             }
@@ -250,7 +252,10 @@ impl Store {
                         Err(StoreError::PermissionDenied)
                     }
                     Some(_) => {
-                        self.nodes.get_mut(path).ok_or(StoreError::Other)?.perms = perms.clone();
+                        self.nodes
+                            .get_mut(path)
+                            .ok_or(StoreError::Other(None))?
+                            .perms = perms.clone();
                         fired.push(path.clone());
                         Ok(StoreReply::Done)
                     }
@@ -288,7 +293,7 @@ impl Store {
                         op,
                         StoreOp::Transaction(_) | StoreOp::Watch { .. } | StoreOp::Unwatch { .. }
                     ) {
-                        return Err(StoreError::Other);
+                        return Err(StoreError::Other(None));
                     }
                     copy.apply(conn, dom, op, &mut f)?;
                 }
