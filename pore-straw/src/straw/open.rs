@@ -10,7 +10,7 @@ use pore_core::{
 };
 use pore_ring::ling::{LingConsumer, LingProducer, LingRing, LING_PAGES};
 use pore_ring::v2::{self, V2Geometry, V2Ring};
-use pore_ring::{DuplexRing, RingError, RingReader, RingWriter};
+use pore_ring::{RingError, RingReader, RingWriter, SharedRing};
 
 use crate::handshake::PoreGrant;
 use crate::Layout;
