@@ -128,12 +128,14 @@ impl MemoryStore {
     }
 
     /// A new connection of `domid` (whose home [`MemoryStore::add_domain`] made). Its
-    /// watches deliver their events to it alone.
+    /// watches deliver their events to it alone, and go when its last clone is dropped.
     pub fn client(&self, domid: DomId) -> MemoryStoreClient {
         MemoryStoreClient {
-            store: self.clone(),
-            dom: domid,
-            conn: self.shared.next_conn.fetch_add(1, Ordering::Relaxed),
+            conn: Arc::new(Conn {
+                store: self.clone(),
+                dom: domid,
+                id: self.shared.next_conn.fetch_add(1, Ordering::Relaxed),
+            }),
         }
     }
 
@@ -157,37 +159,54 @@ impl MemoryStore {
 }
 
 /// One connection of one domain to a [`MemoryStore`]: a [`StoreClient`] for a manager.
+/// Clones share the connection.
 #[derive(Debug, Clone)]
 pub struct MemoryStoreClient {
+    conn: Arc<Conn>,
+}
+
+#[derive(Debug)]
+struct Conn {
     store: MemoryStore,
     dom: DomId,
-    conn: u64,
+    id: u64,
+}
+
+/// A closed connection's watches and undelivered events go, as xenstored drops them.
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let mut st = self.store.lock();
+        st.watches.retain(|w| w.conn != self.id);
+        st.events.retain(|e| e.0 != self.id);
+    }
 }
 
 impl MemoryStoreClient {
     /// The domain this connection acts as.
     pub fn domid(&self) -> DomId {
-        self.dom
+        self.conn.dom
     }
 
     /// The store.
     pub fn store(&self) -> &MemoryStore {
-        &self.store
+        &self.conn.store
     }
 }
 
 impl StoreClient for MemoryStoreClient {
     fn perform(&self, op: &StoreOp) -> Result<StoreReply, StoreError> {
-        let r = self.store.lock().perform_on(self.conn, self.dom, op);
-        self.store.shared.changed.notify_all();
+        let c = &self.conn;
+        let r = c.store.lock().perform_on(c.id, c.dom, op);
+        c.store.shared.changed.notify_all();
         r
     }
 
     fn next_event(&self, timeout: Duration) -> Option<WatchEvent> {
         let end = Instant::now() + timeout;
-        let mut st = self.store.lock();
+        let store = &self.conn.store;
+        let mut st = store.lock();
         loop {
-            if let Some(i) = st.events.iter().position(|e| e.0 == self.conn) {
+            if let Some(i) = st.events.iter().position(|e| e.0 == self.conn.id) {
                 let (_, path, token) = st.events.remove(i);
                 return Some(WatchEvent { path, token });
             }
@@ -195,13 +214,55 @@ impl StoreClient for MemoryStoreClient {
             if now >= end {
                 return None;
             }
-            st = self
-                .store
+            st = store
                 .shared
                 .changed
                 .wait_timeout(st, end - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(c: &MemoryStoreClient, path: &str) {
+        let op = StoreOp::Write {
+            path: path.to_string(),
+            value: "1".to_string(),
+        };
+        c.perform(&op).unwrap();
+    }
+
+    #[test]
+    fn watches_belong_to_their_connection_and_go_with_it() {
+        let store = MemoryStore::new();
+        store.add_domain(DomId(1));
+        let (a, c) = (store.client(DomId(1)), store.client(DomId(1)));
+        let b = a.clone();
+        let watch = StoreOp::Watch {
+            path: "/local/domain/1/data".to_string(),
+            token: "t".to_string(),
+        };
+        a.perform(&watch).unwrap();
+        // A watch fires once when set, for its connection alone (clones share it).
+        assert_eq!(c.next_event(Duration::ZERO), None);
+        assert_eq!(b.next_event(Duration::ZERO).unwrap().token, "t");
+        drop(a);
+        write(&c, "/local/domain/1/data/x");
+        let ev = b.next_event(Duration::ZERO).unwrap();
+        assert_eq!(ev.path, "/local/domain/1/data/x");
+        write(&c, "/local/domain/1/data/y");
+        drop(b);
+        assert!(store.lock().watches.is_empty());
+        assert!(
+            store.lock().events.is_empty(),
+            "undelivered events went too"
+        );
+        write(&c, "/local/domain/1/data/z");
+        assert!(store.lock().events.is_empty());
+        assert_eq!(store.read("/local/domain/1/data/z").as_deref(), Some("1"));
     }
 }
