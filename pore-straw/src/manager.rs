@@ -12,7 +12,9 @@
 //! directory disappears ends with [`StrawError::PeerGone`] (or end of stream after a
 //! graceful close), and the manager forgets it and removes its nodes.
 //!
-//! The manager reaches xenstore through the small [`StoreClient`] trait.
+//! The manager reaches xenstore through the small [`StoreClient`] trait; without a xenstored,
+//! through the in-memory store of [`crate::memstore`] (its docs show two managers on the
+//! loopback backend).
 //!
 //! # What a hostile domain can make a manager hold
 //!
@@ -62,8 +64,9 @@ pub struct WatchEvent {
 }
 
 /// The xenstore operations a manager needs, blocking and bounded (the client's own request
-/// timeout, D9). Implemented for pore-xenstore's client by an adapter; tests use an in-memory
-/// store.
+/// timeout, D9). Implemented for pore-xenstore's client (`xenstore::XsAdapter`, feature
+/// `xenstore`) and for the in-memory store ([`crate::memstore::MemoryStoreClient`], a manager
+/// without a xenstored).
 pub trait StoreClient: Send + Sync + 'static {
     /// Performs `op` (see [`StoreOp`] for transactions and best-effort perms). Watches
     /// registered here deliver their events through [`StoreClient::next_event`].
