@@ -549,6 +549,27 @@ where
         a
     }
 
+    /// Per peer domain, the straws it opened to us: how many are in the handshake (bounded by
+    /// [`ManagerConfig::max_knocks_per_domain`]) and how many are connected (unclaimed or
+    /// accepted). [`Accounting::by_domain`] has their sum; the fuzz target `straw_manager`
+    /// checks the split after every step. Only with the `fuzzing` feature: not part of the API.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn fuzz_knocks_by_domain(&self) -> BTreeMap<DomId, (usize, usize)> {
+        let st = lock(&self.inner.state);
+        let mut by = BTreeMap::<DomId, (usize, usize)>::new();
+        for ((peer, role), e) in &st.straws {
+            if *role == Role::Listener {
+                let n = by.entry(peer.domid).or_default();
+                match e.slot {
+                    Slot::Handshaking => n.0 += 1,
+                    Slot::Live(_) => n.1 += 1,
+                }
+            }
+        }
+        by
+    }
+
     /// Forgets the pages `domid` was counted to keep mapped
     /// ([`ManagerConfig::max_parked_pages_per_domain`]), e.g. once the domain is gone (its
     /// mappings went with it): its knocks are taken again.
