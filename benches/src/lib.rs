@@ -295,6 +295,67 @@ pub fn cell(rate: f64, size: usize) -> String {
     format!("{:.2} · {:.2}", rate / 1e6, rate * size as f64 / 1e9)
 }
 
+/// Zeroed pages from an anonymous shared `mmap`: memory outside every Rust allocation, like a
+/// backend's mapping of a peer's pages, for benches that want pore-core's foreign-memory path.
+pub struct MmapPages {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+    foreign: bool,
+}
+
+impl MmapPages {
+    /// `len` bytes (rounded up to pages by the kernel); `foreign` chooses what
+    /// [`pore_core::SharedMemory::is_foreign`] says, so the same kind of memory can be measured
+    /// with either copy.
+    pub fn new(len: usize, foreign: bool) -> Self {
+        use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing; nothing
+        // else refers to it.
+        let ptr = unsafe {
+            mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+            )
+        }
+        .expect("mmap");
+        MmapPages {
+            ptr: std::ptr::NonNull::new(ptr.cast()).expect("mmap is non-null"),
+            len,
+            foreign,
+        }
+    }
+}
+
+impl Drop for MmapPages {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`; views borrow `self`, so none outlives it.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+// SAFETY: an owned `mmap` region, valid for `len` bytes until drop, at an address that does
+// not move with the handle; outside every Rust allocation and touched only through pore-core's
+// views, so `is_foreign` may say so.
+unsafe impl pore_core::SharedMemory for MmapPages {
+    fn as_ptr(&self) -> std::ptr::NonNull<u8> {
+        self.ptr
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn is_foreign(&self) -> bool {
+        self.foreign
+    }
+}
+
+// SAFETY: the region is only reached through pore-core's views, whose accesses are atomic or
+// volatile; the handle itself is just an address and a length.
+unsafe impl Send for MmapPages {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for MmapPages {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
