@@ -936,7 +936,10 @@ fn main() {
         for who in [
             Who::V2,
             Who::V2LockOr,
+            Who::V2Foreign,
+            Who::V2ForeignPoll,
             Who::V2Batched,
+            Who::V2ForeignBatched,
             Who::V2At16K,
             Who::Ling,
             Who::Rtrb,

@@ -370,4 +370,53 @@ mod tests {
         assert_eq!(&buf[..3], &[7, 8, 9]);
         assert_eq!(p.feed(&bytes[7..], &[], &mut buf), (2, false));
     }
+
+    /// Cross-thread streaming through a v2 ring on foreign `mmap` pages (the wide volatile
+    /// copy, polling and wake-flag modes): every byte arrives in order, at every alignment the
+    /// odd write sizes produce. This exercises, on this machine, the ordering between volatile
+    /// body accesses and the index's release/acquire that `docs/volatile-copies.md` relies on.
+    #[test]
+    fn foreign_pages_stream_intact_across_threads() {
+        use pore_core::SharedMemory;
+        use pore_ring::prelude::*;
+        use pore_ring::v2::{V2Geometry, V2Ring};
+        const TOTAL: usize = 4 << 20;
+        let byte = |i: usize| (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+        for polling in [false, true] {
+            let geo = V2Geometry::symmetric_bytes(4096).expect("geometry");
+            let pages = MmapPages::new(geo.region_len(), true);
+            let view = pages.view();
+            assert!(view.is_foreign());
+            let refs: Vec<pore_core::GrantRef> = (0..geo.data_pages() as u32)
+                .map(pore_core::GrantRef)
+                .collect();
+            let mut a = V2Ring::active(view, geo, &refs).expect("active");
+            let mut p = V2Ring::passive(view).expect("passive");
+            a.set_polling(polling);
+            p.set_polling(polling);
+            let (mut tx, _) = a.split();
+            let (_, mut rx) = p.split();
+            std::thread::scope(|s| {
+                s.spawn(move || {
+                    let src: Vec<u8> = (0..TOTAL).map(byte).collect();
+                    let (mut sent, mut step) = (0, 1);
+                    while sent < TOTAL {
+                        let end = (sent + step).min(TOTAL);
+                        sent += tx.write(&src[sent..end]).expect("write");
+                        step = step % 1500 + 37;
+                    }
+                });
+                let mut buf = vec![0u8; 3000];
+                let (mut got, mut step) = (0, 1);
+                while got < TOTAL {
+                    let n = rx.read(&mut buf[..step]).expect("read");
+                    for (k, &b) in buf[..n].iter().enumerate() {
+                        assert_eq!(b, byte(got + k), "byte {} (polling {polling})", got + k);
+                    }
+                    got += n;
+                    step = step % 2900 + 53;
+                }
+            });
+        }
+    }
 }
