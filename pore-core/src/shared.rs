@@ -402,9 +402,10 @@ mod words {
 }
 
 /// The wide copy, for foreign memory only (`docs/volatile-copies.md`): volatile accesses of one
-/// vector register (16 bytes on x86-64 and AArch64, whose baselines have SSE2 and NEON; 8
-/// bytes elsewhere) in the aligned body, four per step, and naturally aligned volatile
-/// 1/2/4/8-byte accesses at the head and tail. The private side is read or written with
+/// vector register (16 bytes on x86-64 and AArch64, whose baselines have SSE2 and NEON; 32 on
+/// x86-64 with AVX, detected at run time with `std`, from 256 bytes on; 8 bytes elsewhere) in
+/// the aligned body, four per step, and naturally aligned volatile accesses of 1, 2, 4, …
+/// bytes at the head and tail. The private side is read or written with
 /// unaligned plain accesses. No atomic operation ever touches these bytes.
 mod wide {
     use core::ptr;
@@ -416,8 +417,10 @@ mod wide {
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     type Vector = u64;
 
-    /// Bytes of one body access.
-    pub(super) const VECTOR: usize = core::mem::size_of::<Vector>();
+    /// Copies at least this long use 32-byte AVX accesses where the CPU has AVX (x86-64 with
+    /// `std`, which detects it at run time); shorter ones are not worth the dispatch.
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    const AVX_FROM: usize = 256;
 
     /// One volatile load of a `T` from foreign `src` (aligned for `T`), stored unaligned into
     /// private `dst`.
@@ -448,16 +451,17 @@ mod wide {
         unsafe { ptr::write_volatile(dst.cast::<T>(), ptr::read_unaligned(src.cast::<T>())) }
     }
 
-    /// Copies `len` bytes between `src` and `dst`, `foreign` being the side whose alignment is
-    /// followed; `piece(q, i)` moves `q` bytes at offset `i` (q = 1, 2, 4, 8 or [`VECTOR`]),
-    /// always at an offset where `foreign + i` is aligned to `q`.
+    /// Splits a copy of `len` bytes at `foreign` (the side whose alignment is followed) into
+    /// pieces: `piece(q, i)` moves `q` bytes at offset `i`, with `foreign + i` aligned to `q`
+    /// (for the four-vector step, to `v`), `q` one of 1, 2, 4, …, `v` (the vector size, a
+    /// power of two) or `4 * v`.
     #[inline(always)]
-    fn plan(foreign: *const u8, len: usize, mut piece: impl FnMut(usize, usize)) {
+    fn plan(v: usize, foreign: *const u8, len: usize, mut piece: impl FnMut(usize, usize)) {
         let mut i = 0;
-        // Head: single pieces of 1, 2, 4, 8 bytes bring the foreign address to VECTOR
+        // Head: single pieces of 1, 2, 4, … bytes bring the foreign address to `v`
         // alignment. After the piece of q bytes the address is aligned to 2q.
         let mut q = 1;
-        while q < VECTOR {
+        while q < v {
             if (foreign as usize).wrapping_add(i) & q != 0 {
                 if len - i < q {
                     break;
@@ -468,19 +472,19 @@ mod wide {
             q *= 2;
         }
         // Body (only once aligned): four vectors per step, then single vectors.
-        if (foreign as usize).wrapping_add(i) % VECTOR == 0 {
-            while len - i >= 4 * VECTOR {
-                piece(4 * VECTOR, i);
-                i += 4 * VECTOR;
+        if (foreign as usize).wrapping_add(i) % v == 0 {
+            while len - i >= 4 * v {
+                piece(4 * v, i);
+                i += 4 * v;
             }
-            while len - i >= VECTOR {
-                piece(VECTOR, i);
-                i += VECTOR;
+            while len - i >= v {
+                piece(v, i);
+                i += v;
             }
         }
-        // Tail: fewer than the alignment of the current address, so descending pieces stay
-        // aligned (the address is aligned to every piece larger than what remains).
-        let mut q = VECTOR / 2;
+        // Tail: fewer bytes than the alignment of the current address, so descending pieces
+        // stay aligned (the address is aligned to every piece larger than what remains).
+        let mut q = v / 2;
         while q > 0 {
             if (len - i) & q != 0 {
                 piece(q, i);
@@ -491,6 +495,102 @@ mod wide {
         debug_assert_eq!(i, len);
     }
 
+    /// Moves one piece of `q` bytes with `V` as the vector type: `q` is 1, 2, 4, 8, 16, the
+    /// size of `V`, or four times that.
+    ///
+    /// # Safety
+    ///
+    /// `f` is [`load`] or [`store`] instantiated per type; its contract holds for `q` bytes at
+    /// `s`/`d` with the foreign side aligned to `min(q, size_of::<V>())`.
+    #[inline(always)]
+    unsafe fn piece<V: Copy>(q: usize, s: *const u8, d: *mut u8, load_not_store: bool) {
+        let v = core::mem::size_of::<V>();
+        macro_rules! go {
+            ($t:ty, $s:expr, $d:expr) => {
+                if load_not_store {
+                    // SAFETY: the caller's contract for this piece.
+                    unsafe { load::<$t>($s, $d) }
+                } else {
+                    // SAFETY: the caller's contract for this piece.
+                    unsafe { store::<$t>($s, $d) }
+                }
+            };
+        }
+        match q {
+            1 => go!(u8, s, d),
+            2 => go!(u16, s, d),
+            4 => go!(u32, s, d),
+            8 => go!(u64, s, d),
+            16 => go!(Vector, s, d),
+            q if q == v => go!(V, s, d),
+            _ => {
+                // Four independent vector accesses per step.
+                for k in 0..4 {
+                    go!(V, s.wrapping_add(k * v), d.wrapping_add(k * v));
+                }
+            }
+        }
+    }
+
+    /// Copies `dst.len()` bytes from foreign `src` into `dst`, `V` wide in the body.
+    ///
+    /// # Safety
+    ///
+    /// As for [`read`]; `V` is a plain-data type of 8, 16 or 32 bytes whose instructions the
+    /// CPU has.
+    #[inline(always)]
+    unsafe fn read_with<V: Copy>(src: *const u8, dst: &mut [u8]) {
+        let out = dst.as_mut_ptr();
+        plan(core::mem::size_of::<V>(), src, dst.len(), |q, i| {
+            // SAFETY: `plan` passes `i + q <= len` with `src + i` aligned as `piece` needs;
+            // `out + i` is inside `dst`; the caller's contract covers the foreign side.
+            unsafe { piece::<V>(q, src.wrapping_add(i), out.wrapping_add(i), true) }
+        });
+    }
+
+    /// Copies `src` to foreign `dst`, `V` wide in the body.
+    ///
+    /// # Safety
+    ///
+    /// As for [`write`]; `V` as for [`read_with`].
+    #[inline(always)]
+    unsafe fn write_with<V: Copy>(dst: *mut u8, src: &[u8]) {
+        let from = src.as_ptr();
+        plan(core::mem::size_of::<V>(), dst, src.len(), |q, i| {
+            // SAFETY: as in `read_with`, with `dst + i` the aligned foreign side and
+            // `from + i` inside `src`.
+            unsafe { piece::<V>(q, from.wrapping_add(i), dst.wrapping_add(i), false) }
+        });
+    }
+
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    #[target_feature(enable = "avx")]
+    unsafe fn read_avx(src: *const u8, dst: &mut [u8]) {
+        // SAFETY: the caller's contract, and the caller checked that the CPU has AVX.
+        unsafe { read_with::<core::arch::x86_64::__m256i>(src, dst) }
+    }
+
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    #[target_feature(enable = "avx")]
+    unsafe fn write_avx(dst: *mut u8, src: &[u8]) {
+        // SAFETY: the caller's contract, and the caller checked that the CPU has AVX.
+        unsafe { write_with::<core::arch::x86_64::__m256i>(dst, src) }
+    }
+
+    /// Whether the 32-byte path may run (and is worth it) for `len` bytes.
+    #[inline(always)]
+    fn avx(len: usize) -> bool {
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        {
+            len >= AVX_FROM && std::arch::is_x86_feature_detected!("avx")
+        }
+        #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
+        {
+            let _ = len;
+            false
+        }
+    }
+
     /// Copies `dst.len()` bytes from foreign `src` into `dst`.
     ///
     /// # Safety
@@ -499,29 +599,13 @@ mod wide {
     /// memory outside every Rust allocation, touched in this process only by volatile accesses.
     #[inline]
     pub(super) unsafe fn read(src: *const u8, dst: &mut [u8]) {
-        let out = dst.as_mut_ptr();
-        plan(src, dst.len(), |q, i| {
-            let (s, d) = (src.wrapping_add(i), out.wrapping_add(i));
-            // SAFETY: for every arm, `plan` passes `i + q <= len` with `src + i` aligned to the
-            // piece's size (for the four-vector step, to `VECTOR`, which aligns each vector);
-            // `out + i` is inside `dst`. The caller's contract covers the foreign side.
-            unsafe {
-                match q {
-                    1 => load::<u8>(s, d),
-                    2 => load::<u16>(s, d),
-                    4 => load::<u32>(s, d),
-                    8 => load::<u64>(s, d),
-                    q if q == VECTOR => load::<Vector>(s, d),
-                    _ => {
-                        // Four independent vector loads per step.
-                        load::<Vector>(s, d);
-                        load::<Vector>(s.wrapping_add(VECTOR), d.wrapping_add(VECTOR));
-                        load::<Vector>(s.wrapping_add(2 * VECTOR), d.wrapping_add(2 * VECTOR));
-                        load::<Vector>(s.wrapping_add(3 * VECTOR), d.wrapping_add(3 * VECTOR));
-                    }
-                }
-            }
-        });
+        if avx(dst.len()) {
+            #[cfg(all(target_arch = "x86_64", feature = "std"))]
+            // SAFETY: the caller's contract; `avx` checked the CPU.
+            return unsafe { read_avx(src, dst) };
+        }
+        // SAFETY: the caller's contract; the baseline vector needs no detection.
+        unsafe { read_with::<Vector>(src, dst) }
     }
 
     /// Copies `src` to foreign `dst`.
@@ -532,27 +616,13 @@ mod wide {
     /// memory outside every Rust allocation, touched in this process only by volatile accesses.
     #[inline]
     pub(super) unsafe fn write(dst: *mut u8, src: &[u8]) {
-        let from = src.as_ptr();
-        plan(dst, src.len(), |q, i| {
-            let (s, d) = (from.wrapping_add(i), dst.wrapping_add(i));
-            // SAFETY: for every arm, as in `read`, with `dst + i` the aligned foreign side and
-            // `from + i` inside `src`.
-            unsafe {
-                match q {
-                    1 => store::<u8>(s, d),
-                    2 => store::<u16>(s, d),
-                    4 => store::<u32>(s, d),
-                    8 => store::<u64>(s, d),
-                    q if q == VECTOR => store::<Vector>(s, d),
-                    _ => {
-                        store::<Vector>(s, d);
-                        store::<Vector>(s.wrapping_add(VECTOR), d.wrapping_add(VECTOR));
-                        store::<Vector>(s.wrapping_add(2 * VECTOR), d.wrapping_add(2 * VECTOR));
-                        store::<Vector>(s.wrapping_add(3 * VECTOR), d.wrapping_add(3 * VECTOR));
-                    }
-                }
-            }
-        });
+        if avx(src.len()) {
+            #[cfg(all(target_arch = "x86_64", feature = "std"))]
+            // SAFETY: the caller's contract; `avx` checked the CPU.
+            return unsafe { write_avx(dst, src) };
+        }
+        // SAFETY: the caller's contract; the baseline vector needs no detection.
+        unsafe { write_with::<Vector>(dst, src) }
     }
 }
 
@@ -652,10 +722,11 @@ mod tests {
 
     #[test]
     fn wide_and_word_copies_agree_at_every_alignment_and_length() {
-        // Long enough for head, several four-vector steps, single vectors and tail.
-        let (max_len, offsets) = if cfg!(miri) { (72, 17) } else { (200, 33) };
-        let words_page = TestPage::new(max_len + 48);
-        let wide_page = TestPage::new(max_len + 48);
+        // Long enough for head, several four-vector steps, single vectors and tail, with the
+        // 16-byte vectors and (natively, on x86-64 with AVX) the 32-byte ones from 256 bytes.
+        let (max_len, offsets) = if cfg!(miri) { (72, 17) } else { (600, 65) };
+        let words_page = TestPage::new(max_len + offsets + 16);
+        let wide_page = TestPage::new(max_len + offsets + 16);
         let (word, wide) = (words_page.view(), foreign_view(&wide_page));
         assert!(wide.is_foreign() && !word.is_foreign());
         let total = word.len();
