@@ -58,9 +58,9 @@ pub struct Pore<B: Backend> {
 
 // SAFETY: `base`/`len` cache the region owned by `memory`, whose handle types are
 // `SharedMemory` and therefore `Send + Sync`; the channel is `Send + Sync` by its trait bound.
-// All access to the region is atomic.
+// All access to the region goes through `SharedView` (atomic, or volatile on foreign memory).
 unsafe impl<B: Backend> Send for Pore<B> {}
-// SAFETY: see `Send`: shared access only performs atomic operations.
+// SAFETY: see `Send`: shared access only performs atomic (or foreign volatile) operations.
 unsafe impl<B: Backend> Sync for Pore<B> {}
 
 impl<B: Backend> core::fmt::Debug for Pore<B> {

@@ -29,7 +29,8 @@ use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 ///
 /// Implementors guarantee that for as long as `self` is alive: `as_ptr()` is non-null, valid
 /// for reads and writes of `len()` bytes, and the region is only ever accessed through atomic
-/// operations or by the peer (never through Rust references to plain data).
+/// operations (volatile copies too, on foreign memory: see below) or by the peer (never through
+/// Rust references to plain data).
 ///
 /// The address must not depend on where the handle itself lives: it stays the same every call
 /// **and across moves of the handle** (memory from `mmap`, or a heap allocation the handle points
@@ -128,10 +129,13 @@ pub struct SharedView<'a> {
     _owner: PhantomData<&'a [AtomicU8]>,
 }
 
-// SAFETY: a view only performs atomic operations on the region, which are thread-safe; the
-// region's owner is `Send + Sync` (`SharedMemory`'s supertraits) and outlives the view.
+// SAFETY: a view only performs atomic operations on the region, which are thread-safe, or, on
+// foreign memory, volatile copies of its bodies, which the target defines under any race
+// (`docs/volatile-copies.md`); the region's owner is `Send + Sync` (`SharedMemory`'s
+// supertraits) and outlives the view.
 unsafe impl Send for SharedView<'_> {}
-// SAFETY: as for `Send`: every access through `&SharedView` is atomic.
+// SAFETY: as for `Send`: every access through `&SharedView` is atomic or, on foreign memory,
+// volatile.
 unsafe impl Sync for SharedView<'_> {}
 
 impl core::fmt::Debug for SharedView<'_> {
