@@ -371,9 +371,9 @@ mod tests {
         assert_eq!(p.feed(&bytes[7..], &[], &mut buf), (2, false));
     }
 
-    /// Cross-thread streaming (1 MiB, 256 laps of a 4 KiB ring) through a v2 ring on foreign `mmap` pages (the wide volatile
-    /// copy, polling and wake-flag modes): every byte arrives in order, at every alignment the
-    /// odd write sizes produce. This exercises, on this machine, the ordering between volatile
+    /// Cross-thread streaming (1 MiB, 256 laps of a 4 KiB ring) through a v2 ring on foreign
+    /// `mmap` pages (the wide volatile copy, polling and wake-flag modes): every byte arrives in
+    /// order, at every alignment the odd write sizes produce. This exercises, on this machine, the ordering between volatile
     /// body accesses and the index's release/acquire that `docs/volatile-copies.md` relies on.
     #[test]
     fn foreign_pages_stream_intact_across_threads() {
