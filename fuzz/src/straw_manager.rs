@@ -18,6 +18,8 @@
 //!   when it reaches that bound;
 //! * no straw for a domain that never wrote under its own name in our straw top (a knock
 //!   forged by another domain is refused);
+//! * at the end, our straw top exists with the permissions it was made with (whoever removed
+//!   it), within a check of the top;
 //! * at the end, once every manager is shut down and the peers unmapped, nothing is left:
 //!   no grant, mapping or port of the loopback world (waited for, bounded).
 //!
@@ -601,6 +603,19 @@ impl World {
             let _ = m.close(&self.me);
         }
         self.check();
+        // Whatever the peers did to it, our straw top is there again (as made at the start)
+        // within a check of the top (waited for generously: the machine may be loaded).
+        let top = self.me.straw_top();
+        let want = std::vec![Perm::new(Access::Both, VICTIM)];
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.store.perms(&top).as_ref() != Some(&want) {
+            assert!(
+                Instant::now() < end,
+                "our straw top is not back: {:?}",
+                self.store.perms(&top)
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let World {
             xen,
             victim,
