@@ -748,6 +748,29 @@ fn a_straw_top_another_domain_removed_is_made_again() {
         vec![crate::ops::Perm::new(crate::ops::Access::Both, DomId(1))]
     );
     assert_eq!(m1.accounting().top_rebuilds, 1);
+    // Removed and made again at once by a write below it (with its parent's permissions,
+    // `n1`): it gets its own back.
+    world
+        .perform_as(
+            DomId(0),
+            &StoreOp::Transaction(vec![
+                StoreOp::Rm {
+                    path: top.to_string(),
+                },
+                StoreOp::Write {
+                    path: format!("{top}/5/state"),
+                    value: "1".to_string(),
+                },
+            ]),
+        )
+        .unwrap();
+    let open = vec![crate::ops::Perm::new(crate::ops::Access::Both, DomId(1))];
+    let end = Instant::now() + Duration::from_secs(10);
+    while xs1.store().perms(top).as_ref() != Some(&open) && Instant::now() < end {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(xs1.store().perms(top), Some(open));
+    assert_eq!(m1.accounting().top_rebuilds, 2);
     // Peers get in again.
     let (m2, _) = manager_with(&xen, &world, 2, roomy(Format::Raw));
     let _s = m2.open(&Endpoint::seed(DomId(1))).unwrap();

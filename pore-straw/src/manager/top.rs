@@ -64,6 +64,15 @@ where
                 return;
             }
         };
+        // Made again by a write below it (xenstored makes missing parents, with their
+        // parent's permissions) after another domain removed it: open it to everyone again.
+        let open = std::vec![Perm::new(Access::Both, self.me.domid)];
+        if matches!(
+            self.store.perform(&StoreOp::GetPerms { path: top.clone() }),
+            Ok(StoreReply::Perms(p)) if p != open
+        ) {
+            self.restore_top();
+        }
         let ours: BTreeSet<String> = lock(&self.state)
             .straws
             .keys()
@@ -117,9 +126,10 @@ where
     }
 
     /// Makes our straw top again (`b<me>`, as [`setup_ops`] does) after another domain
-    /// removed it (see [`ManagerConfig::top_check_interval`]). Its straws went with it: their
-    /// machines see their directories gone. Not once the manager stops (its teardown removes
-    /// the top, under the same gate).
+    /// removed it (see [`ManagerConfig::top_check_interval`]), or gives it back its
+    /// permissions if a write below it made it again. Its straws went with it: their machines
+    /// see their directories gone. Not once the manager stops (its teardown removes the top,
+    /// under the same gate).
     fn restore_top(&self) {
         let _gate = self.store_gate.write().unwrap_or_else(|p| p.into_inner());
         if self.stop.load(Ordering::Acquire) {
