@@ -535,7 +535,7 @@ impl Store {
                         return Err(ErrorName::ENOENT);
                     }
                     let n = v.get(&path).ok_or(ErrorName::ENOENT)?;
-                    Ok((n.value.clone(), Vec::new()))
+                    Ok((n.value.to_vec(), Vec::new()))
                 })
             }
             Directory => {
@@ -545,12 +545,7 @@ impl Store {
                         return Err(ErrorName::ENOENT);
                     }
                     let n = v.get(&path).ok_or(ErrorName::ENOENT)?;
-                    let mut r = Vec::with_capacity(n.children_len());
-                    for c in &n.children {
-                        r.extend_from_slice(c.as_bytes());
-                        r.push(0);
-                    }
-                    Ok((r, Vec::new()))
+                    Ok((n.children.as_bytes().to_vec(), Vec::new()))
                 })
             }
             DirectoryPart => {
@@ -619,7 +614,7 @@ impl Store {
                         // A transaction's copy of the node outlived its parent.
                         return Err(ErrorName::EINVAL);
                     };
-                    if !parent.children.iter().any(|c| c == base) {
+                    if !parent.children.contains(base) {
                         // C removes the node, then fails to unlink it from the parent.
                         v.remove(&path, &mut Vec::new());
                         return Err(ErrorName::EIO);
@@ -627,7 +622,7 @@ impl Store {
                     if !v.always_consistent() && !subtree_complete(v, &path) {
                         return Err(ErrorName::EIO);
                     }
-                    let parent_perms = v.peek(path::parent(&path)).map(|n| n.perms.clone());
+                    let parent_perms = v.peek(path::parent(&path)).map(|n| n.perms.to_vec());
                     let mut removed = Vec::new();
                     v.remove(&path, &mut removed);
                     Ok((
@@ -892,9 +887,9 @@ impl Store {
     fn commit_vis(&self, p: &str, first: Option<Vec<Perm>>) -> Vis {
         match self.tree.get(p) {
             Some(n) => Vis {
-                perms: n.perms.clone(),
+                perms: n.perms.to_vec(),
                 old: first,
-                parent: self.tree.get(path::parent(p)).map(|n| n.perms.clone()),
+                parent: self.tree.get(path::parent(p)).map(|n| n.perms.to_vec()),
                 hidden: false,
             },
             None => Vis {
@@ -1043,8 +1038,8 @@ impl Store {
                     return Err(ErrorName::ENOSPC);
                 }
             }
-            let old = n.perms.clone();
-            let parent_perms = v.peek(path::parent(&path)).map(|n| n.perms.clone());
+            let old = n.perms.to_vec();
+            let parent_perms = v.peek(path::parent(&path)).map(|n| n.perms.to_vec());
             v.set_perms(&path, perms.clone());
             Ok((
                 b"OK\0".to_vec(),
@@ -1100,7 +1095,7 @@ impl Store {
                 continue;
             };
             if n.owner() == domid && cur != "/" {
-                let parent_perms = self.tree.get(path::parent(&cur)).map(|n| n.perms.clone());
+                let parent_perms = self.tree.get(path::parent(&cur)).map(|n| n.perms.to_vec());
                 let mut removed = Vec::new();
                 self.tree.remove(&cur, &mut removed);
                 changes.push(Change::Removed {
@@ -1188,8 +1183,8 @@ fn write_node(
         if !who.privileged && n.record_size() - n.value.len() + value.len() >= q.entry_size {
             return Err(ErrorName::ENOSPC);
         }
-        let perms = n.perms.clone();
-        let parent_perms = v.peek(path::parent(p)).map(|n| n.perms.clone());
+        let perms = n.perms.to_vec();
+        let parent_perms = v.peek(path::parent(p)).map(|n| n.perms.to_vec());
         v.set_value(p, value);
         return Ok(vec![Change::Node {
             path: p.to_owned(),
@@ -1215,7 +1210,7 @@ fn create_node(
     // The ancestor's perms, ignored entries included (C copies them with their flag).
     let (mut perms, mut listed, parent_size) = loop {
         if let Some(n) = v.get(cur) {
-            break (n.perms.clone(), n.listed.clone(), n.record_size());
+            break (n.perms.to_vec(), n.listed.clone(), n.record_size());
         }
         missing.push(cur.to_owned());
         if cur == "/" {
@@ -1233,7 +1228,7 @@ fn create_node(
             return Err(ErrorName::ENOSPC);
         }
         let top = missing.last().map_or("", |s| path::basename(s));
-        let perms_size = 8 * listed.as_ref().unwrap_or(&perms).len();
+        let perms_size = 8 * listed.as_deref().unwrap_or(&perms[..]).len();
         let leaf = 24 + perms_size + value.len();
         // Like C, which writes (and so size-checks) every node it creates: each missing
         // ancestor's record lists the next missing node as its only child.
@@ -1260,7 +1255,7 @@ fn create_node(
         node.listed = listed.clone();
         v.create(m, node);
     }
-    let parent_perms = v.peek(path::parent(p)).map(|n| n.perms.clone());
+    let parent_perms = v.peek(path::parent(p)).map(|n| n.perms.to_vec());
     Ok(Change::Node {
         path: p.to_owned(),
         perms,
@@ -1272,11 +1267,7 @@ fn create_node(
 /// C's DIRECTORY_PART reply: generation, then the children string from byte `off`, as
 /// much as fits in a payload; the last chunk ends with an extra NUL.
 fn directory_part(n: &Node, off: usize) -> Vec<u8> {
-    let mut all = Vec::with_capacity(n.children_len());
-    for c in &n.children {
-        all.extend_from_slice(c.as_bytes());
-        all.push(0);
-    }
+    let all = n.children.as_bytes();
     let mut r = format!("{}\0", n.generation).into_bytes();
     if off >= all.len() {
         r.push(0);

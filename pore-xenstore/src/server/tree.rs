@@ -8,29 +8,149 @@ use crate::perms::{Access, Perm};
 
 use super::path;
 
+/// The permissions of a node: up to two entries (nearly every node: an owner, maybe one
+/// ACL entry) without an allocation of their own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Perms {
+    /// `len` (at most 2) entries in place.
+    Inline(u8, [Perm; 2]),
+    /// More entries.
+    Heap(Box<[Perm]>),
+}
+
+impl Perms {
+    const FILLER: Perm = Perm {
+        domid: 0,
+        access: Access::None,
+    };
+}
+
+impl From<&[Perm]> for Perms {
+    fn from(p: &[Perm]) -> Self {
+        match *p {
+            [] => Perms::Inline(0, [Self::FILLER; 2]),
+            [a] => Perms::Inline(1, [a, Self::FILLER]),
+            [a, b] => Perms::Inline(2, [a, b]),
+            _ => Perms::Heap(p.into()),
+        }
+    }
+}
+
+impl From<Vec<Perm>> for Perms {
+    fn from(p: Vec<Perm>) -> Self {
+        Perms::from(&p[..])
+    }
+}
+
+impl std::ops::Deref for Perms {
+    type Target = [Perm];
+    fn deref(&self) -> &[Perm] {
+        match self {
+            Perms::Inline(n, a) => &a[..usize::from(*n)],
+            Perms::Heap(b) => b,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Perms {
+    fn deref_mut(&mut self) -> &mut [Perm] {
+        match self {
+            Perms::Inline(n, a) => &mut a[..usize::from(*n)],
+            Perms::Heap(b) => b,
+        }
+    }
+}
+
+impl PartialEq<[Perm]> for Perms {
+    fn eq(&self, other: &[Perm]) -> bool {
+        **self == *other
+    }
+}
+
+impl<const N: usize> PartialEq<[Perm; N]> for Perms {
+    fn eq(&self, other: &[Perm; N]) -> bool {
+        **self == other[..]
+    }
+}
+
+/// The child names of a node in creation order (C's order), each followed by a NUL: what
+/// DIRECTORY answers, as C keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Children(Box<str>);
+
+impl Children {
+    /// The names in order.
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = &str> + '_ {
+        self.0
+            .strip_suffix('\0')
+            .into_iter()
+            .flat_map(|s| s.split('\0'))
+    }
+
+    /// `name\0` for each child.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// Appends a child.
+    pub(crate) fn push(&mut self, name: &str) {
+        let mut s = String::with_capacity(self.0.len() + name.len() + 1);
+        s.push_str(&self.0);
+        s.push_str(name);
+        s.push('\0');
+        self.0 = s.into_boxed_str();
+    }
+
+    /// Removes the first child called `name`; false if there is none.
+    pub(crate) fn remove(&mut self, name: &str) -> bool {
+        let mut off = 0;
+        let mut found = None;
+        for c in self.iter() {
+            if c == name {
+                found = Some(off);
+                break;
+            }
+            off += c.len() + 1;
+        }
+        let Some(off) = found else {
+            return false;
+        };
+        let mut s = String::with_capacity(self.0.len() - name.len() - 1);
+        s.push_str(&self.0[..off]);
+        s.push_str(&self.0[off + name.len() + 1..]);
+        self.0 = s.into_boxed_str();
+        true
+    }
+
+    /// True if a child is called `name`.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.iter().any(|c| c == name)
+    }
+}
+
 /// One node.
 #[derive(Clone, Debug)]
 pub(crate) struct Node {
-    pub(crate) value: Vec<u8>,
+    pub(crate) value: Box<[u8]>,
     /// Never empty: the first entry is the owner.
-    pub(crate) perms: Vec<Perm>,
+    pub(crate) perms: Perms,
     /// Child names in creation order (C's order).
-    pub(crate) children: Vec<String>,
+    pub(crate) children: Children,
     /// Changes whenever the node changes (value, perms, child list); 0 never occurs.
     pub(crate) generation: u64,
     /// The permissions as set, when `perms` lacks some of them: an entry naming a
     /// domain that was released since is ignored (C 4.17's `XS_PERM_IGNORE`), so that a
     /// later domain with the same id does not inherit it (XSA-322), yet GET_PERMS still
     /// lists it and the record size still counts it, as in C.
-    pub(crate) listed: Option<Vec<Perm>>,
+    pub(crate) listed: Option<Box<[Perm]>>,
 }
 
 impl Node {
-    pub(crate) fn new(value: Vec<u8>, perms: Vec<Perm>) -> Self {
+    pub(crate) fn new(value: Vec<u8>, perms: impl Into<Perms>) -> Self {
         Self {
-            value,
-            perms,
-            children: Vec::new(),
+            value: value.into_boxed_slice(),
+            perms: perms.into(),
+            children: Children::default(),
             generation: 0,
             listed: None,
         }
@@ -48,9 +168,11 @@ impl Node {
             return;
         }
         if self.listed.is_none() {
-            self.listed = Some(self.perms.clone());
+            self.listed = Some(self.perms.to_vec().into_boxed_slice());
         }
-        strip_acl(&mut self.perms, domid);
+        let mut v = self.perms.to_vec();
+        strip_acl(&mut v, domid);
+        self.perms = v.into();
     }
 
     pub(crate) fn owner(&self) -> u32 {
@@ -60,14 +182,12 @@ impl Node {
     /// Size of C's node record: 24-byte header, 8 bytes per permission, the value and the
     /// NUL-terminated child names (`-S` quota).
     pub(crate) fn record_size(&self) -> usize {
-        24 + 8 * self.listed_perms().len()
-            + self.value.len()
-            + self.children.iter().map(|c| c.len() + 1).sum::<usize>()
+        24 + 8 * self.listed_perms().len() + self.value.len() + self.children_len()
     }
 
     /// Length of the children string (`name\0` each).
     pub(crate) fn children_len(&self) -> usize {
-        self.children.iter().map(|c| c.len() + 1).sum()
+        self.children.as_bytes().len()
     }
 }
 
@@ -80,7 +200,7 @@ pub(crate) fn strip_acl(perms: &mut Vec<Perm>, domid: u32) {
 /// The live tree.
 #[derive(Debug)]
 pub(crate) struct Tree {
-    nodes: HashMap<String, Node>,
+    nodes: HashMap<Box<str>, Node>,
     generation: u64,
     owned: HashMap<u32, usize>,
 }
@@ -109,7 +229,7 @@ impl Tree {
     fn insert_raw(&mut self, p: String, mut node: Node) {
         node.generation = self.next_gen();
         *self.owned.entry(node.owner()).or_default() += 1;
-        if let Some(old) = self.nodes.insert(p, node) {
+        if let Some(old) = self.nodes.insert(p.into_boxed_str(), node) {
             self.dec_owned(old.owner());
         }
     }
@@ -146,12 +266,12 @@ impl Tree {
             if n.perms.is_empty() {
                 return Err(format!("{p}: no perms"));
             }
-            for c in &n.children {
-                if !self.nodes.contains_key(&path::join(p, c)) {
+            for c in n.children.iter() {
+                if !self.nodes.contains_key(&*path::join(p, c)) {
                     return Err(format!("{p}: child {c} missing"));
                 }
             }
-            if p != "/" {
+            if &**p != "/" {
                 let parent = self
                     .nodes
                     .get(path::parent(p))
@@ -159,7 +279,7 @@ impl Tree {
                 let n = parent
                     .children
                     .iter()
-                    .filter(|c| **c == path::basename(p))
+                    .filter(|c| *c == path::basename(p))
                     .count();
                 if n != 1 {
                     return Err(format!("{p}: listed {n} times by its parent"));
@@ -175,7 +295,7 @@ impl Tree {
     /// Every node with its path (fuzz targets' invariant checks).
     #[cfg(feature = "fuzzing")]
     pub(crate) fn nodes(&self) -> impl Iterator<Item = (&str, &Node)> {
-        self.nodes.iter().map(|(p, n)| (p.as_str(), n))
+        self.nodes.iter().map(|(p, n)| (&**p, n))
     }
 
     /// The count of nodes each domain owns, as kept (fuzz targets' invariant checks).
@@ -252,7 +372,7 @@ impl View for Tree {
     fn set_value(&mut self, p: &str, value: Vec<u8>) {
         let g = self.next_gen();
         if let Some(n) = self.nodes.get_mut(p) {
-            n.value = value;
+            n.value = value.into_boxed_slice();
             n.generation = g;
         }
     }
@@ -263,7 +383,7 @@ impl View for Tree {
             return;
         };
         let old = n.owner();
-        n.perms = perms;
+        n.perms = perms.into();
         n.listed = None;
         n.generation = g;
         let new = n.owner();
@@ -276,7 +396,7 @@ impl View for Tree {
     fn create(&mut self, p: &str, node: Node) {
         let g = self.next_gen();
         if let Some(parent) = self.nodes.get_mut(path::parent(p)) {
-            parent.children.push(path::basename(p).to_owned());
+            parent.children.push(path::basename(p));
             parent.generation = g;
         }
         self.insert_raw(p.to_owned(), node);
@@ -287,22 +407,20 @@ impl View for Tree {
         if p != "/" {
             let base = path::basename(p);
             if let Some(parent) = self.nodes.get_mut(path::parent(p)) {
-                if let Some(i) = parent.children.iter().position(|c| c == base) {
-                    parent.children.remove(i);
-                }
+                parent.children.remove(base);
                 parent.generation = g;
             }
         }
         let mut stack = vec![(p.to_owned(), false)];
         while let Some((cur, expanded)) = stack.pop() {
             if expanded {
-                if let Some(node) = self.nodes.remove(&cur) {
+                if let Some(node) = self.nodes.remove(cur.as_str()) {
                     self.dec_owned(node.owner());
-                    removed.push((cur, node.perms));
+                    removed.push((cur, node.perms.to_vec()));
                 }
                 continue;
             }
-            let Some(node) = self.nodes.get(&cur) else {
+            let Some(node) = self.nodes.get(cur.as_str()) else {
                 continue;
             };
             stack.push((cur.clone(), true));
@@ -336,10 +454,42 @@ mod tests {
         vec![Perm::new(Access::None, 0)]
     }
 
+    fn names(n: &Node) -> Vec<&str> {
+        n.children.iter().collect()
+    }
+
+    #[test]
+    fn children_as_c_keeps_them() {
+        let mut c = Children::default();
+        assert_eq!(c.iter().count(), 0);
+        assert!(!c.remove("a"));
+        for n in ["a", "bb", "a-b", "c"] {
+            c.push(n);
+        }
+        assert_eq!(c.as_bytes(), b"a\0bb\0a-b\0c\0");
+        assert!(c.contains("a-b") && !c.contains("b"));
+        assert!(c.remove("bb"));
+        assert!(!c.remove("b"));
+        assert_eq!(c.iter().rev().collect::<Vec<_>>(), ["c", "a-b", "a"]);
+        assert!(c.remove("c") && c.remove("a") && c.remove("a-b"));
+        assert_eq!(c.as_bytes(), b"");
+    }
+
+    #[test]
+    fn perms_inline_and_on_the_heap() {
+        let p = |d| Perm::new(Access::Read, d);
+        for n in 0..5 {
+            let v: Vec<Perm> = (0..n).map(p).collect();
+            let perms = Perms::from(v.clone());
+            assert_eq!(&*perms, &v[..]);
+            assert_eq!(matches!(perms, Perms::Inline(..)), n <= 2);
+        }
+    }
+
     #[test]
     fn create_remove_and_counts() {
         let mut t = Tree::new();
-        assert_eq!(t.get("/").unwrap().children, ["tool"]);
+        assert_eq!(names(t.get("/").unwrap()), ["tool"]);
         t.create("/a", Node::new(vec![], vec![Perm::new(Access::None, 5)]));
         t.create(
             "/a/b",
@@ -347,7 +497,7 @@ mod tests {
         );
         t.create("/a/c", Node::new(vec![], n0()));
         assert_eq!(t.owned(5), 2);
-        assert_eq!(t.get("/a").unwrap().children, ["b", "c"]);
+        assert_eq!(names(t.get("/a").unwrap()), ["b", "c"]);
         let g = t.generation_of("/a").unwrap();
         t.set_value("/a/b", b"y".to_vec());
         assert_eq!(
@@ -361,7 +511,7 @@ mod tests {
         assert_eq!(paths, ["/a/b", "/a/c", "/a"]);
         assert_eq!(t.owned(5), 0);
         assert!(t.get("/a/b").is_none());
-        assert_eq!(t.get("/").unwrap().children, ["tool"]);
+        assert_eq!(names(t.get("/").unwrap()), ["tool"]);
         assert_eq!(t.len(), 3);
     }
 
@@ -388,7 +538,7 @@ mod tests {
     fn record_size_like_c() {
         let mut n = Node::new(vec![0; 100], n0());
         assert_eq!(n.record_size(), 24 + 8 + 100);
-        n.children.push("abc".into());
+        n.children.push("abc");
         assert_eq!(n.record_size(), 24 + 8 + 100 + 4);
     }
 }
