@@ -14,7 +14,7 @@ use crate::wire::{MsgType, WireHeader, PAYLOAD_MAX};
 use super::path;
 use super::quota::Config;
 use super::transaction::{Refusal, Transaction, TxView};
-use super::tree::{Node, Tree, View};
+use super::tree::{Node, Perms, Tree, View};
 use super::watch::{self, Change, Fired, Vis, Watches};
 use super::ConnId;
 
@@ -535,7 +535,7 @@ impl Store {
                         return Err(ErrorName::ENOENT);
                     }
                     let n = v.get(&path).ok_or(ErrorName::ENOENT)?;
-                    Ok((n.value.to_vec(), Vec::new()))
+                    Ok((n.value().to_vec(), Vec::new()))
                 })
             }
             Directory => {
@@ -545,7 +545,7 @@ impl Store {
                         return Err(ErrorName::ENOENT);
                     }
                     let n = v.get(&path).ok_or(ErrorName::ENOENT)?;
-                    Ok((n.children.as_bytes().to_vec(), Vec::new()))
+                    Ok((n.children().as_bytes().to_vec(), Vec::new()))
                 })
             }
             DirectoryPart => {
@@ -570,7 +570,7 @@ impl Store {
                         return Err(ErrorName::ENOENT);
                     }
                     let n = v.get(&path).ok_or(ErrorName::ENOENT)?;
-                    Ok((perms_payload(n.listed_perms()), Vec::new()))
+                    Ok((perms_payload(&n.listed_perms()), Vec::new()))
                 })
             }
             Write => {
@@ -614,7 +614,7 @@ impl Store {
                         // A transaction's copy of the node outlived its parent.
                         return Err(ErrorName::EINVAL);
                     };
-                    if !parent.children.contains(base) {
+                    if !parent.children().contains(base) {
                         // C removes the node, then fails to unlink it from the parent.
                         v.remove(&path, &mut Vec::new());
                         return Err(ErrorName::EIO);
@@ -1033,7 +1033,7 @@ impl Store {
                 return Err(ErrorName::EPERM);
             }
             if !who.privileged {
-                let size = n.record_size() - 8 * n.listed_perms().len() + 8 * perms.len();
+                let size = n.record_size() - 8 * n.listed_len() + 8 * perms.len();
                 if size >= q.entry_size {
                     return Err(ErrorName::ENOSPC);
                 }
@@ -1104,7 +1104,7 @@ impl Store {
                 });
                 continue;
             }
-            stack.extend(n.children.iter().rev().map(|c| path::join(&cur, c)));
+            stack.extend(n.children().iter().rev().map(|c| path::join(&cur, c)));
         }
         // The special nodes forget the domain (owner back to dom0, ACL entry dropped).
         for perms in self.special_perms.values_mut() {
@@ -1131,7 +1131,7 @@ impl Store {
 /// grants any of them (ENOENT); `EACCES` otherwise.
 fn check(v: &mut dyn View, p: &str, who: Who, need: u8) -> Res<bool> {
     let exists = match v.get(p) {
-        Some(n) if who.perm(&n.perms) & need == need => return Ok(true),
+        Some(n) if who.perm(n.perms.as_slice(&mut Perms::buf())) & need == need => return Ok(true),
         Some(_) => true,
         None => false,
     };
@@ -1141,7 +1141,7 @@ fn check(v: &mut dyn View, p: &str, who: Who, need: u8) -> Res<bool> {
     while cur != "/" {
         cur = path::parent(cur);
         if let Some(n) = v.get(cur) {
-            let allowed = who.perm(&n.perms) & need != 0;
+            let allowed = who.perm(n.perms.as_slice(&mut Perms::buf())) & need != 0;
             return if allowed && !exists {
                 Ok(false)
             } else {
@@ -1165,7 +1165,7 @@ fn subtree_complete(v: &mut dyn View, p: &str) -> bool {
         let Some(n) = v.get(&cur) else {
             return false;
         };
-        let kids: Vec<String> = n.children.iter().map(|c| path::join(&cur, c)).collect();
+        let kids: Vec<String> = n.children().iter().map(|c| path::join(&cur, c)).collect();
         stack.extend(kids);
     }
     true
@@ -1180,7 +1180,7 @@ fn write_node(
 ) -> Res<Vec<Change>> {
     if check(v, p, who, PERM_WRITE)? {
         let n = v.get(p).ok_or(ErrorName::ENOENT)?;
-        if !who.privileged && n.record_size() - n.value.len() + value.len() >= q.entry_size {
+        if !who.privileged && n.record_size() - n.value().len() + value.len() >= q.entry_size {
             return Err(ErrorName::ENOSPC);
         }
         let perms = n.perms.to_vec();
@@ -1210,7 +1210,7 @@ fn create_node(
     // The ancestor's perms, ignored entries included (C copies them with their flag).
     let (mut perms, mut listed, parent_size) = loop {
         if let Some(n) = v.get(cur) {
-            break (n.perms.to_vec(), n.listed.clone(), n.record_size());
+            break (n.perms.to_vec(), n.listed(), n.record_size());
         }
         missing.push(cur.to_owned());
         if cur == "/" {
@@ -1228,7 +1228,7 @@ fn create_node(
             return Err(ErrorName::ENOSPC);
         }
         let top = missing.last().map_or("", |s| path::basename(s));
-        let perms_size = 8 * listed.as_deref().unwrap_or(&perms[..]).len();
+        let perms_size = 8 * listed.as_ref().map_or(perms.len(), |l| l.len());
         let leaf = 24 + perms_size + value.len();
         // Like C, which writes (and so size-checks) every node it creates: each missing
         // ancestor's record lists the next missing node as its only child.
@@ -1251,8 +1251,8 @@ fn create_node(
         } else {
             Vec::new()
         };
-        let mut node = Node::new(val, perms.clone());
-        node.listed = listed.clone();
+        let mut node = Node::new(val, Vec::new());
+        node.set_perms_listed(&perms, listed.clone());
         v.create(m, node);
     }
     let parent_perms = v.peek(path::parent(p)).map(|n| n.perms.to_vec());
@@ -1267,7 +1267,7 @@ fn create_node(
 /// C's DIRECTORY_PART reply: generation, then the children string from byte `off`, as
 /// much as fits in a payload; the last chunk ends with an extra NUL.
 fn directory_part(n: &Node, off: usize) -> Vec<u8> {
-    let all = n.children.as_bytes();
+    let all = n.children().as_bytes();
     let mut r = format!("{}\0", n.generation).into_bytes();
     if off >= all.len() {
         r.push(0);
