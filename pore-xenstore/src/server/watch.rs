@@ -104,9 +104,11 @@ impl Watches {
     pub(crate) fn add(&mut self, p: String, w: Watch) {
         self.next_seq += 1;
         *self.per_conn.entry(w.conn).or_default() += 1;
+        // Most paths have one watch: no room for more until a second comes (a Vec's
+        // first push would make room for four).
         self.by_path
             .entry(p.into_boxed_str())
-            .or_default()
+            .or_insert_with(|| Vec::with_capacity(1))
             .push(Entry {
                 conn: w.conn,
                 seq: self.next_seq,
