@@ -30,6 +30,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use arbitrary::Arbitrary;
+use pore_core::{DomId, Port};
 use pore_xenstore::codec::{decode_error, Reply};
 use pore_xenstore::error::ErrorName;
 use pore_xenstore::perms::{Access, Perm};
@@ -400,15 +401,15 @@ struct Hooks {
 }
 
 impl DomainHooks for Hooks {
-    fn introduce(&mut self, _: ConnId, _: u32, _: u64, _: u32) -> Result<(), ErrorName> {
+    fn introduce(&mut self, _: ConnId, _: DomId, _: u64, _: Port) -> Result<(), ErrorName> {
         if self.fail {
             Err(ErrorName::EINVAL)
         } else {
             Ok(())
         }
     }
-    fn release(&mut self, conn: ConnId, domid: u32) {
-        self.released.push((conn, domid));
+    fn release(&mut self, conn: ConnId, domid: DomId) {
+        self.released.push((conn, u32::from(domid.0)));
     }
 }
 
@@ -805,11 +806,15 @@ impl Harness {
                 return;
             }
             Move::Toolstack { dom, fail } => {
+                // The toolstack only knows domain ids Xen can have.
+                let Ok(id) = u16::try_from(dom.id()) else {
+                    return;
+                };
                 self.hooks.fail = *fail;
                 let mut out = Vec::new();
                 let r = self
                     .store
-                    .introduce_domain(dom.id(), "guest", &mut self.hooks, &mut out);
+                    .introduce_domain(DomId(id), "guest", &mut self.hooks, &mut out);
                 self.hooks.fail = false;
                 for o in &out {
                     assert_eq!(o.kind, OutKind::Event);
@@ -825,12 +830,17 @@ impl Harness {
                     // Domain 0 does not die.
                     return;
                 }
+                // Only a domain id Xen can have dies (and only those can be introduced).
+                let Ok(id) = u16::try_from(dom.id()) else {
+                    assert!(!pre.domains.contains_key(&dom.id()));
+                    return;
+                };
                 kind = Step::Die;
                 let mut out = Vec::new();
                 let was = pre.domains.contains_key(&dom.id());
                 let done = self
                     .store
-                    .release_domain(dom.id(), &mut self.hooks, &mut out);
+                    .release_domain(DomId(id), &mut self.hooks, &mut out);
                 assert_eq!(done, was, "release of a domain not introduced");
                 for o in &out {
                     assert_eq!(o.kind, OutKind::Event);
@@ -840,7 +850,7 @@ impl Harness {
             }
             Move::Connect => {
                 if self.conns.len() < 16 {
-                    let c = self.store.connect(0);
+                    let c = self.store.connect(DomId::DOM0);
                     self.conns.push(c);
                 }
             }
@@ -1111,8 +1121,15 @@ impl Harness {
         };
         for (p, n) in &post.nodes {
             let old = pre.nodes.get(p);
-            let changed = old
-                .is_none_or(|o| o.listed != n.listed || (commit && o.generation != n.generation));
+            // A successful SET_PERMS counts even when it lists the same entries: C writes
+            // the node with a new generation and checks its entries against that one
+            // (`access_node` then `write_node_raw`'s `domain_adjust_node_perms`), so an
+            // entry naming a domain introduced since the release of its namesake is in
+            // force again.
+            let changed = Some(p) == set_perms_path.as_ref()
+                || old.is_none_or(|o| {
+                    o.listed != n.listed || (commit && o.generation != n.generation)
+                });
             if !changed {
                 continue;
             }
@@ -1502,7 +1519,7 @@ impl Harness {
             max_queued_events: 16,
         };
         let mut store = Store::new(config);
-        let conns = vec![store.connect(0), store.connect(0)];
+        let conns = vec![store.connect(DomId::DOM0), store.connect(DomId::DOM0)];
         let snap = store.fuzz_snapshot();
         Harness {
             store,
@@ -1846,6 +1863,19 @@ pub fn seeds() -> Vec<Scenario> {
     let small = |b: u8| Val::Small(1, [b, 0, 0]);
     let entry = |l, d| PermSel::Entry(l, Dom(d));
     let none = PermSel::Bad(0);
+    let set_local = || {
+        Req::SetPerms(
+            PathSel::Abs(c(1, [4, 0, 0, 0])),
+            [
+                entry(0, 0),
+                entry(1, 2),
+                PermSel::Bad(0),
+                PermSel::Bad(0),
+                PermSel::Bad(0),
+            ],
+            2,
+        )
+    };
     vec![
         // dom0 grants domain 2 read access, domain 2 dies, a new domain 2 reads.
         Scenario {
@@ -1990,6 +2020,28 @@ pub fn seeds() -> Vec<Scenario> {
                 req(0, Req::ResetWatches),
                 Move::Connect,
                 Move::Disconnect { actor: 1 },
+            ],
+        },
+        // dom0 grants domain 2 read access on /local, domain 2 dies and is introduced
+        // again, dom0 sets the same permissions again: the new domain 2 reads (the entry
+        // is in force again, as the node was written after the introduction).
+        Scenario {
+            limits: lim(),
+            priv_dom: None,
+            moves: vec![
+                Move::Toolstack {
+                    dom: Dom(2),
+                    fail: false,
+                },
+                req(0, set_local()),
+                Move::Die { dom: Dom(2) },
+                Move::Toolstack {
+                    dom: Dom(2),
+                    fail: false,
+                },
+                req(3, Req::Read(PathSel::Abs(c(1, [4, 0, 0, 0])))),
+                req(0, set_local()),
+                req(3, Req::Read(PathSel::Abs(c(1, [4, 0, 0, 0])))),
             ],
         },
     ]
