@@ -14,26 +14,30 @@
 //! 10 per domain on the nodes backends and toolstacks watch (device states, hotplug status,
 //! control/shutdown, memory/target...) and reads their events.
 //!
-//! Four daemons run side by side, the bench and every daemon pinned to CPU 0: pore empty,
-//! pore full, C empty, C full. Each operation (read, write, directory of 32, create, rm,
-//! a read-modify-write transaction) runs on the same nodes under `/local/domain/500/data/b/`
-//! in all four, none of them watched; the daemons take turns, 15 rounds per operation, and
-//! the table gives per daemon the median of its rounds, and each ratio as the median over
-//! rounds of that round's ratio. The resident memory (`VmRSS`, and its anonymous part
-//! `RssAnon` of `/proc/<pid>/status`) of each daemon is read after the fill. Then one more
-//! connection registers 1 000 watches (distinct tokens) on one node and a write of that node
-//! is timed until the writer has its reply and the watcher all 1 000 events, in the full
-//! daemons.
+//! Five daemons run side by side, the bench and every daemon pinned to CPU 0: pore empty,
+//! pore full, C empty, C full (the same domains introduced), and C holding the same nodes
+//! and watches without the domains ("C nodes only"). Each operation (read, write, directory
+//! of 32, create, rm, a read-modify-write transaction) runs on the same nodes under
+//! `/local/domain/500/data/b/` in all of them, none of them watched; the daemons take turns,
+//! 15 rounds per operation of about 20 ms each, and the table gives per daemon the median
+//! of its rounds, and each ratio as the median over rounds of that round's ratio. The
+//! resident memory (`VmRSS`, and its anonymous part `RssAnon` of `/proc/<pid>/status`) of
+//! each daemon is read after the fill. Then one more connection per daemon registers 1 000
+//! watches (distinct tokens) on one node, and a write of that node is timed until the
+//! writer has its reply and the watcher all 1 000 events.
 //!
 //! C xenstored runs without a hypervisor through `scripts/xenstored/launch.sh` (trace and
 //! logs off); its INTRODUCE goes through that script's stand-in for Xen, which maps a file
-//! as each guest's ring page (4 KiB each, counted in its `VmRSS` but not in `RssAnon`). If
-//! its INTRODUCE fails, C holds the same nodes and watches without the domains, and the
-//! table says so. Every socket client is dom0 (privileged), so permission checks are C's
-//! and ours for dom0.
+//! as each guest's ring page (4 KiB each, counted in its `VmRSS` but not in `RssAnon`); C's
+//! main loop then visits every domain's connection after each wake-up: "C nodes only" shows
+//! C without that cost. If its INTRODUCE fails, "C full" holds no domains either, and the table says
+//! so. Ours introduces a domain without a ring (no connector). Every socket client is dom0
+//! (privileged), so permission checks are C's and ours for dom0. Our daemon is this
+//! executable re-run as a server (its `VmRSS` includes the bench's own code).
 //!
 //! Without `--bench` (`cargo test --benches`) it runs a smoke pass at 1/50 of the size.
-//! `PORE_BENCH_DOMAINS` and `PORE_BENCH_NODES` set the number of domains and of nodes.
+//! `PORE_BENCH_DOMAINS` and `PORE_BENCH_NODES` set the number of domains and of nodes;
+//! `PORE_BENCH_NO_C=1` leaves C out.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
