@@ -323,6 +323,44 @@ mod tests {
     }
 
     #[test]
+    fn events_in_c_order_per_connection_node_and_registration() {
+        let mut ws = Watches::default();
+        ws.add("/a".into(), w(2, "2a", false));
+        ws.add("/a/b".into(), w(1, "1ab", false));
+        ws.add("/".into(), w(1, "1root", false));
+        ws.add("/a".into(), w(1, "1a", false));
+        ws.add("/a/b".into(), w(2, "2ab", false));
+        // Two watches of one connection, same token, both matching /a: one event.
+        ws.add("/a".into(), w(1, "1root", false));
+        let n0 = vec![Perm::new(Access::None, 0)];
+        let rm = Change::Removed {
+            removed: vec![("/a/b".into(), n0.clone()), ("/a".into(), n0.clone())],
+            parent_perms: None,
+        };
+        let mut out = vec![];
+        ws.fire(&rm, &|_| 0, &mut out);
+        let got: Vec<_> = out
+            .iter()
+            .map(|f| (f.conn.0, f.path.as_str(), String::from_utf8_lossy(&f.token)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "/a/b", "1ab".into()),
+                (1, "/a/b", "1root".into()),
+                (1, "/a", "1root".into()),
+                (1, "/a", "1a".into()),
+                (2, "/a/b", "2ab".into()),
+                (2, "/a", "2a".into()),
+            ]
+        );
+        assert_eq!(ws.count(ConnId(1)), 4);
+        ws.remove_conn(ConnId(1));
+        assert_eq!(ws.count(ConnId(1)), 0);
+        assert!(ws.exists("/a/b", b"2ab", ConnId(2)) && !ws.exists("/a/b", b"1ab", ConnId(1)));
+    }
+
+    #[test]
     fn matching_like_c() {
         let mut ws = Watches::default();
         ws.add("/w".into(), w(1, "a", false));
