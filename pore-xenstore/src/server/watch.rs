@@ -347,7 +347,6 @@ mod tests {
             got,
             [
                 (1, "/a/b", "1ab".into()),
-                (1, "/a/b", "1root".into()),
                 (1, "/a", "1root".into()),
                 (1, "/a", "1a".into()),
                 (2, "/a/b", "2ab".into()),
