@@ -1122,9 +1122,11 @@ impl Store {
             }
         }
         // C walks the tree from `/` in order and removes each node the domain owns
-        // (with its subtree), firing watches as it goes.
+        // (with its subtree), firing watches as it goes; like C, not when it owns none
+        // (a host's whole tree is no small walk).
         let mut changes = Vec::new();
-        let mut stack = vec!["/".to_string()];
+        let owns = self.tree.owned(domid) > 0;
+        let mut stack = if owns { vec!["/".to_string()] } else { Vec::new() };
         while let Some(cur) = stack.pop() {
             let Some(n) = self.tree.get(&cur) else {
                 continue;
