@@ -69,6 +69,11 @@ pub struct DemoArgs {
 const ROLE_LISTENER: &str = "demo-listener";
 const ROLE_OPENER: &str = "demo-opener";
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// On real Xen (a guest of an emulated machine, or a busy one) a handshake may take much more
+/// than the simulated Xen's seconds: a LING listener's transaction of 20 requests took 6 s in
+/// the lab under load.
+const LINUX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+const LINUX_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Frame tags of the demo's little protocol.
 const TAG_PING: u8 = b'P';
@@ -189,7 +194,7 @@ fn listener(args: &[String]) -> Result<(), String> {
     let ling = args.first().is_some_and(|a| a == "ling");
     let (manager, me) = start_manager(ling)?;
     process::report(&format!("ready {}", me.domid.0));
-    serve(&manager, process::report)?;
+    serve(&manager, STEP_TIMEOUT, process::report)?;
     manager.shutdown();
     process::report("closed");
     Ok(())
@@ -199,10 +204,11 @@ fn listener(args: &[String]) -> Result<(), String> {
 /// close.
 fn serve<B: Backend + Send + Sync + 'static>(
     manager: &Manager<B, XsAdapter>,
+    accept_timeout: Duration,
     report: Report,
 ) -> Result<(), String> {
     let straw = manager
-        .accept(STEP_TIMEOUT)
+        .accept(accept_timeout)
         .map_err(|e| format!("accepting a straw: {e}"))?;
     report(&format!(
         "accepted layout={:?} format={:?}",
@@ -381,13 +387,11 @@ fn start_linux_manager(
 ) -> Result<(Manager<LinuxXen, XsAdapter>, LinuxXen, DomId), String> {
     let (xen, domid, client) = backend::open_linux()?;
     let me = Endpoint::new(domid, name).map_err(|e| format!("bad endpoint name {name}: {e:?}"))?;
-    let manager = Manager::start(
-        xen.clone(),
-        XsAdapter::new(Arc::new(client)),
-        me,
-        manager_config(ling),
-    )
-    .map_err(|e| format!("starting the straw manager: {e}"))?;
+    let mut cfg = manager_config(ling);
+    cfg.handshake.handshake_timeout = LINUX_HANDSHAKE_TIMEOUT;
+    cfg.handshake.close_timeout = LINUX_CLOSE_TIMEOUT;
+    let manager = Manager::start(xen.clone(), XsAdapter::new(Arc::new(client)), me, cfg)
+        .map_err(|e| format!("starting the straw manager: {e}"))?;
     observe_steps(&manager, linux_report);
     Ok((manager, xen, domid))
 }
@@ -412,7 +416,7 @@ fn linux_listener(args: &[String]) -> Result<(), String> {
     };
     let (manager, xen, domid) = start_linux_manager(name, layout == "ling")?;
     linux_report(&format!("ready {}", domid.0));
-    let served = serve(&manager, linux_report);
+    let served = serve(&manager, LINUX_HANDSHAKE_TIMEOUT * 2, linux_report);
     manager.shutdown();
     served?;
     check_released(&xen)?;
@@ -798,7 +802,7 @@ fn show_reports(rx: &mpsc::Receiver<Line>) -> Option<String> {
     let mut last_quarter = 0;
     let mut failure = None;
     while closed < 2 {
-        let Ok(Line { who, text }) = rx.recv_timeout(STEP_TIMEOUT * 2) else {
+        let Ok(Line { who, text }) = rx.recv_timeout(STEP_TIMEOUT * 4) else {
             failure = Some("the domains stopped reporting".to_string());
             break;
         };
