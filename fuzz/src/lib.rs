@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 pub mod straw_json;
 pub mod xenstored;
 
-use pore_core::{DuplexRing, RingReader, RingWriter, SharedAccess, SharedView};
+use pore_core::{SharedRing, RingReader, RingWriter, SharedAccess, SharedView};
 
 /// Shared memory with guard bytes around it; `check` is the fuzz finding if a guard changed.
 pub struct Guarded(pore_core::loopback::GuardedRegion);
@@ -31,7 +31,7 @@ impl Guarded {
 /// Plays `input` as a sequence of 7-byte moves: the peer storing a `u32` or a byte at one of
 /// `peer_words` / anywhere in `peer_bytes_len`, or us reading or writing up to a few KiB.
 /// Every ring result must be a value or an error; lengths must be in range.
-pub fn play<R: DuplexRing>(ring: &mut R, view: SharedView<'_>, peer_words: &[usize], input: &[u8]) {
+pub fn play<R: SharedRing>(ring: &mut R, view: SharedView<'_>, peer_words: &[usize], input: &[u8]) {
     let mut buf = vec![0u8; 20_000];
     for mv in input.chunks_exact(7) {
         let value = u32::from_le_bytes([mv[1], mv[2], mv[3], mv[4]]);

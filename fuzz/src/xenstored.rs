@@ -30,6 +30,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use arbitrary::Arbitrary;
+use pore_core::{DomId, Port};
 use pore_xenstore::codec::{decode_error, Reply};
 use pore_xenstore::error::ErrorName;
 use pore_xenstore::perms::{Access, Perm};
@@ -400,15 +401,15 @@ struct Hooks {
 }
 
 impl DomainHooks for Hooks {
-    fn introduce(&mut self, _: ConnId, _: u32, _: u64, _: u32) -> Result<(), ErrorName> {
+    fn introduce(&mut self, _: ConnId, _: DomId, _: u64, _: Port) -> Result<(), ErrorName> {
         if self.fail {
             Err(ErrorName::EINVAL)
         } else {
             Ok(())
         }
     }
-    fn release(&mut self, conn: ConnId, domid: u32) {
-        self.released.push((conn, domid));
+    fn release(&mut self, conn: ConnId, domid: DomId) {
+        self.released.push((conn, u32::from(domid.0)));
     }
 }
 
@@ -805,11 +806,15 @@ impl Harness {
                 return;
             }
             Move::Toolstack { dom, fail } => {
+                // The toolstack only knows domain ids Xen can have.
+                let Ok(id) = u16::try_from(dom.id()) else {
+                    return;
+                };
                 self.hooks.fail = *fail;
                 let mut out = Vec::new();
                 let r = self
                     .store
-                    .introduce_domain(dom.id(), "guest", &mut self.hooks, &mut out);
+                    .introduce_domain(DomId(id), "guest", &mut self.hooks, &mut out);
                 self.hooks.fail = false;
                 for o in &out {
                     assert_eq!(o.kind, OutKind::Event);
@@ -825,12 +830,17 @@ impl Harness {
                     // Domain 0 does not die.
                     return;
                 }
+                // Only a domain id Xen can have dies (and only those can be introduced).
+                let Ok(id) = u16::try_from(dom.id()) else {
+                    assert!(!pre.domains.contains_key(&dom.id()));
+                    return;
+                };
                 kind = Step::Die;
                 let mut out = Vec::new();
                 let was = pre.domains.contains_key(&dom.id());
                 let done = self
                     .store
-                    .release_domain(dom.id(), &mut self.hooks, &mut out);
+                    .release_domain(DomId(id), &mut self.hooks, &mut out);
                 assert_eq!(done, was, "release of a domain not introduced");
                 for o in &out {
                     assert_eq!(o.kind, OutKind::Event);
@@ -840,7 +850,7 @@ impl Harness {
             }
             Move::Connect => {
                 if self.conns.len() < 16 {
-                    let c = self.store.connect(0);
+                    let c = self.store.connect(DomId::DOM0);
                     self.conns.push(c);
                 }
             }
@@ -1502,7 +1512,7 @@ impl Harness {
             max_queued_events: 16,
         };
         let mut store = Store::new(config);
-        let conns = vec![store.connect(0), store.connect(0)];
+        let conns = vec![store.connect(DomId::DOM0), store.connect(DomId::DOM0)];
         let snap = store.fuzz_snapshot();
         Harness {
             store,

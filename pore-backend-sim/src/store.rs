@@ -125,7 +125,7 @@ impl StoreService for pore_xenstore::server::Server {
         } = link;
         match pore_xenstore::server::GuestLink::from_pore(page, channel) {
             Ok(guest) => {
-                if let Err(e) = self.introduce_domain(u32::from(domid.0), &name, guest) {
+                if let Err(e) = self.introduce_domain(domid, &name, guest) {
                     tracing::warn!(%domid, error = ?e, "xenstored refused to introduce the domain");
                 }
             }
@@ -136,6 +136,6 @@ impl StoreService for pore_xenstore::server::Server {
     }
 
     fn domain_released(&self, domid: DomId) {
-        self.release_domain(u32::from(domid.0));
+        self.release_domain(domid);
     }
 }

@@ -416,7 +416,7 @@ fn watch(xs: &Client, out: &mut impl Write, path: &str, count: Option<u64>) -> E
                     return ExitCode::SUCCESS;
                 }
             }
-            Err(Error::Timeout) => continue,
+            Err(Error::TimedOut) => continue,
             Err(e) => return fail("watch ended on", path, &e),
         }
     }

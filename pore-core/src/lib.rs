@@ -9,7 +9,7 @@
 //!   domain's own xenstore page ([`StoreAccess`]), bundled as [`Backend`];
 //! * [`Pore`]: pages + one event channel, opened active, passive or pre-existing;
 //! * the ring traits the rings of `pore-ring` implement ([`RingWriter`], [`RingReader`],
-//!   [`DuplexRing`]);
+//!   [`SharedRing`]);
 //! * [`shared`]: the one audited way to touch memory a peer can write.
 //!
 //! With the `test-utils` feature, [`loopback`] provides a tiny in-memory backend for doc
@@ -124,6 +124,6 @@ pub use event::{EventChannel, Events, WaitOutcome};
 pub use ids::{DomId, GrantRef, Port, PAGE_SHIFT, PAGE_SIZE};
 pub use memory::{GrantedPages, Grants, MappedPages, Maps, UnmapNotify};
 pub use pore::{Pore, PoreInfo, PoreRole};
-pub use ring::{DuplexRing, RingReader, RingWriter};
+pub use ring::{RingReader, RingWriter, SharedRing};
 pub use shared::{SharedAccess, SharedMemory, SharedView};
 pub use store::{NoStore, StoreAccess};

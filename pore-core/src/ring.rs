@@ -1,9 +1,9 @@
 //! The ring traits: a byte ring in memory shared with a peer is a writer half and a reader half.
 //!
 //! A half is either a [`RingWriter`] (it produces into one direction of the ring) or a
-//! [`RingReader`] (it consumes from the other); a full two-way ring is a [`DuplexRing`]: one
-//! half of each kind, reachable with [`DuplexRing::writer`] and [`DuplexRing::reader`] or split
-//! apart for two threads with [`DuplexRing::split`]. A half never claims a method it cannot
+//! [`RingReader`] (it consumes from the other); a full two-way ring is a [`SharedRing`]: one
+//! half of each kind, reachable with [`SharedRing::writer`] and [`SharedRing::reader`] or split
+//! apart for two threads with [`SharedRing::split`]. A half never claims a method it cannot
 //! serve: a writer cannot read, a reader cannot write.
 //!
 //! The traits assume neither a power-of-two size nor free-running indices (the LING layout has
@@ -123,7 +123,7 @@ pub trait RingReader {
 
 /// A two-way ring: one [`RingWriter`] half for what we send and one [`RingReader`] half for
 /// what we receive, in the same shared region.
-pub trait DuplexRing {
+pub trait SharedRing {
     /// The half we send through.
     type Writer: RingWriter;
     /// The half we receive through (same error type as the writer).

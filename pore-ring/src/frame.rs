@@ -460,7 +460,7 @@ mod tests {
     use crate::testutil::{cases, max_ops, Guarded};
     use crate::v2::{V2Geometry, V2Ring};
     use crate::xenstore::XenstoreRing;
-    use crate::DuplexRing;
+    use crate::SharedRing;
     use pore_core::GrantRef;
     use proptest::prelude::*;
     use std::vec;

@@ -5,7 +5,7 @@
 //! Modules: [`xenstore`], [`ling`], [`v2`], [`frame`], [`wait`].
 //!
 //! Every ring half implements pore-core's [`RingWriter`] or [`RingReader`] (re-exported here,
-//! with their error type [`RingError`]); each full ring implements [`DuplexRing`] and splits
+//! with their error type [`RingError`]); each full ring implements [`SharedRing`] and splits
 //! into a writer and a reader usable from two threads. Publication has three speeds
 //! (`write`, `write_deferred` + `publish`, `write_deferred` + `commit`, and the same on the
 //! reading side): see [`pore_core::RingWriter`].
@@ -17,6 +17,7 @@
 //! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
 //! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 #![no_std]
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 extern crate alloc;
@@ -55,9 +56,9 @@ pub enum Side {
 
 /// The ring traits, for `use pore_ring::prelude::*;` (their methods need them in scope).
 pub mod prelude {
-    pub use pore_core::{DuplexRing, RingReader, RingWriter};
+    pub use pore_core::{RingReader, RingWriter, SharedRing};
 }
-pub use pore_core::{DuplexRing, RingReader, RingWriter};
+pub use pore_core::{RingReader, RingWriter, SharedRing};
 
 #[cfg(test)]
 mod testutil;

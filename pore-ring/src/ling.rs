@@ -35,7 +35,7 @@ use core::sync::atomic::Ordering;
 use pore_core::{SharedAccess, PAGE_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::{DuplexRing, RingError, RingReader, RingWriter, Side};
+use crate::{RingError, RingReader, RingWriter, SharedRing, Side};
 
 /// Pages of a LING straw (`NUM_STRAW_REFS`).
 pub const LING_PAGES: usize = 8;
@@ -419,7 +419,7 @@ impl<A: SharedAccess> LingRing<A> {
     }
 }
 
-impl<A: SharedAccess> DuplexRing for LingRing<A> {
+impl<A: SharedAccess> SharedRing for LingRing<A> {
     type Writer = LingProducer<A>;
     type Reader = LingConsumer<A>;
 

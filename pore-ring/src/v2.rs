@@ -71,7 +71,7 @@ use pore_core::{GrantRef, SharedAccess, PAGE_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::free::FreeLayout;
-use crate::{ByteConsumer, ByteProducer, DuplexRing, RingError, Side};
+use crate::{ByteConsumer, ByteProducer, RingError, SharedRing, Side};
 
 /// The producer half of a v2 ring.
 pub type Producer<A> = ByteProducer<A>;
@@ -527,7 +527,7 @@ impl<A: SharedAccess> V2Ring<A> {
     }
 }
 
-impl<A: SharedAccess> DuplexRing for V2Ring<A> {
+impl<A: SharedAccess> SharedRing for V2Ring<A> {
     type Writer = ByteProducer<A>;
     type Reader = ByteConsumer<A>;
 

@@ -284,7 +284,7 @@ mod tests {
     use super::*;
     use crate::testutil::Guarded;
     use crate::v2::{V2Geometry, V2Ring};
-    use crate::{DuplexRing, RingWriter};
+    use crate::{RingWriter, SharedRing};
     use pore_core::loopback::Loopback;
     use pore_core::{DomId, EventChannel, Events, GrantRef};
     use std::vec;

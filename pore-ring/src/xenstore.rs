@@ -35,7 +35,7 @@ use pore_core::SharedAccess;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::free::FreeLayout;
-use crate::{ByteConsumer, ByteProducer, DuplexRing, RingError};
+use crate::{ByteConsumer, ByteProducer, RingError, SharedRing};
 
 /// Bytes of each of the two rings (`XENSTORE_RING_SIZE`).
 pub const XENSTORE_RING_SIZE: usize = 1024;
@@ -285,7 +285,7 @@ impl<A: SharedAccess> XenstoreRing<A> {
     }
 }
 
-impl<A: SharedAccess> DuplexRing for XenstoreRing<A> {
+impl<A: SharedAccess> SharedRing for XenstoreRing<A> {
     type Writer = ByteProducer<A>;
     type Reader = ByteConsumer<A>;
 

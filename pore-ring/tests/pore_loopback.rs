@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use pore_core::loopback::Loopback;
-use pore_core::{DomId, DuplexRing, EventChannel, GrantRef, RingReader, RingWriter, SharedAccess};
+use pore_core::{DomId, EventChannel, GrantRef, RingReader, RingWriter, SharedAccess, SharedRing};
 use pore_ring::blocking::{FrameReceiver, FrameSender};
 use pore_ring::ling::LingRing;
 use pore_ring::v2::{read_grants, V2Geometry, V2Ring};

@@ -56,7 +56,7 @@ use pore_core::{
 use pore_ring::frame::{FrameWriter, Progress};
 use pore_ring::ling::{LingConsumer, LingProducer, LingRing, LING_PAGES};
 use pore_ring::v2::{self, V2Geometry, V2Ring};
-use pore_ring::{DuplexRing, RingError, RingReader, RingWriter};
+use pore_ring::{RingError, RingReader, RingWriter, SharedRing};
 
 use crate::handshake::{Closed, Input, PoreGrant, Role, StrawError};
 use crate::reasm::{Got, Reassembler, AHEAD};

@@ -97,7 +97,7 @@ impl XsAdapter {
                             });
                             queue.cv.notify_all();
                         }
-                        Err(Error::Timeout) => {}
+                        Err(Error::TimedOut) => {}
                         // Told to stop meanwhile: the connection going is the normal end.
                         Err(e) if stop2.load(Ordering::Acquire) => {
                             tracing::debug!(error = %e, "straw: watch ended with its connection");
@@ -161,7 +161,7 @@ fn map_err(e: &Error) -> StoreError {
         StoreError::NotFound
     } else if e.is_access_denied() {
         StoreError::PermissionDenied
-    } else if matches!(e, Error::Timeout) {
+    } else if matches!(e, Error::TimedOut) {
         StoreError::TimedOut
     } else {
         StoreError::Other

@@ -15,13 +15,15 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use pore_core::{DomId, Port};
+
 use crate::codec::{Parser, Progress, Reply, Request, WatchEvent};
-use crate::core::{ClientCore, Incoming, DEFAULT_MAX_OPEN_TRANSACTIONS};
 use crate::error::{CodecError, Error, ErrorName};
 use crate::perms::Perm;
+use crate::session::{ClientCore, Incoming, DEFAULT_MAX_OPEN_TRANSACTIONS};
 use crate::transport::{StoreLocation, Transport, TransportReader, TransportWriter};
 use crate::wire::{Limits, MsgType, HEADER_LEN};
 
@@ -80,7 +82,9 @@ struct State {
     forgotten: VecDeque<(u32, Instant)>,
     watches: HashMap<String, WatchQueue>,
     reader_busy: bool,
-    closed: bool,
+    /// Set once the connection is unusable: `Some(None)` if the peer closed it, else the
+    /// error that ended it.
+    closed: Option<Option<Arc<Error>>>,
     orphans: Vec<u32>,
     /// Requests written whose reply has not been read yet (including those given up on:
     /// the daemon still answers them).
@@ -125,7 +129,7 @@ impl Client {
                 forgotten: VecDeque::new(),
                 watches: HashMap::new(),
                 reader_busy: false,
-                closed: false,
+                closed: None,
                 orphans: Vec::new(),
                 in_flight: 0,
             }),
@@ -175,7 +179,7 @@ impl Client {
         let r = &mut *guard;
         let n = match r.rd.read(&mut r.buf, timeout)? {
             None => return Ok(Vec::new()),
-            Some(0) => return Err(Error::Closed),
+            Some(0) => return Err(Error::Closed(None)),
             Some(n) => n,
         };
         let mut msgs = Vec::new();
@@ -230,12 +234,12 @@ impl Client {
             if let Some(v) = check(&mut st) {
                 return Ok(v);
             }
-            if st.closed {
-                return Err(Error::Closed);
+            if let Some(cause) = &st.closed {
+                return Err(Error::Closed(cause.clone()));
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::Timeout);
+                return Err(Error::TimedOut);
             }
             if st.reader_busy {
                 st = self
@@ -258,7 +262,10 @@ impl Client {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "xenstore connection lost");
-                    st.closed = true;
+                    st.closed = Some(match e {
+                        Error::Closed(cause) => cause,
+                        e => Some(Arc::new(e)),
+                    });
                 }
             }
             self.cv.notify_all();
@@ -338,8 +345,8 @@ impl Client {
         let req_id = {
             let mut st = lock(&self.state);
             loop {
-                if st.closed {
-                    return Err(Error::Closed);
+                if let Some(cause) = &st.closed {
+                    return Err(Error::Closed(cause.clone()));
                 }
                 if !self.may_send(&st) {
                     // Our turn comes when the reply in flight has been read: read it
@@ -378,9 +385,14 @@ impl Client {
             let mut st = lock(&self.state);
             st.core.cancel(req_id);
             // Part of the message may be on the wire: the stream cannot be trusted any more.
-            st.closed = true;
+            let e = Error::from(e);
+            // Later calls report the connection closed, classified as this error is.
+            st.closed = Some(Some(Arc::new(Error::Core(pore_core::CoreError::new(
+                pore_core::Error::kind(&e),
+                "writing a request failed",
+            )))));
             self.cv.notify_all();
-            return Err(Error::Io(e));
+            return Err(e);
         }
         match self.wait(deadline, |st| st.results.remove(&req_id)) {
             Ok(r) => r,
@@ -564,31 +576,32 @@ impl Client {
     }
 
     /// The home path of a domain (`/local/domain/<domid>`).
-    pub fn get_domain_path(&self, domid: u32) -> Result<String, Error> {
-        match self.call(&Request::GetDomainPath(domid), 0)? {
+    pub fn get_domain_path(&self, domid: DomId) -> Result<String, Error> {
+        match self.call(&Request::GetDomainPath(u32::from(domid.0)), 0)? {
             Reply::Path(p) => Ok(p),
             _ => Err(unexpected()),
         }
     }
 
     /// Introduces a domain whose store page is `gfn` and event channel `port` (dom0).
-    pub fn introduce(&self, domid: u32, gfn: u64, port: u32) -> Result<(), Error> {
+    pub fn introduce(&self, domid: DomId, gfn: u64, port: Port) -> Result<(), Error> {
+        let (domid, port) = (u32::from(domid.0), port.0);
         Self::expect_ok(self.call(&Request::Introduce { domid, gfn, port }, 0)?)
     }
 
     /// Releases a domain (dom0).
-    pub fn release(&self, domid: u32) -> Result<(), Error> {
-        Self::expect_ok(self.call(&Request::Release(domid), 0)?)
+    pub fn release(&self, domid: DomId) -> Result<(), Error> {
+        Self::expect_ok(self.call(&Request::Release(u32::from(domid.0)), 0)?)
     }
 
     /// Clears a domain's shutdown flag (dom0).
-    pub fn resume(&self, domid: u32) -> Result<(), Error> {
-        Self::expect_ok(self.call(&Request::Resume(domid), 0)?)
+    pub fn resume(&self, domid: DomId) -> Result<(), Error> {
+        Self::expect_ok(self.call(&Request::Resume(u32::from(domid.0)), 0)?)
     }
 
     /// True if the domain is introduced.
-    pub fn is_domain_introduced(&self, domid: u32) -> Result<bool, Error> {
-        match self.call(&Request::IsDomainIntroduced(domid), 0)? {
+    pub fn is_domain_introduced(&self, domid: DomId) -> Result<bool, Error> {
+        match self.call(&Request::IsDomainIntroduced(u32::from(domid.0)), 0)? {
             Reply::Bool(b) => Ok(b),
             _ => Err(unexpected()),
         }
@@ -628,7 +641,7 @@ impl Client {
     /// Waits until `predicate` holds for the value of `path` (`None`: absent), re-reading
     /// it on every watch event; returns the value that satisfied it.
     ///
-    /// Returns [`Error::Timeout`] if it does not hold within `timeout`.
+    /// Returns [`Error::TimedOut`] if it does not hold within `timeout`.
     pub fn wait_for(
         &self,
         path: &str,
@@ -644,7 +657,7 @@ impl Client {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::Timeout);
+                return Err(Error::TimedOut);
             }
             w.next_event(deadline - now)?;
             // Coalesce a burst of events into one re-read.
@@ -754,7 +767,7 @@ impl Watch<'_> {
         &self.token
     }
 
-    /// The next event, waiting at most `timeout` ([`Error::Timeout`] if none came).
+    /// The next event, waiting at most `timeout` ([`Error::TimedOut`] if none came).
     pub fn next_event(&self, timeout: Duration) -> Result<WatchEvent, Error> {
         let deadline = Instant::now() + timeout;
         self.client.wait(deadline, |st| {
@@ -1062,7 +1075,7 @@ mod tests {
             assert_eq!(st.forgotten.len(), MAX_FORGOTTEN_REQUESTS);
         }
         std::thread::sleep(Duration::from_millis(60));
-        assert!(matches!(c.read("/x"), Err(Error::Timeout)));
+        assert!(matches!(c.read("/x"), Err(Error::TimedOut)));
         let st = lock(&c.state);
         assert_eq!(st.core.pending(), 0);
         assert!(st.discard.is_empty() && st.forgotten.is_empty());

@@ -5,24 +5,26 @@
 //! * [`codec`]: the [`WireHeader`], typed [`Request`]s and [`Reply`]s, and an incremental
 //!   [`Parser`](codec::Parser) that checks payload lengths (D11) before it allocates. Error
 //!   replies are kept by name ([`ErrorName`]), unknown names included.
-//! * [`core`]: the sans-IO client state machine (D10), with the cap on open transactions (D12).
-//! * [`ring`]: a minimal accessor-trait view of the xenstore page (offsets, both indices); the
-//!   client's ring transport uses `pore_ring::xenstore` instead.
+//! * [`session`]: the sans-IO state machine of one client session (D10): request ids, pending
+//!   requests, typed replies, watch events, the cap on open transactions (D12).
 //! * With the `std` feature: the client (request timeouts, D9), `transport` and `server`.
+//!   The guest ring, on both sides, is `pore_ring::xenstore` (the one audited path to memory
+//!   a peer writes) and its doorbell a `pore_core::EventChannel`.
+//! * [`Error`] implements `pore_core::Error`: `e.kind()`, `e.is_peer_gone()` work here too.
 //!
 //! Citations in this crate's comments and docs: `Dn` is decision *n* of the repository's
 //! `docs/decisions.md`; `docs/...` paths are relative to the repository's root.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 extern crate alloc;
 
 pub mod codec;
-pub mod core;
 pub mod error;
 pub mod perms;
-pub mod ring;
+pub mod session;
 pub mod wire;
 
 #[cfg(feature = "std")]

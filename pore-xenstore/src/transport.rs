@@ -14,13 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use core::sync::atomic::Ordering;
-
-use pore_core::{Backend, EventChannel, Pore, SharedAccess};
+use pore_core::{Backend, EventChannel, Events, Pore, Port, SharedAccess, WaitOutcome};
 use pore_ring::prelude::*;
-use pore_ring::xenstore::{XenstoreDomainInterface, XenstoreRing};
-use pore_ring::{ByteConsumer, ByteProducer, RingError};
+use pore_ring::xenstore::XenstoreRing;
 
+use crate::error::Error;
 use crate::wire::Limits;
 
 /// The receiving half of a transport.
@@ -275,60 +273,58 @@ impl Transport for XenbusTransport {
     }
 }
 
-/// Notification and waiting for the ring transport (an event channel, a fake one, or
-/// nothing at all).
-pub trait RingNotify: Send + Sync {
-    /// Signals the server that the ring changed.
-    fn notify(&self) -> io::Result<()>;
-    /// Waits for an event from the server for at most `timeout`. Spurious and missing
-    /// wake-ups are allowed: the transport re-checks the ring after every return. The
-    /// default sleeps, i.e. polls.
-    fn wait(&self, timeout: Duration) -> io::Result<()> {
-        std::thread::sleep(timeout);
+/// The event channel of a pore-core [`Pore`] that the transport shares with the pore's
+/// memory: [`EventChannel`] forwarded to [`Pore::channel`].
+pub struct PoreChannel<B: Backend>(Arc<Pore<B>>);
+
+impl<B: Backend> EventChannel for PoreChannel<B> {
+    type Error = <B as Events>::Error;
+
+    fn port(&self) -> Port {
+        self.0.channel().port()
+    }
+
+    fn notify(&self) -> Result<(), <B as Events>::Error> {
+        self.0.channel().notify()
+    }
+
+    fn try_wait(&self) -> Result<bool, <B as Events>::Error> {
+        self.0.channel().try_wait()
+    }
+
+    fn wait(&self, timeout: Duration) -> Result<WaitOutcome, <B as Events>::Error> {
+        self.0.channel().wait(timeout)
+    }
+
+    /// Drops this handle; the port closes with the pore's last handle.
+    fn close(self) -> Result<(), <B as Events>::Error> {
         Ok(())
     }
 }
 
-/// The event channel of a pore-core [`Pore`] as a [`RingNotify`].
-pub struct PoreNotify<B: Backend>(Arc<Pore<B>>);
-
-impl<B: Backend> RingNotify for PoreNotify<B> {
-    fn notify(&self) -> io::Result<()> {
-        self.0.channel().notify().map_err(io::Error::other)
-    }
-
-    fn wait(&self, timeout: Duration) -> io::Result<()> {
-        self.0
-            .channel()
-            .wait(timeout)
-            .map(|_| ())
-            .map_err(io::Error::other)
-    }
-}
-
 /// A guest's xenstore ring page (`pore_ring::xenstore`, the Xen ABI) over any pore-core
-/// [`SharedAccess`] and a [`RingNotify`]: this is what a guest uses, with its store
-/// page as a pre-existing pore (D7, [`RingTransport::from_pore`]).
+/// [`SharedAccess`] and the store's [`EventChannel`]: this is what a guest uses, with its
+/// store page as a pre-existing pore (D7, [`RingTransport::from_pore`]).
 ///
 /// When events never come the transport still makes progress: it re-checks the ring
 /// at least every `poll_interval` (1 ms by default, starting at 20 µs after activity).
 /// A 4096-byte request does not fit the 1024-byte ring and is streamed through it.
-pub struct RingTransport<A, N> {
+pub struct RingTransport<A, C> {
     mem: A,
-    notify: Arc<N>,
+    channel: Arc<C>,
     poll_interval: Duration,
 }
 
-impl<A, N> RingTransport<A, N>
+impl<A, C> RingTransport<A, C>
 where
     A: SharedAccess + Clone + Send + 'static,
-    N: RingNotify + 'static,
+    C: EventChannel + 'static,
 {
-    /// A transport over the store page `mem`, signalling with `notify`.
-    pub fn new(mem: A, notify: N) -> Self {
+    /// A transport over the store page `mem`, signalling on `channel`.
+    pub fn new(mem: A, channel: C) -> Self {
         Self {
             mem,
-            notify: Arc::new(notify),
+            channel: Arc::new(channel),
             poll_interval: Duration::from_millis(1),
         }
     }
@@ -340,70 +336,68 @@ where
     }
 }
 
-impl<B: Backend + 'static> RingTransport<Arc<Pore<B>>, PoreNotify<B>> {
+impl<B: Backend + 'static> RingTransport<Arc<Pore<B>>, PoreChannel<B>> {
     /// A transport over a pore holding a xenstore page: normally the domain's own store
     /// page and port from [`Pore::open_store`], but any pore whose first page follows the
     /// xenstore layout works (the tests use a loopback pore).
     pub fn from_pore(pore: Pore<B>) -> Self {
         let pore = Arc::new(pore);
-        Self::new(pore.clone(), PoreNotify(pore))
+        Self::new(pore.clone(), PoreChannel(pore))
     }
 
     /// Opens this domain's store page and port through `backend` ([`Pore::open_store`]).
     pub fn open_store(backend: &B) -> io::Result<Self> {
-        let pore = Pore::open_store(backend).map_err(io::Error::other)?;
+        let pore = Pore::open_store(backend)
+            .map_err(|e| io::Error::from(Error::backend("opening the store page", e)))?;
         Ok(Self::from_pore(pore))
     }
 }
 
-fn ring_err(e: RingError) -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, e)
-}
-
-const ERROR_OFFSET: usize = core::mem::offset_of!(XenstoreDomainInterface, error);
-const CONNECTION_OFFSET: usize = core::mem::offset_of!(XenstoreDomainInterface, connection);
-
-/// The page's `error` and `connection` fields: a server-reported error or a reconnection
-/// in progress stop the transport.
-fn check_page<A: SharedAccess>(mem: &A) -> io::Result<()> {
-    let err = mem.load_u32(ERROR_OFFSET, Ordering::Acquire);
-    if err != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::BrokenPipe,
-            format!("xenstore ring error {err} set by the server"),
-        ));
+/// The page's `error` and `connection` fields (read through the ring, as the peer writes
+/// them): a server-reported error or a reconnection in progress stop the transport.
+fn check_page<A: SharedAccess>(ring: &XenstoreRing<A>) -> Result<(), Error> {
+    match ring.error() {
+        0 => {}
+        e => return Err(Error::RingFault(e)),
     }
-    if mem.load_u32(CONNECTION_OFFSET, Ordering::Acquire) != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::ConnectionReset,
-            "xenstore ring reconnecting",
-        ));
+    if ring.connection() != 0 {
+        return Err(Error::Reconnecting);
     }
     Ok(())
 }
 
-struct RingReaderHalf<A: SharedAccess, N> {
-    mem: A,
-    rsp: ByteConsumer<A>,
-    notify: Arc<N>,
+/// A client view of the page used in one direction only: the reader's view only consumes
+/// replies, the writer's only produces requests (each keeps its own index, as
+/// `XenstoreRing::split` would, and can still read the page's `error` and `connection`).
+struct RingHalf<A: SharedAccess, C> {
+    ring: XenstoreRing<A>,
+    channel: Arc<C>,
     poll_interval: Duration,
 }
 
-impl<A, N> TransportReader for RingReaderHalf<A, N>
+impl<A: SharedAccess, C: EventChannel> RingHalf<A, C> {
+    fn notify(&self) -> Result<(), Error> {
+        self.channel
+            .notify()
+            .map_err(|e| Error::backend("notifying xenstored", e))
+    }
+}
+
+impl<A, C> TransportReader for RingHalf<A, C>
 where
     A: SharedAccess + Send,
-    N: RingNotify,
+    C: EventChannel,
 {
     fn read(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
         let deadline = Instant::now() + timeout;
         let mut nap = Duration::from_micros(20);
         loop {
-            check_page(&self.mem)?;
-            let n = self.rsp.read(buf).map_err(ring_err)?;
+            check_page(&self.ring)?;
+            let n = self.ring.reader().read(buf).map_err(Error::Ring)?;
             if n > 0 {
                 // Room was made: let the server push more output.
-                if self.rsp.take_notify() {
-                    self.notify.notify()?;
+                if self.ring.reader().take_notify() {
+                    self.notify()?;
                 }
                 return Ok(Some(n));
             }
@@ -411,38 +405,35 @@ where
             if now >= deadline {
                 return Ok(None);
             }
-            if let Err(e) = self.notify.wait(nap.min(deadline - now)) {
+            if let Err(e) = self.channel.wait(nap.min(deadline - now)) {
                 // The peer may have written its last words before going away.
-                let n = self.rsp.read(buf).map_err(ring_err)?;
-                return if n > 0 { Ok(Some(n)) } else { Err(e) };
+                let n = self.ring.reader().read(buf).map_err(Error::Ring)?;
+                return if n > 0 {
+                    Ok(Some(n))
+                } else {
+                    Err(Error::backend("waiting for xenstored", e).into())
+                };
             }
             nap = (nap * 2).min(self.poll_interval);
         }
     }
 }
 
-struct RingWriterHalf<A: SharedAccess, N> {
-    mem: A,
-    req: ByteProducer<A>,
-    notify: Arc<N>,
-    poll_interval: Duration,
-}
-
-impl<A, N> TransportWriter for RingWriterHalf<A, N>
+impl<A, C> TransportWriter for RingHalf<A, C>
 where
     A: SharedAccess + Send,
-    N: RingNotify,
+    C: EventChannel,
 {
     fn write_message(&mut self, msg: &[u8], deadline: Instant) -> io::Result<()> {
         let mut rest = msg;
         let mut nap = Duration::from_micros(20);
         while !rest.is_empty() {
-            check_page(&self.mem)?;
-            let n = self.req.write(rest).map_err(ring_err)?;
+            check_page(&self.ring)?;
+            let n = self.ring.writer().write(rest).map_err(Error::Ring)?;
             if n > 0 {
                 rest = &rest[n..];
-                if self.req.take_notify() {
-                    self.notify.notify()?;
+                if self.ring.writer().take_notify() {
+                    self.notify()?;
                 }
                 nap = Duration::from_micros(20);
                 continue;
@@ -458,34 +449,30 @@ where
     }
 }
 
-impl<A, N> Transport for RingTransport<A, N>
+impl<A, C> Transport for RingTransport<A, C>
 where
     A: SharedAccess + Clone + Send + 'static,
-    N: RingNotify + 'static,
+    C: EventChannel + 'static,
 {
     fn limits(&self) -> Limits {
         Limits::SOCKET
     }
 
     fn split(self: Box<Self>) -> io::Result<(Box<dyn TransportReader>, Box<dyn TransportWriter>)> {
-        check_page(&self.mem)?;
-        let (req, rsp) = XenstoreRing::client(self.mem.clone())
-            .map_err(ring_err)?
-            .split();
-        Ok((
-            Box::new(RingReaderHalf {
-                mem: self.mem.clone(),
-                rsp,
-                notify: self.notify.clone(),
+        // Each half is a whole client view of the page, used for one direction only: the
+        // indices of the other direction are never touched through it.
+        let half = |mem: A| -> Result<RingHalf<A, C>, Error> {
+            let ring = XenstoreRing::client(mem)?;
+            check_page(&ring)?;
+            Ok(RingHalf {
+                ring,
+                channel: self.channel.clone(),
                 poll_interval: self.poll_interval,
-            }),
-            Box::new(RingWriterHalf {
-                mem: self.mem,
-                req,
-                notify: self.notify,
-                poll_interval: self.poll_interval,
-            }),
-        ))
+            })
+        };
+        let reader = half(self.mem.clone())?;
+        let writer = half(self.mem.clone())?;
+        Ok((Box::new(reader), Box::new(writer)))
     }
 }
 

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pore_core::SharedAccess;
-use pore_xenstore::transport::{RingNotify, RingTransport, UnixTransport};
+use pore_core::{CoreError, DomId, ErrorKind, EventChannel, Port, WaitOutcome};
+use pore_xenstore::transport::{RingTransport, UnixTransport};
 use pore_xenstore::{Access, Client, Config, Error, ErrorName, Perm};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,7 +243,7 @@ fn watches(_k: Kind, sock: &Path) {
     // nothing pending: a short wait times out
     assert!(matches!(
         w.next_event(Duration::from_millis(100)),
-        Err(Error::Timeout)
+        Err(Error::TimedOut)
     ));
     assert_eq!(w.dropped(), 0);
     drop((w, wd, ws));
@@ -370,7 +371,7 @@ fn error_replies(k: Kind, sock: &Path) {
     xs.write(&format!("{b}/alive"), b"1").unwrap();
     assert_eq!(xs.read(&format!("{b}/alive")).unwrap(), b"1");
     // release of an unknown domain
-    let e = xs.release(31999).unwrap_err();
+    let e = xs.release(DomId(31999)).unwrap_err();
     assert!(
         matches!(e.name(), Some(ErrorName::ENOENT | ErrorName::EINVAL)),
         "{e:?}"
@@ -414,10 +415,10 @@ fn many_threads_one_connection(_k: Kind, sock: &Path) {
 
 fn domain_operations(_k: Kind, sock: &Path) {
     let xs = connect(sock);
-    assert_eq!(xs.get_domain_path(5).unwrap(), "/local/domain/5");
-    assert_eq!(xs.get_domain_path(0).unwrap(), "/local/domain/0");
-    assert!(xs.is_domain_introduced(0).unwrap());
-    assert!(!xs.is_domain_introduced(31998).unwrap());
+    assert_eq!(xs.get_domain_path(DomId(5)).unwrap(), "/local/domain/5");
+    assert_eq!(xs.get_domain_path(DomId(0)).unwrap(), "/local/domain/0");
+    assert!(xs.is_domain_introduced(DomId(0)).unwrap());
+    assert!(!xs.is_domain_introduced(DomId(31998)).unwrap());
 }
 
 fn wait_for_value(_k: Kind, sock: &Path) {
@@ -449,7 +450,7 @@ fn wait_for_value(_k: Kind, sock: &Path) {
     let e = xs
         .wait_for(&p, |v| v == Some(&b"never"[..]), Duration::from_millis(200))
         .unwrap_err();
-    assert!(matches!(e, Error::Timeout));
+    assert!(matches!(e, Error::TimedOut));
     xs.rm(&b).unwrap();
 }
 
@@ -548,8 +549,8 @@ struct FifoKick {
     port: std::sync::OnceLock<u32>,
 }
 
-impl RingNotify for FifoKick {
-    fn notify(&self) -> std::io::Result<()> {
+impl FifoKick {
+    fn kick(&self) -> std::io::Result<()> {
         use std::io::Write;
         let port = match self.port.get() {
             Some(p) => *p,
@@ -571,16 +572,40 @@ impl RingNotify for FifoKick {
     }
 }
 
+/// The daemon's events are not delivered to the guest (the shim has no way back): `wait`
+/// sleeps and the transport re-checks the ring.
+impl EventChannel for FifoKick {
+    type Error = CoreError;
+    fn port(&self) -> Port {
+        Port(0)
+    }
+    fn notify(&self) -> Result<(), CoreError> {
+        self.kick()
+            .map_err(|_| CoreError::new(ErrorKind::Io, "writing the shim's event FIFO"))
+    }
+    fn try_wait(&self) -> Result<bool, CoreError> {
+        Ok(false)
+    }
+    fn wait(&self, timeout: Duration) -> Result<WaitOutcome, CoreError> {
+        std::thread::sleep(timeout);
+        Ok(WaitOutcome::Timeout)
+    }
+    fn close(self) -> Result<(), CoreError> {
+        Ok(())
+    }
+}
+
 fn libc_o_nonblock() -> i32 {
     rustix::fs::OFlags::NONBLOCK.bits() as i32
 }
 
 /// Introduces guest `domid` (from dom0 on `dom0`) and connects to its ring.
-fn guest(sock: &Path, dom0: &Client, domid: u32, config: Config) -> Client {
+fn guest(sock: &Path, dom0: &Client, dom: DomId, config: Config) -> Client {
+    let domid = dom.0;
     let fx = PathBuf::from(format!("{}.d/xen", sock.display()));
     let ring = RingFile::create(&fx.join(format!("dom{domid}.ring")));
     let _ = std::fs::remove_file(fx.join(format!("dom{domid}.port")));
-    dom0.introduce(domid, 1234, 7).expect("introduce");
+    dom0.introduce(dom, 1234, Port(7)).expect("introduce");
     let deadline = Instant::now() + Duration::from_secs(3);
     while !fx.join(format!("dom{domid}.port")).exists() {
         assert!(
@@ -600,15 +625,16 @@ fn guest(sock: &Path, dom0: &Client, domid: u32, config: Config) -> Client {
 
 fn guest_over_ring_access_errors(k: Kind, sock: &Path) {
     let dom0 = connect(sock);
-    let domid = 21;
+    let dom = DomId(21);
+    let domid = u32::from(dom.0);
     let home = format!("/local/domain/{domid}");
     dom0.mkdir(&home).unwrap();
     dom0.set_perms(&home, &[Perm::new(Access::None, domid)])
         .unwrap();
-    let g = guest(sock, &dom0, domid, quick());
-    assert!(dom0.is_domain_introduced(domid).unwrap());
+    let g = guest(sock, &dom0, dom, quick());
+    assert!(dom0.is_domain_introduced(dom).unwrap());
     // its home is relative
-    assert_eq!(g.get_domain_path(domid).unwrap(), home);
+    assert_eq!(g.get_domain_path(dom).unwrap(), home);
     g.write("data/x", b"v").unwrap();
     assert_eq!(dom0.read(&format!("{home}/data/x")).unwrap(), b"v");
     assert_eq!(g.read("data/x").unwrap(), b"v");
@@ -624,7 +650,10 @@ fn guest_over_ring_access_errors(k: Kind, sock: &Path) {
         .is_access_denied());
     assert!(g.directory("/").unwrap_err().is_access_denied());
     // privileged operations
-    assert!(g.introduce(99, 1, 1).unwrap_err().is_access_denied());
+    assert!(g
+        .introduce(DomId(99), 1, Port(1))
+        .unwrap_err()
+        .is_access_denied());
     // giving away ownership: C EPERM, O EACCES
     let e = g
         .set_perms(
@@ -655,13 +684,14 @@ fn guest_over_ring_access_errors(k: Kind, sock: &Path) {
     assert_eq!(g.read("data/big").unwrap(), big);
     drop(w);
     drop(g);
-    dom0.release(domid).unwrap();
+    dom0.release(dom).unwrap();
     dom0.rm(&b).unwrap();
 }
 
 fn guest_over_ring_quota_errors(_k: Kind, sock: &Path) {
     let dom0 = connect(sock);
-    let domid = 22;
+    let dom = DomId(22);
+    let domid = u32::from(dom.0);
     let home = format!("/local/domain/{domid}");
     dom0.mkdir(&home).unwrap();
     dom0.set_perms(&home, &[Perm::new(Access::None, domid)])
@@ -671,7 +701,7 @@ fn guest_over_ring_quota_errors(_k: Kind, sock: &Path) {
         transaction_attempts: 1,
         ..quick()
     };
-    let g = guest(sock, &dom0, domid, cfg);
+    let g = guest(sock, &dom0, dom, cfg);
     // node size over the per-entry quota (2048): C ENOSPC, O E2BIG
     let e = g.write("data/big", &vec![b'v'; 3000]).unwrap_err();
     assert!(e.is_quota(), "{e:?}");
@@ -706,5 +736,5 @@ fn guest_over_ring_quota_errors(_k: Kind, sock: &Path) {
     // after all that, the guest still works
     g.write("data/ok", b"1").unwrap();
     drop(g);
-    dom0.release(domid).unwrap();
+    dom0.release(dom).unwrap();
 }

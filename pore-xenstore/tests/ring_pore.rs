@@ -130,7 +130,13 @@ fn hostile_index_is_an_error_not_a_panic() {
     let rsp_prod = core::mem::offset_of!(pore_ring::xenstore::XenstoreDomainInterface, rsp_prod);
     server.store_u32(rsp_prod, 5000, Ordering::Release);
     let e = xs.read("/a").unwrap_err();
-    assert!(matches!(e, Error::Closed), "{e:?}");
+    // The connection ends; its cause is pore-ring's verdict on the index.
+    assert!(
+        matches!(&e, Error::Closed(Some(c)) if matches!(**c, Error::Ring(_))),
+        "{e:?}"
+    );
+    assert_eq!(pore_core::Error::kind(&e), pore_core::ErrorKind::Closed);
+    assert!(!pore_core::Error::is_peer_gone(&e));
 }
 
 #[test]
@@ -140,4 +146,24 @@ fn server_error_field_stops_the_transport() {
     server.store_u32(err, 1, Ordering::Release);
     let r = Client::with_transport(Box::new(RingTransport::from_pore(client)), config());
     assert!(r.is_err(), "a ring the server marked broken is refused");
+}
+
+#[test]
+fn a_gone_server_is_peer_gone_at_this_layer() {
+    let (server, client) = pair();
+    let xs = Client::with_transport(Box::new(RingTransport::from_pore(client)), config()).unwrap();
+    // The server's side goes away (its port closes) without answering.
+    drop(server);
+    let e = xs.read("/a").unwrap_err();
+    assert!(pore_core::Error::is_peer_gone(&e), "{e:?}");
+    // The backend's error is kept as the source.
+    let mut source = std::error::Error::source(&e);
+    let mut found = false;
+    while let Some(s) = source {
+        found |= s.downcast_ref::<pore_core::CoreError>().is_some();
+        source = s.source();
+    }
+    assert!(found, "the loopback's error is in the chain: {e:?}");
+    // Later calls say the same.
+    assert!(pore_core::Error::is_peer_gone(&xs.read("/b").unwrap_err()));
 }

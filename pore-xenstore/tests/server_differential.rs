@@ -20,10 +20,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pore_xenstore::ring::RingAccess;
-use pore_xenstore::server::{
-    Config, ConnectError, DomainConnector, GuestEvents, GuestLink, Quotas, Server,
-};
+use std::sync::atomic::Ordering;
+
+use pore_core::{CoreError, DomId, EventChannel, Port, SharedAccess, WaitOutcome};
+use pore_ring::xenstore::XenstoreRing;
+use pore_xenstore::server::{Config, DomainConnector, GuestLink, Quotas, Server};
+use pore_xenstore::Error;
 use server_common::*;
 
 const REQ_CONS: u64 = 2048;
@@ -32,57 +34,90 @@ const RSP_CONS: u64 = 2056;
 const RSP_PROD: u64 = 2060;
 const SYNC_ID: u32 = 0xfff0_0000;
 
-/// A ring page in a file (coherent with a MAP_SHARED mapping of the same file).
-struct FilePage(File);
+/// A ring page in a file (coherent with a MAP_SHARED mapping of the same file), reached
+/// with positioned reads and writes: each access is one system call, so each aligned `u32`
+/// is read or written whole. The byte-wise atomics are not used by the xenstore ring.
+#[derive(Clone)]
+struct FilePage(Arc<File>);
 
-impl RingAccess for FilePage {
-    fn load_u32(&self, offset: usize) -> u32 {
-        let mut b = [0u8; 4];
+impl FilePage {
+    fn get<const N: usize>(&self, offset: usize) -> [u8; N] {
+        let mut b = [0u8; N];
         self.0.read_exact_at(&mut b, offset as u64).unwrap();
-        u32::from_le_bytes(b)
+        b
     }
-    fn store_u32(&self, offset: usize, v: u32) {
-        self.0
-            .write_all_at(&v.to_le_bytes(), offset as u64)
-            .unwrap();
+    fn put(&self, offset: usize, data: &[u8]) {
+        self.0.write_all_at(data, offset as u64).unwrap();
+    }
+}
+
+impl SharedAccess for FilePage {
+    fn len(&self) -> usize {
+        4096
+    }
+    fn load_u32(&self, offset: usize, _: Ordering) -> u32 {
+        u32::from_le_bytes(self.get(offset))
+    }
+    fn store_u32(&self, offset: usize, v: u32, _: Ordering) {
+        self.put(offset, &v.to_le_bytes())
+    }
+    fn load_u8(&self, offset: usize, _: Ordering) -> u8 {
+        self.get::<1>(offset)[0]
+    }
+    fn store_u8(&self, offset: usize, v: u8, _: Ordering) {
+        self.put(offset, &[v])
+    }
+    fn swap_u8(&self, offset: usize, v: u8, _: Ordering) -> u8 {
+        let old = self.get::<1>(offset)[0];
+        self.put(offset, &[v]);
+        old
+    }
+    fn fetch_or_u8(&self, offset: usize, bits: u8, _: Ordering) -> u8 {
+        let old = self.get::<1>(offset)[0];
+        self.put(offset, &[old | bits]);
+        old
     }
     fn read_bytes(&self, offset: usize, out: &mut [u8]) {
         self.0.read_exact_at(out, offset as u64).unwrap();
     }
     fn write_bytes(&self, offset: usize, data: &[u8]) {
-        self.0.write_all_at(data, offset as u64).unwrap();
+        self.put(offset, data)
     }
 }
 
 /// Guests poll their rings (as under the nohv shim): no notifications, short sleeps.
 struct Polling;
 
-impl GuestEvents for Polling {
-    fn notify(&self) -> std::io::Result<()> {
+impl EventChannel for Polling {
+    type Error = CoreError;
+    fn port(&self) -> Port {
+        Port(0)
+    }
+    fn notify(&self) -> Result<(), CoreError> {
         Ok(())
     }
-    fn wait(&self, timeout: Duration) -> std::io::Result<bool> {
-        std::thread::sleep(timeout.min(Duration::from_micros(500)));
+    fn try_wait(&self) -> Result<bool, CoreError> {
         Ok(true)
+    }
+    fn wait(&self, timeout: Duration) -> Result<WaitOutcome, CoreError> {
+        std::thread::sleep(timeout.min(Duration::from_micros(500)));
+        Ok(WaitOutcome::Event)
+    }
+    fn close(self) -> Result<(), CoreError> {
+        Ok(())
     }
 }
 
 struct FileConnector(PathBuf);
 
 impl DomainConnector for FileConnector {
-    fn connect(&self, domid: u32, _gfn: u64, _port: u32) -> Result<GuestLink, ConnectError> {
+    fn connect(&self, domid: DomId, _gfn: u64, _port: Port) -> Result<GuestLink, Error> {
         let f = OpenOptions::new()
             .read(true)
             .write(true)
-            .open(self.0.join(format!("dom{domid}.ring")))
-            .map_err(|e| ConnectError {
-                domid,
-                reason: e.to_string(),
-            })?;
-        Ok(GuestLink::from_access(
-            Arc::new(FilePage(f)),
-            Arc::new(Polling),
-        ))
+            .open(self.0.join(format!("dom{}.ring", domid.0)))?;
+        let ring = XenstoreRing::server(FilePage(Arc::new(f)))?;
+        Ok(GuestLink::new(ring, Polling))
     }
 }
 

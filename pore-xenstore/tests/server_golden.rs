@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use pore_core::DomId;
 use pore_xenstore::codec::parse_frame;
 use pore_xenstore::server::{AcceptDomains, Config, ConnId, OutKind, Quotas, Store};
 use pore_xenstore::wire::PAYLOAD_MAX;
@@ -64,9 +65,13 @@ fn replay(file: &str, config: Config) -> usize {
             let req_type = u32::from_le_bytes(send[0..4].try_into().unwrap());
             let what = format!("{} / {}", section["title"], step["send_decoded"]);
             let conn = if who == "G" {
-                store.domain_conn(5).expect("G sends after INTRODUCE 5")
+                store
+                    .domain_conn(DomId(5))
+                    .expect("G sends after INTRODUCE 5")
             } else {
-                *conns.entry(who.clone()).or_insert_with(|| store.connect(0))
+                *conns
+                    .entry(who.clone())
+                    .or_insert_with(|| store.connect(DomId::DOM0))
             };
             // Expected messages per connection, in order.
             let mut expected: HashMap<String, Vec<Option<Vec<u8>>>> = HashMap::new();
@@ -89,7 +94,7 @@ fn replay(file: &str, config: Config) -> usize {
                     let mut out = Vec::new();
                     store.handle_frame(conn, &hdr, payload, &mut AcceptDomains, &mut out);
                     for o in out {
-                        let name = if Some(o.conn) == store.domain_conn(5) {
+                        let name = if Some(o.conn) == store.domain_conn(DomId(5)) {
                             "G".to_string()
                         } else {
                             conns

@@ -209,7 +209,7 @@ fn setup(
 fn a_timed_out_request_is_still_in_flight() {
     let (client, seen, dev) = setup(Duration::from_millis(600), Duration::from_millis(400));
     let e = client.start_transaction().unwrap_err();
-    assert!(matches!(e, pore_xenstore::Error::Timeout), "{e:?}");
+    assert!(matches!(e, pore_xenstore::Error::TimedOut), "{e:?}");
     assert_eq!(client.read("/x").unwrap(), b"value");
     drop(client);
     dev.join().unwrap();

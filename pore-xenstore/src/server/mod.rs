@@ -57,8 +57,8 @@ mod watch;
 mod store_tests;
 
 pub use quota::{Config, Quotas};
-pub use ring::{GuestEvents, GuestLink, GuestRing, ServerRing};
-pub use service::{ConnectError, DomainConnector, Server};
+pub use ring::GuestLink;
+pub use service::{DomainConnector, Server};
 #[cfg(feature = "fuzzing")]
 pub use store::fuzzing;
 pub use store::{AcceptDomains, DomainHooks, OutKind, Outgoing, Store};

@@ -11,35 +11,31 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::codec::parse_frame;
-use crate::error::ErrorName;
+use crate::error::{Error, ErrorName};
 use crate::wire::{WireHeader, HEADER_LEN, PAYLOAD_MAX};
+use pore_core::{DomId, Port};
 
 use super::conn::{Outbox, Sink};
 use super::quota::Config;
-use super::ring::{GuestLink, GuestRing, RingSink};
+use super::ring::{GuestLink, RingSink};
 use super::store::{DomainHooks, OutKind, Outgoing, Store};
 use super::ConnId;
 
 /// How long a blocked thread waits before it checks for shutdown.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Why a guest's ring could not be reached.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot connect to domain {domid}: {reason}")]
-pub struct ConnectError {
-    /// The domain.
-    pub domid: u32,
-    /// What went wrong.
-    pub reason: String,
-}
-
-/// Reaches a guest's store ring on INTRODUCE (D13). The simulated backend implements it
-/// by mapping the guest's page and binding its event channel.
+/// Reaches a guest's store ring on INTRODUCE (D13): maps the guest's page and binds its
+/// event channel.
 pub trait DomainConnector: Send + Sync {
     /// Maps the ring page `gfn` of `domid` and binds its event channel `port`.
-    fn connect(&self, domid: u32, gfn: u64, port: u32) -> Result<GuestLink, ConnectError>;
+    ///
+    /// # Errors
+    ///
+    /// The page or port cannot be reached (the backend's error, e.g. [`Error::backend`]);
+    /// INTRODUCE then fails with `EINVAL`.
+    fn connect(&self, domid: DomId, gfn: u64, port: Port) -> Result<GuestLink, Error>;
     /// The domain was released: unmap and unbind (the link was already dropped).
-    fn disconnect(&self, _domid: u32) {}
+    fn disconnect(&self, _domid: DomId) {}
 }
 
 pub(crate) struct State {
@@ -95,30 +91,26 @@ impl DomainHooks for Hooks<'_> {
     fn introduce(
         &mut self,
         conn: ConnId,
-        domid: u32,
+        domid: DomId,
         gfn: u64,
-        port: u32,
+        port: Port,
     ) -> Result<(), ErrorName> {
         let link = match (self.link.take(), &self.inner.connector) {
             (Some(link), _) => link,
             (None, Some(connector)) => connector.connect(domid, gfn, port).map_err(|e| {
-                tracing::warn!(error = %e, "INTRODUCE failed");
+                tracing::warn!(%domid, error = %e, "INTRODUCE: cannot reach the domain");
                 ErrorName::EINVAL
             })?,
             (None, None) => {
                 tracing::warn!(
-                    domid,
+                    %domid,
                     "no domain connector: domain introduced without a ring"
                 );
                 return Ok(());
             }
         };
-        let ring = link.ring.clone();
         let outbox = Arc::new(Outbox::new(
-            Box::new(RingSink {
-                ring: ring.clone(),
-                events: link.events.clone(),
-            }),
+            Box::new(RingSink { link: link.clone() }),
             self.inner.max_events,
         ));
         self.outboxes.insert(conn, outbox.clone());
@@ -126,8 +118,8 @@ impl DomainHooks for Hooks<'_> {
         self.guests.insert(conn, stop.clone());
         let inner = self.inner.clone();
         let spawned = std::thread::Builder::new()
-            .name(format!("xsd-dom{domid}"))
-            .spawn(move || guest_loop(inner, conn, domid, ring, link, outbox, stop));
+            .name(format!("xsd-dom{}", domid.0))
+            .spawn(move || guest_loop(inner, conn, domid, link, outbox, stop));
         match spawned {
             Ok(h) => {
                 self.inner.threads().push(h);
@@ -142,7 +134,7 @@ impl DomainHooks for Hooks<'_> {
         }
     }
 
-    fn release(&mut self, conn: ConnId, domid: u32) {
+    fn release(&mut self, conn: ConnId, domid: DomId) {
         self.outboxes.remove(&conn);
         if let Some(stop) = self.guests.remove(&conn) {
             stop.store(true, Ordering::Relaxed);
@@ -169,7 +161,7 @@ impl Inner {
     }
 
     /// Registers a new connection of `domid` writing to `sink`.
-    pub(crate) fn add_conn(&self, domid: u32, sink: Box<dyn Sink>) -> (ConnId, Arc<Outbox>) {
+    pub(crate) fn add_conn(&self, domid: DomId, sink: Box<dyn Sink>) -> (ConnId, Arc<Outbox>) {
         let mut st = self.lock();
         let id = st.store.connect(domid);
         let ob = Arc::new(Outbox::new(sink, self.max_events));
@@ -246,7 +238,7 @@ impl Inner {
     }
 
     /// Releases a domain from outside the protocol (domain death).
-    fn release_domain(self: &Arc<Self>, domid: u32) -> bool {
+    fn release_domain(self: &Arc<Self>, domid: DomId) -> bool {
         let mut out = Vec::new();
         let mut st = self.lock();
         let State {
@@ -270,8 +262,7 @@ impl Inner {
 fn guest_loop(
     inner: Arc<Inner>,
     conn: ConnId,
-    domid: u32,
-    ring: Arc<dyn GuestRing>,
+    domid: DomId,
     link: GuestLink,
     outbox: Arc<Outbox>,
     stop: Arc<AtomicBool>,
@@ -279,20 +270,20 @@ fn guest_loop(
     let mut buf = vec![0u8; 2 * (HEADER_LEN + PAYLOAD_MAX)];
     let mut filled = 0;
     let mut out = Vec::new();
-    tracing::debug!(domid, "guest ring served");
+    tracing::debug!(%domid, "guest ring served");
     while !stop.load(Ordering::Relaxed) && !inner.stop.load(Ordering::Relaxed) {
         let pending = outbox.flush();
         let mut progressed = false;
         if !pending && filled < buf.len() {
-            match ring.read(&mut buf[filled..]) {
+            match link.read(&mut buf[filled..]) {
                 Ok(0) => {}
                 Ok(n) => {
                     filled += n;
                     progressed = true;
-                    let _ = link.events.notify();
+                    let _ = link.notify();
                 }
                 Err(e) => {
-                    tracing::warn!(domid, error = %e, "guest ring broken; no longer served");
+                    tracing::warn!(%domid, error = %e, "guest ring broken; no longer served");
                     break;
                 }
             }
@@ -300,11 +291,11 @@ fn guest_loop(
             if let Some(h) = WireHeader::read(&buf[..filled]) {
                 if h.len.get() as usize > PAYLOAD_MAX {
                     tracing::warn!(
-                        domid,
+                        %domid,
                         len = h.len.get(),
                         "guest message too long; ring closed"
                     );
-                    ring.protocol_error();
+                    link.protocol_error();
                     break;
                 }
             }
@@ -314,23 +305,23 @@ fn guest_loop(
                     filled -= used;
                 }
                 Err(()) => {
-                    ring.protocol_error();
+                    link.protocol_error();
                     break;
                 }
             }
         }
         if !progressed {
-            if let Err(e) = link.events.wait(POLL_INTERVAL) {
-                if e.kind() == std::io::ErrorKind::ConnectionAborted {
-                    tracing::debug!(domid, "guest gone: its event channel closed");
+            if let Err(e) = link.wait(POLL_INTERVAL) {
+                if pore_core::Error::is_peer_gone(&e) {
+                    tracing::debug!(%domid, "guest gone: its event channel closed");
                 } else {
-                    tracing::warn!(domid, error = %e, "guest event channel failed");
+                    tracing::warn!(%domid, error = %e, "guest event channel failed");
                 }
                 break;
             }
         }
     }
-    tracing::debug!(domid, "guest thread ends");
+    tracing::debug!(%domid, "guest thread ends");
     let _ = (conn, outbox);
 }
 
@@ -411,7 +402,7 @@ impl Server {
     /// `EEXIST` if the domain is already introduced.
     pub fn introduce_domain(
         &self,
-        domid: u32,
+        domid: DomId,
         name: &str,
         link: GuestLink,
     ) -> Result<(), ErrorName> {
@@ -436,7 +427,7 @@ impl Server {
 
     /// Releases domain `domid` as if it died: its nodes go and `@releaseDomain` fires.
     /// False if it was not introduced.
-    pub fn release_domain(&self, domid: u32) -> bool {
+    pub fn release_domain(&self, domid: DomId) -> bool {
         self.inner.release_domain(domid)
     }
 

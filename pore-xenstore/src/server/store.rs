@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use pore_core::{DomId, Port};
 use zerocopy::IntoBytes;
 
 use crate::codec::Message;
@@ -57,10 +58,15 @@ pub struct Outgoing {
 pub trait DomainHooks {
     /// Domain `domid` is being introduced with its ring page `gfn` and event channel
     /// `port`; its requests will come as connection `conn`. An error is the reply.
-    fn introduce(&mut self, conn: ConnId, domid: u32, gfn: u64, port: u32)
-        -> Result<(), ErrorName>;
+    fn introduce(
+        &mut self,
+        conn: ConnId,
+        domid: DomId,
+        gfn: u64,
+        port: Port,
+    ) -> Result<(), ErrorName>;
     /// Domain `domid` (connection `conn`) is released: stop serving its ring.
-    fn release(&mut self, conn: ConnId, domid: u32);
+    fn release(&mut self, conn: ConnId, domid: DomId);
 }
 
 /// [`DomainHooks`] that accept every domain and do nothing: the guest's connection is
@@ -70,10 +76,10 @@ pub trait DomainHooks {
 pub struct AcceptDomains;
 
 impl DomainHooks for AcceptDomains {
-    fn introduce(&mut self, _: ConnId, _: u32, _: u64, _: u32) -> Result<(), ErrorName> {
+    fn introduce(&mut self, _: ConnId, _: DomId, _: u64, _: Port) -> Result<(), ErrorName> {
         Ok(())
     }
-    fn release(&mut self, _: ConnId, _: u32) {}
+    fn release(&mut self, _: ConnId, _: DomId) {}
 }
 
 #[derive(Debug)]
@@ -86,6 +92,7 @@ struct Conn {
 #[derive(Debug)]
 struct Domain {
     conn: ConnId,
+    id: DomId,
 }
 
 /// The rights of a connection.
@@ -141,7 +148,7 @@ struct Req<'a> {
 /// use pore_xenstore::server::{AcceptDomains, Config, Store};
 ///
 /// let mut store = Store::new(Config::default());
-/// let dom0 = store.connect(0);
+/// let dom0 = store.connect(pore_core::DomId::DOM0);
 /// let bytes = Request::Write { path: "/a", value: b"1" }.encode(1, 0, 4096).unwrap();
 /// let msg = Message { ty: 11, req_id: 1, tx_id: 0, payload: bytes[16..].to_vec() };
 /// let mut out = Vec::new();
@@ -280,13 +287,13 @@ impl Store {
 
     /// Opens a connection for domain `domid` (0 for a unix socket client) and returns
     /// its id.
-    pub fn connect(&mut self, domid: u32) -> ConnId {
+    pub fn connect(&mut self, domid: DomId) -> ConnId {
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
         self.conns.insert(
             id,
             Conn {
-                domid,
+                domid: u32::from(domid.0),
                 txs: HashMap::new(),
                 next_tx: 1,
             },
@@ -302,17 +309,25 @@ impl Store {
     }
 
     /// The domain a connection acts for.
-    pub fn domid_of(&self, conn: ConnId) -> Option<u32> {
-        self.conns.get(&conn).map(|c| c.domid)
+    pub fn domid_of(&self, conn: ConnId) -> Option<DomId> {
+        // Connections are opened for a `DomId` (connect, introduction), so this always fits.
+        self.conns
+            .get(&conn)
+            .and_then(|c| u16::try_from(c.domid).ok().map(DomId))
     }
 
     /// The connection serving an introduced domain's ring.
-    pub fn domain_conn(&self, domid: u32) -> Option<ConnId> {
-        self.domains.get(&domid).map(|d| d.conn)
+    pub fn domain_conn(&self, domid: DomId) -> Option<ConnId> {
+        self.domains.get(&u32::from(domid.0)).map(|d| d.conn)
     }
 
     /// True for dom0 and introduced domains.
-    pub fn is_introduced(&self, domid: u32) -> bool {
+    pub fn is_introduced(&self, domid: DomId) -> bool {
+        self.introduced(u32::from(domid.0))
+    }
+
+    /// [`Store::is_introduced`] with the domain id as the wire gives it.
+    fn introduced(&self, domid: u32) -> bool {
         domid == 0 || self.domains.contains_key(&domid)
     }
 
@@ -757,12 +772,15 @@ impl Store {
                 if self.domains.contains_key(&domid) {
                     return ok();
                 }
-                self.introduce_inner(domid, gfn, port as u32, hooks, out)?;
+                // Not a domain id Xen can have (C fails the same request when it binds
+                // the port or maps the page).
+                let domid = u16::try_from(domid).map_err(|_| ErrorName::EINVAL)?;
+                self.introduce_inner(DomId(domid), gfn, Port(port as u32), hooks, out)?;
                 ok()
             }
             Release => {
                 let domid = self.introduced_guest(who.privileged, p)?;
-                self.release_domain(domid, hooks, out);
+                self.release_raw(domid, hooks, out);
                 ok()
             }
             Resume => {
@@ -778,7 +796,7 @@ impl Store {
                     return Err(ErrorName::EACCES);
                 }
                 let domid = path::atoi(onearg(p)?) as u32;
-                Ok(if self.is_introduced(domid) {
+                Ok(if self.introduced(domid) {
                     b"T\0"
                 } else {
                     b"F\0"
@@ -795,7 +813,7 @@ impl Store {
                 }
                 let domid = path::atoi(s[0]) as u32;
                 let target = path::atoi(s[1]) as u32;
-                if !self.domains.contains_key(&domid) || !self.is_introduced(target) {
+                if !self.domains.contains_key(&domid) || !self.introduced(target) {
                     return Err(ErrorName::ENOENT);
                 }
                 self.targets.insert(domid, target);
@@ -826,9 +844,9 @@ impl Store {
 
     fn introduce_inner(
         &mut self,
-        domid: u32,
+        domid: DomId,
         gfn: u64,
-        port: u32,
+        port: Port,
         hooks: &mut dyn DomainHooks,
         out: &mut Vec<Outgoing>,
     ) -> Res<ConnId> {
@@ -837,8 +855,14 @@ impl Store {
             self.disconnect(gconn);
             return Err(e);
         }
-        tracing::info!(domid, gfn, port, "domain introduced");
-        self.domains.insert(domid, Domain { conn: gconn });
+        tracing::info!(%domid, gfn, port = port.0, "domain introduced");
+        self.domains.insert(
+            u32::from(domid.0),
+            Domain {
+                conn: gconn,
+                id: domid,
+            },
+        );
         self.fire_special("@introduceDomain", out);
         Ok(gconn)
     }
@@ -852,11 +876,12 @@ impl Store {
     /// `EEXIST` if it is already introduced, or the error of `hooks`.
     pub fn introduce_domain(
         &mut self,
-        domid: u32,
+        dom: DomId,
         name: &str,
         hooks: &mut dyn DomainHooks,
         out: &mut Vec<Outgoing>,
     ) -> Result<ConnId, ErrorName> {
+        let domid = u32::from(dom.0);
         if domid == 0 || self.domains.contains_key(&domid) {
             return Err(ErrorName::EEXIST);
         }
@@ -884,7 +909,7 @@ impl Store {
             )?);
         }
         self.fire(&changes, out);
-        self.introduce_inner(domid, 0, 0, hooks, out)
+        self.introduce_inner(dom, 0, Port(0), hooks, out)
     }
 
     /// Who may see the event of a node a transaction changed (C's `watch_permitted`
@@ -1066,6 +1091,16 @@ impl Store {
     /// not introduced.
     pub fn release_domain(
         &mut self,
+        domid: DomId,
+        hooks: &mut dyn DomainHooks,
+        out: &mut Vec<Outgoing>,
+    ) -> bool {
+        self.release_raw(u32::from(domid.0), hooks, out)
+    }
+
+    /// [`Store::release_domain`] with the domain id as the wire gives it.
+    fn release_raw(
+        &mut self,
         domid: u32,
         hooks: &mut dyn DomainHooks,
         out: &mut Vec<Outgoing>,
@@ -1075,7 +1110,7 @@ impl Store {
         };
         tracing::info!(domid, "domain released");
         self.disconnect(d.conn);
-        hooks.release(d.conn, domid);
+        hooks.release(d.conn, d.id);
         // A stub domain whose target this was loses the target's rights: a later domain
         // with this id is not its target. (C 4.17 instead keeps a released target alive
         // while a stub refers to it: RELEASE is acknowledged, the domain stays

@@ -1,6 +1,8 @@
 //! Unit tests of the sans-IO core: guests (unprivileged), ownership, quotas, watches,
 //! transactions, release.
 
+use pore_core::DomId;
+
 use crate::codec::{Message, Request};
 use crate::perms::{Access, Perm};
 
@@ -25,7 +27,7 @@ fn msg(req: &Request<'_>, tx: u32) -> Message {
 impl T {
     fn new(config: Config) -> Self {
         let mut s = Store::new(config);
-        let dom0 = s.connect(0);
+        let dom0 = s.connect(DomId::DOM0);
         T { s, dom0 }
     }
 
@@ -75,6 +77,7 @@ impl T {
             0,
         );
         assert_eq!(r, "OK\0");
+        let domid = DomId(u16::try_from(domid).unwrap());
         self.s.domain_conn(domid).unwrap()
     }
 
@@ -369,7 +372,7 @@ fn watch_events_filtered_and_relative_for_guests() {
 fn transactions_isolate_and_conflict() {
     let mut t = T::new(Config::default());
     let d0 = t.dom0;
-    let b = t.s.connect(0);
+    let b = t.s.connect(DomId::DOM0);
     t.req(
         d0,
         Request::Watch {
@@ -662,7 +665,7 @@ mod prop {
 fn commit_events_like_c() {
     let mut t = T::new(Config::default());
     let d0 = t.dom0;
-    let b = t.s.connect(0);
+    let b = t.s.connect(DomId::DOM0);
     t.req(
         d0,
         Request::Write {

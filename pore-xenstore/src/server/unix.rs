@@ -72,7 +72,7 @@ fn serve(inner: Arc<Inner>, stream: UnixStream) {
         }
     };
     let _ = stream.set_read_timeout(Some(POLL_INTERVAL));
-    let (conn, outbox) = inner.add_conn(0, Box::new(sink));
+    let (conn, outbox) = inner.add_conn(pore_core::DomId::DOM0, Box::new(sink));
     tracing::debug!(conn = conn.0, "client connected");
     let mut buf = vec![0u8; 64 * 1024];
     let mut filled = 0;

@@ -5,7 +5,7 @@
 //!
 //! ```
 //! use pore_xenstore::codec::{Message, Reply, Request};
-//! use pore_xenstore::core::{ClientCore, Incoming};
+//! use pore_xenstore::session::{ClientCore, Incoming};
 //! use pore_xenstore::Limits;
 //!
 //! let mut core = ClientCore::new(Limits::SOCKET, 8);
