@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bbqueue::BBBuffer;
-use pore_benches::{cell, median_rate, stream, FrameParse, Rx, Tx};
+use pore_benches::{cell, median_rate, stream, FrameParse, MmapPages, Rx, Tx};
 use pore_core::loopback::{Loopback, LoopbackChannel};
 use pore_core::{
     DomId, EventChannel, Events, GrantRef, Grants, SharedAccess, SharedMemory, SharedView,
@@ -277,6 +277,10 @@ enum Who {
     V2Batched,
     V2At16K,
     V2LockOr,
+    V2Foreign,
+    V2ForeignPublish,
+    V2ForeignPoll,
+    V2ForeignBatched,
     Ling,
     Rtrb,
     Ringbuf,
@@ -293,6 +297,18 @@ impl Who {
             Who::V2Batched => "pore v2, batched (64 frames/commit, coalescing writer)",
             Who::V2At16K => "pore v2 at 16 KiB, per message",
             Who::V2LockOr => "experiment: v2 per message, full barrier = locked RMW on a local",
+            Who::V2Foreign => {
+                "pore v2 on foreign pages (wide copies), index + wake-up check per message"
+            }
+            Who::V2ForeignPublish => {
+                "pore v2 on foreign pages, index per message, wake-up check per 64 / when idle"
+            }
+            Who::V2ForeignPoll => {
+                "pore v2 on foreign pages, polling mode (no wake flags), per message"
+            }
+            Who::V2ForeignBatched => {
+                "pore v2 on foreign pages, batched (64 frames/commit, coalescing writer)"
+            }
             Who::Ling => "pore LING (16 376 B), per message",
             Who::Rtrb => "rtrb 0.3 (chunk/slice API)",
             Who::Ringbuf => "ringbuf 0.4",
@@ -387,6 +403,86 @@ fn memcpy_rate(size: usize, cap: usize, window: Duration) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The copy routines alone, one thread, 1 MiB working set: GB/s into shared memory
+/// (`write_bytes`) or out of it (`read_bytes`), or `memcpy` between private buffers. `foreign`
+/// picks the wide volatile copy, otherwise the atomic word copy; both on `mmap` pages.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum CopyHow {
+    WordIn,
+    WordOut,
+    WideIn,
+    WideOut,
+    Memcpy,
+}
+
+const COPY_SET: usize = 1 << 20;
+
+fn copy_rate(how: CopyHow, size: usize, window: Duration) -> f64 {
+    let foreign = matches!(how, CopyHow::WideIn | CopyHow::WideOut);
+    let pages = MmapPages::new(COPY_SET, foreign);
+    let view = pages.view();
+    let src = vec![0x5au8; COPY_SET];
+    let mut dst = vec![1u8; COPY_SET];
+    // Fault every page in before timing.
+    view.write_bytes(0, &src);
+    view.read_bytes(0, &mut dst);
+    let start = std::time::Instant::now();
+    let cpu0 = pore_benches::thread_cpu_time();
+    let (mut bytes, mut off) = (0u64, 0usize);
+    while start.elapsed() < window {
+        for _ in 0..64 {
+            if off + size > COPY_SET {
+                off = 0;
+            }
+            match how {
+                CopyHow::WordIn | CopyHow::WideIn => view.write_bytes(off, &src[off..off + size]),
+                CopyHow::WordOut | CopyHow::WideOut => {
+                    view.read_bytes(off, &mut dst[off..off + size])
+                }
+                CopyHow::Memcpy => dst[off..off + size].copy_from_slice(&src[off..off + size]),
+            }
+            std::hint::black_box(&mut dst);
+            off += size;
+            bytes += size as u64;
+        }
+    }
+    // Per CPU second of this thread, like the streaming cells (the machine is shared).
+    let cpu = (pore_benches::thread_cpu_time() - cpu0).as_secs_f64();
+    bytes as f64 / cpu.max(1e-9) / 1e9
+}
+
+fn copies(rounds: usize, window: Duration) {
+    const COPY_SIZES: [usize; 3] = [256, 4096, 65536];
+    println!("## Copy routines alone (one thread, 1 MiB working set, `mmap` pages), GB/s, median of {rounds}\n");
+    println!("| routine | 256 B | 4 KiB | 64 KiB |\n|---|---|---|---|");
+    for (how, name) in [
+        (
+            CopyHow::WordIn,
+            "word copy (relaxed atomic u64), into shared memory",
+        ),
+        (CopyHow::WordOut, "word copy, out of shared memory"),
+        (
+            CopyHow::WideIn,
+            "volatile vector copy (foreign memory), into shared memory",
+        ),
+        (
+            CopyHow::WideOut,
+            "volatile vector copy, out of shared memory",
+        ),
+        (CopyHow::Memcpy, "memcpy (private to private, the ceiling)"),
+    ] {
+        let cells: Vec<String> = COPY_SIZES
+            .iter()
+            .map(|&s| {
+                let mut v: Vec<f64> = (0..rounds).map(|_| copy_rate(how, s, window)).collect();
+                format!("{:.1}", median_rate(&mut v))
+            })
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
+    println!();
+}
+
 fn run(who: Who, size: usize, cap: usize, window: Duration) -> f64 {
     run_mode(who, size, cap, window, false)
 }
@@ -425,6 +521,28 @@ fn run_mode(who: Who, size: usize, cap: usize, window: Duration, same: bool) -> 
                 tx.fw = FrameWriter::coalescing(usize::MAX);
             }
             rx.publish_each = who == Who::V2Publish;
+            drive(&mut tx, &mut rx, size, window, same)
+        }
+        Who::V2Foreign | Who::V2ForeignPublish | Who::V2ForeignPoll | Who::V2ForeignBatched => {
+            let geo = V2Geometry::symmetric_bytes(cap).expect("geometry");
+            let pages = MmapPages::new(geo.region_len(), true);
+            let (mut a, mut p) = v2_pair(pages.view(), geo);
+            if who == Who::V2ForeignPoll {
+                a.set_polling(true);
+                p.set_polling(true);
+            }
+            let batch = if matches!(who, Who::V2ForeignBatched | Who::V2ForeignPublish) {
+                BATCH
+            } else {
+                1
+            };
+            let mut tx = OurTx::new(a.split().0, batch);
+            let mut rx = OurRx::new(p.split().1, batch);
+            tx.publish_each = who == Who::V2ForeignPublish;
+            rx.publish_each = who == Who::V2ForeignPublish;
+            if who == Who::V2ForeignBatched {
+                tx.fw = FrameWriter::coalescing(usize::MAX);
+            }
             drive(&mut tx, &mut rx, size, window, same)
         }
         Who::V2LockOr => {
@@ -594,9 +712,28 @@ impl<R: RingReader<Error = pore_ring::RingError> + Send> Rx for BlockingRx<R> {
 fn print_ratios(title: &str, get: &dyn Fn(Who, usize, usize) -> f64) {
     println!("## Ratios against the goals ({title})\n");
     println!("| goal | 16 B | 256 B | 4 KiB | 64 KiB |\n|---|---|---|---|---|");
-    for (who, label) in [
-        (Who::V2, "v2 index + check per message"),
-        (Who::V2Publish, "v2 index per message, check per 64"),
+    for (who, label, goal) in [
+        (Who::V2, "v2 index + check per message", "≥ 1.0"),
+        (
+            Who::V2Publish,
+            "v2 index per message, check per 64",
+            "≥ 1.0",
+        ),
+        (
+            Who::V2Foreign,
+            "v2 foreign pages, wake flags, index + check per message",
+            "≥ 0.5 at 16 B, ≥ 1.0 from 4 KiB",
+        ),
+        (
+            Who::V2ForeignPublish,
+            "v2 foreign pages, wake flags, index per message, check per 64",
+            "as above",
+        ),
+        (
+            Who::V2ForeignPoll,
+            "v2 foreign pages, polling, no wake flags",
+            "≥ 1.0",
+        ),
     ] {
         for &cap in &CAPS {
             let cells: Vec<String> = SIZES
@@ -610,7 +747,7 @@ fn print_ratios(title: &str, get: &dyn Fn(Who, usize, usize) -> f64) {
                 })
                 .collect();
             println!(
-                "| {label} / best byte ring, {} KiB (goal ≥ 1.0) | {} |",
+                "| {label} / best byte ring, {} KiB (goal {goal}) | {} |",
                 cap / 1024,
                 cells.join(" | ")
             );
@@ -628,6 +765,20 @@ fn print_ratios(title: &str, get: &dyn Fn(Who, usize, usize) -> f64) {
             .collect();
         println!(
             "| v2 batched / rtrb, {} KiB (goal ≥ 3.0 at 16 B) | {} |",
+            cap / 1024,
+            cells.join(" | ")
+        );
+        let cells: Vec<String> = SIZES
+            .iter()
+            .map(|&s| {
+                format!(
+                    "{:.2}×",
+                    get(Who::V2ForeignBatched, s, cap) / get(Who::Rtrb, s, cap)
+                )
+            })
+            .collect();
+        println!(
+            "| v2 foreign batched / rtrb, {} KiB (goal ≥ 1.3 at 16 B) | {} |",
             cap / 1024,
             cells.join(" | ")
         );
@@ -696,12 +847,19 @@ fn main() {
         pore_benches::cpus(),
         window.as_millis()
     );
-    let sections =
-        std::env::var("PORE_BENCH_SECTIONS").unwrap_or_else(|_| "stream,same,blocking".into());
+    let sections = std::env::var("PORE_BENCH_SECTIONS")
+        .unwrap_or_else(|_| "copies,stream,same,blocking".into());
+    if sections.contains("copies") {
+        copies(rounds, window);
+    }
     let contenders = [
         Who::V2,
         Who::V2Publish,
         Who::V2Batched,
+        Who::V2Foreign,
+        Who::V2ForeignPublish,
+        Who::V2ForeignPoll,
+        Who::V2ForeignBatched,
         Who::Rtrb,
         Who::Ringbuf,
         Who::Bbqueue,
@@ -778,7 +936,10 @@ fn main() {
         for who in [
             Who::V2,
             Who::V2LockOr,
+            Who::V2Foreign,
+            Who::V2ForeignPoll,
             Who::V2Batched,
+            Who::V2ForeignBatched,
             Who::V2At16K,
             Who::Ling,
             Who::Rtrb,

@@ -1121,8 +1121,15 @@ impl Harness {
         };
         for (p, n) in &post.nodes {
             let old = pre.nodes.get(p);
-            let changed = old
-                .is_none_or(|o| o.listed != n.listed || (commit && o.generation != n.generation));
+            // A successful SET_PERMS counts even when it lists the same entries: C writes
+            // the node with a new generation and checks its entries against that one
+            // (`access_node` then `write_node_raw`'s `domain_adjust_node_perms`), so an
+            // entry naming a domain introduced since the release of its namesake is in
+            // force again.
+            let changed = Some(p) == set_perms_path.as_ref()
+                || old.is_none_or(|o| {
+                    o.listed != n.listed || (commit && o.generation != n.generation)
+                });
             if !changed {
                 continue;
             }
@@ -1856,6 +1863,19 @@ pub fn seeds() -> Vec<Scenario> {
     let small = |b: u8| Val::Small(1, [b, 0, 0]);
     let entry = |l, d| PermSel::Entry(l, Dom(d));
     let none = PermSel::Bad(0);
+    let set_local = || {
+        Req::SetPerms(
+            PathSel::Abs(c(1, [4, 0, 0, 0])),
+            [
+                entry(0, 0),
+                entry(1, 2),
+                PermSel::Bad(0),
+                PermSel::Bad(0),
+                PermSel::Bad(0),
+            ],
+            2,
+        )
+    };
     vec![
         // dom0 grants domain 2 read access, domain 2 dies, a new domain 2 reads.
         Scenario {
@@ -2000,6 +2020,28 @@ pub fn seeds() -> Vec<Scenario> {
                 req(0, Req::ResetWatches),
                 Move::Connect,
                 Move::Disconnect { actor: 1 },
+            ],
+        },
+        // dom0 grants domain 2 read access on /local, domain 2 dies and is introduced
+        // again, dom0 sets the same permissions again: the new domain 2 reads (the entry
+        // is in force again, as the node was written after the introduction).
+        Scenario {
+            limits: lim(),
+            priv_dom: None,
+            moves: vec![
+                Move::Toolstack {
+                    dom: Dom(2),
+                    fail: false,
+                },
+                req(0, set_local()),
+                Move::Die { dom: Dom(2) },
+                Move::Toolstack {
+                    dom: Dom(2),
+                    fail: false,
+                },
+                req(3, Req::Read(PathSel::Abs(c(1, [4, 0, 0, 0])))),
+                req(0, set_local()),
+                req(3, Req::Read(PathSel::Abs(c(1, [4, 0, 0, 0])))),
             ],
         },
     ]

@@ -10,14 +10,20 @@ use pore_core::SharedMemory;
 use crate::pages::{SimGrant, SimMapping, SimStorePage};
 
 // SAFETY: the mapping is owned by this handle and stable until it drops (an `mmap` region, so
-// its address does not move with the handle); the simulator and the peer only touch it
-// atomically, and this crate hands it out only as `SharedView`s.
+// its address does not move with the handle); the simulator touches only control words, with
+// atomics, and hands the mapping out only as `SharedView`s. A `memfd` mapping is outside every
+// Rust allocation, so `is_foreign` holds.
 unsafe impl SharedMemory for SimGrant {
     fn as_ptr(&self) -> NonNull<u8> {
         self.mapping().ptr()
     }
     fn len(&self) -> usize {
         self.mapping().len()
+    }
+    // A shared `memfd` mapping: outside every Rust allocation, touched only through pore-core and
+    // control-word atomics of the simulator; its ring bodies get the wide volatile copies.
+    fn is_foreign(&self) -> bool {
+        true
     }
 }
 
@@ -29,6 +35,11 @@ unsafe impl SharedMemory for SimMapping {
     fn len(&self) -> usize {
         self.mapping().len()
     }
+    // A shared `memfd` mapping: outside every Rust allocation, touched only through pore-core and
+    // control-word atomics of the simulator; its ring bodies get the wide volatile copies.
+    fn is_foreign(&self) -> bool {
+        true
+    }
 }
 
 // SAFETY: as for `SimGrant`: an owned, stable mapping only accessed atomically.
@@ -38,5 +49,10 @@ unsafe impl SharedMemory for SimStorePage {
     }
     fn len(&self) -> usize {
         self.mapping().len()
+    }
+    // A shared `memfd` mapping: outside every Rust allocation, touched only through pore-core and
+    // control-word atomics of the simulator; its ring bodies get the wide volatile copies.
+    fn is_foreign(&self) -> bool {
+        true
     }
 }

@@ -25,9 +25,9 @@ use pore_backend_sim::process::{self, DomainProcess};
 use pore_backend_sim::PeerClose;
 use pore_backend_sim::{Hypervisor, SimDomain};
 use pore_core::{Backend, DomId};
-use pore_straw::handshake::{Action, Config};
+use pore_straw::handshake::{Action, HandshakeConfig};
 use pore_straw::manager::{Manager, ManagerConfig};
-use pore_straw::straw::StrawIoError;
+use pore_straw::straw::StrawError;
 use pore_straw::xenstore::XsAdapter;
 use pore_straw::Endpoint;
 use pore_xenstore::transport::RingTransport;
@@ -141,9 +141,9 @@ pub fn run_child_if_any() {
 
 fn manager_config(ling: bool) -> ManagerConfig {
     ManagerConfig {
-        handshake: Config {
+        handshake: HandshakeConfig {
             v2_pages: (!ling).then_some(16),
-            ..Config::default()
+            ..HandshakeConfig::default()
         },
         ..ManagerConfig::default()
     }
@@ -253,7 +253,7 @@ fn serve<B: Backend + Send + Sync + 'static>(
     }
     // The opener closes; we see the end of the stream after everything it sent.
     match straw.receiver().recv_timeout(STEP_TIMEOUT) {
-        Err(StrawIoError::Eof) => {}
+        Err(StrawError::Eof) => {}
         other => return Err(format!("expected the peer's close, got {other:?}")),
     }
     drop(straw);

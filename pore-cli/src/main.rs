@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod backend;
 mod demo;
+mod signals;
 mod sim;
 mod straw;
 mod xenstored;

@@ -52,13 +52,15 @@ pub struct Pore<B: Backend> {
     peer: DomId,
     base: NonNull<u8>,
     len: usize,
+    /// [`SharedMemory::is_foreign`] of the handle, cached with `base`/`len`.
+    foreign: bool,
 }
 
 // SAFETY: `base`/`len` cache the region owned by `memory`, whose handle types are
 // `SharedMemory` and therefore `Send + Sync`; the channel is `Send + Sync` by its trait bound.
-// All access to the region is atomic.
+// All access to the region goes through `SharedView` (atomic, or volatile on foreign memory).
 unsafe impl<B: Backend> Send for Pore<B> {}
-// SAFETY: see `Send`: shared access only performs atomic operations.
+// SAFETY: see `Send`: shared access only performs atomic (or foreign volatile) operations.
 unsafe impl<B: Backend> Sync for Pore<B> {}
 
 impl<B: Backend> core::fmt::Debug for Pore<B> {
@@ -74,10 +76,10 @@ impl<B: Backend> core::fmt::Debug for Pore<B> {
 
 impl<B: Backend> Pore<B> {
     fn assemble(channel: B::Channel, memory: Memory<B>, peer: DomId) -> Self {
-        let (base, len) = match &memory {
-            Memory::Granted(m) => (m.as_ptr(), m.len()),
-            Memory::Mapped(m) => (m.as_ptr(), m.len()),
-            Memory::Store(m) => (m.as_ptr(), m.len()),
+        let (base, len, foreign) = match &memory {
+            Memory::Granted(m) => (m.as_ptr(), m.len(), m.is_foreign()),
+            Memory::Mapped(m) => (m.as_ptr(), m.len(), m.is_foreign()),
+            Memory::Store(m) => (m.as_ptr(), m.len(), m.is_foreign()),
         };
         Pore {
             channel,
@@ -85,6 +87,7 @@ impl<B: Backend> Pore<B> {
             peer,
             base,
             len,
+            foreign,
         }
     }
 
@@ -169,11 +172,18 @@ impl<B: Backend> Pore<B> {
 
     /// A bounds-checked atomic view of the shared pages.
     pub fn memory(&self) -> SharedView<'_> {
-        // SAFETY: `base`/`len` were read from the `SharedMemory` handle now in `self.memory`,
-        // whose contract makes the address valid while the handle lives and independent of
-        // moves of the handle (so caching it before moving the handle in is sound); the view
-        // borrows `self`, so it cannot outlive the handle.
-        unsafe { SharedView::from_raw_parts(self.base, self.len) }
+        // SAFETY: `base`/`len`/`foreign` were read from the `SharedMemory` handle now in
+        // `self.memory`, whose contract makes the address valid while the handle lives and
+        // independent of moves of the handle (so caching it before moving the handle in is
+        // sound), and makes `foreign` true only for memory outside every Rust allocation; the
+        // view borrows `self`, so it cannot outlive the handle.
+        unsafe {
+            if self.foreign {
+                SharedView::from_foreign_parts(self.base, self.len)
+            } else {
+                SharedView::from_raw_parts(self.base, self.len)
+            }
+        }
     }
 
     /// Arms an unmap notification (D8) on an active or passive pore. On a pre-existing pore this

@@ -68,6 +68,8 @@ pub struct ByteProducer<A: SharedAccess> {
     notify: bool,
     /// Published with [`RingWriter::publish`] and not yet checked for a sleeping consumer.
     unchecked: bool,
+    /// Polling mode: no wake-up checks, no notifications, no sleeping (see `set_polling`).
+    polling: bool,
 }
 
 impl<A: SharedAccess> core::fmt::Debug for ByteProducer<A> {
@@ -97,6 +99,7 @@ impl<A: SharedAccess> ByteProducer<A> {
             broken: Cell::new(false),
             notify: false,
             unchecked: false,
+            polling: false,
         }
     }
 
@@ -139,6 +142,21 @@ impl<A: SharedAccess> ByteProducer<A> {
     /// Our producer index (including staged bytes).
     pub fn position(&self) -> u32 {
         self.prod
+    }
+
+    /// Polling mode (`true`) for a producer whose consumer busy-polls and never sleeps:
+    /// [`RingWriter::commit`] only publishes the index, with no fence, no look at the consumer's
+    /// "wake me" flag and no notification, so a message costs no cross-core round trip. Both
+    /// sides must agree (a consumer that sleeps on a polling producer is never woken); the
+    /// straw's negotiation is where such an agreement belongs. [`RingWriter::prepare_wait`]
+    /// fails with [`RingError::InvalidInput`]: a polling half is polled, never waited on.
+    pub fn set_polling(&mut self, polling: bool) {
+        self.polling = polling;
+    }
+
+    /// Whether [`ByteProducer::set_polling`] is on.
+    pub fn is_polling(&self) -> bool {
+        self.polling
     }
 }
 
@@ -192,7 +210,9 @@ impl<A: SharedAccess> RingWriter for ByteProducer<A> {
     #[inline]
     fn commit(&mut self) -> Result<(), RingError> {
         self.publish()?;
-        if !self.unchecked {
+        if !self.unchecked || self.polling {
+            // Polling: nobody sleeps, so there is nobody to wake and nothing to fence for.
+            self.unchecked = false;
             return Ok(());
         }
         self.unchecked = false;
@@ -217,6 +237,9 @@ impl<A: SharedAccess> RingWriter for ByteProducer<A> {
     }
 
     fn prepare_wait(&mut self) -> Result<bool, RingError> {
+        if self.polling {
+            return Err(RingError::InvalidInput("a polling ring half cannot wait"));
+        }
         // Waiting with staged or unchecked bytes could leave both sides asleep: commit first.
         self.commit()?;
         if let Some(flag) = self.lay.want_read {
@@ -249,6 +272,8 @@ pub struct ByteConsumer<A: SharedAccess> {
     notify: bool,
     /// Released with [`RingReader::publish`] and not yet checked for a waiting producer.
     unchecked: bool,
+    /// Polling mode: no wake-up checks, no notifications, no sleeping (see `set_polling`).
+    polling: bool,
 }
 
 impl<A: SharedAccess> core::fmt::Debug for ByteConsumer<A> {
@@ -278,6 +303,7 @@ impl<A: SharedAccess> ByteConsumer<A> {
             broken: Cell::new(false),
             notify: false,
             unchecked: false,
+            polling: false,
         }
     }
 
@@ -316,6 +342,19 @@ impl<A: SharedAccess> ByteConsumer<A> {
     /// Our consumer index (including unreleased bytes).
     pub fn position(&self) -> u32 {
         self.cons
+    }
+
+    /// Polling mode (`true`) for a consumer whose producer busy-polls and never sleeps:
+    /// [`RingReader::release`] only publishes the index (no fence, no flag, no notification).
+    /// Both sides must agree; [`RingReader::prepare_wait`] fails with
+    /// [`RingError::InvalidInput`]. See [`ByteProducer::set_polling`].
+    pub fn set_polling(&mut self, polling: bool) {
+        self.polling = polling;
+    }
+
+    /// Whether [`ByteConsumer::set_polling`] is on.
+    pub fn is_polling(&self) -> bool {
+        self.polling
     }
 }
 
@@ -369,24 +408,32 @@ impl<A: SharedAccess> RingReader for ByteConsumer<A> {
     #[inline]
     fn release(&mut self) -> Result<(), RingError> {
         self.publish()?;
-        if !self.unchecked {
+        if !self.unchecked || self.polling {
+            // Polling: nobody sleeps, so there is nobody to wake and nothing to fence for.
+            self.unchecked = false;
             return Ok(());
         }
         self.unchecked = false;
         match self.lay.want_read {
             Some(flag) => {
-                self.mem.fence(Ordering::SeqCst);
                 // Wake a waiting producer by threshold: only once at least half the ring is
                 // free (as far as we know; our view of `prod` is older, so this overestimates
                 // the free space, never underestimates it). Never a lost wake-up: a consumer
                 // that drains the ring always frees all of it, and one that stops short of
                 // half leaves the flag set for its next release.
                 let free = self.lay.size - self.prod.get().wrapping_sub(self.cons);
-                if free >= self.lay.size / 2
-                    && self.mem.load_u8(flag, Ordering::Relaxed) != 0
-                    && self.mem.swap_u8(flag, 0, Ordering::Relaxed) != 0
-                {
-                    self.notify = true;
+                if free >= self.lay.size / 2 {
+                    // Only now, when we are about to look at the flag, the store -> fence ->
+                    // load of D2: either the producer sees our index when it re-checks after
+                    // raising its flag, or we see the flag here. Under the threshold we do not
+                    // look, so we need no fence: a streaming consumer that stays behind a busy
+                    // producer pays no cross-core round trip per release.
+                    self.mem.fence(Ordering::SeqCst);
+                    if self.mem.load_u8(flag, Ordering::Relaxed) != 0
+                        && self.mem.swap_u8(flag, 0, Ordering::Relaxed) != 0
+                    {
+                        self.notify = true;
+                    }
                 }
             }
             None => self.notify = true,
@@ -399,6 +446,9 @@ impl<A: SharedAccess> RingReader for ByteConsumer<A> {
     }
 
     fn prepare_wait(&mut self) -> Result<bool, RingError> {
+        if self.polling {
+            return Err(RingError::InvalidInput("a polling ring half cannot wait"));
+        }
         // Waiting on unreleased or unchecked space could leave both sides asleep: release first.
         self.release()?;
         if let Some(flag) = self.lay.want_write {

@@ -62,3 +62,8 @@ pub use pore_core::{RingReader, RingWriter, SharedRing};
 
 #[cfg(test)]
 mod testutil;
+
+/// The repository README's examples, run as doctests.
+#[cfg(all(doctest, feature = "std"))]
+#[doc = include_str!("../../README.md")]
+pub struct RepositoryReadme;

@@ -130,6 +130,7 @@ mod tests {
     use super::LoomMemory;
     use crate::free::FreeLayout;
     use crate::{ByteConsumer, ByteProducer, RingReader, RingWriter};
+    use core::sync::atomic::Ordering;
     use loom::sync::Notify;
     use std::sync::Arc;
     use std::vec;
@@ -273,6 +274,185 @@ mod tests {
                 }
             }
             assert_eq!(got, [1, 2]);
+            t.join().unwrap();
+        });
+    }
+
+    /// `LoomMemory` whose fences do nothing: the mutation that shows which fences are needed.
+    #[derive(Clone)]
+    struct Fenceless(Arc<LoomMemory>);
+
+    impl pore_core::SharedAccess for Fenceless {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn load_u32(&self, o: usize, ord: Ordering) -> u32 {
+            self.0.load_u32(o, ord)
+        }
+        fn store_u32(&self, o: usize, v: u32, ord: Ordering) {
+            self.0.store_u32(o, v, ord)
+        }
+        fn load_u8(&self, o: usize, ord: Ordering) -> u8 {
+            self.0.load_u8(o, ord)
+        }
+        fn store_u8(&self, o: usize, v: u8, ord: Ordering) {
+            self.0.store_u8(o, v, ord)
+        }
+        fn swap_u8(&self, o: usize, v: u8, ord: Ordering) -> u8 {
+            self.0.swap_u8(o, v, ord)
+        }
+        fn fetch_or_u8(&self, o: usize, v: u8, ord: Ordering) -> u8 {
+            self.0.fetch_or_u8(o, v, ord)
+        }
+        fn read_bytes(&self, o: usize, dst: &mut [u8]) {
+            self.0.read_bytes(o, dst)
+        }
+        fn write_bytes(&self, o: usize, src: &[u8]) {
+            self.0.write_bytes(o, src)
+        }
+        fn fence(&self, _ord: Ordering) {}
+    }
+
+    /// The producer sleeps on a full ring; the consumer busy-polls and never sleeps, so the
+    /// only fence it runs is the one in `release` (taken only at the half-ring threshold).
+    fn consumer_polls_producer_sleeps<C: pore_core::SharedAccess + Send + 'static>(
+        consumer_mem: impl Fn(Arc<LoomMemory>) -> C + Sync + Send + 'static,
+    ) {
+        model(move || {
+            let mem = Arc::new(LoomMemory::new(32));
+            let mut tx = ByteProducer::new(mem.clone(), LAYOUT, 0, 0);
+            let mut rx = ByteConsumer::new(consumer_mem(mem), LAYOUT, 0, 0);
+            let to_tx = Arc::new(Notify::new());
+            let t = {
+                let to_tx = to_tx.clone();
+                loom::thread::spawn(move || {
+                    let data = [1u8, 2, 3, 4, 5, 6];
+                    let mut sent = 0;
+                    while sent < data.len() {
+                        let n = tx.write(&data[sent..]).unwrap();
+                        sent += n;
+                        if n == 0 && !RingWriter::prepare_wait(&mut tx).unwrap() {
+                            to_tx.wait();
+                        }
+                    }
+                })
+            };
+            let mut got = vec![];
+            while got.len() < 6 {
+                let mut buf = [0u8; 4];
+                let n = RingReader::read(&mut rx, &mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+                if rx.take_notify() {
+                    to_tx.notify();
+                }
+                if n == 0 {
+                    loom::thread::yield_now();
+                }
+            }
+            assert_eq!(got, [1, 2, 3, 4, 5, 6]);
+            t.join().unwrap();
+        });
+    }
+
+    /// The consumer's release fence (taken only from the half-ring threshold on) suffices.
+    #[test]
+    fn loom_release_fence_wakes_the_producer() {
+        consumer_polls_producer_sleeps(|mem| mem);
+    }
+
+    /// Mutation: without the release fence loom finds the producer asleep forever. The
+    /// consumer then polls an empty ring without end, which loom reports as a model that never
+    /// finishes (the same model with the fence, above, always finishes).
+    #[test]
+    #[should_panic(expected = "maximum number of branches")]
+    fn loom_release_without_fence_loses_a_wakeup() {
+        consumer_polls_producer_sleeps(Fenceless);
+    }
+
+    /// The consumer sleeps on an empty ring; the producer never waits (the ring has room), so
+    /// the only fence it runs is the one in `commit`.
+    fn producer_commits_consumer_sleeps<P: pore_core::SharedAccess + Send + 'static>(
+        producer_mem: impl Fn(Arc<LoomMemory>) -> P + Sync + Send + 'static,
+    ) {
+        model(move || {
+            let mem = Arc::new(LoomMemory::new(32));
+            let mut tx = ByteProducer::new(producer_mem(mem.clone()), LAYOUT, 0, 0);
+            let mut rx = ByteConsumer::new(mem, LAYOUT, 0, 0);
+            let to_rx = Arc::new(Notify::new());
+            let t = {
+                let to_rx = to_rx.clone();
+                loom::thread::spawn(move || {
+                    for b in [1u8, 2] {
+                        assert_eq!(tx.write(&[b]).unwrap(), 1);
+                        if tx.take_notify() {
+                            to_rx.notify();
+                        }
+                    }
+                })
+            };
+            let mut got = vec![];
+            while got.len() < 2 {
+                let mut buf = [0u8; 2];
+                let n = RingReader::read(&mut rx, &mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+                if got.len() < 2 && n == 0 && !RingReader::prepare_wait(&mut rx).unwrap() {
+                    to_rx.wait();
+                }
+            }
+            assert_eq!(got, [1, 2]);
+            t.join().unwrap();
+        });
+    }
+
+    /// Mutation: without the commit fence loom finds the consumer asleep forever (the positive
+    /// case is `loom_no_lost_wakeup_reader`).
+    #[test]
+    #[should_panic(expected = "deadlock")]
+    fn loom_commit_without_fence_loses_a_wakeup() {
+        producer_commits_consumer_sleeps(Fenceless);
+    }
+
+    /// The same model with the commit fence in place (the control for the mutation above).
+    #[test]
+    fn loom_commit_fence_wakes_the_consumer() {
+        producer_commits_consumer_sleeps(|mem| mem);
+    }
+
+    /// Polling mode: no fence anywhere (both halves on fenceless memory), no notification, no
+    /// sleeping; every byte still arrives intact and in order through a ring smaller than the
+    /// stream.
+    #[test]
+    fn loom_polling_needs_no_fence() {
+        model(|| {
+            let mem = Arc::new(LoomMemory::new(32));
+            let mut tx = ByteProducer::new(Fenceless(mem.clone()), LAYOUT, 0, 0);
+            let mut rx = ByteConsumer::new(Fenceless(mem), LAYOUT, 0, 0);
+            tx.set_polling(true);
+            rx.set_polling(true);
+            let t = loom::thread::spawn(move || {
+                let data = [1u8, 2, 3, 4, 5, 6];
+                let mut sent = 0;
+                while sent < data.len() {
+                    let n = tx.write(&data[sent..]).unwrap();
+                    assert!(!tx.take_notify());
+                    sent += n;
+                    if n == 0 {
+                        loom::thread::yield_now();
+                    }
+                }
+                assert!(RingWriter::prepare_wait(&mut tx).is_err());
+            });
+            let mut got = vec![];
+            while got.len() < 6 {
+                let mut buf = [0u8; 4];
+                let n = RingReader::read(&mut rx, &mut buf).unwrap();
+                assert!(!rx.take_notify());
+                got.extend_from_slice(&buf[..n]);
+                if n == 0 {
+                    loom::thread::yield_now();
+                }
+            }
+            assert_eq!(got, [1, 2, 3, 4, 5, 6]);
             t.join().unwrap();
         });
     }

@@ -497,6 +497,14 @@ impl<A: SharedAccess + Clone> V2Ring<A> {
 }
 
 impl<A: SharedAccess> V2Ring<A> {
+    /// Polling mode on both halves (see [`ByteProducer::set_polling`]): publications cost no
+    /// fence and send no notification, and neither half may wait. For a pair of peers that both
+    /// busy-poll and agreed so; a peer that sleeps on a polling side is never woken.
+    pub fn set_polling(&mut self, polling: bool) {
+        self.tx.set_polling(polling);
+        self.rx.set_polling(polling);
+    }
+
     /// Our role.
     pub fn role(&self) -> Side {
         self.role
@@ -694,6 +702,42 @@ mod tests {
         let mut half = vec![0u8; 2048];
         assert_eq!(prx.read(&mut half).unwrap(), 2048);
         assert!(RingReader::take_notify(&mut prx));
+        g.assert_guards();
+    }
+
+    #[test]
+    fn polling_mode_never_notifies_nor_waits() {
+        let geo = V2Geometry::new(0, 0).unwrap();
+        let g = Guarded::new(geo.region_len());
+        let v = g.view();
+        let mut active = V2Ring::active(v, geo, &refs(geo)).unwrap();
+        active.set_polling(true);
+        let (mut atx, mut arx) = active.split();
+        let (_ptx, mut prx) = V2Ring::passive(v).unwrap().split();
+        assert!(atx.is_polling() && arx.is_polling() && !prx.is_polling());
+        // The consumer (not polling) asks to be woken; the polling producer does not look.
+        assert!(!RingReader::prepare_wait(&mut prx).unwrap());
+        atx.write(b"abc").unwrap();
+        assert!(!RingWriter::take_notify(&mut atx));
+        assert_eq!(
+            v.load_u8(A2P_WANT_WRITE, Ordering::Relaxed),
+            1,
+            "flag left set"
+        );
+        let mut buf = [0u8; 8];
+        assert_eq!(prx.read(&mut buf).unwrap(), 3);
+        assert!(matches!(
+            RingWriter::prepare_wait(&mut atx),
+            Err(RingError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            RingReader::prepare_wait(&mut arx),
+            Err(RingError::InvalidInput(_))
+        ));
+        // Off again: the usual check, which finds the flag and notifies.
+        atx.set_polling(false);
+        atx.write(b"d").unwrap();
+        assert!(RingWriter::take_notify(&mut atx));
         g.assert_guards();
     }
 

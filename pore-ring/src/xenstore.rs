@@ -5,9 +5,9 @@
 //! The client produces requests into `req` and consumes replies and watch events from `rsp`;
 //! the server does the reverse. Indices are free-running `u32` (byte `x` lives at `x % 1024`);
 //! nothing assumes they start at 0. Messages larger than the 1 KiB rings stream through them in
-//! chunks: [`XenstoreRing::write`] and [`XenstoreRing::read`] move as many bytes as fit and
-//! return how many. After every call that moved bytes, [`XenstoreRing::take_notify`] is `true`:
-//! the protocol signals the event channel after every ring update.
+//! chunks: the halves' `write` and `read` ([`SharedRing::writer`], [`SharedRing::reader`]) move
+//! as many bytes as fit and return how many. After every call that moved bytes, the half's
+//! `take_notify` is `true`: the protocol signals the event channel after every ring update.
 //!
 //! ```
 //! use pore_core::{loopback::Loopback, DomId, Grants, SharedMemory};

@@ -99,13 +99,19 @@ impl Drop for Mapping {
 
 // SAFETY: the grant owns its `Mapping` for as long as it lives and only unmaps it while being
 // consumed (`end_access`, `Drop`); the region is `mmap`ed memory, so its address does not move
-// with the handle, and it is valid for `len()` bytes. All access is atomic (`SharedView`).
+// with the handle, and it is valid for `len()` bytes. All access goes through `SharedView`; a
+// device mapping is outside every Rust allocation, so `is_foreign` holds.
 unsafe impl SharedMemory for LinuxGrant {
     fn as_ptr(&self) -> NonNull<u8> {
         self.mapping().ptr()
     }
     fn len(&self) -> usize {
         self.mapping().len()
+    }
+    // A gntalloc/gntdev (or xenstore page) mapping: outside every Rust allocation, touched only
+    // through pore-core; its ring bodies get the wide volatile copies.
+    fn is_foreign(&self) -> bool {
+        true
     }
 }
 
@@ -118,6 +124,11 @@ unsafe impl SharedMemory for LinuxMapping {
     fn len(&self) -> usize {
         self.mapping().len()
     }
+    // A gntalloc/gntdev (or xenstore page) mapping: outside every Rust allocation, touched only
+    // through pore-core; its ring bodies get the wide volatile copies.
+    fn is_foreign(&self) -> bool {
+        true
+    }
 }
 
 // SAFETY: as for `LinuxGrant`: the store page mapping is owned, stable and valid while the
@@ -128,5 +139,10 @@ unsafe impl SharedMemory for LinuxStorePage {
     }
     fn len(&self) -> usize {
         self.mapping().len()
+    }
+    // A gntalloc/gntdev (or xenstore page) mapping: outside every Rust allocation, touched only
+    // through pore-core; its ring bodies get the wide volatile copies.
+    fn is_foreign(&self) -> bool {
+        true
     }
 }
