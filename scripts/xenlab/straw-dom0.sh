@@ -194,7 +194,7 @@ for e in e1; do
     timeline="$timeline domU directory gone $(span "$t_destroy" "$t_dir") s, @releaseDomain $(span "$t_destroy" "$t_rel") s, peer gone $lat s"
     note "destroy-$e: $timeline (peer gone $(span "$sign" "$gone") s after the first sign in xenstore)"
     # Asserted: pore's part, peer gone within a second of the first sign of the death that
-    # dom0 can see (libxl's own work before it varies with the machine's load: 0.4-2.2 s).
+    # dom0 can see (libxl's own work before it varies with the machine's load: 0.4-2.6 s).
     if ! grep -q '^[0-9.]* exit ' "err.$e"; then
         fail "destroy-$e" "pore did not exit within 30 s of the destroy"
     elif grep -q 'still held' "err.$e"; then
