@@ -50,9 +50,9 @@ use pore_backend_sim::process::{self, DomainProcess};
 use pore_backend_sim::{Hypervisor, SimDomain};
 use pore_core::DomId;
 use pore_straw::manager::{Manager, ManagerConfig};
-use pore_straw::straw::{StrawConfig, StrawIoError};
+use pore_straw::straw::{StrawConfig, StrawError};
 use pore_straw::xenstore::XsAdapter;
-use pore_straw::{Config, Endpoint, Format, Layout};
+use pore_straw::{Endpoint, Format, HandshakeConfig, Layout};
 use pore_xenstore::transport::RingTransport;
 use pore_xenstore::{Client, Config as ClientConfig};
 
@@ -131,10 +131,10 @@ fn start_manager(pages: u32, spin_us: Option<u64>) -> Result<(BenchManager, Endp
     let me = Endpoint::seed(dom.id());
     let defaults = StrawConfig::default();
     let cfg = ManagerConfig {
-        handshake: Config {
+        handshake: HandshakeConfig {
             v2_pages: (pages > 0).then_some(pages),
             format: Format::Raw,
-            ..Config::default()
+            ..HandshakeConfig::default()
         },
         straw: StrawConfig {
             io_timeout: LONG,
@@ -182,7 +182,7 @@ fn straw_rx(args: &[String]) -> Result<(), String> {
     }
     // The sender closes first; we see the end of its stream.
     match straw.receiver().recv_timeout(LONG) {
-        Err(StrawIoError::Eof) => {}
+        Err(StrawError::Eof) => {}
         other => return Err(format!("expected the peer's close, got {other:?}")),
     }
     drop(straw);

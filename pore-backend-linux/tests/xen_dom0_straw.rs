@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pore_backend_linux::{LinuxXen, Outstanding};
 use pore_core::DomId;
-use pore_straw::handshake::Config;
+use pore_straw::handshake::HandshakeConfig;
 use pore_straw::manager::{Manager, ManagerConfig};
-use pore_straw::straw::StrawIoError;
+use pore_straw::straw::StrawError;
 use pore_straw::xenstore::XsAdapter;
 use pore_straw::{Endpoint, Layout};
 use pore_xenstore::Client;
@@ -65,11 +65,11 @@ fn straw_between_two_named_endpoints_in_dom0() {
     }
     for v2 in [false, true] {
         let cfg = ManagerConfig {
-            handshake: Config {
+            handshake: HandshakeConfig {
                 v2_pages: v2.then_some(4),
                 handshake_timeout: Duration::from_secs(20),
                 close_timeout: Duration::from_secs(5),
-                ..Config::default()
+                ..HandshakeConfig::default()
             },
             ..ManagerConfig::default()
         };
@@ -121,7 +121,7 @@ fn straw_between_two_named_endpoints_in_dom0() {
         ta.close().unwrap();
         assert_eq!(
             rb.recv_timeout(Duration::from_secs(10)),
-            Err(StrawIoError::Eof)
+            Err(StrawError::Eof)
         );
         drop((ra, tb, rb));
         ma.shutdown();
@@ -133,11 +133,11 @@ fn straw_between_two_named_endpoints_in_dom0() {
 
 fn cfg(v2: bool) -> ManagerConfig {
     ManagerConfig {
-        handshake: Config {
+        handshake: HandshakeConfig {
             v2_pages: v2.then_some(4),
             handshake_timeout: Duration::from_secs(20),
             close_timeout: Duration::from_secs(5),
-            ..Config::default()
+            ..HandshakeConfig::default()
         },
         ..ManagerConfig::default()
     }
@@ -261,7 +261,7 @@ fn a_killed_endpoint_process_is_peer_gone_within_a_second() {
         let took = at.saturating_duration_since(killed);
         println!("y listens {y_listens}: {err:?} {took:?} after the kill, {frames} frames echoed");
         assert!(frames > 0, "the kill came mid-stream");
-        assert_eq!(err, StrawIoError::PeerGone);
+        assert_eq!(err, StrawError::PeerGone);
         assert!(
             took < Duration::from_secs(1),
             "peer gone seen after {took:?}"

@@ -2,8 +2,8 @@
 //!
 //! Runs the pore-backend-sim broker as threads of this process and prints the socket path in
 //! the form a shell can `export`; domain processes (`SimDomain::connect()`) reach it through
-//! `PORE_SIM_SOCKET`. It runs until `--duration` elapses or the process is killed; with
-//! `--watch` it prints domains as they come and go.
+//! `PORE_SIM_SOCKET`. It runs until `--duration` elapses or SIGTERM/SIGINT comes (either way it
+//! removes its sockets); with `--watch` it prints domains as they come and go.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use pore_backend_sim::{Hypervisor, PeerClose};
+
+use crate::signals::Signals;
 
 /// Arguments of `pore sim`.
 #[derive(Args, Debug)]
@@ -47,6 +49,14 @@ fn parse_peer_close(s: &str) -> Result<PeerClose, String> {
 
 /// Runs `pore sim`.
 pub fn run(args: SimArgs) -> ExitCode {
+    // Before any thread starts: SIGTERM/SIGINT end the run cleanly (the sockets are removed).
+    let signals = match Signals::block() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pore sim: cannot block SIGTERM/SIGINT: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let hv = match Hypervisor::start_at(args.socket.as_deref()) {
         Ok(hv) => hv,
         Err(e) => {
@@ -108,7 +118,10 @@ pub fn run(args: SimArgs) -> ExitCode {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        if let Some(sig) = signals.wait(Duration::from_millis(100)) {
+            tracing::info!(signal = sig, "pore sim: stopping");
+            break;
+        }
     }
     server.shutdown();
     listener.join();

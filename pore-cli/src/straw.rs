@@ -21,9 +21,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
 use pore_core::{Backend, DomId};
-use pore_straw::handshake::Config;
+use pore_straw::handshake::HandshakeConfig;
 use pore_straw::manager::{Manager, ManagerConfig};
-use pore_straw::straw::{Receiver, Sender, Straw, StrawConfig, StrawIoError};
+use pore_straw::straw::{Receiver, Sender, Straw, StrawConfig, StrawError};
 use pore_straw::xenstore::XsAdapter;
 use pore_straw::{Endpoint, Format};
 use pore_xenstore::Client;
@@ -163,11 +163,11 @@ fn straw_on<B: Backend + Send + Sync + 'static>(
     let me = Endpoint::new(domid, &args.name).map_err(|e| format!("bad --name: {e:?}"))?;
     let v2_pages = v2_pages(args)?;
     let cfg = ManagerConfig {
-        handshake: Config {
+        handshake: HandshakeConfig {
             handshake_timeout: timeout,
             format: Format::Raw,
             v2_pages,
-            ..Config::default()
+            ..HandshakeConfig::default()
         },
         straw: StrawConfig {
             io_timeout,
@@ -233,26 +233,26 @@ fn accept_from<B: Backend + Send + Sync + 'static>(
 /// `io_timeout`, after which the straw is looked at again: a lost peer ends the wait).
 fn recv_patiently<B: Backend + Send + Sync + 'static>(
     receiver: &Receiver<B>,
-) -> Result<Bytes, StrawIoError> {
+) -> Result<Bytes, StrawError> {
     loop {
         match receiver.recv() {
-            Err(StrawIoError::TimedOut) => continue,
+            Err(StrawError::TimedOut) => continue,
             r => return r,
         }
     }
 }
 
 /// Sends `frame`, waiting for room as long as the peer lives. A frame the ring took in part
-/// ([`StrawIoError::Queued`]) is finished by the next send or by the half-close.
+/// ([`StrawError::Queued`]) is finished by the next send or by the half-close.
 fn send_patiently<B: Backend + Send + Sync + 'static>(
     sender: &Sender<B>,
     frame: Bytes,
-) -> Result<(), StrawIoError> {
+) -> Result<(), StrawError> {
     loop {
         match sender.send(frame.clone()) {
-            Ok(()) | Err(StrawIoError::Queued) => return Ok(()),
+            Ok(()) | Err(StrawError::Queued) => return Ok(()),
             // Nothing of it was taken: offer it again.
-            Err(StrawIoError::TimedOut) => continue,
+            Err(StrawError::TimedOut) => continue,
             Err(e) => return Err(e),
         }
     }
@@ -262,10 +262,10 @@ fn send_patiently<B: Backend + Send + Sync + 'static>(
 /// it lives.
 fn finish_patiently<B: Backend + Send + Sync + 'static>(
     sender: &Sender<B>,
-) -> Result<(), StrawIoError> {
+) -> Result<(), StrawError> {
     loop {
         match sender.finish() {
-            Err(StrawIoError::TimedOut) => continue,
+            Err(StrawError::TimedOut) => continue,
             r => return r,
         }
     }
@@ -283,14 +283,14 @@ fn echo<B: Backend + Send + Sync + 'static>(straw: Straw<B>) -> Result<(), Strin
                 send_patiently(&sender, frame)
                     .map_err(|e| format!("echoing frame {frames}: {e}"))?
             }
-            Err(StrawIoError::Eof) => break,
+            Err(StrawError::Eof) => break,
             Err(e) => return Err(format!("receiving frame {}: {e}", frames + 1)),
         }
     }
     eprintln!("pore straw: echoed {frames} frames");
     finish_patiently(&sender).map_err(|e| format!("half-closing after the peer's end: {e}"))?;
     match sender.close() {
-        Ok(()) | Err(StrawIoError::Eof | StrawIoError::Closed) => Ok(()),
+        Ok(()) | Err(StrawError::Eof | StrawError::Closed) => Ok(()),
         Err(e) => Err(format!("closing: {e}")),
     }
 }
@@ -366,7 +366,7 @@ fn pipe<B: Backend + Send + Sync + 'static>(straw: Straw<B>, framed: bool) -> Re
                     .and_then(|_| stdout.flush())
                     .map_err(|e| format!("writing stdout: {e}"))?
             }
-            Err(StrawIoError::Eof) => break,
+            Err(StrawError::Eof) => break,
             Err(e) => return Err(format!("receiving frame {}: {e}", frames + 1)),
         }
     }
@@ -375,7 +375,7 @@ fn pipe<B: Backend + Send + Sync + 'static>(straw: Straw<B>, framed: bool) -> Re
         .unwrap_or_else(|_| Err("the stdin thread panicked".into()))?;
     // Both directions are drained: close (the peer may already have, which is fine).
     match sender.close() {
-        Ok(()) | Err(StrawIoError::Eof | StrawIoError::Closed) => Ok(()),
+        Ok(()) | Err(StrawError::Eof | StrawError::Closed) => Ok(()),
         Err(e) => Err(format!("closing: {e}")),
     }
 }

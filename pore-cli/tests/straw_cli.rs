@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const PORE: &str = env!("CARGO_BIN_EXE_pore");
 
@@ -12,9 +12,52 @@ const PORE: &str = env!("CARGO_BIN_EXE_pore");
 struct Reaper(Child);
 
 impl Drop for Reaper {
+    /// SIGTERM first, so that `pore sim` removes its sockets; SIGKILL after 5 s.
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        terminate(&mut self.0);
+    }
+}
+
+/// Sends SIGTERM and waits up to 5 s for the exit; then SIGKILL. Returns the exit status.
+fn terminate(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// `pore sim` ends cleanly on SIGTERM: exit status 0 and both of its sockets removed (they
+/// used to pile up in the temporary directory, one pair per test run).
+#[test]
+fn pore_sim_removes_its_sockets_on_sigterm() {
+    let mut sim = Command::new(PORE)
+        .args(["sim", "--duration", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("pore sim starts");
+    let mut lines = BufReader::new(sim.stdout.take().unwrap()).lines();
+    let mut paths = Vec::new();
+    for _ in 0..2 {
+        let line = lines.next().expect("pore sim prints its sockets").unwrap();
+        let (_, v) = line.split_once('=').expect("KEY=value");
+        paths.push(std::path::PathBuf::from(v));
+    }
+    for p in &paths {
+        assert!(p.exists(), "{} exists while pore sim runs", p.display());
+    }
+    let status = terminate(&mut sim).expect("pore sim exits on SIGTERM within 5 s");
+    assert!(status.success(), "{status:?}");
+    for p in &paths {
+        assert!(!p.exists(), "{} is removed", p.display());
     }
 }
 

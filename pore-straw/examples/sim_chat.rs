@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use pore_backend_sim::{Hypervisor, SimDomain};
 use pore_straw::manager::{Manager, ManagerConfig};
-use pore_straw::straw::StrawIoError;
+use pore_straw::straw::StrawError;
 use pore_straw::xenstore::XsAdapter;
 use pore_straw::Endpoint;
 use pore_xenstore::server::{Config as ServerConfig, Server};
@@ -67,7 +67,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                     answered += 1;
                 }
                 // Alice closed the straw: every message she sent has been read.
-                Err(StrawIoError::Eof) => return Ok(answered),
+                Err(StrawError::Eof) => return Ok(answered),
                 Err(e) => return Err(e.to_string()),
             }
         }

@@ -11,7 +11,7 @@
 //! use bytes::Bytes;
 //! use pore_core::{loopback::Loopback, DomId};
 //! use pore_straw::asynch;
-//! use pore_straw::straw::{open_active, open_passive, Straw, StrawConfig, StrawIoError};
+//! use pore_straw::straw::{open_active, open_passive, Straw, StrawConfig, StrawError};
 //! use pore_straw::{Endpoint, Format, Layout, Role};
 //!
 //! let xen = Loopback::new();
@@ -26,7 +26,7 @@
 //! tx.blocking_send(Bytes::from_static(b"hi"))?;
 //! assert_eq!(rx2.blocking_recv()?, "hi");
 //! # }
-//! # Ok::<(), pore_straw::straw::StrawIoError>(())
+//! # Ok::<(), pore_straw::straw::StrawError>(())
 //! ```
 
 use std::future::Future;
@@ -40,19 +40,19 @@ use pore_core::Backend;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 
-use crate::straw::{Straw, StrawIoError};
+use crate::straw::{Straw, StrawError};
 
 enum Cmd {
     Frame(Bytes),
-    Finish(oneshot::Sender<Result<(), StrawIoError>>),
-    Close(oneshot::Sender<Result<(), StrawIoError>>),
+    Finish(oneshot::Sender<Result<(), StrawError>>),
+    Close(oneshot::Sender<Result<(), StrawError>>),
 }
 
 /// The sending half: frames go to a bridge thread in order.
 #[derive(Debug, Clone)]
 pub struct AsyncSender {
     tx: mpsc::Sender<Cmd>,
-    error: Arc<Mutex<Option<StrawIoError>>>,
+    error: Arc<Mutex<Option<StrawError>>>,
 }
 
 impl core::fmt::Debug for Cmd {
@@ -66,11 +66,11 @@ impl core::fmt::Debug for Cmd {
 }
 
 /// The receiving half: frames as they arrive, then the error that ended the stream
-/// ([`StrawIoError::Eof`] after a graceful close).
+/// ([`StrawError::Eof`] after a graceful close).
 #[derive(Debug)]
 pub struct AsyncReceiver {
-    rx: mpsc::Receiver<Result<Bytes, StrawIoError>>,
-    end: Option<StrawIoError>,
+    rx: mpsc::Receiver<Result<Bytes, StrawError>>,
+    end: Option<StrawError>,
 }
 
 /// Splits `straw` into async halves with `depth` frames of buffering each way.
@@ -87,7 +87,7 @@ where
     let spawned = std::thread::Builder::new()
         .name(std::string::String::from("straw-async-tx"))
         .spawn(move || {
-            let fail = |e: StrawIoError| {
+            let fail = |e: StrawError| {
                 *err2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             };
             while let Some(cmd) = cmd_rx.blocking_recv() {
@@ -99,14 +99,14 @@ where
                             match r {
                                 Ok(()) => break,
                                 // Nothing taken: try again.
-                                Err(StrawIoError::TimedOut) => {
+                                Err(StrawError::TimedOut) => {
                                     r = sender.send_timeout(f.clone(), Duration::from_secs(1))
                                 }
                                 // Partly sent: finish it.
-                                Err(StrawIoError::Queued) => {
+                                Err(StrawError::Queued) => {
                                     r = sender.flush_timeout(Duration::from_secs(1)).map_err(|e| {
                                         match e {
-                                            StrawIoError::TimedOut => StrawIoError::Queued,
+                                            StrawError::TimedOut => StrawError::Queued,
                                             e => e,
                                         }
                                     })
@@ -131,7 +131,7 @@ where
             let _ = sender.close();
         });
     if spawned.is_err() {
-        *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(StrawIoError::Closed);
+        *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(StrawError::Closed);
     }
     let _ = std::thread::Builder::new()
         .name(std::string::String::from("straw-async-rx"))
@@ -142,7 +142,7 @@ where
                         return; // the async receiver is gone
                     }
                 }
-                Err(StrawIoError::TimedOut) => {
+                Err(StrawError::TimedOut) => {
                     if frame_tx.is_closed() {
                         return;
                     }
@@ -163,52 +163,52 @@ where
 }
 
 impl AsyncSender {
-    fn error(&self) -> Option<StrawIoError> {
+    fn error(&self) -> Option<StrawError> {
         self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Queues one frame (waiting while `depth` frames are queued). An error of an earlier
     /// frame is reported here.
-    pub async fn send(&self, frame: Bytes) -> Result<(), StrawIoError> {
+    pub async fn send(&self, frame: Bytes) -> Result<(), StrawError> {
         if let Some(e) = self.error() {
             return Err(e);
         }
         self.tx
             .send(Cmd::Frame(frame))
             .await
-            .map_err(|_| self.error().unwrap_or(StrawIoError::Closed))
+            .map_err(|_| self.error().unwrap_or(StrawError::Closed))
     }
 
     /// As [`AsyncSender::send`], outside of async code.
-    pub fn blocking_send(&self, frame: Bytes) -> Result<(), StrawIoError> {
+    pub fn blocking_send(&self, frame: Bytes) -> Result<(), StrawError> {
         if let Some(e) = self.error() {
             return Err(e);
         }
         self.tx
             .blocking_send(Cmd::Frame(frame))
-            .map_err(|_| self.error().unwrap_or(StrawIoError::Closed))
+            .map_err(|_| self.error().unwrap_or(StrawError::Closed))
     }
 
     /// Half-closes after everything queued was sent and consumed (see
     /// [`crate::straw::Sender::finish`]).
-    pub async fn finish(&self) -> Result<(), StrawIoError> {
+    pub async fn finish(&self) -> Result<(), StrawError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Finish(tx))
             .await
-            .map_err(|_| StrawIoError::Closed)?;
-        rx.await.unwrap_or(Err(StrawIoError::Closed))
+            .map_err(|_| StrawError::Closed)?;
+        rx.await.unwrap_or(Err(StrawError::Closed))
     }
 
     /// Sends everything queued, then closes the straw gracefully (see
     /// [`crate::straw::Straw::close`]).
-    pub async fn close(self) -> Result<(), StrawIoError> {
+    pub async fn close(self) -> Result<(), StrawError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Close(tx))
             .await
-            .map_err(|_| StrawIoError::Closed)?;
-        let r = rx.await.unwrap_or(Err(StrawIoError::Closed));
+            .map_err(|_| StrawError::Closed)?;
+        let r = rx.await.unwrap_or(Err(StrawError::Closed));
         match self.error() {
             Some(e) => Err(e),
             None => r,
@@ -218,11 +218,11 @@ impl AsyncSender {
 
 impl AsyncReceiver {
     /// The next frame, or the error that ended the stream (then repeated).
-    pub async fn recv(&mut self) -> Result<Bytes, StrawIoError> {
+    pub async fn recv(&mut self) -> Result<Bytes, StrawError> {
         if let Some(e) = &self.end {
             return Err(e.clone());
         }
-        let r = self.rx.recv().await.unwrap_or(Err(StrawIoError::Closed));
+        let r = self.rx.recv().await.unwrap_or(Err(StrawError::Closed));
         if let Err(e) = &r {
             self.end = Some(e.clone());
         }
@@ -230,11 +230,11 @@ impl AsyncReceiver {
     }
 
     /// As [`AsyncReceiver::recv`], outside of async code.
-    pub fn blocking_recv(&mut self) -> Result<Bytes, StrawIoError> {
+    pub fn blocking_recv(&mut self) -> Result<Bytes, StrawError> {
         if let Some(e) = &self.end {
             return Err(e.clone());
         }
-        let r = self.rx.blocking_recv().unwrap_or(Err(StrawIoError::Closed));
+        let r = self.rx.blocking_recv().unwrap_or(Err(StrawError::Closed));
         if let Err(e) = &r {
             self.end = Some(e.clone());
         }
@@ -243,7 +243,7 @@ impl AsyncReceiver {
 
     /// Polls for the next frame (for a hand-written `Stream`): `Ready(None)` once the stream
     /// ended (after its error was returned once).
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, StrawIoError>>> {
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, StrawError>>> {
         if self.end.is_some() {
             return Poll::Ready(None);
         }
@@ -253,7 +253,7 @@ impl AsyncReceiver {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
-                self.end = Some(StrawIoError::Closed);
+                self.end = Some(StrawError::Closed);
                 Poll::Ready(None)
             }
             other => other,
@@ -262,7 +262,7 @@ impl AsyncReceiver {
 }
 
 impl futures_core::Stream for AsyncReceiver {
-    type Item = Result<Bytes, StrawIoError>;
+    type Item = Result<Bytes, StrawError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut().poll_recv(cx)
@@ -287,19 +287,19 @@ impl AsyncSender {
 pub struct FrameSink {
     tx: PollSender<Cmd>,
     sender: AsyncSender,
-    closing: Option<oneshot::Receiver<Result<(), StrawIoError>>>,
+    closing: Option<oneshot::Receiver<Result<(), StrawError>>>,
 }
 
 impl FrameSink {
-    fn failed(&self) -> StrawIoError {
-        self.sender.error().unwrap_or(StrawIoError::Closed)
+    fn failed(&self) -> StrawError {
+        self.sender.error().unwrap_or(StrawError::Closed)
     }
 }
 
 impl futures_sink::Sink<Bytes> for FrameSink {
-    type Error = StrawIoError;
+    type Error = StrawError;
 
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), StrawIoError>> {
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), StrawError>> {
         let this = self.get_mut();
         if let Some(e) = this.sender.error() {
             return Poll::Ready(Err(e));
@@ -311,14 +311,14 @@ impl futures_sink::Sink<Bytes> for FrameSink {
         }
     }
 
-    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> Result<(), StrawIoError> {
+    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> Result<(), StrawError> {
         let this = self.get_mut();
         this.tx
             .send_item(Cmd::Frame(frame))
             .map_err(|_| this.failed())
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), StrawIoError>> {
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), StrawError>> {
         let this = self.get_mut();
         Poll::Ready(match this.sender.error() {
             Some(e) => Err(e),
@@ -326,7 +326,7 @@ impl futures_sink::Sink<Bytes> for FrameSink {
         })
     }
 
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), StrawIoError>> {
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), StrawError>> {
         let this = self.get_mut();
         if this.closing.is_none() {
             match this.tx.poll_reserve(cx) {
@@ -341,11 +341,11 @@ impl futures_sink::Sink<Bytes> for FrameSink {
             this.closing = Some(done);
         }
         let Some(done) = this.closing.as_mut() else {
-            return Poll::Ready(Err(StrawIoError::Closed));
+            return Poll::Ready(Err(StrawError::Closed));
         };
         match Pin::new(done).poll(cx) {
             Poll::Ready(r) => {
-                let r = r.unwrap_or(Err(StrawIoError::Closed));
+                let r = r.unwrap_or(Err(StrawError::Closed));
                 Poll::Ready(match this.sender.error() {
                     Some(e) => Err(e),
                     None => r,

@@ -10,7 +10,7 @@ use core::time::Duration;
 
 use pore_core::{DomId, ErrorKind, GrantRef, Port};
 
-use crate::handshake::{Action, Config, Input, PoreGrant, PoreRequest, StrawMachine};
+use crate::handshake::{Action, HandshakeConfig, Input, PoreGrant, PoreRequest, StrawMachine};
 use crate::ops::{StoreError, StoreOp, StoreReply};
 use crate::Endpoint;
 
@@ -69,9 +69,9 @@ const VALUES: &[&[u8]] = &[
 /// ```
 pub fn drive_handshake(data: &[u8]) -> usize {
     let mut input = Bytes(data);
-    let cfg = Config {
+    let cfg = HandshakeConfig {
         v2_pages: if input.byte() & 1 == 0 { Some(4) } else { None },
-        ..Config::default()
+        ..HandshakeConfig::default()
     };
     let me = Endpoint::seed(DomId(1));
     let peer = Endpoint::seed(DomId(2));
@@ -113,10 +113,10 @@ pub fn drive_handshake(data: &[u8]) -> usize {
                     4 => Err(StoreError::NotFound),
                     5 => Err(StoreError::PermissionDenied),
                     6 => Err(StoreError::TimedOut),
-                    _ => Err(StoreError::Other),
+                    _ => Err(StoreError::Other(None)),
                 };
                 let reply = if exhausted {
-                    Err(StoreError::Other)
+                    Err(StoreError::Other(None))
                 } else {
                     reply
                 };

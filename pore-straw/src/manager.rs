@@ -9,10 +9,12 @@
 //! Unlike the seed, which blocks its gen_server while it waits for a peer, every straw runs
 //! its [`StrawMachine`] on its own thread, so one slow or dead peer never stalls the manager or
 //! the other straws; every wait has a timeout. A straw whose peer leaves Connected or whose
-//! directory disappears ends with [`StrawIoError::PeerGone`] (or end of stream after a
+//! directory disappears ends with [`StrawError::PeerGone`] (or end of stream after a
 //! graceful close), and the manager forgets it and removes its nodes.
 //!
-//! The manager reaches xenstore through the small [`StoreClient`] trait.
+//! The manager reaches xenstore through the small [`StoreClient`] trait; without a xenstored,
+//! through the in-memory store of [`crate::memstore`] (its docs show two managers on the
+//! loopback backend).
 //!
 //! # What a hostile domain can make a manager hold
 //!
@@ -39,18 +41,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use pore_core::{Backend, DomId};
+use pore_core::{Backend, CoreError, DomId, ErrorKind};
 
 use crate::endpoint::parse_knock;
 use crate::handshake::{
-    setup_ops, teardown_ops, Action, Closed, Config, Input, PoreGrant, PoreRequest, Role,
-    StrawError, StrawMachine,
+    setup_ops, teardown_ops, Action, Closed, HandshakeConfig, HandshakeError, Input, PoreGrant,
+    PoreRequest, Role, StrawMachine,
 };
 use crate::ops::{Access, Perm, StoreError, StoreOp, StoreReply};
-use crate::straw::{
-    open_active, open_passive, Shared, Straw, StrawConfig, StrawIoError, StrawPore,
-};
+use crate::straw::{open_active, open_passive, Shared, Straw, StrawConfig, StrawError, StrawPore};
 use crate::{Endpoint, Layout};
+
+use self::driver::Driver;
 
 /// A watch event: the path that changed and the token of the watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,8 +64,9 @@ pub struct WatchEvent {
 }
 
 /// The xenstore operations a manager needs, blocking and bounded (the client's own request
-/// timeout, D9). Implemented for pore-xenstore's client by an adapter; tests use an in-memory
-/// store.
+/// timeout, D9). Implemented for pore-xenstore's client (`xenstore::XsAdapter`, feature
+/// `xenstore`) and for the in-memory store ([`crate::memstore::MemoryStoreClient`], a manager
+/// without a xenstored).
 pub trait StoreClient: Send + Sync + 'static {
     /// Performs `op` (see [`StoreOp`] for transactions and best-effort perms). Watches
     /// registered here deliver their events through [`StoreClient::next_event`].
@@ -95,7 +98,7 @@ pub type Admission = Arc<dyn Fn(&Endpoint) -> bool + Send + Sync>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagerConfig {
     /// The handshake and close protocol.
-    pub handshake: Config,
+    pub handshake: HandshakeConfig,
     /// The data path of every straw.
     pub straw: StrawConfig,
     /// The most straws (connected, in the handshake or waiting to be accepted) at once: a
@@ -156,7 +159,7 @@ pub struct ManagerConfig {
 impl Default for ManagerConfig {
     fn default() -> Self {
         ManagerConfig {
-            handshake: Config::default(),
+            handshake: HandshakeConfig::default(),
             straw: StrawConfig::default(),
             max_straws: 256,
             max_knocks_per_domain: 8,
@@ -172,13 +175,17 @@ impl Default for ManagerConfig {
 pub enum ManagerError {
     /// The handshake failed (already connected, no such peer, timeout, garbage, ...).
     #[error("strawman: {0}")]
-    Straw(#[from] StrawError),
+    Handshake(#[from] HandshakeError),
+    /// Opening the pore failed during the handshake (the backend's error is its source).
+    #[error("opening the pore: {0}")]
+    Pore(#[source] StrawError),
     /// Setting up the endpoint in xenstore failed.
     #[error("xenstore {op} failed during set-up: {error}")]
     Setup {
         /// The operation.
         op: &'static str,
         /// The error.
+        #[source]
         error: StoreError,
     },
     /// No straw (yet) for that peer, or nothing to accept before the timeout.
@@ -212,6 +219,32 @@ pub enum ManagerError {
     /// The [`ManagerConfig`] cannot keep its promises.
     #[error("bad manager configuration: {0}")]
     Config(&'static str),
+    /// A generic layer failed (see [`CoreError`]).
+    #[error(transparent)]
+    Core(#[from] CoreError),
+}
+
+/// The kind of the handshake's, the pore's or xenstore's error; [`ErrorKind::NotFound`],
+/// [`ErrorKind::Busy`] (a straw that exists may be closed later), [`ErrorKind::Closed`],
+/// [`ErrorKind::TimedOut`], [`ErrorKind::ResourceExhausted`] (too many straws, pages still
+/// mapped) and [`ErrorKind::InvalidInput`] (a bad configuration) for the others.
+impl pore_core::Error for ManagerError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ManagerError::Handshake(e) => e.kind(),
+            ManagerError::Pore(e) => e.kind(),
+            ManagerError::Setup { error, .. } => error.kind(),
+            ManagerError::NotFound => ErrorKind::NotFound,
+            ManagerError::Exists => ErrorKind::Busy,
+            ManagerError::ShutDown => ErrorKind::Closed,
+            ManagerError::TimedOut => ErrorKind::TimedOut,
+            ManagerError::TooMany | ManagerError::PagesStillMapped { .. } => {
+                ErrorKind::ResourceExhausted
+            }
+            ManagerError::Config(_) => ErrorKind::InvalidInput,
+            ManagerError::Core(e) => e.kind(),
+        }
+    }
 }
 
 /// What a manager holds and what it refused ([`Manager::accounting`]), e.g. for monitoring.
@@ -748,251 +781,6 @@ where
         }
     }
 
-    /// Whether a watch event of our straw top names a child that cannot be a peer's straw
-    /// directory (see [`Inner::check_top`]).
-    fn is_junk_event(&self, path: &str) -> bool {
-        let top = self.me.straw_top();
-        let Some(rest) = path
-            .strip_prefix(top.as_str())
-            .and_then(|r| r.strip_prefix('/'))
-        else {
-            return false;
-        };
-        let name = rest.split('/').next().unwrap_or("");
-        name != PROBE && !self.is_peer_ident(name)
-    }
-
-    fn is_peer_ident(&self, name: &str) -> bool {
-        Endpoint::parse_ident(name).is_ok_and(|p| p != self.me)
-    }
-
-    /// Keeps our straw top usable (issue 10, item 7). Everyone may write in it (the seed's
-    /// `b<me>`), so a domain can leave children there that are no peer's straw directory, or
-    /// fill it: C xenstored limits a node's record, child names included, to 2048 bytes, and a
-    /// full top refuses every opener's `mkdir` (ENOSPC). And a child whose creator narrowed its
-    /// permissions cannot be removed by us. So, every [`ManagerConfig::top_check_interval`]
-    /// (sooner after an event naming such a child):
-    ///
-    /// 1. list the top; a child whose name is no peer's ident is junk: remove it. A child
-    ///    named as a peer's that is not one of our straws for a whole interval is stale: its
-    ///    knock (if it has one, and the knock's event was late or lost) is taken now, else
-    ///    (no knock, or refused) it is removed, and its opener, if any, sees it go.
-    /// 2. If some junk could not be removed (poisoned), or if the top is full (a probe
-    ///    `mkdir` fails), rebuild the top: the owner of a node may remove it with everything
-    ///    below, whatever its children's permissions. One transaction removes the top,
-    ///    creates it again and carries over the directories of our straws (handshaking or
-    ///    connected) and of genuine knocks not taken yet, with their keys, while our straws'
-    ///    own xenstore operations wait: their peers, who watch those directories, see the
-    ///    same values before and after. The directories carried over are ours afterwards
-    ///    (`n<me> b<peer>`, keys `n<me> r<peer>`), still visible to the pair only.
-    fn check_top(self: &Arc<Self>, stale: &mut BTreeMap<String, Instant>) {
-        let top = self.me.straw_top();
-        let names = match self.list_top() {
-            Some(n) => n,
-            None => return,
-        };
-        let ours: BTreeSet<String> = lock(&self.state)
-            .straws
-            .keys()
-            .filter(|(_, r)| *r == Role::Listener)
-            .map(|(p, _)| p.ident())
-            .collect();
-        let (mut poisoned, mut unknown) = (false, false);
-        let mut next_stale = BTreeMap::new();
-        for name in &names {
-            if ours.contains(name) {
-                continue;
-            }
-            unknown = true;
-            let path = std::format!("{top}/{name}");
-            if let Ok(peer) = Endpoint::parse_ident(name).map_err(drop).and_then(|p| {
-                if p == self.me {
-                    Err(())
-                } else {
-                    Ok(p)
-                }
-            }) {
-                let since = stale.get(name).copied().unwrap_or_else(Instant::now);
-                if since.elapsed() < self.cfg.top_check_interval {
-                    // A knock on its way in, or an opener making its directory: look later.
-                    next_stale.insert(name.clone(), since);
-                    continue;
-                }
-                let knock = std::format!("{path}/warts");
-                if self.store.perform(&StoreOp::Read { path: knock }).is_ok()
-                    && self.take_knock(peer)
-                {
-                    continue;
-                }
-            }
-            match self.store.perform(&StoreOp::Rm { path }) {
-                Ok(_) | Err(StoreError::NotFound) => {
-                    tracing::info!(me = %self.me, child = %Short(name), "strawman: junk removed from the straw top");
-                    lock(&self.state).junk_removed += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(me = %self.me, child = %Short(name), error = %e, "strawman: junk in the straw top cannot be removed");
-                    poisoned = true;
-                }
-            }
-        }
-        *stale = next_stale;
-        let full = unknown && !poisoned && self.top_is_full(&top);
-        if poisoned || full {
-            self.rebuild_top(if poisoned { "poisoned" } else { "full" });
-        }
-    }
-
-    fn list_top(&self) -> Option<Vec<String>> {
-        match self.store.perform(&StoreOp::Directory {
-            path: self.me.straw_top(),
-        }) {
-            Ok(StoreReply::Children(n)) => Some(n),
-            Ok(_) => None,
-            Err(e) => {
-                tracing::debug!(me = %self.me, error = %e, "strawman: cannot list the straw top");
-                None
-            }
-        }
-    }
-
-    /// Whether a new child cannot be made in our top (what an opener's `mkdir` would meet).
-    fn top_is_full(&self, top: &str) -> bool {
-        let probe = std::format!("{top}/{PROBE}");
-        match self.store.perform(&StoreOp::Mkdir {
-            path: probe.clone(),
-        }) {
-            Ok(_) => {
-                let _ = self.store.perform(&StoreOp::Rm { path: probe });
-                false
-            }
-            Err(StoreError::Other | StoreError::PermissionDenied) => true,
-            Err(_) => false,
-        }
-    }
-
-    /// Rebuilds our straw top (see [`Inner::check_top`]).
-    fn rebuild_top(&self, why: &str) {
-        // Our straws' own operations wait meanwhile: nothing they write can be lost.
-        let _gate = self.store_gate.write().unwrap_or_else(|p| p.into_inner());
-        let Some(names) = self.list_top() else {
-            return;
-        };
-        let ours: BTreeSet<String> = lock(&self.state)
-            .straws
-            .keys()
-            .filter(|(_, r)| *r == Role::Listener)
-            .map(|(p, _)| p.ident())
-            .collect();
-        let top = self.me.straw_top();
-        let me = self.me.domid;
-        let narrow = |path: String, peer: DomId, access: Access| StoreOp::SetPerms {
-            path,
-            perms: std::vec![Perm::new(Access::None, me), Perm::new(access, peer)],
-            best_effort: true,
-        };
-        let mut ops = std::vec![
-            StoreOp::Rm { path: top.clone() },
-            StoreOp::Mkdir { path: top.clone() },
-            StoreOp::SetPerms {
-                path: top.clone(),
-                perms: std::vec![Perm::new(Access::Both, me)],
-                best_effort: false,
-            },
-        ];
-        let mut kept = 0usize;
-        for name in &names {
-            let Ok(peer) = Endpoint::parse_ident(name) else {
-                continue;
-            };
-            if peer == self.me {
-                continue;
-            }
-            let dir = std::format!("{top}/{name}");
-            let ours = ours.contains(name);
-            if !ours {
-                // A knock not taken yet: only a genuine one (the directory is the peer's).
-                match self.store.perform(&StoreOp::GetPerms { path: dir.clone() }) {
-                    Ok(StoreReply::Perms(p)) if p.first().map(|p| p.domid) == Some(peer.domid) => {}
-                    _ => continue,
-                }
-            }
-            let mut keys = Vec::new();
-            for key in STRAW_KEYS {
-                let path = std::format!("{dir}/{key}");
-                if let Ok(StoreReply::Value(v)) = self.store.perform(&StoreOp::Read { path }) {
-                    if let Ok(v) = String::from_utf8(v) {
-                        keys.push((key, v));
-                    }
-                }
-            }
-            if !ours && !keys.iter().any(|(k, _)| *k == "warts") {
-                continue;
-            }
-            kept += 1;
-            ops.push(StoreOp::Mkdir { path: dir.clone() });
-            ops.push(narrow(dir.clone(), peer.domid, Access::Both));
-            for (key, value) in keys {
-                let path = std::format!("{dir}/{key}");
-                ops.push(StoreOp::Write {
-                    path: path.clone(),
-                    value,
-                });
-                ops.push(narrow(path, peer.domid, Access::Read));
-            }
-        }
-        match self.store.perform(&StoreOp::Transaction(ops)) {
-            Ok(_) => {
-                tracing::warn!(me = %self.me, why, kept, dropped = names.len() - kept, "strawman: straw top rebuilt");
-                lock(&self.state).rebuilds += 1;
-            }
-            Err(e) => {
-                tracing::warn!(me = %self.me, why, error = %e, "strawman: rebuilding the straw top failed");
-            }
-        }
-    }
-
-    /// Whether a knock under `peer`'s ident really comes from `peer`'s domain (every domain may
-    /// write in our straw top, under any ident). The owner of the knock directory tells: C
-    /// xenstored makes its creator the owner, and the opener's D18 narrowing keeps it
-    /// (`n<opener> b<us>`). oxenstored keeps the parent's owner (us) on new nodes and refuses
-    /// the narrowing, so there the owner names nobody: then the ACL must not name another
-    /// domain than the peer, and the knock is taken on trust (the admission check and the
-    /// handshake, which reads the peer's own tree, remain). A forged knock is refused before
-    /// any thread starts or page is granted, and its directory removed if we may.
-    fn knock_is_genuine(&self, peer: &Endpoint) -> bool {
-        let dir = std::format!("{}/{}", self.me.straw_top(), peer.ident());
-        let perms = match self.store.perform(&StoreOp::GetPerms { path: dir.clone() }) {
-            Ok(StoreReply::Perms(p)) => p,
-            Err(StoreError::NotFound) => {
-                tracing::debug!(me = %self.me, %peer, "strawman: knock vanished");
-                return false;
-            }
-            Ok(_) | Err(_) => {
-                tracing::warn!(me = %self.me, %peer, "strawman: knock refused: its directory's owner cannot be read");
-                return false;
-            }
-        };
-        let owner = perms.first().map(|p| p.domid);
-        let verdict = match owner {
-            Some(o) if o == peer.domid => return true,
-            // The parent's owner (oxenstored), or a privileged creator: no proof either way.
-            Some(o) if o == self.me.domid || o == pore_core::DomId(0) => {
-                perms.len() == 1 || perms[1..].iter().any(|p| p.domid == peer.domid)
-            }
-            _ => false,
-        };
-        if verdict {
-            tracing::debug!(me = %self.me, %peer, "strawman: knock directory owned by us; its creator cannot be checked");
-            return true;
-        }
-        tracing::warn!(me = %self.me, %peer, owner = ?owner.map(|d| d.0), "strawman: forged knock refused (its directory is not the peer's)");
-        if let Err(e) = self.store.perform(&StoreOp::Rm { path: dir }) {
-            tracing::debug!(me = %self.me, %peer, error = %e, "strawman: cannot remove a forged knock");
-        }
-        false
-    }
-
     fn spawn(
         self: &Arc<Self>,
         peer: Endpoint,
@@ -1077,6 +865,7 @@ where
                     self_input: tx,
                     reply,
                     pore: None,
+                    open_error: None,
                     shared: None,
                 };
                 d.run();
@@ -1123,236 +912,13 @@ where
     }
 }
 
-/// Runs one straw's machine on its own thread.
-struct Driver<B: Backend, X: StoreClient> {
-    inner: Arc<Inner<B, X>>,
-    machine: StrawMachine,
-    token: String,
-    input: mpsc::Receiver<Input>,
-    self_input: mpsc::Sender<Input>,
-    reply: Option<OpenReply<B>>,
-    pore: Option<StrawPore<B>>,
-    shared: Option<Arc<Shared<B>>>,
-}
-
-impl<B, X> Driver<B, X>
-where
-    B: Backend + Send + Sync + 'static,
-    B::Channel: 'static,
-    X: StoreClient,
-{
-    fn run(&mut self) {
-        let peer = self.machine.peer().clone();
-        // The data path's re-read requests (`Shared::peer_vanished`) answered once the watch
-        // input being handled is: its re-read of the peer's state comes after them.
-        let mut answering = None;
-        loop {
-            let now = self.inner.now();
-            let Some(action) = self.machine.poll_action(now) else {
-                if let (Some(sh), Some(asked)) = (&self.shared, answering.take()) {
-                    sh.vanish_answered(asked);
-                }
-                let wait = self
-                    .machine
-                    .deadline()
-                    .map(|d| d.saturating_sub(now))
-                    .unwrap_or(Duration::from_millis(500))
-                    .min(Duration::from_millis(500));
-                match self.input.recv_timeout(wait) {
-                    Ok(i) => {
-                        if i == Input::Watch {
-                            answering = self.shared.as_ref().map(|sh| sh.vanish_asked());
-                        }
-                        self.machine.handle(i, self.inner.now())
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        self.machine.handle(Input::Close, self.inner.now())
-                    }
-                }
-                continue;
-            };
-            let observer = lock(&self.inner.observer).clone();
-            if let Some(o) = observer {
-                o(&peer, &action);
-            }
-            match action {
-                Action::Store(op) => {
-                    let op = self.rewrite_token(op);
-                    let r = {
-                        // Not while the straw top is rebuilt (see `Inner::check_top`).
-                        let _gate = self
-                            .inner
-                            .store_gate
-                            .read()
-                            .unwrap_or_else(|p| p.into_inner());
-                        self.inner.store.perform(&op)
-                    };
-                    self.machine.handle(Input::Store(r), self.inner.now());
-                }
-                Action::OpenPore(req) => {
-                    let r = self.open_pore(req);
-                    self.machine.handle(Input::PoreOpened(r), self.inner.now());
-                }
-                Action::ClosePore => {
-                    self.close_pore();
-                    self.machine.handle(Input::PoreClosed, self.inner.now());
-                }
-                Action::Connected(conn) => self.connected(conn),
-                Action::PeerClosing => {
-                    if let Some(sh) = &self.shared {
-                        sh.peer_left(true);
-                    }
-                }
-                Action::PeerFinished => {
-                    if let Some(sh) = &self.shared {
-                        sh.peer_finished();
-                    }
-                }
-                Action::Done(result) => {
-                    self.done(&peer, result);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn rewrite_token(&self, op: StoreOp) -> StoreOp {
-        match op {
-            StoreOp::Watch { path, .. } => StoreOp::Watch {
-                path,
-                token: self.token.clone(),
-            },
-            StoreOp::Unwatch { path, .. } => StoreOp::Unwatch {
-                path,
-                token: self.token.clone(),
-            },
-            op => op,
-        }
-    }
-
-    fn open_pore(&mut self, req: PoreRequest) -> Result<PoreGrant, pore_core::ErrorKind> {
-        let backend = &*self.inner.backend;
-        let r = match req {
-            PoreRequest::Active { peer, layout } => {
-                open_active(backend, peer, layout).map(|(p, g)| (p, Some(g)))
-            }
-            PoreRequest::Passive {
-                peer,
-                layout,
-                refs,
-                port,
-            } => open_passive(backend, peer, layout, &refs, port).map(|p| (p, None)),
-        };
-        match r {
-            Ok((pore, grant)) => {
-                self.pore = Some(pore);
-                Ok(grant.unwrap_or(PoreGrant {
-                    refs: Vec::new(),
-                    port: pore_core::Port(0),
-                }))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "strawman: opening the pore failed");
-                Err(match e {
-                    StrawIoError::Backend { kind, .. } => kind,
-                    StrawIoError::PeerGone => pore_core::ErrorKind::PeerGone,
-                    _ => pore_core::ErrorKind::Protocol,
-                })
-            }
-        }
-    }
-
-    fn close_pore(&mut self) {
-        if let Some(sh) = self.shared.as_ref() {
-            match self.machine.ending() {
-                Some(Ok(Closed::ByPeer)) => sh.peer_left(true),
-                Some(Err(_)) => sh.peer_left(false),
-                _ => {}
-            }
-            let parked = sh.shutdown_pore(Duration::from_millis(200));
-            self.inner.park(self.machine.peer().domid, parked);
-        }
-        // A pore opened but never handed out (the handshake failed after it was opened).
-        if let Some(pore) = self.pore.take() {
-            let parked = pore.close_counting_parked();
-            self.inner.park(self.machine.peer().domid, parked);
-        }
-    }
-
-    fn connected(&mut self, conn: crate::handshake::Connection) {
-        let Some(pore) = self.pore.take() else {
-            tracing::warn!("strawman: connected without a pore");
-            let _ = self.self_input.send(Input::Close);
-            return;
-        };
-        let input = Mutex::new(self.self_input.clone());
-        let hook = Box::new(move |i: Input| {
-            let _ = lock(&input).send(i);
-        });
-        let straw = Straw::build(
-            pore,
-            conn.peer.clone(),
-            conn.role,
-            conn.format,
-            self.inner.cfg.straw.clone(),
-            Some(hook),
-        );
-        let layout = match conn.layout {
-            Layout::Ling => "ling",
-            Layout::V2 { .. } => "v2",
-        };
-        tracing::info!(me = %self.inner.me, peer = %conn.peer, role = ?conn.role, layout, format = conn.format.as_str(), "strawman: connected");
-        self.shared = Some(straw.shared());
-        let mut st = lock(&self.inner.state);
-        if let Some(e) = st.straws.get_mut(&(conn.peer.clone(), conn.role)) {
-            e.slot = Slot::Live(straw.shared());
-        }
-        match self.reply.take() {
-            Some(reply) => {
-                drop(st);
-                if let Err(mpsc::SendError(Ok(straw))) = reply.send(Ok(straw)) {
-                    // The caller gave up waiting: close the straw.
-                    drop(straw);
-                    let _ = self.self_input.send(Input::Close);
-                }
-            }
-            None => {
-                st.unclaimed.push_back(straw);
-                drop(st);
-                self.inner.changed.notify_all();
-            }
-        }
-    }
-
-    fn done(&mut self, peer: &Endpoint, result: Result<Closed, StrawError>) {
-        match &result {
-            Ok(c) => tracing::info!(me = %self.inner.me, %peer, how = ?c, "strawman: straw closed"),
-            Err(StrawError::Vanished) => tracing::debug!(%peer, "strawman: knock vanished"),
-            Err(e) => {
-                tracing::warn!(me = %self.inner.me, %peer, error = %e, "strawman: straw ended")
-            }
-        }
-        // Forget the straw before anyone hears of its end: a caller woken below may open to
-        // the same peer at once, and must not find the old entry (`Exists`).
-        let mut st = lock(&self.inner.state);
-        let role = self.machine.role();
-        st.straws.remove(&(peer.clone(), role));
-        st.unclaimed
-            .retain(|s| !(s.peer() == peer && s.role() == role));
-        drop(st);
-        if let Some(sh) = self.shared.take() {
-            sh.finished(result.clone());
-        }
-        if let (Some(reply), Err(e)) = (self.reply.take(), &result) {
-            let _ = reply.send(Err(ManagerError::Straw(e.clone())));
-        }
-        self.inner.changed.notify_all();
-    }
-}
-
 impl<B: Backend> Slot<B> {
     fn is_live(&self) -> bool {
         matches!(self, Slot::Live(sh) if !sh.is_finished())
     }
 }
+
+mod driver;
+#[cfg(test)]
+mod tests;
+mod top;

@@ -1,10 +1,11 @@
 //! The xenstore operations the sans-IO machines ask their driver to perform, and their results.
 
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
-use pore_core::DomId;
+use pore_core::{CoreError, DomId, ErrorKind};
 
 /// Rights in a xenstore permission entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -151,7 +152,7 @@ pub enum StoreReply {
 }
 
 /// A failed xenstore operation, as far as the strawman needs to distinguish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// ENOENT.
     #[error("no such node")]
@@ -162,10 +163,84 @@ pub enum StoreError {
     /// The request (or the transaction after its retries) timed out.
     #[error("timed out")]
     TimedOut,
-    /// Anything else (EINVAL, EQUOTA, a broken connection, ...).
+    /// Anything else (EINVAL, EQUOTA, a broken connection, ...), with the client's error as the
+    /// source when there is one.
     #[error("xenstore error")]
-    Other,
+    Other(#[source] Option<ClientError>),
 }
+
+impl StoreError {
+    /// [`StoreError::Other`] holding the client's error.
+    pub fn other<E: core::error::Error + Send + Sync + 'static>(e: E) -> Self {
+        StoreError::Other(Some(ClientError(Arc::new(e))))
+    }
+}
+
+impl pore_core::Error for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::NotFound => ErrorKind::NotFound,
+            StoreError::PermissionDenied => ErrorKind::PermissionDenied,
+            StoreError::TimedOut => ErrorKind::TimedOut,
+            StoreError::Other(_) => ErrorKind::Other,
+        }
+    }
+}
+
+/// A generic layer's error ([`CoreError`]) as the strawman sees a xenstore error: by its kind
+/// (kept as the source of [`StoreError::Other`]).
+impl From<CoreError> for StoreError {
+    fn from(e: CoreError) -> Self {
+        use pore_core::Error as _;
+        match e.kind() {
+            ErrorKind::NotFound => StoreError::NotFound,
+            ErrorKind::PermissionDenied => StoreError::PermissionDenied,
+            ErrorKind::TimedOut => StoreError::TimedOut,
+            _ => StoreError::other(e),
+        }
+    }
+}
+
+/// A xenstore client's own error inside a [`StoreError::Other`]: shared (so that the store
+/// error stays `Clone`), displayed as the client displays it, and reachable whole through
+/// [`ClientError::get_ref`] (e.g. to downcast it). Two are equal when one is a clone of the
+/// other.
+#[derive(Clone)]
+pub struct ClientError(Arc<dyn core::error::Error + Send + Sync + 'static>);
+
+impl ClientError {
+    /// The client's error itself.
+    pub fn get_ref(&self) -> &(dyn core::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+/// Transparent: the client error's own source.
+impl core::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for ClientError {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ClientError {}
 
 impl fmt::Display for StoreOp {
     /// A one-line description, as `xenstore-*` tools would show it.
@@ -197,5 +272,38 @@ impl fmt::Display for StoreOp {
                 f.write_str(" }")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::string::ToString;
+    use core::error::Error as _;
+
+    use pore_core::{CoreError, Error as _, ErrorKind};
+
+    use super::*;
+    use crate::handshake::HandshakeError;
+
+    #[test]
+    fn a_client_error_stays_the_source_through_the_handshake() {
+        let quota = CoreError::new(ErrorKind::ResourceExhausted, "quota");
+        let e = StoreError::from(quota);
+        assert_eq!(e.kind(), ErrorKind::Other);
+        let StoreError::Other(Some(client)) = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(client.get_ref().downcast_ref::<CoreError>(), Some(&quota));
+        let h = HandshakeError::Store {
+            op: "write",
+            error: e.clone(),
+        };
+        let store = h.source().unwrap();
+        assert_eq!(store.to_string(), e.to_string());
+        assert_eq!(store.source().unwrap().to_string(), quota.to_string());
+        let gone = CoreError::new(ErrorKind::NotFound, "read");
+        assert_eq!(StoreError::from(gone), StoreError::NotFound);
+        assert!(HandshakeError::PeerGone.is_peer_gone());
+        assert!(HandshakeError::TimedOut(crate::handshake::Stage::Close).is_retryable());
     }
 }

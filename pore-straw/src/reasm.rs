@@ -23,6 +23,12 @@ pub(crate) const AHEAD: usize = 256;
 /// only as its payload arrives. Either way the buffer leaves with the frame (no copy).
 pub(crate) const RESTING: usize = 64 * 1024;
 
+/// The length prefix that ends the stream of a standalone straw (one made without the manager,
+/// which has no xenstore to say so): no frame is that long (a LING peer's frames are far
+/// shorter, and ours are refused at this length), and nothing after it is read. Whoever reads
+/// it, managed or not, ends its stream there.
+pub(crate) const END_OF_STREAM: u32 = u32::MAX;
+
 /// What [`Reassembler::recv`] produced.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Got {
@@ -30,6 +36,8 @@ pub(crate) enum Got {
     Frame(Bytes),
     /// A frame of this many bytes, over the maximum, was read and dropped.
     Skipped(u32),
+    /// The peer ended the stream ([`END_OF_STREAM`]); returned again by every later call.
+    End,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +53,8 @@ enum State {
         len: u32,
         left: u32,
     },
+    /// After [`END_OF_STREAM`].
+    End,
 }
 
 /// Bytes read ahead of the frame being decoded.
@@ -87,7 +97,8 @@ pub(crate) struct Reassembler {
 }
 
 impl Reassembler {
-    /// A reassembler delivering frames of up to `max` bytes.
+    /// A reassembler delivering frames of up to `max` bytes (an [`END_OF_STREAM`] prefix
+    /// ends the stream).
     pub(crate) fn new(max: usize) -> Self {
         Reassembler {
             max,
@@ -164,6 +175,10 @@ impl Reassembler {
                     }
                     // The header is a private copy now: parse it.
                     let len = u32::from_be_bytes(self.header);
+                    if len == END_OF_STREAM {
+                        self.state = State::End;
+                        return Ok(Some(Got::End));
+                    }
                     self.state = if len as usize > self.max {
                         State::Skip { len, left: len }
                     } else {
@@ -201,6 +216,7 @@ impl Reassembler {
                     let frame = Bytes::from(core::mem::take(&mut self.buf));
                     return Ok(Some(Got::Frame(frame)));
                 }
+                State::End => return Ok(Some(Got::End)),
                 State::Skip { len, left } => {
                     let mut scratch = [0u8; 256];
                     let mut left = left;

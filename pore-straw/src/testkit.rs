@@ -1,316 +1,29 @@
-//! Test-only: an in-memory xenstore with permissions and watches, and a harness that drives
-//! strawman machines of several domains against it.
+//! Test-only: a harness that drives strawman machines of several domains against the
+//! in-memory xenstore's tree.
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::string::{String, ToString};
-use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use pore_core::{DomId, GrantRef, Port};
+use pore_core::{GrantRef, Port};
 
 use crate::handshake::{
-    setup_ops, Action, Closed, Config, Connection, Input, PoreGrant, PoreRequest, StrawError,
-    StrawMachine,
+    setup_ops, Action, Closed, Connection, HandshakeConfig, HandshakeError, Input, PoreGrant,
+    PoreRequest, StrawMachine,
 };
-use crate::ops::{Access, Perm, StoreError, StoreOp, StoreReply};
+use crate::ops::StoreOp;
 use crate::Endpoint;
 
+pub(crate) use crate::memtree::{Ownership, Store};
+
 /// How new nodes created by an unprivileged domain are owned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ownership {
-    /// C xenstored: the creator owns them.
-    Creator,
-    /// oxenstored: the parent's owner keeps them.
-    Parent,
-}
-
-#[derive(Debug, Clone)]
-pub struct Node {
-    pub value: Vec<u8>,
-    pub perms: Vec<Perm>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Store {
-    pub nodes: BTreeMap<String, Node>,
-    pub watches: Vec<(DomId, String, String)>,
-    pub events: Vec<(DomId, String, String)>,
-    pub ownership: Ownership,
-}
-
-fn parent(path: &str) -> Option<&str> {
-    path.rfind('/')
-        .map(|i| if i == 0 { "/" } else { &path[..i] })
-}
-
-fn under(path: &str, top: &str) -> bool {
-    path == top || (path.starts_with(top) && path.as_bytes().get(top.len()) == Some(&b'/'))
-}
-
-impl Store {
-    pub fn new(ownership: Ownership) -> Self {
-        let mut s = Store {
-            nodes: BTreeMap::new(),
-            watches: Vec::new(),
-            events: Vec::new(),
-            ownership,
-        };
-        let root = vec![Perm::new(Access::None, DomId(0))];
-        for p in ["/", "/local", "/local/domain"] {
-            s.nodes.insert(
-                p.to_string(),
-                Node {
-                    value: Vec::new(),
-                    perms: root.clone(),
-                },
-            );
-        }
-        s
-    }
-
-    /// The toolstack's work for a new domain (D19).
-    pub fn add_domain(&mut self, id: u16) {
-        let perms = vec![Perm::new(Access::None, DomId(id))];
-        for p in [
-            alloc::format!("/local/domain/{id}"),
-            alloc::format!("/local/domain/{id}/data"),
-        ] {
-            self.nodes.insert(
-                p,
-                Node {
-                    value: Vec::new(),
-                    perms: perms.clone(),
-                },
-            );
-        }
-    }
-
-    /// The toolstack's work for a dead domain.
-    pub fn remove_domain(&mut self, id: u16) {
-        let top = alloc::format!("/local/domain/{id}");
-        self.remove_tree(&top);
-        self.watches.retain(|w| w.0 != DomId(id));
-        self.fire(&top);
-    }
-
-    fn access(&self, dom: DomId, path: &str) -> Access {
-        let Some(n) = self.nodes.get(path) else {
-            return Access::None;
-        };
-        if dom == DomId(0) || n.perms[0].domid == dom {
-            return Access::Both;
-        }
-        n.perms[1..]
-            .iter()
-            .find(|p| p.domid == dom)
-            .map(|p| p.access)
-            .unwrap_or(n.perms[0].access)
-    }
-
-    fn can_read(&self, dom: DomId, path: &str) -> bool {
-        matches!(self.access(dom, path), Access::Read | Access::Both)
-    }
-
-    fn can_write(&self, dom: DomId, path: &str) -> bool {
-        matches!(self.access(dom, path), Access::Write | Access::Both)
-    }
-
-    fn fire(&mut self, path: &str) {
-        for (dom, wpath, token) in &self.watches {
-            if under(path, wpath) {
-                self.events.push((*dom, path.to_string(), token.clone()));
-            } else if under(wpath, path) {
-                self.events.push((*dom, wpath.clone(), token.clone()));
-            }
-        }
-    }
-
-    fn remove_tree(&mut self, path: &str) {
-        let doomed: Vec<String> = self
-            .nodes
-            .keys()
-            .filter(|k| under(k, path))
-            .cloned()
-            .collect();
-        for k in doomed {
-            self.nodes.remove(&k);
-        }
-    }
-
-    fn create(&mut self, dom: DomId, path: &str) -> Result<(), StoreError> {
-        if self.nodes.contains_key(path) {
-            return if self.can_write(dom, path) {
-                Ok(())
-            } else {
-                Err(StoreError::PermissionDenied)
-            };
-        }
-        let p = parent(path).ok_or(StoreError::Other)?;
-        if !self.nodes.contains_key(p) {
-            if p.starts_with("/local/domain/") && p.matches('/').count() == 3 {
-                return Err(StoreError::NotFound); // no such domain
-            }
-            self.create(dom, p)?;
-        }
-        if !self.can_write(dom, p) {
-            return Err(StoreError::PermissionDenied);
-        }
-        let mut perms = self.nodes[p].perms.clone();
-        if self.ownership == Ownership::Creator && dom != DomId(0) {
-            perms[0].domid = dom;
-        }
-        self.nodes.insert(
-            path.to_string(),
-            Node {
-                value: Vec::new(),
-                perms,
-            },
-        );
-        Ok(())
-    }
-
-    /// Applies one op for `dom`; watch events are collected in `fired`.
-    fn apply(
-        &mut self,
-        dom: DomId,
-        op: &StoreOp,
-        fired: &mut Vec<String>,
-    ) -> Result<StoreReply, StoreError> {
-        match op {
-            StoreOp::Read { path } => match self.nodes.get(path) {
-                None => Err(StoreError::NotFound),
-                Some(_) if !self.can_read(dom, path) => Err(StoreError::PermissionDenied),
-                Some(n) => Ok(StoreReply::Value(n.value.clone())),
-            },
-            StoreOp::Write { path, value } => {
-                self.create(dom, path)?;
-                self.nodes.get_mut(path).ok_or(StoreError::Other)?.value =
-                    value.as_bytes().to_vec();
-                fired.push(path.clone());
-                Ok(StoreReply::Done)
-            }
-            StoreOp::Mkdir { path } => {
-                self.create(dom, path)?;
-                fired.push(path.clone());
-                Ok(StoreReply::Done)
-            }
-            StoreOp::Rm { path } => {
-                if !self.nodes.contains_key(path) {
-                    return Err(StoreError::NotFound);
-                }
-                if !self.can_write(dom, path) {
-                    return Err(StoreError::PermissionDenied);
-                }
-                self.remove_tree(path);
-                fired.push(path.clone());
-                Ok(StoreReply::Done)
-            }
-            StoreOp::Directory { path } => match self.nodes.get(path) {
-                None => Err(StoreError::NotFound),
-                Some(_) if !self.can_read(dom, path) => Err(StoreError::PermissionDenied),
-                Some(_) => {
-                    let prefix = alloc::format!("{path}/");
-                    let names = self
-                        .nodes
-                        .keys()
-                        .filter_map(|k| k.strip_prefix(prefix.as_str()))
-                        .filter(|rest| !rest.contains('/'))
-                        .map(String::from)
-                        .collect();
-                    Ok(StoreReply::Children(names))
-                }
-            },
-            StoreOp::GetPerms { path } => match self.nodes.get(path) {
-                None => Err(StoreError::NotFound),
-                Some(_) if !self.can_read(dom, path) => Err(StoreError::PermissionDenied),
-                Some(n) => Ok(StoreReply::Perms(n.perms.clone())),
-            },
-            StoreOp::SetPerms {
-                path,
-                perms,
-                best_effort,
-            } => {
-                let r = match self.nodes.get(path) {
-                    None => Err(StoreError::NotFound),
-                    Some(n) if dom != DomId(0) && n.perms[0].domid != dom => {
-                        Err(StoreError::PermissionDenied)
-                    }
-                    Some(_) if dom != DomId(0) && perms[0].domid != dom => {
-                        Err(StoreError::PermissionDenied)
-                    }
-                    Some(_) => {
-                        self.nodes.get_mut(path).ok_or(StoreError::Other)?.perms = perms.clone();
-                        fired.push(path.clone());
-                        Ok(StoreReply::Done)
-                    }
-                };
-                match r {
-                    Err(StoreError::PermissionDenied) if *best_effort => Ok(StoreReply::Done),
-                    r => r,
-                }
-            }
-            StoreOp::Watch { path, token } => {
-                self.watches.push((dom, path.clone(), token.clone()));
-                self.events.push((dom, path.clone(), token.clone()));
-                Ok(StoreReply::Done)
-            }
-            StoreOp::Unwatch { path, token } => {
-                let before = self.watches.len();
-                self.watches
-                    .retain(|w| !(w.0 == dom && &w.1 == path && &w.2 == token));
-                if self.watches.len() == before {
-                    Err(StoreError::NotFound)
-                } else {
-                    Ok(StoreReply::Done)
-                }
-            }
-            StoreOp::Transaction(ops) => {
-                let mut copy = self.clone();
-                let mut f = Vec::new();
-                for op in ops {
-                    if matches!(
-                        op,
-                        StoreOp::Transaction(_) | StoreOp::Watch { .. } | StoreOp::Unwatch { .. }
-                    ) {
-                        return Err(StoreError::Other);
-                    }
-                    copy.apply(dom, op, &mut f)?;
-                }
-                *self = copy;
-                fired.extend(f);
-                Ok(StoreReply::Done)
-            }
-        }
-    }
-
-    /// Performs `op` for `dom` and fires watches.
-    pub fn perform(&mut self, dom: DomId, op: &StoreOp) -> Result<StoreReply, StoreError> {
-        let mut fired = Vec::new();
-        let r = self.apply(dom, op, &mut fired);
-        for p in fired {
-            self.fire(&p);
-        }
-        r
-    }
-
-    pub fn get(&self, path: &str) -> Option<&str> {
-        self.nodes
-            .get(path)
-            .map(|n| core::str::from_utf8(&n.value).unwrap_or("<binary>"))
-    }
-
-    pub fn perms(&self, path: &str) -> Option<&[Perm]> {
-        self.nodes.get(path).map(|n| &n.perms[..])
-    }
-}
-
 /// What happened to one straw machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub peer: Endpoint,
     pub connected: Option<Connection>,
-    pub done: Option<Result<Closed, StrawError>>,
+    pub done: Option<Result<Closed, HandshakeError>>,
     pub pore_open: bool,
     pub pores_opened: usize,
     pub peer_finished: bool,
@@ -318,7 +31,7 @@ pub struct Outcome {
 
 pub struct Domain {
     pub me: Endpoint,
-    pub cfg: Config,
+    pub cfg: HandshakeConfig,
     pub machines: Vec<(StrawMachine, Outcome)>,
     /// Listen for knocks (the manager's watch on the straw top).
     pub listening: bool,
@@ -332,7 +45,7 @@ pub struct Domain {
 pub const TOP_TOKEN: &str = "straw-top";
 
 impl Domain {
-    pub fn new(me: Endpoint, cfg: Config) -> Self {
+    pub fn new(me: Endpoint, cfg: HandshakeConfig) -> Self {
         Domain {
             me,
             cfg,
@@ -379,7 +92,7 @@ impl World {
     }
 
     /// Adds a domain endpoint with its manager's setup (directories, perms, top watch).
-    pub fn add(&mut self, me: Endpoint, cfg: Config) -> usize {
+    pub fn add(&mut self, me: Endpoint, cfg: HandshakeConfig) -> usize {
         if !self.store.nodes.contains_key(&me.domain_path()) {
             self.store.add_domain(me.domid.0);
         }
@@ -417,9 +130,9 @@ impl World {
     }
 
     fn route_events(&mut self) {
-        for (dom, _path, token) in core::mem::take(&mut self.store.events) {
+        for (conn, _path, token) in core::mem::take(&mut self.store.events) {
             for d in &mut self.doms {
-                if d.me.domid == dom {
+                if u64::from(d.me.domid.0) == conn {
                     d.events.push_back(token.clone());
                 }
             }

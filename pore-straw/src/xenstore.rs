@@ -69,7 +69,7 @@ impl XsAdapter {
     fn watch(&self, path: &str, token: &str) -> Result<StoreReply, StoreError> {
         let key = (String::from(path), String::from(token));
         if lock(&self.watches).contains_key(&key) {
-            return Err(StoreError::Other); // EEXIST, as xenstored answers
+            return Err(StoreError::Other(None)); // EEXIST, as xenstored answers
         }
         let (ready_tx, ready_rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -84,7 +84,7 @@ impl XsAdapter {
                         w
                     }
                     Err(e) => {
-                        let _ = ready_tx.send(Err(map_err(&e)));
+                        let _ = ready_tx.send(Err(map_err(e)));
                         return;
                     }
                 };
@@ -111,7 +111,7 @@ impl XsAdapter {
                 }
                 let _ = w.unwatch();
             })
-            .map_err(|_| StoreError::Other)?;
+            .map_err(StoreError::other)?;
         match ready_rx.recv_timeout(self.client.config().timeout + Duration::from_secs(1)) {
             Ok(Ok(())) => {
                 lock(&self.watches).insert(key, Forwarder { stop, thread });
@@ -156,7 +156,8 @@ impl Drop for XsAdapter {
     }
 }
 
-fn map_err(e: &Error) -> StoreError {
+/// The strawman's classification of a client error, which `Other` keeps as its source.
+fn map_err(e: Error) -> StoreError {
     if e.is_not_found() {
         StoreError::NotFound
     } else if e.is_access_denied() {
@@ -164,7 +165,7 @@ fn map_err(e: &Error) -> StoreError {
     } else if matches!(e, Error::TimedOut) {
         StoreError::TimedOut
     } else {
-        StoreError::Other
+        StoreError::other(e)
     }
 }
 
@@ -208,23 +209,18 @@ impl StoreClient for XsAdapter {
     fn perform(&self, op: &StoreOp) -> Result<StoreReply, StoreError> {
         let c = &self.client;
         let r = match op {
-            StoreOp::Read { path } => {
-                return c.read(path).map(StoreReply::Value).map_err(|e| map_err(&e))
-            }
+            StoreOp::Read { path } => return c.read(path).map(StoreReply::Value).map_err(map_err),
             StoreOp::Write { path, value } => c.write(path, value.as_bytes()),
             StoreOp::Mkdir { path } => c.mkdir(path),
             StoreOp::Rm { path } => c.rm(path),
             StoreOp::Directory { path } => {
-                return c
-                    .directory(path)
-                    .map(StoreReply::Children)
-                    .map_err(|e| map_err(&e))
+                return c.directory(path).map(StoreReply::Children).map_err(map_err)
             }
             StoreOp::GetPerms { path } => {
                 return c
                     .get_perms(path)
                     .map(|p| StoreReply::Perms(from_perms(&p)))
-                    .map_err(|e| map_err(&e))
+                    .map_err(map_err)
             }
             StoreOp::SetPerms {
                 path,
@@ -254,7 +250,7 @@ impl StoreClient for XsAdapter {
                 Ok(())
             }),
         };
-        r.map(|()| StoreReply::Done).map_err(|e| map_err(&e))
+        r.map(|()| StoreReply::Done).map_err(map_err)
     }
 
     fn next_event(&self, timeout: Duration) -> Option<WatchEvent> {

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use pore_core::loopback::Loopback;
 use pore_core::DomId;
 use pore_straw::asynch;
-use pore_straw::straw::{open_active, open_passive, Straw, StrawConfig, StrawIoError};
+use pore_straw::straw::{open_active, open_passive, Straw, StrawConfig, StrawError};
 use pore_straw::{Endpoint, Format, Layout, Role};
 
 fn frame(i: usize) -> Bytes {
@@ -68,7 +68,7 @@ fn frames_both_ways_in_order_then_close() {
         assert!(end.is_err(), "{end:?}");
         assert!(rb.recv().await.is_err(), "the end repeats");
     });
-    let _ = StrawIoError::Eof;
+    let _ = StrawError::Eof;
 }
 
 /// The receiver is a `Stream` and the sender a `Sink`: frames flow through `SinkExt::send_all`

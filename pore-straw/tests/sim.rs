@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pore_backend_sim::{Hypervisor, PeerClose, SimDomain};
-use pore_straw::handshake::Config;
+use pore_straw::handshake::HandshakeConfig;
 use pore_straw::manager::{Manager, ManagerConfig};
-use pore_straw::straw::StrawIoError;
+use pore_straw::straw::StrawError;
 use pore_straw::xenstore::XsAdapter;
 use pore_straw::{Endpoint, Layout};
 use pore_xenstore::server::{Config as ServerConfig, Listener, Server};
@@ -58,11 +58,11 @@ impl Drop for Env {
 
 fn cfg(v2: bool) -> ManagerConfig {
     ManagerConfig {
-        handshake: Config {
+        handshake: HandshakeConfig {
             v2_pages: v2.then_some(4),
             handshake_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(2),
-            ..Config::default()
+            ..HandshakeConfig::default()
         },
         ..ManagerConfig::default()
     }
@@ -118,7 +118,7 @@ fn both_layouts_big_frames_both_ways() {
         ta.close().unwrap();
         assert_eq!(
             rb.recv_timeout(Duration::from_secs(3)),
-            Err(StrawIoError::Eof)
+            Err(StrawError::Eof)
         );
         drop((ra, tb, rb));
         ma.shutdown();
@@ -231,7 +231,7 @@ fn killed_mid_stream(hv: &Hypervisor, sock: &std::path::Path, xs: XsAdapter, v2:
     // From the kill (the reader may have begun to wait long before it on a loaded machine).
     let took = at.saturating_duration_since(killed);
     eprintln!("{how}, v2={v2}: {r:?} {took:?} after the kill");
-    assert_eq!(r, Err(StrawIoError::PeerGone), "{how}, v2={v2}");
+    assert_eq!(r, Err(StrawError::PeerGone), "{how}, v2={v2}");
     assert!(took < Duration::from_secs(1), "{how}, v2={v2}: {took:?}");
     drop(sa);
     ma.shutdown();
@@ -268,7 +268,7 @@ fn a_million_frames_then_close_lose_nothing() {
                     assert_eq!(f, &next.to_be_bytes()[..]);
                     next += 1;
                 }
-                Err(StrawIoError::Eof) => return next,
+                Err(StrawError::Eof) => return next,
                 Err(e) => panic!("after {next}: {e}"),
             }
         }
@@ -495,7 +495,7 @@ fn frames_read_ahead_before_the_peer_closes_are_still_received() {
                     assert_eq!(f, &got.to_be_bytes()[..]);
                     got += 1;
                 }
-                Err(StrawIoError::Eof) => break,
+                Err(StrawError::Eof) => break,
                 Err(e) => panic!("v2={v2} after {got}: {e}"),
             }
         }

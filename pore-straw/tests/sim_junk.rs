@@ -19,9 +19,9 @@ use bytes::Bytes;
 use pore_backend_sim::process::{self, run_child_role};
 use pore_backend_sim::{DomainProcess, Hypervisor, SimDomain};
 use pore_core::{DomId, GrantRef, Port};
-use pore_straw::handshake::{setup_ops, Config};
+use pore_straw::handshake::{setup_ops, HandshakeConfig};
 use pore_straw::manager::{Accounting, Manager, ManagerConfig, StoreClient};
-use pore_straw::straw::{open_passive, StrawIoError};
+use pore_straw::straw::{open_passive, StrawError};
 use pore_straw::xenstore::XsAdapter;
 use pore_straw::{Endpoint, Format, Layout, StrawPaths};
 use pore_xenstore::server::Listener;
@@ -37,13 +37,13 @@ const TEST: &str = "junk_in_the_straw_top_does_not_block_the_listener";
 
 fn config() -> ManagerConfig {
     ManagerConfig {
-        handshake: Config {
+        handshake: HandshakeConfig {
             // Long enough for the slow opener's handshake to outlive the poisoning.
             handshake_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(2),
             format: Format::Raw,
             v2_pages: None,
-            ..Config::default()
+            ..HandshakeConfig::default()
         },
         top_check_interval: Duration::from_millis(300),
         ..ManagerConfig::default()
@@ -111,7 +111,7 @@ fn role_opener() -> Result<(), String> {
     loop {
         match s.receiver().recv_timeout(WAIT) {
             Ok(f) => s.sender().send(f).map_err(|e| format!("echo: {e}"))?,
-            Err(StrawIoError::Eof) => break,
+            Err(StrawError::Eof) => break,
             Err(e) => return Err(format!("receive: {e}")),
         }
     }

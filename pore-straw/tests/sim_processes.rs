@@ -19,12 +19,12 @@ use bytes::Bytes;
 use pore_backend_sim::process::{self, run_child_role};
 use pore_backend_sim::{DomainProcess, Hypervisor, Outstanding, SimDomain};
 use pore_core::{DomId, GrantRef};
-use pore_straw::handshake::{setup_ops, Config, Stage};
+use pore_straw::handshake::{setup_ops, HandshakeConfig, Stage};
 use pore_straw::manager::{Manager, ManagerConfig, ManagerError, StoreClient};
 use pore_straw::parse::ParseError;
-use pore_straw::straw::{open_active, Straw, StrawIoError, StrawPore};
+use pore_straw::straw::{open_active, Straw, StrawError, StrawPore};
 use pore_straw::xenstore::XsAdapter;
-use pore_straw::{Action, Endpoint, Format, Layout, Role, StrawError, StrawPaths, XenbusState};
+use pore_straw::{Action, Endpoint, Format, HandshakeError, Layout, Role, StrawPaths, XenbusState};
 use pore_xenstore::server::Listener;
 use pore_xenstore::transport::RingTransport;
 use pore_xenstore::{Access, Client, ErrorName, Perm};
@@ -42,12 +42,12 @@ const SIZES: [usize; 8] = [0, 1, 4096, 0, 65_537, 300_001, 0, 1_500_000];
 
 fn config(v2: Option<u32>, format: Format, handshake: Duration) -> ManagerConfig {
     ManagerConfig {
-        handshake: Config {
+        handshake: HandshakeConfig {
             handshake_timeout: handshake,
             close_timeout: Duration::from_secs(2),
             format,
             v2_pages: v2,
-            ..Config::default()
+            ..HandshakeConfig::default()
         },
         ..ManagerConfig::default()
     }
@@ -105,7 +105,7 @@ fn exchange(straw: Straw<SimDomain>, me: DomId, sizes: &[usize]) -> Result<usize
                 got += 1;
                 bytes += f.len();
             }
-            Err(StrawIoError::Eof) if got == sizes.len() => break Ok(()),
+            Err(StrawError::Eof) if got == sizes.len() => break Ok(()),
             Err(e) => break Err(format!("receive after {got} frames: {e}")),
         }
     };
@@ -765,7 +765,7 @@ fn both_ways(w: &World, ma: &Mgr, a: &Endpoint, b: &mut DomainProcess, eb: &Endp
     s.sender().send_to("reply", &json!({"ok": true})).unwrap();
     expect_report(b, r#"reply {"ok":true}"#);
     expect_report(b, "closed");
-    assert_eq!(s.receiver().recv_timeout(WAIT), Err(StrawIoError::Eof));
+    assert_eq!(s.receiver().recv_timeout(WAIT), Err(StrawError::Eof));
     drop(s);
     wait_forgotten(ma, eb);
     assert!(w.gone(&StrawPaths::new(eb, a).straw_dir));
@@ -858,7 +858,9 @@ fn a_peer_that_never_answers_times_out() {
         eprintln!("never answers: the hung open ended after {took:?}");
         assert_eq!(
             r,
-            Err(ManagerError::Straw(StrawError::Timeout(Stage::Handshake)))
+            Err(ManagerError::Handshake(HandshakeError::TimedOut(
+                Stage::Handshake
+            )))
         );
         assert!(took >= hs && took < hs + Duration::from_secs(1), "{took:?}");
     }
@@ -898,7 +900,7 @@ fn a_peer_that_never_answers_times_out() {
 }
 
 fn protocol(key: &'static str, error: ParseError) -> ManagerError {
-    ManagerError::Straw(StrawError::Protocol { key, error })
+    ManagerError::Handshake(HandshakeError::Protocol { key, error })
 }
 
 /// A listener that publishes garbage (or real pages with lies about them) makes our `open`
@@ -914,8 +916,10 @@ fn a_hostile_listener_is_an_error_not_a_crash() {
     let (ma, a) = w.manager(config(Some(4), Format::Raw, hs));
     let (mut h, eh) = w.spawn(TEST, "hostile-listener", &[]);
     use ParseError::*;
-    let pore =
-        |r: &Result<(), ManagerError>| matches!(r, Err(ManagerError::Straw(StrawError::Pore(_))));
+    let pore = |r: &Result<(), ManagerError>| {
+        // With the backend's error itself (the handshake saw only its kind).
+        matches!(r, Err(ManagerError::Pore(_)))
+    };
     type Check = Box<dyn Fn(&Result<(), ManagerError>) -> bool>;
     let is = |e: ManagerError| -> Check { Box::new(move |r| r.as_ref().err() == Some(&e)) };
     let cases: Vec<(&str, Check)> = vec![
@@ -945,18 +949,21 @@ fn a_hostile_listener_is_an_error_not_a_crash() {
         ("state-binary", is(protocol("state", BadState))),
         (
             "state-early",
-            is(ManagerError::Straw(StrawError::UnexpectedState(
+            is(ManagerError::Handshake(HandshakeError::UnexpectedState(
                 XenbusState::Connected,
             ))),
         ),
         (
             "state-closing",
-            is(ManagerError::Straw(StrawError::PeerClosed)),
+            is(ManagerError::Handshake(HandshakeError::PeerClosed)),
         ),
         ("real-refs-bad-port", Box::new(pore)),
         ("ling-pages-as-v2", Box::new(pore)),
         ("v2-pages-lie", Box::new(pore)),
-        ("vanish", is(ManagerError::Straw(StrawError::PeerGone))),
+        (
+            "vanish",
+            is(ManagerError::Handshake(HandshakeError::PeerGone)),
+        ),
     ];
     let paths = StrawPaths::new(&a, &eh);
     for (case, check) in &cases {
@@ -1028,12 +1035,12 @@ fn a_hostile_opener_is_an_error_not_a_crash() {
     let (mut h, eh) = w.spawn(TEST, "hostile-opener", &[]);
     let next_end = |peer: &Endpoint| loop {
         let (p, r) = ends.recv_timeout(WAIT).expect("the listener side ends");
-        if &p == peer && r != Err(StrawError::Vanished) {
+        if &p == peer && r != Err(HandshakeError::Vanished) {
             break r;
         }
     };
     use ParseError::*;
-    let bad = |key, error| Err(StrawError::Protocol { key, error });
+    let bad = |key, error| Err(HandshakeError::Protocol { key, error });
     let cases = [
         ("warts-elsewhere", bad("warts", BadPath)),
         ("warts-huge", bad("warts", BadPath)),
@@ -1041,9 +1048,9 @@ fn a_hostile_opener_is_an_error_not_a_crash() {
         ("state-huge", bad("state", BadState)),
         (
             "state-reconfiguring",
-            Err(StrawError::UnexpectedState(XenbusState::Reconfiguring)),
+            Err(HandshakeError::UnexpectedState(XenbusState::Reconfiguring)),
         ),
-        ("state-closed", Err(StrawError::PeerClosed)),
+        ("state-closed", Err(HandshakeError::PeerClosed)),
         ("format-bogus", bad("format", BadToken)),
         ("format-huge", bad("format", TooLong)),
         ("layouts-bogus", bad("straw-layouts", BadToken)),
@@ -1052,9 +1059,12 @@ fn a_hostile_opener_is_an_error_not_a_crash() {
         ("garbage-after-publish", bad("state", BadState)),
         (
             "state-back-after-publish",
-            Err(StrawError::UnexpectedState(XenbusState::Initialising)),
+            Err(HandshakeError::UnexpectedState(XenbusState::Initialising)),
         ),
-        ("never-maps", Err(StrawError::Timeout(Stage::Handshake))),
+        (
+            "never-maps",
+            Err(HandshakeError::TimedOut(Stage::Handshake)),
+        ),
     ];
     let sd = StrawPaths::new(&eh, &a).straw_dir;
     for (case, want) in &cases {
@@ -1112,7 +1122,7 @@ fn a_connected_peer_breaking_its_directory_ends_the_straw() {
         let t = Instant::now();
         let r = s.receiver().recv_timeout(WAIT);
         let took = t.elapsed();
-        assert_eq!(r, Err(StrawIoError::PeerGone), "{mode}");
+        assert_eq!(r, Err(StrawError::PeerGone), "{mode}");
         assert!(took < Duration::from_secs(1), "{mode}: {took:?}");
         eprintln!("{mode}: peer gone {took:?} after the sabotage");
         drop(s);

@@ -25,9 +25,9 @@ use bytes::Bytes;
 use pore_backend_sim::process::{self, run_child_role};
 use pore_backend_sim::{DomainProcess, Hypervisor, Outstanding, PeerClose, SimDomain};
 use pore_core::DomId;
-use pore_straw::handshake::Config;
+use pore_straw::handshake::HandshakeConfig;
 use pore_straw::manager::{Manager, ManagerConfig};
-use pore_straw::straw::{Straw, StrawIoError};
+use pore_straw::straw::{Straw, StrawError};
 use pore_straw::xenstore::XsAdapter;
 use pore_straw::{Endpoint, StrawPaths};
 use pore_xenstore::Client;
@@ -46,11 +46,11 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn cfg(v2: bool) -> ManagerConfig {
     ManagerConfig {
-        handshake: Config {
+        handshake: HandshakeConfig {
             v2_pages: v2.then_some(4),
             handshake_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(2),
-            ..Config::default()
+            ..HandshakeConfig::default()
         },
         ..ManagerConfig::default()
     }
@@ -110,7 +110,7 @@ fn endpoint_role(args: &[String]) -> Result<(), String> {
     loop {
         match straw.receiver().recv_timeout(Duration::from_secs(30)) {
             Ok(f) => straw.sender().send(f).map_err(|x| e(&x))?,
-            Err(StrawIoError::Eof) => break,
+            Err(StrawError::Eof) => break,
             Err(x) => return Err(e(&x)),
         }
     }
@@ -189,7 +189,7 @@ struct Measured {
     took: Duration,
     frames_before: usize,
     /// That error: `PeerGone`, or `TimedOut` for a straw that could not tell.
-    err: StrawIoError,
+    err: StrawError,
 }
 
 /// One case: `v2` or LING, y listening or opening, the simulator reporting a closed peer port
@@ -297,7 +297,7 @@ fn one_case(v2: bool, y_listens: bool, mode: PeerClose) -> Measured {
         // Not falsely dead: the receive that waited for the lost echo timed out, after its
         // whole timeout (timed from its own start: on a loaded machine it may have begun well
         // before the kill), and not long after the kill.
-        assert_eq!(err, StrawIoError::TimedOut, "{case}");
+        assert_eq!(err, StrawError::TimedOut, "{case}");
         let waited = at.duration_since(began);
         assert!(
             waited >= BLIND_RECV && took < BLIND_RECV * 2,
@@ -306,12 +306,12 @@ fn one_case(v2: bool, y_listens: bool, mode: PeerClose) -> Measured {
         // Still open, still quiet: nothing arrives, nothing says it died.
         assert_eq!(
             sy.receiver().try_recv(),
-            Err(StrawIoError::WouldBlock),
+            Err(StrawError::WouldBlock),
             "{case}"
         );
         assert_eq!(
             sy.receiver().recv_timeout(Duration::from_millis(300)),
-            Err(StrawIoError::TimedOut),
+            Err(StrawError::TimedOut),
             "{case}"
         );
         // Sends go into a ring nobody reads (their notifications are dropped) until it is
@@ -328,13 +328,13 @@ fn one_case(v2: bool, y_listens: bool, mode: PeerClose) -> Measured {
             assert!(sent < 1000, "{case}: the ring never filled");
         };
         assert!(
-            matches!(full, StrawIoError::TimedOut | StrawIoError::Queued),
+            matches!(full, StrawError::TimedOut | StrawError::Queued),
             "{case}: a send to the dead process failed with {full:?}"
         );
         // Everything that woke B was the unmap-notify event: no error, nothing received.
         assert_eq!(
             sy.receiver().try_recv(),
-            Err(StrawIoError::WouldBlock),
+            Err(StrawError::WouldBlock),
             "{case}"
         );
         assert!(
@@ -342,7 +342,7 @@ fn one_case(v2: bool, y_listens: bool, mode: PeerClose) -> Measured {
             "{case}: B's manager still counts the straw connected"
         );
     } else {
-        assert_eq!(err, StrawIoError::PeerGone, "{case}");
+        assert_eq!(err, StrawError::PeerGone, "{case}");
         // About a second: typically 260 ms (printed); up to 1.4 s was seen with both CPUs
         // busy, where the straw waits for its manager's re-read of the peer's state. Still far
         // below what a timeout would take (the straw decides alone after 5 s; the receive

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use pore_core::loopback::{Loopback, LoopbackDomain};
 use pore_core::DomId;
 use pore_straw::straw::{
-    open_active, open_passive, open_passive_v2_all, Straw, StrawConfig, StrawIoError,
+    open_active, open_passive, open_passive_v2_all, Straw, StrawConfig, StrawError,
 };
 use pore_straw::{Endpoint, Format, Layout, Role};
 
@@ -84,7 +84,7 @@ fn frames_of_every_size_both_ways_in_two_threads() {
         ta.close().unwrap();
         // The peer sees the end: its pore's peer is gone.
         let e = ra.try_recv().unwrap_err();
-        assert!(matches!(e, StrawIoError::Closed), "{e:?}");
+        assert!(matches!(e, StrawError::Closed), "{e:?}");
         tb.close().unwrap_or(());
         drop((ra, _rb));
         let o = xen.outstanding();
@@ -101,11 +101,11 @@ fn non_blocking_calls_and_timeouts() {
     for layout in LAYOUTS {
         let xen = Loopback::new();
         let (sa, sb) = pair(&xen, layout, Format::Raw, StrawConfig::default());
-        assert_eq!(sb.receiver().try_recv(), Err(StrawIoError::WouldBlock));
+        assert_eq!(sb.receiver().try_recv(), Err(StrawError::WouldBlock));
         let t = Instant::now();
         assert_eq!(
             sb.receiver().recv_timeout(Duration::from_millis(50)),
-            Err(StrawIoError::TimedOut)
+            Err(StrawError::TimedOut)
         );
         assert!(t.elapsed() >= Duration::from_millis(50));
         // Fill the ring without a reader.
@@ -113,7 +113,7 @@ fn non_blocking_calls_and_timeouts() {
         loop {
             match sa.sender().try_send(frame(sent, 1000)) {
                 Ok(()) => sent += 1,
-                Err(StrawIoError::WouldBlock) => break,
+                Err(StrawError::WouldBlock) => break,
                 Err(e) => panic!("{e:?}"),
             }
             assert!(sent < 100_000);
@@ -122,7 +122,7 @@ fn non_blocking_calls_and_timeouts() {
         assert_eq!(
             sa.sender()
                 .send_timeout(frame(0, 1000), Duration::from_millis(30)),
-            Err(StrawIoError::TimedOut)
+            Err(StrawError::TimedOut)
         );
         // Everything accepted arrives, in order; the last one may be partly in the ring, and a
         // flush finishes it once there is room.
@@ -188,7 +188,7 @@ fn close_drains_everything_sent_before_it() {
                         assert_eq!(f, frame(got, 64), "frame {got}");
                         got += 1;
                     }
-                    Err(_) => return got,
+                    Err(e) => return (got, e),
                 }
             }
         });
@@ -196,7 +196,79 @@ fn close_drains_everything_sent_before_it() {
             sa.sender().send(frame(i, 64)).unwrap();
         }
         sa.close().unwrap();
-        assert_eq!(reader.join().unwrap(), N, "{layout:?}");
+        // Every frame, then the end of the stream (not a lost peer).
+        assert_eq!(reader.join().unwrap(), (N, StrawError::Eof), "{layout:?}");
+    }
+}
+
+/// A standalone straw half-closes with `finish`: the peer receives every frame, then the end
+/// of the stream, and can still answer; its close ends our stream in turn.
+#[test]
+fn finish_ends_a_standalone_stream_and_the_other_direction_lives_on() {
+    for layout in LAYOUTS {
+        let xen = Loopback::new();
+        let (sa, sb) = pair(&xen, layout, Format::Raw, StrawConfig::default());
+        let t = Duration::from_secs(5);
+        for i in 0..3 {
+            sa.sender().send(frame(i, 100)).unwrap();
+        }
+        let finisher = thread::spawn(move || {
+            sa.finish().unwrap();
+            sa
+        });
+        for i in 0..3 {
+            assert_eq!(sb.receiver().recv_timeout(t).unwrap(), frame(i, 100));
+        }
+        assert_eq!(
+            sb.receiver().recv_timeout(t),
+            Err(StrawError::Eof),
+            "{layout:?}"
+        );
+        assert_eq!(
+            sb.receiver().try_recv(),
+            Err(StrawError::Eof),
+            "it stays ended"
+        );
+        let sa = finisher.join().unwrap();
+        assert_eq!(
+            sa.sender().send(frame(9, 10)),
+            Err(StrawError::Closed),
+            "nothing after finish"
+        );
+        sb.sender().send(Bytes::from_static(b"answer")).unwrap();
+        assert_eq!(sa.receiver().recv_timeout(t).unwrap(), "answer");
+        sb.close().unwrap();
+        assert_eq!(
+            sa.receiver().recv_timeout(t),
+            Err(StrawError::Eof),
+            "{layout:?}"
+        );
+        sa.close().unwrap();
+    }
+}
+
+/// The receiving half closes the straw too: the peer sees the end of the stream, and a sending
+/// half split off sends no more.
+#[test]
+fn the_receiving_half_closes_the_straw() {
+    for layout in LAYOUTS {
+        let xen = Loopback::new();
+        let (sa, sb) = pair(&xen, layout, Format::Raw, StrawConfig::default());
+        let t = Duration::from_secs(5);
+        let (tx, rx) = sa.split();
+        tx.send(Bytes::from_static(b"last")).unwrap();
+        let reader = thread::spawn(move || {
+            let first = sb.receiver().recv_timeout(t);
+            (first, sb.receiver().recv_timeout(t))
+        });
+        rx.close().unwrap();
+        let (first, then) = reader.join().unwrap();
+        assert_eq!(first.unwrap(), "last", "{layout:?}");
+        assert_eq!(then, Err(StrawError::Eof), "{layout:?}");
+        assert_eq!(
+            tx.send(Bytes::from_static(b"more")),
+            Err(StrawError::Closed)
+        );
     }
 }
 
@@ -214,7 +286,7 @@ fn a_dead_peer_is_noticed_within_a_second() {
         // The peer vanishes without the close protocol (its pore is dropped).
         drop(sa);
         let (r, took) = waiter.join().unwrap();
-        assert_eq!(r, Err(StrawIoError::PeerGone), "{layout:?}");
+        assert_eq!(r, Err(StrawError::PeerGone), "{layout:?}");
         assert!(took < Duration::from_secs(1), "{layout:?}: {took:?}");
     }
 }

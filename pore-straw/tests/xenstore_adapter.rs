@@ -7,9 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use pore_core::loopback::Loopback;
 use pore_core::DomId;
-use pore_straw::handshake::Config;
+use pore_straw::handshake::HandshakeConfig;
 use pore_straw::manager::{Manager, ManagerConfig};
-use pore_straw::straw::StrawIoError;
+use pore_straw::straw::StrawError;
 use pore_straw::xenstore::XsAdapter;
 use pore_straw::Endpoint;
 use pore_xenstore::server::{Config as ServerConfig, Server};
@@ -25,11 +25,11 @@ fn handshake_talk_and_close_over_a_real_xenstored() {
     let listener = server.listen_unix(&sock).unwrap();
 
     let cfg = ManagerConfig {
-        handshake: Config {
+        handshake: HandshakeConfig {
             v2_pages: None, // the loopback maps whole grants only
             handshake_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(2),
-            ..Config::default()
+            ..HandshakeConfig::default()
         },
         ..ManagerConfig::default()
     };
@@ -47,8 +47,8 @@ fn handshake_talk_and_close_over_a_real_xenstored() {
     let t = std::time::Instant::now();
     assert!(matches!(
         m1.open(&Endpoint::new(DomId(9), "t").unwrap()),
-        Err(pore_straw::manager::ManagerError::Straw(
-            pore_straw::StrawError::PeerNotFound
+        Err(pore_straw::manager::ManagerError::Handshake(
+            pore_straw::HandshakeError::PeerNotFound
         ))
     ));
     assert!(t.elapsed() < Duration::from_secs(1));
@@ -77,7 +77,7 @@ fn handshake_talk_and_close_over_a_real_xenstored() {
     s2.close().unwrap();
     assert_eq!(
         s1.receiver().recv_timeout(Duration::from_secs(3)),
-        Err(StrawIoError::Eof)
+        Err(StrawError::Eof)
     );
     m1.shutdown();
     m2.shutdown();

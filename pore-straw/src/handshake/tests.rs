@@ -7,21 +7,21 @@ use core::time::Duration;
 use pore_core::DomId;
 use proptest::prelude::*;
 
-use crate::handshake::{Closed, Config, Stage, StrawError};
+use crate::handshake::{Closed, HandshakeConfig, HandshakeError, Stage};
 use crate::ops::{Access, Perm, StoreOp};
 use crate::testkit::{Ownership, World};
 use crate::{Endpoint, Format, Layout, Role};
 
 const TICK: Duration = Duration::from_millis(100);
 
-fn ling() -> Config {
-    Config {
+fn ling() -> HandshakeConfig {
+    HandshakeConfig {
         v2_pages: None,
-        ..Config::default()
+        ..HandshakeConfig::default()
     }
 }
 
-fn pair(own: Ownership, ca: Config, cb: Config) -> (World, Endpoint, Endpoint) {
+fn pair(own: Ownership, ca: HandshakeConfig, cb: HandshakeConfig) -> (World, Endpoint, Endpoint) {
     let mut w = World::new(own);
     let a = Endpoint::seed(DomId(1));
     let b = Endpoint::seed(DomId(2));
@@ -84,7 +84,11 @@ fn seed_handshake_writes_exactly_the_seeds_keys() {
 
 #[test]
 fn v2_is_used_when_both_offer_it() {
-    let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+    let (mut w, a, b) = pair(
+        Ownership::Creator,
+        HandshakeConfig::default(),
+        HandshakeConfig::default(),
+    );
     connect(&mut w, &a, &b);
     let sd = "/local/domain/2/data/straw/1";
     assert_eq!(
@@ -106,7 +110,10 @@ fn v2_is_used_when_both_offer_it() {
 
 #[test]
 fn ling_when_either_side_lacks_v2() {
-    for (ca, cb) in [(ling(), Config::default()), (Config::default(), ling())] {
+    for (ca, cb) in [
+        (ling(), HandshakeConfig::default()),
+        (HandshakeConfig::default(), ling()),
+    ] {
         let (mut w, a, b) = pair(Ownership::Creator, ca, cb);
         connect(&mut w, &a, &b);
         let c = w.doms[0].outcome(&b).unwrap().connected.clone().unwrap();
@@ -118,14 +125,14 @@ fn ling_when_either_side_lacks_v2() {
 
 #[test]
 fn formats_follow_the_seed() {
-    let raw = Config {
+    let raw = HandshakeConfig {
         format: Format::Raw,
-        ..Config::default()
+        ..HandshakeConfig::default()
     };
     for (ca, cb, want) in [
         (raw.clone(), raw.clone(), Format::Raw),
-        (raw.clone(), Config::default(), Format::Json),
-        (Config::default(), raw.clone(), Format::Json),
+        (raw.clone(), HandshakeConfig::default(), Format::Json),
+        (HandshakeConfig::default(), raw.clone(), Format::Json),
     ] {
         let (mut w, a, b) = pair(Ownership::Creator, ca, cb);
         connect(&mut w, &a, &b);
@@ -158,9 +165,9 @@ fn named_endpoints_use_their_own_paths() {
     let a = Endpoint::new(DomId(1), "chat").unwrap();
     let b = Endpoint::new(DomId(2), "srv").unwrap();
     let b_seed = Endpoint::seed(DomId(2));
-    w.add(a.clone(), Config::default());
-    w.add(b.clone(), Config::default());
-    w.add(b_seed.clone(), Config::default());
+    w.add(a.clone(), HandshakeConfig::default());
+    w.add(b.clone(), HandshakeConfig::default());
+    w.add(b_seed.clone(), HandshakeConfig::default());
     connect(&mut w, &a, &b);
     assert_eq!(
         w.store.get("/local/domain/2/data/straw-srv/1-chat/state"),
@@ -178,10 +185,10 @@ fn named_endpoints_use_their_own_paths() {
 fn many_straws_from_one_domain() {
     let mut w = World::new(Ownership::Creator);
     let a = Endpoint::seed(DomId(1));
-    w.add(a.clone(), Config::default());
+    w.add(a.clone(), HandshakeConfig::default());
     let peers: Vec<Endpoint> = (2..8).map(|i| Endpoint::seed(DomId(i))).collect();
     for p in &peers {
-        w.add(p.clone(), Config::default());
+        w.add(p.clone(), HandshakeConfig::default());
     }
     for p in &peers {
         w.open(0, p);
@@ -195,13 +202,17 @@ fn many_straws_from_one_domain() {
 
 #[test]
 fn opening_twice_is_exists() {
-    let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+    let (mut w, a, b) = pair(
+        Ownership::Creator,
+        HandshakeConfig::default(),
+        HandshakeConfig::default(),
+    );
     connect(&mut w, &a, &b);
     w.open(0, &b);
     w.run(TICK, Duration::from_secs(1));
     assert_eq!(
         w.doms[0].outcome(&b).unwrap().done,
-        Some(Err(StrawError::Exists))
+        Some(Err(HandshakeError::Exists))
     );
     // The first straw is untouched.
     assert_eq!(w.store.get("/local/domain/1/data/warts/2/state"), Some("4"));
@@ -212,7 +223,7 @@ fn opening_twice_is_exists() {
 fn opening_to_nobody_is_peer_not_found() {
     let mut w = World::new(Ownership::Creator);
     let a = Endpoint::seed(DomId(1));
-    w.add(a, Config::default());
+    w.add(a, HandshakeConfig::default());
     // Domain 9 does not exist; domain 3 exists but runs no manager.
     w.store.add_domain(3);
     for peer in [Endpoint::seed(DomId(9)), Endpoint::seed(DomId(3))] {
@@ -220,14 +231,18 @@ fn opening_to_nobody_is_peer_not_found() {
         w.run(TICK, Duration::from_secs(1));
         assert_eq!(
             w.doms[0].outcome(&peer).unwrap().done,
-            Some(Err(StrawError::PeerNotFound))
+            Some(Err(HandshakeError::PeerNotFound))
         );
     }
 }
 
 #[test]
 fn a_peer_that_never_answers_times_out_and_we_clean_up() {
-    let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+    let (mut w, a, b) = pair(
+        Ownership::Creator,
+        HandshakeConfig::default(),
+        HandshakeConfig::default(),
+    );
     w.doms[1].frozen = true;
     w.open(0, &b);
     w.run(TICK, Duration::from_secs(9));
@@ -235,7 +250,7 @@ fn a_peer_that_never_answers_times_out_and_we_clean_up() {
     w.run(TICK, Duration::from_secs(2));
     assert_eq!(
         w.doms[0].outcome(&b).unwrap().done,
-        Some(Err(StrawError::Timeout(Stage::Handshake)))
+        Some(Err(HandshakeError::TimedOut(Stage::Handshake)))
     );
     assert_eq!(w.store.get("/local/domain/1/data/warts/2"), None);
     assert_eq!(w.store.get("/local/domain/2/data/straw/1"), None);
@@ -243,12 +258,16 @@ fn a_peer_that_never_answers_times_out_and_we_clean_up() {
         .store
         .watches
         .iter()
-        .all(|x| x.0 != a.domid || x.2 == "straw-top"));
+        .all(|x| x.dom != a.domid || x.token == "straw-top"));
 }
 
 #[test]
 fn a_listener_whose_opener_hangs_times_out() {
-    let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+    let (mut w, a, b) = pair(
+        Ownership::Creator,
+        HandshakeConfig::default(),
+        HandshakeConfig::default(),
+    );
     w.open(0, &b);
     // Let the opener send its knock, then freeze it.
     for _ in 0..40 {
@@ -257,13 +276,16 @@ fn a_listener_whose_opener_hangs_times_out() {
     w.doms[0].frozen = true;
     w.run(TICK, Duration::from_secs(11));
     let o = w.doms[1].outcome(&a).unwrap();
-    assert_eq!(o.done, Some(Err(StrawError::Timeout(Stage::Handshake))));
+    assert_eq!(
+        o.done,
+        Some(Err(HandshakeError::TimedOut(Stage::Handshake)))
+    );
     assert!(!o.pore_open, "the pore was closed");
 }
 
 fn close_both_ways(closer: usize) {
     for own in [Ownership::Creator, Ownership::Parent] {
-        let (mut w, a, b) = pair(own, Config::default(), Config::default());
+        let (mut w, a, b) = pair(own, HandshakeConfig::default(), HandshakeConfig::default());
         connect(&mut w, &a, &b);
         let (me, peer) = if closer == 0 { (&b, &a) } else { (&a, &b) };
         w.close(closer, me);
@@ -295,7 +317,11 @@ fn listener_closes() {
 
 #[test]
 fn close_times_out_when_the_peer_hangs() {
-    let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+    let (mut w, a, b) = pair(
+        Ownership::Creator,
+        HandshakeConfig::default(),
+        HandshakeConfig::default(),
+    );
     connect(&mut w, &a, &b);
     w.doms[0].frozen = true;
     w.close(1, &a);
@@ -303,21 +329,25 @@ fn close_times_out_when_the_peer_hangs() {
     assert_eq!(w.doms[1].outcome(&a).unwrap().done, None, "too early");
     w.run(TICK, Duration::from_secs(2));
     let o = w.doms[1].outcome(&a).unwrap();
-    assert_eq!(o.done, Some(Err(StrawError::Timeout(Stage::Close))));
+    assert_eq!(o.done, Some(Err(HandshakeError::TimedOut(Stage::Close))));
     assert!(!o.pore_open);
 }
 
 #[test]
 fn peer_death_is_peer_gone() {
     for dead in [0usize, 1] {
-        let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+        let (mut w, a, b) = pair(
+            Ownership::Creator,
+            HandshakeConfig::default(),
+            HandshakeConfig::default(),
+        );
         connect(&mut w, &a, &b);
         w.doms[dead].frozen = true;
         w.store.remove_domain(if dead == 0 { 1 } else { 2 });
         w.run(TICK, Duration::from_millis(300));
         let (alive, peer) = if dead == 0 { (1, &a) } else { (0, &b) };
         let o = w.doms[alive].outcome(peer).unwrap();
-        assert_eq!(o.done, Some(Err(StrawError::PeerGone)));
+        assert_eq!(o.done, Some(Err(HandshakeError::PeerGone)));
         assert!(!o.pore_open);
     }
 }
@@ -335,7 +365,11 @@ fn hostile_values_are_errors() {
         ("/format", "\u{7f}", false),
     ];
     for (suffix, value, v2) in cases {
-        let cfg = if *v2 { Config::default() } else { ling() };
+        let cfg = if *v2 {
+            HandshakeConfig::default()
+        } else {
+            ling()
+        };
         let (mut w, a, b) = pair(Ownership::Creator, cfg.clone(), cfg);
         w.doms[1]
             .hostile
@@ -344,7 +378,7 @@ fn hostile_values_are_errors() {
         w.run(TICK, Duration::from_secs(1));
         let o = w.doms[0].outcome(&b).unwrap();
         assert!(
-            matches!(o.done, Some(Err(StrawError::Protocol { .. }))),
+            matches!(o.done, Some(Err(HandshakeError::Protocol { .. }))),
             "{suffix}={value}: {o:?}"
         );
         assert_eq!(o.pores_opened, 0, "{suffix}: no pore opened on garbage");
@@ -357,7 +391,11 @@ fn hostile_values_are_errors() {
 #[test]
 fn hostile_state_and_knock_are_errors() {
     // The opener writes a garbage state: the listener refuses.
-    let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+    let (mut w, a, b) = pair(
+        Ownership::Creator,
+        HandshakeConfig::default(),
+        HandshakeConfig::default(),
+    );
     w.doms[0]
         .hostile
         .push(("/warts/2/state".to_string(), "2x".to_string()));
@@ -365,10 +403,14 @@ fn hostile_state_and_knock_are_errors() {
     w.run(TICK, Duration::from_secs(1));
     assert!(matches!(
         w.doms[1].outcome(&a).unwrap().done,
-        Some(Err(StrawError::Protocol { key: "state", .. }))
+        Some(Err(HandshakeError::Protocol { key: "state", .. }))
     ));
     // A knock pointing at another domain's warts.
-    let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+    let (mut w, a, b) = pair(
+        Ownership::Creator,
+        HandshakeConfig::default(),
+        HandshakeConfig::default(),
+    );
     w.doms[0].hostile.push((
         "/straw/1/warts".to_string(),
         "/local/domain/0/data/warts/2".to_string(),
@@ -377,13 +419,17 @@ fn hostile_state_and_knock_are_errors() {
     w.run(TICK, Duration::from_secs(1));
     assert!(matches!(
         w.doms[1].outcome(&a).unwrap().done,
-        Some(Err(StrawError::Protocol { key: "warts", .. }))
+        Some(Err(HandshakeError::Protocol { key: "warts", .. }))
     ));
 }
 
 #[test]
 fn garbage_state_while_connected_is_lost() {
-    let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+    let (mut w, a, b) = pair(
+        Ownership::Creator,
+        HandshakeConfig::default(),
+        HandshakeConfig::default(),
+    );
     connect(&mut w, &a, &b);
     let op = StoreOp::Write {
         path: "/local/domain/2/data/straw/1/state".to_string(),
@@ -394,7 +440,7 @@ fn garbage_state_while_connected_is_lost() {
     w.run(TICK, Duration::from_millis(300));
     let o = w.doms[0].outcome(&b).unwrap();
     assert!(
-        matches!(o.done, Some(Err(StrawError::Protocol { .. }))),
+        matches!(o.done, Some(Err(HandshakeError::Protocol { .. }))),
         "{o:?}"
     );
     assert!(!o.pore_open);
@@ -402,7 +448,11 @@ fn garbage_state_while_connected_is_lost() {
 
 #[test]
 fn third_domains_cannot_steer_a_pending_handshake() {
-    let (mut w, _a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+    let (mut w, _a, b) = pair(
+        Ownership::Creator,
+        HandshakeConfig::default(),
+        HandshakeConfig::default(),
+    );
     w.store.add_domain(3);
     w.doms[1].frozen = true;
     w.open(0, &b);
@@ -421,7 +471,11 @@ fn third_domains_cannot_steer_a_pending_handshake() {
 
 #[test]
 fn cancel_during_handshake_cleans_up() {
-    let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+    let (mut w, a, b) = pair(
+        Ownership::Creator,
+        HandshakeConfig::default(),
+        HandshakeConfig::default(),
+    );
     w.doms[1].frozen = true;
     w.open(0, &b);
     w.run(TICK, Duration::from_millis(300));
@@ -429,7 +483,7 @@ fn cancel_during_handshake_cleans_up() {
     w.run(TICK, Duration::from_millis(300));
     assert_eq!(
         w.doms[0].outcome(&b).unwrap().done,
-        Some(Err(StrawError::Cancelled))
+        Some(Err(HandshakeError::Cancelled))
     );
     assert_eq!(w.store.get("/local/domain/1/data/warts/2"), None);
     let _ = a;
@@ -460,8 +514,8 @@ proptest! {
         v2a: bool, v2b: bool,
         closer in 0usize..2,
     ) {
-        let ca = if v2a { Config::default() } else { ling() };
-        let cb = if v2b { Config::default() } else { ling() };
+        let ca = if v2a { HandshakeConfig::default() } else { ling() };
+        let cb = if v2b { HandshakeConfig::default() } else { ling() };
         let (mut w, a, b) = pair(own, ca, cb);
         w.open(0, &b);
         run_random(&mut w, &schedule);
@@ -498,7 +552,7 @@ proptest! {
         value in "\\PC{0,40}",
         v2: bool,
     ) {
-        let cfg = if v2 { Config::default() } else { ling() };
+        let cfg = if v2 { HandshakeConfig::default() } else { ling() };
         let (mut w, _a, b) = pair(Ownership::Creator, cfg.clone(), cfg);
         w.doms[1].hostile.push((key.to_string(), value.clone()));
         w.open(0, &b);
@@ -512,7 +566,11 @@ proptest! {
 
 #[test]
 fn peer_lost_from_the_data_path_ends_a_connected_straw() {
-    let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+    let (mut w, a, b) = pair(
+        Ownership::Creator,
+        HandshakeConfig::default(),
+        HandshakeConfig::default(),
+    );
     connect(&mut w, &a, &b);
     // Xenstore still says Connected, but the pore saw the peer die.
     w.doms[1].frozen = true;
@@ -523,7 +581,7 @@ fn peer_lost_from_the_data_path_ends_a_connected_straw() {
         .handle(crate::handshake::Input::PeerLost, now);
     w.run(TICK, Duration::from_millis(300));
     let o = w.doms[0].outcome(&b).unwrap();
-    assert_eq!(o.done, Some(Err(StrawError::PeerGone)));
+    assert_eq!(o.done, Some(Err(HandshakeError::PeerGone)));
     assert!(!o.pore_open);
     assert_eq!(w.store.get("/local/domain/1/data/warts/2"), None);
 }
@@ -531,7 +589,11 @@ fn peer_lost_from_the_data_path_ends_a_connected_straw() {
 #[test]
 fn finish_tells_the_peer_and_keeps_the_straw() {
     for finisher in [0usize, 1] {
-        let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+        let (mut w, a, b) = pair(
+            Ownership::Creator,
+            HandshakeConfig::default(),
+            HandshakeConfig::default(),
+        );
         connect(&mut w, &a, &b);
         let peer = if finisher == 0 { b.clone() } else { a.clone() };
         let now = w.now;
@@ -596,7 +658,11 @@ impl tracing::Subscriber for Warnings {
 #[cfg(feature = "std")]
 #[test]
 fn a_peer_state_we_may_no_longer_read_ends_a_close_quietly() {
-    let (mut w, a, b) = pair(Ownership::Creator, Config::default(), Config::default());
+    let (mut w, a, b) = pair(
+        Ownership::Creator,
+        HandshakeConfig::default(),
+        HandshakeConfig::default(),
+    );
     connect(&mut w, &a, &b);
     let narrow = StoreOp::SetPerms {
         path: "/local/domain/2/data/straw/1/state".to_string(),

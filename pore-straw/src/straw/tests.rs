@@ -11,7 +11,15 @@ use pore_core::{DomId, SharedAccess};
 use pore_ring::ling;
 use pore_ring::{RingError, RingReader, RingWriter};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use pore_ring::v2;
+
+use super::open::Mem;
 use super::*;
+use crate::handshake::Input;
+use crate::{Endpoint, Format, Layout, Role};
 
 type Lb = LoopbackDomain;
 
@@ -55,7 +63,7 @@ fn write_raw(s: &Straw<Lb>, bytes: &[u8]) {
         );
     }
     drop(g);
-    sh.poke().unwrap();
+    sh.notify().unwrap();
 }
 
 fn readable(s: &Straw<Lb>) -> usize {
@@ -167,7 +175,7 @@ fn the_receive_buffer_grows_with_the_payload_not_the_header() {
     let mut raw = (15u32 << 20).to_be_bytes().to_vec();
     raw.extend_from_slice(&[7; 10]);
     write_raw(&sa, &raw);
-    assert_eq!(sb.receiver().try_recv(), Err(StrawIoError::WouldBlock));
+    assert_eq!(sb.receiver().try_recv(), Err(StrawError::WouldBlock));
     assert!(cap(&sb) <= crate::reasm::RESTING, "{}", cap(&sb));
     drop((sa, sb));
 
@@ -217,30 +225,30 @@ fn a_bad_index_closes_the_straw_and_tells_the_manager() {
             let mut r = Ok(());
             for _ in 0..100 {
                 r = sb.sender().try_send(Bytes::from(vec![0; 4000]));
-                if !matches!(r, Ok(()) | Err(StrawIoError::WouldBlock)) {
+                if !matches!(r, Ok(()) | Err(StrawError::WouldBlock)) {
                     break;
                 }
             }
             r.map(|()| Bytes::new())
         };
         assert!(
-            matches!(first, Err(StrawIoError::Ring(RingError::BadIndex { .. }))),
+            matches!(first, Err(StrawError::Ring(RingError::BadIndex { .. }))),
             "{what}: {first:?}"
         );
         assert_eq!(rx.try_recv(), Ok(Input::PeerLost), "{what}");
         assert_eq!(
             sb.receiver().try_recv(),
-            Err(StrawIoError::PeerGone),
+            Err(StrawError::PeerGone),
             "{what}"
         );
         assert_eq!(
             sb.sender().try_send(Bytes::from_static(b"x")),
-            Err(StrawIoError::PeerGone),
+            Err(StrawError::PeerGone),
             "{what}"
         );
         assert_eq!(
             sb.receiver().recv_timeout(Duration::from_millis(50)),
-            Err(StrawIoError::PeerGone)
+            Err(StrawError::PeerGone)
         );
     }
 }
@@ -268,10 +276,10 @@ fn receive_calls_are_bounded_by_their_deadline() {
     sa.sender().try_send(Bytes::from_static(b"good")).unwrap();
     assert_eq!(
         sb.receiver().recv_timeout(Duration::ZERO),
-        Err(StrawIoError::TimedOut)
+        Err(StrawError::TimedOut)
     );
     assert!(readable(&sb) > 0, "one call skipped everything");
-    assert_eq!(sb.receiver().try_recv(), Err(StrawIoError::WouldBlock));
+    assert_eq!(sb.receiver().try_recv(), Err(StrawError::WouldBlock));
     assert!(readable(&sb) > 0, "one call skipped everything");
     // Later calls get through.
     assert_eq!(
@@ -372,14 +380,20 @@ fn a_graceful_close_the_manager_confirms_late_is_end_of_stream() {
     drop(mem);
     *lock(&slot) = Some(sb.shared());
     sa.sender().send(Bytes::from_static(b"last")).unwrap();
-    let closer = thread::spawn(move || sa.close());
+    // `sa` plays a managed peer: its pore closes with no end-of-stream marker in the ring (a
+    // managed straw tells the end of its stream through xenstore).
+    let closer = thread::spawn(move || {
+        sa.sender().drain_timeout(Duration::from_secs(5))?;
+        sa.shared().shutdown_pore(Duration::from_millis(200));
+        Ok::<(), StrawError>(())
+    });
     assert_eq!(
         sb.receiver().recv_timeout(Duration::from_secs(5)).unwrap(),
         "last"
     );
     assert_eq!(
         sb.receiver().recv_timeout(Duration::from_secs(5)),
-        Err(StrawIoError::Eof)
+        Err(StrawError::Eof)
     );
     assert!(asked.load(Ordering::Acquire) >= 1, "the manager was asked");
     closer.join().unwrap().unwrap();

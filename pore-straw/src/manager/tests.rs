@@ -1,6 +1,6 @@
 //! The manager over pore-core's loopback backend and the in-memory store (threads).
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -8,91 +8,32 @@ use bytes::Bytes;
 use pore_core::loopback::{Loopback, LoopbackDomain};
 use pore_core::{DomId, GrantRef, Maps};
 
-use crate::handshake::{Config, StrawError};
+use crate::handshake::{HandshakeConfig, HandshakeError};
 use crate::manager::{Manager, ManagerConfig, ManagerError, StoreClient, WatchEvent};
+use crate::memstore::{MemoryStore, MemoryStoreClient, Ownership};
 use crate::ops::{StoreError, StoreOp, StoreReply};
-use crate::straw::{StrawConfig, StrawIoError};
-use crate::testkit::{Ownership, Store};
+use crate::straw::{StrawConfig, StrawError};
 use crate::{Endpoint, Format, Layout};
 
-#[derive(Clone)]
-struct Xs {
-    shared: Arc<(Mutex<Store>, Condvar)>,
-    dom: DomId,
-    /// Several managers of one domain: each takes only the events of its own tokens.
-    tokens: Option<String>,
-}
+type Xs = MemoryStoreClient;
 
-impl Xs {
-    fn world() -> Arc<(Mutex<Store>, Condvar)> {
-        Self::world_of(Ownership::Creator)
-    }
-
-    fn world_of(own: Ownership) -> Arc<(Mutex<Store>, Condvar)> {
-        Arc::new((Mutex::new(Store::new(own)), Condvar::new()))
-    }
-
-    fn new(shared: &Arc<(Mutex<Store>, Condvar)>, dom: u16) -> Self {
-        shared.0.lock().unwrap().add_domain(dom);
-        Xs {
-            shared: shared.clone(),
-            dom: DomId(dom),
-            tokens: None,
-        }
-    }
-
-    /// The connection of endpoint `me`'s manager, one of several of its domain.
-    fn of(shared: &Arc<(Mutex<Store>, Condvar)>, me: &Endpoint) -> Self {
-        Xs {
-            tokens: Some(format!("pore-straw/{}/", me.ident())),
-            ..Xs::new(shared, me.domid.0)
-        }
-    }
-
-    fn get(&self, path: &str) -> Option<String> {
-        self.shared.0.lock().unwrap().get(path).map(str::to_string)
-    }
-}
-
-impl StoreClient for Xs {
-    fn perform(&self, op: &StoreOp) -> Result<StoreReply, StoreError> {
-        let mut st = self.shared.0.lock().unwrap();
-        let r = st.perform(self.dom, op);
-        self.shared.1.notify_all();
-        r
-    }
-
-    fn next_event(&self, timeout: Duration) -> Option<WatchEvent> {
-        let end = Instant::now() + timeout;
-        let mut st = self.shared.0.lock().unwrap();
-        loop {
-            let mine = |e: &(DomId, String, String)| {
-                e.0 == self.dom && self.tokens.as_ref().is_none_or(|t| e.2.starts_with(t))
-            };
-            if let Some(i) = st.events.iter().position(mine) {
-                let (_, path, token) = st.events.remove(i);
-                return Some(WatchEvent { path, token });
-            }
-            let now = Instant::now();
-            if now >= end {
-                return None;
-            }
-            st = self.shared.1.wait_timeout(st, end - now).unwrap().0;
-        }
-    }
+/// A connection of domain `dom` (made at its first).
+fn xs(world: &MemoryStore, dom: u16) -> Xs {
+    world.add_domain(DomId(dom));
+    world.client(DomId(dom))
 }
 
 type Mgr = Manager<LoopbackDomain, Xs>;
 
 fn cfg(format: Format) -> ManagerConfig {
     ManagerConfig {
-        handshake: Config {
+        handshake: HandshakeConfig {
             // The loopback maps whole grants only, so v2's control-page-first mapping is out.
             v2_pages: None,
             handshake_timeout: Duration::from_secs(2),
             close_timeout: Duration::from_secs(1),
             format,
-            ..Config::default()
+            ..HandshakeConfig::default()
         },
         straw: StrawConfig {
             io_timeout: Duration::from_secs(5),
@@ -117,17 +58,12 @@ fn roomy(format: Format) -> ManagerConfig {
     c
 }
 
-fn manager(xen: &Loopback, world: &Arc<(Mutex<Store>, Condvar)>, dom: u16) -> (Mgr, Xs) {
+fn manager(xen: &Loopback, world: &MemoryStore, dom: u16) -> (Mgr, Xs) {
     manager_with(xen, world, dom, cfg(Format::Raw))
 }
 
-fn manager_with(
-    xen: &Loopback,
-    world: &Arc<(Mutex<Store>, Condvar)>,
-    dom: u16,
-    config: ManagerConfig,
-) -> (Mgr, Xs) {
-    let xs = Xs::new(world, dom);
+fn manager_with(xen: &Loopback, world: &MemoryStore, dom: u16, config: ManagerConfig) -> (Mgr, Xs) {
+    let xs = xs(world, dom);
     let m = Manager::start(
         xen.domain(DomId(dom)),
         xs.clone(),
@@ -141,7 +77,7 @@ fn manager_with(
 #[test]
 fn open_accept_talk_and_close() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, xs) = manager(&xen, &world, 1);
     let (m2, _) = manager(&xen, &world, 2);
     let peer2 = Endpoint::seed(DomId(2));
@@ -166,28 +102,28 @@ fn open_accept_talk_and_close() {
     // The listener sees the end of the stream, and both managers forget the straw.
     assert_eq!(
         s2.receiver().recv_timeout(Duration::from_secs(2)),
-        Err(StrawIoError::Eof)
+        Err(StrawError::Eof)
     );
-    assert_eq!(rx1.try_recv(), Err(StrawIoError::Closed));
+    assert_eq!(rx1.try_recv(), Err(StrawError::Closed));
     let end = Instant::now() + Duration::from_secs(2);
     while (!m1.peers().is_empty() || !m2.peers().is_empty()) && Instant::now() < end {
         thread::sleep(Duration::from_millis(10));
     }
     assert!(m1.peers().is_empty() && m2.peers().is_empty());
-    assert_eq!(xs.get("/local/domain/1/data/warts/2"), None);
-    assert_eq!(xs.get("/local/domain/2/data/straw/1"), None);
+    assert_eq!(xs.store().read("/local/domain/1/data/warts/2"), None);
+    assert_eq!(xs.store().read("/local/domain/2/data/straw/1"), None);
     drop((s2, rx1));
     m1.shutdown();
     m2.shutdown();
     let o = xen.outstanding();
     assert_eq!((o.grants, o.mappings, o.ports), (0, 0, 0), "{o:?}");
-    assert_eq!(xs.get("/local/domain/1/data/straw"), None);
+    assert_eq!(xs.store().read("/local/domain/1/data/straw"), None);
 }
 
 #[test]
 fn errors_are_clear() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, _) = manager(&xen, &world, 1);
     let (m2, _) = manager(&xen, &world, 2);
     let peer2 = Endpoint::seed(DomId(2));
@@ -195,7 +131,7 @@ fn errors_are_clear() {
     assert_eq!(m1.open(&peer2).unwrap_err(), ManagerError::Exists);
     assert_eq!(
         m1.open(&Endpoint::seed(DomId(77))).unwrap_err(),
-        ManagerError::Straw(StrawError::PeerNotFound)
+        ManagerError::Handshake(HandshakeError::PeerNotFound)
     );
     assert_eq!(
         m2.get(&Endpoint::seed(DomId(5))).unwrap_err(),
@@ -220,14 +156,14 @@ fn errors_are_clear() {
 #[test]
 fn reopening_at_once_after_a_failed_open_or_a_close_is_not_exists() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, _) = manager_with(&xen, &world, 1, roomy(Format::Raw));
     let (m2, _) = manager_with(&xen, &world, 2, roomy(Format::Raw));
     let nobody = Endpoint::seed(DomId(77));
     for _ in 0..200 {
         assert_eq!(
             m1.open(&nobody).unwrap_err(),
-            ManagerError::Straw(StrawError::PeerNotFound)
+            ManagerError::Handshake(HandshakeError::PeerNotFound)
         );
     }
     let peer2 = Endpoint::seed(DomId(2));
@@ -239,7 +175,7 @@ fn reopening_at_once_after_a_failed_open_or_a_close_is_not_exists() {
         s1.close().unwrap();
         assert_eq!(
             s2.receiver().recv_timeout(Duration::from_secs(2)),
-            Err(StrawIoError::Eof)
+            Err(StrawError::Eof)
         );
         drop(s2);
         // The listener's side may still be finishing its close chart.
@@ -252,14 +188,68 @@ fn reopening_at_once_after_a_failed_open_or_a_close_is_not_exists() {
     m2.shutdown();
 }
 
+/// A managed straw's receiving half closes it: the peer receives what was sent, then the end
+/// of the stream.
+#[test]
+fn the_receiving_half_closes_a_managed_straw() {
+    let xen = Loopback::new();
+    let world = MemoryStore::new();
+    let (m1, _) = manager_with(&xen, &world, 1, roomy(Format::Raw));
+    let (m2, _) = manager_with(&xen, &world, 2, roomy(Format::Raw));
+    let s1 = m1.open(&Endpoint::seed(DomId(2))).unwrap();
+    let s2 = m2.accept(Duration::from_secs(20)).unwrap();
+    let (tx2, rx2) = s2.split();
+    tx2.send(Bytes::from_static(b"bye")).unwrap();
+    let t = Duration::from_secs(20);
+    let reader = thread::spawn(move || {
+        let first = s1.receiver().recv_timeout(t);
+        let then = s1.receiver().recv_timeout(t);
+        (first, then, s1)
+    });
+    rx2.close().unwrap();
+    let (first, then, s1) = reader.join().unwrap();
+    assert_eq!(first.unwrap(), "bye");
+    assert_eq!(then, Err(StrawError::Eof));
+    assert_eq!(
+        tx2.send(Bytes::from_static(b"more")),
+        Err(StrawError::Closed)
+    );
+    s1.close().unwrap();
+    m1.shutdown();
+    m2.shutdown();
+}
+
+/// Every layer classifies a lost peer the same way ([`pore_core::Error::is_peer_gone`]).
+#[test]
+fn manager_errors_classify_like_the_layers_below() {
+    use pore_core::{Error as _, ErrorKind};
+    assert!(ManagerError::Handshake(HandshakeError::PeerGone).is_peer_gone());
+    assert!(ManagerError::Pore(StrawError::PeerGone).is_peer_gone());
+    assert_eq!(
+        ManagerError::Handshake(HandshakeError::TimedOut(crate::handshake::Stage::Handshake))
+            .kind(),
+        ErrorKind::TimedOut
+    );
+    assert_eq!(
+        ManagerError::Setup {
+            op: "mkdir",
+            error: StoreError::PermissionDenied
+        }
+        .kind(),
+        ErrorKind::PermissionDenied
+    );
+    assert!(ManagerError::TooMany.is_retryable());
+    assert!(!ManagerError::ShutDown.is_retryable());
+}
+
 #[test]
 fn a_dead_peer_does_not_stall_others_and_times_out() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, _) = manager(&xen, &world, 1);
     let (m2, _) = manager(&xen, &world, 2);
     // Domain 3 set up its directories, then hung (no manager runs).
-    let xs3 = Xs::new(&world, 3);
+    let xs3 = xs(&world, 3);
     for op in crate::handshake::setup_ops(&Endpoint::seed(DomId(3))) {
         xs3.perform(&op).unwrap();
     }
@@ -280,7 +270,7 @@ fn a_dead_peer_does_not_stall_others_and_times_out() {
     let (r, took) = hung.join().unwrap();
     assert_eq!(
         r,
-        Err(ManagerError::Straw(StrawError::Timeout(
+        Err(ManagerError::Handshake(HandshakeError::TimedOut(
             crate::handshake::Stage::Handshake
         )))
     );
@@ -295,7 +285,7 @@ fn a_dead_peer_does_not_stall_others_and_times_out() {
 #[test]
 fn peer_death_is_noticed_within_a_second_and_forgotten() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, xs) = manager(&xen, &world, 1);
     let (m2, _) = manager(&xen, &world, 2);
     let peer2 = Endpoint::seed(DomId(2));
@@ -310,24 +300,23 @@ fn peer_death_is_noticed_within_a_second_and_forgotten() {
     // Domain 2 dies: the toolstack removes its tree; its pores go with it.
     let t = Instant::now();
     std::mem::forget(m2); // the dead domain's manager never runs again
-    world.0.lock().unwrap().remove_domain(2);
-    world.1.notify_all();
+    world.remove_domain(DomId(2));
     drop(s2);
     let (r, _) = reader.join().unwrap();
-    assert!(matches!(r, Err(StrawIoError::PeerGone)), "{r:?}");
+    assert!(matches!(r, Err(StrawError::PeerGone)), "{r:?}");
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     let end = Instant::now() + Duration::from_secs(2);
     while !m1.peers().is_empty() && Instant::now() < end {
         thread::sleep(Duration::from_millis(10));
     }
     assert!(m1.peers().is_empty());
-    assert_eq!(xs.get("/local/domain/1/data/warts/2"), None);
+    assert_eq!(xs.store().read("/local/domain/1/data/warts/2"), None);
 }
 
 #[test]
 fn many_straws_at_once_and_shutdown_closes_them() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, _) = manager(&xen, &world, 1);
     let m1 = Arc::new(m1);
     let others: Vec<(Mgr, Xs)> = (2..8).map(|d| manager(&xen, &world, d)).collect();
@@ -352,7 +341,7 @@ fn many_straws_at_once_and_shutdown_closes_them() {
     for t in &theirs {
         let r = t.receiver().recv_timeout(Duration::from_secs(3));
         assert!(
-            matches!(r, Err(StrawIoError::Eof | StrawIoError::PeerGone)),
+            matches!(r, Err(StrawError::Eof | StrawError::PeerGone)),
             "{r:?}"
         );
     }
@@ -362,9 +351,9 @@ fn many_straws_at_once_and_shutdown_closes_them() {
 #[test]
 fn json_between_managers() {
     let xen = Loopback::new();
-    let world = Xs::world();
-    let xs1 = Xs::new(&world, 1);
-    let xs2 = Xs::new(&world, 2);
+    let world = MemoryStore::new();
+    let xs1 = xs(&world, 1);
+    let xs2 = xs(&world, 2);
     let m1 = Manager::start(
         xen.domain(DomId(1)),
         xs1,
@@ -394,7 +383,7 @@ fn json_between_managers() {
 #[test]
 fn dropping_a_straw_closes_it() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, _) = manager(&xen, &world, 1);
     let (m2, _) = manager(&xen, &world, 2);
     let s1 = m1.open(&Endpoint::seed(DomId(2))).unwrap();
@@ -402,7 +391,7 @@ fn dropping_a_straw_closes_it() {
     drop(s1);
     assert_eq!(
         s2.receiver().recv_timeout(Duration::from_secs(2)),
-        Err(StrawIoError::Eof)
+        Err(StrawError::Eof)
     );
     let end = Instant::now() + Duration::from_secs(2);
     while !m1.peers().is_empty() && Instant::now() < end {
@@ -414,7 +403,7 @@ fn dropping_a_straw_closes_it() {
 #[test]
 fn simultaneous_opens_both_connect() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, _) = manager(&xen, &world, 1);
     let (m2, _) = manager(&xen, &world, 2);
     let (m1, m2) = (Arc::new(m1), Arc::new(m2));
@@ -465,7 +454,7 @@ fn simultaneous_opens_both_connect() {
 #[test]
 fn half_close_then_close_delivers_both_directions() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, _) = manager(&xen, &world, 1);
     let (m2, _) = manager(&xen, &world, 2);
     let s1 = m1.open(&Endpoint::seed(DomId(2))).unwrap();
@@ -477,7 +466,7 @@ fn half_close_then_close_delivers_both_directions() {
         loop {
             match s2.receiver().recv_timeout(Duration::from_secs(3)) {
                 Ok(f) => got.push(f),
-                Err(StrawIoError::Eof) => break,
+                Err(StrawError::Eof) => break,
                 Err(e) => panic!("{e}"),
             }
         }
@@ -486,7 +475,7 @@ fn half_close_then_close_delivers_both_directions() {
     s1.finish().unwrap();
     assert_eq!(
         s1.sender().send(Bytes::from_static(b"late")),
-        Err(StrawIoError::Closed)
+        Err(StrawError::Closed)
     );
     let (got, s2) = reader2.join().unwrap();
     assert_eq!(got, vec![Bytes::from_static(b"only this")]);
@@ -505,7 +494,7 @@ fn half_close_then_close_delivers_both_directions() {
     }
     assert_eq!(
         s1.receiver().recv_timeout(Duration::from_secs(3)),
-        Err(StrawIoError::Eof)
+        Err(StrawError::Eof)
     );
     let s2 = t.join().unwrap();
     // Both close (in any order); both succeed.
@@ -517,7 +506,7 @@ fn half_close_then_close_delivers_both_directions() {
 #[test]
 fn the_observer_sees_every_step() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, _) = manager(&xen, &world, 1);
     let (m2, _) = manager(&xen, &world, 2);
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -544,8 +533,8 @@ fn the_observer_sees_every_step() {
 }
 
 /// Domain `dom` knocks on domain 1 under `count` names of its own.
-fn knock_flood(world: &Arc<(Mutex<Store>, Condvar)>, dom: u16, count: usize) {
-    let xs = Xs::new(world, dom);
+fn knock_flood(world: &MemoryStore, dom: u16, count: usize) {
+    let xs = xs(world, dom);
     for i in 0..count {
         let ident = format!("{dom}-n{i}");
         // It even says InitWait, so each knock costs us pages until the handshake times out.
@@ -571,7 +560,7 @@ fn knock_flood(world: &Arc<(Mutex<Store>, Condvar)>, dom: u16, count: usize) {
 #[test]
 fn one_domains_knock_flood_does_not_lock_others_out() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, _) = manager(&xen, &world, 1);
     knock_flood(&world, 5, 40);
     thread::sleep(Duration::from_millis(300));
@@ -587,7 +576,7 @@ fn one_domains_knock_flood_does_not_lock_others_out() {
 #[test]
 fn a_knock_flood_is_bounded() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, _) = manager(&xen, &world, 1);
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let s2 = seen.clone();
@@ -616,7 +605,7 @@ fn a_knock_flood_is_bounded() {
 #[test]
 fn admission_refuses_unwanted_peers_before_granting() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, _) = manager(&xen, &world, 1);
     let (m2, _) = manager(&xen, &world, 2);
     let (m3, _) = manager(&xen, &world, 3);
@@ -625,7 +614,10 @@ fn admission_refuses_unwanted_peers_before_granting() {
     let r = m2.open(&Endpoint::seed(DomId(1)));
     // The refused knock's directory is stale at our second check of the top, and removed:
     // the opener learns of it then, not at its handshake timeout.
-    assert_eq!(r.unwrap_err(), ManagerError::Straw(StrawError::PeerGone));
+    assert_eq!(
+        r.unwrap_err(),
+        ManagerError::Handshake(HandshakeError::PeerGone)
+    );
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     assert_eq!(
         xen.outstanding().grants,
@@ -645,7 +637,7 @@ fn admission_refuses_unwanted_peers_before_granting() {
 fn a_bad_ring_index_closes_a_managed_straw() {
     use pore_core::{MappedPages, Maps, SharedAccess, SharedMemory};
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, _) = manager(&xen, &world, 1);
     let (m2, xs2) = manager(&xen, &world, 2);
     let s1 = m1.open(&Endpoint::seed(DomId(2))).unwrap();
@@ -655,7 +647,8 @@ fn a_bad_ring_index_closes_a_managed_straw() {
     let refs: Vec<_> = (1..=8)
         .map(|i| {
             pore_core::GrantRef(
-                xs2.get(&format!("{sd}/ring-ref-{i}"))
+                xs2.store()
+                    .read(&format!("{sd}/ring-ref-{i}"))
                     .unwrap()
                     .parse()
                     .unwrap(),
@@ -668,14 +661,14 @@ fn a_bad_ring_index_closes_a_managed_straw() {
             .store_u32(off, 0xdead_beef, std::sync::atomic::Ordering::Relaxed);
     }
     let r = s2.receiver().recv_timeout(Duration::from_secs(1));
-    assert!(matches!(r, Err(StrawIoError::Ring(_))), "{r:?}");
+    assert!(matches!(r, Err(StrawError::Ring(_))), "{r:?}");
     let end = Instant::now() + Duration::from_secs(3);
     while !m2.peers().is_empty() && Instant::now() < end {
         thread::sleep(Duration::from_millis(10));
     }
     assert!(m2.peers().is_empty(), "the manager forgot the broken straw");
-    assert_eq!(xs2.get(sd), None, "its xenstore nodes are gone");
-    assert_eq!(s2.receiver().try_recv(), Err(StrawIoError::PeerGone));
+    assert_eq!(xs2.store().read(sd), None, "its xenstore nodes are gone");
+    assert_eq!(s2.receiver().try_recv(), Err(StrawError::PeerGone));
     let _ = evil.unmap();
     drop((s1, s2));
 }
@@ -685,16 +678,16 @@ fn a_bad_ring_index_closes_a_managed_straw() {
 #[test]
 fn a_knock_under_another_domains_ident_is_refused() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, xs1) = manager(&xen, &world, 1);
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let s2 = seen.clone();
     m1.observe(Some(Arc::new(move |peer: &Endpoint, a: &crate::Action| {
         s2.lock().unwrap().push(format!("{peer}: {a:?}"));
     })));
-    let _xs7 = Xs::new(&world, 7);
+    let _xs7 = xs(&world, 7);
     // Domain 5 knocks as domain 7, and as 7's named endpoints.
-    let xs5 = Xs::new(&world, 5);
+    let xs5 = xs(&world, 5);
     for ident in ["7", "7-a", "7-b"] {
         let op = StoreOp::Write {
             path: format!("/local/domain/1/data/straw/{ident}/warts"),
@@ -711,16 +704,17 @@ fn a_knock_under_another_domains_ident_is_refused() {
     );
     // The refused knocks' directories go (on a loaded machine, later than 300 ms).
     let gone = |ident: &str| {
-        xs1.get(&format!("/local/domain/1/data/straw/{ident}"))
+        xs1.store()
+            .read(&format!("/local/domain/1/data/straw/{ident}"))
             .is_none()
     };
     let end = Instant::now() + Duration::from_secs(5);
     while !["7", "7-a", "7-b"].iter().all(|i| gone(i)) && Instant::now() < end {
         thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(xs1.get("/local/domain/1/data/straw/7"), None);
-    assert_eq!(xs1.get("/local/domain/1/data/straw/7-a"), None);
-    assert_eq!(xs1.get("/local/domain/1/data/straw/7-b"), None);
+    assert_eq!(xs1.store().read("/local/domain/1/data/straw/7"), None);
+    assert_eq!(xs1.store().read("/local/domain/1/data/straw/7-a"), None);
+    assert_eq!(xs1.store().read("/local/domain/1/data/straw/7-b"), None);
     // Genuine peers still get in.
     let (m2, _) = manager(&xen, &world, 2);
     let _s = m2.open(&Endpoint::seed(DomId(1))).unwrap();
@@ -735,19 +729,13 @@ fn a_knock_under_another_domains_ident_is_refused() {
 #[test]
 fn knocks_are_taken_where_the_owner_cannot_tell() {
     let xen = Loopback::new();
-    let world = Xs::world_of(Ownership::Parent);
+    let world = MemoryStore::with_ownership(Ownership::Parent);
     let (m1, xs1) = manager(&xen, &world, 1);
     let (m2, _) = manager(&xen, &world, 2);
     let s2 = m2.open(&Endpoint::seed(DomId(1))).unwrap();
     let s1 = m1.accept(Duration::from_secs(2)).unwrap();
     assert_eq!(
-        xs1.shared
-            .0
-            .lock()
-            .unwrap()
-            .perms("/local/domain/1/data/straw/2")
-            .unwrap()[0]
-            .domid,
+        xs1.store().perms("/local/domain/1/data/straw/2").unwrap()[0].domid,
         DomId(1)
     );
     s2.sender().send(Bytes::from_static(b"hi")).unwrap();
@@ -785,9 +773,9 @@ impl StoreClient for SlowClosed {
 #[test]
 fn shutting_down_right_after_eof_still_completes_the_close_chart() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let slow = SlowClosed {
-        xs: Xs::new(&world, 1),
+        xs: xs(&world, 1),
         delay: Duration::from_millis(300),
     };
     let m1 = Manager::start(
@@ -810,7 +798,7 @@ fn shutting_down_right_after_eof_still_completes_the_close_chart() {
     });
     let t = Instant::now();
     let closed = s1.close();
-    assert_eq!(listener.join().unwrap(), Err(StrawIoError::Eof));
+    assert_eq!(listener.join().unwrap(), Err(StrawError::Eof));
     assert_eq!(closed, Ok(()));
     // The close timeout is 10 s: a close that completed never waited for it.
     assert!(t.elapsed() < Duration::from_secs(9), "{:?}", t.elapsed());
@@ -826,7 +814,7 @@ fn shutting_down_right_after_eof_still_completes_the_close_chart() {
 #[test]
 fn completed_unaccepted_straws_of_one_domain_do_not_lock_others_out() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let (m1, _) = manager(&xen, &world, 1);
     let us = Endpoint::seed(DomId(1));
     let backend5 = Arc::new(xen.domain(DomId(5)));
@@ -836,7 +824,8 @@ fn completed_unaccepted_straws_of_one_domain_do_not_lock_others_out() {
     let m5: Vec<Mgr> = (0..8)
         .map(|i| {
             let me = Endpoint::new(DomId(5), &format!("n{i}")).unwrap();
-            Manager::start_shared(backend5.clone(), Xs::of(&world, &me), me, cfg5.clone()).unwrap()
+            Manager::start_shared(backend5.clone(), xs(&world, me.domid.0), me, cfg5.clone())
+                .unwrap()
         })
         .collect();
     let opened: Vec<_> = m5.iter().map(|m| m.open(&us)).collect();
@@ -865,7 +854,7 @@ fn completed_unaccepted_straws_of_one_domain_do_not_lock_others_out() {
 #[test]
 fn a_per_domain_bound_that_cannot_protect_anyone_is_refused() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     for per in [0, 8, 9] {
         let c = ManagerConfig {
             max_straws_per_domain: per,
@@ -873,7 +862,7 @@ fn a_per_domain_bound_that_cannot_protect_anyone_is_refused() {
         };
         let r = Manager::start(
             xen.domain(DomId(1)),
-            Xs::new(&world, 1),
+            xs(&world, 1),
             Endpoint::seed(DomId(1)),
             c,
         );
@@ -888,11 +877,11 @@ fn a_per_domain_bound_that_cannot_protect_anyone_is_refused() {
 #[test]
 fn pages_a_peer_maps_and_abandons_are_bounded_per_domain() {
     let xen = Loopback::new();
-    let world = Xs::world();
+    let world = MemoryStore::new();
     let mut c = cfg(Format::Raw);
     c.handshake.handshake_timeout = Duration::from_secs(1);
     c.max_parked_pages_per_domain = 16;
-    let xs1 = Xs::new(&world, 1);
+    let xs1 = xs(&world, 1);
     let m1 = Manager::start(
         xen.domain(DomId(1)),
         xs1.clone(),
@@ -901,7 +890,7 @@ fn pages_a_peer_maps_and_abandons_are_bounded_per_domain() {
     )
     .unwrap();
     let hostile = xen.domain(DomId(5));
-    let xs5 = Xs::new(&world, 5);
+    let xs5 = xs(&world, 5);
     let mut mapped = Vec::new();
     let mut rounds = Vec::new();
     for round in 0..3 {
@@ -929,13 +918,14 @@ fn pages_a_peer_maps_and_abandons_are_bounded_per_domain() {
         while !pending.is_empty() && Instant::now() < end {
             pending.retain(|n| {
                 let dir = format!("/local/domain/1/data/straw/5-{n}");
-                if xs1.get(&format!("{dir}/state")).as_deref() != Some("3") {
+                if xs1.store().read(&format!("{dir}/state")).as_deref() != Some("3") {
                     return true;
                 }
                 let refs: Vec<GrantRef> = (1..=8)
                     .map(|i| {
                         GrantRef(
-                            xs1.get(&format!("{dir}/ring-ref-{i}"))
+                            xs1.store()
+                                .read(&format!("{dir}/ring-ref-{i}"))
                                 .unwrap()
                                 .parse()
                                 .unwrap(),
