@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 pub mod straw_json;
 pub mod xenstored;
 
-use pore_core::{SharedRing, RingReader, RingWriter, SharedAccess, SharedView};
+use pore_core::{RingReader, RingWriter, SharedAccess, SharedRing, SharedView};
 
 /// Shared memory with guard bytes around it; `check` is the fuzz finding if a guard changed.
 pub struct Guarded(pore_core::loopback::GuardedRegion);
