@@ -3,7 +3,7 @@
 
 # All targets, in the order phase 70 runs them.
 fuzz_targets=(ring_xenstore ring_ling ring_v2 frame_decoder xenstore_codec straw_handshake
-  xenstored xenstored_diff straw_json)
+  xenstored xenstored_diff straw_json straw_manager)
 
 # Sets `seeds` (committed seed directories) and `opts` (libFuzzer options) for target $1.
 fuzz_target_setup() {
@@ -12,12 +12,14 @@ fuzz_target_setup() {
   case "$1" in
     xenstored*) seeds=(seeds/xenstored); opts+=(-max_len=4096 -len_control=0) ;;
     straw_json) seeds=(seeds/straw_json) ;;
+    # Threads and real time: an input takes tens of milliseconds, a deadlock is a finding.
+    straw_manager) seeds=(seeds/straw_manager); opts+=(-timeout=60) ;;
   esac
 }
 
 # Prints what a failed run of target $1 (its whole output in file $2) found: the panic or
-# sanitizer report, the crash input decoded (moves for the xenstored targets and
-# straw_json, the Debug format otherwise) and how to run it again.
+# sanitizer report, the crash input decoded (moves for the xenstored targets, straw_json
+# and straw_manager, the Debug format otherwise) and how to run it again.
 fuzz_report_failure() {
   local t="$1" log="$2" input
   echo "fuzz: $t FAILED; the report:"
@@ -31,7 +33,7 @@ fuzz_report_failure() {
   fi
   echo "fuzz: $t: the crash input, $input ($(wc -c < "$input") bytes):"
   case "$t" in
-    xenstored* | straw_json) cargo +nightly run -q --example show -- "$input" 2>&1 | head -n 200 ;;
+    xenstored* | straw_json | straw_manager) cargo +nightly run -q --example show -- "$input" 2>&1 | head -n 200 ;;
     *) cargo +nightly fuzz fmt "$t" "$input" 2>&1 | grep -v -E "^ *(Compiling|Finished|Running)" | head -n 60 ;;
   esac
   echo "fuzz: run it again: (cd fuzz && cargo +nightly fuzz run $t $input)"

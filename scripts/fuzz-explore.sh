@@ -29,7 +29,10 @@ for t in "${targets[@]}"; do
   echo "fuzz-explore: $t for ${secs}s"
   if cargo +nightly fuzz run "$t" "corpus/$t" "${seeds[@]}" -- -max_total_time="$secs" \
     -print_final_stats=1 "${opts[@]}" >"$log" 2>&1; then
-    grep -E "^Done [0-9]+ runs|^stat::number_of_executed_units|^#[0-9]+ +DONE" "$log" || tail -n 3 "$log"
+    grep -E "^Done [0-9]+ runs|^stat::number_of_executed_units|^stat::average_exec_per_sec" "$log" ||
+      tail -n 3 "$log"
+    # Coverage and corpus size from libFuzzer's last status line.
+    grep -E "^#[0-9]+[[:space:]]" "$log" | tail -n 1 | grep -o -E "cov: [0-9]+ ft: [0-9]+ corp: [0-9]+/[^ ]+" || true
   else
     fuzz_report_failure "$t" "$log"
     failed=1

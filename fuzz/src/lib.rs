@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 
 pub mod straw_json;
+pub mod straw_manager;
 pub mod xenstored;
 
 use pore_core::{RingReader, RingWriter, SharedAccess, SharedRing, SharedView};

@@ -141,7 +141,10 @@ pub struct ManagerConfig {
     /// junk we cannot remove poisons, or that is full (C xenstored limits a node with its
     /// child names to 2048 bytes, and a full top refuses every opener), is rebuilt in one
     /// transaction, carrying over the directories of the straws in progress or connected.
-    /// An event naming junk brings the next check forward (to 100 ms after the last one).
+    /// A top that another domain removed (whoever may write a node may remove it, and every
+    /// domain may write in our top) is made again, empty: without it nobody could knock.
+    /// An event naming junk or the top itself brings the next check forward (to 100 ms after
+    /// the last one).
     ///
     /// A child named as a peer's straw directory is left alone for a whole interval (an
     /// opener may be making it, or its knock's event be on its way); if it is still not one
@@ -270,7 +273,7 @@ pub struct Accounting {
     pub refused_knocks: u64,
     /// Children of our straw top removed as junk (see [`ManagerConfig::top_check_interval`]).
     pub junk_removed: u64,
-    /// Rebuilds of our straw top, full or holding junk we could not remove.
+    /// Rebuilds of our straw top, full or holding junk we could not remove, or removed.
     pub top_rebuilds: u64,
 }
 
@@ -549,6 +552,27 @@ where
         a
     }
 
+    /// Per peer domain, the straws it opened to us: how many are in the handshake (bounded by
+    /// [`ManagerConfig::max_knocks_per_domain`]) and how many are connected (unclaimed or
+    /// accepted). [`Accounting::by_domain`] has their sum; the fuzz target `straw_manager`
+    /// checks the split after every step. Only with the `fuzzing` feature: not part of the API.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn fuzz_knocks_by_domain(&self) -> BTreeMap<DomId, (usize, usize)> {
+        let st = lock(&self.inner.state);
+        let mut by = BTreeMap::<DomId, (usize, usize)>::new();
+        for ((peer, role), e) in &st.straws {
+            if *role == Role::Listener {
+                let n = by.entry(peer.domid).or_default();
+                match e.slot {
+                    Slot::Handshaking => n.0 += 1,
+                    Slot::Live(_) => n.1 += 1,
+                }
+            }
+        }
+        by
+    }
+
     /// Forgets the pages `domid` was counted to keep mapped
     /// ([`ManagerConfig::max_parked_pages_per_domain`]), e.g. once the domain is gone (its
     /// mappings went with it): its knocks are taken again.
@@ -613,8 +637,16 @@ where
             path: self.inner.me.straw_top(),
             token: self.inner.top_token.clone(),
         });
-        for op in teardown_ops(&self.inner.me) {
-            let _ = self.inner.store.perform(&op);
+        {
+            // Not while a check of the top runs: it could make the top again (`restore_top`).
+            let _gate = self
+                .inner
+                .store_gate
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for op in teardown_ops(&self.inner.me) {
+                let _ = self.inner.store.perform(&op);
+            }
         }
         if let Some(e) = self.events.take() {
             let _ = e.join();
@@ -734,7 +766,7 @@ where
                 if self.stop.load(Ordering::Acquire) {
                     continue; // no new straw while shutting down
                 }
-                if self.is_junk_event(&ev.path) {
+                if self.is_junk_event(&ev.path) || ev.path == self.me.straw_top() {
                     check_soon = true;
                 }
                 if let Some(peer) = parse_knock(&self.me, &ev.path) {

@@ -236,6 +236,30 @@ mod tests {
         c.perform(&op).unwrap();
     }
 
+    /// Found by the `straw_manager` fuzz target: an empty permission list (no owner) panicked
+    /// the store (`perms[0]`) instead of being refused.
+    #[test]
+    fn an_empty_permission_list_is_refused() {
+        let store = MemoryStore::new();
+        store.add_domain(DomId(2));
+        let c = store.client(DomId(2));
+        write(&c, "/local/domain/2/data/x");
+        for dom in [DomId(2), DomId(0)] {
+            let op = StoreOp::SetPerms {
+                path: "/local/domain/2/data/x".to_string(),
+                perms: Vec::new(),
+                best_effort: dom == DomId(0),
+            };
+            assert!(matches!(
+                store.perform_as(dom, &op),
+                Err(StoreError::Other(None))
+            ));
+        }
+        let perms = store.perms("/local/domain/2/data/x").unwrap();
+        assert_eq!(perms[0].domid, DomId(2));
+        assert_eq!(store.read("/local/domain/2/data/x").as_deref(), Some("1"));
+    }
+
     #[test]
     fn watches_belong_to_their_connection_and_go_with_it() {
         let store = MemoryStore::new();

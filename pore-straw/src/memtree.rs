@@ -245,6 +245,9 @@ impl Store {
             } => {
                 let r = match self.nodes.get(path) {
                     None => Err(StoreError::NotFound),
+                    // No owner: xenstored refuses the list (EINVAL), whoever asks; every node
+                    // keeps its owner first.
+                    Some(_) if perms.is_empty() => return Err(StoreError::Other(None)),
                     Some(n) if dom != DomId(0) && n.perms[0].domid != dom => {
                         Err(StoreError::PermissionDenied)
                     }

@@ -2,13 +2,15 @@
 # Fuzz targets (docs/decisions.md D22): each pore-ring consumer facing a hostile peer, the frame
 # decoder, the xenstore codec, the strawman handshake, and pore's xenstored facing hostile
 # guests (its state recounted after every step; the _diff target adds a first-principles
-# permission model), and a straw's JSON envelopes and mailboxes against a model.
+# permission model), a straw's JSON envelopes and mailboxes against a model, and the straw
+# manager facing hostile knocks (its bounds checked after every move).
 #
 # Deterministic, so that CI is not red by luck: each target replays its committed seeds
 # (fuzz/seeds/<target>, the hand-written regression scenarios) and then runs a fixed number
 # of inputs from a fixed libFuzzer seed, starting from an empty scratch corpus; a given commit
-# always fuzzes the same inputs. The numbers below take 15-25 s per target on the 2-CPU CI
-# machine. PORE_FUZZ_SEED changes the seed, PORE_FUZZ_SCALE (percent) the number of runs.
+# always fuzzes the same inputs (except straw_manager, whose manager runs threads on real
+# time: its runs vary slightly; its checks hold at every instant). The numbers below take
+# 15-25 s per target on the 2-CPU CI machine. PORE_FUZZ_SEED changes the seed, PORE_FUZZ_SCALE (percent) the number of runs.
 # Open-ended, time-based fuzzing that keeps a corpus is scripts/fuzz-explore.sh (README).
 # The fuzz crate is its own workspace: formatted and linted here too.
 set -euo pipefail
@@ -29,6 +31,7 @@ declare -A runs=(
   [xenstored]=10000
   [xenstored_diff]=9000
   [straw_json]=26000
+  [straw_manager]=250
 )
 
 echo "fuzz: fmt + clippy of the fuzz crate"

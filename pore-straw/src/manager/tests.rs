@@ -724,6 +724,42 @@ fn a_knock_under_another_domains_ident_is_refused() {
     );
 }
 
+/// Found with the `straw_manager` fuzz target's moves: every domain may write in our straw top, so
+/// every domain may remove it (xenstored lets whoever may write a node remove it), and then
+/// nobody could knock, for the manager's whole life. It is made again at the next check.
+#[test]
+fn a_straw_top_another_domain_removed_is_made_again() {
+    let xen = Loopback::new();
+    let world = MemoryStore::new();
+    let (m1, xs1) = manager_with(&xen, &world, 1, roomy(Format::Raw));
+    let xs5 = xs(&world, 5);
+    let top = "/local/domain/1/data/straw";
+    xs5.perform(&StoreOp::Rm {
+        path: top.to_string(),
+    })
+    .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while xs1.store().perms(top).is_none() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let perms = xs1.store().perms(top).expect("the top is back");
+    assert_eq!(
+        perms,
+        vec![crate::ops::Perm::new(crate::ops::Access::Both, DomId(1))]
+    );
+    assert_eq!(m1.accounting().top_rebuilds, 1);
+    // Peers get in again.
+    let (m2, _) = manager_with(&xen, &world, 2, roomy(Format::Raw));
+    let _s = m2.open(&Endpoint::seed(DomId(1))).unwrap();
+    assert_eq!(
+        m1.accept(Duration::from_secs(10)).unwrap().peer(),
+        &Endpoint::seed(DomId(2))
+    );
+    // Shutting down removes the top for good.
+    m1.shutdown();
+    assert!(xs1.store().perms(top).is_none());
+}
+
 /// On oxenstored's rule (new nodes keep the parent's owner, us) the knock directory's owner
 /// names nobody and the narrowing is refused: genuine knocks are still taken.
 #[test]

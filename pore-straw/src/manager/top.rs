@@ -49,9 +49,20 @@ where
     ///    (`n<me> b<peer>`, keys `n<me> r<peer>`), still visible to the pair only.
     pub(super) fn check_top(self: &Arc<Self>, stale: &mut BTreeMap<String, Instant>) {
         let top = self.me.straw_top();
-        let names = match self.list_top() {
-            Some(n) => n,
-            None => return,
+        let names = match self
+            .store
+            .perform(&StoreOp::Directory { path: top.clone() })
+        {
+            Ok(StoreReply::Children(n)) => n,
+            Err(StoreError::NotFound) => {
+                self.restore_top();
+                return;
+            }
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(me = %self.me, error = %e, "strawman: cannot list the straw top");
+                return;
+            }
         };
         let ours: BTreeSet<String> = lock(&self.state)
             .straws
@@ -102,6 +113,35 @@ where
         let full = unknown && !poisoned && self.top_is_full(&top);
         if poisoned || full {
             self.rebuild_top(if poisoned { "poisoned" } else { "full" });
+        }
+    }
+
+    /// Makes our straw top again (`b<me>`, as [`setup_ops`] does) after another domain
+    /// removed it (see [`ManagerConfig::top_check_interval`]). Its straws went with it: their
+    /// machines see their directories gone. Not once the manager stops (its teardown removes
+    /// the top, under the same gate).
+    fn restore_top(&self) {
+        let _gate = self.store_gate.write().unwrap_or_else(|p| p.into_inner());
+        if self.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let top = self.me.straw_top();
+        let ops = [
+            StoreOp::Mkdir { path: top.clone() },
+            StoreOp::SetPerms {
+                path: top,
+                perms: std::vec![Perm::new(Access::Both, self.me.domid)],
+                best_effort: false,
+            },
+        ];
+        match self.store.perform(&StoreOp::Transaction(ops.to_vec())) {
+            Ok(_) => {
+                tracing::warn!(me = %self.me, "strawman: straw top removed by another domain: made again");
+                lock(&self.state).rebuilds += 1;
+            }
+            Err(e) => {
+                tracing::warn!(me = %self.me, error = %e, "strawman: making the removed straw top again failed");
+            }
         }
     }
 
