@@ -1126,7 +1126,11 @@ impl Store {
         // (a host's whole tree is no small walk).
         let mut changes = Vec::new();
         let owns = self.tree.owned(domid) > 0;
-        let mut stack = if owns { vec!["/".to_string()] } else { Vec::new() };
+        let mut stack = if owns {
+            vec!["/".to_string()]
+        } else {
+            Vec::new()
+        };
         while let Some(cur) = stack.pop() {
             let Some(n) = self.tree.get(&cur) else {
                 continue;
