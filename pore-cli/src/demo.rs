@@ -1,22 +1,30 @@
-//! `pore demo`: two domains of the embedded simulated Xen find each other through the embedded
-//! xenstored, open a straw, and exchange messages both ways.
+//! `pore demo`: two endpoints find each other through xenstore, open a straw, and exchange
+//! messages both ways.
 //!
-//! The parent process plays the toolstack: it runs the xenstored and the hypervisor broker, then
-//! spawns two domain processes from its own executable (a listener and an opener). The children
-//! report what they do on their stdout (the sim's report lines); the parent prints it.
+//! On the simulated Xen (`--backend sim`, the default) the parent process plays the toolstack:
+//! it runs the xenstored and the hypervisor broker, then spawns two domain processes from its
+//! own executable (a listener and an opener). The children report what they do on their stdout
+//! (the sim's report lines); the parent prints it.
+//!
+//! On real Xen (`--backend linux`) the two children are processes of this domain (dom0 or a
+//! domU), each a named endpoint of the straw: they meet through the real xenstored over
+//! `/dev/xen/xenbus` and share granted pages and an event channel through `/dev/xen`. Each child
+//! checks that it holds no grant, mapping or port once its manager is down; the parent checks
+//! that neither endpoint left a node in xenstore.
 
-use std::io::{IsTerminal, Write};
-use std::process::ExitCode;
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Args;
+use clap::{Args, ValueEnum};
+use pore_backend_linux::LinuxXen;
 use pore_backend_sim::process::{self, DomainProcess};
 use pore_backend_sim::PeerClose;
 use pore_backend_sim::{Hypervisor, SimDomain};
-use pore_core::DomId;
+use pore_core::{Backend, DomId};
 use pore_straw::handshake::{Action, HandshakeConfig};
 use pore_straw::manager::{Manager, ManagerConfig};
 use pore_straw::straw::StrawError;
@@ -25,9 +33,25 @@ use pore_straw::Endpoint;
 use pore_xenstore::transport::RingTransport;
 use pore_xenstore::{Client, Config as ClientConfig};
 
+use crate::backend;
+
+/// Which Xen `pore demo` runs on.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DemoBackend {
+    /// Two domains of an embedded simulated Xen (needs nothing).
+    Sim,
+    /// Two processes of this Xen domain, each a named endpoint, through the real xenstored and
+    /// /dev/xen (evtchn, gntalloc, gntdev, xenbus); needs root.
+    Linux,
+}
+
 /// Options of `pore demo`.
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
+    /// Which Xen: the embedded simulated one, or real Xen from this Linux domain (two of its
+    /// processes talk, each a named endpoint).
+    #[arg(long, value_enum, default_value_t = DemoBackend::Sim)]
+    pub backend: DemoBackend,
     /// Use the LING ring layout (8 pages, the original's) instead of negotiating v2.
     #[arg(long)]
     pub ling: bool,
@@ -45,14 +69,60 @@ pub struct DemoArgs {
 const ROLE_LISTENER: &str = "demo-listener";
 const ROLE_OPENER: &str = "demo-opener";
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// On real Xen (a guest of an emulated machine, or a busy one) a handshake may take much more
+/// than the simulated Xen's seconds: a LING listener's transaction of 20 requests took 6 s in
+/// the lab under load.
+const LINUX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+const LINUX_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Frame tags of the demo's little protocol.
 const TAG_PING: u8 = b'P';
 const TAG_DATA: u8 = b'D';
 const TAG_END: u8 = b'E';
 
+/// Environment variable naming the role of a process spawned by `pore demo --backend linux`.
+const LINUX_ROLE_ENV: &str = "PORE_DEMO_ROLE";
+/// Environment variable carrying that role's arguments (space-separated).
+const LINUX_ARGS_ENV: &str = "PORE_DEMO_ARGS";
+const LINUX_LISTENER: &str = "linux-listener";
+const LINUX_OPENER: &str = "linux-opener";
+/// Prefix of the stdout lines a process of `pore demo --backend linux` sends to its parent.
+const LINUX_REPORT_PREFIX: &str = "PORE-DEMO-REPORT ";
+
+/// How a role tells its parent what it does: one line at a time.
+type Report = fn(&str);
+
+/// Sends one line to the parent of a `pore demo --backend linux` process.
+fn linux_report(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{LINUX_REPORT_PREFIX}{}", line.replace('\n', " "));
+    let _ = out.flush();
+}
+
 /// Runs a domain process's role if this process is one; returns otherwise.
 pub fn run_child_if_any() {
+    if let Ok(role) = std::env::var(LINUX_ROLE_ENV) {
+        let args: Vec<String> = std::env::var(LINUX_ARGS_ENV)
+            .unwrap_or_default()
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let result = match role.as_str() {
+            LINUX_LISTENER => linux_listener(&args),
+            LINUX_OPENER => linux_opener(&args),
+            other => Err(format!("unknown role {other}")),
+        };
+        let code = match result {
+            Ok(()) => 0,
+            Err(e) => {
+                linux_report(&format!("error {e}"));
+                1
+            }
+        };
+        let _ = std::io::stdout().flush();
+        std::process::exit(code);
+    }
     process::run_child_role(|role, args| {
         let result = match role {
             ROLE_LISTENER => listener(args),
@@ -97,7 +167,16 @@ fn start_manager(ling: bool) -> Result<(DemoManager, Endpoint), String> {
         manager_config(ling),
     )
     .map_err(|e| format!("starting the straw manager: {e}"))?;
-    manager.observe(Some(Arc::new(|_peer: &Endpoint, action: &Action| {
+    observe_steps(&manager, process::report);
+    Ok((manager, me))
+}
+
+/// Reports every step of the manager's handshakes as a `step ...` line.
+fn observe_steps<B: Backend + Send + Sync + 'static>(
+    manager: &Manager<B, XsAdapter>,
+    report: Report,
+) {
+    manager.observe(Some(Arc::new(move |_peer: &Endpoint, action: &Action| {
         let step = match action {
             Action::Store(op) => format!("xenstore {op}"),
             Action::OpenPore(req) => format!("open pore {req:?}"),
@@ -106,9 +185,8 @@ fn start_manager(ling: bool) -> Result<(DemoManager, Endpoint), String> {
             Action::Done(r) => format!("done {r:?}"),
             other => format!("{other:?}"),
         };
-        process::report(&format!("step {step}"));
+        report(&format!("step {step}"));
     })));
-    Ok((manager, me))
 }
 
 /// The listening domain: accepts one straw, answers pings, counts the stream, acknowledges it.
@@ -116,10 +194,23 @@ fn listener(args: &[String]) -> Result<(), String> {
     let ling = args.first().is_some_and(|a| a == "ling");
     let (manager, me) = start_manager(ling)?;
     process::report(&format!("ready {}", me.domid.0));
+    serve(&manager, STEP_TIMEOUT, process::report)?;
+    manager.shutdown();
+    process::report("closed");
+    Ok(())
+}
+
+/// Accepts one straw, answers pings, counts the stream, acknowledges it, waits for the peer's
+/// close.
+fn serve<B: Backend + Send + Sync + 'static>(
+    manager: &Manager<B, XsAdapter>,
+    accept_timeout: Duration,
+    report: Report,
+) -> Result<(), String> {
     let straw = manager
-        .accept(STEP_TIMEOUT)
+        .accept(accept_timeout)
         .map_err(|e| format!("accepting a straw: {e}"))?;
-    process::report(&format!(
+    report(&format!(
         "accepted layout={:?} format={:?}",
         straw.layout(),
         straw.format()
@@ -150,7 +241,7 @@ fn listener(args: &[String]) -> Result<(), String> {
                     "ack {bytes} {frames} {}",
                     if intact { "intact" } else { "corrupt" }
                 );
-                process::report(&format!("received {frames} messages, {bytes} bytes"));
+                report(&format!("received {frames} messages, {bytes} bytes"));
                 straw
                     .sender()
                     .send(Bytes::from(ack.into_bytes()))
@@ -166,8 +257,6 @@ fn listener(args: &[String]) -> Result<(), String> {
         other => return Err(format!("expected the peer's close, got {other:?}")),
     }
     drop(straw);
-    manager.shutdown();
-    process::report("closed");
     Ok(())
 }
 
@@ -188,12 +277,32 @@ fn opener(args: &[String]) -> Result<(), String> {
             .map_err(|e| format!("bad argument {s}: {e}"))
     };
     let peer = DomId(parse(peer)? as u16);
-    let (total, size, trips) = (parse(total)?, parse(size)?.max(2) as usize, parse(trips)?);
+    let (total, size, trips) = (parse(total)?, parse(size)?, parse(trips)?);
     let (manager, _me) = start_manager(ling == "ling")?;
+    measure(
+        &manager,
+        &Endpoint::seed(peer),
+        (total, size, trips),
+        process::report,
+    )?;
+    manager.shutdown();
+    process::report("closed");
+    Ok(())
+}
+
+/// Opens a straw to `peer`, measures latency with `trips` round trips and throughput with
+/// `total` bytes in messages of `size` bytes, then closes the straw.
+fn measure<B: Backend + Send + Sync + 'static>(
+    manager: &Manager<B, XsAdapter>,
+    peer: &Endpoint,
+    (total, size, trips): (u64, u64, u64),
+    report: Report,
+) -> Result<(), String> {
+    let size = size.max(2) as usize;
     let straw = manager
-        .open(&Endpoint::seed(peer))
-        .map_err(|e| format!("opening a straw to dom{}: {e}", peer.0))?;
-    process::report(&format!(
+        .open(peer)
+        .map_err(|e| format!("opening a straw to {peer}: {e}"))?;
+    report(&format!(
         "opened layout={:?} format={:?}",
         straw.layout(),
         straw.format()
@@ -221,7 +330,7 @@ fn opener(args: &[String]) -> Result<(), String> {
     }
     rtts.sort();
     let pct = |p: usize| rtts.get(rtts.len() * p / 100).copied().unwrap_or_default();
-    process::report(&format!(
+    report(&format!(
         "latency {} {} {}",
         pct(50).as_nanos(),
         pct(99).as_nanos(),
@@ -241,7 +350,7 @@ fn opener(args: &[String]) -> Result<(), String> {
             .map_err(|e| format!("streaming: {e}"))?;
         sent += size as u64;
         if (i + 1) % step == 0 || i + 1 == frames {
-            process::report(&format!(
+            report(&format!(
                 "progress {sent} {} {}",
                 frames * size as u64,
                 t.elapsed().as_nanos()
@@ -264,13 +373,76 @@ fn opener(args: &[String]) -> Result<(), String> {
             String::from_utf8_lossy(&ack)
         ));
     }
-    process::report(&format!(
+    report(&format!(
         "throughput {sent} {frames} {}",
         elapsed.as_nanos()
     ));
-    straw.close().map_err(|e| format!("closing: {e}"))?;
+    straw.close().map_err(|e| format!("closing: {e}"))
+}
+
+/// A straw manager of this Linux domain under the endpoint `name`, reporting its steps.
+fn start_linux_manager(
+    name: &str,
+    ling: bool,
+) -> Result<(Manager<LinuxXen, XsAdapter>, LinuxXen, DomId), String> {
+    let (xen, domid, client) = backend::open_linux()?;
+    let me = Endpoint::new(domid, name).map_err(|e| format!("bad endpoint name {name}: {e:?}"))?;
+    let mut cfg = manager_config(ling);
+    cfg.handshake.handshake_timeout = LINUX_HANDSHAKE_TIMEOUT;
+    cfg.handshake.close_timeout = LINUX_CLOSE_TIMEOUT;
+    let manager = Manager::start(xen.clone(), XsAdapter::new(Arc::new(client)), me, cfg)
+        .map_err(|e| format!("starting the straw manager: {e}"))?;
+    observe_steps(&manager, linux_report);
+    Ok((manager, xen, domid))
+}
+
+/// After the manager shut down: nothing of `xen` may still be held.
+fn check_released(xen: &LinuxXen) -> Result<(), String> {
+    let held = xen.outstanding();
+    if !held.is_clean() {
+        return Err(format!(
+            "still held after the manager shut down: {} grants, {} mappings, {} ports",
+            held.grants, held.mappings, held.ports
+        ));
+    }
+    linux_report("released every grant, mapping and event-channel port");
+    Ok(())
+}
+
+/// The listening process of `pore demo --backend linux`: args `name ling|v2`.
+fn linux_listener(args: &[String]) -> Result<(), String> {
+    let [name, layout] = args else {
+        return Err("usage: name ling|v2".into());
+    };
+    let (manager, xen, domid) = start_linux_manager(name, layout == "ling")?;
+    linux_report(&format!("ready {}", domid.0));
+    let served = serve(&manager, LINUX_HANDSHAKE_TIMEOUT * 2, linux_report);
     manager.shutdown();
-    process::report("closed");
+    served?;
+    check_released(&xen)?;
+    linux_report("closed");
+    Ok(())
+}
+
+/// The opening process of `pore demo --backend linux`: args
+/// `name peer-name ling|v2 total size trips`.
+fn linux_opener(args: &[String]) -> Result<(), String> {
+    let [name, peer, layout, total, size, trips] = args else {
+        return Err("usage: name peer-name ling|v2 total size trips".into());
+    };
+    let parse = |s: &String| {
+        s.parse::<u64>()
+            .map_err(|e| format!("bad argument {s}: {e}"))
+    };
+    let numbers = (parse(total)?, parse(size)?, parse(trips)?);
+    let (manager, xen, domid) = start_linux_manager(name, layout == "ling")?;
+    let peer =
+        Endpoint::new(domid, peer).map_err(|e| format!("bad endpoint name {peer}: {e:?}"))?;
+    let measured = measure(&manager, &peer, numbers, linux_report);
+    manager.shutdown();
+    measured?;
+    check_released(&xen)?;
+    linux_report("closed");
     Ok(())
 }
 
@@ -286,25 +458,38 @@ fn forward(
     tx: mpsc::Sender<Line>,
 ) -> thread::JoinHandle<DomainProcess> {
     thread::spawn(move || {
-        loop {
-            match child.read_report(STEP_TIMEOUT) {
-                Ok(text) => {
-                    let done = text == "closed" || text.starts_with("error ");
-                    if tx.send(Line { who, text }).is_err() || done {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Line {
-                        who,
-                        text: format!("error the domain stopped reporting: {e}"),
-                    });
+        pump(
+            || child.read_report(STEP_TIMEOUT).map_err(|e| e.to_string()),
+            who,
+            &tx,
+        );
+        child
+    })
+}
+
+/// Passes the lines `next` returns to `tx` until the last one (`closed` or an error).
+fn pump(
+    mut next: impl FnMut() -> Result<String, String>,
+    who: &'static str,
+    tx: &mpsc::Sender<Line>,
+) {
+    loop {
+        match next() {
+            Ok(text) => {
+                let done = text == "closed" || text.starts_with("error ");
+                if tx.send(Line { who, text }).is_err() || done {
                     break;
                 }
             }
+            Err(e) => {
+                let _ = tx.send(Line {
+                    who,
+                    text: format!("error the domain stopped reporting: {e}"),
+                });
+                break;
+            }
         }
-        child
-    })
+    }
 }
 
 fn rate(bytes: u64, nanos: u128) -> String {
@@ -340,6 +525,9 @@ pub fn run(args: DemoArgs) -> ExitCode {
 }
 
 fn demo(args: &DemoArgs) -> Result<(), String> {
+    if args.backend == DemoBackend::Linux {
+        return demo_linux(args);
+    }
     let dir = std::env::temp_dir().join(format!("pore-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let result = demo_in(args, &dir);
@@ -410,12 +598,211 @@ fn demo_in(args: &DemoArgs, dir: &std::path::Path) -> Result<(), String> {
     let (tx, rx) = mpsc::channel();
     let listener_fwd = forward(listener, "listener", tx.clone());
     let opener_fwd = forward(opener, "opener", tx);
+    let mut failure = show_reports(&rx);
+    let mut children = Vec::new();
+    for handle in [listener_fwd, opener_fwd] {
+        if let Ok(child) = handle.join() {
+            children.push(child);
+        }
+    }
+    for child in &mut children {
+        match child.wait_timeout(Duration::from_secs(10)) {
+            Ok(Some(status)) if status.success() => {}
+            Ok(Some(status)) => {
+                failure = failure.or(Some(format!("a domain exited with {status}")))
+            }
+            _ => failure = failure.or(Some("a domain did not exit".to_string())),
+        }
+    }
+    server.shutdown();
+    listener_thread.join();
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    for (id, _) in hv.domains().into_iter().filter(|(id, _)| id.0 != 0) {
+        hv.wait_dead(id, Duration::from_secs(5));
+    }
+    let left = hv.outstanding();
+    if !left.is_clean() {
+        return Err(format!("resources left behind: {left:?}"));
+    }
+    println!("  hypervisor accounting: no grant, mapping or port left behind");
+    println!("pore demo: ok");
+    Ok(())
+}
+
+/// A process of `pore demo --backend linux` and the thread passing its report lines on.
+struct LinuxChild {
+    child: Child,
+    pump: Option<thread::JoinHandle<()>>,
+}
+
+impl LinuxChild {
+    /// Spawns this executable in `role` with `args`; its report lines go to `tx` as `who`'s.
+    fn spawn(
+        role: &str,
+        args: &[&str],
+        who: &'static str,
+        tx: mpsc::Sender<Line>,
+    ) -> Result<LinuxChild, String> {
+        let exe =
+            std::env::current_exe().map_err(|e| format!("finding our own executable: {e}"))?;
+        let mut child = Command::new(exe)
+            .env(LINUX_ROLE_ENV, role)
+            .env(LINUX_ARGS_ENV, args.join(" "))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawning the {who} process: {e}"))?;
+        let stdout = child.stdout.take().ok_or("the child has no stdout")?;
+        let pump = thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            pump(|| next_report(&mut lines), who, &tx);
+        });
+        Ok(LinuxChild {
+            child,
+            pump: Some(pump),
+        })
+    }
+
+    /// Waits up to `timeout` for the process to exit (killing it after that); whether it
+    /// exited with status 0 by itself.
+    fn finish(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => break None,
+            }
+        };
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(pump) = self.pump.take() {
+            let _ = pump.join();
+        }
+        match status {
+            Some(s) if s.success() => Ok(()),
+            Some(s) => Err(format!("pid {} exited with {s}", self.child.id())),
+            None => Err(format!("pid {} did not exit; killed", self.child.id())),
+        }
+    }
+}
+
+impl Drop for LinuxChild {
+    fn drop(&mut self) {
+        if self.pump.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The next report line of a child (other lines of its stdout are passed through).
+fn next_report(lines: &mut std::io::Lines<BufReader<ChildStdout>>) -> Result<String, String> {
+    loop {
+        match lines.next() {
+            Some(Ok(line)) => match line.strip_prefix(LINUX_REPORT_PREFIX) {
+                Some(report) => return Ok(report.to_string()),
+                None => println!("{line}"),
+            },
+            Some(Err(e)) => return Err(format!("reading its stdout: {e}")),
+            None => return Err("it exited".into()),
+        }
+    }
+}
+
+/// `pore demo --backend linux`: two processes of this domain, two named endpoints.
+fn demo_linux(args: &DemoArgs) -> Result<(), String> {
+    if !LinuxXen::is_available() {
+        return Err(
+            "--backend linux: /dev/xen/evtchn is missing (is this a Xen domain? is the \
+                    xen-evtchn module loaded?)"
+                .into(),
+        );
+    }
+    // Our domain id, and a look at xenstore after the children are done.
+    let (_xen, domid, client) = backend::open_linux()?;
+    let pid = std::process::id();
+    let (lname, oname) = (format!("demol{pid}"), format!("demoo{pid}"));
+    let layout = if args.ling { "ling" } else { "v2" };
+    println!(
+        "pore demo: two processes of domain {} talk over a straw on real Xen",
+        domid.0
+    );
+    println!(
+        "  (each process is a named endpoint; they meet through the real xenstored over \
+         /dev/xen/xenbus, then share granted pages and an event channel)"
+    );
+    let (tx, rx) = mpsc::channel();
+    let mut listener =
+        LinuxChild::spawn(LINUX_LISTENER, &[&lname, layout], "listener", tx.clone())?;
+    let ready = match rx.recv_timeout(STEP_TIMEOUT) {
+        Ok(Line { text, .. }) => text,
+        Err(_) => return Err("the listener process said nothing in time".into()),
+    };
+    if ready.strip_prefix("ready ").map(str::trim) != Some(&domid.0.to_string()) {
+        return Err(format!("the listener process said {ready:?}"));
+    }
+    println!(
+        "  listener: endpoint dom{}/{lname} (pid {}) waits for a straw",
+        domid.0,
+        listener.child.id()
+    );
+    let (total, size, trips) = (
+        args.bytes.to_string(),
+        args.message_size.to_string(),
+        args.round_trips.to_string(),
+    );
+    let mut opener = LinuxChild::spawn(
+        LINUX_OPENER,
+        &[&oname, &lname, layout, &total, &size, &trips],
+        "opener",
+        tx,
+    )?;
+    println!(
+        "  opener: endpoint dom{}/{oname} (pid {}); handshake through xenstore:",
+        domid.0,
+        opener.child.id()
+    );
+    let mut failure = show_reports(&rx);
+    for child in [&mut listener, &mut opener] {
+        if let Err(e) = child.finish(Duration::from_secs(10)) {
+            failure = failure.or(Some(e));
+        }
+    }
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    let mut left = Vec::new();
+    for name in [&lname, &oname] {
+        let end = Endpoint::new(domid, name).map_err(|e| format!("bad name {name}: {e:?}"))?;
+        for path in [end.straw_top(), end.warts_top()] {
+            match client.exists(&path) {
+                Ok(false) => {}
+                Ok(true) => left.push(path),
+                Err(e) => return Err(format!("looking for {path} in xenstore: {e}")),
+            }
+        }
+    }
+    if !left.is_empty() {
+        return Err(format!("xenstore nodes left behind: {}", left.join(" ")));
+    }
+    println!("  xenstore: neither endpoint left a node; both processes exited 0");
+    println!("pore demo: ok");
+    Ok(())
+}
+
+/// Prints what the two children report until both closed; the failure, if any.
+fn show_reports(rx: &mpsc::Receiver<Line>) -> Option<String> {
     let tty = std::io::stdout().is_terminal();
     let mut closed = 0;
     let mut last_quarter = 0;
     let mut failure = None;
     while closed < 2 {
-        let Ok(Line { who, text }) = rx.recv_timeout(STEP_TIMEOUT * 2) else {
+        let Ok(Line { who, text }) = rx.recv_timeout(STEP_TIMEOUT * 4) else {
             failure = Some("the domains stopped reporting".to_string());
             break;
         };
@@ -471,34 +858,5 @@ fn demo_in(args: &DemoArgs, dir: &std::path::Path) -> Result<(), String> {
             _ => println!("  [{who}] {text}"),
         }
     }
-    let mut children = Vec::new();
-    for handle in [listener_fwd, opener_fwd] {
-        if let Ok(child) = handle.join() {
-            children.push(child);
-        }
-    }
-    for child in &mut children {
-        match child.wait_timeout(Duration::from_secs(10)) {
-            Ok(Some(status)) if status.success() => {}
-            Ok(Some(status)) => {
-                failure = failure.or(Some(format!("a domain exited with {status}")))
-            }
-            _ => failure = failure.or(Some("a domain did not exit".to_string())),
-        }
-    }
-    server.shutdown();
-    listener_thread.join();
-    if let Some(f) = failure {
-        return Err(f);
-    }
-    for (id, _) in hv.domains().into_iter().filter(|(id, _)| id.0 != 0) {
-        hv.wait_dead(id, Duration::from_secs(5));
-    }
-    let left = hv.outstanding();
-    if !left.is_clean() {
-        return Err(format!("resources left behind: {left:?}"));
-    }
-    println!("  hypervisor accounting: no grant, mapping or port left behind");
-    println!("pore demo: ok");
-    Ok(())
+    failure
 }

@@ -29,7 +29,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The main job: two domains of a simulated Xen negotiate a straw through xenstore and
-    /// exchange messages; prints the handshake, latency and throughput.
+    /// exchange messages; prints the handshake, latency and throughput (`--backend linux`: two
+    /// processes of this Xen domain, on real Xen).
     Demo(demo::DemoArgs),
     /// Run a standalone simulated Xen (the broker domain processes connect to).
     Sim(sim::SimArgs),

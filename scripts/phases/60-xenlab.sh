@@ -2,14 +2,24 @@
 # Real Xen in CI (docs/decisions.md D22): boots Xen 4.17 with a Debian Linux 6.1 PV dom0 under
 # QEMU (software emulation) from Debian packages (scripts/xenlab), and runs there, as root:
 #   boot 1 (dom0): a smoke check of the Xen devices and the real C xenstored, then every test
-#                  binary of pore-backend-linux with PORE_REQUIRE_XEN=1;
+#                  binary of pore-backend-linux with PORE_REQUIRE_XEN=1, then
+#                  `pore demo --backend linux` (two processes of dom0, named endpoints) in both
+#                  layouts, with a few MiB instead of the default 256 so the boot stays fast;
 #   boot 2 (domU): a PV domU started with `xl create` greets dom0 through the real xenstored
 #                  (domU writes, dom0 reads and answers, the domU reads the answer), then runs
 #                  pore-backend-linux's unit tests (a dynamically linked Rust binary in a domU);
 #                  then pore-backend-linux's test binaries named xen_domu* run in dom0, with
 #                  PORE_REQUIRE_XEN=1 and PORE_XENLAB_DOMU=xenlab-domu: they start their own
 #                  domU peers with it (`xenlab-domu start NAME DIR TIMEOUT ARGS`, see
-#                  scripts/xenlab/xenlab-domu; the binaries are in /xenlab/payload/tests-domu/).
+#                  scripts/xenlab/xenlab-domu; the binaries are in /xenlab/payload/tests-domu/);
+#                  then dom0 <-> domU straws (scripts/xenlab/straw-dom0.sh, straw-domu.sh, with
+#                  the `pore` of boot 1, glibc, in both domains): through the real xenstored,
+#                  domU listens then dom0 listens, v2 and LING, frames of 0 B to 1 MiB echoed
+#                  and compared byte for byte; then `xl destroy` of the domU while a straw
+#                  streams: dom0's pore must report "peer gone" within a second of the first
+#                  sign of the death in xenstore (the time since `xl destroy` began is printed)
+#                  and hold no grant, mapping or port, no zombie domain, no node left.
+#                  Boot 2 runs with one vCPU (several times faster on a busy 2-CPU machine).
 # A lab that cannot be built or booted fails the phase: nothing here is skipped.
 # Knobs: XENLAB_CACHE (downloads and images, default /var/cache/pore-xenlab), XENLAB_TIMEOUT
 # (hard limit per boot in seconds, default 600: a busy 2-CPU machine needed 150 s for boot 2;
@@ -65,6 +75,12 @@ EOF
 echo "60-xenlab: test binaries built in $((SECONDS - t)) s:" \
   "$(find "$tmp/tests" "$tmp/tests-domu" -type f -printf '%f ')"
 
+# ---- the pore command, for `pore demo --backend linux` in dom0
+t=$SECONDS
+cargo build -p pore-cli --bin pore || fail "cargo could not build pore"
+cp "${CARGO_TARGET_DIR:-$root/target}/debug/pore" "$tmp/pore" || fail "pore was not built where expected"
+echo "60-xenlab: pore built in $((SECONDS - t)) s"
+
 # ---- boot 1: dom0
 cat >"$tmp/dom0.sh" <<'EOF'
 #!/bin/sh
@@ -92,13 +108,26 @@ for test in tests/*; do
     echo "== $name: exit status $rc after $(awk -v a="$start" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }') s"
     [ "$rc" = 0 ] || failed="$failed $name"
 done
+# The demo between two processes of dom0: handshake, latency, throughput, close, and nothing
+# left (each process checks its grants, mappings and ports; pore checks xenstore's nodes).
+for run in "v2 --bytes 4194304 --round-trips 200" "ling --ling --bytes 1048576 --round-trips 100"; do
+    set -- $run
+    layout=$1
+    shift
+    start=$(cut -d' ' -f1 /proc/uptime)
+    echo "== pore demo --backend linux $*"
+    ./pore demo --backend linux "$@"
+    rc=$?
+    echo "== pore demo ($layout): exit status $rc after $(awk -v a="$start" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }') s"
+    [ "$rc" = 0 ] || failed="$failed demo-$layout"
+done
 if [ -n "$failed" ]; then echo "== FAILED in dom0:$failed"; exit 1; fi
 echo "== all passed in dom0"
 EOF
 
 t=$SECONDS
 status=0
-XENLAB_FILES="$tmp/tests" XENLAB_LOG="$cache/logs/dom0.log" \
+XENLAB_FILES="$tmp/tests $tmp/pore" XENLAB_LOG="$cache/logs/dom0.log" \
   bash scripts/xenlab/run.sh "$lab" "$tmp/dom0.sh" "$limit" || status=$?
 boot1=$((SECONDS - t))
 echo "60-xenlab: boot 1 (dom0 tests): $boot1 s, status $status"
@@ -148,12 +177,16 @@ for test in tests-domu/*; do
     echo "== $test (PORE_REQUIRE_XEN=1, PORE_XENLAB_DOMU=xenlab-domu)"
     "./$test" || failed="$failed ${test#tests-domu/}"
 done
+echo "== dom0 <-> domU straws (straw-dom0.sh)"
+XENLAB_STRAW_XS=0 sh ./straw-dom0.sh || failed="$failed straws"
 if [ -n "$failed" ]; then echo "== FAILED:$failed"; exit 1; fi
 EOF
+python3 scripts/xenlab/frames.py "$tmp/frames.bin"
 
 t=$SECONDS
 status=0
-XENLAB_DOMU=1 XENLAB_FILES="$tmp/domu $tmp/tests-domu" XENLAB_LOG="$cache/logs/domu.log" \
+XENLAB_SMP=1 XENLAB_DOMU=1 XENLAB_LOG="$cache/logs/domu.log" \
+  XENLAB_FILES="$tmp/domu $tmp/tests-domu $tmp/pore $tmp/frames.bin scripts/xenlab/straw-dom0.sh scripts/xenlab/straw-domu.sh scripts/xenlab/xs-compare.sh" \
   bash scripts/xenlab/run.sh "$lab" "$tmp/domu.sh" "$limit" || status=$?
 boot2=$((SECONDS - t))
 echo "60-xenlab: boot 2 (dom0 <-> domU): $boot2 s, status $status"

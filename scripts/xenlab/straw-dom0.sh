@@ -13,10 +13,14 @@
 #            compares what comes back byte for byte
 #   xc, xd   dom0 listens (v2, then LING) and echoes; the domU connects and compares
 #   destroy  a straw streaming (dom0 opener on e1/v2, mapping the domU's pages); `xl destroy`
-#            the domU: dom0's straw must report "peer gone" within a second of the destroy
-#            starting, exit without holding grants, mappings or ports, and leave no zombie
-#            domain and none of its xenstore nodes behind. (A second straw with dom0 as the
+#            the domU: dom0's straw must report "peer gone" within a second of the first sign
+#            of the death dom0 can see (the domU's directory going, or @releaseDomain; the
+#            time from the start of `xl destroy` is measured and reported too: it includes
+#            libxl's own work), exit without holding grants, mappings or ports, and leave no
+#            zombie domain and none of its xenstore nodes behind. (A second straw with dom0 as the
 #            LING listener streaming at the same time hung the lab: see the phase script.)
+# XENLAB_STRAW_XS=0 leaves out the xs steps (CI, scripts/phases/60-xenlab.sh, does: they take
+# time and scripts/phases/45-xenstored-interop.sh compares pore xs with xenstore-utils already).
 # Prints one "straw-dom0: PASS|FAIL step ..." line per step; exit status 0 if all passed.
 PATH=/xenlab/payload:$PATH
 now() { read -r up _ </proc/uptime; echo "$up"; }
@@ -38,22 +42,24 @@ domu_result() { # NAME SECONDS: the domU's result of step NAME
     wait_node "$dom/data/xenlab/res-$1" "$2" || { echo "no result from the domU"; return 1; }
     xenstore-read "$dom/data/xenlab/res-$1"
 }
+span() { # FROM TO: seconds between two uptimes, "?" without FROM
+    if [ -n "$1" ]; then awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; else echo "?"; fi
+}
 stamp() { # prefixes each line with dom0's uptime
     while IFS= read -r line; do echo "$(now) $line"; done
 }
 export RUST_BACKTRACE=1
 ulimit -c 0
 
-# libxl's lock for `xl destroy` lives in /var/run/xen, which the lab's dom0 (a plain /var/run
-# directory, not a link to /run) lacks: without it the destroy fails with "cannot open lockfile
-# /var/run/xen/domid-history.lock" and leaves the domain paused.
-mkdir -p /var/run/xen
-mkdir -p domu
-cp straw-domu.sh domu/run
-cp pore frames.bin xs-compare.sh domu/
-chmod 755 domu/run
+mkdir -p straw-domu.d
+cp straw-domu.sh straw-domu.d/run
+cp pore frames.bin xs-compare.sh straw-domu.d/
+chmod 755 straw-domu.d/run
 t0=$(now)
-XENLAB_DOMU_MEMORY=${XENLAB_DOMU_MEMORY:-192} xenlab-domu start straw ./domu 900 >domid || {
+xs=${XENLAB_STRAW_XS:-1}
+noxs=""
+[ "$xs" = 0 ] && noxs=noxs
+XENLAB_DOMU_MEMORY=${XENLAB_DOMU_MEMORY:-192} xenlab-domu start straw ./straw-domu.d 900 $noxs >domid || {
     fail start "xenlab-domu start"
     exit 1
 }
@@ -62,13 +68,17 @@ dom=/local/domain/$domid
 note "domU straw is domain $domid (xl create took $(since "$t0") s)"
 
 # ---- xs in dom0 while the domU boots
-if sh ./xs-compare.sh ./pore /pore-lab-xs "list /" "read /local/domain/0/domid" \
+if [ "$xs" = 0 ]; then
+    :
+elif sh ./xs-compare.sh ./pore /pore-lab-xs "list /" "read /local/domain/0/domid" \
     "ls /local/domain/0/nope"; then
     pass xs-dom0-socket
 else
     fail xs-dom0-socket
 fi
-if XS_COMPARE_QUICK=1 XENSTORED_PATH=/dev/xen/xenbus sh ./xs-compare.sh ./pore \
+if [ "$xs" = 0 ]; then
+    :
+elif XS_COMPARE_QUICK=1 XENSTORED_PATH=/dev/xen/xenbus sh ./xs-compare.sh ./pore \
     /pore-lab-xs-dev "read /local/domain/0/domid"; then
     pass xs-dom0-xenbus
 else
@@ -128,8 +138,10 @@ for step in "xc v2" "xd ling"; do
 done
 
 # ---- the domU's pore xs (it ran while we were busy)
-r=$(domu_result xs 300)
-if [ "$r" = ok ]; then pass xs-domU "(/dev/xen/xenbus)"; else fail xs-domU "$r"; fi
+if [ "$xs" != 0 ]; then
+    r=$(domu_result xs 300)
+    if [ "$r" = ok ]; then pass xs-domU "(/dev/xen/xenbus)"; else fail xs-domU "$r"; fi
+fi
 
 # ---- destroy: two straws streaming, then `xl destroy`
 feed() { while cat frames.bin; do :; done; }
@@ -138,12 +150,26 @@ wait_node "$dom/data/straw-e1" 300 || fail destroy "the domU's listener e1 never
     stamp >err.e1 &
 # Both straws carry frames both ways (the domU echoes) before the domain goes.
 end=$(($(secs) + 120))
-while [ "$(wc -c <out.e1 2>/dev/null || echo 0)" -lt 3000000 ]; do
+while [ "$(wc -c 2>/dev/null <out.e1 || echo 0)" -lt 3000000 ]; do
     if [ "$(secs)" -ge "$end" ]; then
         fail destroy "the straw did not stream ($(wc -c <out.e1) B back)"
         break
     fi
     sleep 0.2
+done
+# The first signs of the death dom0 can see, timed: the domU's directory going (libxl removes
+# it late in the destroy, before the hypercall) and @releaseDomain (xenstored fires it once the
+# domain is dying).
+watch_to() { # PATH FILE: every event on PATH, prefixed with dom0's uptime, into FILE
+    { sh -c 'echo $$ >"$0.pid"; exec xenstore-watch "$1"' "$2" "$1" | stamp >"$2"; } &
+}
+watch_to "$dom" watch.dom
+watch_to @releaseDomain watch.rel
+i=0
+while [ ! -s watch.dom ] || [ ! -s watch.rel ]; do # their registration events
+    i=$((i + 1))
+    [ "$i" -le 100 ] || { note "the xenstore watches did not start"; break; }
+    sleep 0.1
 done
 t_destroy=$(now)
 xl destroy straw
@@ -160,16 +186,28 @@ for e in e1; do
     fi
     lat=$(awk -v a="$t_destroy" -v b="$gone" 'BEGIN { printf "%.3f", b - a }')
     after=$(awk -v a="$t_destroyed" -v b="$gone" 'BEGIN { printf "%.3f", b - a }')
+    # First event after the destroy began: the directory itself (its removal), @releaseDomain.
+    t_dir=$(awk -v t="$t_destroy" -v p="$dom" '$1 > t && $2 == p { print $1; exit }' watch.dom)
+    t_rel=$(awk -v t="$t_destroy" '$1 > t { print $1; exit }' watch.rel)
+    sign=$(printf '%s\n' $t_dir $t_rel | sort -n | head -n 1)
+    timeline="xl destroy took $(span "$t_destroy" "$t_destroyed") s; after it began:"
+    timeline="$timeline domU directory gone $(span "$t_destroy" "$t_dir") s, @releaseDomain $(span "$t_destroy" "$t_rel") s, peer gone $lat s"
+    note "destroy-$e: $timeline (peer gone $(span "$sign" "$gone") s after the first sign in xenstore)"
+    # Asserted: pore's part, peer gone within a second of the first sign of the death that
+    # dom0 can see (libxl's own work before it varies with the machine's load: 0.4-2.6 s).
     if ! grep -q '^[0-9.]* exit ' "err.$e"; then
         fail "destroy-$e" "pore did not exit within 30 s of the destroy"
     elif grep -q 'still held' "err.$e"; then
         fail "destroy-$e" "pore still held grants, mappings or ports"
-    elif awk -v l="$lat" 'BEGIN { exit !(l < 1.0) }'; then
-        pass "destroy-$e" "peer gone $lat s after xl destroy began ($after s after it returned), $(wc -c <"out.$e") B streamed back"
+    elif [ -z "$sign" ]; then
+        fail "destroy-$e" "xenstore showed no sign of the death ($timeline)"
+    elif awk -v a="$sign" -v b="$gone" 'BEGIN { exit !(b - a < 1.0) }'; then
+        pass "destroy-$e" "peer gone $(span "$sign" "$gone") s after the first sign in xenstore, $lat s after xl destroy began ($after s after it returned), $(wc -c <"out.$e") B streamed back"
     else
-        fail "destroy-$e" "peer gone only $lat s after xl destroy began ($after s after it returned)"
+        fail "destroy-$e" "peer gone $(span "$sign" "$gone") s after the first sign in xenstore ($timeline)"
     fi
 done
+for w in watch.dom watch.rel; do kill "$(cat "$w.pid")" 2>/dev/null; done
 # Nothing left: no zombie domain (dom0 unmapped the domU's pages), no nodes of ours.
 i=0
 while [ "$(xl list | tail -n +2 | grep -vc '^Domain-0 ')" != 0 ]; do
@@ -184,9 +222,12 @@ case " $failed " in *" leaks "*) ;; *) pass leaks "no domain, no node left in do
 xenlab-domu wait straw 5 >console.domu 2>&1
 grep -v '^domU straw| *$' console.domu
 
-# Processes of dom0 that crashed meanwhile (under QEMU TCG with 2 vCPUs, unrelated busybox
-# and glibc programs were seen dying of SIGSEGV with garbage TLS: see the phase script).
+# Processes of dom0 that crashed meanwhile (with XSAVE in QEMU's CPU, unrelated busybox
+# programs died of SIGSEGV once a domU shared the CPU: see scripts/xenlab/run.sh).
+crashes=$(dmesg | grep -ci 'segfault\|general protection')
 dmesg | grep -i 'segfault\|general protection' | sed 's/^/straw-dom0: kernel: /'
+grep -ci 'segfault\|general protection\|Segmentation fault' console.domu >domu.crashes
+note "crashed processes: $crashes in dom0, $(cat domu.crashes) in the domU"
 note "total $(since "$t0") s since xl create"
 if [ -n "$failed" ]; then note "FAILED:$failed"; exit 1; fi
 note "all passed"

@@ -16,6 +16,9 @@ pub(crate) trait Sink: Send + Sync {
     fn written(&self) {}
 }
 
+/// Bytes of queued messages written at once at most.
+const BATCH: usize = 64 * 1024;
+
 #[derive(Default)]
 struct State {
     queue: VecDeque<(Vec<u8>, usize, OutKind)>,
@@ -57,20 +60,43 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes as much of the queue as fits. Returns whether bytes remain queued.
+    /// Writes as much of the queue as fits, several queued messages in one write (up to
+    /// [`BATCH`] bytes): a write that fires many watches costs one system call, not one
+    /// per event. Returns whether bytes remain queued.
     fn flush_locked(&self, st: &mut State) -> bool {
         let mut wrote = false;
-        while let Some((buf, off, kind)) = st.queue.front_mut() {
-            match self.sink.try_write(&buf[*off..]) {
+        let mut batch = Vec::new();
+        while let Some((buf, off, _)) = st.queue.front() {
+            let res = if st.queue.len() == 1 || buf.len() - off >= BATCH {
+                self.sink.try_write(&buf[*off..])
+            } else {
+                batch.clear();
+                for (b, o, _) in &st.queue {
+                    if !batch.is_empty() && batch.len() + (b.len() - o) > BATCH {
+                        break;
+                    }
+                    batch.extend_from_slice(&b[*o..]);
+                }
+                self.sink.try_write(&batch)
+            };
+            match res {
                 Ok(0) => break,
-                Ok(n) => {
+                Ok(mut n) => {
                     wrote = true;
-                    *off += n;
-                    if *off == buf.len() {
-                        if *kind == OutKind::Event {
-                            st.events = st.events.saturating_sub(1);
+                    // Consume `n` bytes across the queued messages.
+                    while n > 0 {
+                        let Some((buf, off, kind)) = st.queue.front_mut() else {
+                            break;
+                        };
+                        let take = n.min(buf.len() - *off);
+                        *off += take;
+                        n -= take;
+                        if *off == buf.len() {
+                            if *kind == OutKind::Event {
+                                st.events = st.events.saturating_sub(1);
+                            }
+                            st.queue.pop_front();
                         }
-                        st.queue.pop_front();
                     }
                 }
                 Err(e) => {
@@ -149,6 +175,31 @@ mod tests {
             g.1 -= n;
             Ok(n)
         }
+    }
+
+    /// Counts the writes.
+    struct Counting(Arc<Mutex<(Vec<u8>, usize)>>);
+    impl Sink for Counting {
+        fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+            let mut g = self.0.lock().unwrap();
+            g.0.extend_from_slice(buf);
+            g.1 += 1;
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn queued_messages_go_out_in_one_write() {
+        let shared = Arc::new(Mutex::new((Vec::new(), 0)));
+        let ob = Outbox::new(Box::new(Counting(shared.clone())), 2000);
+        let msgs: Vec<(Vec<u8>, OutKind)> = (0..1000)
+            .map(|i| (format!("event-{i};").into_bytes(), OutKind::Event))
+            .collect();
+        let all: Vec<u8> = msgs.iter().flat_map(|m| m.0.clone()).collect();
+        assert!(!ob.push(msgs));
+        let g = shared.lock().unwrap();
+        assert_eq!(g.0, all);
+        assert_eq!(g.1, 1, "one write for 1000 small messages");
     }
 
     #[test]

@@ -74,10 +74,10 @@ impl Store {
             .nodes()
             .map(|(p, n)| {
                 let info = NodeInfo {
-                    value: n.value.clone(),
-                    perms: n.perms.clone(),
+                    value: n.value().to_vec(),
+                    perms: n.perms.to_vec(),
                     listed: n.listed_perms().to_vec(),
-                    children: n.children.clone(),
+                    children: n.children().iter().map(str::to_owned).collect(),
                     generation: n.generation,
                 };
                 (p.to_owned(), info)

@@ -15,7 +15,7 @@ use crate::wire::{MsgType, WireHeader, PAYLOAD_MAX};
 use super::path;
 use super::quota::Config;
 use super::transaction::{Refusal, Transaction, TxView};
-use super::tree::{Node, Tree, View};
+use super::tree::{Node, Perms, Tree, View};
 use super::watch::{self, Change, Fired, Vis, Watches};
 use super::ConnId;
 
@@ -550,7 +550,7 @@ impl Store {
                         return Err(ErrorName::ENOENT);
                     }
                     let n = v.get(&path).ok_or(ErrorName::ENOENT)?;
-                    Ok((n.value.clone(), Vec::new()))
+                    Ok((n.value().to_vec(), Vec::new()))
                 })
             }
             Directory => {
@@ -560,12 +560,7 @@ impl Store {
                         return Err(ErrorName::ENOENT);
                     }
                     let n = v.get(&path).ok_or(ErrorName::ENOENT)?;
-                    let mut r = Vec::with_capacity(n.children_len());
-                    for c in &n.children {
-                        r.extend_from_slice(c.as_bytes());
-                        r.push(0);
-                    }
-                    Ok((r, Vec::new()))
+                    Ok((n.children().as_bytes().to_vec(), Vec::new()))
                 })
             }
             DirectoryPart => {
@@ -590,7 +585,7 @@ impl Store {
                         return Err(ErrorName::ENOENT);
                     }
                     let n = v.get(&path).ok_or(ErrorName::ENOENT)?;
-                    Ok((perms_payload(n.listed_perms()), Vec::new()))
+                    Ok((perms_payload(&n.listed_perms()), Vec::new()))
                 })
             }
             Write => {
@@ -634,7 +629,7 @@ impl Store {
                         // A transaction's copy of the node outlived its parent.
                         return Err(ErrorName::EINVAL);
                     };
-                    if !parent.children.iter().any(|c| c == base) {
+                    if !parent.children().contains(base) {
                         // C removes the node, then fails to unlink it from the parent.
                         v.remove(&path, &mut Vec::new());
                         return Err(ErrorName::EIO);
@@ -642,7 +637,7 @@ impl Store {
                     if !v.always_consistent() && !subtree_complete(v, &path) {
                         return Err(ErrorName::EIO);
                     }
-                    let parent_perms = v.peek(path::parent(&path)).map(|n| n.perms.clone());
+                    let parent_perms = v.peek(path::parent(&path)).map(|n| n.perms.to_vec());
                     let mut removed = Vec::new();
                     v.remove(&path, &mut removed);
                     Ok((
@@ -917,9 +912,9 @@ impl Store {
     fn commit_vis(&self, p: &str, first: Option<Vec<Perm>>) -> Vis {
         match self.tree.get(p) {
             Some(n) => Vis {
-                perms: n.perms.clone(),
+                perms: n.perms.to_vec(),
                 old: first,
-                parent: self.tree.get(path::parent(p)).map(|n| n.perms.clone()),
+                parent: self.tree.get(path::parent(p)).map(|n| n.perms.to_vec()),
                 hidden: false,
             },
             None => Vis {
@@ -1063,13 +1058,13 @@ impl Store {
                 return Err(ErrorName::EPERM);
             }
             if !who.privileged {
-                let size = n.record_size() - 8 * n.listed_perms().len() + 8 * perms.len();
+                let size = n.record_size() - 8 * n.listed_len() + 8 * perms.len();
                 if size >= q.entry_size {
                     return Err(ErrorName::ENOSPC);
                 }
             }
-            let old = n.perms.clone();
-            let parent_perms = v.peek(path::parent(&path)).map(|n| n.perms.clone());
+            let old = n.perms.to_vec();
+            let parent_perms = v.peek(path::parent(&path)).map(|n| n.perms.to_vec());
             v.set_perms(&path, perms.clone());
             Ok((
                 b"OK\0".to_vec(),
@@ -1127,15 +1122,21 @@ impl Store {
             }
         }
         // C walks the tree from `/` in order and removes each node the domain owns
-        // (with its subtree), firing watches as it goes.
+        // (with its subtree), firing watches as it goes; like C, not when it owns none
+        // (a host's whole tree is no small walk).
         let mut changes = Vec::new();
-        let mut stack = vec!["/".to_string()];
+        let owns = self.tree.owned(domid) > 0;
+        let mut stack = if owns {
+            vec!["/".to_string()]
+        } else {
+            Vec::new()
+        };
         while let Some(cur) = stack.pop() {
             let Some(n) = self.tree.get(&cur) else {
                 continue;
             };
             if n.owner() == domid && cur != "/" {
-                let parent_perms = self.tree.get(path::parent(&cur)).map(|n| n.perms.clone());
+                let parent_perms = self.tree.get(path::parent(&cur)).map(|n| n.perms.to_vec());
                 let mut removed = Vec::new();
                 self.tree.remove(&cur, &mut removed);
                 changes.push(Change::Removed {
@@ -1144,7 +1145,7 @@ impl Store {
                 });
                 continue;
             }
-            stack.extend(n.children.iter().rev().map(|c| path::join(&cur, c)));
+            stack.extend(n.children().iter().rev().map(|c| path::join(&cur, c)));
         }
         // The special nodes forget the domain (owner back to dom0, ACL entry dropped).
         for perms in self.special_perms.values_mut() {
@@ -1171,7 +1172,7 @@ impl Store {
 /// grants any of them (ENOENT); `EACCES` otherwise.
 fn check(v: &mut dyn View, p: &str, who: Who, need: u8) -> Res<bool> {
     let exists = match v.get(p) {
-        Some(n) if who.perm(&n.perms) & need == need => return Ok(true),
+        Some(n) if who.perm(n.perms.as_slice(&mut Perms::buf())) & need == need => return Ok(true),
         Some(_) => true,
         None => false,
     };
@@ -1181,7 +1182,7 @@ fn check(v: &mut dyn View, p: &str, who: Who, need: u8) -> Res<bool> {
     while cur != "/" {
         cur = path::parent(cur);
         if let Some(n) = v.get(cur) {
-            let allowed = who.perm(&n.perms) & need != 0;
+            let allowed = who.perm(n.perms.as_slice(&mut Perms::buf())) & need != 0;
             return if allowed && !exists {
                 Ok(false)
             } else {
@@ -1205,7 +1206,7 @@ fn subtree_complete(v: &mut dyn View, p: &str) -> bool {
         let Some(n) = v.get(&cur) else {
             return false;
         };
-        let kids: Vec<String> = n.children.iter().map(|c| path::join(&cur, c)).collect();
+        let kids: Vec<String> = n.children().iter().map(|c| path::join(&cur, c)).collect();
         stack.extend(kids);
     }
     true
@@ -1220,11 +1221,11 @@ fn write_node(
 ) -> Res<Vec<Change>> {
     if check(v, p, who, PERM_WRITE)? {
         let n = v.get(p).ok_or(ErrorName::ENOENT)?;
-        if !who.privileged && n.record_size() - n.value.len() + value.len() >= q.entry_size {
+        if !who.privileged && n.record_size() - n.value().len() + value.len() >= q.entry_size {
             return Err(ErrorName::ENOSPC);
         }
-        let perms = n.perms.clone();
-        let parent_perms = v.peek(path::parent(p)).map(|n| n.perms.clone());
+        let perms = n.perms.to_vec();
+        let parent_perms = v.peek(path::parent(p)).map(|n| n.perms.to_vec());
         v.set_value(p, value);
         return Ok(vec![Change::Node {
             path: p.to_owned(),
@@ -1250,7 +1251,7 @@ fn create_node(
     // The ancestor's perms, ignored entries included (C copies them with their flag).
     let (mut perms, mut listed, parent_size) = loop {
         if let Some(n) = v.get(cur) {
-            break (n.perms.clone(), n.listed.clone(), n.record_size());
+            break (n.perms.to_vec(), n.listed(), n.record_size());
         }
         missing.push(cur.to_owned());
         if cur == "/" {
@@ -1268,7 +1269,7 @@ fn create_node(
             return Err(ErrorName::ENOSPC);
         }
         let top = missing.last().map_or("", |s| path::basename(s));
-        let perms_size = 8 * listed.as_ref().unwrap_or(&perms).len();
+        let perms_size = 8 * listed.as_ref().map_or(perms.len(), |l| l.len());
         let leaf = 24 + perms_size + value.len();
         // Like C, which writes (and so size-checks) every node it creates: each missing
         // ancestor's record lists the next missing node as its only child.
@@ -1291,11 +1292,11 @@ fn create_node(
         } else {
             Vec::new()
         };
-        let mut node = Node::new(val, perms.clone());
-        node.listed = listed.clone();
+        let mut node = Node::new(val, Vec::new());
+        node.set_perms_listed(&perms, listed.clone());
         v.create(m, node);
     }
-    let parent_perms = v.peek(path::parent(p)).map(|n| n.perms.clone());
+    let parent_perms = v.peek(path::parent(p)).map(|n| n.perms.to_vec());
     Ok(Change::Node {
         path: p.to_owned(),
         perms,
@@ -1307,11 +1308,7 @@ fn create_node(
 /// C's DIRECTORY_PART reply: generation, then the children string from byte `off`, as
 /// much as fits in a payload; the last chunk ends with an extra NUL.
 fn directory_part(n: &Node, off: usize) -> Vec<u8> {
-    let mut all = Vec::with_capacity(n.children_len());
-    for c in &n.children {
-        all.extend_from_slice(c.as_bytes());
-        all.push(0);
-    }
+    let all = n.children().as_bytes();
     let mut r = format!("{}\0", n.generation).into_bytes();
     if off >= all.len() {
         r.push(0);

@@ -260,7 +260,7 @@ impl<'a> TxView<'a> {
             .insert(p.to_owned(), n.as_ref().map(|n| n.generation));
         self.tx
             .order
-            .push((p.to_owned(), n.as_ref().map(|n| n.perms.clone())));
+            .push((p.to_owned(), n.as_ref().map(|n| n.perms.to_vec())));
         self.tx.snapshot.insert(p.to_owned(), n);
         true
     }
@@ -320,8 +320,8 @@ impl View for TxView<'_> {
         }
         let mut sizes = None;
         if let Some(n) = self.node_mut(p) {
-            sizes = Some((n.value.len(), value.len()));
-            n.value = value;
+            sizes = Some((n.value().len(), value.len()));
+            n.set_value(&value);
         }
         if let Some((old, new)) = sizes {
             self.resize(old, new);
@@ -336,9 +336,8 @@ impl View for TxView<'_> {
         let mut sizes = None;
         if let Some(n) = self.node_mut(p) {
             let old = n.owner();
-            sizes = Some((8 * n.listed_perms().len(), 8 * perms.len()));
-            n.perms = perms;
-            n.listed = None;
+            sizes = Some((8 * n.listed_len(), 8 * perms.len()));
+            n.set_perms(&perms);
             owners = Some((old, n.owner()));
         }
         if let Some((old, new)) = sizes {
@@ -357,10 +356,10 @@ impl View for TxView<'_> {
         if self.blocked() || !self.touch(p) {
             return;
         }
-        let base = path::basename(p).to_owned();
+        let base = path::basename(p);
         let grow = base.len() + 1;
         if let Some(parent) = self.node_mut(path::parent(p)) {
-            parent.children.push(base);
+            parent.push_child(base);
             self.resize(0, grow);
         }
         if self.blocked() {
@@ -379,9 +378,7 @@ impl View for TxView<'_> {
         if p != "/" {
             let base = path::basename(p).to_owned();
             if let Some(parent) = self.node_mut(path::parent(p)) {
-                if let Some(i) = parent.children.iter().position(|c| *c == base) {
-                    parent.children.remove(i);
-                }
+                parent.remove_child(&base);
             }
         }
         let mut stack = vec![(p.to_owned(), false)];
@@ -390,7 +387,7 @@ impl View for TxView<'_> {
                 continue;
             };
             if expanded {
-                let (owner, perms) = (node.owner(), node.perms.clone());
+                let (owner, perms) = (node.owner(), node.perms.to_vec());
                 self.tx.snapshot.remove(&cur);
                 self.tx.overlay.insert(cur.clone(), None);
                 self.delta(owner, -1);
@@ -398,7 +395,7 @@ impl View for TxView<'_> {
                 continue;
             }
             let kids: Vec<String> = node
-                .children
+                .children()
                 .iter()
                 .rev()
                 .map(|c| path::join(&cur, c))
@@ -522,15 +519,18 @@ mod tests {
                 Node::new(b"n".to_vec(), vec![Perm::new(Access::None, 7)]),
             );
             v.remove("/t/x", &mut vec![]);
-            assert_eq!(v.get("/t/new").unwrap().value, b"n");
+            assert_eq!(v.get("/t/new").unwrap().value(), b"n");
             assert!(v.get("/t/x").is_none());
             assert_eq!(v.owned(7), 1);
         }
         assert!(t.get("/t/new").is_none() && t.get("/t/x").is_some());
         tx.commit(&mut t).unwrap();
-        assert_eq!(t.get("/t/new").unwrap().value, b"n");
+        assert_eq!(t.get("/t/new").unwrap().value(), b"n");
         assert!(t.get("/t/x").is_none());
-        assert_eq!(t.get("/t").unwrap().children, ["y", "new"]);
+        assert_eq!(
+            t.get("/t").unwrap().children().iter().collect::<Vec<_>>(),
+            ["y", "new"]
+        );
         assert_eq!(t.owned(7), 1);
     }
 }

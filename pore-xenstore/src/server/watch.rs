@@ -2,7 +2,8 @@
 //! rules of C xenstored for `rm` (watches on removed descendants fire with their own
 //! path) and special `@` paths.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use crate::perms::Perm;
 
@@ -32,9 +33,6 @@ pub(crate) enum Change {
     Commit { path: String, exact: bool, vis: Vis },
 }
 
-/// A node (path, perms) of a change.
-type Removed = (String, Vec<Perm>);
-
 /// The permissions that decide whether an unprivileged watcher sees an event: C's
 /// `watch_permitted` (old perms, the node's, or its parent's must allow reading).
 #[derive(Clone, Debug)]
@@ -58,15 +56,22 @@ pub(crate) struct Watch {
 
 #[derive(Clone, Debug)]
 struct Entry {
-    path: String,
-    token: Vec<u8>,
+    conn: ConnId,
+    /// Registration order (global): a connection's events come in this order.
+    seq: u64,
+    token: Box<[u8]>,
     relative: bool,
 }
 
-/// All watches, per connection in registration order (C's order of events).
+/// All watches, indexed by canonical path: a change looks up its node and the node's
+/// ancestors (a few hash lookups), whatever the number of watches. Within a connection
+/// events keep C's order (registration order).
 #[derive(Debug, Default)]
 pub(crate) struct Watches {
-    per_conn: BTreeMap<ConnId, Vec<Entry>>,
+    by_path: HashMap<Box<str>, Vec<Entry>>,
+    /// Watches per connection.
+    per_conn: HashMap<ConnId, usize>,
+    next_seq: u64,
 }
 
 /// One event to deliver: to `conn`, reporting `path` (already made relative if needed).
@@ -76,55 +81,59 @@ pub(crate) struct Fired {
     pub(crate) path: String,
     pub(crate) token: Vec<u8>,
     /// The perms of the node it reports (`None`: no check, e.g. registration).
-    pub(crate) perms: Option<Vis>,
+    pub(crate) perms: Option<Rc<Vis>>,
 }
 
-/// True if a watch on `w` fires for a change of `node` (`exact`: only a watch on the
-/// node itself, as for the descendants of a removed node).
-fn matches(w: &str, node: &str, exact: bool) -> bool {
-    if w == node {
-        return true;
-    }
-    if exact || node.starts_with('@') || w.starts_with('@') {
-        return false;
-    }
-    if w == "/" {
-        return true;
-    }
-    node.strip_prefix(w)
-        .is_some_and(|rest| rest.starts_with('/'))
+/// A watch that matches a changed node: the node's index in the change, and the watch.
+struct Candidate<'a> {
+    node: usize,
+    entry: &'a Entry,
 }
 
 impl Watches {
     pub(crate) fn count(&self, conn: ConnId) -> usize {
-        self.per_conn.get(&conn).map_or(0, Vec::len)
+        self.per_conn.get(&conn).copied().unwrap_or(0)
     }
 
     pub(crate) fn exists(&self, p: &str, token: &[u8], conn: ConnId) -> bool {
-        self.per_conn
-            .get(&conn)
-            .is_some_and(|v| v.iter().any(|w| w.path == p && w.token == token))
+        self.by_path
+            .get(p)
+            .is_some_and(|v| v.iter().any(|w| w.conn == conn && *w.token == *token))
     }
 
     pub(crate) fn add(&mut self, p: String, w: Watch) {
-        self.per_conn.entry(w.conn).or_default().push(Entry {
-            path: p,
-            token: w.token,
-            relative: w.relative,
-        });
+        self.next_seq += 1;
+        *self.per_conn.entry(w.conn).or_default() += 1;
+        // Most paths have one watch: no room for more until a second comes (a Vec's
+        // first push would make room for four).
+        self.by_path
+            .entry(p.into_boxed_str())
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(Entry {
+                conn: w.conn,
+                seq: self.next_seq,
+                token: w.token.into_boxed_slice(),
+                relative: w.relative,
+            });
     }
 
     /// Removes the watch; false if there was none.
     pub(crate) fn remove(&mut self, p: &str, token: &[u8], conn: ConnId) -> bool {
-        let Some(v) = self.per_conn.get_mut(&conn) else {
+        let Some(v) = self.by_path.get_mut(p) else {
             return false;
         };
-        let Some(i) = v.iter().position(|w| w.path == p && w.token == token) else {
+        let Some(i) = v.iter().position(|w| w.conn == conn && *w.token == *token) else {
             return false;
         };
         v.remove(i);
         if v.is_empty() {
-            self.per_conn.remove(&conn);
+            self.by_path.remove(p);
+        }
+        if let Some(n) = self.per_conn.get_mut(&conn) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_conn.remove(&conn);
+            }
         }
         true
     }
@@ -132,14 +141,43 @@ impl Watches {
     /// Every watch: connection, canonical path, token (fuzz targets' invariant checks).
     #[cfg(feature = "fuzzing")]
     pub(crate) fn all(&self) -> impl Iterator<Item = (ConnId, &str, &[u8])> {
-        self.per_conn
+        let mut v: Vec<(u64, ConnId, &str, &[u8])> = self
+            .by_path
             .iter()
-            .flat_map(|(&c, v)| v.iter().map(move |w| (c, w.path.as_str(), &w.token[..])))
+            .flat_map(|(p, v)| v.iter().map(move |w| (w.seq, w.conn, &**p, &*w.token)))
+            .collect();
+        v.sort_by_key(|w| (w.1, w.0));
+        v.into_iter().map(|(_, c, p, t)| (c, p, t))
     }
 
     /// Removes every watch of `conn`.
     pub(crate) fn remove_conn(&mut self, conn: ConnId) {
-        self.per_conn.remove(&conn);
+        if self.per_conn.remove(&conn).is_none() {
+            return;
+        }
+        self.by_path.retain(|_, v| {
+            v.retain(|w| w.conn != conn);
+            !v.is_empty()
+        });
+    }
+
+    /// Appends the watches matching `node` (`exact`: only those on the node itself;
+    /// otherwise those on its ancestors too, unless it is a special `@` node).
+    fn lookup<'a>(&'a self, i: usize, node: &str, exact: bool, out: &mut Vec<Candidate<'a>>) {
+        let mut add = |p: &str| {
+            if let Some(v) = self.by_path.get(p) {
+                out.extend(v.iter().map(|entry| Candidate { node: i, entry }));
+            }
+        };
+        add(node);
+        if exact || node.starts_with('@') || !node.starts_with('/') {
+            return;
+        }
+        let mut cur = node;
+        while cur != "/" {
+            cur = path::parent(cur);
+            add(cur);
+        }
     }
 
     /// The events a change causes, per connection in C's order: for each changed node
@@ -151,91 +189,113 @@ impl Watches {
         domid_of: &dyn Fn(ConnId) -> u32,
         out: &mut Vec<Fired>,
     ) {
-        if self.per_conn.is_empty() {
+        if self.by_path.is_empty() {
             return;
         }
-        let single;
-        let (nodes, vis, last_exact): (&[Removed], Vec<Vis>, bool) = match change {
-            Change::Node {
-                path,
-                perms,
-                old_perms,
-                parent_perms,
-            } => {
-                single = [(path.clone(), perms.clone())];
-                let v = Vis {
-                    perms: perms.clone(),
-                    old: old_perms.clone(),
-                    parent: parent_perms.clone(),
-                    hidden: false,
-                };
-                (&single, vec![v], false)
-            }
-            Change::Commit { path, exact, vis } => {
-                single = [(path.clone(), vis.perms.clone())];
-                (&single, vec![vis.clone()], *exact)
-            }
-            Change::Removed {
-                removed,
-                parent_perms,
-            } => {
-                let vis = removed
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (node, perms))| {
-                        let parent = if i + 1 == removed.len() {
-                            parent_perms.clone()
-                        } else {
-                            let pp = path::parent(node);
-                            removed
-                                .iter()
-                                .find(|(q, _)| q == pp)
-                                .map(|(_, p)| p.clone())
-                        };
-                        Vis {
-                            perms: perms.clone(),
-                            old: None,
-                            parent,
-                            hidden: false,
-                        }
-                    })
-                    .collect();
-                (removed, vis, false)
+        let (nodes, last_exact): (Vec<&str>, bool) = match change {
+            Change::Node { path, .. } => (vec![path.as_str()], false),
+            Change::Commit { path, exact, .. } => (vec![path.as_str()], *exact),
+            Change::Removed { removed, .. } => {
+                (removed.iter().map(|(p, _)| p.as_str()).collect(), false)
             }
         };
-        for (&conn, list) in &self.per_conn {
-            let mut home = None;
-            for (i, (node, _)) in nodes.iter().enumerate() {
-                let exact = i + 1 != nodes.len() || last_exact;
-                // C sends one event per (path, token) and connection, however many of
-                // its watches match.
-                let first = out.len();
-                for w in list {
-                    if !matches(&w.path, node, exact) {
-                        continue;
-                    }
-                    let p = if w.relative {
-                        let home = home.get_or_insert_with(|| path::home(domid_of(conn)));
-                        node.strip_prefix(home.as_str())
-                            .and_then(|r| r.strip_prefix('/'))
-                            .unwrap_or(node)
-                            .to_owned()
-                    } else {
-                        node.clone()
-                    };
-                    if out[first..]
-                        .iter()
-                        .any(|f| f.path == p && f.token == w.token)
-                    {
-                        continue;
-                    }
-                    out.push(Fired {
-                        conn,
-                        path: p,
-                        token: w.token.clone(),
-                        perms: Some(vis[i].clone()),
-                    });
+        let mut cands = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let exact = i + 1 != nodes.len() || last_exact;
+            self.lookup(i, node, exact, &mut cands);
+        }
+        if cands.is_empty() {
+            return;
+        }
+        // C's order: per connection, per node, per watch in registration order.
+        cands.sort_by_key(|c| (c.entry.conn, c.node, c.entry.seq));
+        let mut vis: HashMap<usize, Rc<Vis>> = HashMap::new();
+        let mut parents: Option<HashMap<&str, usize>> = None;
+        let mut home: Option<(ConnId, String)> = None;
+        let mut group = (ConnId(0), usize::MAX);
+        let mut first = out.len();
+        for c in cands {
+            let (conn, i, w) = (c.entry.conn, c.node, c.entry);
+            if (conn, i) != group {
+                group = (conn, i);
+                first = out.len();
+            }
+            let node = nodes[i];
+            let p = if w.relative {
+                if home.as_ref().is_none_or(|(h, _)| *h != conn) {
+                    home = Some((conn, path::home(domid_of(conn))));
                 }
+                let h = home.as_ref().map_or("", |(_, h)| h.as_str());
+                node.strip_prefix(h)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .unwrap_or(node)
+                    .to_owned()
+            } else {
+                node.to_owned()
+            };
+            // C sends one event per (path, token) and connection, however many of its
+            // watches match.
+            if out[first..]
+                .iter()
+                .any(|f| f.path == p && *f.token == *w.token)
+            {
+                continue;
+            }
+            let v = vis
+                .entry(i)
+                .or_insert_with(|| Rc::new(node_vis(change, i, &mut parents)))
+                .clone();
+            out.push(Fired {
+                conn,
+                path: p,
+                token: w.token.to_vec(),
+                perms: Some(v),
+            });
+        }
+    }
+}
+
+/// Who may see the event of node `i` of `change`.
+fn node_vis<'a>(
+    change: &'a Change,
+    i: usize,
+    parents: &mut Option<HashMap<&'a str, usize>>,
+) -> Vis {
+    match change {
+        Change::Node {
+            perms,
+            old_perms,
+            parent_perms,
+            ..
+        } => Vis {
+            perms: perms.clone(),
+            old: old_perms.clone(),
+            parent: parent_perms.clone(),
+            hidden: false,
+        },
+        Change::Commit { vis, .. } => vis.clone(),
+        Change::Removed {
+            removed,
+            parent_perms,
+        } => {
+            let (node, perms) = &removed[i];
+            let parent = if i + 1 == removed.len() {
+                parent_perms.clone()
+            } else {
+                let idx = parents.get_or_insert_with(|| {
+                    removed
+                        .iter()
+                        .enumerate()
+                        .map(|(k, (p, _))| (p.as_str(), k))
+                        .collect()
+                });
+                idx.get(path::parent(node)).map(|&k| removed[k].1.clone())
+            };
+            Vis {
+                perms: perms.clone(),
+                old: None,
+                parent,
+                hidden: false,
             }
         }
     }
@@ -260,6 +320,43 @@ mod tests {
         let mut v: Vec<_> = out.into_iter().map(|f| (f.conn.0, f.path)).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn events_in_c_order_per_connection_node_and_registration() {
+        let mut ws = Watches::default();
+        ws.add("/a".into(), w(2, "2a", false));
+        ws.add("/a/b".into(), w(1, "1ab", false));
+        ws.add("/".into(), w(1, "1root", false));
+        ws.add("/a".into(), w(1, "1a", false));
+        ws.add("/a/b".into(), w(2, "2ab", false));
+        // Two watches of one connection, same token, both matching /a: one event.
+        ws.add("/a".into(), w(1, "1root", false));
+        let n0 = vec![Perm::new(Access::None, 0)];
+        let rm = Change::Removed {
+            removed: vec![("/a/b".into(), n0.clone()), ("/a".into(), n0.clone())],
+            parent_perms: None,
+        };
+        let mut out = vec![];
+        ws.fire(&rm, &|_| 0, &mut out);
+        let got: Vec<_> = out
+            .iter()
+            .map(|f| (f.conn.0, f.path.as_str(), String::from_utf8_lossy(&f.token)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "/a/b", "1ab".into()),
+                (1, "/a", "1root".into()),
+                (1, "/a", "1a".into()),
+                (2, "/a/b", "2ab".into()),
+                (2, "/a", "2a".into()),
+            ]
+        );
+        assert_eq!(ws.count(ConnId(1)), 4);
+        ws.remove_conn(ConnId(1));
+        assert_eq!(ws.count(ConnId(1)), 0);
+        assert!(ws.exists("/a/b", b"2ab", ConnId(2)) && !ws.exists("/a/b", b"1ab", ConnId(1)));
     }
 
     #[test]
