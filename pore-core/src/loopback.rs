@@ -183,10 +183,17 @@ unsafe impl SharedMemory for LoopbackGrant {
 
 impl LoopbackGrant {
     fn try_end(&mut self) -> Result<()> {
+        let world = self.world.clone();
+        let mut st = world.lock();
+        self.end_locked(&mut st)
+    }
+
+    /// Ends access with the world locked: the caller may act on a `Busy` under the same lock
+    /// (a mapping released in between would otherwise leave the entries deferred for ever).
+    fn end_locked(&mut self, st: &mut State) -> Result<()> {
         if self.ended {
             return Ok(());
         }
-        let mut st = self.world.lock();
         let mapped = self.refs.iter().any(|r| {
             st.grants
                 .get(&(self.owner, *r))
@@ -229,9 +236,11 @@ impl GrantedPages for LoopbackGrant {
 
 impl Drop for LoopbackGrant {
     fn drop(&mut self) {
-        if self.try_end().is_err() {
-            // Deferred (D7): the entries stay until the last mapping goes, then vanish.
-            let mut st = self.world.lock();
+        let world = self.world.clone();
+        let mut st = world.lock();
+        if self.end_locked(&mut st).is_err() {
+            // Deferred (D7): the entries stay until the last mapping goes, then vanish. Still
+            // under the lock that saw the mapping, so its release cannot slip in between.
             for r in &self.refs {
                 if let Some(g) = st.grants.get_mut(&(self.owner, *r)) {
                     if !g.deferred {
