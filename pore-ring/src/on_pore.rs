@@ -122,7 +122,7 @@ impl<B: Backend> V2Ring<Arc<Pore<B>>> {
         let all = geometry.and_then(|g| {
             let mut all = vec![GrantRef(0); g.pages()];
             all[0] = control;
-            v2::read_grants_expecting(&page.view(), g, &mut all[1..]).map(|_| (g, all))
+            v2::grants_of(&page.view(), g, &mut all[1..]).map(|_| (g, all))
         });
         page.unmap().map_err(OpenError::Backend)?;
         let (geometry, all) = all?;
@@ -152,7 +152,7 @@ impl<B: Backend> V2Ring<Arc<Pore<B>>> {
                 return Err(RingError::BadHeader("the geometry does not match the refs"));
             }
             let mut listed = vec![GrantRef(0); g.data_pages()];
-            v2::read_grants_expecting(&pore, g, &mut listed)?;
+            v2::grants_of(&pore, g, &mut listed)?;
             if listed[..] != all_refs[1..] {
                 return Err(RingError::BadHeader("control page lists other data pages"));
             }

@@ -347,7 +347,9 @@ fn expect_geometry(found: V2Geometry, want: V2Geometry) -> Result<(), RingError>
     }
 }
 
-fn grants_of(
+/// The data refs listed on `control` for geometry `g` (already read and validated by the
+/// caller: the geometry is not read again).
+pub(crate) fn grants_of(
     control: &impl SharedAccess,
     g: V2Geometry,
     out: &mut [GrantRef],
