@@ -14,9 +14,10 @@
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
@@ -76,6 +77,22 @@ pub struct StrawArgs {
     /// stdin and stdout carry whole frames, each a 4-byte little-endian length and its bytes.
     #[arg(long, global = true)]
     framed: bool,
+    /// The peer echoes every frame and never half-closes (a LING strawman): end once every
+    /// frame sent has come back, instead of waiting for the peer's end.
+    #[arg(long, global = true)]
+    echoed: bool,
+    /// Discard what arrives instead of writing it to stdout, and print on stderr how many
+    /// frames and bytes came and at what rate (from the first frame to the last): the
+    /// receiving end of a throughput measurement.
+    #[arg(long, global = true)]
+    sink: bool,
+    /// Send this many frames of `--frame-size` bytes instead of reading stdin (a load
+    /// generator for throughput measurements).
+    #[arg(long, global = true, value_name = "COUNT")]
+    generate: Option<u64>,
+    /// Size of each `--generate`d frame in bytes.
+    #[arg(long, global = true, default_value_t = 64)]
+    frame_size: usize,
     /// Seconds one blocked send or receive waits before it looks at the straw again. A live
     /// peer is waited for as long as it lives, however slow (a dead one is "peer gone").
     #[arg(long, default_value_t = 30.0, global = true)]
@@ -202,7 +219,19 @@ fn straw_on<B: Backend + Send + Sync + 'static>(
     let result = if args.echo {
         echo(straw)
     } else {
-        pipe(straw, args.framed)
+        let io = PipeIo {
+            framed: args.framed,
+            echoed: args.echoed,
+            sink: args.sink,
+            generate: args.generate.map(|count| (count, args.frame_size)),
+        };
+        if io.generate.is_some_and(|(_, size)| size > MAX_FRAMED) {
+            return Err(format!(
+                "--frame-size {}: more than {MAX_FRAMED}",
+                args.frame_size
+            ));
+        }
+        pipe(straw, io)
     };
     if let Err(e) = &result {
         // Now, not after the shutdown below (bounded by the close timeout): a script timing
@@ -272,7 +301,8 @@ fn finish_patiently<B: Backend + Send + Sync + 'static>(
 }
 
 /// Sends every frame received back to the peer until the peer half-closes, then half-closes and
-/// closes.
+/// closes. A peer that closes without half-closing first (a LING strawman knows no half-close)
+/// ends the echo as well.
 fn echo<B: Backend + Send + Sync + 'static>(straw: Straw<B>) -> Result<(), String> {
     let (sender, receiver) = straw.split();
     let mut frames = 0u64;
@@ -288,7 +318,11 @@ fn echo<B: Backend + Send + Sync + 'static>(straw: Straw<B>) -> Result<(), Strin
         }
     }
     eprintln!("pore straw: echoed {frames} frames");
-    finish_patiently(&sender).map_err(|e| format!("half-closing after the peer's end: {e}"))?;
+    match finish_patiently(&sender) {
+        // The peer closed the whole straw, not just its direction.
+        Ok(()) | Err(StrawError::Eof | StrawError::Closed) => {}
+        Err(e) => return Err(format!("half-closing after the peer's end: {e}")),
+    }
     match sender.close() {
         Ok(()) | Err(StrawError::Eof | StrawError::Closed) => Ok(()),
         Err(e) => Err(format!("closing: {e}")),
@@ -321,19 +355,52 @@ fn read_framed(input: &mut impl Read) -> Result<Option<Bytes>, String> {
     Ok(Some(Bytes::from(frame)))
 }
 
+/// Where [`pipe`] takes frames from and puts them.
+#[derive(Clone, Copy, Debug)]
+struct PipeIo {
+    /// stdin and stdout carry length-prefixed frames.
+    framed: bool,
+    /// The peer echoes and never half-closes: end once every frame came back.
+    echoed: bool,
+    /// Count what arrives instead of writing it out.
+    sink: bool,
+    /// Send (count, size) generated frames instead of stdin.
+    generate: Option<(u64, usize)>,
+}
+
 /// Pipes stdin into the straw and the straw into stdout until both directions are drained.
 ///
 /// End of stdin half-closes our direction ([`pore_straw::straw::Sender::finish`]: the peer
 /// consumes everything, then its receiver ends); the straw is closed once the peer has
-/// half-closed too (our receiver ended).
-fn pipe<B: Backend + Send + Sync + 'static>(straw: Straw<B>, framed: bool) -> Result<(), String> {
+/// half-closed too (our receiver ended), or, with `echoed`, once as many frames came back as
+/// were sent.
+fn pipe<B: Backend + Send + Sync + 'static>(straw: Straw<B>, io: PipeIo) -> Result<(), String> {
+    let PipeIo {
+        framed,
+        echoed,
+        sink,
+        generate,
+    } = io;
     let (sender, receiver) = straw.split();
+    // Frames sent so far, and whether stdin has ended (`echoed` ends on both).
+    let sent = Arc::new(AtomicU64::new(0));
+    let stdin_done = Arc::new(AtomicBool::new(false));
+    let (sent_w, done_w) = (sent.clone(), stdin_done.clone());
+    let all_back = |received: u64| {
+        echoed && stdin_done.load(Ordering::Acquire) && received == sent.load(Ordering::Acquire)
+    };
     let writer = thread::spawn(move || -> Result<_, String> {
         let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; CHUNK];
         let mut frames = 0u64;
+        let generated = generate.map(|(count, size)| (count, Bytes::from(vec![0xa5; size])));
         loop {
-            let frame = if framed {
+            let frame = if let Some((count, frame)) = &generated {
+                if frames == *count {
+                    break;
+                }
+                frame.clone()
+            } else if framed {
                 match read_framed(&mut stdin)? {
                     Some(f) => f,
                     None => break,
@@ -348,14 +415,31 @@ fn pipe<B: Backend + Send + Sync + 'static>(straw: Straw<B>, framed: bool) -> Re
             };
             frames += 1;
             send_patiently(&sender, frame).map_err(|e| format!("sending frame {frames}: {e}"))?;
+            sent_w.store(frames, Ordering::Release);
         }
+        done_w.store(true, Ordering::Release);
         finish_patiently(&sender).map_err(|e| format!("half-closing after end of stdin: {e}"))?;
         Ok(sender)
     });
     let mut stdout = std::io::stdout().lock();
     let mut frames = 0u64;
-    loop {
-        match recv_patiently(&receiver) {
+    let (mut bytes, mut first, mut last) = (0u64, None, Instant::now());
+    while !all_back(frames) {
+        // With `echoed`, a short wait: stdin may end just after the last frame came back.
+        let next = if echoed {
+            receiver.recv_timeout(Duration::from_millis(100))
+        } else {
+            receiver.recv()
+        };
+        match next {
+            // Looked at again: stdin may have ended with every frame back.
+            Err(StrawError::TimedOut) => continue,
+            Ok(frame) if sink => {
+                frames += 1;
+                bytes += frame.len() as u64;
+                last = Instant::now();
+                first.get_or_insert(last);
+            }
             Ok(frame) => {
                 frames += 1;
                 let len = u32::try_from(frame.len()).map_err(|_| "a frame over 4 GiB")?;
@@ -369,6 +453,16 @@ fn pipe<B: Backend + Send + Sync + 'static>(straw: Straw<B>, framed: bool) -> Re
             Err(StrawError::Eof) => break,
             Err(e) => return Err(format!("receiving frame {}: {e}", frames + 1)),
         }
+    }
+    if sink {
+        let secs = first.map_or(0.0, |f| (last - f).as_secs_f64());
+        let rate = |n: f64| if secs > 0.0 { n / secs } else { 0.0 };
+        eprintln!(
+            "pore straw: received {frames} frames, {bytes} bytes; first to last frame {secs:.3} s: \
+             {:.1} MB/s, {:.0} frames/s",
+            rate(bytes as f64) / 1e6,
+            rate(frames as f64)
+        );
     }
     let sender = writer
         .join()

@@ -128,6 +128,40 @@ fn framed_frames_over_a_forced_ling_layout_come_back_whole() {
     assert!(err.contains("Ling"), "the connector said {err:?}");
 }
 
+/// `--echoed` (for a peer that echoes and never half-closes, like a LING strawman): the
+/// connector ends once every frame it sent has come back, and still exits 0 with every byte.
+#[test]
+fn an_echoed_connector_ends_when_every_frame_is_back() {
+    let mut input = Vec::new();
+    for (i, len) in [3usize, 0, 70_000, 1].into_iter().enumerate() {
+        input.extend_from_slice(&(len as u32).to_le_bytes());
+        input.extend_from_slice(&data(len, i as u8));
+    }
+    let (_, err) = pipe_io(
+        &[],
+        &["--framed", "--echoed"],
+        true,
+        (input, None),
+        Vec::new(),
+    );
+    assert!(err.contains("connected"), "the connector said {err:?}");
+}
+
+/// `--generate` sends frames made up in memory instead of stdin, `--sink` counts what arrives
+/// instead of writing it out: both sides do both here, and each reports exactly what the other
+/// generated.
+#[test]
+fn generated_frames_are_counted_by_a_sink() {
+    let args = ["--generate", "300", "--frame-size", "1000", "--sink"];
+    let (listener, connector) = pipe_io(&[], &args, false, (Vec::new(), None), Vec::new());
+    for (name, err) in [("listener", &listener), ("connector", &connector)] {
+        assert!(
+            err.contains("received 300 frames, 300000 bytes"),
+            "the {name} said {err:?}"
+        );
+    }
+}
+
 /// A live peer is waited for however long it is silent: a pause in the connector's input
 /// far longer than `--io-timeout` leaves both sides waiting, not failing (they gave up
 /// with "timed out" before, which a slow emulated Xen hit with the default 30 s).

@@ -15,7 +15,9 @@
 #                  then dom0 <-> domU straws (scripts/xenlab/straw-dom0.sh, straw-domu.sh, with
 #                  the `pore` of boot 1, glibc, in both domains): through the real xenstored,
 #                  domU listens then dom0 listens, v2 and LING, frames of 0 B to 1 MiB echoed
-#                  and compared byte for byte; then `xl destroy` of the domU while a straw
+#                  and compared byte for byte; LING compatibility against seed-strawman (an
+#                  independent C strawman, scripts/xenlab/seed-strawman.c) in the domU, both
+#                  roles; then `xl destroy` of the domU while a straw
 #                  streams: dom0's pore must report "peer gone" within a second of the first
 #                  sign of the death in xenstore (the time since `xl destroy` began is printed)
 #                  and hold no grant, mapping or port, no zombie domain, no node left.
@@ -182,11 +184,12 @@ XENLAB_STRAW_XS=0 sh ./straw-dom0.sh || failed="$failed straws"
 if [ -n "$failed" ]; then echo "== FAILED:$failed"; exit 1; fi
 EOF
 python3 scripts/xenlab/frames.py "$tmp/frames.bin"
+bash scripts/xenlab/build-c-peers.sh "$tmp" || fail "cannot build the lab's C peers"
 
 t=$SECONDS
 status=0
 XENLAB_SMP=1 XENLAB_DOMU=1 XENLAB_LOG="$cache/logs/domu.log" \
-  XENLAB_FILES="$tmp/domu $tmp/tests-domu $tmp/pore $tmp/frames.bin scripts/xenlab/straw-dom0.sh scripts/xenlab/straw-domu.sh scripts/xenlab/xs-compare.sh" \
+  XENLAB_FILES="$tmp/domu $tmp/tests-domu $tmp/pore $tmp/seed-strawman $tmp/frames.bin scripts/xenlab/straw-dom0.sh scripts/xenlab/straw-domu.sh scripts/xenlab/xs-compare.sh" \
   bash scripts/xenlab/run.sh "$lab" "$tmp/domu.sh" "$limit" || status=$?
 boot2=$((SECONDS - t))
 echo "60-xenlab: boot 2 (dom0 <-> domU): $boot2 s, status $status"

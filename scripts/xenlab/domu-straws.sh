@@ -42,13 +42,14 @@ tmp=$(mktemp -d /tmp/pore-xenlab-domu.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 cp "$pore" "$tmp/pore"
 python3 scripts/xenlab/frames.py "$tmp/frames.bin"
+bash scripts/xenlab/build-c-peers.sh "$tmp" || fail "cannot build the lab's C peers"
 
 t=$SECONDS
 status=0
 # One vCPU: on a busy 2-CPU machine QEMU TCG boots dom0 and the domU several times faster
 # with -smp 1 (payload start 5 s instead of 26 s, xl create 3 s instead of 18 s).
 XENLAB_SMP=${XENLAB_SMP:-1} XENLAB_DOMU=1 XENLAB_LOG="$cache/logs/domu-straw.log" \
-  XENLAB_FILES="$tmp/pore $tmp/frames.bin scripts/xenlab/xs-compare.sh scripts/xenlab/straw-domu.sh" \
+  XENLAB_FILES="$tmp/pore $tmp/seed-strawman $tmp/frames.bin scripts/xenlab/xs-compare.sh scripts/xenlab/straw-domu.sh" \
   bash scripts/xenlab/run.sh "$lab" scripts/xenlab/straw-dom0.sh "$limit" || status=$?
 boot=$((SECONDS - t))
 echo "62-xenlab-domu: boot (dom0 <-> domU straws, pore xs): $boot s, status $status"

@@ -1,7 +1,7 @@
 #!/bin/sh
 # dom0 <-> domU straws on real Xen (issue 12), run in the lab's dom0 as the payload of
 # scripts/xenlab/run.sh with XENLAB_DOMU=1 (busybox sh, as root, in /xenlab/payload).
-# Needs next to it: a static `pore` (musl), frames.bin (frames as `pore straw --framed` reads
+# Needs next to it: a static `pore` (musl), a static seed-strawman, frames.bin (frames as `pore straw --framed` reads
 # them: 4-byte little-endian length + bytes, 0 B to 1 MiB), xs-compare.sh, straw-domu.sh.
 #
 # One PV domU runs straw-domu.sh with the same static pore; the two sides step through
@@ -12,6 +12,11 @@
 #   xa, xb   domU listens (v2, then forced LING) and echoes; dom0 connects, sends frames.bin,
 #            compares what comes back byte for byte
 #   xc, xd   dom0 listens (v2, then LING) and echoes; the domU connects and compares
+#   xe, xf   LING compatibility against seed-strawman (scripts/xenlab/seed-strawman.c, an
+#            independent C implementation of the seed's strawman that writes none of pore's
+#            keys: no format, straw-layouts, straw-eof, narrowing), seed endpoints on both
+#            sides: it listens in the domU and dom0's pore connects offering v2 (must get LING);
+#            then dom0's pore listens offering v2 and it connects; frames.bin both ways
 #   destroy  a straw streaming (dom0 opener on e1/v2, mapping the domU's pages); `xl destroy`
 #            the domU: dom0's straw must report "peer gone" within a second of the first sign
 #            of the death dom0 can see (the domU's directory going, or @releaseDomain; the
@@ -53,7 +58,7 @@ ulimit -c 0
 
 mkdir -p straw-domu.d
 cp straw-domu.sh straw-domu.d/run
-cp pore frames.bin xs-compare.sh straw-domu.d/
+cp pore seed-strawman frames.bin xs-compare.sh straw-domu.d/
 chmod 755 straw-domu.d/run
 t0=$(now)
 xs=${XENLAB_STRAW_XS:-1}
@@ -137,6 +142,59 @@ for step in "xc v2" "xd ling"; do
     fi
 done
 
+# ---- xe: seed-strawman listens in the domU, we connect offering v2 (the seed knows only LING)
+if ! wait_node "$dom/data/straw" 240; then
+    fail xe "seed-strawman's data/straw never came up"
+else
+    start=$(now)
+    ./pore straw connect "$domid" --framed --echoed --timeout 60 <frames.bin >out.xe 2>err.xe
+    rc=$?
+    took=$(since "$start")
+    sed 's/^/  | /' err.xe
+    r=$(domu_result xe 60)
+    if [ "$rc" != 0 ]; then
+        fail xe "pore straw connect exited $rc; domU: $r"
+    elif ! cmp frames.bin out.xe; then
+        fail xe "the frames came back different"
+    elif ! grep -q "connected to .*(Ling" err.xe; then
+        fail xe "not the LING layout"
+    elif [ "${r#ok}" = "$r" ]; then
+        fail xe "domU: $r"
+    else
+        pass xe "seed-strawman listens, dom0's pore connects (offers v2, gets LING): $(wc -c <frames.bin) bytes there and back in $took s; domU: $r"
+    fi
+    rm -f out.xe
+fi
+
+# ---- xf: we listen (offering v2), seed-strawman connects and checks the echo
+./pore straw listen --from "$domid" --echo --timeout 240 2>err.xf &
+pid=$!
+i=0
+until grep -q "listening as" err.xf 2>/dev/null; do # its manager is up and watching
+    i=$((i + 1))
+    [ "$i" -le 600 ] || break
+    sleep 0.2
+done
+if grep -q "listening as" err.xf; then
+    xenstore-write "$dom/data/xenlab/go-xf" 1
+    note "xf: listening, told the domU"
+else
+    note "xf: our listener's node never appeared"
+fi
+wait "$pid"
+rc=$?
+sed 's/^/  | /' err.xf
+r=$(domu_result xf 60)
+if [ "$rc" != 0 ]; then
+    fail xf "pore straw listen exited $rc; domU: $r"
+elif ! grep -q "connected to .*(Ling" err.xf; then
+    fail xf "not the LING layout"
+elif [ "${r#ok}" = "$r" ]; then
+    fail xf "domU: $r"
+else
+    pass xf "dom0's pore listens (offers v2) and echoes, seed-strawman connects (LING); domU: $r"
+fi
+
 # ---- the domU's pore xs (it ran while we were busy)
 if [ "$xs" != 0 ]; then
     r=$(domu_result xs 300)
@@ -215,7 +273,7 @@ while [ "$(xl list | tail -n +2 | grep -vc '^Domain-0 ')" != 0 ]; do
     [ "$i" -le 50 ] || { fail leaks "a domain is left: $(xl list)"; break; }
     sleep 0.2
 done
-left=$(xenstore-ls -f /local/domain/0/data 2>/dev/null | grep -E '/(straw|warts)-(x[a-d]|e1)' || true)
+left=$(xenstore-ls -f /local/domain/0/data 2>/dev/null | grep -E "/(straw|warts)-(x[a-d]|e1)|/(straw|warts)/$domid" || true)
 [ -z "$left" ] || fail leaks "dom0 nodes left: $left"
 if xenstore-exists "$dom"; then fail leaks "$dom still exists"; fi
 case " $failed " in *" leaks "*) ;; *) pass leaks "no domain, no node left in dom0" ;; esac

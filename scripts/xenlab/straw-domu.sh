@@ -8,6 +8,10 @@
 # data/xenlab/res-NAME = "ok" or "fail: why" when our part of step NAME is over.
 #   xa, xb   we listen (v2, then LING) and echo every frame; dom0 connects and compares
 #   xc, xd   dom0 listens (v2, then LING) and echoes; we connect, send frames.bin, compare
+#   xe       seed-strawman (an independent C strawman: LING keys only) listens and echoes;
+#            dom0's pore connects offering v2 and must fall back to LING
+#   xf       dom0's pore listens (offering v2) and echoes; seed-strawman connects, sends
+#            frames.bin and checks every frame that comes back
 #   xs       pore xs against xenstore-utils here, over /dev/xen/xenbus
 #   e1       a straw left streaming (we listen on e1, v2, and echo) until dom0 destroys
 #            this domain
@@ -66,6 +70,25 @@ for step in "xc v2" "xd ling"; do
     fi
     rm -f "out.$1"
 done
+
+# ---- xe, xf: the seed's strawman in C against dom0's pore (seed endpoints: data/straw)
+start=$(now)
+if ./seed-strawman listen 0 120; then
+    res xe "ok (seed-strawman listened and echoed, $(since "$start") s)"
+else
+    res xe "fail: seed-strawman listen exited $?"
+fi
+note "xf: waiting for dom0's listener"
+if ! wait_go xf; then
+    res xf "fail: dom0 never listened"
+else
+    start=$(now)
+    if ./seed-strawman connect 0 frames.bin 120; then
+        res xf "ok (seed-strawman connected, every frame came back, $(since "$start") s)"
+    else
+        res xf "fail: seed-strawman connect exited $?"
+    fi
+fi
 
 # ---- xs: pore xs and xenstore-utils through /dev/xen/xenbus agree (unless dom0 said noxs)
 if [ "$mode" = noxs ]; then
