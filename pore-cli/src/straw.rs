@@ -419,6 +419,13 @@ fn pipe<B: Backend + Send + Sync + 'static>(straw: Straw<B>, io: PipeIo) -> Resu
         }
         done_w.store(true, Ordering::Release);
         finish_patiently(&sender).map_err(|e| format!("half-closing after end of stdin: {e}"))?;
+        if generated.is_some() {
+            let stats = sender.stats();
+            eprintln!(
+                "pore straw: sent {frames} frames, {} bytes; events sent {}, sleeps {}",
+                stats.bytes_sent, stats.notifies, stats.sleeps
+            );
+        }
         Ok(sender)
     });
     let mut stdout = std::io::stdout().lock();
@@ -457,11 +464,14 @@ fn pipe<B: Backend + Send + Sync + 'static>(straw: Straw<B>, io: PipeIo) -> Resu
     if sink {
         let secs = first.map_or(0.0, |f| (last - f).as_secs_f64());
         let rate = |n: f64| if secs > 0.0 { n / secs } else { 0.0 };
+        let stats = receiver.stats();
         eprintln!(
             "pore straw: received {frames} frames, {bytes} bytes; first to last frame {secs:.3} s: \
-             {:.1} MB/s, {:.0} frames/s",
+             {:.1} MB/s, {:.0} frames/s; events sent {}, sleeps {}",
             rate(bytes as f64) / 1e6,
-            rate(frames as f64)
+            rate(frames as f64),
+            stats.notifies,
+            stats.sleeps
         );
     }
     let sender = writer

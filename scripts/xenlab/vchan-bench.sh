@@ -16,7 +16,7 @@
 # Each receiver times its first to its last byte. Static binaries: a release musl `pore` (one
 # command, D21 of docs/decisions.md) and the C peers (scripts/xenlab/build-c-peers.sh).
 # Knobs: XENLAB_CACHE, XENLAB_TIMEOUT (default 900 s), VCHAN_BENCH_ROUNDS (3),
-# VCHAN_BENCH_MIB (MiB per cell, 16).
+# VCHAN_BENCH_MIB (MiB per cell, 8).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -34,7 +34,7 @@ bash scripts/xenlab/build-c-peers.sh "$tmp" || fail "cannot build the lab's C pe
 proxy=/usr/lib/xen-4.17/bin/vchan-socket-proxy
 [ -x "$proxy" ] || fail "$proxy is missing (xen-utils-4.17; scripts/install-deps.sh installs it)"
 cp "$proxy" "$tmp/vchan-socket-proxy"
-printf 'ROUNDS=%s\nMIB=%s\n' "${VCHAN_BENCH_ROUNDS:-3}" "${VCHAN_BENCH_MIB:-16}" >"$tmp/vchan-bench.conf"
+printf 'ROUNDS=%s\nMIB=%s\n' "${VCHAN_BENCH_ROUNDS:-3}" "${VCHAN_BENCH_MIB:-8}" >"$tmp/vchan-bench.conf"
 XENLAB_SMP=${XENLAB_SMP:-2} XENLAB_DOMU=1 XENLAB_LOG="$cache/logs/vchan-bench.log" \
   XENLAB_FILES="$tmp/pore $tmp/vchan-bench $tmp/vchan-socket-proxy $tmp/vchan-bench.conf scripts/xenlab/vchan-domu.sh" \
   bash scripts/xenlab/run.sh "$lab" scripts/xenlab/vchan-dom0.sh "${XENLAB_TIMEOUT:-900}" ||

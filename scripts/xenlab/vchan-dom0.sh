@@ -35,11 +35,12 @@ run_cell() { # KIND SIZE ROUND
     ling) recv="./pore straw listen --from 0 --name vb$n --layout ling --sink --timeout 120"; node=$dom/data/straw-vb$n ;;
     vchan | proxy) recv="./vchan-bench recv 0 data/vc$n 65536 $bytes"; node=$dom/data/vc$n/event-channel ;;
     esac
+    note "round $3: $kind $size B x $count"
     xenstore-write "$dom/data/vb/cmd-$n" "$recv"
     wait_node "$node" 60 || { note "cell $n ($kind $size): the receiver did not come up"; echo "$kind $size fail" >>results; return; }
     case $kind in
-    v2) ./pore straw connect "$domid" --name "vb$n" --generate "$count" --frame-size "$size" --timeout 120 2>err || cat err ;;
-    ling) ./pore straw connect "$domid" --name "vb$n" --layout ling --generate "$count" --frame-size "$size" --timeout 120 2>err || cat err ;;
+    v2) ./pore straw connect "$domid" --name "vb$n" --generate "$count" --frame-size "$size" --timeout 120 </dev/null 2>err || cat err ;;
+    ling) ./pore straw connect "$domid" --name "vb$n" --layout ling --generate "$count" --frame-size "$size" --timeout 120 </dev/null 2>err || cat err ;;
     vchan) ./vchan-bench send "$domid" "$dom/data/vc$n" "$size" "$count" 2>err || cat err ;;
     proxy) dd if=/dev/zero bs="$size" count="$count" 2>/dev/null | ./vchan-socket-proxy "$domid" "$dom/data/vc$n" - >/dev/null 2>err || cat err ;;
     esac

@@ -11,7 +11,7 @@ while :; do
         [ "$i" -le 3000 ] || { echo "vchan-domu: no command $n"; exit 1; }
         sleep 0.1
     done
-    out=$($cmd 2>&1 >/dev/null)
+    out=$($cmd 2>&1 </dev/null >/dev/null)
     rc=$?
     line=$(echo "$out" | grep -E "received|FAIL|fail|error" | tail -n 1)
     [ "$rc" = 0 ] || line="fail ($rc): $out"
