@@ -40,10 +40,15 @@ impl<B: Backend> Receiver<B> {
     /// Receives one frame, blocking up to `timeout`. [`StrawError::Eof`] once the peer closed
     /// and everything it sent was received.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Bytes, StrawError> {
+        // A frame that is there already costs no clock read: where the vDSO cannot read the
+        // time (a Xen PV guest without a stable TSC) every read is a system call.
+        if let Step::Frame(f) = self.step(OnBlock::Return)? {
+            return Ok(f);
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let seen = self.sh.bell_seq();
-            let busy = match self.step(Some(deadline))? {
+            let busy = match self.step(OnBlock::Spin(deadline))? {
                 Step::Frame(f) => return Ok(f),
                 Step::Busy => true,
                 Step::Empty => false,
@@ -68,15 +73,19 @@ impl<B: Backend> Receiver<B> {
     /// Receives one frame if a whole one is there; [`StrawError::WouldBlock`] otherwise
     /// (also when the call's share of work, a few skipped frames, is used up).
     pub fn try_recv(&self) -> Result<Bytes, StrawError> {
-        match self.step(None)? {
+        match self.step(OnBlock::Ask)? {
             Step::Frame(f) => Ok(f),
             Step::Busy | Step::Empty => Err(StrawError::WouldBlock),
         }
     }
 
-    /// One bounded step: at most [`RECV_BUDGET`] rounds without a frame, and none past
-    /// `deadline` after the first.
-    fn step(&self, deadline: Option<Instant>) -> Result<Step, StrawError> {
+    /// One bounded step: at most [`RECV_BUDGET`] rounds without a frame, and none past the
+    /// spin's deadline after the first.
+    fn step(&self, on_block: OnBlock) -> Result<Step, StrawError> {
+        let deadline = match on_block {
+            OnBlock::Spin(d) => Some(d),
+            OnBlock::Return | OnBlock::Ask => None,
+        };
         let mut guard = lock(&self.sh.rx);
         let Some(st) = guard.as_mut() else {
             if let Some(f) = lock(&self.sh.leftover).pop_front() {
@@ -168,6 +177,9 @@ impl<B: Backend> Receiver<B> {
                             Ok(false) => {}
                             Err(e) => return Err(self.sh.ring_failed(e)),
                         }
+                    }
+                    if let OnBlock::Return = on_block {
+                        return Ok(Step::Empty);
                     }
                     match st.ring.prepare_wait() {
                         Ok(true) => continue,

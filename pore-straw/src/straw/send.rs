@@ -35,11 +35,15 @@ impl<B: Backend> Sender<B> {
         if self.too_large(frame.len()) {
             return Err(StrawError::TooLarge(frame.len()));
         }
-        let deadline = Instant::now() + timeout;
         let mut frame = Some(frame);
+        // A frame the ring takes at once costs no clock read (see `Receiver::recv_timeout`).
+        if self.step(&mut frame, OnBlock::Return)? {
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
         loop {
             let seen = self.sh.bell_seq();
-            match self.step(&mut frame, Some(deadline))? {
+            match self.step(&mut frame, OnBlock::Spin(deadline))? {
                 true => return Ok(()),
                 false => match self.wait(seen, deadline) {
                     // Taken, partly in the ring: it will be finished, never resend it.
@@ -58,7 +62,7 @@ impl<B: Backend> Sender<B> {
             return Err(StrawError::TooLarge(frame.len()));
         }
         let mut frame = Some(frame);
-        self.step(&mut frame, None)?;
+        self.step(&mut frame, OnBlock::Ask)?;
         match frame {
             None => Ok(()),
             Some(_) => Err(StrawError::WouldBlock),
@@ -76,7 +80,7 @@ impl<B: Backend> Sender<B> {
         let mut none = None;
         loop {
             let seen = self.sh.bell_seq();
-            if self.step(&mut none, Some(deadline))? {
+            if self.step(&mut none, OnBlock::Spin(deadline))? {
                 return Ok(());
             }
             self.wait(seen, deadline)?;
@@ -93,11 +97,7 @@ impl<B: Backend> Sender<B> {
     /// One step: finish the pending frame, then start `frame` (taken when it is entirely or
     /// partly in the ring). `true`: nothing is pending and `frame` was taken. With a
     /// `deadline` (a blocking call) it spins for room before giving up.
-    fn step(
-        &self,
-        frame: &mut Option<Bytes>,
-        deadline: Option<Instant>,
-    ) -> Result<bool, StrawError> {
+    fn step(&self, frame: &mut Option<Bytes>, on_block: OnBlock) -> Result<bool, StrawError> {
         if self.sh.finished.load(Ordering::Acquire) && frame.is_some() {
             return Err(StrawError::Closed);
         }
@@ -113,7 +113,7 @@ impl<B: Backend> Sender<B> {
             return Err(self.sh.status_error().unwrap_or(StrawError::PeerGone));
         }
         let mut notify = false;
-        let r = self.pump(st, frame, &mut notify, deadline);
+        let r = self.pump(st, frame, &mut notify, on_block);
         drop(guard);
         let finished = r.map_err(|e| self.sh.ring_failed(e))?;
         if notify {
@@ -128,7 +128,7 @@ impl<B: Backend> Sender<B> {
         st: &mut TxState<B>,
         frame: &mut Option<Bytes>,
         notify: &mut bool,
-        spin: Option<Instant>,
+        on_block: OnBlock,
     ) -> Result<bool, RingError> {
         loop {
             let mut done = true;
@@ -161,12 +161,16 @@ impl<B: Backend> Sender<B> {
             if done {
                 return Ok(true);
             }
-            if let Some(deadline) = spin {
-                if self
-                    .sh
-                    .spin_until(&self.sh.spin_tx, deadline, || Ok(st.ring.writable()? > 0))?
-                {
-                    continue;
+            match on_block {
+                OnBlock::Return => return Ok(false),
+                OnBlock::Ask => {}
+                OnBlock::Spin(deadline) => {
+                    if self
+                        .sh
+                        .spin_until(&self.sh.spin_tx, deadline, || Ok(st.ring.writable()? > 0))?
+                    {
+                        continue;
+                    }
                 }
             }
             // About to wait for room: ask to be woken, then re-check.
@@ -258,7 +262,7 @@ impl<B: Backend> Sender<B> {
             let mut notify = false;
             let r = (|| -> Result<bool, RingError> {
                 // A frame another thread began goes first.
-                if !self.pump(st, &mut None, &mut notify, None)? {
+                if !self.pump(st, &mut None, &mut notify, OnBlock::Ask)? {
                     return Ok(false);
                 }
                 let room = |st: &mut TxState<B>| -> Result<bool, RingError> {

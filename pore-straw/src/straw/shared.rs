@@ -27,6 +27,18 @@ pub(super) const PEER_GONE: u8 = 2;
 pub(super) const CLOSING: u8 = 3;
 pub(super) const CLOSED: u8 = 4;
 
+/// What a step of a send or receive does when the ring cannot go on.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum OnBlock {
+    /// Return at once, asking the peer for nothing (the fast path before a blocking call
+    /// reads the clock).
+    Return,
+    /// Ask the peer for an event (so that a sleep that follows is woken), then return.
+    Ask,
+    /// Spin (within the spin budget) until this deadline, then ask.
+    Spin(Instant),
+}
+
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
