@@ -2,7 +2,9 @@
 # Real Xen in CI (docs/decisions.md D22): boots Xen 4.17 with a Debian Linux 6.1 PV dom0 under
 # QEMU (software emulation) from Debian packages (scripts/xenlab), and runs there, as root:
 #   boot 1 (dom0): a smoke check of the Xen devices and the real C xenstored, then every test
-#                  binary of pore-backend-linux with PORE_REQUIRE_XEN=1, then
+#                  binary of pore-backend-linux with PORE_REQUIRE_XEN=1, then `pore xs` against
+#                  xenstore-utils (scripts/xenlab/xs-compare.sh: output and exit status, through
+#                  the socket and /dev/xen/xenbus), then
 #                  `pore demo --backend linux` (two processes of dom0, named endpoints) in both
 #                  layouts, with a few MiB instead of the default 256 so the boot stays fast;
 #   boot 2 (domU): a PV domU started with `xl create` greets dom0 through the real xenstored
@@ -110,6 +112,20 @@ for test in tests/*; do
     echo "== $name: exit status $rc after $(awk -v a="$start" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }') s"
     [ "$rc" = 0 ] || failed="$failed $name"
 done
+# pore xs against xenstore-utils in dom0: output and exit status of every command, through
+# xenstored's socket and through /dev/xen/xenbus.
+if sh ./xs-compare.sh ./pore /pore-lab-xs "list /" "read /local/domain/0/domid" \
+    "ls /local/domain/0/nope"; then
+    echo "ok   pore xs = xenstore-utils (socket)"
+else
+    echo "FAIL pore xs differs from xenstore-utils (socket)"; failed="$failed xs-socket"
+fi
+if XS_COMPARE_QUICK=1 XENSTORED_PATH=/dev/xen/xenbus sh ./xs-compare.sh ./pore /pore-lab-xs-dev \
+    "read /local/domain/0/domid"; then
+    echo "ok   pore xs = xenstore-utils (/dev/xen/xenbus)"
+else
+    echo "FAIL pore xs differs from xenstore-utils (/dev/xen/xenbus)"; failed="$failed xs-xenbus"
+fi
 # The demo between two processes of dom0: handshake, latency, throughput, close, and nothing
 # left (each process checks its grants, mappings and ports; pore checks xenstore's nodes).
 for run in "v2 --bytes 4194304 --round-trips 200" "ling --ling --bytes 1048576 --round-trips 100"; do
@@ -129,7 +145,7 @@ EOF
 
 t=$SECONDS
 status=0
-XENLAB_FILES="$tmp/tests $tmp/pore" XENLAB_LOG="$cache/logs/dom0.log" \
+XENLAB_FILES="$tmp/tests $tmp/pore scripts/xenlab/xs-compare.sh" XENLAB_LOG="$cache/logs/dom0.log" \
   bash scripts/xenlab/run.sh "$lab" "$tmp/dom0.sh" "$limit" || status=$?
 boot1=$((SECONDS - t))
 echo "60-xenlab: boot 1 (dom0 tests): $boot1 s, status $status"
