@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::store::OutKind;
@@ -32,8 +31,6 @@ pub(crate) struct Outbox {
     sink: Box<dyn Sink>,
     state: Mutex<State>,
     max_events: usize,
-    /// Handed to the flusher thread (at most once at a time).
-    flushing: AtomicBool,
 }
 
 impl Outbox {
@@ -42,18 +39,7 @@ impl Outbox {
             sink,
             state: Mutex::new(State::default()),
             max_events,
-            flushing: AtomicBool::new(false),
         }
-    }
-
-    /// Marks the outbox as handed to the flusher; false if it already was.
-    pub(crate) fn claim_flush(&self) -> bool {
-        !self.flushing.swap(true, Ordering::AcqRel)
-    }
-
-    /// The flusher let it go.
-    pub(crate) fn release_flush(&self) {
-        self.flushing.store(false, Ordering::Release);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
