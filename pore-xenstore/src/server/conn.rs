@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::store::OutKind;
@@ -31,6 +32,8 @@ pub(crate) struct Outbox {
     sink: Box<dyn Sink>,
     state: Mutex<State>,
     max_events: usize,
+    /// Whoever writes the queue later (the event loop) was told it is pending.
+    flushing: AtomicBool,
 }
 
 impl Outbox {
@@ -39,7 +42,18 @@ impl Outbox {
             sink,
             state: Mutex::new(State::default()),
             max_events,
+            flushing: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the queue as handed to whoever flushes it; false if it already was.
+    pub(crate) fn claim_flush(&self) -> bool {
+        !self.flushing.swap(true, Ordering::AcqRel)
+    }
+
+    /// The flusher let it go (its queue drained).
+    pub(crate) fn release_flush(&self) {
+        self.flushing.store(false, Ordering::Release);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -1,4 +1,4 @@
-//! The event loop: one thread polls every unix listener and client socket, reads
+//! The event loop: one thread waits (epoll) on every unix listener and client socket, reads
 //! requests, runs them against the store and writes the replies without blocking, as C
 //! xenstored does. A request never crosses threads on its way in or out.
 //!
@@ -21,7 +21,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+
+use rustix::event::epoll::{self, EventData, EventFlags};
+use rustix::event::Timespec;
 use rustix::net::{RecvFlags, SendFlags};
 
 use super::conn::{Outbox, Sink};
@@ -148,6 +152,8 @@ struct Client {
     filled: usize,
     /// The last round stopped at its request budget: whole requests may be buffered.
     more: bool,
+    /// Registered for room to write (its output is queued), not for reading.
+    out: bool,
 }
 
 fn timespec(d: Duration) -> Timespec {
@@ -229,6 +235,7 @@ fn accept(inner: &Arc<Inner>, l: &UnixListener, clients: &mut Vec<Client>) {
                     buf: vec![0u8; READ_BUF],
                     filled: 0,
                     more: false,
+                    out: false,
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -241,92 +248,217 @@ fn accept(inner: &Arc<Inner>, l: &UnixListener, clients: &mut Vec<Client>) {
     }
 }
 
-/// The loop: runs until the server stops.
-pub(crate) fn run(inner: Arc<Inner>, waker: Arc<Waker>, rx: mpsc::Receiver<Command>) {
-    let mut listeners: Vec<ListenEntry> = Vec::new();
-    let mut clients: Vec<Client> = Vec::new();
-    let mut out = Vec::new();
-    let mut ready: Vec<PollFlags> = Vec::new();
-    let mut pending: Vec<bool> = Vec::new();
-    while !inner.stop.load(Ordering::Relaxed) {
-        while let Ok(cmd) = rx.try_recv() {
-            match cmd {
-                Command::Listen(e) => listeners.push(e),
+/// Tokens of the waker and of listeners (clients use their `ConnId`, below these).
+const WAKER: u64 = u64::MAX;
+const LISTENER: u64 = 1 << 63;
+
+/// Waits for reading (`out` false) or for room to write (`out` true).
+fn interest(out: bool) -> EventFlags {
+    if out {
+        EventFlags::OUT
+    } else {
+        EventFlags::IN
+    }
+}
+
+/// The loop's state.
+struct Loop {
+    inner: Arc<Inner>,
+    epoll: OwnedFd,
+    listeners: Vec<ListenEntry>,
+    clients: HashMap<u64, Client>,
+    out: Vec<super::store::Outgoing>,
+    /// Clients that stopped at their request budget with requests buffered.
+    more: Vec<u64>,
+}
+
+impl Loop {
+    fn close(&mut self, tok: u64) {
+        if let Some(c) = self.clients.remove(&tok) {
+            // The outbox holds a duplicate of the socket: epoll would keep it registered.
+            let _ = epoll::delete(&self.epoll, &c.stream);
+            c.close(&self.inner);
+        }
+    }
+
+    /// Waits for room to write (`out`) or for requests.
+    fn want(&mut self, tok: u64, out: bool) {
+        let Some(c) = self.clients.get_mut(&tok) else {
+            return;
+        };
+        if c.out != out {
+            c.out = out;
+            if let Err(e) = epoll::modify(
+                &self.epoll,
+                &c.stream,
+                EventData::new_u64(tok),
+                interest(out),
+            ) {
+                tracing::warn!(error = %e, "epoll: cannot change a client's interest");
+                self.close(tok);
             }
         }
-        pending.clear();
-        pending.extend(clients.iter().map(|c| c.outbox.pending()));
-        let busy = clients.iter().zip(&pending).any(|(c, &p)| c.more && !p);
-        let timeout = timespec(if busy { Duration::ZERO } else { POLL_INTERVAL });
-        {
-            let mut fds = Vec::with_capacity(1 + listeners.len() + clients.len());
-            fds.push(PollFd::new(&waker.rx, PollFlags::IN));
-            for l in &listeners {
-                fds.push(PollFd::new(&l.listener, PollFlags::IN));
+    }
+
+    fn accept(&mut self, i: usize) {
+        let mut new = Vec::new();
+        accept(&self.inner, &self.listeners[i].listener, &mut new);
+        for c in new {
+            let tok = c.conn.0;
+            if tok >= LISTENER {
+                c.close(&self.inner);
+                continue;
             }
-            for (c, &p) in clients.iter().zip(&pending) {
-                // A client with output queued is not read until it takes it.
-                let want = if p { PollFlags::OUT } else { PollFlags::IN };
-                fds.push(PollFd::new(&c.stream, want));
-            }
-            match poll(&mut fds, Some(&timeout)) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
+            match epoll::add(
+                &self.epoll,
+                &c.stream,
+                EventData::new_u64(tok),
+                EventFlags::IN,
+            ) {
+                Ok(()) => {
+                    self.clients.insert(tok, c);
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "poll failed");
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
+                    tracing::warn!(error = %e, "epoll: cannot add a client");
+                    c.close(&self.inner);
                 }
             }
-            ready.clear();
-            ready.extend(fds.iter().map(|f| f.revents()));
         }
-        if !ready[0].is_empty() {
-            waker.drain();
-        }
-        let nl = listeners.len();
-        for (l, r) in listeners.iter().zip(&ready[1..]) {
-            if !r.is_empty() {
-                accept(&inner, &l.listener, &mut clients);
-            }
-        }
-        let gone = PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL;
-        // Newly accepted clients (after the polled ones) wait for the next round.
-        let polled = ready.len() - 1 - nl;
-        let mut i = 0;
-        let mut k = 0;
-        while k < polled {
-            let r = ready[1 + nl + k];
-            let p = pending[k];
-            k += 1;
-            let c = &mut clients[i];
-            let after = if p {
-                if r.is_empty() {
-                    After::Keep
-                } else if !c.outbox.flush() && !c.outbox.is_dead() {
-                    // Drained: handle what was left buffered, then read again next round.
-                    c.handle(&inner, &mut out)
-                } else if c.outbox.is_dead() || r.intersects(gone) {
+    }
+
+    /// Acts on a client after `flags` (or, with none, on its buffered requests).
+    fn serve(&mut self, tok: u64, flags: EventFlags) {
+        let Some(c) = self.clients.get_mut(&tok) else {
+            return;
+        };
+        let after = if c.out {
+            if c.outbox.flush() {
+                if c.outbox.is_dead() || flags.intersects(EventFlags::ERR | EventFlags::HUP) {
                     After::Close
                 } else {
                     After::Keep
                 }
-            } else if r.intersects(PollFlags::IN | gone) {
-                c.read(&inner, &mut out)
-            } else if c.more {
-                c.handle(&inner, &mut out)
+            } else if c.outbox.is_dead() {
+                After::Close
             } else {
-                After::Keep
-            };
-            match after {
-                After::Keep => i += 1,
-                After::Close => clients.remove(i).close(&inner),
+                c.outbox.release_flush();
+                // Bytes queued between the flush and the release: keep waiting for room.
+                if c.outbox.pending() && c.outbox.claim_flush() {
+                    After::Keep
+                } else {
+                    // Drained: handle what was left buffered, read again.
+                    let a = c.handle(&self.inner, &mut self.out);
+                    self.want(tok, false);
+                    a
+                }
             }
+        } else if c.outbox.pending() {
+            // Output queued (by another connection's request): its turn comes when the
+            // blocked list is read.
+            After::Keep
+        } else if flags.is_empty() {
+            c.handle(&self.inner, &mut self.out)
+        } else {
+            c.read(&self.inner, &mut self.out)
+        };
+        match after {
+            After::Keep => {
+                // Buffered requests wait for the next round, unless output is queued
+                // (they are handled once it drains).
+                if let Some(c) = self.clients.get(&tok) {
+                    if c.more && !c.out && !c.outbox.pending() {
+                        self.more.push(tok);
+                    }
+                }
+            }
+            After::Close => self.close(tok),
         }
     }
-    for c in clients {
-        c.close(&inner);
+}
+
+/// The loop: runs until the server stops.
+pub(crate) fn run(inner: Arc<Inner>, waker: Arc<Waker>, rx: mpsc::Receiver<Command>) {
+    let epoll = match epoll::create(epoll::CreateFlags::CLOEXEC).and_then(|e| {
+        epoll::add(&e, &waker.rx, EventData::new_u64(WAKER), EventFlags::IN)?;
+        Ok(e)
+    }) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the event loop's epoll");
+            return;
+        }
+    };
+    let mut lp = Loop {
+        inner,
+        epoll,
+        listeners: Vec::new(),
+        clients: HashMap::new(),
+        out: Vec::new(),
+        more: Vec::new(),
+    };
+    let mut events = Vec::with_capacity(256);
+    let mut todo: Vec<u64> = Vec::new();
+    while !lp.inner.stop.load(Ordering::Relaxed) {
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Command::Listen(e) => {
+                    let tok = LISTENER + lp.listeners.len() as u64;
+                    match epoll::add(
+                        &lp.epoll,
+                        &e.listener,
+                        EventData::new_u64(tok),
+                        EventFlags::IN,
+                    ) {
+                        Ok(()) => lp.listeners.push(e),
+                        Err(err) => tracing::error!(error = %err, "epoll: cannot add a listener"),
+                    }
+                }
+            }
+        }
+        let timeout = timespec(if lp.more.is_empty() {
+            POLL_INTERVAL
+        } else {
+            Duration::ZERO
+        });
+        events.clear();
+        match epoll::wait(
+            &lp.epoll,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(&timeout),
+        ) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "epoll_wait failed");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
+        todo.clear();
+        todo.append(&mut lp.more);
+        for ev in &events {
+            let tok = ev.data.u64();
+            if tok == WAKER {
+                waker.drain();
+            } else if tok >= LISTENER {
+                lp.accept((tok - LISTENER) as usize);
+            } else {
+                todo.retain(|&t| t != tok);
+                lp.serve(tok, ev.flags);
+            }
+        }
+        for &tok in &todo {
+            lp.serve(tok, EventFlags::empty());
+        }
+        // Connections whose output got queued this round: wait for room to write.
+        let blocked = std::mem::take(&mut *lp.inner.blocked());
+        for conn in blocked {
+            lp.want(conn.0, true);
+        }
+    }
+    let toks: Vec<u64> = lp.clients.keys().copied().collect();
+    for tok in toks {
+        lp.close(tok);
     }
     // Listeners still queued are dropped with `rx`, closing them too.
-    drop(listeners);
 }

@@ -55,6 +55,9 @@ pub(crate) struct Inner {
     commands: Mutex<Option<mpsc::Sender<Command>>>,
     /// The event loop's thread.
     loop_thread: OnceLock<ThreadId>,
+    /// Connections whose output became queued, for the event loop to wait until their
+    /// socket takes it.
+    blocked: Mutex<Vec<ConnId>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     max_events: usize,
 }
@@ -247,6 +250,11 @@ impl Inner {
         Ok((used, handled == budget))
     }
 
+    /// Connections whose output became queued since the event loop last looked.
+    pub(crate) fn blocked(&self) -> MutexGuard<'_, Vec<ConnId>> {
+        self.blocked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// True on the event loop's thread.
     fn on_loop(&self) -> bool {
         self.loop_thread.get() == Some(&std::thread::current().id())
@@ -267,8 +275,11 @@ impl Inner {
                 let msgs = out[i..j]
                     .iter_mut()
                     .map(|o| (std::mem::take(&mut o.bytes), o.kind));
-                if ob.push(msgs) && !self.on_loop() {
-                    self.wake();
+                if ob.push(msgs) && ob.claim_flush() {
+                    self.blocked().push(conn);
+                    if !self.on_loop() {
+                        self.wake();
+                    }
                 }
             }
             i = j;
@@ -388,6 +399,7 @@ impl Server {
             waker: waker.clone(),
             commands: Mutex::new(waker.is_some().then_some(tx)),
             loop_thread: OnceLock::new(),
+            blocked: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
             max_events,
         });
