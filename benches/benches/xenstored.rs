@@ -23,6 +23,10 @@
 //!   more daemon ("before"), so that a change of our server is measured in the same run
 //!   (the tables add our time over its time).
 //! * `PORE_BENCH_XSD_SUMMARY=1`: the summary tables only (no criterion groups).
+//! * `PORE_BENCH_XSD_BATCH=1`: every daemon's threads run under `SCHED_BATCH`, so that a
+//!   daemon woken by a client's write does not preempt the client. libxenstore writes a
+//!   request's header and payload in two writes: on one CPU, a daemon that preempts the
+//!   client at the first wakes up for the header alone, then again for the payload.
 //! * `PORE_BENCH_XSD_FAIRNESS=1`: instead of the above, the fairness runs: a normal
 //!   client's read latency alone, next to a client flooding pipelined requests (its own
 //!   thread, on CPU 1), and next to a client that sends requests and never reads the
@@ -367,6 +371,12 @@ fn main() {
     }
     daemons.extend(start_debian("C xenstored", "c", &dir));
     daemons.extend(start_debian("oxenstored", "ocaml", &dir));
+    if std::env::var_os("PORE_BENCH_XSD_BATCH").is_some() {
+        for d in &daemons {
+            let n = pore_benches::sched::batch(d.pid);
+            eprintln!("xenstored bench: {}: {n} threads under SCHED_BATCH", d.name);
+        }
+    }
     if std::env::var_os("PORE_BENCH_XSD_FAIRNESS").is_some() {
         fairness(&daemons);
         drop(daemons);

@@ -3,6 +3,7 @@
 //! table printing.
 
 pub mod libxs;
+pub mod sched;
 pub mod xsd;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
