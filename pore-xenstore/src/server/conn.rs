@@ -51,7 +51,7 @@ impl Outbox {
         !self.flushing.swap(true, Ordering::AcqRel)
     }
 
-    /// The flusher let it go (its queue drained).
+    /// Whoever flushes it let it go (its queue drained).
     pub(crate) fn release_flush(&self) {
         self.flushing.store(false, Ordering::Release);
     }

@@ -241,7 +241,10 @@ fn accept(inner: &Arc<Inner>, l: &UnixListener, clients: &mut Vec<Client>) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
+                // E.g. out of file descriptors: the listener stays readable, so pause a
+                // little rather than spin.
                 tracing::warn!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(10));
                 return;
             }
         }

@@ -473,7 +473,7 @@ impl Server {
         self.inner.stop.load(Ordering::Relaxed)
     }
 
-    /// Stops every connection thread and waits for them (each notices within
+    /// Stops the event loop and every guest thread and waits for them (each notices within
     /// a fraction of a second). Listeners stop too; join them with [`Listener::join`](super::Listener::join).
     pub fn shutdown(&self) {
         self.inner.stop.store(true, Ordering::Relaxed);
