@@ -9,6 +9,11 @@
 //! ([`READ_BUF`]), the replies of one round and `max_queued_events` watch events (later
 //! events are dropped, as in C).
 //!
+//! On one CPU (a dom0 with one vCPU, or the daemon pinned), the loop yields the CPU before it
+//! sleeps after a round that served requests: the clients its replies woke then run, and
+//! write their next request whole, instead of being preempted by the loop's wake-up after a
+//! request's first write (libxenstore writes the header and the payload separately).
+//!
 //! Guest rings are not served here: a [`GuestLink`](super::GuestLink)'s event channel has
 //! no readiness handle to poll, so each guest keeps a thread of its own (see
 //! `service::guest_loop`).
@@ -401,6 +406,8 @@ pub(crate) fn run(inner: Arc<Inner>, waker: Arc<Waker>, rx: mpsc::Receiver<Comma
     };
     let mut events = Vec::with_capacity(256);
     let mut todo: Vec<u64> = Vec::new();
+    let one_cpu = rustix::thread::sched_getaffinity(None).is_ok_and(|s| s.count() == 1);
+    let mut served = false;
     while !lp.inner.stop.load(Ordering::Relaxed) {
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
@@ -424,19 +431,34 @@ pub(crate) fn run(inner: Arc<Inner>, waker: Arc<Waker>, rx: mpsc::Receiver<Comma
             Duration::ZERO
         });
         events.clear();
-        match epoll::wait(
-            &lp.epoll,
-            rustix::buffer::spare_capacity(&mut events),
-            Some(&timeout),
-        ) {
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "epoll_wait failed");
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
+        if one_cpu && served && lp.more.is_empty() {
+            // Nothing ready: let the clients our replies woke run before we sleep.
+            let now = timespec(Duration::ZERO);
+            let ready = epoll::wait(
+                &lp.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                Some(&now),
+            );
+            if matches!(ready, Ok(0)) {
+                rustix::thread::sched_yield();
             }
         }
+        if events.is_empty() {
+            match epoll::wait(
+                &lp.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                Some(&timeout),
+            ) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "epoll_wait failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            }
+        }
+        served = !lp.more.is_empty();
         todo.clear();
         todo.append(&mut lp.more);
         for ev in &events {
@@ -448,6 +470,7 @@ pub(crate) fn run(inner: Arc<Inner>, waker: Arc<Waker>, rx: mpsc::Receiver<Comma
             } else {
                 todo.retain(|&t| t != tok);
                 lp.serve(tok, ev.flags);
+                served = true;
             }
         }
         for &tok in &todo {
