@@ -18,16 +18,15 @@
 //! no readiness handle to poll, so each guest keeps a thread of its own (see
 //! `service::guest_loop`).
 
+use std::collections::HashMap;
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
-
-use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::Timespec;
