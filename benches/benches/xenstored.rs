@@ -11,165 +11,38 @@
 //!
 //! The C and OCaml daemons are started by the repository's `scripts/xenstored/launch.sh`
 //! with `PORE_XS_QUIET=1` (trace and logs off), and are stopped by PID at the end; ours
-//! is this executable re-run as a server. A missing daemon is reported and left out. The client is a bare socket with
-//! pre-encoded requests, so the rows are the daemons' own costs. A summary table (the
-//! daemons taking turns, so that a change of machine load hits all of them) with our
-//! time over the best other daemon's is printed at the end.
+//! is this executable re-run as a server. A missing daemon is reported and left out.
+//! Every operation runs through two clients: a bare socket with pre-encoded requests
+//! ("raw": the rows are the daemons' own costs) and Debian's libxenstore (`xs_read`,
+//! `xs_write`, ...: the client of Xen's own tools). Summary tables (the daemons taking
+//! turns, so that a change of machine load hits all of them), one per client, with our
+//! time over the best other daemon's, are printed at the end.
+//!
+//! Environment:
+//! * `PORE_BENCH_XSD_BEFORE=<executable>`: an earlier build of this bench, run as one
+//!   more daemon ("before"), so that a change of our server is measured in the same run
+//!   (the tables add our time over its time).
+//! * `PORE_BENCH_XSD_SUMMARY=1`: the summary tables only (no criterion groups).
+//! * `PORE_BENCH_XSD_BATCH=1`: every daemon's threads run under `SCHED_BATCH`, so that a
+//!   daemon woken by a client's write does not preempt the client. libxenstore writes a
+//!   request's header and payload in two writes: on one CPU, a daemon that preempts the
+//!   client at the first wakes up for the header alone, then again for the payload.
+//! * `PORE_BENCH_XSD_FAIRNESS=1`: instead of the above, the fairness runs: a normal
+//!   client's read latency alone, next to a client flooding pipelined requests (its own
+//!   thread, on CPU 1), and next to a client that sends requests and never reads the
+//!   replies; with each daemon's resident memory before and after the stalled client.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
-use pore_xenstore::server::{Config, Server};
+use pore_benches::libxs::Xs;
+use pore_benches::xsd::{serve, start_debian, start_ours, Daemon, Ops, Raw};
 use pore_xenstore::Request;
 
 const SERVE_ENV: &str = "PORE_BENCH_XENSTORED_SERVE";
-
-/// A minimal blocking client: one request, one reply.
-struct Raw {
-    s: UnixStream,
-    buf: Vec<u8>,
-    req: Vec<u8>,
-}
-
-impl Raw {
-    fn connect(p: &Path) -> Self {
-        let s = UnixStream::connect(p).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        Raw {
-            s,
-            buf: vec![0; 8192],
-            req: Vec::new(),
-        }
-    }
-
-    /// Sends `r` (tx id `tx`) and returns the reply type and payload.
-    fn call(&mut self, r: &Request<'_>, tx: u32) -> (u32, &[u8]) {
-        self.req.clear();
-        r.encode_into(1, tx, 4096, &mut self.req).unwrap();
-        self.s.write_all(&self.req).unwrap();
-        let mut have = 0;
-        loop {
-            let n = self.s.read(&mut self.buf[have..]).unwrap();
-            assert!(n > 0, "daemon closed the connection");
-            have += n;
-            if have >= 16 {
-                let len = u32::from_le_bytes(self.buf[12..16].try_into().unwrap()) as usize;
-                if have >= 16 + len {
-                    let ty = u32::from_le_bytes(self.buf[0..4].try_into().unwrap());
-                    return (ty, &self.buf[16..16 + len]);
-                }
-            }
-        }
-    }
-
-    fn ok(&mut self, r: &Request<'_>, tx: u32) {
-        let (ty, p) = self.call(r, tx);
-        assert_ne!(ty, 16, "{r:?}: error {:?}", String::from_utf8_lossy(p));
-    }
-
-    fn tx_start(&mut self) -> u32 {
-        let (ty, p) = self.call(&Request::TransactionStart, 0);
-        assert_eq!(ty, 6);
-        std::str::from_utf8(&p[..p.len() - 1])
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-}
-
-/// A daemon under test: a socket and how to stop it.
-struct Daemon {
-    name: &'static str,
-    sock: PathBuf,
-    stop: Stop,
-}
-
-enum Stop {
-    Script(PathBuf, String),
-    Child(Child),
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        match &mut self.stop {
-            Stop::Script(script, pid) => {
-                let _ = Command::new("bash")
-                    .arg(script)
-                    .arg("stop")
-                    .arg(&*pid)
-                    .status();
-            }
-            Stop::Child(c) => {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-fn launcher() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/xenstored/launch.sh")
-}
-
-fn start_debian(name: &'static str, kind: &str, dir: &Path) -> Option<Daemon> {
-    let script = launcher();
-    let sock = dir.join(format!("{kind}.sock"));
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("start")
-        .arg(&sock)
-        .arg(kind)
-        .env("PORE_XS_QUIET", "1")
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "xenstored bench: {name} did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return None;
-    }
-    let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    Some(Daemon {
-        name,
-        sock,
-        stop: Stop::Script(script, pid),
-    })
-}
-
-fn start_ours(dir: &Path) -> Option<Daemon> {
-    let sock = dir.join("pore.sock");
-    let child = Command::new(std::env::current_exe().ok()?)
-        .env(SERVE_ENV, &sock)
-        .spawn()
-        .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&sock).is_err() {
-        if Instant::now() > deadline {
-            eprintln!("xenstored bench: our server did not start");
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Some(Daemon {
-        name: "pore",
-        sock,
-        stop: Stop::Child(child),
-    })
-}
-
-/// The server side of this executable: serve until killed (or 10 minutes).
-fn serve(sock: &Path) {
-    let server = Server::new(Config::default(), None);
-    let listener = server.listen_unix(sock).expect("listen");
-    std::thread::sleep(Duration::from_secs(600));
-    server.shutdown();
-    listener.join();
-}
 
 const OPS: &[&str] = &[
     "read 1 B",
@@ -185,8 +58,9 @@ const OPS: &[&str] = &[
 ];
 
 /// Runs `iters` of operation `op` on `c` (with `other` for conflicts); returns the time.
-fn run_op(op: &str, c: &mut Raw, other: &mut Raw, iters: u64) -> Duration {
+fn run_op<C: Ops>(op: &str, c: &mut C, other: &mut C, iters: u64) -> Duration {
     let big = vec![b'v'; 2000];
+    let mut v = Vec::with_capacity(4096);
     let mut total = Duration::ZERO;
     match op {
         "read 1 B" | "read 2000 B" => {
@@ -197,58 +71,41 @@ fn run_op(op: &str, c: &mut Raw, other: &mut Raw, iters: u64) -> Duration {
             };
             let t = Instant::now();
             for _ in 0..iters {
-                c.ok(&Request::Read(p), 0);
+                assert!(c.read(0, p, &mut v));
             }
             total = t.elapsed();
         }
         "write 1 B" | "write 2000 B" => {
-            let v: &[u8] = if op == "write 1 B" { b"x" } else { &big };
+            let val: &[u8] = if op == "write 1 B" { b"x" } else { &big };
             let t = Instant::now();
             for _ in 0..iters {
-                c.ok(
-                    &Request::Write {
-                        path: "/bench/w",
-                        value: v,
-                    },
-                    0,
-                );
+                assert!(c.write(0, "/bench/w", val));
             }
             total = t.elapsed();
         }
         "directory (32)" => {
             let t = Instant::now();
             for _ in 0..iters {
-                c.ok(&Request::Directory("/bench/dir"), 0);
+                assert_eq!(c.directory(0, "/bench/dir"), Some(32));
             }
             total = t.elapsed();
         }
         "rm node" => {
             for _ in 0..iters {
-                c.ok(
-                    &Request::Write {
-                        path: "/bench/rm",
-                        value: b"x",
-                    },
-                    0,
-                );
+                assert!(c.write(0, "/bench/rm", b"x"));
                 let t = Instant::now();
-                c.ok(&Request::Rm("/bench/rm"), 0);
+                assert!(c.rm(0, "/bench/rm"));
                 total += t.elapsed();
             }
         }
         "rm tree (1+10)" => {
+            let paths: Vec<String> = (0..10).map(|i| format!("/bench/tree/n{i}")).collect();
             for _ in 0..iters {
-                for i in 0..10 {
-                    c.ok(
-                        &Request::Write {
-                            path: &format!("/bench/tree/n{i}"),
-                            value: b"x",
-                        },
-                        0,
-                    );
+                for p in &paths {
+                    assert!(c.write(0, p, b"x"));
                 }
                 let t = Instant::now();
-                c.ok(&Request::Rm("/bench/tree"), 0);
+                assert!(c.rm(0, "/bench/tree"));
                 total += t.elapsed();
             }
         }
@@ -256,7 +113,7 @@ fn run_op(op: &str, c: &mut Raw, other: &mut Raw, iters: u64) -> Duration {
             let t = Instant::now();
             for _ in 0..iters {
                 let id = c.tx_start();
-                c.ok(&Request::TransactionEnd { commit: true }, id);
+                assert!(c.commit(id));
             }
             total = t.elapsed();
         }
@@ -264,17 +121,14 @@ fn run_op(op: &str, c: &mut Raw, other: &mut Raw, iters: u64) -> Duration {
             let t = Instant::now();
             for _ in 0..iters {
                 let id = c.tx_start();
-                let (_, v) = c.call(&Request::Read("/bench/count"), id);
-                let n: u64 = std::str::from_utf8(v).unwrap_or("0").parse().unwrap_or(0);
+                assert!(c.read(id, "/bench/count", &mut v));
+                let n: u64 = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.trim_end_matches('\0').parse().ok())
+                    .unwrap_or(0);
                 let s = (n + 1).to_string();
-                c.ok(
-                    &Request::Write {
-                        path: "/bench/count",
-                        value: s.as_bytes(),
-                    },
-                    id,
-                );
-                c.ok(&Request::TransactionEnd { commit: true }, id);
+                assert!(c.write(id, "/bench/count", s.as_bytes()));
+                assert!(c.commit(id));
             }
             total = t.elapsed();
         }
@@ -282,30 +136,17 @@ fn run_op(op: &str, c: &mut Raw, other: &mut Raw, iters: u64) -> Duration {
             // A new value each time: oxenstored ignores a rewrite with the same value.
             static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             for _ in 0..iters {
-                let v = SEQ
+                let val = SEQ
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                     .to_string();
                 let t = Instant::now();
                 let id = c.tx_start();
-                c.ok(&Request::Read("/bench/x"), id);
+                assert!(c.read(id, "/bench/x", &mut v));
                 let mid = Instant::now();
-                other.ok(
-                    &Request::Write {
-                        path: "/bench/x",
-                        value: v.as_bytes(),
-                    },
-                    0,
-                );
+                assert!(other.write(0, "/bench/x", val.as_bytes()));
                 let resume = Instant::now();
-                c.ok(
-                    &Request::Write {
-                        path: "/bench/y",
-                        value: b"y",
-                    },
-                    id,
-                );
-                let (ty, p) = c.call(&Request::TransactionEnd { commit: true }, id);
-                assert!(ty == 16 && p == b"EAGAIN\0", "conflict not detected");
+                assert!(c.write(id, "/bench/y", b"y"));
+                assert!(!c.commit(id), "conflict not detected");
                 total += mid - t + resume.elapsed();
             }
         }
@@ -354,11 +195,166 @@ fn prepare(c: &mut Raw) {
     }
 }
 
-fn pin_to_cpu0() {
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(0);
-    if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
-        eprintln!("xenstored bench: cannot pin to CPU 0: {e}");
+fn median(v: &mut [f64]) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+/// The summary for one client: the daemons take turns, 15 rounds of about 20 ms each per
+/// operation; per daemon the median of its rounds, and the median over rounds of our time
+/// over the best other daemon's (and over the earlier build's) in that round.
+fn summary<C: Ops>(client: &str, daemons: &[Daemon], conns: &mut [(C, C)], rounds: usize) {
+    let has_before = daemons.iter().any(|d| d.name == "before");
+    println!(
+        "\n{client}: µs per operation, medians of {rounds} interleaved rounds\n{:<18} {:>8} {:>8} {:>8} {:>8} {:>10}{}",
+        "operation",
+        "pore",
+        "before",
+        "C",
+        "OCaml",
+        "pore/best",
+        if has_before { "  pore/before" } else { "" }
+    );
+    let idx = |name: &str| daemons.iter().position(|d| d.name == name);
+    for op in OPS {
+        // Iterations per round from a quick probe on the first daemon.
+        let probe = {
+            let (a, b) = &mut conns[0];
+            run_op(op, a, b, 50).as_secs_f64() / 50.0
+        };
+        let iters = if rounds == 1 {
+            20
+        } else {
+            ((0.02 / probe.max(1e-7)) as u64).clamp(20, 5000)
+        };
+        let mut per: Vec<Vec<f64>> = vec![Vec::new(); daemons.len()];
+        let mut ratios = Vec::new();
+        let mut vs_before = Vec::new();
+        for _ in 0..rounds {
+            let mut round = Vec::new();
+            for (i, (a, b)) in conns.iter_mut().enumerate() {
+                let t = run_op(op, a, b, iters).as_secs_f64() * 1e6 / iters as f64;
+                per[i].push(t);
+                round.push(t);
+            }
+            let best = daemons
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.name != "pore" && d.name != "before")
+                .map(|(i, _)| round[i])
+                .min_by(f64::total_cmp);
+            if let (Some(o), Some(b)) = (idx("pore"), best) {
+                ratios.push(round[o] / b);
+            }
+            if let (Some(o), Some(b)) = (idx("pore"), idx("before")) {
+                vs_before.push(round[o] / round[b]);
+            }
+        }
+        let col = |per: &mut Vec<Vec<f64>>, name: &str| {
+            idx(name)
+                .and_then(|i| median(&mut per[i]))
+                .map_or("-".to_string(), |v| format!("{v:.2}"))
+        };
+        let ratio = median(&mut ratios).map_or("-".to_string(), |r| format!("{r:.2}"));
+        let before = median(&mut vs_before).map_or(String::new(), |r| format!("  {r:>11.2}"));
+        println!(
+            "{:<18} {:>8} {:>8} {:>8} {:>8} {:>10}{}",
+            op,
+            col(&mut per, "pore"),
+            col(&mut per, "before"),
+            col(&mut per, "C xenstored"),
+            col(&mut per, "oxenstored"),
+            ratio,
+            before
+        );
+    }
+}
+
+/// Read latencies of `c` over `n` reads of `/bench/v1`: (median, 99th percentile) in µs.
+fn latencies(c: &mut Raw, n: usize) -> (f64, f64) {
+    let mut v = Vec::new();
+    let mut t = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = Instant::now();
+        assert!(Ops::read(c, 0, "/bench/v1", &mut v));
+        t.push(s.elapsed().as_secs_f64() * 1e6);
+    }
+    t.sort_by(f64::total_cmp);
+    (t[n / 2], t[n * 99 / 100])
+}
+
+/// The fairness runs (see the module's documentation).
+fn fairness(daemons: &[Daemon]) {
+    const N: usize = 5000;
+    println!(
+        "\nfairness: a normal client's read of 1 B, µs (median / p99) over {N} reads; ratios to alone\n{:<12} {:>16} {:>16} {:>8} {:>16} {:>8} {:>10} {:>10}",
+        "daemon", "alone", "flooder", "ratio", "non-reader", "ratio", "RSS before", "RSS stalled"
+    );
+    for d in daemons {
+        let mut c = Raw::connect(&d.sock);
+        prepare(&mut c);
+        latencies(&mut c, 500);
+        let alone = latencies(&mut c, N);
+        // A flooder on CPU 1: 64 pipelined reads of 2000 B at a time, without pause.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flood = {
+            let sock = d.sock.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                pore_benches::pin(1);
+                let mut f = Raw::connect(&sock);
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    f.pipeline((0..64).map(|_| Request::Read("/bench/v2000")));
+                    n += 64;
+                }
+                n
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        let flooded = latencies(&mut c, N);
+        let secs = t.elapsed().as_secs_f64();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let flood_n = flood.join().unwrap_or(0);
+        // A client that sends reads of 2000 B until its socket takes no more, and never
+        // reads a reply.
+        let rss0 = d.rss().0;
+        let stalled = UnixStream::connect(&d.sock).expect("connect");
+        stalled.set_nonblocking(true).unwrap();
+        let req = Request::Read("/bench/v2000").encode(1, 0, 4096).unwrap();
+        let mut sent = 0usize;
+        let mut idle = 0;
+        // Until the daemon stops taking requests (100 ms without progress).
+        while idle < 100 {
+            match (&stalled).write(&req) {
+                Ok(n) => sent += n,
+                Err(_) => {
+                    idle += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        let stalled_lat = latencies(&mut c, N);
+        let rss1 = d.rss().0;
+        println!(
+            "{:<12} {:>16} {:>16} {:>8.2} {:>16} {:>8.2} {:>9.1}M {:>9.1}M",
+            d.name,
+            format!("{:.1} / {:.1}", alone.0, alone.1),
+            format!("{:.1} / {:.1}", flooded.0, flooded.1),
+            flooded.0 / alone.0,
+            format!("{:.1} / {:.1}", stalled_lat.0, stalled_lat.1),
+            stalled_lat.0 / alone.0,
+            rss0 as f64 / 1e6,
+            rss1 as f64 / 1e6,
+        );
+        println!(
+            "{:<12} (flooder: {:.0} requests/s; stalled client sent {} KiB of requests before the daemon stopped taking them)",
+            "",
+            flood_n as f64 / secs,
+            sent / 1024
+        );
+        drop(stalled);
     }
 }
 
@@ -367,19 +363,31 @@ fn main() {
         serve(Path::new(&sock));
         return;
     }
-    pin_to_cpu0();
+    let _ = pore_benches::cpus();
+    pore_benches::pin(0);
     let dir = std::env::temp_dir().join(format!("pore-xsd-bench-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
+    let exe = std::env::current_exe().expect("this executable");
     let mut daemons = Vec::new();
-    daemons.extend(start_ours(&dir));
+    daemons.extend(start_ours("pore", &exe, SERVE_ENV, &dir));
+    if let Some(before) = std::env::var_os("PORE_BENCH_XSD_BEFORE") {
+        daemons.extend(start_ours("before", Path::new(&before), SERVE_ENV, &dir));
+    }
     daemons.extend(start_debian("C xenstored", "c", &dir));
     daemons.extend(start_debian("oxenstored", "ocaml", &dir));
-    let mut crit = Criterion::default()
-        .configure_from_args()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30);
-    let mut conns: Vec<(Raw, Raw)> = daemons
+    if std::env::var_os("PORE_BENCH_XSD_BATCH").is_some() {
+        for d in &daemons {
+            let n = pore_benches::sched::batch(d.pid);
+            eprintln!("xenstored bench: {}: {n} threads under SCHED_BATCH", d.name);
+        }
+    }
+    if std::env::var_os("PORE_BENCH_XSD_FAIRNESS").is_some() {
+        fairness(&daemons);
+        drop(daemons);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    let mut raw: Vec<(Raw, Raw)> = daemons
         .iter()
         .map(|d| {
             let mut a = Raw::connect(&d.sock);
@@ -388,78 +396,60 @@ fn main() {
             (a, b)
         })
         .collect();
+    let mut xs: Vec<(Xs, Xs)> = daemons
+        .iter()
+        .map(|d| {
+            let open = || Xs::connect(&d.sock).expect("libxenstore cannot connect");
+            (open(), open())
+        })
+        .collect();
     // Let every daemon settle after start-up (they share the CPU): a short pass of every
     // operation on each before anything is measured.
-    for op in OPS {
-        for (a, b) in conns.iter_mut() {
-            run_op(op, a, b, 200);
-        }
-    }
-    for op in OPS {
-        let mut g = crit.benchmark_group(format!("xenstored/{op}"));
-        for (d, (a, b)) in daemons.iter().zip(conns.iter_mut()) {
-            g.bench_function(BenchmarkId::from_parameter(d.name), |bn| {
-                bn.iter_custom(|iters| run_op(op, a, b, iters))
-            });
-        }
-        g.finish();
-    }
-    // Summary, robust to a machine whose load changes: the daemons take turns, 15
-    // rounds of about 20 ms each per operation; per daemon the median of its rounds,
-    // and the median over rounds of our time over the best other daemon's in that round.
-    println!(
-        "\n{:<18} {:>10} {:>10} {:>10} {:>10}   (µs per operation, medians of 15 interleaved rounds)",
-        "operation", "pore", "C", "OCaml", "pore/best"
-    );
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied()
+    let settle = if std::env::args().any(|a| a == "--bench") {
+        200
+    } else {
+        5
     };
     for op in OPS {
-        // Iterations per round from a quick probe on the first daemon.
-        let probe = {
-            let (a, b) = &mut conns[0];
-            run_op(op, a, b, 50).as_secs_f64() / 50.0
-        };
-        let iters = ((0.02 / probe.max(1e-7)) as u64).clamp(20, 5000);
-        let mut per: Vec<Vec<f64>> = vec![Vec::new(); daemons.len()];
-        let mut ratios = Vec::new();
-        for _ in 0..15 {
-            let mut round = Vec::new();
-            for (i, (a, b)) in conns.iter_mut().enumerate() {
-                let t = run_op(op, a, b, iters).as_secs_f64() * 1e6 / iters as f64;
-                per[i].push(t);
-                round.push(t);
-            }
-            let ours = daemons.iter().position(|d| d.name == "pore");
-            let best = daemons
-                .iter()
-                .enumerate()
-                .filter(|(_, d)| d.name != "pore")
-                .map(|(i, _)| round[i])
-                .min_by(f64::total_cmp);
-            if let (Some(o), Some(b)) = (ours, best) {
-                ratios.push(round[o] / b);
-            }
+        for (a, b) in raw.iter_mut() {
+            run_op(op, a, b, settle);
         }
-        let col = |per: &mut Vec<Vec<f64>>, name: &str| {
-            daemons
-                .iter()
-                .position(|d| d.name == name)
-                .and_then(|i| median(&mut per[i]))
-                .map_or("-".to_string(), |v| format!("{v:.2}"))
-        };
-        let ratio = median(&mut ratios).map_or("-".to_string(), |r| format!("{r:.2}"));
-        println!(
-            "{:<18} {:>10} {:>10} {:>10} {:>10}",
-            op,
-            col(&mut per, "pore"),
-            col(&mut per, "C xenstored"),
-            col(&mut per, "oxenstored"),
-            ratio
-        );
+        for (a, b) in xs.iter_mut() {
+            run_op(op, a, b, settle);
+        }
     }
-    drop(conns);
+    if std::env::var_os("PORE_BENCH_XSD_SUMMARY").is_none() {
+        let mut crit = Criterion::default()
+            .configure_from_args()
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2))
+            .sample_size(30);
+        for op in OPS {
+            let mut g = crit.benchmark_group(format!("xenstored/{op}"));
+            for (d, (a, b)) in daemons.iter().zip(raw.iter_mut()) {
+                g.bench_function(BenchmarkId::new("raw", d.name), |bn| {
+                    bn.iter_custom(|iters| run_op(op, a, b, iters))
+                });
+            }
+            for (d, (a, b)) in daemons.iter().zip(xs.iter_mut()) {
+                g.bench_function(BenchmarkId::new("libxenstore", d.name), |bn| {
+                    bn.iter_custom(|iters| run_op(op, a, b, iters))
+                });
+            }
+            g.finish();
+        }
+    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs us without it: one
+    // short round only.
+    let rounds = if std::env::args().any(|a| a == "--bench") {
+        15
+    } else {
+        1
+    };
+    summary("raw socket client", &daemons, &mut raw, rounds);
+    summary("libxenstore client", &daemons, &mut xs, rounds);
+    drop(raw);
+    drop(xs);
     drop(daemons);
     let _ = std::fs::remove_dir_all(&dir);
 }

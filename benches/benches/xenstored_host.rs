@@ -40,258 +40,14 @@
 //! `PORE_BENCH_NO_C=1` leaves C out.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use pore_benches::xsd::{serve, start_debian, start_ours, Daemon, Raw, ERROR};
 use pore_xenstore::perms::{Access, Perm};
-use pore_xenstore::server::{Config, Server};
 use pore_xenstore::Request;
 
 const SERVE_ENV: &str = "PORE_BENCH_XSHOST_SERVE";
-const WATCH_EVENT: u32 = 15;
-const ERROR: u32 = 16;
-
-/// A blocking client with a read buffer, able to pipeline requests and to skip (and
-/// count) watch events while it waits for replies.
-struct Raw {
-    s: UnixStream,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    req: Vec<u8>,
-    events: u64,
-}
-
-impl Raw {
-    fn connect(p: &Path) -> Self {
-        let s = UnixStream::connect(p).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Raw {
-            s,
-            buf: vec![0; 1 << 16],
-            start: 0,
-            end: 0,
-            req: Vec::new(),
-            events: 0,
-        }
-    }
-
-    /// Queues `r` (tx id `tx`); [`Raw::flush`] sends what is queued.
-    fn queue(&mut self, r: &Request<'_>, tx: u32) {
-        r.encode_into(1, tx, 4096, &mut self.req).unwrap();
-    }
-
-    fn flush(&mut self) {
-        self.s.write_all(&self.req).unwrap();
-        self.req.clear();
-    }
-
-    /// The next whole message: type and the range of its payload in `buf`.
-    fn next(&mut self) -> (u32, std::ops::Range<usize>) {
-        loop {
-            let have = self.end - self.start;
-            if have >= 16 {
-                let h = &self.buf[self.start..self.start + 16];
-                let len = u32::from_le_bytes(h[12..16].try_into().unwrap()) as usize;
-                if have >= 16 + len {
-                    let ty = u32::from_le_bytes(h[0..4].try_into().unwrap());
-                    let p = self.start + 16..self.start + 16 + len;
-                    self.start += 16 + len;
-                    return (ty, p);
-                }
-            }
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            let n = self.s.read(&mut self.buf[self.end..]).expect("read");
-            assert!(n > 0, "daemon closed the connection");
-            self.end += n;
-        }
-    }
-
-    /// The next reply (watch events before it are counted and skipped).
-    fn reply(&mut self) -> (u32, &[u8]) {
-        loop {
-            let (ty, p) = self.next();
-            if ty == WATCH_EVENT {
-                self.events += 1;
-                continue;
-            }
-            return (ty, &self.buf[p]);
-        }
-    }
-
-    /// Waits for `n` watch events (replies in between are an error).
-    fn wait_events(&mut self, n: u64) {
-        let want = self.events + n;
-        while self.events < want {
-            let (ty, _) = self.next();
-            assert_eq!(ty, WATCH_EVENT, "a reply where a watch event was expected");
-            self.events += 1;
-        }
-    }
-
-    fn call(&mut self, r: &Request<'_>, tx: u32) -> (u32, &[u8]) {
-        self.queue(r, tx);
-        self.flush();
-        self.reply()
-    }
-
-    fn ok(&mut self, r: &Request<'_>, tx: u32) {
-        let (ty, p) = self.call(r, tx);
-        assert_ne!(ty, ERROR, "{r:?}: error {:?}", String::from_utf8_lossy(p));
-    }
-
-    /// Runs `reqs` pipelined, 64 at a time; panics on an error reply.
-    fn pipeline<'a>(&mut self, reqs: impl IntoIterator<Item = Request<'a>>) {
-        let mut pending = 0;
-        for r in reqs {
-            self.queue(&r, 0);
-            pending += 1;
-            if pending == 64 {
-                self.drain(pending);
-                pending = 0;
-            }
-        }
-        self.drain(pending);
-    }
-
-    fn drain(&mut self, n: usize) {
-        self.flush();
-        for _ in 0..n {
-            let (ty, p) = self.reply();
-            assert_ne!(ty, ERROR, "fill: error {:?}", String::from_utf8_lossy(p));
-        }
-    }
-
-    fn tx_start(&mut self) -> u32 {
-        let (ty, p) = self.call(&Request::TransactionStart, 0);
-        assert_eq!(ty, 6);
-        std::str::from_utf8(&p[..p.len() - 1])
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-}
-
-/// A daemon under test.
-struct Daemon {
-    name: &'static str,
-    sock: PathBuf,
-    pid: u32,
-    stop: Stop,
-}
-
-enum Stop {
-    Script(PathBuf),
-    Child(Child),
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        match &mut self.stop {
-            Stop::Script(script) => {
-                let _ = Command::new("bash")
-                    .arg(&*script)
-                    .arg("stop")
-                    .arg(self.pid.to_string())
-                    .status();
-            }
-            Stop::Child(c) => {
-                // Closing its stdin stops it; kill it if it does not go.
-                drop(c.stdin.take());
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while Instant::now() < deadline {
-                    if let Ok(Some(_)) = c.try_wait() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-impl Daemon {
-    /// `VmRSS` and `RssAnon` of the daemon, in bytes.
-    fn rss(&self) -> (u64, u64) {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        let field = |name: &str| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .map_or(0, |kb| kb * 1024)
-        };
-        (field("VmRSS:"), field("RssAnon:"))
-    }
-}
-
-fn start_c(name: &'static str, dir: &Path) -> Option<Daemon> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/xenstored/launch.sh");
-    let sock = dir.join(format!("{name}.sock"));
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("start")
-        .arg(&sock)
-        .arg("c")
-        .env("PORE_XS_QUIET", "1")
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "xenstored_host bench: {name} did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return None;
-    }
-    let pid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-    Some(Daemon {
-        name,
-        sock,
-        pid,
-        stop: Stop::Script(script),
-    })
-}
-
-fn start_ours(name: &'static str, dir: &Path) -> Option<Daemon> {
-    let sock = dir.join(format!("{name}.sock"));
-    let child = Command::new(std::env::current_exe().ok()?)
-        .env(SERVE_ENV, &sock)
-        .stdin(Stdio::piped())
-        .spawn()
-        .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&sock).is_err() {
-        if Instant::now() > deadline {
-            eprintln!("xenstored_host bench: our server did not start");
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Some(Daemon {
-        name,
-        sock,
-        pid: child.id(),
-        stop: Stop::Child(child),
-    })
-}
-
-/// The server side of this executable: serves until its stdin closes.
-fn serve(sock: &Path) {
-    let server = Server::new(Config::default(), None);
-    let listener = server.listen_unix(sock).expect("listen");
-    let mut sink = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut sink);
-    server.shutdown();
-    listener.join();
-}
 
 /// One node the toolstack writes: path, value, and whether the guest owns it (else it is
 /// `n0 r<id>`).
@@ -710,6 +466,7 @@ fn main() {
     let _ = std::fs::create_dir_all(&dir);
     let mut slots: Vec<Slot> = Vec::new();
     let no_c = std::env::var_os("PORE_BENCH_NO_C").is_some();
+    let exe = std::env::current_exe().expect("this executable");
     let starts: [(&'static str, bool, bool, bool); 5] = [
         ("pore empty", true, false, false),
         ("pore full", true, true, true),
@@ -722,9 +479,9 @@ fn main() {
             continue;
         }
         let d = if ours {
-            start_ours(name, &dir)
+            start_ours(name, &exe, SERVE_ENV, &dir)
         } else {
-            start_c(name, &dir)
+            start_debian(name, "c", &dir)
         };
         let Some(d) = d else { continue };
         let mut a = Raw::connect(&d.sock);

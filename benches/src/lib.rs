@@ -2,6 +2,10 @@
 //! harness, thread pinning, a frame parser for the rings that do not frame by themselves, and
 //! table printing.
 
+pub mod libxs;
+pub mod sched;
+pub mod xsd;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};

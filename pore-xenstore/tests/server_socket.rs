@@ -83,6 +83,45 @@ fn a_client_that_stops_reading_hurts_no_one() {
     assert!(got_live, "events flow again once the client reads");
 }
 
+/// A client that sends requests and never reads the replies: once its replies fill the
+/// socket, the server stops reading it (C xenstored reads on, and holds every reply), and
+/// the others are served as before.
+#[test]
+fn a_client_that_never_reads_its_replies_is_not_read() {
+    let ours = Ours::start(Config::default());
+    let normal = Client::connect_unix(&ours.sock).unwrap();
+    normal.write("/big", &[b'v'; 2000]).unwrap();
+    let stalled = UnixStream::connect(&ours.sock).unwrap();
+    stalled.set_nonblocking(true).unwrap();
+    let one = req(&Request::Read("/big"));
+    let mut sent = 0usize;
+    let mut idle = 0;
+    // Until it cannot send for 100 tries in a row (the server stopped reading), or it
+    // sent 4 MiB of requests (2000 replies of 2 KB each per 52 KiB sent: far more than
+    // socket buffers hold).
+    while idle < 100 && sent < 4 << 20 {
+        match (&stalled).write(&one) {
+            Ok(n) => {
+                sent += n;
+                idle = 0;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                idle += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(sent < 1 << 20, "the server read {sent} bytes of requests");
+    assert_eq!(normal.read("/big").unwrap().len(), 2000);
+    // Once it reads, it gets its replies, whole.
+    stalled.set_nonblocking(false).unwrap();
+    let mut s = stalled;
+    for _ in 0..(sent / one.len()).min(50) {
+        assert_eq!(recv(&mut s).unwrap().len(), 2000);
+    }
+}
+
 #[test]
 fn oversized_and_garbage_close_only_that_connection() {
     let ours = Ours::start(Config::default());

@@ -32,7 +32,7 @@ pub(crate) struct Outbox {
     sink: Box<dyn Sink>,
     state: Mutex<State>,
     max_events: usize,
-    /// Handed to the flusher thread (at most once at a time).
+    /// Whoever writes the queue later (the event loop) was told it is pending.
     flushing: AtomicBool,
 }
 
@@ -46,12 +46,12 @@ impl Outbox {
         }
     }
 
-    /// Marks the outbox as handed to the flusher; false if it already was.
+    /// Marks the queue as handed to whoever flushes it; false if it already was.
     pub(crate) fn claim_flush(&self) -> bool {
         !self.flushing.swap(true, Ordering::AcqRel)
     }
 
-    /// The flusher let it go.
+    /// Whoever flushes it let it go (its queue drained).
     pub(crate) fn release_flush(&self) {
         self.flushing.store(false, Ordering::Release);
     }

@@ -5,8 +5,8 @@
 //!
 //! * [`Store`]: the sans-IO core. Feed it request [`Message`](crate::codec::Message)s
 //!   per connection, get reply and watch-event bytes per connection back.
-//! * [`Server`]: the std layer: a thread per connection, unix-socket listeners, guest
-//!   rings reached through a [`DomainConnector`], bounded event queues, clean shutdown.
+//! * [`Server`]: the std layer: one event loop serving every unix socket, a thread per
+//!   guest ring, guest rings reached through a [`DomainConnector`], bounded event queues, clean shutdown.
 //!
 //! Guests reach it in two ways: a [`DomainConnector`] given to [`Server::new`] maps a
 //! guest's ring when dom0 sends `INTRODUCE` (D13), or the embedder (the simulator's
@@ -43,6 +43,7 @@
 //! ```
 
 mod conn;
+mod event_loop;
 mod path;
 mod quota;
 mod ring;

@@ -1,13 +1,13 @@
-//! The std server: one [`Store`] behind a mutex, a thread per connection (unix socket
-//! or guest ring), a flusher thread for connections that stopped reading, and clean
-//! shutdown. Output is written under the store lock, without blocking, so every
-//! connection sees events and replies in the order the store produced them.
+//! The std server: one [`Store`] behind a mutex, one event-loop thread serving every
+//! unix socket (`event_loop`), a thread per guest ring, and clean shutdown. Output is
+//! written under the store lock, without blocking, so every connection sees events and
+//! replies in the order the store produced them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
 use crate::codec::parse_frame;
@@ -16,6 +16,7 @@ use crate::wire::{WireHeader, HEADER_LEN, PAYLOAD_MAX};
 use pore_core::{DomId, Port};
 
 use super::conn::{Outbox, Sink};
+use super::event_loop::{Command, Waker};
 use super::quota::Config;
 use super::ring::{GuestLink, RingSink};
 use super::store::{DomainHooks, OutKind, Outgoing, Store};
@@ -48,7 +49,15 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     pub(crate) stop: AtomicBool,
     connector: Option<Arc<dyn DomainConnector>>,
-    flush_tx: Mutex<mpsc::Sender<Arc<Outbox>>>,
+    /// Wakes the event loop (None if it could not be started).
+    waker: Option<Arc<Waker>>,
+    /// Commands to the event loop.
+    commands: Mutex<Option<mpsc::Sender<Command>>>,
+    /// The event loop's thread.
+    loop_thread: OnceLock<ThreadId>,
+    /// Connections whose output became queued, for the event loop to wait until their
+    /// socket takes it.
+    blocked: Mutex<Vec<ConnId>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     max_events: usize,
 }
@@ -70,6 +79,7 @@ struct Alive(Arc<Inner>);
 impl Drop for Alive {
     fn drop(&mut self) {
         self.0.stop.store(true, Ordering::Relaxed);
+        self.0.wake();
     }
 }
 
@@ -154,6 +164,25 @@ impl Inner {
         self.threads.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Makes the event loop look at its connections again.
+    pub(crate) fn wake(&self) {
+        if let Some(w) = &self.waker {
+            w.wake();
+        }
+    }
+
+    /// Hands `cmd` to the event loop; gives it back if the loop is gone.
+    pub(crate) fn command(&self, cmd: Command) -> Result<(), Command> {
+        let tx = self.commands.lock().unwrap_or_else(|e| e.into_inner());
+        match tx.as_ref() {
+            Some(tx) => tx.send(cmd).map_err(|e| e.0)?,
+            None => return Err(cmd),
+        }
+        drop(tx);
+        self.wake();
+        Ok(())
+    }
+
     pub(crate) fn add_thread(&self, h: JoinHandle<()>) {
         let mut t = self.threads();
         t.retain(|h| !h.is_finished());
@@ -175,15 +204,18 @@ impl Inner {
         st.outboxes.remove(&id);
     }
 
-    /// Handles every whole message at the start of `buf`; returns the bytes used, or
-    /// `Err` if a message is over the size limit (the connection must be closed).
+    /// Handles the whole messages at the start of `buf`, `budget` of them at most;
+    /// returns the bytes used and whether it stopped at the budget, or `Err` if a message
+    /// is over the size limit (the connection must be closed).
     pub(crate) fn process(
         self: &Arc<Self>,
         conn: ConnId,
         buf: &[u8],
         out: &mut Vec<Outgoing>,
-    ) -> Result<usize, ()> {
+        budget: usize,
+    ) -> Result<(usize, bool), ()> {
         let mut used = 0;
+        let mut handled = 0;
         let mut st = self.lock();
         let State {
             store,
@@ -191,6 +223,9 @@ impl Inner {
             guests,
         } = &mut *st;
         loop {
+            if handled == budget {
+                break;
+            }
             match parse_frame(&buf[used..], PAYLOAD_MAX) {
                 Ok(Some((hdr, payload, n))) => {
                     let mut hooks = Hooks {
@@ -201,6 +236,7 @@ impl Inner {
                     };
                     store.handle_frame(conn, &hdr, payload, &mut hooks, out);
                     used += n;
+                    handled += 1;
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -211,10 +247,22 @@ impl Inner {
             }
         }
         self.deliver(outboxes, out);
-        Ok(used)
+        Ok((used, handled == budget))
+    }
+
+    /// Connections whose output became queued since the event loop last looked.
+    pub(crate) fn blocked(&self) -> MutexGuard<'_, Vec<ConnId>> {
+        self.blocked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True on the event loop's thread.
+    fn on_loop(&self) -> bool {
+        self.loop_thread.get() == Some(&std::thread::current().id())
     }
 
     /// Sends `out` (under the store lock), grouping consecutive messages per connection.
+    /// Output left queued is written later: by the event loop for a socket (woken here
+    /// when this runs on another thread), by its own thread for a guest ring.
     fn deliver(&self, outboxes: &HashMap<ConnId, Arc<Outbox>>, out: &mut Vec<Outgoing>) {
         let mut i = 0;
         while i < out.len() {
@@ -228,8 +276,10 @@ impl Inner {
                     .iter_mut()
                     .map(|o| (std::mem::take(&mut o.bytes), o.kind));
                 if ob.push(msgs) && ob.claim_flush() {
-                    let tx = self.flush_tx.lock().unwrap_or_else(|e| e.into_inner());
-                    let _ = tx.send(ob.clone());
+                    self.blocked().push(conn);
+                    if !self.on_loop() {
+                        self.wake();
+                    }
                 }
             }
             i = j;
@@ -299,8 +349,8 @@ fn guest_loop(
                     break;
                 }
             }
-            match inner.process(conn, &buf[..filled], &mut out) {
-                Ok(used) => {
+            match inner.process(conn, &buf[..filled], &mut out, usize::MAX) {
+                Ok((used, _)) => {
                     buf.copy_within(used..filled, 0);
                     filled -= used;
                 }
@@ -325,43 +375,19 @@ fn guest_loop(
     let _ = (conn, outbox);
 }
 
-/// Flushes connections whose peer stopped reading, polling their sockets for space.
-fn flusher(inner: Arc<Inner>, rx: mpsc::Receiver<Arc<Outbox>>) {
-    let mut waiting: Vec<Arc<Outbox>> = Vec::new();
-    while !inner.stop.load(Ordering::Relaxed) {
-        let timeout = if waiting.is_empty() {
-            POLL_INTERVAL
-        } else {
-            Duration::from_millis(5)
-        };
-        match rx.recv_timeout(timeout) {
-            Ok(ob) => waiting.push(ob),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-        while let Ok(ob) = rx.try_recv() {
-            waiting.push(ob);
-        }
-        waiting.retain(|ob| {
-            let keep = ob.flush() && !ob.is_dead() && Arc::strong_count(ob) > 1;
-            if !keep {
-                ob.release_flush();
-                // Bytes queued between the flush and the release: take it back.
-                if Arc::strong_count(ob) > 1 && ob.pending() && !ob.is_dead() && ob.claim_flush() {
-                    return true;
-                }
-            }
-            keep
-        });
-    }
-}
-
 impl Server {
     /// A server with `config`; `connector` reaches guests on INTRODUCE (without one,
     /// introduced domains are recorded but get no ring).
     pub fn new(config: Config, connector: Option<Arc<dyn DomainConnector>>) -> Self {
         let (tx, rx) = mpsc::channel();
         let max_events = config.max_queued_events;
+        let waker = match Waker::new() {
+            Ok(w) => Some(Arc::new(w)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the event loop's waker");
+                None
+            }
+        };
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 store: Store::new(config),
@@ -370,17 +396,28 @@ impl Server {
             }),
             stop: AtomicBool::new(false),
             connector,
-            flush_tx: Mutex::new(tx),
+            waker: waker.clone(),
+            commands: Mutex::new(waker.is_some().then_some(tx)),
+            loop_thread: OnceLock::new(),
+            blocked: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
             max_events,
         });
-        let i2 = inner.clone();
-        match std::thread::Builder::new()
-            .name("xsd-flush".into())
-            .spawn(move || flusher(i2, rx))
-        {
-            Ok(h) => inner.add_thread(h),
-            Err(e) => tracing::error!(error = %e, "cannot spawn the flusher thread"),
+        if let Some(waker) = waker {
+            let i2 = inner.clone();
+            match std::thread::Builder::new()
+                .name("xsd-loop".into())
+                .spawn(move || super::event_loop::run(i2, waker, rx))
+            {
+                Ok(h) => {
+                    let _ = inner.loop_thread.set(h.thread().id());
+                    inner.add_thread(h);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot spawn the event loop");
+                    *inner.commands.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
+            }
         }
         Server {
             _alive: Arc::new(Alive(inner.clone())),
@@ -436,10 +473,11 @@ impl Server {
         self.inner.stop.load(Ordering::Relaxed)
     }
 
-    /// Stops every connection thread and waits for them (each notices within
+    /// Stops the event loop and every guest thread and waits for them (each notices within
     /// a fraction of a second). Listeners stop too; join them with [`Listener::join`](super::Listener::join).
     pub fn shutdown(&self) {
         self.inner.stop.store(true, Ordering::Relaxed);
+        self.inner.wake();
         let threads: Vec<_> = std::mem::take(&mut *self.inner.threads());
         for h in threads {
             if h.thread().id() != std::thread::current().id() {

@@ -1,0 +1,489 @@
+//! The event loop: one thread waits (epoll) on every unix listener and client socket, reads
+//! requests, runs them against the store and writes the replies without blocking, as C
+//! xenstored does. A request never crosses threads on its way in or out.
+//!
+//! Fairness: a connection gets at most [`FRAMES_PER_ROUND`] requests handled per round of
+//! the loop, so one that floods requests delays the others by that many requests at most.
+//! A connection whose output is queued (it does not read its replies) is not read until
+//! its queue drains; what it makes the daemon hold is bounded by its read buffer
+//! ([`READ_BUF`]), the replies of one round and `max_queued_events` watch events (later
+//! events are dropped, as in C).
+//!
+//! On one CPU (a dom0 with one vCPU, or the daemon pinned), the loop yields the CPU before it
+//! sleeps after a round that served requests: the clients its replies woke then run, and
+//! write their next request whole, instead of being preempted by the loop's wake-up after a
+//! request's first write (libxenstore writes the header and the payload separately).
+//!
+//! Guest rings are not served here: a [`GuestLink`](super::GuestLink)'s event channel has
+//! no readiness handle to poll, so each guest keeps a thread of its own (see
+//! `service::guest_loop`).
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use rustix::event::epoll::{self, EventData, EventFlags};
+use rustix::event::Timespec;
+use rustix::net::{RecvFlags, SendFlags};
+
+use super::conn::{Outbox, Sink};
+use super::service::{Inner, POLL_INTERVAL};
+use super::ConnId;
+
+/// Requests handled per connection per round of the loop.
+pub(crate) const FRAMES_PER_ROUND: usize = 8;
+
+/// Bytes read from a client at most before its requests are handled.
+pub(crate) const READ_BUF: usize = 64 * 1024;
+
+/// Clients accepted per listener per round.
+const ACCEPTS_PER_ROUND: usize = 64;
+
+/// A client socket's output.
+pub(crate) struct SocketSink(pub(crate) UnixStream);
+
+impl Sink for SocketSink {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match rustix::net::send(&self.0, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+                Ok(n) => return Ok(n),
+                Err(rustix::io::Errno::AGAIN) => return Ok(0),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Wakes the loop from another thread (a socket pair; the loop polls its read end).
+pub(crate) struct Waker {
+    tx: UnixStream,
+    rx: UnixStream,
+}
+
+impl Waker {
+    pub(crate) fn new() -> io::Result<Self> {
+        let (tx, rx) = UnixStream::pair()?;
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        Ok(Waker { tx, rx })
+    }
+
+    /// Makes the loop's next poll return (a full pair means a wake is already pending).
+    pub(crate) fn wake(&self) {
+        let _ = rustix::net::send(&self.tx, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+    }
+
+    fn drain(&self) {
+        let mut b = [0u8; 64];
+        while let Ok((n, _)) = rustix::net::recv(&self.rx, &mut b, RecvFlags::DONTWAIT) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// Set once a listener is closed (its socket file removed if it was still ours).
+#[derive(Default)]
+pub(crate) struct Done {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Done {
+    fn set(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits until set, checking at least every `POLL_INTERVAL`.
+    pub(crate) fn wait(&self) {
+        let mut g = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        while !*g {
+            g = match self.cv.wait_timeout(g, POLL_INTERVAL) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+}
+
+/// A listening socket handed to the loop. Dropping it (when the loop ends, or if the
+/// loop is gone) removes its socket file if that is still the one created for it, and
+/// releases [`Listener::join`](super::Listener::join).
+pub(crate) struct ListenEntry {
+    pub(crate) listener: UnixListener,
+    pub(crate) path: PathBuf,
+    pub(crate) ours: (u64, u64),
+    pub(crate) done: Arc<Done>,
+}
+
+impl Drop for ListenEntry {
+    fn drop(&mut self) {
+        match super::unix::file_id(&self.path) {
+            Ok(id) if id == self.ours => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            _ => tracing::debug!(
+                path = %self.path.display(),
+                "socket path taken over by another: left in place"
+            ),
+        }
+        tracing::debug!("listener stopped");
+        self.done.set();
+    }
+}
+
+/// What other threads ask of the loop.
+pub(crate) enum Command {
+    /// Serve a new listener.
+    Listen(ListenEntry),
+}
+
+/// One client socket.
+struct Client {
+    stream: UnixStream,
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    buf: Vec<u8>,
+    filled: usize,
+    /// The last round stopped at its request budget: whole requests may be buffered.
+    more: bool,
+    /// Registered for room to write (its output is queued), not for reading.
+    out: bool,
+}
+
+fn timespec(d: Duration) -> Timespec {
+    Timespec {
+        tv_sec: d.as_secs() as _,
+        tv_nsec: d.subsec_nanos() as _,
+    }
+}
+
+/// What to do with a client after a round.
+enum After {
+    Keep,
+    Close,
+}
+
+impl Client {
+    /// Handles up to [`FRAMES_PER_ROUND`] buffered requests.
+    fn handle(&mut self, inner: &Arc<Inner>, out: &mut Vec<super::store::Outgoing>) -> After {
+        match inner.process(self.conn, &self.buf[..self.filled], out, FRAMES_PER_ROUND) {
+            Ok((used, more)) => {
+                self.buf.copy_within(used..self.filled, 0);
+                self.filled -= used;
+                self.more = more;
+                if self.outbox.is_dead() {
+                    After::Close
+                } else {
+                    After::Keep
+                }
+            }
+            Err(()) => After::Close,
+        }
+    }
+
+    /// Reads what is there (once), then handles requests.
+    fn read(&mut self, inner: &Arc<Inner>, out: &mut Vec<super::store::Outgoing>) -> After {
+        if self.filled < self.buf.len() {
+            match (&self.stream).read(&mut self.buf[self.filled..]) {
+                Ok(0) => return After::Close,
+                Ok(n) => self.filled += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "client read failed");
+                    return After::Close;
+                }
+            }
+        }
+        self.handle(inner, out)
+    }
+
+    fn close(self, inner: &Inner) {
+        tracing::debug!(conn = self.conn.0, "client gone");
+        inner.remove_conn(self.conn);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Accepts what is waiting on `l`.
+fn accept(inner: &Arc<Inner>, l: &UnixListener, clients: &mut Vec<Client>) {
+    for _ in 0..ACCEPTS_PER_ROUND {
+        match l.accept() {
+            Ok((s, _)) => {
+                let sink = match s.set_nonblocking(true).and_then(|_| s.try_clone()) {
+                    Ok(c) => SocketSink(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "client socket");
+                        continue;
+                    }
+                };
+                let (conn, outbox) = inner.add_conn(pore_core::DomId::DOM0, Box::new(sink));
+                tracing::debug!(conn = conn.0, "client connected");
+                clients.push(Client {
+                    stream: s,
+                    conn,
+                    outbox,
+                    buf: vec![0u8; READ_BUF],
+                    filled: 0,
+                    more: false,
+                    out: false,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // E.g. out of file descriptors: the listener stays readable, so pause a
+                // little rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(10));
+                return;
+            }
+        }
+    }
+}
+
+/// Tokens of the waker and of listeners (clients use their `ConnId`, below these).
+const WAKER: u64 = u64::MAX;
+const LISTENER: u64 = 1 << 63;
+
+/// Waits for reading (`out` false) or for room to write (`out` true).
+fn interest(out: bool) -> EventFlags {
+    if out {
+        EventFlags::OUT
+    } else {
+        EventFlags::IN
+    }
+}
+
+/// The loop's state.
+struct Loop {
+    inner: Arc<Inner>,
+    epoll: OwnedFd,
+    listeners: Vec<ListenEntry>,
+    clients: HashMap<u64, Client>,
+    out: Vec<super::store::Outgoing>,
+    /// Clients that stopped at their request budget with requests buffered.
+    more: Vec<u64>,
+}
+
+impl Loop {
+    fn close(&mut self, tok: u64) {
+        if let Some(c) = self.clients.remove(&tok) {
+            // The outbox holds a duplicate of the socket: epoll would keep it registered.
+            let _ = epoll::delete(&self.epoll, &c.stream);
+            c.close(&self.inner);
+        }
+    }
+
+    /// Waits for room to write (`out`) or for requests.
+    fn want(&mut self, tok: u64, out: bool) {
+        let Some(c) = self.clients.get_mut(&tok) else {
+            return;
+        };
+        if c.out != out {
+            c.out = out;
+            if let Err(e) = epoll::modify(
+                &self.epoll,
+                &c.stream,
+                EventData::new_u64(tok),
+                interest(out),
+            ) {
+                tracing::warn!(error = %e, "epoll: cannot change a client's interest");
+                self.close(tok);
+            }
+        }
+    }
+
+    fn accept(&mut self, i: usize) {
+        let mut new = Vec::new();
+        accept(&self.inner, &self.listeners[i].listener, &mut new);
+        for c in new {
+            let tok = c.conn.0;
+            if tok >= LISTENER {
+                c.close(&self.inner);
+                continue;
+            }
+            match epoll::add(
+                &self.epoll,
+                &c.stream,
+                EventData::new_u64(tok),
+                EventFlags::IN,
+            ) {
+                Ok(()) => {
+                    self.clients.insert(tok, c);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "epoll: cannot add a client");
+                    c.close(&self.inner);
+                }
+            }
+        }
+    }
+
+    /// Acts on a client after `flags` (or, with none, on its buffered requests).
+    fn serve(&mut self, tok: u64, flags: EventFlags) {
+        let Some(c) = self.clients.get_mut(&tok) else {
+            return;
+        };
+        let after = if c.out {
+            if c.outbox.flush() {
+                if c.outbox.is_dead() || flags.intersects(EventFlags::ERR | EventFlags::HUP) {
+                    After::Close
+                } else {
+                    After::Keep
+                }
+            } else if c.outbox.is_dead() {
+                After::Close
+            } else {
+                c.outbox.release_flush();
+                // Bytes queued between the flush and the release: keep waiting for room.
+                if c.outbox.pending() && c.outbox.claim_flush() {
+                    After::Keep
+                } else {
+                    // Drained: handle what was left buffered, read again.
+                    let a = c.handle(&self.inner, &mut self.out);
+                    self.want(tok, false);
+                    a
+                }
+            }
+        } else if c.outbox.pending() {
+            // Output queued (by another connection's request): its turn comes when the
+            // blocked list is read.
+            After::Keep
+        } else if flags.is_empty() {
+            c.handle(&self.inner, &mut self.out)
+        } else {
+            c.read(&self.inner, &mut self.out)
+        };
+        match after {
+            After::Keep => {
+                // Buffered requests wait for the next round, unless output is queued
+                // (they are handled once it drains).
+                if let Some(c) = self.clients.get(&tok) {
+                    if c.more && !c.out && !c.outbox.pending() {
+                        self.more.push(tok);
+                    }
+                }
+            }
+            After::Close => self.close(tok),
+        }
+    }
+}
+
+/// The loop: runs until the server stops.
+pub(crate) fn run(inner: Arc<Inner>, waker: Arc<Waker>, rx: mpsc::Receiver<Command>) {
+    let epoll = match epoll::create(epoll::CreateFlags::CLOEXEC).and_then(|e| {
+        epoll::add(&e, &waker.rx, EventData::new_u64(WAKER), EventFlags::IN)?;
+        Ok(e)
+    }) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the event loop's epoll");
+            return;
+        }
+    };
+    let mut lp = Loop {
+        inner,
+        epoll,
+        listeners: Vec::new(),
+        clients: HashMap::new(),
+        out: Vec::new(),
+        more: Vec::new(),
+    };
+    let mut events = Vec::with_capacity(256);
+    let mut todo: Vec<u64> = Vec::new();
+    let one_cpu = rustix::thread::sched_getaffinity(None).is_ok_and(|s| s.count() == 1);
+    let mut served = false;
+    while !lp.inner.stop.load(Ordering::Relaxed) {
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Command::Listen(e) => {
+                    let tok = LISTENER + lp.listeners.len() as u64;
+                    match epoll::add(
+                        &lp.epoll,
+                        &e.listener,
+                        EventData::new_u64(tok),
+                        EventFlags::IN,
+                    ) {
+                        Ok(()) => lp.listeners.push(e),
+                        Err(err) => tracing::error!(error = %err, "epoll: cannot add a listener"),
+                    }
+                }
+            }
+        }
+        let timeout = timespec(if lp.more.is_empty() {
+            POLL_INTERVAL
+        } else {
+            Duration::ZERO
+        });
+        events.clear();
+        if one_cpu && served && lp.more.is_empty() {
+            // Nothing ready: let the clients our replies woke run before we sleep.
+            let now = timespec(Duration::ZERO);
+            let ready = epoll::wait(
+                &lp.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                Some(&now),
+            );
+            if matches!(ready, Ok(0)) {
+                rustix::thread::sched_yield();
+            }
+        }
+        if events.is_empty() {
+            match epoll::wait(
+                &lp.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                Some(&timeout),
+            ) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "epoll_wait failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            }
+        }
+        served = !lp.more.is_empty();
+        todo.clear();
+        todo.append(&mut lp.more);
+        for ev in &events {
+            let tok = ev.data.u64();
+            if tok == WAKER {
+                waker.drain();
+            } else if tok >= LISTENER {
+                lp.accept((tok - LISTENER) as usize);
+            } else {
+                todo.retain(|&t| t != tok);
+                lp.serve(tok, ev.flags);
+                served = true;
+            }
+        }
+        for &tok in &todo {
+            lp.serve(tok, EventFlags::empty());
+        }
+        // Connections whose output got queued this round: wait for room to write.
+        let blocked = std::mem::take(&mut *lp.inner.blocked());
+        for conn in blocked {
+            lp.want(conn.0, true);
+        }
+    }
+    let toks: Vec<u64> = lp.clients.keys().copied().collect();
+    for tok in toks {
+        lp.close(tok);
+    }
+    // Listeners still queued are dropped with `rx`, closing them too.
+}
