@@ -208,7 +208,10 @@ impl EvtchnDevice {
         fired: &mut Vec<usize>,
     ) -> Result<()> {
         fired.clear();
+        // One clock read for the first round (where the vDSO cannot read the time, as in a Xen
+        // PV guest without a stable TSC, each read is a system call).
         let deadline = Instant::now().checked_add(timeout);
+        let mut first = true;
         let mut drained = false;
         let mut t = self.lock();
         loop {
@@ -216,7 +219,11 @@ impl EvtchnDevice {
             if !fired.is_empty() {
                 break;
             }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let left = match deadline {
+                Some(_) if std::mem::take(&mut first) => Some(timeout),
+                Some(d) => Some(d.saturating_duration_since(Instant::now())),
+                None => None,
+            };
             if left == Some(Duration::ZERO) {
                 // Out of time: one last non-blocking look at the device, unless a leader is
                 // polling it (reading under its feet could leave it asleep with its own event

@@ -13,7 +13,7 @@
 #              a server with 64 KiB rings (the same size as straw v2)
 #   proxy      Debian's vchan-socket-proxy (client, stdin) fed by `dd bs=S`, into the same
 #              64 KiB-ring vchan server
-# Each receiver times its first to its last byte. Static binaries: a release musl `pore` (one
+# Each receiver times its first byte to its last (pore: to the end of the stream, which follows the last frame). Static binaries: a release musl `pore` (one
 # command, D21 of docs/decisions.md) and the C peers (scripts/xenlab/build-c-peers.sh).
 # Knobs: XENLAB_CACHE, XENLAB_TIMEOUT (default 900 s), VCHAN_BENCH_ROUNDS (3),
 # VCHAN_BENCH_MIB (MiB per cell, 8).
