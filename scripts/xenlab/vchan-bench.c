@@ -2,9 +2,12 @@
  * vchan-bench: the libxenvchan side of the lab's throughput bench (scripts/xenlab/vchan-bench.sh),
  * moving the same bytes between the same two domains as `pore straw --generate` / `--sink`.
  *
- *   vchan-bench recv PEER XSPATH RING TOTAL   the vchan server: rings of RING bytes each way,
- *                                             reads until TOTAL bytes came, then prints the rate
- *                                             from the first byte to the last
+ *   vchan-bench recv PEER XSPATH RING TOTAL MSG
+ *                                             the vchan server: rings of RING bytes each way,
+ *                                             receives messages of MSG bytes (one packet receive,
+ *                                             libxenvchan_recv, per message, as a consumer of
+ *                                             messages does) until TOTAL bytes came, then prints
+ *                                             the rate from the first message to the last
  *   vchan-bench send PEER XSPATH SIZE COUNT   the vchan client: COUNT writes of SIZE bytes each
  *                                             (blocking, stream writes), then waits until the
  *                                             peer has read everything
@@ -26,7 +29,7 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static int recv_all(int peer, const char *path, size_t ring, unsigned long long total) {
+static int recv_all(int peer, const char *path, size_t ring, unsigned long long total, size_t msg) {
     struct libxenvchan *c = libxenvchan_server_init(NULL, peer, path, ring, ring);
     if (!c) {
         perror("vchan-bench: libxenvchan_server_init");
@@ -34,10 +37,14 @@ static int recv_all(int peer, const char *path, size_t ring, unsigned long long 
     }
     c->blocking = 1;
     static char buf[1 << 20];
+    if (msg == 0 || msg > sizeof buf || msg > ring) {
+        fprintf(stderr, "vchan-bench: bad message size %zu\n", msg);
+        return 2;
+    }
     unsigned long long got = 0;
     double first = 0, last = 0;
     while (got < total) {
-        int n = libxenvchan_read(c, buf, sizeof buf);
+        int n = libxenvchan_recv(c, buf, msg);
         if (n < 0) {
             fprintf(stderr, "vchan-bench: read failed after %llu of %llu bytes\n", got, total);
             return 1;
@@ -88,14 +95,16 @@ static int send_all(int peer, const char *path, size_t size, unsigned long count
 }
 
 int main(int argc, char **argv) {
-    if (argc != 6 || (strcmp(argv[1], "recv") && strcmp(argv[1], "send"))) {
-        fprintf(stderr, "usage: vchan-bench recv PEER XSPATH RING TOTAL\n"
+    int recv = argc == 7 && !strcmp(argv[1], "recv");
+    if (!recv && (argc != 6 || strcmp(argv[1], "send"))) {
+        fprintf(stderr, "usage: vchan-bench recv PEER XSPATH RING TOTAL MSG\n"
                         "       vchan-bench send PEER XSPATH SIZE COUNT\n");
         return 2;
     }
     alarm(300);
     int peer = atoi(argv[2]);
-    if (!strcmp(argv[1], "recv"))
-        return recv_all(peer, argv[3], strtoul(argv[4], NULL, 10), strtoull(argv[5], NULL, 10));
+    if (recv)
+        return recv_all(peer, argv[3], strtoul(argv[4], NULL, 10), strtoull(argv[5], NULL, 10),
+                        strtoul(argv[6], NULL, 10));
     return send_all(peer, argv[3], strtoul(argv[4], NULL, 10), strtoul(argv[5], NULL, 10));
 }

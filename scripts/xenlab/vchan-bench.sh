@@ -10,13 +10,15 @@
 #              v2 with 16 data pages: a 64 KiB ring each way
 #   straw LING the seed's 8-page layout (16 376 B each way)
 #   vchan      scripts/xenlab/vchan-bench.c: libxenvchan client writes S bytes at a time into
-#              a server with 64 KiB rings (the same size as straw v2)
+#              a server with 64 KiB rings (the same size as straw v2), which receives one
+#              message of S bytes per call (libxenvchan_recv)
 #   proxy      Debian's vchan-socket-proxy (client, stdin) fed by `dd bs=S`, into the same
 #              64 KiB-ring vchan server
-# Each receiver times its first byte to its last (pore: to the end of the stream, which follows the last frame). Static binaries: a release musl `pore` (one
-# command, D21 of docs/decisions.md) and the C peers (scripts/xenlab/build-c-peers.sh).
+# Each receiver times its first message to its last (pore: to the end of the stream, which
+# follows the last frame). Binaries: a release `pore` (glibc; VCHAN_BENCH_MUSL=1 for the static
+# musl one) and the static C peers (scripts/xenlab/build-c-peers.sh).
 # Knobs: XENLAB_CACHE, XENLAB_TIMEOUT (default 900 s), VCHAN_BENCH_ROUNDS (3),
-# VCHAN_BENCH_MIB (MiB per cell, 8).
+# VCHAN_BENCH_MIB (MiB per cell, 8), VCHAN_BENCH_MUSL.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -24,9 +26,18 @@ fail() { echo "vchan-bench: FAILED: $*" >&2; exit 1; }
 cache=${XENLAB_CACHE:-/var/cache/pore-xenlab}
 lab=$cache/lab
 bash scripts/xenlab/build.sh "$lab" || fail "the lab could not be built"
-musl=x86_64-unknown-linux-musl
-cargo build --release -p pore-cli --target "$musl" || fail "cannot build the static pore"
-pore="${CARGO_TARGET_DIR:-$root/target}/$musl/release/pore"
+# pore as most users run it: glibc (run.sh copies the libraries it needs into both domains).
+# VCHAN_BENCH_MUSL=1 uses the static musl pore of domU payloads instead: musl's allocator
+# returns freed memory to the kernel, and in a PV guest every page-table change it causes is a
+# hypercall (a per-frame cost that shows at 64 B).
+if [ "${VCHAN_BENCH_MUSL:-0}" = 1 ]; then
+  musl=x86_64-unknown-linux-musl
+  cargo build --release -p pore-cli --target "$musl" || fail "cannot build the static pore"
+  pore="${CARGO_TARGET_DIR:-$root/target}/$musl/release/pore"
+else
+  cargo build --release -p pore-cli || fail "cannot build pore"
+  pore="${CARGO_TARGET_DIR:-$root/target}/release/pore"
+fi
 tmp=$(mktemp -d /tmp/pore-vchan-bench.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 cp "$pore" "$tmp/pore"

@@ -33,7 +33,7 @@ run_cell() { # KIND SIZE ROUND
     case $kind in
     v2) recv="./pore straw listen --from 0 --name vb$n --sink --timeout 120"; node=$dom/data/straw-vb$n ;;
     ling) recv="./pore straw listen --from 0 --name vb$n --layout ling --sink --timeout 120"; node=$dom/data/straw-vb$n ;;
-    vchan | proxy) recv="./vchan-bench recv 0 data/vc$n 65536 $bytes"; node=$dom/data/vc$n/event-channel ;;
+    vchan | proxy) recv="./vchan-bench recv 0 data/vc$n 65536 $bytes $size"; node=$dom/data/vc$n/event-channel ;;
     esac
     note "round $3: $kind $size B x $count"
     xenstore-write "$dom/data/vb/cmd-$n" "$recv"
