@@ -33,6 +33,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use crate::window::WriteInPlace;
 use crate::{RingError, RingReader, RingWriter};
 
 /// Bytes of the length prefix.
@@ -152,15 +153,7 @@ impl FrameWriter {
     where
         W::Error: From<RingError>,
     {
-        if payload.len() > self.max {
-            return Err(RingError::InvalidInput("frame longer than the maximum").into());
-        }
-        if self.pos != 0 && payload.len() != self.len {
-            return Err(RingError::InvalidInput(
-                "a different payload while a frame is in progress",
-            )
-            .into());
-        }
+        self.admit(payload)?;
         if self.coalesce {
             let total = HEADER_LEN + payload.len();
             if self.pos == 0 && total <= STASH {
@@ -208,6 +201,67 @@ impl FrameWriter {
         }
         pos += ring.write_deferred(&payload[pos - HEADER_LEN..])?;
         if pos == HEADER_LEN + payload.len() {
+            self.pos = 0;
+            Ok(Progress::Done)
+        } else {
+            self.pos = pos;
+            self.len = payload.len();
+            Ok(Progress::Pending)
+        }
+    }
+
+    /// Refuses a payload over the maximum, or one that is not the frame in progress.
+    fn admit(&self, payload: &[u8]) -> Result<(), RingError> {
+        if payload.len() > self.max {
+            return Err(RingError::InvalidInput("frame longer than the maximum"));
+        }
+        if self.pos != 0 && payload.len() != self.len {
+            return Err(RingError::InvalidInput(
+                "a different payload while a frame is in progress",
+            ));
+        }
+        Ok(())
+    }
+
+    /// As [`FrameWriter::send_deferred`], through the ring's in-place window
+    /// ([`WriteInPlace`]): the header and as much of the payload as fits go into the ring in
+    /// one reservation, each copied once, straight from `payload` (no staging copy, whatever
+    /// the frame's size). A coalescing writer stashes small frames as
+    /// [`FrameWriter::send_deferred`] does.
+    ///
+    /// # Errors
+    ///
+    /// As for [`FrameWriter::send_deferred`].
+    pub fn send_deferred_in_place<W: RingWriter + WriteInPlace + ?Sized>(
+        &mut self,
+        ring: &mut W,
+        payload: &[u8],
+    ) -> Result<Progress, W::Error>
+    where
+        W::Error: From<RingError>,
+    {
+        if self.coalesce {
+            return self.send_deferred(ring, payload);
+        }
+        self.admit(payload)?;
+        let header = (payload.len() as u32).to_be_bytes();
+        let total = HEADER_LEN + payload.len();
+        let pos = self.pos;
+        let n = ring.write_in_place(total - pos, |w| {
+            let mut done = 0;
+            if pos < HEADER_LEN {
+                done = w.copy_from(&header[pos..]);
+            }
+            let at = pos + done;
+            if at >= HEADER_LEN {
+                if let Some(rest) = w.get(done..) {
+                    done += rest.copy_from(&payload[at - HEADER_LEN..]);
+                }
+            }
+            done
+        })?;
+        let pos = pos + n;
+        if pos == total {
             self.pos = 0;
             Ok(Progress::Done)
         } else {
