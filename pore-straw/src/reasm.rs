@@ -22,6 +22,9 @@ use pore_ring::{RingError, RingReader};
 /// only as its payload arrives. Either way the buffer leaves with the frame (no copy).
 pub(crate) const RESTING: usize = 64 * 1024;
 
+/// Frames up to this length whose bytes are all in the ring leave it in one in-place read.
+const SMALL: usize = 256;
+
 /// The length prefix that ends the stream of a standalone straw (one made without the manager,
 /// which has no xenstore to say so): no frame is that long (a LING peer's frames are far
 /// shorter, and ours are refused at this length), and nothing after it is read. Whoever reads
@@ -107,6 +110,11 @@ impl Reassembler {
         ring: &mut R,
     ) -> Result<Option<Got>, RingError> {
         loop {
+            if self.state == (State::Header { got: 0 }) {
+                if let Some(frame) = self.small(ring)? {
+                    return Ok(Some(Got::Frame(frame)));
+                }
+            }
             match self.state {
                 State::Header { got } => {
                     let mut header = self.header;
@@ -175,6 +183,37 @@ impl Reassembler {
                 }
             }
         }
+    }
+}
+
+impl Reassembler {
+    /// Fast path: a whole small frame in the ring leaves it in one in-place read (header and
+    /// payload copied straight out, the payload into the frame's own buffer). `None`, with
+    /// nothing consumed, for anything else (a partial or large frame, the end of the stream,
+    /// one over the maximum): the general path takes it.
+    #[inline]
+    fn small<R: ReadInPlace + ?Sized>(&self, ring: &mut R) -> Result<Option<Bytes>, RingError> {
+        let max = self.max;
+        let mut frame = None;
+        ring.read_in_place(HEADER_LEN + SMALL, |w| {
+            let mut header = [0u8; HEADER_LEN];
+            if w.copy_to(&mut header) < HEADER_LEN {
+                return 0;
+            }
+            // A private copy: parsing it is safe from the peer.
+            let len = u32::from_be_bytes(header) as usize;
+            if len > max || len > SMALL {
+                return 0;
+            }
+            let Some(body) = w.get(HEADER_LEN..HEADER_LEN + len) else {
+                return 0;
+            };
+            let mut buf = Vec::with_capacity(len);
+            body.append_to(&mut buf);
+            frame = Some(Bytes::from(buf));
+            HEADER_LEN + len
+        })?;
+        Ok(frame)
     }
 }
 
