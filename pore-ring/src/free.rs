@@ -11,6 +11,9 @@ use core::sync::atomic::Ordering;
 
 use pore_core::SharedAccess;
 
+use crate::window::{
+    lend_read, lend_write, ReadInPlace, SharedSlice, SharedSliceMut, WriteInPlace,
+};
 use crate::{RingError, RingReader, RingWriter};
 
 /// Where one direction of a free-running ring lives in its region.
@@ -255,6 +258,36 @@ impl<A: SharedAccess> RingWriter for ByteProducer<A> {
     }
 }
 
+impl<A: SharedAccess> WriteInPlace for ByteProducer<A> {
+    type Mem = A;
+
+    #[inline]
+    fn write_in_place(
+        &mut self,
+        max: usize,
+        f: impl FnOnce(SharedSliceMut<'_, A>) -> usize,
+    ) -> Result<usize, RingError> {
+        self.check()?;
+        let mut free = self.free_with(self.cons.get());
+        if (free as usize) < max {
+            let c = self.refresh()?;
+            free = self.free_with(c);
+        }
+        let len = max.min(free as usize);
+        let off = (self.prod & self.lay.mask()) as usize;
+        let n = lend_write(
+            &self.mem,
+            self.lay.data,
+            self.lay.size as usize,
+            off,
+            len,
+            f,
+        )?;
+        self.prod = self.prod.wrapping_add(n as u32);
+        Ok(n)
+    }
+}
+
 /// The consumer half of a ring with free-running indices (xenstore and v2 layouts).
 ///
 /// Bytes are copied out with [`RingReader::read_deferred`] and the space handed back with
@@ -461,5 +494,35 @@ impl<A: SharedAccess> RingReader for ByteConsumer<A> {
 
     fn is_broken(&self) -> bool {
         self.broken.get()
+    }
+}
+
+impl<A: SharedAccess> ReadInPlace for ByteConsumer<A> {
+    type Mem = A;
+
+    #[inline]
+    fn read_in_place(
+        &mut self,
+        max: usize,
+        f: impl FnOnce(SharedSlice<'_, A>) -> usize,
+    ) -> Result<usize, RingError> {
+        self.check()?;
+        let mut avail = self.prod.get().wrapping_sub(self.cons);
+        if (avail as usize) < max {
+            let p = self.refresh()?;
+            avail = p.wrapping_sub(self.cons);
+        }
+        let len = max.min(avail as usize);
+        let off = (self.cons & self.lay.mask()) as usize;
+        let n = lend_read(
+            &self.mem,
+            self.lay.data,
+            self.lay.size as usize,
+            off,
+            len,
+            f,
+        )?;
+        self.cons = self.cons.wrapping_add(n as u32);
+        Ok(n)
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! ## Rings and publication
 //!
-//! Modules: [`xenstore`], [`ling`], [`v2`], [`frame`], [`wait`].
+//! Modules: [`xenstore`], [`ling`], [`v2`], [`frame`], [`wait`], [`window`] (in-place access).
 //!
 //! Every ring half implements pore-core's [`RingWriter`] or [`RingReader`] (re-exported here,
 //! with their error type [`RingError`]); each full ring implements [`SharedRing`] and splits
@@ -35,6 +35,7 @@ pub mod on_pore;
 pub mod spin;
 pub mod v2;
 pub mod wait;
+pub mod window;
 pub mod xenstore;
 
 pub use error::RingError;

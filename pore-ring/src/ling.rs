@@ -35,6 +35,9 @@ use core::sync::atomic::Ordering;
 use pore_core::{SharedAccess, PAGE_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::window::{
+    lend_read, lend_write, ReadInPlace, SharedSlice, SharedSliceMut, WriteInPlace,
+};
 use crate::{RingError, RingReader, RingWriter, SharedRing, Side};
 
 /// Pages of a LING straw (`NUM_STRAW_REFS`).
@@ -317,6 +320,60 @@ impl<A: SharedAccess> RingReader for LingConsumer<A> {
 
     fn is_broken(&self) -> bool {
         self.broken.get()
+    }
+}
+
+impl<A: SharedAccess> WriteInPlace for LingProducer<A> {
+    type Mem = A;
+
+    fn write_in_place(
+        &mut self,
+        max: usize,
+        f: impl FnOnce(SharedSliceMut<'_, A>) -> usize,
+    ) -> Result<usize, RingError> {
+        if self.broken.get() {
+            return Err(RingError::Broken);
+        }
+        let mut free = self.free_with(self.cons.get());
+        if (free as usize) < max {
+            let c = self.refresh()?;
+            free = self.free_with(c);
+        }
+        let len = max.min(free as usize);
+        let off = self.prod as usize;
+        let n = lend_write(&self.mem, self.dir.data, LING_RING_SIZE, off, len, f)?;
+        if n > 0 {
+            self.prod = ((off + n) % LING_RING_SIZE) as u32;
+            self.dirty = true;
+        }
+        Ok(n)
+    }
+}
+
+impl<A: SharedAccess> ReadInPlace for LingConsumer<A> {
+    type Mem = A;
+
+    fn read_in_place(
+        &mut self,
+        max: usize,
+        f: impl FnOnce(SharedSlice<'_, A>) -> usize,
+    ) -> Result<usize, RingError> {
+        if self.broken.get() {
+            return Err(RingError::Broken);
+        }
+        let mut avail = self.avail_with(self.prod.get());
+        if (avail as usize) < max {
+            let p = self.refresh()?;
+            avail = self.avail_with(p);
+        }
+        let len = max.min(avail as usize);
+        let off = self.cons as usize;
+        let n = lend_read(&self.mem, self.dir.data, LING_RING_SIZE, off, len, f)?;
+        if n > 0 {
+            self.cons = ((off + n) % LING_RING_SIZE) as u32;
+            self.dirty = true;
+        }
+        Ok(n)
     }
 }
 

@@ -3,25 +3,27 @@
 //!
 //! The wire format is pore-ring's framing (a 4-byte big-endian length, then the payload). Unlike
 //! [`pore_ring::frame::FrameReader`], which needs a caller buffer as long as the frame before
-//! it copies any of its payload, the [`Reassembler`] copies each payload byte once, into a
-//! buffer that becomes the frame's [`Bytes`]. A length prefix from the peer never drives an
-//! allocation past `RESTING` (64 KiB) by itself (DESIGN, "Memory a peer can write"): a longer frame's
-//! buffer grows only as its payload arrives.
+//! it copies any of its payload, the [`Reassembler`] reads the ring in place
+//! ([`pore_ring::window::ReadInPlace`]) and copies each payload byte once, straight from the
+//! ring into a buffer that becomes the frame's [`Bytes`]: no read-ahead, no staging buffer. A
+//! length prefix from the peer never drives an allocation past `RESTING` (64 KiB) by itself
+//! (DESIGN, "Memory a peer can write"): a longer frame's buffer grows only as its payload
+//! arrives.
 
 use std::vec::Vec;
 
 use bytes::Bytes;
 use pore_ring::frame::HEADER_LEN;
+use pore_ring::window::ReadInPlace;
 use pore_ring::{RingError, RingReader};
-
-/// Bytes read ahead from the ring at the start of a frame: a small frame leaves the ring in one
-/// copy with its header.
-pub(crate) const AHEAD: usize = 256;
 
 /// The most a length prefix alone makes us allocate: a frame up to this size gets a buffer of
 /// exactly its length when its header arrives; a larger one starts with this much and grows
 /// only as its payload arrives. Either way the buffer leaves with the frame (no copy).
 pub(crate) const RESTING: usize = 64 * 1024;
+
+/// Frames up to this length whose bytes are all in the ring leave it in one in-place read.
+const SMALL: usize = 256;
 
 /// The length prefix that ends the stream of a standalone straw (one made without the manager,
 /// which has no xenstore to say so): no frame is that long (a LING peer's frames are far
@@ -57,43 +59,12 @@ enum State {
     End,
 }
 
-/// Bytes read ahead of the frame being decoded.
-struct Ahead {
-    bytes: [u8; AHEAD],
-    pos: usize,
-    len: usize,
-}
-
-impl Ahead {
-    fn available(&self) -> usize {
-        self.len - self.pos
-    }
-
-    /// Fills `dst` from the read-ahead bytes, then from the ring; returns how many.
-    fn pull<R: RingReader<Error = RingError> + ?Sized>(
-        &mut self,
-        ring: &mut R,
-        dst: &mut [u8],
-    ) -> Result<usize, RingError> {
-        let mut n = self.available().min(dst.len());
-        if n > 0 {
-            dst[..n].copy_from_slice(&self.bytes[self.pos..self.pos + n]);
-            self.pos += n;
-        }
-        if n < dst.len() {
-            n += ring.read_deferred(&mut dst[n..])?;
-        }
-        Ok(n)
-    }
-}
-
 /// Decodes frames from a ring into [`Bytes`], skipping (and counting) those over the maximum.
 pub(crate) struct Reassembler {
     max: usize,
     header: [u8; HEADER_LEN],
     state: State,
     buf: Vec<u8>,
-    ahead: Ahead,
 }
 
 impl Reassembler {
@@ -105,17 +76,12 @@ impl Reassembler {
             header: [0; HEADER_LEN],
             state: State::Header { got: 0 },
             buf: Vec::new(),
-            ahead: Ahead {
-                bytes: [0; AHEAD],
-                pos: 0,
-                len: 0,
-            },
         }
     }
 
-    /// Whether a frame is partly read, or bytes read ahead wait to be decoded.
+    /// Whether a frame is partly read.
     pub(crate) fn in_progress(&self) -> bool {
-        self.state != State::Header { got: 0 } || self.ahead.available() > 0
+        self.state != State::Header { got: 0 }
     }
 
     /// The capacity of the receive buffer (what a frame in progress costs us).
@@ -124,19 +90,10 @@ impl Reassembler {
         self.buf.capacity()
     }
 
-    /// Grows the buffer to hold `need` bytes of a frame of `len`: doubling, never past `len`.
-    fn reserve(&mut self, need: usize, len: usize) {
-        if self.buf.capacity() < need {
-            let target = self.buf.capacity().saturating_mul(2).max(need).min(len);
-            self.buf.reserve_exact(target - self.buf.len());
-        }
-    }
-
     /// Decodes what the ring holds of the next frame and releases the ring space read (a frame
     /// larger than the ring streams through it over several calls). `Ok(None)`: more bytes are
-    /// needed; call until it returns `Ok(None)` before waiting on the ring (a whole frame may
-    /// sit in the read-ahead while the ring is empty).
-    pub(crate) fn recv<R: RingReader<Error = RingError> + ?Sized>(
+    /// needed.
+    pub(crate) fn recv<R: RingReader<Error = RingError> + ReadInPlace + ?Sized>(
         &mut self,
         ring: &mut R,
     ) -> Result<Option<Got>, RingError> {
@@ -148,26 +105,21 @@ impl Reassembler {
         Ok(got)
     }
 
-    fn recv_deferred<R: RingReader<Error = RingError> + ?Sized>(
+    fn recv_deferred<R: RingReader<Error = RingError> + ReadInPlace + ?Sized>(
         &mut self,
         ring: &mut R,
     ) -> Result<Option<Got>, RingError> {
         loop {
+            if self.state == (State::Header { got: 0 }) {
+                if let Some(frame) = self.small(ring)? {
+                    return Ok(Some(Got::Frame(frame)));
+                }
+            }
             match self.state {
                 State::Header { got } => {
-                    if got == 0 && self.ahead.available() == 0 {
-                        self.ahead.pos = 0;
-                        self.ahead.len = 0;
-                        let mut bytes = self.ahead.bytes;
-                        let n = ring.read_deferred(&mut bytes)?;
-                        self.ahead.bytes = bytes;
-                        self.ahead.len = n;
-                        if n == 0 {
-                            return Ok(None);
-                        }
-                    }
                     let mut header = self.header;
-                    let n = self.ahead.pull(ring, &mut header[got..])?;
+                    let n =
+                        ring.read_in_place(HEADER_LEN - got, |w| w.copy_to(&mut header[got..]))?;
                     self.header = header;
                     if got + n < HEADER_LEN {
                         self.state = State::Header { got: got + n };
@@ -190,20 +142,21 @@ impl Reassembler {
                 State::Body { len } => {
                     let got = self.buf.len();
                     if got < len {
-                        // Grow by what has arrived, never by what the header announces.
-                        let avail = self.ahead.available() + ring.readable()?;
-                        if avail == 0 {
-                            return Ok(None);
-                        }
                         // In chunks of a quarter ring, each released at once: the peer refills
                         // the ring while we copy the rest (a frame as large as the ring would
                         // otherwise leave the writer idle for a whole copy).
                         let chunk = (ring.capacity() / 4).max(4096);
-                        let take = (len - got).min(avail).min(chunk);
-                        self.reserve(got + take, len);
-                        self.buf.resize(got + take, 0);
-                        let n = self.ahead.pull(ring, &mut self.buf[got..])?;
-                        self.buf.truncate(got + n);
+                        let want = (len - got).min(chunk);
+                        let mut buf = core::mem::take(&mut self.buf);
+                        // The window is what has arrived: the buffer grows by that, never by
+                        // what the header announces.
+                        let r = ring.read_in_place(want, |w| {
+                            grow(&mut buf, got + w.len(), len);
+                            w.append_to(&mut buf);
+                            w.len()
+                        });
+                        self.buf = buf;
+                        let n = r?;
                         if got + n < len {
                             if n == 0 {
                                 return Ok(None);
@@ -218,16 +171,9 @@ impl Reassembler {
                 }
                 State::End => return Ok(Some(Got::End)),
                 State::Skip { len, left } => {
-                    let mut scratch = [0u8; 256];
-                    let mut left = left;
-                    while left > 0 {
-                        let want = (left as usize).min(scratch.len());
-                        let n = self.ahead.pull(ring, &mut scratch[..want])?;
-                        if n == 0 {
-                            break;
-                        }
-                        left -= n as u32;
-                    }
+                    // Skipped in place: nothing is copied.
+                    let n = ring.read_in_place(left as usize, |w| w.len())?;
+                    let left = left - n as u32;
                     if left > 0 {
                         self.state = State::Skip { len, left };
                         return Ok(None);
@@ -237,5 +183,171 @@ impl Reassembler {
                 }
             }
         }
+    }
+}
+
+impl Reassembler {
+    /// Fast path: a whole small frame in the ring leaves it in one in-place read (header and
+    /// payload copied straight out, the payload into the frame's own buffer). `None`, with
+    /// nothing consumed, for anything else (a partial or large frame, the end of the stream,
+    /// one over the maximum): the general path takes it.
+    #[inline]
+    fn small<R: ReadInPlace + ?Sized>(&self, ring: &mut R) -> Result<Option<Bytes>, RingError> {
+        let max = self.max;
+        let mut frame = None;
+        ring.read_in_place(HEADER_LEN + SMALL, |w| {
+            let mut header = [0u8; HEADER_LEN];
+            if w.copy_to(&mut header) < HEADER_LEN {
+                return 0;
+            }
+            // A private copy: parsing it is safe from the peer.
+            let len = u32::from_be_bytes(header) as usize;
+            if len > max || len > SMALL {
+                return 0;
+            }
+            let Some(body) = w.get(HEADER_LEN..HEADER_LEN + len) else {
+                return 0;
+            };
+            let mut buf = Vec::with_capacity(len);
+            body.append_to(&mut buf);
+            frame = Some(Bytes::from(buf));
+            HEADER_LEN + len
+        })?;
+        Ok(frame)
+    }
+}
+
+/// Grows `buf` to hold `need` bytes of a frame of `len`: doubling, never past `len`.
+fn grow(buf: &mut Vec<u8>, need: usize, len: usize) {
+    if buf.capacity() < need {
+        let target = buf.capacity().saturating_mul(2).max(need).min(len);
+        buf.reserve_exact(target - buf.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pore_core::loopback::GuardedRegion;
+    use pore_core::GrantRef;
+    use pore_ring::frame::{FrameReader, FrameWriter, Progress, Received};
+    use pore_ring::v2::{Consumer, Producer, V2Geometry, V2Ring};
+    use pore_ring::{RingWriter, SharedRing};
+    use std::vec;
+
+    type View<'a> = pore_core::SharedView<'a>;
+
+    /// Sends `frames` with the in-place writer and receives them with the reassembler,
+    /// interleaved (frames larger than the ring stream through it).
+    fn in_place(
+        tx: &mut Producer<View<'_>>,
+        rx: &mut Consumer<View<'_>>,
+        frames: &[Vec<u8>],
+        max: usize,
+    ) -> Vec<Result<Vec<u8>, u32>> {
+        let mut fw = FrameWriter::new(usize::MAX);
+        let mut re = Reassembler::new(max);
+        let mut out = Vec::new();
+        let mut i = 0;
+        while out.len() < frames.len() {
+            if i < frames.len()
+                && fw.send_deferred_in_place(&mut *tx, &frames[i]).unwrap() == Progress::Done
+            {
+                i += 1;
+            }
+            tx.commit().unwrap();
+            while let Some(got) = re.recv(&mut *rx).unwrap() {
+                out.push(match got {
+                    Got::Frame(f) => Ok(f.to_vec()),
+                    Got::Skipped(n) => Err(n),
+                    Got::End => panic!("no end was sent"),
+                });
+            }
+        }
+        assert!(!re.in_progress());
+        out
+    }
+
+    /// The same through the copying path: `send_deferred` and pore-ring's `FrameReader`.
+    fn copying(
+        tx: &mut Producer<View<'_>>,
+        rx: &mut Consumer<View<'_>>,
+        frames: &[Vec<u8>],
+        max: usize,
+    ) -> Vec<Result<Vec<u8>, u32>> {
+        let mut fw = FrameWriter::new(usize::MAX);
+        let mut fr = FrameReader::new(max);
+        let mut buf = vec![0u8; max];
+        let mut out = Vec::new();
+        let mut i = 0;
+        while out.len() < frames.len() {
+            if i < frames.len() && fw.send_deferred(&mut *tx, &frames[i]).unwrap() == Progress::Done
+            {
+                i += 1;
+            }
+            tx.commit().unwrap();
+            while let Some(got) = fr.recv(&mut *rx, &mut buf).unwrap() {
+                out.push(match got {
+                    Received::Frame(n) => Ok(buf[..n].to_vec()),
+                    Received::Skipped(n) => Err(n),
+                });
+            }
+        }
+        out
+    }
+
+    /// At every position of a 4 KiB ring, frames of several sizes (empty, small, just under and
+    /// over the ring, one over the maximum) come out of the in-place path byte for byte as
+    /// they come out of the copying one, and as they went in.
+    #[test]
+    fn in_place_frames_match_the_copying_path_at_every_wrap_position() {
+        let geo = V2Geometry::new(0, 0).unwrap();
+        let g = GuardedRegion::new(geo.region_len());
+        let (mut tx, _) = V2Ring::active(g.view(), geo, &[GrantRef(1), GrantRef(2)])
+            .unwrap()
+            .split();
+        let (_, mut rx) = V2Ring::passive(g.view()).unwrap().split();
+        let max = 9000;
+        let sizes = [0usize, 1, 13, 252, 253, 4092, 4096, 8999, 9001];
+        let step = if cfg!(miri) { 1000 } else { 1 };
+        let mut pos = 0usize;
+        for (round, target) in (0..4096).step_by(step).enumerate() {
+            // Move both ends to `target` with one filler frame (header + payload).
+            let mut gap = (target + 4096 - pos) % 4096;
+            if gap > 0 && gap < 4 {
+                gap += 4096;
+            }
+            if gap > 0 {
+                let filler = vec![vec![0xee; gap - 4]];
+                assert_eq!(
+                    in_place(&mut tx, &mut rx, &filler, max),
+                    [Ok(filler[0].clone())]
+                );
+            }
+            let frames: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(k, &n)| (0..n).map(|i| (i + 31 * k + round) as u8).collect())
+                .collect();
+            let want: Vec<Result<Vec<u8>, u32>> = frames
+                .iter()
+                .map(|f| {
+                    if f.len() > max {
+                        Err(f.len() as u32)
+                    } else {
+                        Ok(f.clone())
+                    }
+                })
+                .collect();
+            assert_eq!(
+                in_place(&mut tx, &mut rx, &frames, max),
+                want,
+                "at {target}"
+            );
+            assert_eq!(copying(&mut tx, &mut rx, &frames, max), want, "at {target}");
+            let total: usize = sizes.iter().map(|n| n + 4).sum();
+            pos = (target + 2 * total) % 4096;
+        }
+        g.assert_guards();
     }
 }

@@ -10,6 +10,7 @@ use pore_core::{
 };
 use pore_ring::ling::{LingConsumer, LingProducer, LingRing, LING_PAGES};
 use pore_ring::v2::{self, V2Geometry, V2Ring};
+use pore_ring::window::{ReadInPlace, SharedSlice, SharedSliceMut, WriteInPlace};
 use pore_ring::{RingError, RingReader, RingWriter, SharedRing};
 
 use crate::handshake::PoreGrant;
@@ -88,6 +89,30 @@ impl<B: Backend> RingReader for Rx<B> {
     }
     fn is_broken(&self) -> bool {
         delegate!(Rx, self, r => RingReader::is_broken(r))
+    }
+}
+
+impl<B: Backend> WriteInPlace for Tx<B> {
+    type Mem = Mem<B>;
+
+    fn write_in_place(
+        &mut self,
+        max: usize,
+        f: impl FnOnce(SharedSliceMut<'_, Mem<B>>) -> usize,
+    ) -> Result<usize, RingError> {
+        delegate!(Tx, self, r => r.write_in_place(max, f))
+    }
+}
+
+impl<B: Backend> ReadInPlace for Rx<B> {
+    type Mem = Mem<B>;
+
+    fn read_in_place(
+        &mut self,
+        max: usize,
+        f: impl FnOnce(SharedSlice<'_, Mem<B>>) -> usize,
+    ) -> Result<usize, RingError> {
+        delegate!(Rx, self, r => r.read_in_place(max, f))
     }
 }
 

@@ -133,7 +133,7 @@ impl<B: Backend> Sender<B> {
         loop {
             let mut done = true;
             if let Some(p) = st.pending.clone() {
-                match st.framer.send_deferred(&mut st.ring, &p)? {
+                match st.framer.send_deferred_in_place(&mut st.ring, &p)? {
                     Progress::Done => {
                         st.pending = None;
                         self.sh.count_sent(p.len());
@@ -143,7 +143,7 @@ impl<B: Backend> Sender<B> {
             }
             if done {
                 if let Some(f) = frame.take() {
-                    match st.framer.send_deferred(&mut st.ring, &f)? {
+                    match st.framer.send_deferred_in_place(&mut st.ring, &f)? {
                         Progress::Done => self.sh.count_sent(f.len()),
                         Progress::Pending if st.framer.in_progress() => {
                             st.pending = Some(f);

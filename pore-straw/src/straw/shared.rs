@@ -13,7 +13,7 @@ use pore_ring::v2::{self};
 use pore_ring::{RingError, RingReader};
 
 use crate::handshake::{Closed, HandshakeError, Input, Role};
-use crate::reasm::{Got, Reassembler, AHEAD};
+use crate::reasm::{Got, Reassembler};
 use crate::{Endpoint, Format, Layout};
 use pore_ring::spin::SpinBudget;
 
@@ -84,8 +84,7 @@ pub(crate) struct Shared<B: Backend> {
     pub(super) pore: Mutex<Option<Mem<B>>>,
     pub(super) tx: Mutex<Option<TxState<B>>>,
     pub(super) rx: Mutex<Option<RxState<B>>>,
-    /// Whole frames the receiver had taken out of the ring (its read-ahead) or that still sat
-    /// in it when the pore closed: delivered before the end of the stream (see
+    /// Whole frames that still sat in the ring when the pore closed: delivered before the end of the stream (see
     /// [`Shared::shutdown_pore`]). Locked after `rx`.
     pub(super) leftover: Mutex<VecDeque<Bytes>>,
     pub(super) bell: Bell,
@@ -357,17 +356,15 @@ impl<B: Backend> Shared<B> {
         }
     }
 
-    /// Before the pore goes: keeps the whole frames the receiver already took out of the ring
-    /// (its read-ahead) or that still sit in it, so that the application receives them before
-    /// the end of the stream. A peer drains its ring before it closes, but the bytes it saw
-    /// consumed may sit in our read-ahead, not yet received: without this they were lost when
-    /// the close chart closed our pore. Bounded by what the ring holds (a peer still writing
+    /// Before the pore goes: keeps the whole frames that still sit in the ring, so that the
+    /// application receives them before the end of the stream (without this they were lost
+    /// when the close chart closed our pore). Bounded by what the ring holds (a peer still writing
     /// cannot keep us here), and skipped for a broken ring.
     pub(super) fn salvage(&self, st: &mut RxState<B>) {
         if st.ring.is_broken() {
             return;
         }
-        let budget = st.ring.capacity().saturating_add(AHEAD);
+        let budget = st.ring.capacity();
         let mut taken = 0usize;
         let mut leftover = lock(&self.leftover);
         while taken < budget {
