@@ -1,6 +1,6 @@
 //! The event loop: one thread waits (epoll) on every unix listener and client socket, reads
 //! requests, runs them against the store and writes the replies without blocking, as C
-//! xenstored does. A request never crosses threads on its way in or out.
+//! xenstored does (D24). A request never crosses threads on its way in or out.
 //!
 //! Fairness: a connection gets at most [`FRAMES_PER_ROUND`] requests handled per round of
 //! the loop, so one that floods requests delays the others by that many requests at most.
