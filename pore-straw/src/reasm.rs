@@ -5,11 +5,13 @@
 //! [`pore_ring::frame::FrameReader`], which needs a caller buffer as long as the frame before
 //! it copies any of its payload, the [`Reassembler`] reads the ring in place
 //! ([`pore_ring::window::ReadInPlace`]) and copies each payload byte once, straight from the
-//! ring into a buffer that becomes the frame's [`Bytes`]: no read-ahead, no staging buffer. A
+//! ring into a buffer that becomes the frame's [`Bytes`]: no read-ahead, no staging buffer
+//! (whole small frames at the front of the ring leave it together, each in its own buffer). A
 //! length prefix from the peer never drives an allocation past `RESTING` (64 KiB) by itself
 //! (DESIGN, "Memory a peer can write"): a longer frame's buffer grows only as its payload
 //! arrives.
 
+use std::collections::VecDeque;
 use std::vec::Vec;
 
 use bytes::Bytes;
@@ -22,8 +24,13 @@ use pore_ring::{RingError, RingReader};
 /// only as its payload arrives. Either way the buffer leaves with the frame (no copy).
 pub(crate) const RESTING: usize = 64 * 1024;
 
-/// Frames up to this length whose bytes are all in the ring leave it in one in-place read.
+/// Frames up to this length whose bytes are all in the ring leave it together, in one in-place
+/// read of at most [`SMALL_WINDOW`] bytes (one release, and on a LING ring one event, for the
+/// lot instead of one per frame).
 const SMALL: usize = 256;
+
+/// The most one in-place read of small frames takes from the ring.
+const SMALL_WINDOW: usize = 2048;
 
 /// The length prefix that ends the stream of a standalone straw (one made without the manager,
 /// which has no xenstore to say so): no frame is that long (a LING peer's frames are far
@@ -65,6 +72,9 @@ pub(crate) struct Reassembler {
     header: [u8; HEADER_LEN],
     state: State,
     buf: Vec<u8>,
+    /// Whole small frames taken out of the ring together, not yet returned (at most
+    /// [`SMALL_WINDOW`] bytes' worth).
+    pending: VecDeque<Bytes>,
 }
 
 impl Reassembler {
@@ -76,12 +86,13 @@ impl Reassembler {
             header: [0; HEADER_LEN],
             state: State::Header { got: 0 },
             buf: Vec::new(),
+            pending: VecDeque::new(),
         }
     }
 
-    /// Whether a frame is partly read.
+    /// Whether a frame is partly read, or whole frames wait to be returned.
     pub(crate) fn in_progress(&self) -> bool {
-        self.state != State::Header { got: 0 }
+        self.state != State::Header { got: 0 } || !self.pending.is_empty()
     }
 
     /// The capacity of the receive buffer (what a frame in progress costs us).
@@ -109,9 +120,13 @@ impl Reassembler {
         &mut self,
         ring: &mut R,
     ) -> Result<Option<Got>, RingError> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Ok(Some(Got::Frame(frame)));
+        }
         loop {
             if self.state == (State::Header { got: 0 }) {
-                if let Some(frame) = self.small(ring)? {
+                self.small(ring)?;
+                if let Some(frame) = self.pending.pop_front() {
                     return Ok(Some(Got::Frame(frame)));
                 }
             }
@@ -187,33 +202,36 @@ impl Reassembler {
 }
 
 impl Reassembler {
-    /// Fast path: a whole small frame in the ring leaves it in one in-place read (header and
-    /// payload copied straight out, the payload into the frame's own buffer). `None`, with
-    /// nothing consumed, for anything else (a partial or large frame, the end of the stream,
-    /// one over the maximum): the general path takes it.
+    /// Fast path: the whole small frames at the front of the ring leave it together in one
+    /// in-place read (each header and payload copied straight out, each payload into its
+    /// frame's own buffer) and wait in `pending`. Nothing is consumed from the first frame
+    /// that is partial, large, over the maximum or the end of the stream on: the general path
+    /// takes it.
     #[inline]
-    fn small<R: ReadInPlace + ?Sized>(&self, ring: &mut R) -> Result<Option<Bytes>, RingError> {
-        let max = self.max;
-        let mut frame = None;
-        ring.read_in_place(HEADER_LEN + SMALL, |w| {
-            let mut header = [0u8; HEADER_LEN];
-            if w.copy_to(&mut header) < HEADER_LEN {
-                return 0;
+    fn small<R: ReadInPlace + ?Sized>(&mut self, ring: &mut R) -> Result<(), RingError> {
+        let max = self.max.min(SMALL);
+        let pending = &mut self.pending;
+        ring.read_in_place(SMALL_WINDOW, |w| {
+            let mut at = 0;
+            while let Some(head) = w.get(at..at + HEADER_LEN) {
+                let mut header = [0u8; HEADER_LEN];
+                head.copy_to(&mut header);
+                // A private copy: parsing it is safe from the peer.
+                let len = u32::from_be_bytes(header) as usize;
+                if len > max {
+                    break;
+                }
+                let Some(body) = w.get(at + HEADER_LEN..at + HEADER_LEN + len) else {
+                    break;
+                };
+                let mut buf = Vec::with_capacity(len);
+                body.append_to(&mut buf);
+                pending.push_back(Bytes::from(buf));
+                at += HEADER_LEN + len;
             }
-            // A private copy: parsing it is safe from the peer.
-            let len = u32::from_be_bytes(header) as usize;
-            if len > max || len > SMALL {
-                return 0;
-            }
-            let Some(body) = w.get(HEADER_LEN..HEADER_LEN + len) else {
-                return 0;
-            };
-            let mut buf = Vec::with_capacity(len);
-            body.append_to(&mut buf);
-            frame = Some(Bytes::from(buf));
-            HEADER_LEN + len
+            at
         })?;
-        Ok(frame)
+        Ok(())
     }
 }
 
@@ -294,6 +312,67 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Small frames that are all in the ring leave it in one read (the first `recv` empties
+    /// the ring, at every wrap position), and still come out one by one, whole and in order;
+    /// a frame that does not fit the window stays for the general path.
+    #[test]
+    fn whole_small_frames_leave_the_ring_together() {
+        let geo = V2Geometry::new(0, 0).unwrap();
+        let g = GuardedRegion::new(geo.region_len());
+        let (mut tx, _) = V2Ring::active(g.view(), geo, &[GrantRef(1), GrantRef(2)])
+            .unwrap()
+            .split();
+        let (_, mut rx) = V2Ring::passive(g.view()).unwrap().split();
+        let sizes = [
+            0usize, 1, 13, 64, 252, 256, 7, 256, 256, 256, 256, 256, 256, 257,
+        ];
+        let step = if cfg!(miri) { 1500 } else { 7 };
+        let mut fw = FrameWriter::new(usize::MAX);
+        let mut re = Reassembler::new(9000);
+        for (round, skew) in (0..4092).step_by(step).enumerate() {
+            // Move both ends by `skew` + 4 bytes (one frame), so the batch starts anywhere.
+            assert_eq!(
+                fw.send_deferred(&mut tx, &vec![0xee; skew]).unwrap(),
+                Progress::Done,
+                "round {round}"
+            );
+            tx.commit().unwrap();
+            assert!(matches!(re.recv(&mut rx).unwrap(), Some(Got::Frame(_))));
+            assert_eq!(rx.readable().unwrap(), 0);
+            let frames: Vec<Vec<u8>> = sizes
+                .iter()
+                .map(|&n| (0..n).map(|i| (i + round) as u8).collect())
+                .collect();
+            for f in &frames {
+                assert_eq!(fw.send_deferred(&mut tx, f).unwrap(), Progress::Done);
+            }
+            tx.commit().unwrap();
+            // The frames that end within the window (2 048 bytes: the first 12 here) leave
+            // together; the rest stay in the ring.
+            let first = re.recv(&mut rx).unwrap();
+            assert_eq!(first, Some(Got::Frame(Bytes::from(frames[0].clone()))));
+            let batch: usize = sizes
+                .iter()
+                .scan(0, |at, &n| {
+                    *at += HEADER_LEN + n;
+                    Some(*at)
+                })
+                .take_while(|&end| end <= SMALL_WINDOW)
+                .count();
+            let in_batch: usize = sizes[..batch].iter().map(|n| HEADER_LEN + n).sum();
+            let total: usize = sizes.iter().map(|n| HEADER_LEN + n).sum();
+            assert_eq!(rx.readable().unwrap(), total - in_batch, "round {round}");
+            for f in &frames[1..] {
+                assert_eq!(
+                    re.recv(&mut rx).unwrap(),
+                    Some(Got::Frame(Bytes::from(f.clone())))
+                );
+            }
+            assert!(!re.in_progress());
+            assert_eq!(re.recv(&mut rx).unwrap(), None);
+        }
     }
 
     /// At every position of a 4 KiB ring, frames of several sizes (empty, small, just under and
