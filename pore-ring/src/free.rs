@@ -177,24 +177,7 @@ impl<A: SharedAccess> RingWriter for ByteProducer<A> {
 
     #[inline]
     fn write_deferred(&mut self, buf: &[u8]) -> Result<usize, RingError> {
-        self.check()?;
-        let mut free = self.free_with(self.cons.get());
-        if (free as usize) < buf.len() {
-            let c = self.refresh()?;
-            free = self.free_with(c);
-        }
-        let n = buf.len().min(free as usize);
-        if n == 0 {
-            return Ok(0);
-        }
-        let off = (self.prod & self.lay.mask()) as usize;
-        let first = n.min(self.lay.size as usize - off);
-        self.mem.write_bytes(self.lay.data + off, &buf[..first]);
-        if first < n {
-            self.mem.write_bytes(self.lay.data, &buf[first..n]);
-        }
-        self.prod = self.prod.wrapping_add(n as u32);
-        Ok(n)
+        self.write_in_place(buf.len(), |w| w.copy_from(buf))
     }
 
     #[inline]
@@ -405,24 +388,7 @@ impl<A: SharedAccess> RingReader for ByteConsumer<A> {
 
     #[inline]
     fn read_deferred(&mut self, buf: &mut [u8]) -> Result<usize, RingError> {
-        self.check()?;
-        let mut avail = self.prod.get().wrapping_sub(self.cons);
-        if (avail as usize) < buf.len() {
-            let p = self.refresh()?;
-            avail = p.wrapping_sub(self.cons);
-        }
-        let n = buf.len().min(avail as usize);
-        if n == 0 {
-            return Ok(0);
-        }
-        let off = (self.cons & self.lay.mask()) as usize;
-        let first = n.min(self.lay.size as usize - off);
-        self.mem.read_bytes(self.lay.data + off, &mut buf[..first]);
-        if first < n {
-            self.mem.read_bytes(self.lay.data, &mut buf[first..n]);
-        }
-        self.cons = self.cons.wrapping_add(n as u32);
-        Ok(n)
+        self.read_in_place(buf.len(), |w| w.copy_to(buf))
     }
 
     #[inline]

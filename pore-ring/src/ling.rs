@@ -184,27 +184,7 @@ impl<A: SharedAccess> RingWriter for LingProducer<A> {
     }
 
     fn write_deferred(&mut self, buf: &[u8]) -> Result<usize, RingError> {
-        if self.broken.get() {
-            return Err(RingError::Broken);
-        }
-        let mut free = self.free_with(self.cons.get());
-        if (free as usize) < buf.len() {
-            let c = self.refresh()?;
-            free = self.free_with(c);
-        }
-        let n = buf.len().min(free as usize);
-        if n == 0 {
-            return Ok(0);
-        }
-        let off = self.prod as usize;
-        let first = n.min(LING_RING_SIZE - off);
-        self.mem.write_bytes(self.dir.data + off, &buf[..first]);
-        if first < n {
-            self.mem.write_bytes(self.dir.data, &buf[first..n]);
-        }
-        self.prod = ((off + n) % LING_RING_SIZE) as u32;
-        self.dirty = true;
-        Ok(n)
+        self.write_in_place(buf.len(), |w| w.copy_from(buf))
     }
 
     fn commit(&mut self) -> Result<(), RingError> {
@@ -271,27 +251,7 @@ impl<A: SharedAccess> RingReader for LingConsumer<A> {
     }
 
     fn read_deferred(&mut self, buf: &mut [u8]) -> Result<usize, RingError> {
-        if self.broken.get() {
-            return Err(RingError::Broken);
-        }
-        let mut avail = self.avail_with(self.prod.get());
-        if (avail as usize) < buf.len() {
-            let p = self.refresh()?;
-            avail = self.avail_with(p);
-        }
-        let n = buf.len().min(avail as usize);
-        if n == 0 {
-            return Ok(0);
-        }
-        let off = self.cons as usize;
-        let first = n.min(LING_RING_SIZE - off);
-        self.mem.read_bytes(self.dir.data + off, &mut buf[..first]);
-        if first < n {
-            self.mem.read_bytes(self.dir.data, &mut buf[first..n]);
-        }
-        self.cons = ((off + n) % LING_RING_SIZE) as u32;
-        self.dirty = true;
-        Ok(n)
+        self.read_in_place(buf.len(), |w| w.copy_to(buf))
     }
 
     fn release(&mut self) -> Result<(), RingError> {
@@ -326,6 +286,7 @@ impl<A: SharedAccess> RingReader for LingConsumer<A> {
 impl<A: SharedAccess> WriteInPlace for LingProducer<A> {
     type Mem = A;
 
+    #[inline]
     fn write_in_place(
         &mut self,
         max: usize,
@@ -353,6 +314,7 @@ impl<A: SharedAccess> WriteInPlace for LingProducer<A> {
 impl<A: SharedAccess> ReadInPlace for LingConsumer<A> {
     type Mem = A;
 
+    #[inline]
     fn read_in_place(
         &mut self,
         max: usize,
