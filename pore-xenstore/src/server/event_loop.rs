@@ -218,43 +218,6 @@ impl Client {
     }
 }
 
-/// Accepts what is waiting on `l`.
-fn accept(inner: &Arc<Inner>, l: &UnixListener, clients: &mut Vec<Client>) {
-    for _ in 0..ACCEPTS_PER_ROUND {
-        match l.accept() {
-            Ok((s, _)) => {
-                let sink = match s.set_nonblocking(true).and_then(|_| s.try_clone()) {
-                    Ok(c) => SocketSink(c),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "client socket");
-                        continue;
-                    }
-                };
-                let (conn, outbox) = inner.add_conn(pore_core::DomId::DOM0, Box::new(sink));
-                tracing::debug!(conn = conn.0, "client connected");
-                clients.push(Client {
-                    stream: s,
-                    conn,
-                    outbox,
-                    buf: vec![0u8; READ_BUF],
-                    filled: 0,
-                    more: false,
-                    out: false,
-                });
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // E.g. out of file descriptors: the listener stays readable, so pause a
-                // little rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                std::thread::sleep(Duration::from_millis(10));
-                return;
-            }
-        }
-    }
-}
-
 /// Tokens of the waker and of listeners (clients use their `ConnId`, below these).
 const WAKER: u64 = u64::MAX;
 const LISTENER: u64 = 1 << 63;
@@ -307,11 +270,41 @@ impl Loop {
         }
     }
 
+    /// Accepts what is waiting on listener `i` (at most [`ACCEPTS_PER_ROUND`] clients) and
+    /// registers each for reading.
     fn accept(&mut self, i: usize) {
-        let mut new = Vec::new();
-        accept(&self.inner, &self.listeners[i].listener, &mut new);
-        for c in new {
-            let tok = c.conn.0;
+        for _ in 0..ACCEPTS_PER_ROUND {
+            let s = match self.listeners[i].listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // E.g. out of file descriptors: the listener stays readable, so pause a
+                    // little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                    return;
+                }
+            };
+            let sink = match s.set_nonblocking(true).and_then(|_| s.try_clone()) {
+                Ok(c) => SocketSink(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "client socket");
+                    continue;
+                }
+            };
+            let (conn, outbox) = self.inner.add_conn(pore_core::DomId::DOM0, Box::new(sink));
+            tracing::debug!(conn = conn.0, "client connected");
+            let c = Client {
+                stream: s,
+                conn,
+                outbox,
+                buf: vec![0u8; READ_BUF],
+                filled: 0,
+                more: false,
+                out: false,
+            };
+            let tok = conn.0;
             if tok >= LISTENER {
                 c.close(&self.inner);
                 continue;
