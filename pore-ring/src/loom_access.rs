@@ -134,6 +134,7 @@ mod tests {
     use loom::sync::Notify;
     use std::sync::Arc;
     use std::vec;
+    use std::vec::Vec;
 
     const LAYOUT: FreeLayout = FreeLayout {
         data: 16,
@@ -150,6 +151,24 @@ mod tests {
             b.preemption_bound = Some(3);
         }
         b.check(f);
+    }
+
+    /// The consumer's side of the one-way models: reads until two bytes came, sleeping on
+    /// `to_rx` whenever the ring is empty after asking to be woken.
+    fn receive_two<A: pore_core::SharedAccess>(
+        rx: &mut ByteConsumer<A>,
+        to_rx: &Notify,
+    ) -> Vec<u8> {
+        let mut got = vec![];
+        while got.len() < 2 {
+            let mut buf = [0u8; 2];
+            let n = RingReader::read(rx, &mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+            if got.len() < 2 && n == 0 && !RingReader::prepare_wait(rx).unwrap() {
+                to_rx.wait();
+            }
+        }
+        got
     }
 
     fn pair() -> (ByteProducer<Arc<LoomMemory>>, ByteConsumer<Arc<LoomMemory>>) {
@@ -240,16 +259,7 @@ mod tests {
                     }
                 })
             };
-            let mut got = vec![];
-            while got.len() < 2 {
-                let mut buf = [0u8; 2];
-                let n = RingReader::read(&mut rx, &mut buf).unwrap();
-                got.extend_from_slice(&buf[..n]);
-                if got.len() < 2 && n == 0 && !RingReader::prepare_wait(&mut rx).unwrap() {
-                    to_rx.wait();
-                }
-            }
-            assert_eq!(got, [1, 2]);
+            assert_eq!(receive_two(&mut rx, &to_rx), [1, 2]);
             t.join().unwrap();
         });
     }
@@ -366,16 +376,7 @@ mod tests {
                     }
                 })
             };
-            let mut got = vec![];
-            while got.len() < 2 {
-                let mut buf = [0u8; 2];
-                let n = RingReader::read(&mut rx, &mut buf).unwrap();
-                got.extend_from_slice(&buf[..n]);
-                if got.len() < 2 && n == 0 && !RingReader::prepare_wait(&mut rx).unwrap() {
-                    to_rx.wait();
-                }
-            }
-            assert_eq!(got, [1, 2]);
+            assert_eq!(receive_two(&mut rx, &to_rx), [1, 2]);
             t.join().unwrap();
         });
     }
