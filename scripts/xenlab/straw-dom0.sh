@@ -55,6 +55,22 @@ stamp() { # prefixes each line with dom0's uptime
 }
 export RUST_BACKTRACE=1
 ulimit -c 0
+judge() { # NAME RC LAYOUT DOMU-RESULT MESSAGE: step NAME passed if our pore exited 0, what
+    # came back (out.NAME, when there is one) is frames.bin, pore said it connected with LAYOUT
+    # (when given) and the domU's result is ok
+    if [ "$2" != 0 ]; then
+        fail "$1" "pore straw exited $2; domU: $4"
+    elif [ -e "out.$1" ] && ! cmp frames.bin "out.$1"; then
+        fail "$1" "the frames came back different"
+    elif [ -n "$3" ] && ! grep -q "connected to .*($3" "err.$1"; then
+        fail "$1" "not the $3 layout"
+    elif [ "${4#ok}" = "$4" ]; then
+        fail "$1" "domU: $4"
+    else
+        pass "$1" "$5; domU: $4"
+    fi
+    rm -f "out.$1"
+}
 
 mkdir -p straw-domu.d
 cp straw-domu.sh straw-domu.d/run
@@ -103,19 +119,8 @@ for step in "xa v2 V2" "xb ling Ling"; do
     rc=$?
     took=$(since "$start")
     sed 's/^/  | /' "err.$1"
-    r=$(domu_result "$1" 30)
-    if [ "$rc" != 0 ]; then
-        fail "$1" "pore straw connect exited $rc; domU: $r"
-    elif ! cmp frames.bin "out.$1"; then
-        fail "$1" "the frames came back different"
-    elif ! grep -q "connected to .*($3" "err.$1"; then
-        fail "$1" "not the $2 layout"
-    elif [ "${r#ok}" = "$r" ]; then
-        fail "$1" "domU: $r"
-    else
-        pass "$1" "domU listens ($2), dom0 connects: $(wc -c <frames.bin) bytes there and back in $took s; domU: $r"
-    fi
-    rm -f "out.$1"
+    judge "$1" "$rc" "$3" "$(domu_result "$1" 30)" \
+        "domU listens ($2), dom0 connects: $(wc -c <frames.bin) bytes there and back in $took s"
 done
 
 # ---- xc, xd: we listen and echo, the domU connects and compares
@@ -132,14 +137,7 @@ for step in "xc v2" "xd ling"; do
     wait "$pid"
     rc=$?
     sed 's/^/  | /' "err.$1"
-    r=$(domu_result "$1" 60)
-    if [ "$rc" != 0 ]; then
-        fail "$1" "pore straw listen exited $rc; domU: $r"
-    elif [ "${r#ok}" = "$r" ]; then
-        fail "$1" "domU: $r"
-    else
-        pass "$1" "dom0 listens ($2) and echoes; domU: $r"
-    fi
+    judge "$1" "$rc" "" "$(domu_result "$1" 60)" "dom0 listens ($2) and echoes"
 done
 
 # ---- xe: seed-strawman listens in the domU, we connect offering v2 (the seed knows only LING)
@@ -151,19 +149,8 @@ else
     rc=$?
     took=$(since "$start")
     sed 's/^/  | /' err.xe
-    r=$(domu_result xe 60)
-    if [ "$rc" != 0 ]; then
-        fail xe "pore straw connect exited $rc; domU: $r"
-    elif ! cmp frames.bin out.xe; then
-        fail xe "the frames came back different"
-    elif ! grep -q "connected to .*(Ling" err.xe; then
-        fail xe "not the LING layout"
-    elif [ "${r#ok}" = "$r" ]; then
-        fail xe "domU: $r"
-    else
-        pass xe "seed-strawman listens, dom0's pore connects (offers v2, gets LING): $(wc -c <frames.bin) bytes there and back in $took s; domU: $r"
-    fi
-    rm -f out.xe
+    judge xe "$rc" Ling "$(domu_result xe 60)" \
+        "seed-strawman listens, dom0's pore connects (offers v2, gets LING): $(wc -c <frames.bin) bytes there and back in $took s"
 fi
 
 # ---- xf: we listen (offering v2), seed-strawman connects and checks the echo
@@ -184,16 +171,8 @@ fi
 wait "$pid"
 rc=$?
 sed 's/^/  | /' err.xf
-r=$(domu_result xf 60)
-if [ "$rc" != 0 ]; then
-    fail xf "pore straw listen exited $rc; domU: $r"
-elif ! grep -q "connected to .*(Ling" err.xf; then
-    fail xf "not the LING layout"
-elif [ "${r#ok}" = "$r" ]; then
-    fail xf "domU: $r"
-else
-    pass xf "dom0's pore listens (offers v2) and echoes, seed-strawman connects (LING); domU: $r"
-fi
+judge xf "$rc" Ling "$(domu_result xf 60)" \
+    "dom0's pore listens (offers v2) and echoes, seed-strawman connects (LING)"
 
 # ---- the domU's pore xs (it ran while we were busy)
 if [ "$xs" != 0 ]; then
