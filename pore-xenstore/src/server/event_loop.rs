@@ -10,9 +10,10 @@
 //! events are dropped, as in C).
 //!
 //! On one CPU (a dom0 with one vCPU, or the daemon pinned), the loop yields the CPU before it
-//! sleeps after a round that served requests: the clients its replies woke then run, and
-//! write their next request whole, instead of being preempted by the loop's wake-up after a
-//! request's first write (libxenstore writes the header and the payload separately).
+//! sleeps after a round that served socket requests: the clients its replies woke then run,
+//! and write their next request whole, instead of being preempted by the loop's wake-up after
+//! a request's first write (libxenstore writes the header and the payload separately). Guest
+//! rounds do not count: a guest writes a request whole, and the yield doubled its round trip.
 //!
 //! Guest rings whose [`GuestLink`] has a [`GuestReadiness`] are served here too (D25): the
 //! loop waits on each distinct readiness descriptor (one for every guest bound through one
