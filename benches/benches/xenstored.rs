@@ -31,6 +31,10 @@
 //!   client's read latency alone, next to a client flooding pipelined requests (its own
 //!   thread, on CPU 1), and next to a client that sends requests and never reads the
 //!   replies; with each daemon's resident memory before and after the stalled client.
+//! * `PORE_BENCH_XSD_GUESTS=1`: instead of all the above, our server's guests on rings
+//!   (the simulator's domains, in this process), served by the event loop and by a thread
+//!   each, taking turns: the same fairness runs, and the idle cost of 500 guests (see
+//!   `xenstored_guests/mod.rs`).
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -41,6 +45,9 @@ use criterion::{BenchmarkId, Criterion};
 use pore_benches::libxs::Xs;
 use pore_benches::xsd::{serve, start_debian, start_ours, Daemon, Ops, Raw};
 use pore_xenstore::Request;
+
+#[path = "xenstored_guests/mod.rs"]
+mod guests;
 
 const SERVE_ENV: &str = "PORE_BENCH_XENSTORED_SERVE";
 
@@ -365,6 +372,10 @@ fn main() {
     }
     let _ = pore_benches::cpus();
     pore_benches::pin(0);
+    if std::env::var_os("PORE_BENCH_XSD_GUESTS").is_some() {
+        guests::run(std::env::args().any(|a| a == "--bench"));
+        return;
+    }
     let dir = std::env::temp_dir().join(format!("pore-xsd-bench-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let exe = std::env::current_exe().expect("this executable");

@@ -2,7 +2,6 @@
 //! event-channel operations ([`Events`] for [`SimDomain`]: allocate, bind, select, readiness).
 
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,6 @@ use crate::ctx::DomCtx;
 use crate::domain::SimDomain;
 use crate::error::{Result, SimError};
 use crate::proto::Op;
-use crate::readiness::Readiness;
 use crate::table::{EndRef, EndState};
 
 fn end_from(words: &[u32]) -> Result<(u32, EndRef)> {
@@ -29,6 +27,35 @@ fn end_from(words: &[u32]) -> Result<(u32, EndRef)> {
             ErrorKind::Protocol,
             "malformed port reply",
         )),
+    }
+}
+
+/// The readiness eventfd of a domain handle, owned ([`SimChannel::readiness`]): it keeps the
+/// handle's readiness watcher running while it lives.
+pub struct ChannelReadiness {
+    /// Keeps the watcher running.
+    ctx: Arc<DomCtx>,
+    efd: Arc<std::os::fd::OwnedFd>,
+}
+
+impl std::fmt::Debug for ChannelReadiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelReadiness")
+            .field("domain", &self.ctx.id)
+            .finish()
+    }
+}
+
+impl ChannelReadiness {
+    /// The eventfd: readable (level-triggered) from an event of the domain until
+    /// [`ChannelReadiness::acknowledge`].
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.efd.as_fd()
+    }
+
+    /// Drains the eventfd after it polled readable (then check every channel).
+    pub fn acknowledge(&self) {
+        self.ctx.ack_readiness();
     }
 }
 
@@ -84,6 +111,18 @@ impl SimChannel {
     /// The domain at the other end (the one it was offered to, or bound to).
     pub fn peer(&self) -> DomId {
         self.peer
+    }
+
+    /// The readiness handle of the domain handle this channel was made by (as
+    /// [`Events::readiness_fd`] of that [`SimDomain`]): readable when any channel of that
+    /// domain may have fired. `None` if its watcher could not start.
+    pub fn readiness(&self) -> Option<ChannelReadiness> {
+        self.ctx.readiness_fd()?;
+        let efd = self.ctx.readiness.get()?.efd.clone();
+        Some(ChannelReadiness {
+            ctx: self.ctx.clone(),
+            efd,
+        })
     }
 
     fn check(&self, consume: bool) -> Result<bool> {
@@ -253,24 +292,6 @@ impl Events for SimDomain {
     }
 
     fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
-        if self.ctx.readiness.get().is_none() {
-            match Readiness::start(&self.ctx.table, self.ctx.id) {
-                Ok(r) => {
-                    if let Err(r) = self.ctx.readiness.set(r) {
-                        // Another thread won the race: stop ours.
-                        r.stop.store(true, Ordering::Release);
-                        self.ctx.table.wake(self.ctx.id);
-                        if let Some(t) = r.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                            let _ = t.join();
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "starting the readiness watcher failed");
-                    return None;
-                }
-            }
-        }
-        self.ctx.readiness.get().map(|r| r.efd.as_fd())
+        self.ctx.readiness_fd()
     }
 }

@@ -112,6 +112,37 @@ impl DomCtx {
         }
     }
 
+    /// The readiness eventfd of this context, its watcher started on first use.
+    pub(crate) fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
+        if self.readiness.get().is_none() {
+            match Readiness::start(&self.table, self.id) {
+                Ok(r) => {
+                    if let Err(r) = self.readiness.set(r) {
+                        // Another thread won the race: stop ours.
+                        r.stop.store(true, Ordering::Release);
+                        self.table.wake(self.id);
+                        if let Some(t) = r.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                            let _ = t.join();
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "starting the readiness watcher failed");
+                    return None;
+                }
+            }
+        }
+        self.readiness.get().map(|r| r.efd.as_fd())
+    }
+
+    /// Drains the readiness eventfd, if it was started.
+    pub(crate) fn ack_readiness(&self) {
+        if let Some(r) = self.readiness.get() {
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(&*r.efd, &mut buf);
+        }
+    }
+
     pub(crate) fn die(&self) {
         if self.dead.swap(true, Ordering::AcqRel) {
             return;

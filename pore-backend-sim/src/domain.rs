@@ -114,10 +114,7 @@ impl SimDomain {
     /// Drains the readiness eventfd (see
     /// [`Events::readiness_fd`](pore_core::Events::readiness_fd)) after it polled readable.
     pub fn ack_readiness(&self) {
-        if let Some(r) = self.ctx.readiness.get() {
-            let mut buf = [0u8; 8];
-            let _ = rustix::io::read(&r.efd, &mut buf);
-        }
+        self.ctx.ack_readiness();
     }
 }
 

@@ -92,7 +92,7 @@ use std::time::{Duration, Instant};
 
 use pore_core::DomId;
 
-pub use channel::SimChannel;
+pub use channel::{ChannelReadiness, SimChannel};
 pub use domain::SimDomain;
 pub use env::{JOIN_ENV, NAME_ENV, SOCKET_ENV};
 pub use error::{Result, SimError};

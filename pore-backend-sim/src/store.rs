@@ -9,7 +9,7 @@
 //! calls [`StoreService::domain_released`]. The embedded xenstored of pore-xenstore implements
 //! this trait; the simulator itself has no xenstore.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use pore_core::DomId;
 
@@ -62,11 +62,21 @@ impl StoreLink {
 
 /// A [`StoreService`] as the hypervisor's hook: dom0's page and port become the handles of a
 /// [`StoreLink`].
-pub(crate) struct ServiceHook(Arc<dyn StoreService>);
+///
+/// Every link's channel is made by one dom0 handle, while any lives, so that they share one
+/// readiness watcher ([`SimChannel::readiness`]), as a daemon's ports share one event device.
+pub(crate) struct ServiceHook {
+    service: Arc<dyn StoreService>,
+    /// The dom0 handle of the links (weak: it holds the hypervisor, which holds this hook).
+    dom0: Mutex<Weak<DomCtx>>,
+}
 
 impl ServiceHook {
     pub(crate) fn new(service: Arc<dyn StoreService>) -> Self {
-        ServiceHook(service)
+        ServiceHook {
+            service,
+            dom0: Mutex::new(Weak::new()),
+        }
     }
 }
 
@@ -80,8 +90,18 @@ impl StoreHook for ServiceHook {
             port,
             end,
         } = parts;
-        let ctx = DomCtx::local(DomId::DOM0, hv);
-        self.0.domain_introduced(StoreLink::new(
+        let ctx = {
+            let mut dom0 = self.dom0.lock().unwrap_or_else(|p| p.into_inner());
+            match dom0.upgrade() {
+                Some(ctx) => ctx,
+                None => {
+                    let ctx = DomCtx::local(DomId::DOM0, hv);
+                    *dom0 = Arc::downgrade(&ctx);
+                    ctx
+                }
+            }
+        };
+        self.service.domain_introduced(StoreLink::new(
             dom,
             name,
             SimStorePage::new(page),
@@ -90,14 +110,15 @@ impl StoreHook for ServiceHook {
     }
 
     fn release(&self, dom: DomId) {
-        self.0.domain_released(dom);
+        self.service.domain_released(dom);
     }
 }
 
 /// pore-xenstore's embedded xenstored as the simulation's store service (feature `xenstored`):
 /// each domain is introduced with its store ring page and port (the server creates
 /// `/local/domain/<id>` owned by it, with `name`, `domid` and `data/`, and fires
-/// `@introduceDomain`); a dead domain is released (`@releaseDomain`).
+/// `@introduceDomain`); a dead domain is released (`@releaseDomain`). Every ring is served by
+/// the server's event loop, woken by dom0's readiness eventfd (one watcher thread for all).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -115,6 +136,16 @@ impl StoreHook for ServiceHook {
 /// # Ok::<(), pore_backend_sim::SimError>(())
 /// ```
 #[cfg(feature = "xenstored")]
+impl pore_xenstore::server::GuestReadiness for crate::ChannelReadiness {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        crate::ChannelReadiness::fd(self)
+    }
+    fn acknowledge(&self) {
+        crate::ChannelReadiness::acknowledge(self);
+    }
+}
+
+#[cfg(feature = "xenstored")]
 impl StoreService for pore_xenstore::server::Server {
     fn domain_introduced(&self, link: StoreLink) {
         let StoreLink {
@@ -123,8 +154,14 @@ impl StoreService for pore_xenstore::server::Server {
             page,
             channel,
         } = link;
+        let readiness = channel.readiness();
         match pore_xenstore::server::GuestLink::from_pore(page, channel) {
             Ok(guest) => {
+                // Served by xenstored's event loop, woken by dom0's readiness watcher.
+                let guest = match readiness {
+                    Some(r) => guest.with_readiness(Arc::new(r)),
+                    None => guest,
+                };
                 if let Err(e) = self.introduce_domain(domid, &name, guest) {
                     tracing::warn!(%domid, error = ?e, "xenstored refused to introduce the domain");
                 }

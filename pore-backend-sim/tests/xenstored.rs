@@ -102,3 +102,49 @@ fn a_process_domain_uses_xenstore_and_is_released_when_killed() {
     hv.assert_cleaned_up();
     server.shutdown();
 }
+
+/// Threads of this process whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.starts_with(prefix))
+        .count()
+}
+
+#[test]
+fn many_domains_are_served_by_the_event_loop_without_a_thread_each() {
+    let hv = Hypervisor::new().unwrap();
+    let server = Server::new(ServerConfig::default(), None);
+    hv.set_store_service(Arc::new(server.clone()));
+    let (dom0, _listener) = dom0_client(&server, "many");
+    let guests: Vec<SimDomain> = (0..60)
+        .map(|i| hv.create_domain(&format!("many-{i}")).unwrap())
+        .collect();
+    let clients: Vec<Client> = guests.iter().map(guest_client).collect();
+    for (i, (g, xs)) in guests.iter().zip(&clients).enumerate() {
+        let me = format!("/local/domain/{}", g.id());
+        assert_eq!(
+            xs.read(&format!("{me}/name")).unwrap(),
+            format!("many-{i}").as_bytes()
+        );
+        xs.write(&format!("{me}/data/i"), i.to_string().as_bytes())
+            .unwrap();
+    }
+    for (i, g) in guests.iter().enumerate() {
+        let me = format!("/local/domain/{}", g.id());
+        assert_eq!(
+            dom0.read(&format!("{me}/data/i")).unwrap(),
+            i.to_string().as_bytes()
+        );
+    }
+    // No thread per guest: one loop, and one readiness watcher per hypervisor of this
+    // test binary (other tests run alongside).
+    assert_eq!(threads_named("xsd-dom"), 0);
+    assert!(threads_named("pore-sim-ready") < 10);
+    drop(clients);
+    let last = format!("/local/domain/{}", guests[59].id());
+    drop(guests);
+    wait_gone(&dom0, &last);
+    server.shutdown();
+}

@@ -10,31 +10,40 @@
 //! events are dropped, as in C).
 //!
 //! On one CPU (a dom0 with one vCPU, or the daemon pinned), the loop yields the CPU before it
-//! sleeps after a round that served requests: the clients its replies woke then run, and
-//! write their next request whole, instead of being preempted by the loop's wake-up after a
-//! request's first write (libxenstore writes the header and the payload separately).
+//! sleeps after a round that served socket requests: the clients its replies woke then run,
+//! and write their next request whole, instead of being preempted by the loop's wake-up after
+//! a request's first write (libxenstore writes the header and the payload separately). Guest
+//! rounds do not count: a guest writes a request whole, and the yield doubled its round trip.
 //!
-//! Guest rings are not served here: a [`GuestLink`](super::GuestLink)'s event channel has
-//! no readiness handle to poll, so each guest keeps a thread of its own (see
-//! `service::guest_loop`).
+//! Guest rings whose [`GuestLink`] has a [`GuestReadiness`] are served here too (D25): the
+//! loop waits on each distinct readiness descriptor (one for every guest bound through one
+//! event device). When one is readable it is acknowledged, then every guest sharing it is
+//! visited, as C xenstored visits every domain: its channel's event consumed
+//! (`try_wait`), its queued output flushed, and, if none stays queued, its request ring read
+//! and up to [`FRAMES_PER_ROUND`] requests handled. Every guest is also visited once per
+//! [`SWEEP`], a safety net against a lost wake-up. A guest whose link has no readiness keeps
+//! a thread of its own (`service::guest_loop`).
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::Timespec;
 use rustix::net::{RecvFlags, SendFlags};
 
 use super::conn::{Outbox, Sink};
+use super::ring::{GuestLink, GuestReadiness};
 use super::service::{Inner, POLL_INTERVAL};
 use super::ConnId;
+use crate::wire::{HEADER_LEN, PAYLOAD_MAX};
+use pore_core::DomId;
 
 /// Requests handled per connection per round of the loop.
 pub(crate) const FRAMES_PER_ROUND: usize = 8;
@@ -44,6 +53,12 @@ pub(crate) const READ_BUF: usize = 64 * 1024;
 
 /// Clients accepted per listener per round.
 const ACCEPTS_PER_ROUND: usize = 64;
+
+/// How often every guest is visited even without a wake-up.
+pub(crate) const SWEEP: Duration = Duration::from_secs(1);
+
+/// Bytes of a guest's requests read at most before they are handled (two whole messages).
+const GUEST_BUF: usize = 2 * (HEADER_LEN + PAYLOAD_MAX);
 
 /// A client socket's output.
 pub(crate) struct SocketSink(pub(crate) UnixStream);
@@ -141,10 +156,107 @@ impl Drop for ListenEntry {
     }
 }
 
+/// A guest ring handed to the loop (its link has a readiness handle).
+pub(crate) struct GuestEntry {
+    pub(crate) conn: ConnId,
+    pub(crate) domid: DomId,
+    pub(crate) link: GuestLink,
+    pub(crate) outbox: Arc<Outbox>,
+    /// Set when the domain is released.
+    pub(crate) stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// What other threads ask of the loop.
 pub(crate) enum Command {
     /// Serve a new listener.
     Listen(ListenEntry),
+    /// Serve a guest's ring.
+    Guest(Box<GuestEntry>),
+    /// Stop serving the guest of this connection (its domain was released).
+    Release(ConnId),
+}
+
+/// One guest ring served by the loop.
+struct Guest {
+    e: GuestEntry,
+    /// Its slot in `Loop::sources`, if its readiness is registered.
+    source: Option<usize>,
+    buf: Vec<u8>,
+    filled: usize,
+    /// The round it was last visited in (a guest is served once per round).
+    round: u64,
+}
+
+/// What became of a guest after a visit.
+enum Visit {
+    /// Still served; `more`: requests stay buffered past the round's budget.
+    Keep { more: bool },
+    /// No longer served (released, gone, or broke the protocol).
+    Drop,
+}
+
+impl Guest {
+    /// Consumes its event, flushes its output and, unless output stays queued, reads its
+    /// ring and handles up to [`FRAMES_PER_ROUND`] requests.
+    fn visit(&mut self, inner: &Arc<Inner>, out: &mut Vec<super::store::Outgoing>) -> Visit {
+        let domid = self.e.domid;
+        if self.e.stop.load(Ordering::Relaxed) {
+            return Visit::Drop;
+        }
+        if let Err(e) = self.e.link.try_wait() {
+            if pore_core::Error::is_peer_gone(&e) {
+                tracing::debug!(%domid, "guest gone: its event channel closed");
+            } else {
+                tracing::warn!(%domid, error = %e, "guest event channel failed");
+            }
+            return Visit::Drop;
+        }
+        if self.e.outbox.flush() || self.e.outbox.is_dead() {
+            // Its replies are not consumed: read nothing more until they are.
+            return if self.e.outbox.is_dead() {
+                tracing::warn!(%domid, "guest ring broken; no longer served");
+                Visit::Drop
+            } else {
+                Visit::Keep { more: false }
+            };
+        }
+        if self.filled < self.buf.len() {
+            match self.e.link.read(&mut self.buf[self.filled..]) {
+                Ok(0) => {}
+                Ok(n) => {
+                    self.filled += n;
+                    // Room in its request ring.
+                    let _ = self.e.link.notify();
+                }
+                Err(e) => {
+                    tracing::warn!(%domid, error = %e, "guest ring broken; no longer served");
+                    return Visit::Drop;
+                }
+            }
+        }
+        if self.filled == 0 {
+            return Visit::Keep { more: false };
+        }
+        match inner.process(self.e.conn, &self.buf[..self.filled], out, FRAMES_PER_ROUND) {
+            Ok((used, more)) => {
+                self.buf.copy_within(used..self.filled, 0);
+                self.filled -= used;
+                Visit::Keep { more }
+            }
+            Err(()) => {
+                tracing::warn!(%domid, "guest message too long; ring closed");
+                self.e.link.protocol_error();
+                Visit::Drop
+            }
+        }
+    }
+}
+
+/// A readiness descriptor of guests, and the guests (tokens) it wakes.
+struct Source {
+    ready: Arc<dyn GuestReadiness>,
+    raw: RawFd,
+    members: Vec<u64>,
 }
 
 /// One client socket.
@@ -218,9 +330,11 @@ impl Client {
     }
 }
 
-/// Tokens of the waker and of listeners (clients use their `ConnId`, below these).
+/// Tokens of the waker, of listeners and of guests' readiness sources (clients use their
+/// `ConnId`, below these).
 const WAKER: u64 = u64::MAX;
 const LISTENER: u64 = 1 << 63;
+const SOURCE: u64 = 1 << 62;
 
 /// Waits for reading (`out` false) or for room to write (`out` true).
 fn interest(out: bool) -> EventFlags {
@@ -240,6 +354,14 @@ struct Loop {
     out: Vec<super::store::Outgoing>,
     /// Clients that stopped at their request budget with requests buffered.
     more: Vec<u64>,
+    /// Guest rings served here, by connection.
+    guests: HashMap<u64, Guest>,
+    /// Readiness descriptors of guests (a slot is `None` once its last guest left).
+    sources: Vec<Option<Source>>,
+    /// Guests that stopped at their request budget with requests buffered.
+    guest_more: Vec<u64>,
+    /// The current round (guests are visited once per round).
+    round: u64,
 }
 
 impl Loop {
@@ -267,6 +389,116 @@ impl Loop {
                 tracing::warn!(error = %e, "epoll: cannot change a client's interest");
                 self.close(tok);
             }
+        }
+    }
+
+    /// Starts serving a guest: registers its readiness (once per descriptor) and visits it
+    /// (it may have written requests before it was handed over).
+    fn add_guest(&mut self, e: GuestEntry) {
+        let tok = e.conn.0;
+        let source = e.link.readiness().cloned().and_then(|ready| {
+            let raw = ready.fd().as_raw_fd();
+            if let Some(i) = self
+                .sources
+                .iter()
+                .position(|s| s.as_ref().is_some_and(|s| s.raw == raw))
+            {
+                if let Some(s) = &mut self.sources[i] {
+                    s.members.push(tok);
+                }
+                return Some(i);
+            }
+            let i = self
+                .sources
+                .iter()
+                .position(Option::is_none)
+                .unwrap_or(self.sources.len());
+            if let Err(err) = epoll::add(
+                &self.epoll,
+                ready.fd(),
+                EventData::new_u64(SOURCE + i as u64),
+                EventFlags::IN,
+            ) {
+                tracing::error!(
+                    error = %err,
+                    "epoll: cannot add a guest's readiness; it is served by the sweep only"
+                );
+                return None;
+            }
+            let s = Source {
+                ready,
+                raw,
+                members: vec![tok],
+            };
+            if i == self.sources.len() {
+                self.sources.push(Some(s));
+            } else {
+                self.sources[i] = Some(s);
+            }
+            Some(i)
+        });
+        tracing::debug!(domid = %e.domid, "guest ring served by the event loop");
+        self.guests.insert(
+            tok,
+            Guest {
+                e,
+                source,
+                buf: vec![0u8; GUEST_BUF],
+                filled: 0,
+                round: 0,
+            },
+        );
+        self.visit_guest(tok);
+    }
+
+    /// Stops serving guest `tok` (its link is dropped here; its output side goes with the
+    /// store's connection).
+    fn remove_guest(&mut self, tok: u64) {
+        let Some(g) = self.guests.remove(&tok) else {
+            return;
+        };
+        tracing::debug!(domid = %g.e.domid, "guest no longer served by the event loop");
+        if let Some(i) = g.source {
+            if let Some(s) = &mut self.sources[i] {
+                s.members.retain(|&t| t != tok);
+                if s.members.is_empty() {
+                    let _ = epoll::delete(&self.epoll, s.ready.fd());
+                    self.sources[i] = None;
+                }
+            }
+        }
+    }
+
+    /// Visits guest `tok` once per round.
+    fn visit_guest(&mut self, tok: u64) {
+        let Some(g) = self.guests.get_mut(&tok) else {
+            return;
+        };
+        if g.round == self.round {
+            return;
+        }
+        g.round = self.round;
+        match g.visit(&self.inner, &mut self.out) {
+            Visit::Keep { more } => {
+                if more {
+                    self.guest_more.push(tok);
+                }
+            }
+            Visit::Drop => self.remove_guest(tok),
+        }
+    }
+
+    /// Source `i` polled readable: acknowledge it, then visit every guest it wakes.
+    fn wake_source(&mut self, i: usize) {
+        let members = match self.sources.get(i) {
+            Some(Some(s)) => {
+                s.ready.acknowledge();
+                s.members.clone()
+            }
+            _ => return,
+        };
+        for tok in members {
+            self.visit_guest(tok);
         }
     }
 
@@ -305,7 +537,7 @@ impl Loop {
                 out: false,
             };
             let tok = conn.0;
-            if tok >= LISTENER {
+            if tok >= SOURCE {
                 c.close(&self.inner);
                 continue;
             }
@@ -395,7 +627,13 @@ pub(crate) fn run(inner: Arc<Inner>, waker: Arc<Waker>, rx: mpsc::Receiver<Comma
         clients: HashMap::new(),
         out: Vec::new(),
         more: Vec::new(),
+        guests: HashMap::new(),
+        sources: Vec::new(),
+        guest_more: Vec::new(),
+        round: 0,
     };
+    let mut last_sweep = Instant::now();
+    let mut guest_todo: Vec<u64> = Vec::new();
     let mut events = Vec::with_capacity(256);
     let mut todo: Vec<u64> = Vec::new();
     let one_cpu = rustix::thread::sched_getaffinity(None).is_ok_and(|s| s.count() == 1);
@@ -415,15 +653,20 @@ pub(crate) fn run(inner: Arc<Inner>, waker: Arc<Waker>, rx: mpsc::Receiver<Comma
                         Err(err) => tracing::error!(error = %err, "epoll: cannot add a listener"),
                     }
                 }
+                Command::Guest(e) => {
+                    lp.round += 1;
+                    lp.add_guest(*e);
+                }
+                Command::Release(conn) => lp.remove_guest(conn.0),
             }
         }
-        let timeout = timespec(if lp.more.is_empty() {
+        let timeout = timespec(if lp.more.is_empty() && lp.guest_more.is_empty() {
             POLL_INTERVAL
         } else {
             Duration::ZERO
         });
         events.clear();
-        if one_cpu && served && lp.more.is_empty() {
+        if one_cpu && served && lp.more.is_empty() && lp.guest_more.is_empty() {
             // Nothing ready: let the clients our replies woke run before we sleep.
             let now = timespec(Duration::ZERO);
             let ready = epoll::wait(
@@ -450,15 +693,23 @@ pub(crate) fn run(inner: Arc<Inner>, waker: Arc<Waker>, rx: mpsc::Receiver<Comma
                 }
             }
         }
+        // Only socket clients count here: the yield below is for clients that write a
+        // request in two writes; with guests on the same CPU it made their round trips
+        // slower (a ring request is written whole).
         served = !lp.more.is_empty();
+        lp.round += 1;
         todo.clear();
         todo.append(&mut lp.more);
+        guest_todo.clear();
+        guest_todo.append(&mut lp.guest_more);
         for ev in &events {
             let tok = ev.data.u64();
             if tok == WAKER {
                 waker.drain();
             } else if tok >= LISTENER {
                 lp.accept((tok - LISTENER) as usize);
+            } else if tok >= SOURCE {
+                lp.wake_source((tok - SOURCE) as usize);
             } else {
                 todo.retain(|&t| t != tok);
                 lp.serve(tok, ev.flags);
@@ -467,6 +718,16 @@ pub(crate) fn run(inner: Arc<Inner>, waker: Arc<Waker>, rx: mpsc::Receiver<Comma
         }
         for &tok in &todo {
             lp.serve(tok, EventFlags::empty());
+        }
+        for &tok in &guest_todo {
+            lp.visit_guest(tok);
+        }
+        if last_sweep.elapsed() >= SWEEP {
+            last_sweep = Instant::now();
+            let all: Vec<u64> = lp.guests.keys().copied().collect();
+            for tok in all {
+                lp.visit_guest(tok);
+            }
         }
         // Connections whose output got queued this round: wait for room to write.
         let blocked = std::mem::take(&mut *lp.inner.blocked());
@@ -477,6 +738,10 @@ pub(crate) fn run(inner: Arc<Inner>, waker: Arc<Waker>, rx: mpsc::Receiver<Comma
     let toks: Vec<u64> = lp.clients.keys().copied().collect();
     for tok in toks {
         lp.close(tok);
+    }
+    let guests: Vec<u64> = lp.guests.keys().copied().collect();
+    for tok in guests {
+        lp.remove_guest(tok);
     }
     // Listeners still queued are dropped with `rx`, closing them too.
 }

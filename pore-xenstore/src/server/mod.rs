@@ -5,8 +5,9 @@
 //!
 //! * [`Store`]: the sans-IO core. Feed it request [`Message`](crate::codec::Message)s
 //!   per connection, get reply and watch-event bytes per connection back.
-//! * [`Server`]: the std layer: one event loop serving every unix socket, a thread per
-//!   guest ring, guest rings reached through a [`DomainConnector`], bounded event queues, clean shutdown.
+//! * [`Server`]: the std layer: one event loop serving every unix socket and every guest
+//!   ring whose [`GuestLink`] has a [`GuestReadiness`] (D25), a thread per other guest ring,
+//!   guest rings reached through a [`DomainConnector`], bounded event queues, clean shutdown.
 //!
 //! Guests reach it in two ways: a [`DomainConnector`] given to [`Server::new`] maps a
 //! guest's ring when dom0 sends `INTRODUCE` (D13), or the embedder (the simulator's
@@ -58,7 +59,7 @@ mod watch;
 mod store_tests;
 
 pub use quota::{Config, Quotas};
-pub use ring::GuestLink;
+pub use ring::{GuestLink, GuestReadiness};
 pub use service::{DomainConnector, Server};
 #[cfg(feature = "fuzzing")]
 pub use store::fuzzing;

@@ -7,6 +7,7 @@
 //! is set to `XENSTORE_ERROR_RINGIDX`), never a panic.
 
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -26,9 +27,34 @@ use crate::error::Error;
 /// some other way) implements `EventChannel` for whatever signals it: `notify` rings the
 /// guest, `wait` may return [`WaitOutcome::Timeout`] early (the server re-checks the ring
 /// after every return, so a wait that only sleeps makes a polling server).
+///
+/// A link given a [`GuestReadiness`] ([`GuestLink::with_readiness`]) is served by the
+/// server's event loop, with no thread of its own; a link without one gets a thread that
+/// waits on its channel.
 #[derive(Clone)]
 pub struct GuestLink {
     link: Arc<dyn Link>,
+    readiness: Option<Arc<dyn GuestReadiness>>,
+}
+
+/// A descriptor that becomes readable when the event channel of a guest (one of many,
+/// usually: an event device multiplexes every port bound through it) may have fired:
+/// [`pore_core::Events::readiness_fd`] of the backend the guests' channels were bound with.
+///
+/// The server's event loop waits on it (level-triggered). When it is readable, the loop calls
+/// [`GuestReadiness::acknowledge`], then consumes the event of every guest channel sharing
+/// this descriptor with [`EventChannel::try_wait`] and looks at each guest's ring. The
+/// descriptor must therefore stop being readable once acknowledged and every such channel's
+/// event consumed, and become readable again for any event after that; spurious readiness
+/// is allowed. Links whose readiness has the same descriptor number share one entry of the
+/// loop (the first one's `acknowledge` is used).
+pub trait GuestReadiness: Send + Sync {
+    /// The descriptor to wait on.
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// Called after the descriptor polled readable, before the channels are looked at: drain
+    /// it if it needs draining (an eventfd). The default does nothing (a device that the
+    /// channels' `try_wait` reads, as the Linux event device).
+    fn acknowledge(&self) {}
 }
 
 impl GuestLink {
@@ -44,7 +70,25 @@ impl GuestLink {
                 broken: AtomicBool::new(false),
                 channel,
             }),
+            readiness: None,
         }
+    }
+
+    /// Serves this link from the server's event loop, waking on `readiness` (see
+    /// [`GuestReadiness`]) instead of on a thread of its own.
+    pub fn with_readiness(mut self, readiness: Arc<dyn GuestReadiness>) -> Self {
+        self.readiness = Some(readiness);
+        self
+    }
+
+    /// The readiness handle given with [`GuestLink::with_readiness`].
+    pub(crate) fn readiness(&self) -> Option<&Arc<dyn GuestReadiness>> {
+        self.readiness.as_ref()
+    }
+
+    /// Consumes a pending notification from the guest without blocking (re-arms its port).
+    pub(crate) fn try_wait(&self) -> Result<bool, Error> {
+        self.link.try_wait()
     }
 
     /// A link over a pore-core mapping of the guest's store page and an event channel
@@ -97,6 +141,7 @@ trait Link: Send + Sync {
     fn fail(&self, code: u32);
     fn notify(&self) -> Result<(), Error>;
     fn wait(&self, timeout: Duration) -> Result<(), Error>;
+    fn try_wait(&self) -> Result<bool, Error>;
 }
 
 /// The ring (read by the guest's thread, written by whoever delivers its output: one lock,
@@ -163,6 +208,12 @@ where
             Ok(WaitOutcome::Event | WaitOutcome::Timeout) => Ok(()),
             Err(e) => Err(Error::backend("waiting for the guest", e)),
         }
+    }
+
+    fn try_wait(&self) -> Result<bool, Error> {
+        self.channel
+            .try_wait()
+            .map_err(|e| Error::backend("polling the guest's channel", e))
     }
 }
 

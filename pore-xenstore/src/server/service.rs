@@ -1,5 +1,6 @@
 //! The std server: one [`Store`] behind a mutex, one event-loop thread serving every
-//! unix socket (`event_loop`), a thread per guest ring, and clean shutdown. Output is
+//! unix socket and every guest ring whose link has a readiness handle (`event_loop`), a
+//! thread per other guest ring, and clean shutdown. Output is
 //! written under the store lock, without blocking, so every connection sees events and
 //! replies in the order the store produced them.
 
@@ -16,7 +17,7 @@ use crate::wire::{WireHeader, HEADER_LEN, PAYLOAD_MAX};
 use pore_core::{DomId, Port};
 
 use super::conn::{Outbox, Sink};
-use super::event_loop::{Command, Waker};
+use super::event_loop::{Command, GuestEntry, Waker};
 use super::quota::Config;
 use super::ring::{GuestLink, RingSink};
 use super::store::{DomainHooks, OutKind, Outgoing, Store};
@@ -126,6 +127,28 @@ impl DomainHooks for Hooks<'_> {
         self.outboxes.insert(conn, outbox.clone());
         let stop = Arc::new(AtomicBool::new(false));
         self.guests.insert(conn, stop.clone());
+        let (link, outbox, stop) = if link.readiness().is_some() {
+            // Served by the event loop; if it is gone, by a thread as below.
+            let entry = GuestEntry {
+                conn,
+                domid,
+                link,
+                outbox,
+                stop,
+            };
+            match self.inner.command(Command::Guest(Box::new(entry))) {
+                Ok(()) => return Ok(()),
+                Err(Command::Guest(e)) => (e.link, e.outbox, e.stop),
+                Err(_) => {
+                    tracing::error!(%domid, "the event loop gave back another command");
+                    self.outboxes.remove(&conn);
+                    self.guests.remove(&conn);
+                    return Err(ErrorName::ENOMEM);
+                }
+            }
+        } else {
+            (link, outbox, stop)
+        };
         let inner = self.inner.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("xsd-dom{}", domid.0))
@@ -148,6 +171,8 @@ impl DomainHooks for Hooks<'_> {
         self.outboxes.remove(&conn);
         if let Some(stop) = self.guests.remove(&conn) {
             stop.store(true, Ordering::Relaxed);
+            // A guest served by the event loop leaves it now (others ignore this).
+            let _ = self.inner.command(Command::Release(conn));
         }
         if let Some(c) = &self.inner.connector {
             c.disconnect(domid);
@@ -262,7 +287,8 @@ impl Inner {
 
     /// Sends `out` (under the store lock), grouping consecutive messages per connection.
     /// Output left queued is written later: by the event loop for a socket (woken here
-    /// when this runs on another thread), by its own thread for a guest ring.
+    /// when this runs on another thread) or for a guest ring it serves (when the guest
+    /// signals that it consumed replies), by its own thread for another guest ring.
     fn deliver(&self, outboxes: &HashMap<ConnId, Arc<Outbox>>, out: &mut Vec<Outgoing>) {
         let mut i = 0;
         while i < out.len() {
@@ -473,8 +499,9 @@ impl Server {
         self.inner.stop.load(Ordering::Relaxed)
     }
 
-    /// Stops the event loop and every guest thread and waits for them (each notices within
-    /// a fraction of a second). Listeners stop too; join them with [`Listener::join`](super::Listener::join).
+    /// Stops the event loop (and the guest rings it serves) and every guest thread and waits
+    /// for them (each notices within a fraction of a second). Listeners stop too; join them
+    /// with [`Listener::join`](super::Listener::join).
     pub fn shutdown(&self) {
         self.inner.stop.store(true, Ordering::Relaxed);
         self.inner.wake();
