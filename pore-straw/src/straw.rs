@@ -101,12 +101,13 @@ pub struct StrawConfig {
     /// to none, and sleeps the peer ends early grow it back, so a peer that shares our CPU is
     /// not starved. An idle blocked call spins at most once per `slice`.
     pub spin: Duration,
-    /// A polling straw's longest sleep (see [`StrawPore::set_polling`], D26). A polling
-    /// straw's blocking call expects no event: it spins (the full [`StrawConfig::spin`] every
-    /// time, no adaptation), then sleeps, starting short and growing with the time the call
-    /// has waited up to this, and checks the ring and the peer again. So an idle blocked call
-    /// wakes about once per `poll_sleep`, and a frame that arrives after a long wait is seen
-    /// within about this much. Capped by [`StrawConfig::slice`]; a close is seen at once.
+    /// A polling straw's busy time and longest sleep (see [`StrawPore::set_polling`], D26).
+    /// A polling straw's blocking call expects no event: for its first `poll_sleep` it
+    /// spins (the full [`StrawConfig::spin`] each time, no adaptation) and yields the CPU in
+    /// turn; then it spins once per nap, each nap a quarter of the time waited so far, up to
+    /// `poll_sleep`. So an idle blocked call wakes about once per `poll_sleep`, and a frame
+    /// that arrives after a long wait is seen within about this much. Capped by
+    /// [`StrawConfig::slice`]; a close is seen at once.
     pub poll_sleep: Duration,
 }
 

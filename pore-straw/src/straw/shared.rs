@@ -197,21 +197,28 @@ impl<B: Backend> Shared<B> {
     }
 
     /// Sleeps until an event may have arrived since `seen`, or `timeout` (capped by the slice).
-    /// A polling straw (D26) expects no event: it naps on the bell alone (a status change
-    /// rings it), for a quarter of the time its call has waited `since`, at least
-    /// [`MIN_NAP`] and at most [`StrawConfig::poll_sleep`], then the caller polls again.
+    /// A polling straw (D26) expects no event. For the first [`StrawConfig::poll_sleep`] of
+    /// its call (waited `since`) it only yields the CPU, and the caller spins again: a nap
+    /// costs tens of µs more than asked (timer slack), and a peer that finds us napping
+    /// spins out and naps too. Later it naps on the bell alone (a status change rings it) for
+    /// a quarter of the time waited, at least [`MIN_NAP`] and at most `poll_sleep`.
     pub(super) fn sleep(
         &self,
         seen: u64,
         since: Instant,
         timeout: Duration,
     ) -> Result<(), StrawError> {
-        self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
         let mut timeout = timeout.min(self.cfg.slice);
         if self.polling {
-            let nap = (since.elapsed() / 4).clamp(MIN_NAP, self.cfg.poll_sleep.max(MIN_NAP));
+            let waited = since.elapsed();
+            if waited < self.cfg.poll_sleep {
+                std::thread::yield_now();
+                return Ok(());
+            }
+            let nap = (waited / 4).clamp(MIN_NAP, self.cfg.poll_sleep.max(MIN_NAP));
             timeout = timeout.min(nap);
         }
+        self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
         let mut st = lock(&self.bell.state);
         if st.seq != seen {
             return Ok(());
