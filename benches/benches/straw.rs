@@ -16,8 +16,8 @@
 //!   with 8 data pages (32 KiB), with 16 (64 KiB) and with 64 (256 KiB, about the socket's
 //!   default send buffer); v2 with 16 and 64 pages without the spin (`spin` zero: every
 //!   wait sleeps on the event channel at once); and v2 with 16 pages in polling mode, asked
-//!   for by both sides' `HandshakeConfig::polling` (no wake flags, no events: every wait
-//!   spins, then naps briefly);
+//!   for by both sides' `HandshakeConfig::polling` (no wake flags, no events: a wait spins
+//!   and yields for its first `StrawConfig::poll_sleep`, then naps between spins);
 //! * a connected unix stream socket pair with its default buffers (the receiver listens on a
 //!   path, the sender connects: the same kernel object as `socketpair(2)`);
 //! * a pipe (a FIFO, the same kernel object as `pipe(2)`, 64 KiB by default), with a second
