@@ -867,7 +867,8 @@ fn main() {
         Who::Memcpy,
     ];
     // `PORE_BENCH_WHO=Bbqueue,V2ForeignPoll` (names as in `Who`), `PORE_BENCH_SIZES=16` and
-    // `PORE_BENCH_CAPS=32768` narrow the stream section, e.g. to run one cell under a profiler.
+    // `PORE_BENCH_CAPS=32768` narrow the stream section (the first two also the same-thread
+    // one), e.g. to run one cell under a profiler.
     let only = |var: &str, name: String| {
         std::env::var(var)
             .map(|v| v.split(',').any(|w| w == name))
@@ -974,10 +975,16 @@ fn main() {
             Who::Ringbuf,
             Who::Bbqueue,
             Who::Crossbeam,
-        ] {
+        ]
+        .into_iter()
+        .filter(|w| only("PORE_BENCH_WHO", format!("{w:?}")))
+        {
             let cells: Vec<String> = SIZES
                 .iter()
                 .map(|&s| {
+                    if !sizes.contains(&s) {
+                        return "-".to_string();
+                    }
                     let mut v: Vec<f64> = (0..rounds)
                         .map(|_| run_mode(who, s, CAPS[0], window, true))
                         .collect();
