@@ -866,14 +866,38 @@ fn main() {
         Who::Crossbeam,
         Who::Memcpy,
     ];
+    // `PORE_BENCH_WHO=Bbqueue,V2ForeignPoll` (names as in `Who`), `PORE_BENCH_SIZES=16` and
+    // `PORE_BENCH_CAPS=32768` narrow the stream section (the first two also the same-thread
+    // one), e.g. to run one cell under a profiler.
+    let only = |var: &str, name: String| {
+        std::env::var(var)
+            .map(|v| v.split(',').any(|w| w == name))
+            .unwrap_or(true)
+    };
+    let contenders: Vec<Who> = contenders
+        .into_iter()
+        .filter(|w| only("PORE_BENCH_WHO", format!("{w:?}")))
+        .collect();
+    let extra: Vec<Who> = [Who::Ling, Who::V2At16K]
+        .into_iter()
+        .filter(|w| only("PORE_BENCH_WHO", format!("{w:?}")))
+        .collect();
+    let sizes: Vec<usize> = SIZES
+        .into_iter()
+        .filter(|s| only("PORE_BENCH_SIZES", s.to_string()))
+        .collect();
+    let caps: Vec<usize> = CAPS
+        .into_iter()
+        .filter(|c| only("PORE_BENCH_CAPS", c.to_string()))
+        .collect();
     let mut results = std::collections::HashMap::<(Who, usize, usize), Vec<f64>>::new();
     for _ in 0..if sections.contains("stream") {
         rounds
     } else {
         0
     } {
-        for &cap in &CAPS {
-            for &size in &SIZES {
+        for &cap in &caps {
+            for &size in &sizes {
                 for &who in &contenders {
                     results
                         .entry((who, size, cap))
@@ -881,7 +905,7 @@ fn main() {
                         .push(run(who, size, cap, window));
                 }
                 if cap == CAPS[0] {
-                    for who in [Who::Ling, Who::V2At16K] {
+                    for &who in &extra {
                         results
                             .entry((who, size, cap))
                             .or_default()
@@ -910,8 +934,10 @@ fn main() {
         println!("| contender | 16 B | 256 B | 4 KiB | 64 KiB |\n|---|---|---|---|---|");
         let mut rows: Vec<Who> = contenders.to_vec();
         if cap == CAPS[0] {
-            rows.insert(2, Who::V2At16K);
-            rows.insert(3, Who::Ling);
+            rows.splice(
+                2.min(rows.len())..2.min(rows.len()),
+                extra.iter().rev().copied(),
+            );
         }
         for who in rows {
             let cells: Vec<String> = SIZES.iter().map(|&s| cell(get(who, s, cap), s)).collect();
@@ -920,7 +946,10 @@ fn main() {
         println!();
     }
 
-    if sections.contains("stream") {
+    let narrowed = ["PORE_BENCH_WHO", "PORE_BENCH_SIZES", "PORE_BENCH_CAPS"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if sections.contains("stream") && !narrowed {
         print_ratios("medians", &get);
         let best: std::collections::HashMap<(Who, usize, usize), f64> = best_samples;
         let get_best = |who, size, cap| best.get(&(who, size, cap)).copied().unwrap_or(0.0);
@@ -946,10 +975,16 @@ fn main() {
             Who::Ringbuf,
             Who::Bbqueue,
             Who::Crossbeam,
-        ] {
+        ]
+        .into_iter()
+        .filter(|w| only("PORE_BENCH_WHO", format!("{w:?}")))
+        {
             let cells: Vec<String> = SIZES
                 .iter()
                 .map(|&s| {
+                    if !sizes.contains(&s) {
+                        return "-".to_string();
+                    }
                     let mut v: Vec<f64> = (0..rounds)
                         .map(|_| run_mode(who, s, CAPS[0], window, true))
                         .collect();

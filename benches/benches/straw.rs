@@ -14,8 +14,10 @@
 //!   managers' handshake, raw format, blocking sends and receives with the default
 //!   `StrawConfig` (a 20 µs spin before sleeping): the LING layout (16 KiB per direction), v2
 //!   with 8 data pages (32 KiB), with 16 (64 KiB) and with 64 (256 KiB, about the socket's
-//!   default send buffer); and v2 with 16 and 64 pages without the spin (`spin` zero: every
-//!   wait sleeps on the event channel at once);
+//!   default send buffer); v2 with 16 and 64 pages without the spin (`spin` zero: every
+//!   wait sleeps on the event channel at once); and v2 with 16 pages in polling mode, asked
+//!   for by both sides' `HandshakeConfig::polling` (no wake flags, no events: a wait spins
+//!   and yields for its first `StrawConfig::poll_sleep`, then naps between spins);
 //! * a connected unix stream socket pair with its default buffers (the receiver listens on a
 //!   path, the sender connects: the same kernel object as `socketpair(2)`);
 //! * a pipe (a FIFO, the same kernel object as `pipe(2)`, 64 KiB by default), with a second
@@ -60,15 +62,16 @@ use pore_xenstore::{Client, Config as ClientConfig};
 const LONG: Duration = Duration::from_secs(120);
 /// Message sizes and the bytes moved per cell at each.
 const CELLS: [(usize, u64); 3] = [(16, 16 << 20), (4 << 10, 64 << 20), (64 << 10, 256 << 20)];
-/// The straws measured: v2 data pages per direction (0 for the LING layout), and the spin
-/// before sleeping in µs (`None`: the default `StrawConfig::spin`).
-const STRAWS: [(u32, Option<u64>); 6] = [
-    (0, None),
-    (8, None),
-    (16, None),
-    (64, None),
-    (16, Some(0)),
-    (64, Some(0)),
+/// The straws measured: v2 data pages per direction (0 for the LING layout), the spin
+/// before sleeping in µs (`None`: the default `StrawConfig::spin`), and polling mode.
+const STRAWS: [(u32, Option<u64>, bool); 7] = [
+    (0, None, false),
+    (8, None, false),
+    (16, None, false),
+    (64, None, false),
+    (16, Some(0), false),
+    (64, Some(0), false),
+    (16, None, true),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -123,7 +126,11 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> Result<T, String> {
 type BenchManager = Manager<SimDomain, XsAdapter>;
 
 /// This domain's straw manager, on xenstore reached through its own store ring.
-fn start_manager(pages: u32, spin_us: Option<u64>) -> Result<(BenchManager, Endpoint), String> {
+fn start_manager(
+    pages: u32,
+    spin_us: Option<u64>,
+    polling: bool,
+) -> Result<(BenchManager, Endpoint), String> {
     let dom = SimDomain::connect().map_err(|e| format!("reaching the hypervisor: {e}"))?;
     let ring = RingTransport::open_store(&dom).map_err(|e| format!("store ring: {e}"))?;
     let client = Client::with_transport(Box::new(ring), ClientConfig::default())
@@ -134,6 +141,7 @@ fn start_manager(pages: u32, spin_us: Option<u64>) -> Result<(BenchManager, Endp
         handshake: HandshakeConfig {
             v2_pages: (pages > 0).then_some(pages),
             format: Format::Raw,
+            polling,
             ..HandshakeConfig::default()
         },
         straw: StrawConfig {
@@ -148,15 +156,19 @@ fn start_manager(pages: u32, spin_us: Option<u64>) -> Result<(BenchManager, Endp
     Ok((manager, me))
 }
 
-/// The receiving domain: `straw-rx <pages>`. Accepts one straw, then per command receives the
+/// The receiving domain: `straw-rx <pages> <spin> <polling>`. Accepts one straw, then per command receives the
 /// messages and acknowledges them; reports `rx <events sent> <sleeps>`.
 fn straw_rx(args: &[String]) -> Result<(), String> {
-    let (manager, me) = start_manager(arg(args, 0)?, spin_arg(args, 1)?)?;
+    let (manager, me) = start_manager(arg(args, 0)?, spin_arg(args, 1)?, arg(args, 2)?)?;
     process::report(&format!("ready {}", me.domid.0));
     let straw = manager
         .accept(LONG)
         .map_err(|e| format!("accepting: {e}"))?;
-    process::report(&format!("accepted {:?}", straw.layout()));
+    process::report(&format!(
+        "accepted {:?} polling {}",
+        straw.layout(),
+        straw.is_polling()
+    ));
     while let Some((size, count)) = next_command() {
         let (before, cpu) = (straw.stats(), cpu_nanos());
         for i in 0..count {
@@ -190,16 +202,20 @@ fn straw_rx(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// The sending domain: `straw-tx <peer domid> <pages>`. Opens the straw, then per command
+/// The sending domain: `straw-tx <peer domid> <pages> <spin> <polling>`. Opens the straw, then per command
 /// sends the messages and waits for the acknowledgement; reports `tx <nanos> <events sent>
 /// <sleeps>`.
 fn straw_tx(args: &[String]) -> Result<(), String> {
     let peer = DomId(arg(args, 0)?);
-    let (manager, _me) = start_manager(arg(args, 1)?, spin_arg(args, 2)?)?;
+    let (manager, _me) = start_manager(arg(args, 1)?, spin_arg(args, 2)?, arg(args, 3)?)?;
     let straw = manager
         .open(&Endpoint::seed(peer))
         .map_err(|e| format!("opening a straw to dom{}: {e}", peer.0))?;
-    process::report(&format!("opened {:?}", straw.layout()));
+    process::report(&format!(
+        "opened {:?} polling {}",
+        straw.layout(),
+        straw.is_polling()
+    ));
     while let Some((size, count)) = next_command() {
         let body = Bytes::from(vec![0xa5u8; size]);
         let (before, cpu) = (straw.stats(), cpu_nanos());
@@ -446,7 +462,12 @@ impl Pair {
     }
 }
 
-fn straw_pair(hv: &Hypervisor, pages: u32, spin_us: Option<u64>) -> Result<Pair, String> {
+fn straw_pair(
+    hv: &Hypervisor,
+    pages: u32,
+    spin_us: Option<u64>,
+    polling: bool,
+) -> Result<Pair, String> {
     let e = |e: pore_backend_sim::SimError| e.to_string();
     let spin = spin_us.map_or("default".to_string(), |us| us.to_string());
     let mut rx = hv
@@ -454,6 +475,7 @@ fn straw_pair(hv: &Hypervisor, pages: u32, spin_us: Option<u64>) -> Result<Pair,
         .map_err(e)?
         .arg(pages.to_string())
         .arg(spin.clone())
+        .arg(polling.to_string())
         .spawn()
         .map_err(e)?;
     let ready = report_of(&mut rx, "straw receiver")?;
@@ -467,6 +489,7 @@ fn straw_pair(hv: &Hypervisor, pages: u32, spin_us: Option<u64>) -> Result<Pair,
         .arg(id.to_string())
         .arg(pages.to_string())
         .arg(spin)
+        .arg(polling.to_string())
         .spawn()
         .map_err(e)?;
     let opened = report_of(&mut tx, "straw sender")?;
@@ -475,8 +498,12 @@ fn straw_pair(hv: &Hypervisor, pages: u32, spin_us: Option<u64>) -> Result<Pair,
         0 => Layout::Ling,
         n => Layout::V2 { ring_pages: n },
     };
-    if opened != format!("opened {want:?}") || accepted != format!("accepted {want:?}") {
-        return Err(format!("wanted {want:?}, got {opened:?} / {accepted:?}"));
+    if opened != format!("opened {want:?} polling {polling}")
+        || accepted != format!("accepted {want:?} polling {polling}")
+    {
+        return Err(format!(
+            "wanted {want:?}, polling {polling}, got {opened:?} / {accepted:?}"
+        ));
     }
     let (mut name, buffer) = match pages {
         0 => ("straw LING".to_string(), "16 KiB".to_string()),
@@ -486,6 +513,9 @@ fn straw_pair(hv: &Hypervisor, pages: u32, spin_us: Option<u64>) -> Result<Pair,
         Some(0) => name.push_str(", no spin"),
         Some(us) => name.push_str(&format!(", {us} µs spin")),
         None => {}
+    }
+    if polling {
+        name.push_str(", polling");
     }
     Ok(Pair {
         name,
@@ -598,12 +628,12 @@ fn bench(smoke: bool, dir: &Path) -> Result<(), String> {
         .filter(|(size, _)| sizes.as_ref().is_none_or(|s| s.contains(&(*size as u64))))
         .collect();
     let mut pairs = Vec::new();
-    for (pages, spin) in STRAWS {
+    for (pages, spin, polling) in STRAWS {
         if straw_pages
             .as_ref()
             .is_none_or(|p| p.contains(&u64::from(pages)))
         {
-            pairs.push(straw_pair(&hv, pages, spin)?);
+            pairs.push(straw_pair(&hv, pages, spin, polling)?);
         }
     }
     pairs.push(sock_pair(&hv, dir)?);

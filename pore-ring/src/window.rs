@@ -115,7 +115,7 @@ impl Pieces {
 
     /// Calls `each(region offset, index in the window, length)` for the (at most two) pieces
     /// covering the first `n` bytes.
-    #[inline]
+    #[inline(always)]
     fn walk(&self, n: usize, mut each: impl FnMut(usize, usize, usize)) {
         let n = n.min(self.len);
         let a = n.min(self.first_len);

@@ -27,15 +27,19 @@
 //!    [`HandshakeError::PeerNotFound`]); removes a stale `SD`; `mkdir SD` (fails:
 //!    `PeerNotFound`); narrows `SD` to `n<A> b<B>` (D18, best effort).
 //! 2. `A`, one transaction: `mkdir WD`, narrow it to `n<A> r<B>`, `WD/straw = SD`,
-//!    `WD/state = 2`, `WD/format`, `WD/straw-layouts = "ling v2"` (D15), `SD/warts = WD` (the
-//!    knock). `A` watches `SD` and waits for `SD/state = 3`.
+//!    `WD/state = 2`, `WD/format`, `WD/straw-layouts = "ling v2"` (D15), with
+//!    [`HandshakeConfig::polling`] `WD/straw-polling = 1` (D26), `SD/warts = WD` (the knock).
+//!    `A` watches `SD` and waits for `SD/state = 3`.
 //! 3. `B`, woken by its watch on its straw top, checks that `SD/warts` is exactly `WD`, writes
 //!    `SD/state = 1` (narrowed to `n<B> r<A>` in the same transaction), watches `WD`, waits for
-//!    `WD/state = 2`, reads `WD/format` and `WD/straw-layouts`, opens the pore actively, and in
-//!    one transaction writes `SD/ring-ref-1..8` + `SD/event-channel` (LING) or
-//!    `SD/straw-layout = v2`, `SD/ring-pages`, `SD/ring-ref` + `SD/event-channel` (v2), then
-//!    `SD/format` and `SD/state = 3`, each node narrowed to the pair.
-//! 4. `A` reads and validates those keys, opens the pore passively, writes `WD/state = 4`, and
+//!    `WD/state = 2`, reads `WD/format` and `WD/straw-layouts` (and, when it asks for polling
+//!    and chose v2, `WD/straw-polling`), opens the pore actively, and in one transaction writes
+//!    `SD/ring-ref-1..8` + `SD/event-channel` (LING) or `SD/straw-layout = v2`,
+//!    `SD/ring-pages`, `SD/ring-ref` + `SD/event-channel` (v2), `SD/straw-polling = 1` when
+//!    both sides asked for polling (v2 only), then `SD/format` and `SD/state = 3`, each node
+//!    narrowed to the pair.
+//! 4. `A` reads and validates those keys (`SD/straw-polling` only if it asked: polling
+//!    when it reads `1`), opens the pore passively, writes `WD/state = 4`, and
 //!    waits for `SD/state = 4`; `B` waits for `WD/state = 4`, then writes `SD/state = 4`.
 //! 5. Connected: each watches the other's directory. A state that leaves 4 ends the straw (5 or
 //!    6: closed by the peer; gone or garbage: lost). Half-close: a side that will send nothing
@@ -48,8 +52,9 @@
 //!    Closed. Each side finally removes its own directory and its watch.
 //!
 //! Where we add to the seed (all ignored by a LING peer): the `format` key is always written
-//! (D16); the layout keys (D15); the permission narrowing (D18); the existence reads of step 1
-//! and the removal of a stale `SD`; `straw-eof`; the mapping side's 5 on close.
+//! (D16); the layout keys (D15); the polling keys (D26); the permission narrowing (D18); the
+//! existence reads of step 1 and the removal of a stale `SD`; `straw-eof`; the mapping side's 5
+//! on close.
 //!
 //! ```
 //! use core::time::Duration;
@@ -102,6 +107,20 @@ pub struct HandshakeConfig {
     pub v2_pages: Option<u32>,
     /// The largest `ring-pages` an opener accepts from a listener.
     pub max_v2_pages: u32,
+    /// Ask for polling mode (D26): both sides busy-poll their rings, with no wake flags and
+    /// no events, so a message costs no cross-core round trip and no fence. Used only with
+    /// the v2 layout and only when the peer asks too (`straw-polling = 1` from both sides);
+    /// otherwise, and with any peer that does not know the key (LING, an older pore), the
+    /// straw uses wake flags as usual. [`Connection::polling`] tells the outcome. A polling
+    /// straw's blocking calls spin, then sleep briefly in a loop (see
+    /// `StrawConfig::poll_sleep`): worth it only when both sides have CPUs to spare.
+    ///
+    /// ```
+    /// use pore_straw::HandshakeConfig;
+    /// let cfg = HandshakeConfig { polling: true, ..HandshakeConfig::default() };
+    /// assert_eq!(cfg.v2_pages, Some(16)); // polling needs the v2 layout
+    /// ```
+    pub polling: bool,
 }
 
 impl Default for HandshakeConfig {
@@ -112,6 +131,7 @@ impl Default for HandshakeConfig {
             format: Format::Json,
             v2_pages: Some(16),
             max_v2_pages: 256,
+            polling: false,
         }
     }
 }
@@ -181,6 +201,9 @@ pub struct Connection {
     pub layout: Layout,
     /// The negotiated format.
     pub format: Format,
+    /// Both sides asked for polling mode and the layout is v2 (D26): the straw must put both
+    /// ring halves in polling mode before it sends or receives anything.
+    pub polling: bool,
 }
 
 /// How a straw ended without error.

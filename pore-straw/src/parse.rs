@@ -227,6 +227,22 @@ fn token(v: &[u8], max: usize) -> Result<(), ParseError> {
     Ok(())
 }
 
+/// Parses a `straw-polling` key (D26): `true` for exactly `1`. Any other well-formed token
+/// (`0`, or one a later version may define) is `false`, so that an unknown answer falls back
+/// to wake flags; a malformed value is an error.
+///
+/// ```
+/// use pore_straw::parse::polling;
+/// assert_eq!(polling(b"1"), Ok(true));
+/// assert_eq!(polling(b"0"), Ok(false));
+/// assert!(polling(b"").is_err());
+/// assert!(polling(b"1 ").is_err());
+/// ```
+pub fn polling(v: &[u8]) -> Result<bool, ParseError> {
+    token(v, 32)?;
+    Ok(v == b"1")
+}
+
 /// Parses the opener's `straw-layouts` (D15): at most 64 bytes, tokens `[a-z0-9_]+` separated
 /// by single spaces. Returns whether `v2` is among them (unknown tokens are ignored).
 ///

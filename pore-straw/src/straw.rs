@@ -101,6 +101,14 @@ pub struct StrawConfig {
     /// to none, and sleeps the peer ends early grow it back, so a peer that shares our CPU is
     /// not starved. An idle blocked call spins at most once per `slice`.
     pub spin: Duration,
+    /// A polling straw's busy time and longest sleep (see [`StrawPore::set_polling`], D26).
+    /// A polling straw's blocking call expects no event: for its first `poll_sleep` it
+    /// spins (the full [`StrawConfig::spin`] each time, no adaptation) and yields the CPU in
+    /// turn; then it spins once per nap, each nap a quarter of the time waited so far, up to
+    /// `poll_sleep`. So an idle blocked call wakes about once per `poll_sleep`, and a frame
+    /// that arrives after a long wait is seen within about this much. Capped by
+    /// [`StrawConfig::slice`]; a close is seen at once.
+    pub poll_sleep: Duration,
 }
 
 impl Default for StrawConfig {
@@ -114,6 +122,7 @@ impl Default for StrawConfig {
             close_timeout: Duration::from_secs(5),
             slice: Duration::from_millis(100),
             spin: Duration::from_micros(20),
+            poll_sleep: Duration::from_millis(1),
         }
     }
 }
@@ -203,6 +212,7 @@ impl<B: Backend> Straw<B> {
         cfg: StrawConfig,
         hook: Option<Hook>,
     ) -> Self {
+        let polling = pore.is_polling();
         let StrawPore {
             pore,
             tx,
@@ -231,6 +241,7 @@ impl<B: Backend> Straw<B> {
             role,
             layout,
             format,
+            polling,
             cfg,
             live,
             mailboxes: Mutex::new(HashMap::new()),
@@ -275,6 +286,12 @@ impl<B: Backend> Straw<B> {
     /// The negotiated format.
     pub fn format(&self) -> Format {
         self.tx.sh.format
+    }
+
+    /// Whether the straw runs in polling mode (D26; see [`StrawPore::set_polling`] and, for
+    /// a managed straw, `HandshakeConfig::polling`).
+    pub fn is_polling(&self) -> bool {
+        self.tx.sh.polling
     }
 
     /// Counters of both halves.

@@ -505,3 +505,74 @@ fn frames_sent_before_the_peer_closes_are_still_received() {
         mb.shutdown();
     }
 }
+
+/// Polling mode negotiated through xenstore (D26): used when both sides ask, not when one
+/// does; either way big frames go both ways and the close is the end of the stream. A
+/// polling straw sends no event.
+#[test]
+fn polling_is_negotiated_and_carries_big_frames() {
+    for (ask_a, ask_b) in [(true, true), (true, false), (false, true)] {
+        let env = Env::new(&format!("poll-{ask_a}-{ask_b}"));
+        let hv = Hypervisor::new().unwrap();
+        let (a, b): (SimDomain, SimDomain) = (
+            hv.create_domain("a").unwrap(),
+            hv.create_domain("b").unwrap(),
+        );
+        let (ea, eb) = (Endpoint::seed(a.id()), Endpoint::seed(b.id()));
+        let with = |ask: bool| {
+            let mut c = cfg(true);
+            c.handshake.polling = ask;
+            c
+        };
+        let ma = Manager::start(a, env.xs(), ea.clone(), with(ask_a)).unwrap();
+        let mb = Manager::start(b, env.xs(), eb.clone(), with(ask_b)).unwrap();
+        let sa = ma.open(&eb).unwrap();
+        let sb = mb.accept(Duration::from_secs(5)).unwrap();
+        let both = ask_a && ask_b;
+        assert_eq!((sa.is_polling(), sb.is_polling()), (both, both));
+        assert_eq!(sa.layout(), Layout::V2 { ring_pages: 4 });
+        let sizes = [0usize, 1, 5000, 70_000, 1 << 20];
+        let (ta, ra) = sa.split();
+        let (tb, rb) = sb.split();
+        let sender_b = thread::spawn(move || {
+            for (i, n) in sizes.iter().enumerate() {
+                tb.send(frame(i, *n)).unwrap();
+            }
+            tb
+        });
+        let receiver_b = thread::spawn(move || {
+            for (i, n) in sizes.iter().enumerate() {
+                assert_eq!(rb.recv().unwrap(), frame(i + 50, *n));
+            }
+            rb
+        });
+        for (i, n) in sizes.iter().enumerate() {
+            ta.send(frame(i + 50, *n)).unwrap();
+        }
+        for (i, n) in sizes.iter().enumerate() {
+            assert_eq!(ra.recv().unwrap(), frame(i, *n), "#{i}");
+        }
+        let tb = sender_b.join().unwrap();
+        let rb = receiver_b.join().unwrap();
+        if both {
+            assert_eq!(ta.stats().notifies, 0, "{:?}", ta.stats());
+            assert_eq!(tb.stats().notifies, 0, "{:?}", tb.stats());
+        }
+        let start = Instant::now();
+        ta.close().unwrap();
+        assert_eq!(
+            rb.recv_timeout(Duration::from_secs(5)),
+            Err(StrawError::Eof)
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        drop((ra, tb, rb));
+        ma.shutdown();
+        mb.shutdown();
+        let o = hv.outstanding();
+        assert!(o.is_clean(), "{ask_a} {ask_b}: {o:?}");
+    }
+}

@@ -21,6 +21,7 @@ enum Op {
     WriteInitialising,
     ReadPeerFormat,
     ReadPeerLayouts,
+    ReadPeerPolling,
     PublishTxn,
     // opener reads after Initialised
     ReadLayout,
@@ -29,6 +30,7 @@ enum Op {
     ReadCtrlRef,
     ReadPort,
     ReadFormat,
+    ReadPolling,
     // both
     WatchPeer,
     ReadPeerState,
@@ -94,6 +96,8 @@ pub struct StrawMachine {
     peer_format: Option<PeerFormat>,
     peer_offers_v2: bool,
     layout: Layout,
+    /// Polling mode agreed (D26).
+    polling: bool,
     refs: Vec<GrantRef>,
     port: Option<Port>,
     /// The steps left after the pore closes / the peer reaches Closed.
@@ -148,6 +152,7 @@ impl StrawMachine {
             peer_format: None,
             peer_offers_v2: false,
             layout: Layout::Ling,
+            polling: false,
             refs: Vec::new(),
             port: None,
             after_close: AfterClose::Finish,

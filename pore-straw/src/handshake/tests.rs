@@ -123,6 +123,110 @@ fn ling_when_either_side_lacks_v2() {
     }
 }
 
+fn polling() -> HandshakeConfig {
+    HandshakeConfig {
+        polling: true,
+        ..HandshakeConfig::default()
+    }
+}
+
+/// Both sides' `Connection::polling` and the keys in the store after the handshake.
+fn polling_outcome(ca: HandshakeConfig, cb: HandshakeConfig) -> (bool, bool, World) {
+    let (mut w, a, b) = pair(Ownership::Creator, ca, cb);
+    connect(&mut w, &a, &b);
+    let pa = w.doms[0].outcome(&b).unwrap().connected.clone().unwrap();
+    let pb = w.doms[1].outcome(&a).unwrap().connected.clone().unwrap();
+    (pa.polling, pb.polling, w)
+}
+
+const SD_POLLING: &str = "/local/domain/2/data/straw/1/straw-polling";
+const WD_POLLING: &str = "/local/domain/1/data/warts/2/straw-polling";
+
+#[test]
+fn polling_when_both_ask_for_it() {
+    let (pa, pb, w) = polling_outcome(polling(), polling());
+    assert_eq!((pa, pb), (true, true));
+    assert_eq!(w.store.get(WD_POLLING), Some("1"));
+    assert_eq!(w.store.get(SD_POLLING), Some("1"));
+}
+
+#[test]
+fn wake_flags_when_only_one_side_asks_for_polling() {
+    // The opener asks, the listener (or an older pore, which writes the same keys) does not.
+    let (pa, pb, w) = polling_outcome(polling(), HandshakeConfig::default());
+    assert_eq!((pa, pb), (false, false));
+    assert_eq!(w.store.get(WD_POLLING), Some("1"));
+    assert_eq!(w.store.get(SD_POLLING), None);
+    // The listener asks, the opener does not.
+    let (pa, pb, w) = polling_outcome(HandshakeConfig::default(), polling());
+    assert_eq!((pa, pb), (false, false));
+    assert_eq!(w.store.get(WD_POLLING), None);
+    assert_eq!(w.store.get(SD_POLLING), None);
+    // Neither: no key at all (the handshake a LING peer sees is unchanged).
+    let (pa, pb, w) = polling_outcome(HandshakeConfig::default(), HandshakeConfig::default());
+    assert_eq!((pa, pb), (false, false));
+    assert_eq!(
+        (w.store.get(WD_POLLING), w.store.get(SD_POLLING)),
+        (None, None)
+    );
+}
+
+#[test]
+fn wake_flags_with_a_ling_peer_even_when_we_ask_for_polling() {
+    // A LING-only peer on either side: the layout is LING, which has no polling mode.
+    for (ca, cb) in [(polling(), ling()), (ling(), polling())] {
+        let (pa, pb, w) = polling_outcome(ca, cb);
+        assert_eq!((pa, pb), (false, false));
+        assert_eq!(w.store.get(SD_POLLING), None);
+    }
+    // Asking for polling without offering v2 writes nothing a LING listener could misread.
+    let ling_polling = HandshakeConfig {
+        polling: true,
+        ..ling()
+    };
+    let (pa, pb, w) = polling_outcome(ling_polling, polling());
+    assert_eq!((pa, pb), (false, false));
+    assert_eq!(w.store.get(WD_POLLING), None);
+}
+
+#[test]
+fn unknown_polling_answers_mean_wake_flags_and_garbage_is_an_error() {
+    // A later version's token: not "1", so wake flags on both sides.
+    for (d, suffix) in [(0, "/straw-polling"), (1, "/straw-polling")] {
+        let (mut w, a, b) = pair(Ownership::Creator, polling(), polling());
+        w.doms[d]
+            .hostile
+            .push((suffix.to_string(), "2".to_string()));
+        connect(&mut w, &a, &b);
+        let pa = w.doms[0].outcome(&b).unwrap().connected.clone().unwrap();
+        let pb = w.doms[1].outcome(&a).unwrap().connected.clone().unwrap();
+        // The opener's "2" makes the listener refuse; the listener's "2" makes the opener
+        // refuse, though the listener polls: it wrote "1" as far as it knows, so only a
+        // hostile listener gets there, and it only hurts itself.
+        assert!(!pa.polling, "{d}");
+        assert_eq!(pb.polling, d == 1, "{d}");
+    }
+    // Garbage from the listener: the opener refuses the straw.
+    let (mut w, _a, b) = pair(Ownership::Creator, polling(), polling());
+    w.doms[1]
+        .hostile
+        .push(("/straw-polling".to_string(), "1 ".to_string()));
+    w.open(0, &b);
+    w.run(TICK, Duration::from_secs(1));
+    let o = w.doms[0].outcome(&b).unwrap();
+    assert!(
+        matches!(
+            o.done,
+            Some(Err(HandshakeError::Protocol {
+                key: "straw-polling",
+                ..
+            }))
+        ),
+        "{o:?}"
+    );
+    assert_eq!(o.pores_opened, 0);
+}
+
 #[test]
 fn formats_follow_the_seed() {
     let raw = HandshakeConfig {
@@ -548,11 +652,12 @@ proptest! {
         key in prop_oneof![
             Just("/ring-ref-1"), Just("/ring-ref-8"), Just("/event-channel"), Just("/state"),
             Just("/format"), Just("/straw-layout"), Just("/ring-pages"), Just("/ring-ref"),
+            Just("/straw-polling"),
         ],
         value in "\\PC{0,40}",
         v2: bool,
     ) {
-        let cfg = if v2 { HandshakeConfig::default() } else { ling() };
+        let cfg = if v2 { polling() } else { ling() };
         let (mut w, _a, b) = pair(Ownership::Creator, cfg.clone(), cfg);
         w.doms[1].hostile.push((key.to_string(), value.clone()));
         w.open(0, &b);

@@ -162,11 +162,18 @@ where
     }
 
     fn connected(&mut self, conn: crate::handshake::Connection) {
-        let Some(pore) = self.pore.take() else {
+        let Some(mut pore) = self.pore.take() else {
             tracing::warn!("strawman: connected without a pore");
             let _ = self.self_input.send(Input::Close);
             return;
         };
+        // Both sides agreed (D26); the machine agrees only on v2, whose halves have it.
+        if let Err(e) = pore.set_polling(conn.polling) {
+            tracing::warn!(error = %e, "strawman: no polling mode");
+            self.pore = Some(pore);
+            let _ = self.self_input.send(Input::Close);
+            return;
+        }
         let input = Mutex::new(self.self_input.clone());
         let hook = Box::new(move |i: Input| {
             let _ = lock(&input).send(i);
@@ -183,7 +190,7 @@ where
             Layout::Ling => "ling",
             Layout::V2 { .. } => "v2",
         };
-        tracing::info!(me = %self.inner.me, peer = %conn.peer, role = ?conn.role, layout, format = conn.format.as_str(), "strawman: connected");
+        tracing::info!(me = %self.inner.me, peer = %conn.peer, role = ?conn.role, layout, format = conn.format.as_str(), polling = conn.polling, "strawman: connected");
         self.shared = Some(straw.shared());
         let mut st = lock(&self.inner.state);
         if let Some(e) = st.straws.get_mut(&(conn.peer.clone(), conn.role)) {

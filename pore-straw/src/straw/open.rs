@@ -58,8 +58,15 @@ impl<B: Backend> RingWriter for Tx<B> {
     fn take_notify(&mut self) -> bool {
         delegate!(Tx, self, r => RingWriter::take_notify(r))
     }
+    /// In polling mode (D26) nothing is armed: the ring is only re-checked.
     fn prepare_wait(&mut self) -> Result<bool, RingError> {
-        delegate!(Tx, self, r => RingWriter::prepare_wait(r))
+        match self {
+            Tx::V2(r) if r.is_polling() => {
+                r.commit()?;
+                Ok(r.writable()? > 0)
+            }
+            r => delegate!(Tx, r, r => RingWriter::prepare_wait(r)),
+        }
     }
     fn is_broken(&self) -> bool {
         delegate!(Tx, self, r => RingWriter::is_broken(r))
@@ -84,8 +91,15 @@ impl<B: Backend> RingReader for Rx<B> {
     fn take_notify(&mut self) -> bool {
         delegate!(Rx, self, r => RingReader::take_notify(r))
     }
+    /// In polling mode (D26) nothing is armed: the ring is only re-checked.
     fn prepare_wait(&mut self) -> Result<bool, RingError> {
-        delegate!(Rx, self, r => RingReader::prepare_wait(r))
+        match self {
+            Rx::V2(r) if r.is_polling() => {
+                r.release()?;
+                Ok(r.readable()? > 0)
+            }
+            r => delegate!(Rx, r, r => RingReader::prepare_wait(r)),
+        }
     }
     fn is_broken(&self) -> bool {
         delegate!(Rx, self, r => RingReader::is_broken(r))
@@ -139,6 +153,49 @@ impl<B: Backend> StrawPore<B> {
     /// The layout.
     pub fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// Puts both ring halves in polling mode (D26), or back: no wake flags, no events, and
+    /// the straw made from this pore waits by spinning and brief sleeps. Both sides must agree
+    /// (a side that sleeps on a polling peer is woken only by its timeouts); a managed straw
+    /// negotiates it (`HandshakeConfig::polling`), a straw made with [`Straw::new`] needs
+    /// the same call on both sides. Only the v2 layout has it: LING fails with
+    /// [`StrawError::Ring`] ([`RingError::InvalidInput`]).
+    ///
+    /// ```
+    /// use pore_core::{loopback::Loopback, DomId};
+    /// use pore_straw::straw::{open_active, open_passive_v2_all, StrawError};
+    /// use pore_straw::Layout;
+    ///
+    /// let xen = Loopback::new();
+    /// let (a, b) = (xen.domain(DomId(1)), xen.domain(DomId(2)));
+    /// let (mut pa, grant) = open_active(&a, DomId(2), Layout::V2 { ring_pages: 1 })?;
+    /// let mut pb = open_passive_v2_all(&b, DomId(1), 1, &pa.all_refs(), grant.port)?;
+    /// pa.set_polling(true)?;
+    /// pb.set_polling(true)?;
+    /// assert!(pa.is_polling() && pb.is_polling());
+    /// # Ok::<(), StrawError>(())
+    /// ```
+    pub fn set_polling(&mut self, polling: bool) -> Result<(), StrawError> {
+        match (&mut self.tx, &mut self.rx) {
+            (Tx::V2(tx), Rx::V2(rx)) => {
+                tx.set_polling(polling);
+                rx.set_polling(polling);
+                Ok(())
+            }
+            _ if !polling => Ok(()),
+            _ => Err(StrawError::Ring(RingError::InvalidInput(
+                "polling mode needs the v2 layout",
+            ))),
+        }
+    }
+
+    /// Whether [`StrawPore::set_polling`] is on.
+    pub fn is_polling(&self) -> bool {
+        match &self.tx {
+            Tx::V2(tx) => tx.is_polling(),
+            Tx::Ling(_) => false,
+        }
     }
 
     /// Closes the pore (as [`Straw`] would, had it become one) and returns how many of our

@@ -45,7 +45,8 @@ impl<B: Backend> Receiver<B> {
         if let Step::Frame(f) = self.step(OnBlock::Return)? {
             return Ok(f);
         }
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         loop {
             let seen = self.sh.bell_seq();
             let busy = match self.step(OnBlock::Spin(deadline))? {
@@ -65,7 +66,7 @@ impl<B: Backend> Receiver<B> {
                 self.sh.peer_vanished();
                 continue;
             }
-            self.sh.sleep(seen, deadline - now)?;
+            self.sh.sleep(seen, start, deadline - now)?;
             self.sh.spin_rx.slept(now.elapsed(), self.sh.cfg.spin);
         }
     }

@@ -40,12 +40,13 @@ impl<B: Backend> Sender<B> {
         if self.step(&mut frame, OnBlock::Return)? {
             return Ok(());
         }
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         loop {
             let seen = self.sh.bell_seq();
             match self.step(&mut frame, OnBlock::Spin(deadline))? {
                 true => return Ok(()),
-                false => match self.wait(seen, deadline) {
+                false => match self.wait(seen, start, deadline) {
                     // Taken, partly in the ring: it will be finished, never resend it.
                     Err(StrawError::TimedOut) if frame.is_none() => return Err(StrawError::Queued),
                     r => r?,
@@ -76,14 +77,15 @@ impl<B: Backend> Sender<B> {
 
     /// Finishes a partly sent frame, blocking up to `timeout`.
     pub fn flush_timeout(&self, timeout: Duration) -> Result<(), StrawError> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         let mut none = None;
         loop {
             let seen = self.sh.bell_seq();
             if self.step(&mut none, OnBlock::Spin(deadline))? {
                 return Ok(());
             }
-            self.wait(seen, deadline)?;
+            self.wait(seen, start, deadline)?;
         }
     }
 
@@ -180,7 +182,9 @@ impl<B: Backend> Sender<B> {
         }
     }
 
-    fn wait(&self, seen: u64, deadline: Instant) -> Result<(), StrawError> {
+    /// Sleeps until an event may have arrived since `seen` (a polling straw: a nap that
+    /// grows with the time waited `since`), or `deadline`, which fails with `TimedOut`.
+    fn wait(&self, seen: u64, since: Instant, deadline: Instant) -> Result<(), StrawError> {
         let now = Instant::now();
         if now >= deadline {
             return Err(StrawError::TimedOut);
@@ -189,7 +193,7 @@ impl<B: Backend> Sender<B> {
             self.sh.peer_vanished();
             return Ok(());
         }
-        self.sh.sleep(seen, deadline - now)?;
+        self.sh.sleep(seen, since, deadline - now)?;
         self.sh.spin_tx.slept(now.elapsed(), self.sh.cfg.spin);
         Ok(())
     }
@@ -202,7 +206,8 @@ impl<B: Backend> Sender<B> {
     }
 
     fn drain(&self, timeout: Duration) -> Result<(), StrawError> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         self.flush_timeout(timeout)?;
         loop {
             let seen = self.sh.bell_seq();
@@ -221,7 +226,7 @@ impl<B: Backend> Sender<B> {
             if let Some(e) = self.sh.status_error() {
                 return Err(e);
             }
-            self.wait(seen, deadline)?;
+            self.wait(seen, start, deadline)?;
         }
     }
 
@@ -255,6 +260,7 @@ impl<B: Backend> Sender<B> {
             return Ok(());
         }
         let marker = END_OF_STREAM.to_be_bytes();
+        let start = Instant::now();
         loop {
             let seen = self.sh.bell_seq();
             let mut guard = lock(&self.sh.tx);
@@ -290,7 +296,7 @@ impl<B: Backend> Sender<B> {
             if let Some(e) = self.sh.status_error() {
                 return Err(e);
             }
-            self.wait(seen, deadline)?;
+            self.wait(seen, start, deadline)?;
         }
     }
 

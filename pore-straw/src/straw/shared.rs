@@ -76,6 +76,9 @@ pub(crate) type Hook = Box<dyn Fn(Input) + Send + Sync>;
 /// least this long, and until the manager has re-read the peer's state since we asked.
 pub(super) const VANISH_GRACE: Duration = Duration::from_millis(250);
 
+/// The shortest nap of a polling straw's wait (see [`Shared::sleep`]).
+pub(super) const MIN_NAP: Duration = Duration::from_micros(20);
+
 /// The longest a managed straw waits for that answer (a manager starved of CPU for longer:
 /// the straw decides alone that the peer is gone).
 pub(super) const VANISH_MAX_WAIT: Duration = Duration::from_secs(5);
@@ -93,6 +96,9 @@ pub(crate) struct Shared<B: Backend> {
     pub(super) role: Role,
     pub(super) layout: Layout,
     pub(super) format: Format,
+    /// Polling mode (D26): the rings neither raise wake flags nor send events, so a wait
+    /// spins and naps (see [`Shared::sleep`]) instead of waiting on the event channel.
+    pub(super) polling: bool,
     pub(super) cfg: StrawConfig,
     pub(super) live: Option<(usize, usize)>,
     pub(super) mailboxes: Mutex<HashMap<String, MailboxTx>>,
@@ -159,7 +165,10 @@ impl<B: Backend> Shared<B> {
                 core::hint::spin_loop();
             }
             if Instant::now() >= end || self.status.load(Ordering::Acquire) != OPEN {
-                budget.failed();
+                // A polling straw keeps its full spin: it has no event to fall back on.
+                if !self.polling {
+                    budget.failed();
+                }
                 return Ok(false);
             }
             // A peer that shares our CPU runs now rather than after our spin (with nothing
@@ -188,11 +197,38 @@ impl<B: Backend> Shared<B> {
     }
 
     /// Sleeps until an event may have arrived since `seen`, or `timeout` (capped by the slice).
-    pub(super) fn sleep(&self, seen: u64, timeout: Duration) -> Result<(), StrawError> {
+    /// A polling straw (D26) expects no event. For the first [`StrawConfig::poll_sleep`] of
+    /// its call (waited `since`) it only yields the CPU, and the caller spins again: a nap
+    /// costs tens of µs more than asked (timer slack), and a peer that finds us napping
+    /// spins out and naps too. Later it naps on the bell alone (a status change rings it) for
+    /// a quarter of the time waited, at least [`MIN_NAP`] and at most `poll_sleep`.
+    pub(super) fn sleep(
+        &self,
+        seen: u64,
+        since: Instant,
+        timeout: Duration,
+    ) -> Result<(), StrawError> {
+        let mut timeout = timeout.min(self.cfg.slice);
+        if self.polling {
+            let waited = since.elapsed();
+            if waited < self.cfg.poll_sleep {
+                std::thread::yield_now();
+                return Ok(());
+            }
+            let nap = (waited / 4).clamp(MIN_NAP, self.cfg.poll_sleep.max(MIN_NAP));
+            timeout = timeout.min(nap);
+        }
         self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
-        let timeout = timeout.min(self.cfg.slice);
         let mut st = lock(&self.bell.state);
         if st.seq != seen {
+            return Ok(());
+        }
+        if self.polling {
+            let _ = self
+                .bell
+                .cv
+                .wait_timeout(st, timeout)
+                .unwrap_or_else(|p| p.into_inner());
             return Ok(());
         }
         if st.on_channel {

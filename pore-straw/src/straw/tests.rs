@@ -398,3 +398,177 @@ fn a_graceful_close_the_manager_confirms_late_is_end_of_stream() {
     assert!(asked.load(Ordering::Acquire) >= 1, "the manager was asked");
     closer.join().unwrap().unwrap();
 }
+
+/// A v2 pair of `ring_pages` per direction, both sides polling (D26) when `polling`: (side
+/// `a`, the listener; side `b`, the opener).
+fn v2_pair(
+    xen: &Loopback,
+    ring_pages: u32,
+    polling: bool,
+    cfg: StrawConfig,
+) -> (Straw<Lb>, Straw<Lb>) {
+    let (a, b) = (xen.domain(DomId(1)), xen.domain(DomId(2)));
+    let (mut pa, grant) = open_active(&a, DomId(2), Layout::V2 { ring_pages }).unwrap();
+    let mut pb = open_passive_v2_all(&b, DomId(1), ring_pages, &pa.all_refs(), grant.port).unwrap();
+    pa.set_polling(polling).unwrap();
+    pb.set_polling(polling).unwrap();
+    let sa = Straw::new(
+        pa,
+        Endpoint::seed(DomId(2)),
+        Role::Listener,
+        Format::Raw,
+        cfg.clone(),
+    );
+    let sb = Straw::new(pb, Endpoint::seed(DomId(1)), Role::Opener, Format::Raw, cfg);
+    (sa, sb)
+}
+
+fn frame(i: usize, len: usize) -> Bytes {
+    Bytes::from((0..len).map(|j| (i * 13 + j) as u8).collect::<Vec<_>>())
+}
+
+/// Polling mode (D26): frames of every size, including many times the 4 KiB ring, go both
+/// ways with no event sent by either side, and the peer's close is the end of the stream.
+#[test]
+fn polling_straws_carry_frames_larger_than_the_ring_without_events() {
+    let xen = Loopback::new();
+    // A long slice: a polling wait that slept on the event channel (which no one rings)
+    // would take seconds per wait.
+    let cfg = StrawConfig {
+        slice: Duration::from_secs(10),
+        ..StrawConfig::default()
+    };
+    let (sa, sb) = v2_pair(&xen, 1, true, cfg);
+    assert!(sa.is_polling() && sb.is_polling());
+    let begin = Instant::now();
+    let sizes = [0usize, 1, 100, 4091, 4096, 4097, 20_000, 300_000, 7];
+    thread::scope(|s| {
+        // Four threads: a side sending while its peer sends too must not need its own
+        // receive to make progress.
+        s.spawn(|| {
+            for round in 0..3 {
+                for (i, n) in sizes.iter().enumerate() {
+                    sa.sender().send(frame(round * 100 + i, *n)).unwrap();
+                }
+            }
+        });
+        s.spawn(|| {
+            for (i, n) in sizes.iter().enumerate() {
+                assert_eq!(sa.receiver().recv().unwrap(), frame(i + 1000, *n));
+            }
+        });
+        s.spawn(|| {
+            for (i, n) in sizes.iter().enumerate() {
+                sb.sender().send(frame(i + 1000, *n)).unwrap();
+            }
+        });
+        for round in 0..3 {
+            for (i, n) in sizes.iter().enumerate() {
+                assert_eq!(
+                    sb.receiver().recv().unwrap(),
+                    frame(round * 100 + i, *n),
+                    "#{i}"
+                );
+            }
+        }
+    });
+    assert_eq!(sa.stats().notifies, 0, "{:?}", sa.stats());
+    assert_eq!(sb.stats().notifies, 0, "{:?}", sb.stats());
+    let start = Instant::now();
+    thread::scope(|s| {
+        // The receiver may block before or after the close: either way it sees the end.
+        let r = s.spawn(|| sb.receiver().recv_timeout(Duration::from_secs(10)));
+        sa.sender().send(Bytes::from_static(b"last")).unwrap();
+        assert_eq!(r.join().unwrap().unwrap(), "last");
+        let r = s.spawn(|| sb.receiver().recv_timeout(Duration::from_secs(10)));
+        sa.sender().close().unwrap();
+        assert_eq!(r.join().unwrap(), Err(StrawError::Eof));
+    });
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        begin.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        begin.elapsed()
+    );
+}
+
+/// Polling mode: a peer that goes without a word (its pore closed, no end of stream) is
+/// seen gone by a blocked receive and a blocked send, through its live byte, well within
+/// their timeouts.
+#[test]
+fn a_polling_straw_sees_a_vanished_peer() {
+    for blocked_in_send in [false, true] {
+        let xen = Loopback::new();
+        let (sa, sb) = v2_pair(&xen, 1, true, StrawConfig::default());
+        let start = Instant::now();
+        let r = thread::scope(|s| {
+            let r = s.spawn(|| {
+                if blocked_in_send {
+                    // The vanishing side salvages what sits in its in-ring: sends go on
+                    // until the ring is full again, and the one that finds no room fails.
+                    loop {
+                        sb.sender()
+                            .send_timeout(frame(1, 1000), Duration::from_secs(20))?;
+                    }
+                } else {
+                    sb.receiver().recv_timeout(Duration::from_secs(20))
+                }
+            });
+            sa.shared().shutdown_pore(Duration::from_millis(200));
+            r.join().unwrap()
+        });
+        assert_eq!(r, Err(StrawError::PeerGone), "send: {blocked_in_send}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+}
+
+/// Polling mode: a blocked call keeps its timeout, receiving and sending, and its naps
+/// keep it from spinning all the time (a few hundred sleeps in 300 ms, not millions of
+/// polls with no sleep).
+#[test]
+fn a_polling_straw_honours_its_timeouts() {
+    let xen = Loopback::new();
+    let (_sa, sb) = v2_pair(&xen, 1, true, StrawConfig::default());
+    let t = Duration::from_millis(300);
+    let start = Instant::now();
+    assert_eq!(sb.receiver().recv_timeout(t), Err(StrawError::TimedOut));
+    let took = start.elapsed();
+    assert!(took >= t && took < t + Duration::from_secs(2), "{took:?}");
+    let sleeps = sb.stats().sleeps;
+    assert!(sleeps > 0, "never slept");
+    assert!(
+        sleeps < 300 * 1000 / 20,
+        "{sleeps} naps: their growth is broken"
+    );
+    while sb.sender().try_send(frame(0, 1000)).is_ok() {}
+    let start = Instant::now();
+    assert_eq!(
+        sb.sender().send_timeout(frame(1, 1000), t),
+        Err(StrawError::TimedOut)
+    );
+    let took = start.elapsed();
+    assert!(took >= t && took < t + Duration::from_secs(2), "{took:?}");
+    assert_eq!(sb.stats().notifies, 0);
+}
+
+/// Polling mode is v2's alone; asking a LING pore for it is an error (asking it off is not).
+#[test]
+fn ling_pores_have_no_polling_mode() {
+    let xen = Loopback::new();
+    let (a, _b) = (xen.domain(DomId(1)), xen.domain(DomId(2)));
+    let (mut pa, _grant) = open_active(&a, DomId(2), Layout::Ling).unwrap();
+    assert!(matches!(
+        pa.set_polling(true),
+        Err(StrawError::Ring(RingError::InvalidInput(_)))
+    ));
+    pa.set_polling(false).unwrap();
+    assert!(!pa.is_polling());
+}

@@ -103,6 +103,9 @@ impl StrawMachine {
                 write(&mut ops, "straw-layout", String::from("v2"));
                 write(&mut ops, "ring-pages", alloc::format!("{ring_pages}"));
                 write(&mut ops, "ring-ref", alloc::format!("{}", ctrl.0));
+                if self.polling {
+                    write(&mut ops, "straw-polling", String::from("1"));
+                }
             }
         }
         write(
@@ -129,6 +132,7 @@ impl StrawMachine {
             role: self.role,
             layout: self.layout,
             format: Format::negotiate(self.cfg.format, self.peer_format),
+            polling: self.polling,
         };
         tracing::debug!(?conn, "straw: connected");
         self.out.push_back(Action::Connected(conn));

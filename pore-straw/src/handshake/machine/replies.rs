@@ -185,10 +185,36 @@ impl StrawMachine {
                     Err(e) => return self.protocol("format", e),
                 }
                 if op == Op::ReadFormat {
-                    self.open_passive();
+                    if self.cfg.polling && matches!(self.layout, Layout::V2 { .. }) {
+                        let path = self.paths.straw("straw-polling");
+                        self.store(Op::ReadPolling, StoreOp::Read { path });
+                    } else {
+                        self.open_passive();
+                    }
                 } else {
                     let path = self.paths.warts("straw-layouts");
                     self.store(Op::ReadPeerLayouts, StoreOp::Read { path });
+                }
+            }
+            Op::ReadPolling | Op::ReadPeerPolling => {
+                // Absent: a peer that does not know the key (LING, an older pore), or one
+                // that does not ask: wake flags.
+                let parsed = match r {
+                    Err(StoreError::NotFound) => Ok(false),
+                    Ok(StoreReply::Value(v)) => parse::polling(&v),
+                    Ok(StoreReply::Done | StoreReply::Perms(_) | StoreReply::Children(_)) => {
+                        Err(ParseError::Empty)
+                    }
+                    Err(e) => return fail_store(self, "read", e),
+                };
+                match parsed {
+                    Ok(p) => self.polling = p,
+                    Err(e) => return self.protocol("straw-polling", e),
+                }
+                if op == Op::ReadPolling {
+                    self.open_passive();
+                } else {
+                    self.open_active();
                 }
             }
             Op::WriteConnected => match r {
@@ -248,12 +274,12 @@ impl StrawMachine {
                             (true, Some(n)) => Layout::V2 { ring_pages: n },
                             _ => Layout::Ling,
                         };
-                        self.phase = Phase::OpeningPore;
-                        self.pore_pending = true;
-                        self.out.push_back(Action::OpenPore(PoreRequest::Active {
-                            peer: self.peer.domid,
-                            layout: self.layout,
-                        }));
+                        if self.cfg.polling && matches!(self.layout, Layout::V2 { .. }) {
+                            let path = self.paths.warts("straw-polling");
+                            self.store(Op::ReadPeerPolling, StoreOp::Read { path });
+                        } else {
+                            self.open_active();
+                        }
                     }
                     Err(e) => self.protocol("straw-layouts", e),
                 }
@@ -422,6 +448,9 @@ impl StrawMachine {
             "ling"
         };
         ops.push(w(self.paths.warts("straw-layouts"), layouts));
+        if self.cfg.polling && self.cfg.v2_pages.is_some() {
+            ops.push(w(self.paths.warts("straw-polling"), "1"));
+        }
         // This write wakes the peer.
         ops.push(w(self.paths.straw("warts"), &warts));
         self.store(Op::OpenTxn, StoreOp::Transaction(ops));
@@ -435,6 +464,15 @@ impl StrawMachine {
     pub(super) fn read_port(&mut self) {
         let path = self.paths.straw("event-channel");
         self.store(Op::ReadPort, StoreOp::Read { path });
+    }
+
+    pub(super) fn open_active(&mut self) {
+        self.phase = Phase::OpeningPore;
+        self.pore_pending = true;
+        self.out.push_back(Action::OpenPore(PoreRequest::Active {
+            peer: self.peer.domid,
+            layout: self.layout,
+        }));
     }
 
     pub(super) fn open_passive(&mut self) {
