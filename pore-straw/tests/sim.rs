@@ -12,7 +12,7 @@ use bytes::Bytes;
 use pore_backend_sim::{Hypervisor, PeerClose, SimDomain};
 use pore_straw::handshake::HandshakeConfig;
 use pore_straw::manager::{Manager, ManagerConfig};
-use pore_straw::straw::StrawError;
+use pore_straw::straw::{Receiver, Sender, Straw, StrawError};
 use pore_straw::xenstore::XsAdapter;
 use pore_straw::{Endpoint, Layout};
 use pore_xenstore::server::{Config as ServerConfig, Listener, Server};
@@ -72,6 +72,38 @@ fn frame(i: usize, len: usize) -> Bytes {
     Bytes::from((0..len).map(|j| (i * 13 + j) as u8).collect::<Vec<_>>())
 }
 
+/// Frames of `sizes` bytes go both ways at once between `sa` and `sb` (`sb`'s halves on
+/// threads of their own) and arrive whole and in order; gives back the four halves.
+fn frames_both_ways<B: pore_core::Backend + 'static>(
+    sa: Straw<B>,
+    sb: Straw<B>,
+    sizes: &[usize],
+) -> (Sender<B>, Receiver<B>, Sender<B>, Receiver<B>) {
+    let (ta, ra) = sa.split();
+    let (tb, rb) = sb.split();
+    let theirs = sizes.to_vec();
+    let sender_b = thread::spawn(move || {
+        for (i, n) in theirs.iter().enumerate() {
+            tb.send(frame(i, *n)).unwrap();
+        }
+        tb
+    });
+    let theirs = sizes.to_vec();
+    let receiver_b = thread::spawn(move || {
+        for (i, n) in theirs.iter().enumerate() {
+            assert_eq!(rb.recv().unwrap(), frame(i + 50, *n), "#{i} at b");
+        }
+        rb
+    });
+    for (i, n) in sizes.iter().enumerate() {
+        ta.send(frame(i + 50, *n)).unwrap();
+    }
+    for (i, n) in sizes.iter().enumerate() {
+        assert_eq!(ra.recv().unwrap(), frame(i, *n), "#{i} at a");
+    }
+    (ta, ra, sender_b.join().unwrap(), receiver_b.join().unwrap())
+}
+
 #[test]
 fn both_layouts_big_frames_both_ways() {
     for v2 in [false, true] {
@@ -92,29 +124,7 @@ fn both_layouts_big_frames_both_ways() {
             Layout::Ling
         };
         assert_eq!((sa.layout(), sb.layout()), (want, want));
-        let sizes = [0usize, 1, 5000, 70_000, 5 << 20];
-        let (ta, ra) = sa.split();
-        let (tb, rb) = sb.split();
-        let sender_b = thread::spawn(move || {
-            for (i, n) in sizes.iter().enumerate() {
-                tb.send(frame(i, *n)).unwrap();
-            }
-            tb
-        });
-        let receiver_b = thread::spawn(move || {
-            for (i, n) in sizes.iter().enumerate() {
-                assert_eq!(rb.recv().unwrap(), frame(i + 50, *n));
-            }
-            rb
-        });
-        for (i, n) in sizes.iter().enumerate() {
-            ta.send(frame(i + 50, *n)).unwrap();
-        }
-        for (i, n) in sizes.iter().enumerate() {
-            assert_eq!(ra.recv().unwrap(), frame(i, *n), "v2={v2} #{i}");
-        }
-        let tb = sender_b.join().unwrap();
-        let rb = receiver_b.join().unwrap();
+        let (ta, ra, tb, rb) = frames_both_ways(sa, sb, &[0, 1, 5000, 70_000, 5 << 20]);
         ta.close().unwrap();
         assert_eq!(
             rb.recv_timeout(Duration::from_secs(3)),
@@ -531,29 +541,7 @@ fn polling_is_negotiated_and_carries_big_frames() {
         let both = ask_a && ask_b;
         assert_eq!((sa.is_polling(), sb.is_polling()), (both, both));
         assert_eq!(sa.layout(), Layout::V2 { ring_pages: 4 });
-        let sizes = [0usize, 1, 5000, 70_000, 1 << 20];
-        let (ta, ra) = sa.split();
-        let (tb, rb) = sb.split();
-        let sender_b = thread::spawn(move || {
-            for (i, n) in sizes.iter().enumerate() {
-                tb.send(frame(i, *n)).unwrap();
-            }
-            tb
-        });
-        let receiver_b = thread::spawn(move || {
-            for (i, n) in sizes.iter().enumerate() {
-                assert_eq!(rb.recv().unwrap(), frame(i + 50, *n));
-            }
-            rb
-        });
-        for (i, n) in sizes.iter().enumerate() {
-            ta.send(frame(i + 50, *n)).unwrap();
-        }
-        for (i, n) in sizes.iter().enumerate() {
-            assert_eq!(ra.recv().unwrap(), frame(i, *n), "#{i}");
-        }
-        let tb = sender_b.join().unwrap();
-        let rb = receiver_b.join().unwrap();
+        let (ta, ra, tb, rb) = frames_both_ways(sa, sb, &[0, 1, 5000, 70_000, 1 << 20]);
         if both {
             assert_eq!(ta.stats().notifies, 0, "{:?}", ta.stats());
             assert_eq!(tb.stats().notifies, 0, "{:?}", tb.stats());

@@ -223,15 +223,9 @@ impl<B: Backend> Shared<B> {
         if st.seq != seen {
             return Ok(());
         }
-        if self.polling {
-            let _ = self
-                .bell
-                .cv
-                .wait_timeout(st, timeout)
-                .unwrap_or_else(|p| p.into_inner());
-            return Ok(());
-        }
-        if st.on_channel {
+        // A polling straw naps on the bell only (no event will come); otherwise another
+        // thread already sleeps on the channel and rings the bell.
+        if self.polling || st.on_channel {
             let _ = self
                 .bell
                 .cv
