@@ -93,6 +93,10 @@ pub struct StrawArgs {
     /// Size of each `--generate`d frame in bytes.
     #[arg(long, global = true, default_value_t = 64)]
     frame_size: usize,
+    /// Ask for polling mode (v2 only): no events either way, each side spins and naps while
+    /// it waits. Used only if the peer asks too; otherwise the straw runs with events.
+    #[arg(long, global = true)]
+    polling: bool,
     /// Seconds one blocked send or receive waits before it looks at the straw again. A live
     /// peer is waited for as long as it lives, however slow (a dead one is "peer gone").
     #[arg(long, default_value_t = 30.0, global = true)]
@@ -184,6 +188,7 @@ fn straw_on<B: Backend + Send + Sync + 'static>(
             handshake_timeout: timeout,
             format: Format::Raw,
             v2_pages,
+            polling: args.polling,
             ..HandshakeConfig::default()
         },
         straw: StrawConfig {
@@ -211,10 +216,11 @@ fn straw_on<B: Backend + Send + Sync + 'static>(
         }
     };
     eprintln!(
-        "pore straw: connected to {} ({:?}, {:?})",
+        "pore straw: connected to {} ({:?}, {:?}{})",
         straw.peer(),
         straw.layout(),
-        straw.format()
+        straw.format(),
+        if straw.is_polling() { ", polling" } else { "" }
     );
     let result = if args.echo {
         echo(straw)

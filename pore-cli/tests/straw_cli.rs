@@ -162,6 +162,49 @@ fn generated_frames_are_counted_by_a_sink() {
     }
 }
 
+/// `--polling` on both sides: the straw runs in polling mode and neither side sends an
+/// event; on one side only, it runs with events.
+#[test]
+fn polling_is_used_when_both_sides_ask() {
+    for (ask, listener_args) in [(true, vec!["--polling"]), (false, vec![])] {
+        let args = [
+            "--generate",
+            "200",
+            "--frame-size",
+            "5000",
+            "--sink",
+            "--polling",
+        ];
+        let listener_args: Vec<&str> = args[..5].iter().copied().chain(listener_args).collect();
+        let (listener, connector) = pipe_io_split(
+            &[],
+            (&listener_args, &args),
+            false,
+            (Vec::new(), None),
+            Vec::new(),
+        );
+        for (name, err) in [("listener", &listener), ("connector", &connector)] {
+            assert!(
+                err.contains("received 200 frames, 1000000 bytes"),
+                "the {name} said {err:?}"
+            );
+            assert_eq!(
+                err.contains(", polling)"),
+                ask,
+                "both asked: {ask}; the {name} said {err:?}"
+            );
+            if ask {
+                let counts: Vec<&str> = err.split("events sent ").skip(1).collect();
+                assert_eq!(counts.len(), 2, "the {name} said {err:?}");
+                assert!(
+                    counts.iter().all(|c| c.starts_with("0,")),
+                    "the {name} sent events: {err:?}"
+                );
+            }
+        }
+    }
+}
+
 /// A live peer is waited for however long it is silent: a pause in the connector's input
 /// far longer than `--io-timeout` leaves both sides waiting, not failing (they gave up
 /// with "timed out" before, which a slow emulated Xen hit with the default 30 s).
@@ -234,6 +277,23 @@ fn pipe_io(
     sim_args: &[&str],
     straw_args: &[&str],
     echo: bool,
+    to_connector: (Vec<u8>, Option<(usize, Duration)>),
+    to_listener: Vec<u8>,
+) -> (String, String) {
+    pipe_io_split(
+        sim_args,
+        (straw_args, straw_args),
+        echo,
+        to_connector,
+        to_listener,
+    )
+}
+
+/// [`pipe_io`] with the listener's and the connector's own straw arguments.
+fn pipe_io_split(
+    sim_args: &[&str],
+    (listener_args, connector_args): (&[&str], &[&str]),
+    echo: bool,
     (to_connector, pause): (Vec<u8>, Option<(usize, Duration)>),
     to_listener: Vec<u8>,
 ) -> (String, String) {
@@ -257,7 +317,7 @@ fn pipe_io(
     let mut listener = Reaper(
         Command::new(PORE)
             .args(["straw", "listen"])
-            .args(straw_args)
+            .args(listener_args)
             .args(echo.then_some("--echo"))
             .envs(env.iter().cloned())
             .stdin(Stdio::piped())
@@ -283,7 +343,7 @@ fn pipe_io(
     let mut connector = Reaper(
         Command::new(PORE)
             .args(["straw", "connect", &domid.to_string()])
-            .args(straw_args)
+            .args(connector_args)
             .envs(env.iter().cloned())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
