@@ -23,6 +23,16 @@
 //! and up to [`FRAMES_PER_ROUND`] requests handled. Every guest is also visited once per
 //! [`SWEEP`], a safety net against a lost wake-up. A guest whose link has no readiness keeps
 //! a thread of its own (`service::guest_loop`).
+//!
+//! With several CPUs, after a round that handled a guest's requests, the loop looks at that
+//! guest's ring a few more times before it sleeps ([`Loop::linger`]): a guest that sends its
+//! next request at once (a toolstack or a frontend doing a series of operations) is served
+//! without a wake-up through its event channel and the readiness descriptor. The looks are
+//! bounded by a count, [`LINGER_LOOKS`] (no clock read: in a Xen PV dom0 a clock read is a
+//! system call), and every descriptor is polled without waiting every
+//! [`LINGER_POLL_EVERY`] looks, so nothing else waits long for the lingering. On one CPU
+//! the loop does not linger: the guest could not run meanwhile (and yielding between looks
+//! measured slower than sleeping at once).
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -59,6 +69,14 @@ pub(crate) const SWEEP: Duration = Duration::from_secs(1);
 
 /// Bytes of a guest's requests read at most before they are handled (two whole messages).
 const GUEST_BUF: usize = 2 * (HEADER_LEN + PAYLOAD_MAX);
+
+/// Looks at the rings of the guests just served before sleeping, with several CPUs
+/// ([`Loop::linger`]), each after a spin hint: about 20 µs on the machines this was
+/// measured on.
+const LINGER_LOOKS: u32 = 256;
+
+/// The loop polls its descriptors (without waiting) every this many looks of a linger.
+const LINGER_POLL_EVERY: u32 = 32;
 
 /// A client socket's output.
 pub(crate) struct SocketSink(pub(crate) UnixStream);
@@ -189,8 +207,9 @@ struct Guest {
 
 /// What became of a guest after a visit.
 enum Visit {
-    /// Still served; `more`: requests stay buffered past the round's budget.
-    Keep { more: bool },
+    /// Still served; `more`: requests stay buffered past the round's budget; `handled`: at
+    /// least one request was handled.
+    Keep { more: bool, handled: bool },
     /// No longer served (released, gone, or broke the protocol).
     Drop,
 }
@@ -217,7 +236,10 @@ impl Guest {
                 tracing::warn!(%domid, "guest ring broken; no longer served");
                 Visit::Drop
             } else {
-                Visit::Keep { more: false }
+                Visit::Keep {
+                    more: false,
+                    handled: false,
+                }
             };
         }
         if self.filled < self.buf.len() {
@@ -235,19 +257,49 @@ impl Guest {
             }
         }
         if self.filled == 0 {
-            return Visit::Keep { more: false };
+            return Visit::Keep {
+                more: false,
+                handled: false,
+            };
         }
         match inner.process(self.e.conn, &self.buf[..self.filled], out, FRAMES_PER_ROUND) {
             Ok((used, more)) => {
                 self.buf.copy_within(used..self.filled, 0);
                 self.filled -= used;
-                Visit::Keep { more }
+                Visit::Keep {
+                    more,
+                    handled: used > 0,
+                }
             }
             Err(()) => {
                 tracing::warn!(%domid, "guest message too long; ring closed");
                 self.e.link.protocol_error();
                 Visit::Drop
             }
+        }
+    }
+}
+
+impl Guest {
+    /// Reads what its request ring holds into the buffer, without handling it (the loop's
+    /// look before sleeping); true if bytes came, or if the ring failed (the next visit
+    /// drops it). A guest whose replies are queued is not read.
+    fn look(&mut self) -> bool {
+        if self.e.stop.load(Ordering::Relaxed)
+            || self.filled >= self.buf.len()
+            || self.e.outbox.pending()
+        {
+            return false;
+        }
+        match self.e.link.read(&mut self.buf[self.filled..]) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.filled += n;
+                // Room in its request ring.
+                let _ = self.e.link.notify();
+                true
+            }
+            Err(_) => true,
         }
     }
 }
@@ -360,6 +412,8 @@ struct Loop {
     sources: Vec<Option<Source>>,
     /// Guests that stopped at their request budget with requests buffered.
     guest_more: Vec<u64>,
+    /// Guests whose requests were handled this round (looked at before sleeping).
+    guest_hot: Vec<u64>,
     /// The current round (guests are visited once per round).
     round: u64,
 }
@@ -479,12 +533,44 @@ impl Loop {
         }
         g.round = self.round;
         match g.visit(&self.inner, &mut self.out) {
-            Visit::Keep { more } => {
+            Visit::Keep { more, handled } => {
                 if more {
                     self.guest_more.push(tok);
+                } else if handled {
+                    self.guest_hot.push(tok);
                 }
             }
             Visit::Drop => self.remove_guest(tok),
+        }
+    }
+
+    /// Before sleeping after a round that handled guests' requests (several CPUs only):
+    /// looks at those guests' rings up to [`LINGER_LOOKS`] times, and stops at the first
+    /// that holds bytes (it is visited next round) or at the first event of any descriptor
+    /// (left in `events`).
+    fn linger(&mut self, events: &mut Vec<epoll::Event>) {
+        let hot = std::mem::take(&mut self.guest_hot);
+        let now = timespec(Duration::ZERO);
+        for i in 0..LINGER_LOOKS {
+            std::hint::spin_loop();
+            for &tok in &hot {
+                if self.guests.get_mut(&tok).is_some_and(Guest::look) {
+                    self.guest_more.push(tok);
+                }
+            }
+            if !self.guest_more.is_empty() {
+                return;
+            }
+            if i % LINGER_POLL_EVERY == LINGER_POLL_EVERY - 1 {
+                let ready = epoll::wait(
+                    &self.epoll,
+                    rustix::buffer::spare_capacity(events),
+                    Some(&now),
+                );
+                if !matches!(ready, Ok(0)) {
+                    return;
+                }
+            }
         }
     }
 
@@ -630,6 +716,7 @@ pub(crate) fn run(inner: Arc<Inner>, waker: Arc<Waker>, rx: mpsc::Receiver<Comma
         guests: HashMap::new(),
         sources: Vec::new(),
         guest_more: Vec::new(),
+        guest_hot: Vec::new(),
         round: 0,
     };
     let mut last_sweep = Instant::now();
@@ -660,13 +747,18 @@ pub(crate) fn run(inner: Arc<Inner>, waker: Arc<Waker>, rx: mpsc::Receiver<Comma
                 Command::Release(conn) => lp.remove_guest(conn.0),
             }
         }
+        events.clear();
+        if !one_cpu && lp.more.is_empty() && lp.guest_more.is_empty() && !lp.guest_hot.is_empty() {
+            lp.linger(&mut events);
+        }
+        lp.guest_hot.clear();
         let timeout = timespec(if lp.more.is_empty() && lp.guest_more.is_empty() {
             POLL_INTERVAL
         } else {
             Duration::ZERO
         });
-        events.clear();
-        if one_cpu && served && lp.more.is_empty() && lp.guest_more.is_empty() {
+        if events.is_empty() && one_cpu && served && lp.more.is_empty() && lp.guest_more.is_empty()
+        {
             // Nothing ready: let the clients our replies woke run before we sleep.
             let now = timespec(Duration::ZERO);
             let ready = epoll::wait(
