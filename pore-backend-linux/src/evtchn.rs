@@ -208,9 +208,15 @@ impl EvtchnDevice {
         fired: &mut Vec<usize>,
     ) -> Result<()> {
         fired.clear();
-        // One clock read for the first round (where the vDSO cannot read the time, as in a Xen
-        // PV guest without a stable TSC, each read is a system call).
-        let deadline = Instant::now().checked_add(timeout);
+        // A poll (zero timeout) reads no clock; a wait reads it once for its first round (where
+        // the vDSO cannot read the time, as in a Xen PV guest without a stable TSC, each read is
+        // a system call: a xenstored's loop polls every guest's port on a wake-up).
+        let poll = timeout.is_zero();
+        let deadline = if poll {
+            None
+        } else {
+            Instant::now().checked_add(timeout)
+        };
         let mut first = true;
         let mut drained = false;
         let mut t = self.lock();
@@ -220,6 +226,7 @@ impl EvtchnDevice {
                 break;
             }
             let left = match deadline {
+                _ if poll => Some(Duration::ZERO),
                 Some(_) if std::mem::take(&mut first) => Some(timeout),
                 Some(d) => Some(d.saturating_duration_since(Instant::now())),
                 None => None,
