@@ -114,6 +114,17 @@ impl StoreHook for ServiceHook {
     }
 }
 
+/// dom0's readiness eventfd wakes the embedded xenstored's event loop (feature `xenstored`).
+#[cfg(feature = "xenstored")]
+impl pore_xenstore::server::GuestReadiness for crate::ChannelReadiness {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        crate::ChannelReadiness::fd(self)
+    }
+    fn acknowledge(&self) {
+        crate::ChannelReadiness::acknowledge(self);
+    }
+}
+
 /// pore-xenstore's embedded xenstored as the simulation's store service (feature `xenstored`):
 /// each domain is introduced with its store ring page and port (the server creates
 /// `/local/domain/<id>` owned by it, with `name`, `domid` and `data/`, and fires
@@ -135,16 +146,6 @@ impl StoreHook for ServiceHook {
 /// # xenstored.shutdown();
 /// # Ok::<(), pore_backend_sim::SimError>(())
 /// ```
-#[cfg(feature = "xenstored")]
-impl pore_xenstore::server::GuestReadiness for crate::ChannelReadiness {
-    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        crate::ChannelReadiness::fd(self)
-    }
-    fn acknowledge(&self) {
-        crate::ChannelReadiness::acknowledge(self);
-    }
-}
-
 #[cfg(feature = "xenstored")]
 impl StoreService for pore_xenstore::server::Server {
     fn domain_introduced(&self, link: StoreLink) {
