@@ -71,8 +71,8 @@ pub(crate) const SWEEP: Duration = Duration::from_secs(1);
 const GUEST_BUF: usize = 2 * (HEADER_LEN + PAYLOAD_MAX);
 
 /// Looks at the rings of the guests just served before sleeping, with several CPUs
-/// ([`Loop::linger`]), each after a spin hint: about 20 µs on the machines this was
-/// measured on.
+/// ([`Loop::linger`]), each after a spin hint: with the polls every [`LINGER_POLL_EVERY`]
+/// looks, some tens of µs at most (estimated, not timed).
 const LINGER_LOOKS: u32 = 256;
 
 /// The loop polls its descriptors (without waiting) every this many looks of a linger.
